@@ -1,0 +1,5 @@
+"""artifactfs: versioned ML artifacts mounted as read-only directories."""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"

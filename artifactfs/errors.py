@@ -1,0 +1,109 @@
+"""The one exception hierarchy of artifactfs.
+
+Every error that artifactfs raises on purpose is an :class:`ArtifactFSError`.  Each class knows
+the errno that the mount answers with and the level it is logged at; the FUSE layer
+(:mod:`artifactfs.ops`) is the only place that turns them into ``FUSEError``, and the CLI is the
+only place that turns them into a one-line message and an exit status.
+
+Foreign exceptions (``OSError`` from the disk, ``sqlite3.Error``, ``requests`` errors) are
+translated at the edge of the module that meets them, with ``raise ... from exc``.
+"""
+
+from __future__ import annotations
+
+import errno as _errno
+import logging
+
+
+class ArtifactFSError(Exception):
+    """Base class.  ``errno`` is what a FUSE request fails with; ``log_level`` how loud it is."""
+
+    errno: int = _errno.EIO
+    log_level: int = logging.ERROR
+
+
+class InvalidReference(ArtifactFSError):
+    """An artifact reference (``entity/project/name:alias``) or a name in it is malformed."""
+
+    errno = _errno.EINVAL
+    log_level = logging.DEBUG
+
+
+class InvalidPath(ArtifactFSError):
+    """A manifest entry path is unsafe or malformed (absolute, ``..``, NUL, empty segment...)."""
+
+    errno = _errno.EINVAL
+
+
+class ManifestError(ArtifactFSError):
+    """A manifest document cannot be parsed or breaks the manifest v1 rules."""
+
+
+class NotFound(ArtifactFSError):
+    """A name that does not exist.  Routine on a filesystem, so logged at DEBUG."""
+
+    errno = _errno.ENOENT
+    log_level = logging.DEBUG
+
+
+class EntityNotFound(NotFound):
+    """No such entity in the registry."""
+
+
+class ProjectNotFound(NotFound):
+    """No such project in the entity."""
+
+
+class ArtifactNotFound(NotFound):
+    """No such artifact collection, version or alias."""
+
+
+class EntryNotFound(NotFound):
+    """No such file or directory inside an artifact version."""
+
+
+class Conflict(ArtifactFSError):
+    """The request contradicts the registry's state (a collection's type, a protected alias...)."""
+
+    errno = _errno.EEXIST
+
+
+class ReadOnly(ArtifactFSError):
+    """A write was attempted on something immutable: the mount, a version."""
+
+    errno = _errno.EROFS
+    log_level = logging.DEBUG
+
+
+class SourceError(ArtifactFSError):
+    """The input to ``log`` (a source directory or file) is missing or unreadable."""
+
+    errno = _errno.ENOENT
+
+
+class DigestMismatch(ArtifactFSError):
+    """Content did not hash to the digest its manifest promises.  Nothing of it is served."""
+
+    def __init__(self, what: str, expected: str, actual: str) -> None:
+        super().__init__(f"digest mismatch for {what}: manifest says {expected}, content is {actual}")
+        self.what = what
+        self.expected = expected
+        self.actual = actual
+
+
+class FetchError(ArtifactFSError):
+    """Content could not be fetched (network fault, missing blob, server error)."""
+
+
+class AuthError(ArtifactFSError):
+    """Credentials were missing or refused.  The message never contains the secret."""
+
+    errno = _errno.EACCES
+
+
+class RegistryError(ArtifactFSError):
+    """The registry store is unusable (missing, corrupt database, wrong schema)."""
+
+
+class MountError(ArtifactFSError):
+    """The mount cannot be set up (mount point, /dev/fuse, fusermount3)."""

@@ -1,0 +1,205 @@
+"""The W&B artifact manifest (version 1): entries, JSON in and out, digest algorithms.
+
+A manifest maps entry paths to :class:`Entry` (digest, size, optional reference URI). The JSON
+form is exactly the one the wandb SDK writes (``to_manifest_json``): default fields are omitted
+and unknown keys are tolerated on input.  Entry digests are base64 of the 16-byte MD5 (or XXH128
+when ``extra.alg == "XXH128"``); the artifact digest is hex, see :func:`artifact_digest`.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import xxhash
+
+from .errors import ManifestError
+from .names import check_entry_path
+
+MD5 = "MD5"
+XXH128 = "XXH128"
+ALGORITHMS = (MD5, XXH128)
+STORAGE_POLICY = "wandb-storage-policy-v1"
+DIGEST_HEADER = b"wandb-artifact-manifest-v1\n"
+# The artifact-level algorithm names used by the W&B server (``digestAlgorithm``).
+MANIFEST_ALGORITHM = {MD5: "MANIFEST_MD5", XXH128: "MANIFEST_XXH128"}
+EMPTY_MD5_B64 = "1B2M2Y8AsgTpgAmY7PhCfg=="
+
+
+class Hasher(Protocol):
+    def update(self, data: bytes, /) -> None: ...
+
+    def digest(self) -> bytes: ...
+
+    def hexdigest(self) -> str: ...
+
+
+def new_hasher(alg: str = MD5) -> Hasher:
+    """A fresh hasher for an entry algorithm (``MD5`` or ``XXH128``)."""
+    if alg == MD5:
+        return hashlib.md5(usedforsecurity=False)
+    if alg == XXH128:
+        return xxhash.xxh128()
+    raise ManifestError(f"unsupported digest algorithm {alg!r}")
+
+
+def b64_digest(hasher: Hasher) -> str:
+    return base64.b64encode(hasher.digest()).decode("ascii")
+
+
+def hex_from_b64(digest: str) -> str:
+    """The hex form of a base64 content digest (used for blob paths and cache keys)."""
+    try:
+        raw = base64.b64decode(digest, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise ManifestError(f"invalid content digest {digest!r}: not base64") from exc
+    if len(raw) != 16:
+        raise ManifestError(f"invalid content digest {digest!r}: not 16 bytes")
+    return raw.hex()
+
+
+def digest_bytes(data: bytes, alg: str = MD5) -> str:
+    h = new_hasher(alg)
+    h.update(data)
+    return b64_digest(h)
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One manifest entry.  ``path`` is validated; ``extra`` holds W&B's free-form extras."""
+
+    path: str
+    digest: str
+    size: int = 0
+    ref: str | None = None
+    birth_artifact_id: str | None = None
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def alg(self) -> str:
+        """Digest algorithm of the content: ``XXH128`` when ``extra.alg`` says so, else MD5."""
+        alg = self.extra.get("alg", MD5)
+        return alg if isinstance(alg, str) else MD5
+
+    @property
+    def cache_key(self) -> str:
+        """Content address: algorithm and hex digest (``md5/0123...``)."""
+        return f"{self.alg.lower()}/{hex_from_b64(self.digest)}"
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"digest": self.digest}
+        if self.birth_artifact_id is not None:
+            out["birthArtifactID"] = self.birth_artifact_id
+        if self.ref is not None:
+            out["ref"] = self.ref
+        if self.size:
+            out["size"] = self.size
+        if self.extra:
+            out["extra"] = dict(self.extra)
+        return out
+
+    @classmethod
+    def from_json(cls, path: str, obj: Any) -> Entry:
+        check_entry_path(path)
+        if not isinstance(obj, dict):
+            raise ManifestError(f"manifest entry {path!r}: expected an object")
+        digest = obj.get("digest")
+        if not isinstance(digest, str) or not digest:
+            raise ManifestError(f"manifest entry {path!r}: missing or invalid digest")
+        size = obj.get("size", 0)
+        if size is None:
+            size = 0
+        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+            raise ManifestError(f"manifest entry {path!r}: invalid size {size!r}")
+        ref = obj.get("ref")
+        if ref is not None and not isinstance(ref, str):
+            raise ManifestError(f"manifest entry {path!r}: invalid ref")
+        birth = obj.get("birthArtifactID")
+        if birth is not None and not isinstance(birth, str):
+            raise ManifestError(f"manifest entry {path!r}: invalid birthArtifactID")
+        extra = obj.get("extra") or {}
+        if not isinstance(extra, dict):
+            raise ManifestError(f"manifest entry {path!r}: invalid extra")
+        entry = cls(path, digest, size, ref, birth, extra)
+        if entry.alg not in ALGORITHMS:
+            raise ManifestError(f"manifest entry {path!r}: unsupported digest algorithm {entry.alg!r}")
+        if ref is None:
+            hex_from_b64(digest)  # uploaded content must carry a real 16-byte digest
+        return entry
+
+
+def artifact_digest(items: Iterable[tuple[str, str]], alg: str = MD5) -> str:
+    """W&B's artifact digest: hex hash of a header and ``path:digest\\n`` lines in path order.
+
+    ``items`` are ``(path, entry_digest)`` pairs in any order.  Python's ``str`` order equals
+    UTF-8 byte order, so sorting here matches the SDK (and SQLite's BINARY collation).
+    """
+    h = new_hasher(alg)
+    h.update(DIGEST_HEADER)
+    for path, digest in sorted(items):
+        h.update(f"{path}:{digest}\n".encode())
+    return h.hexdigest()
+
+
+@dataclass(slots=True)
+class Manifest:
+    """A whole manifest in memory (for the W&B JSON form; the local registry keeps it in SQLite)."""
+
+    entries: dict[str, Entry] = field(default_factory=dict)
+    storage_policy: str = STORAGE_POLICY
+    storage_policy_config: dict[str, Any] = field(default_factory=lambda: {"storageLayout": "V2"})
+
+    def add(self, entry: Entry) -> None:
+        self.entries[check_entry_path(entry.path)] = entry
+
+    def digest(self, alg: str = MD5) -> str:
+        return artifact_digest(((p, e.digest) for p, e in self.entries.items()), alg)
+
+    @property
+    def size(self) -> int:
+        return sum(e.size for e in self.entries.values())
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "version": 1,
+            "storagePolicy": self.storage_policy,
+            "storagePolicyConfig": dict(self.storage_policy_config),
+            "contents": {p: e.to_json() for p, e in self.entries.items()},
+        }
+
+    def dumps(self) -> str:
+        return json.dumps(self.to_json(), sort_keys=False, ensure_ascii=False)
+
+    @classmethod
+    def from_json(cls, obj: Any) -> Manifest:
+        if not isinstance(obj, dict):
+            raise ManifestError("manifest: expected a JSON object")
+        version = obj.get("version")
+        if version != 1:
+            raise ManifestError(f"manifest: unsupported version {version!r} (expected 1)")
+        policy = obj.get("storagePolicy", STORAGE_POLICY)
+        if not isinstance(policy, str):
+            raise ManifestError("manifest: invalid storagePolicy")
+        config = obj.get("storagePolicyConfig") or {}
+        if not isinstance(config, dict):
+            raise ManifestError("manifest: invalid storagePolicyConfig")
+        contents = obj.get("contents")
+        if not isinstance(contents, dict):
+            raise ManifestError("manifest: missing or invalid contents")
+        manifest = cls({}, policy, config)
+        for path, entry in contents.items():
+            manifest.entries[path] = Entry.from_json(path, entry)
+        return manifest
+
+    @classmethod
+    def loads(cls, data: str | bytes) -> Manifest:
+        try:
+            obj = json.loads(data)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise ManifestError(f"manifest: not valid JSON ({exc})") from exc
+        return cls.from_json(obj)

@@ -1,0 +1,691 @@
+"""The local registry: SQLite metadata plus a content-addressed blob store in one directory.
+
+Layout::
+
+    <root>/registry.sqlite              entities, projects, collections, versions, aliases, entries
+    <root>/objects/md5/<hex[:2]>/<hex[2:]>      blobs, named by the hex of their MD5
+    <root>/objects/xxh128/...                   blobs of XXH128 artifacts
+    <root>/objects/tmp/                         blobs being written (renamed into place when whole)
+
+Writes are atomic: a blob is streamed into ``objects/tmp`` while it is hashed and renamed into
+place only when complete, so a blob path always holds the bytes its name promises (unless the
+disk itself corrupts them; readers verify anyway).  A version and its entries and aliases are
+committed in one ``BEGIN IMMEDIATE`` transaction, so concurrent writers get distinct version
+numbers and a killed writer leaves no partial version.
+
+Directory listings of a version come from indexed rows (``entries`` and ``dirs`` keyed by
+``(version, parent, name)``), never from a whole manifest in memory.
+"""
+
+from __future__ import annotations
+
+import base64
+import concurrent.futures
+import contextlib
+import json
+import logging
+import os
+import secrets
+import sqlite3
+import stat
+import threading
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from ..errors import (
+    ArtifactNotFound,
+    Conflict,
+    EntityNotFound,
+    EntryNotFound,
+    InvalidReference,
+    ManifestError,
+    ProjectNotFound,
+    RegistryError,
+    SourceError,
+)
+from ..manifest import ALGORITHMS, MANIFEST_ALGORITHM, MD5, Entry, artifact_digest, b64_digest, hex_from_b64, new_hasher
+from ..names import LATEST, Ref, check_alias, check_entry_path, check_name, split_dir
+from .base import BlobSource, CollectionInfo, DirEntry, Registry, VersionInfo
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+CHUNK = 1 << 20
+_TMP_MAX_AGE = 3600.0
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS entities (
+    id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE, created_at INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS projects (
+    id INTEGER PRIMARY KEY, entity_id INTEGER NOT NULL REFERENCES entities(id),
+    name TEXT NOT NULL, created_at INTEGER NOT NULL, UNIQUE (entity_id, name));
+CREATE TABLE IF NOT EXISTS collections (
+    id INTEGER PRIMARY KEY, project_id INTEGER NOT NULL REFERENCES projects(id),
+    name TEXT NOT NULL, type TEXT NOT NULL, description TEXT NOT NULL DEFAULT '',
+    next_index INTEGER NOT NULL DEFAULT 0, created_at INTEGER NOT NULL,
+    UNIQUE (project_id, name));
+CREATE TABLE IF NOT EXISTS versions (
+    id INTEGER PRIMARY KEY, collection_id INTEGER NOT NULL REFERENCES collections(id),
+    version_index INTEGER NOT NULL, artifact_id TEXT NOT NULL UNIQUE,
+    digest TEXT NOT NULL, digest_algorithm TEXT NOT NULL, commit_hash TEXT NOT NULL,
+    description TEXT NOT NULL, metadata TEXT NOT NULL, state TEXT NOT NULL,
+    size INTEGER NOT NULL, file_count INTEGER NOT NULL, storage_policy_config TEXT NOT NULL,
+    created_at INTEGER NOT NULL, updated_at INTEGER NOT NULL,
+    UNIQUE (collection_id, version_index));
+CREATE TABLE IF NOT EXISTS aliases (
+    collection_id INTEGER NOT NULL REFERENCES collections(id), alias TEXT NOT NULL,
+    version_id INTEGER NOT NULL REFERENCES versions(id) ON DELETE CASCADE,
+    PRIMARY KEY (collection_id, alias));
+CREATE INDEX IF NOT EXISTS aliases_version ON aliases (version_id);
+CREATE TABLE IF NOT EXISTS entries (
+    version_id INTEGER NOT NULL REFERENCES versions(id) ON DELETE CASCADE,
+    parent TEXT NOT NULL, name TEXT NOT NULL, digest TEXT NOT NULL, size INTEGER NOT NULL,
+    ref TEXT, birth_artifact_id TEXT, extra TEXT,
+    PRIMARY KEY (version_id, parent, name)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS dirs (
+    version_id INTEGER NOT NULL REFERENCES versions(id) ON DELETE CASCADE,
+    parent TEXT NOT NULL, name TEXT NOT NULL,
+    PRIMARY KEY (version_id, parent, name)) WITHOUT ROWID;
+"""
+
+_VERSION_COLUMNS = """
+    v.id, v.artifact_id, e.name, p.name, c.name, c.type, v.version_index, v.digest,
+    v.digest_algorithm, v.commit_hash, v.created_at, v.updated_at, v.description, v.metadata,
+    v.size, v.state, v.file_count, v.storage_policy_config
+"""
+_VERSION_FROM = """
+    FROM versions v JOIN collections c ON v.collection_id = c.id
+    JOIN projects p ON c.project_id = p.id JOIN entities e ON p.entity_id = e.id
+"""
+
+
+def now_ns() -> int:
+    return time.time_ns()
+
+
+@dataclass(frozen=True, slots=True)
+class LoggedFile:
+    path: str
+    digest: str
+    size: int
+
+
+@dataclass(frozen=True, slots=True)
+class LogResult:
+    version: VersionInfo
+    created: bool  # False when the content equalled the latest version's
+
+
+class LocalRegistry(Registry):
+    """A registry directory on this machine.  Safe for several processes at once."""
+
+    kind = "local"
+
+    def __init__(self, root: str | os.PathLike[str], *, create: bool = False) -> None:
+        self.root = os.path.abspath(os.fspath(root))
+        self.db_path = os.path.join(self.root, "registry.sqlite")
+        self.objects = os.path.join(self.root, "objects")
+        if not os.path.exists(self.db_path):
+            if not create:
+                raise RegistryError(f"no registry at {self.root} (registry.sqlite is missing)")
+            os.makedirs(os.path.join(self.objects, "tmp"), exist_ok=True)
+        self._local = threading.local()
+        self._connections: list[sqlite3.Connection] = []
+        self._lock = threading.Lock()
+        try:
+            self._init_schema()
+        except sqlite3.Error as exc:
+            raise RegistryError(f"registry database {self.db_path} is unusable: {exc}") from exc
+
+    # -- connections ----------------------------------------------------------------------------
+
+    def _db(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            try:
+                conn = sqlite3.connect(self.db_path, isolation_level=None, check_same_thread=False)
+                conn.execute("PRAGMA busy_timeout = 60000")
+                conn.execute("PRAGMA foreign_keys = ON")
+                conn.execute("PRAGMA journal_mode = WAL")
+                conn.execute("PRAGMA synchronous = NORMAL")
+            except sqlite3.Error as exc:
+                raise RegistryError(f"cannot open registry database {self.db_path}: {exc}") from exc
+            self._local.conn = conn
+            with self._lock:
+                self._connections.append(conn)
+        return conn
+
+    @contextlib.contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction: ``BEGIN IMMEDIATE`` ... ``COMMIT`` (or ``ROLLBACK``)."""
+        db = self._db()
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            yield db
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        else:
+            db.execute("COMMIT")
+
+    def _init_schema(self) -> None:
+        with self._write() as db:
+            for statement in _SCHEMA.split(";"):
+                if statement.strip():
+                    db.execute(statement)
+            row = db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
+            if row is None:
+                db.execute("INSERT INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
+            elif row[0] != str(SCHEMA_VERSION):
+                raise RegistryError(f"registry {self.root} has schema {row[0]}, expected {SCHEMA_VERSION}")
+
+    def close(self) -> None:
+        with self._lock:
+            for conn in self._connections:
+                conn.close()
+            self._connections.clear()
+        self._local = threading.local()
+
+    # -- reads ----------------------------------------------------------------------------------
+
+    def entities(self) -> list[str]:
+        return [r[0] for r in self._db().execute("SELECT name FROM entities ORDER BY name")]
+
+    def _entity_id(self, entity: str) -> int:
+        row = self._db().execute("SELECT id FROM entities WHERE name = ?", (entity,)).fetchone()
+        if row is None:
+            raise EntityNotFound(f"entity {entity!r} not found")
+        return int(row[0])
+
+    def _project_id(self, entity: str, project: str) -> int:
+        eid = self._entity_id(entity)
+        row = self._db().execute(
+            "SELECT id FROM projects WHERE entity_id = ? AND name = ?", (eid, project)
+        ).fetchone()
+        if row is None:
+            raise ProjectNotFound(f"project {entity}/{project} not found")
+        return int(row[0])
+
+    def _collection_id(self, entity: str, project: str, name: str) -> int:
+        pid = self._project_id(entity, project)
+        row = self._db().execute(
+            "SELECT id FROM collections WHERE project_id = ? AND name = ?", (pid, name)
+        ).fetchone()
+        if row is None:
+            raise ArtifactNotFound(f"artifact {entity}/{project}/{name} not found")
+        return int(row[0])
+
+    def projects(self, entity: str) -> list[str]:
+        eid = self._entity_id(entity)
+        rows = self._db().execute("SELECT name FROM projects WHERE entity_id = ? ORDER BY name", (eid,))
+        return [r[0] for r in rows]
+
+    def collections(self, entity: str, project: str) -> list[CollectionInfo]:
+        pid = self._project_id(entity, project)
+        rows = self._db().execute(
+            """SELECT c.name, c.type, c.description, c.created_at,
+                      (SELECT count(*) FROM versions v WHERE v.collection_id = c.id)
+               FROM collections c WHERE c.project_id = ? ORDER BY c.name""",
+            (pid,),
+        )
+        return [CollectionInfo(entity, project, r[0], r[1], r[2], r[3], r[4]) for r in rows]
+
+    def _aliases_of(self, version_pk: int) -> tuple[str, ...]:
+        rows = self._db().execute(
+            "SELECT alias FROM aliases WHERE version_id = ? ORDER BY alias = 'latest' DESC, alias",
+            (version_pk,),
+        )
+        return tuple(r[0] for r in rows)
+
+    def _version_from_row(self, row: Sequence[Any]) -> VersionInfo:
+        return VersionInfo(
+            id=row[1],
+            entity=row[2],
+            project=row[3],
+            name=row[4],
+            type=row[5],
+            version_index=row[6],
+            aliases=self._aliases_of(row[0]),
+            digest=row[7],
+            digest_algorithm=row[8],
+            commit_hash=row[9],
+            created_at_ns=row[10],
+            updated_at_ns=row[11],
+            description=row[12],
+            metadata=json.loads(row[13]),
+            size=row[14],
+            state=row[15],
+            file_count=row[16],
+            storage_policy_config=json.loads(row[17]),
+        )
+
+    def versions(self, entity: str, project: str, name: str) -> list[VersionInfo]:
+        cid = self._collection_id(entity, project, name)
+        rows = self._db().execute(
+            f"SELECT {_VERSION_COLUMNS} {_VERSION_FROM} WHERE v.collection_id = ? ORDER BY v.version_index",
+            (cid,),
+        ).fetchall()
+        return [self._version_from_row(r) for r in rows]
+
+    def _version_pk(self, ref: Ref) -> int:
+        if ref.tag is None:
+            raise InvalidReference(f"artifact reference {ref} names no version or alias")
+        cid = self._collection_id(ref.entity, ref.project, ref.name)
+        index = ref.version_index
+        db = self._db()
+        if index is not None:
+            row = db.execute(
+                "SELECT id FROM versions WHERE collection_id = ? AND version_index = ?", (cid, index)
+            ).fetchone()
+            if row is None:
+                raise ArtifactNotFound(f"artifact {ref} not found: no version {ref.tag}")
+        else:
+            row = db.execute(
+                "SELECT version_id FROM aliases WHERE collection_id = ? AND alias = ?", (cid, ref.tag)
+            ).fetchone()
+            if row is None:
+                raise ArtifactNotFound(f"artifact {ref} not found: no alias {ref.tag!r}")
+        return int(row[0])
+
+    def _version_by_pk(self, pk: int) -> VersionInfo:
+        row = self._db().execute(f"SELECT {_VERSION_COLUMNS} {_VERSION_FROM} WHERE v.id = ?", (pk,)).fetchone()
+        if row is None:
+            raise ArtifactNotFound(f"artifact version {pk} vanished")
+        return self._version_from_row(row)
+
+    def resolve(self, ref: Ref) -> VersionInfo:
+        return self._version_by_pk(self._version_pk(ref))
+
+    def aliases(self, entity: str, project: str) -> dict[tuple[str, str], int]:
+        """Every alias of a project: ``(collection, alias) -> version index``."""
+        pid = self._project_id(entity, project)
+        rows = self._db().execute(
+            """SELECT c.name, a.alias, v.version_index FROM aliases a
+               JOIN collections c ON a.collection_id = c.id JOIN versions v ON a.version_id = v.id
+               WHERE c.project_id = ?""",
+            (pid,),
+        )
+        return {(r[0], r[1]): r[2] for r in rows}
+
+    def _pk_of(self, version: VersionInfo) -> int:
+        return self._version_pk(version.ref)
+
+    @staticmethod
+    def _entry_from_row(parent: str, row: Sequence[Any]) -> Entry:
+        path = f"{parent}/{row[0]}" if parent else row[0]
+        return Entry(path, row[1], row[2], row[3], row[4], json.loads(row[5]) if row[5] else {})
+
+    def iter_entries(self, version: VersionInfo) -> Iterator[Entry]:
+        pk = self._pk_of(version)
+        rows = self._db().execute(
+            "SELECT parent, name, digest, size, ref, birth_artifact_id, extra FROM entries WHERE version_id = ?",
+            (pk,),
+        )
+        for row in rows:
+            yield self._entry_from_row(row[0], row[1:])
+
+    def list_dir(self, version: VersionInfo, path: str) -> list[DirEntry]:
+        pk = self._pk_of(version)
+        db = self._db()
+        if path and not self._is_dir(pk, path):
+            raise EntryNotFound(f"{version.ref}: no directory {path!r}")
+        out = [DirEntry(r[0], None) for r in db.execute(
+            "SELECT name FROM dirs WHERE version_id = ? AND parent = ?", (pk, path))]
+        out.extend(
+            DirEntry(r[0], self._entry_from_row(path, r))
+            for r in db.execute(
+                "SELECT name, digest, size, ref, birth_artifact_id, extra FROM entries "
+                "WHERE version_id = ? AND parent = ?",
+                (pk, path),
+            )
+        )
+        out.sort(key=lambda d: d.name)
+        return out
+
+    def _is_dir(self, pk: int, path: str) -> bool:
+        parent, name = split_dir(path)
+        row = self._db().execute(
+            "SELECT 1 FROM dirs WHERE version_id = ? AND parent = ? AND name = ?", (pk, parent, name)
+        ).fetchone()
+        return row is not None
+
+    def get_entry(self, version: VersionInfo, path: str) -> DirEntry:
+        pk = self._pk_of(version)
+        if path == "":
+            return DirEntry("", None)
+        parent, name = split_dir(path)
+        row = self._db().execute(
+            "SELECT name, digest, size, ref, birth_artifact_id, extra FROM entries "
+            "WHERE version_id = ? AND parent = ? AND name = ?",
+            (pk, parent, name),
+        ).fetchone()
+        if row is not None:
+            return DirEntry(name, self._entry_from_row(parent, row))
+        if self._is_dir(pk, path):
+            return DirEntry(name, None)
+        raise EntryNotFound(f"{version.ref}: no entry {path!r}")
+
+    def blob_path(self, alg: str, digest: str) -> str:
+        hexd = hex_from_b64(digest)
+        return os.path.join(self.objects, alg.lower(), hexd[:2], hexd[2:])
+
+    def blob_source(self, version: VersionInfo, entry: Entry) -> BlobSource:
+        if entry.ref is not None:
+            from ..references import reference_source
+
+            return reference_source(entry)
+        return BlobSource(f"{version.ref}/{entry.path}", local_path=self.blob_path(entry.alg, entry.digest))
+
+    # -- writes ---------------------------------------------------------------------------------
+
+    def _tmp_dir(self) -> str:
+        path = os.path.join(self.objects, "tmp")
+        os.makedirs(path, exist_ok=True)
+        return path
+
+    def _clean_tmp(self) -> None:
+        """Remove temp blobs left by writers that died more than an hour ago."""
+        cutoff = time.time() - _TMP_MAX_AGE
+        with contextlib.suppress(OSError), os.scandir(self._tmp_dir()) as it:
+            for item in it:
+                with contextlib.suppress(OSError):
+                    if item.stat().st_mtime < cutoff:
+                        os.unlink(item.path)
+
+    def store_file(self, src: str, alg: str = MD5) -> tuple[str, int]:
+        """Copy ``src`` into the blob store while hashing it; return ``(b64 digest, size)``.
+
+        The bytes stored are exactly the bytes hashed (one read), so a file that changes while
+        it is logged cannot leave a blob whose content differs from its name.
+        """
+        hasher = new_hasher(alg)
+        size = 0
+        fd, tmp = _mkstemp(self._tmp_dir())
+        try:
+            with open(fd, "wb", closefd=True) as out, open(src, "rb") as f:
+                while chunk := f.read(CHUNK):
+                    hasher.update(chunk)
+                    out.write(chunk)
+                    size += len(chunk)
+            digest = b64_digest(hasher)
+            final = self.blob_path(alg, digest)
+            if os.path.exists(final):
+                os.unlink(tmp)
+            else:
+                os.makedirs(os.path.dirname(final), exist_ok=True)
+                os.chmod(tmp, 0o444)
+                os.replace(tmp, final)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+        return digest, size
+
+    def log_dir(
+        self,
+        src: str | os.PathLike[str],
+        ref: Ref,
+        *,
+        type: str,
+        aliases: Iterable[str] = (),
+        description: str = "",
+        metadata: dict[str, Any] | None = None,
+        digest_algorithm: str = MD5,
+        workers: int | None = None,
+    ) -> LogResult:
+        """Log every regular file below ``src`` as a new version of ``ref``'s collection."""
+        src = os.fspath(src)
+        if not os.path.isdir(src):
+            raise SourceError(f"source directory {src!r} does not exist or is not a directory")
+        files = _walk(src)
+        return self.log_files(
+            files, ref, type=type, aliases=aliases, description=description, metadata=metadata,
+            digest_algorithm=digest_algorithm, workers=workers,
+        )
+
+    def log_files(
+        self,
+        files: Iterable[tuple[str, str]],
+        ref: Ref,
+        *,
+        type: str,
+        aliases: Iterable[str] = (),
+        description: str = "",
+        metadata: dict[str, Any] | None = None,
+        digest_algorithm: str = MD5,
+        workers: int | None = None,
+    ) -> LogResult:
+        """Log ``(entry path, local file)`` pairs.  Files are hashed in parallel threads (hashlib
+        releases the GIL), with a bounded number in flight so memory stays flat."""
+        check_name(type, "type")
+        aliases = [check_alias(a) for a in aliases]
+        if digest_algorithm not in ALGORITHMS:
+            raise InvalidReference(f"unsupported digest algorithm {digest_algorithm!r}")
+        metadata = _check_metadata(metadata)
+        self._clean_tmp()
+        extra = {} if digest_algorithm == MD5 else {"alg": digest_algorithm}
+        workers = workers or min(8, 2 * (os.cpu_count() or 1))
+        logged: list[LoggedFile] = []
+        with concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="log") as pool:
+            pending: dict[concurrent.futures.Future[tuple[str, int]], str] = {}
+
+            def drain(limit: int) -> None:
+                while len(pending) > limit:
+                    done, _ = concurrent.futures.wait(pending, return_when=concurrent.futures.FIRST_COMPLETED)
+                    for fut in done:
+                        path = pending.pop(fut)
+                        try:
+                            digest, size = fut.result()
+                        except OSError as exc:
+                            raise SourceError(f"cannot read {path!r}: {exc.strerror or exc}") from exc
+                        logged.append(LoggedFile(path, digest, size))
+
+            try:
+                for path, local in files:
+                    check_entry_path(path)
+                    pending[pool.submit(self.store_file, local, digest_algorithm)] = path
+                    drain(4 * workers)
+                drain(0)
+            except BaseException:
+                for fut in pending:
+                    fut.cancel()
+                raise
+        return self._commit(ref, logged, type, aliases, description, metadata, digest_algorithm, extra)
+
+    def _commit(
+        self,
+        ref: Ref,
+        logged: list[LoggedFile],
+        type: str,
+        aliases: list[str],
+        description: str,
+        metadata: dict[str, Any],
+        alg: str,
+        extra: dict[str, Any],
+    ) -> LogResult:
+        seen: set[str] = set()
+        for f in logged:
+            if f.path in seen:
+                raise ManifestError(f"entry path {f.path!r} appears twice")
+            seen.add(f.path)
+        dirs = _dirs_of(f.path for f in logged)
+        clash = dirs & seen
+        if clash:
+            raise ManifestError(f"entry path {sorted(clash)[0]!r} is both a file and a directory")
+        digest = artifact_digest(((f.path, f.digest) for f in logged), alg)
+        size = sum(f.size for f in logged)
+        ts = now_ns()
+        extra_json = json.dumps(extra) if extra else None
+        with self._write() as db:
+            cid = self._ensure_collection(db, ref, type, description, ts)
+            latest = db.execute(
+                "SELECT v.id, v.digest FROM aliases a JOIN versions v ON a.version_id = v.id "
+                "WHERE a.collection_id = ? AND a.alias = 'latest'",
+                (cid,),
+            ).fetchone()
+            if latest is not None and latest[1] == digest:
+                pk = int(latest[0])
+                self._move_aliases(db, cid, pk, aliases, ts)
+                created = False
+            else:
+                index = db.execute("SELECT next_index FROM collections WHERE id = ?", (cid,)).fetchone()[0]
+                db.execute("UPDATE collections SET next_index = ? WHERE id = ?", (index + 1, cid))
+                cur = db.execute(
+                    """INSERT INTO versions (collection_id, version_index, artifact_id, digest,
+                       digest_algorithm, commit_hash, description, metadata, state, size, file_count,
+                       storage_policy_config, created_at, updated_at)
+                       VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'COMMITTED', ?, ?, ?, ?, ?)""",
+                    (cid, index, "pending-" + secrets.token_hex(8), digest, MANIFEST_ALGORITHM[alg],
+                     secrets.token_hex(10), description, json.dumps(metadata), size, len(logged),
+                     json.dumps({"storageLayout": "V2"}), ts, ts),
+                )
+                pk = int(cur.lastrowid or 0)
+                artifact_id = base64.b64encode(f"Artifact:{pk}".encode()).decode()
+                db.execute("UPDATE versions SET artifact_id = ? WHERE id = ?", (artifact_id, pk))
+                db.executemany(
+                    "INSERT INTO entries VALUES (?, ?, ?, ?, ?, NULL, NULL, ?)",
+                    ((pk, *split_dir(f.path), f.digest, f.size, extra_json) for f in logged),
+                )
+                db.executemany("INSERT INTO dirs VALUES (?, ?, ?)", ((pk, *split_dir(d)) for d in dirs))
+                self._move_aliases(db, cid, pk, [LATEST, *aliases], ts)
+                created = True
+        return LogResult(self._version_by_pk(pk), created)
+
+    def _ensure_collection(self, db: sqlite3.Connection, ref: Ref, type: str, description: str, ts: int) -> int:
+        db.execute("INSERT OR IGNORE INTO entities (name, created_at) VALUES (?, ?)", (ref.entity, ts))
+        eid = db.execute("SELECT id FROM entities WHERE name = ?", (ref.entity,)).fetchone()[0]
+        db.execute(
+            "INSERT OR IGNORE INTO projects (entity_id, name, created_at) VALUES (?, ?, ?)",
+            (eid, ref.project, ts),
+        )
+        pid = db.execute("SELECT id FROM projects WHERE entity_id = ? AND name = ?", (eid, ref.project)).fetchone()[0]
+        row = db.execute("SELECT id, type FROM collections WHERE project_id = ? AND name = ?", (pid, ref.name)).fetchone()
+        if row is None:
+            cur = db.execute(
+                "INSERT INTO collections (project_id, name, type, description, created_at) VALUES (?, ?, ?, ?, ?)",
+                (pid, ref.name, type, description, ts),
+            )
+            return int(cur.lastrowid or 0)
+        if row[1] != type:
+            raise Conflict(f"artifact {ref.collection} has type {row[1]!r}, not {type!r}")
+        return int(row[0])
+
+    @staticmethod
+    def _move_aliases(db: sqlite3.Connection, cid: int, pk: int, aliases: Iterable[str], ts: int) -> None:
+        for alias in aliases:
+            old = db.execute(
+                "SELECT version_id FROM aliases WHERE collection_id = ? AND alias = ?", (cid, alias)
+            ).fetchone()
+            if old is not None and old[0] == pk:
+                continue
+            db.execute(
+                "INSERT INTO aliases VALUES (?, ?, ?) ON CONFLICT (collection_id, alias) "
+                "DO UPDATE SET version_id = excluded.version_id",
+                (cid, alias, pk),
+            )
+            ids = [pk] if old is None else [pk, old[0]]
+            db.executemany("UPDATE versions SET updated_at = ? WHERE id = ?", ((ts, i) for i in ids))
+
+    def add_alias(self, ref: Ref, alias: str) -> VersionInfo:
+        """Point ``alias`` at ``ref``'s version (moving it from another version if need be)."""
+        check_alias(alias)
+        if alias == LATEST:
+            raise Conflict("alias 'latest' is managed by the registry: it always names the newest version")
+        with self._write() as db:
+            pk = self._version_pk(ref)
+            cid = db.execute("SELECT collection_id FROM versions WHERE id = ?", (pk,)).fetchone()[0]
+            self._move_aliases(db, cid, pk, [alias], now_ns())
+        return self._version_by_pk(pk)
+
+    def remove_alias(self, ref: Ref, alias: str) -> VersionInfo:
+        check_alias(alias)
+        if alias == LATEST:
+            raise Conflict("alias 'latest' is managed by the registry and cannot be removed")
+        with self._write() as db:
+            pk = self._version_pk(ref)
+            cur = db.execute("DELETE FROM aliases WHERE version_id = ? AND alias = ?", (pk, alias))
+            if cur.rowcount == 0:
+                raise ArtifactNotFound(f"artifact {ref} has no alias {alias!r}")
+            db.execute("UPDATE versions SET updated_at = ? WHERE id = ?", (now_ns(), pk))
+        return self._version_by_pk(pk)
+
+    def delete(self, ref: Ref, *, delete_aliases: bool = False) -> VersionInfo:
+        """Delete one version.  Refused while aliases other than ``latest`` name it, unless
+        ``delete_aliases``.  ``latest`` moves to the newest remaining version.  Blobs stay
+        (other versions may share them)."""
+        with self._write() as db:
+            pk = self._version_pk(ref)
+            version = self._version_by_pk(pk)
+            others = [a for a in version.aliases if a != LATEST]
+            if others and not delete_aliases:
+                raise Conflict(
+                    f"artifact {version.ref} still has aliases {', '.join(others)}: "
+                    "remove them first or pass --delete-aliases"
+                )
+            cid = db.execute("SELECT collection_id FROM versions WHERE id = ?", (pk,)).fetchone()[0]
+            db.execute("DELETE FROM versions WHERE id = ?", (pk,))
+            newest = db.execute(
+                "SELECT id FROM versions WHERE collection_id = ? ORDER BY version_index DESC LIMIT 1", (cid,)
+            ).fetchone()
+            if newest is not None:
+                self._move_aliases(db, cid, int(newest[0]), [LATEST], now_ns())
+        return version
+
+
+def _check_metadata(metadata: dict[str, Any] | None) -> dict[str, Any]:
+    if metadata is None:
+        return {}
+    if not isinstance(metadata, dict):
+        raise InvalidReference("metadata must be a JSON object")
+    try:
+        json.dumps(metadata, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise InvalidReference(f"metadata is not JSON-serialisable: {exc}") from exc
+    return metadata
+
+
+def _mkstemp(directory: str) -> tuple[int, str]:
+    for _ in range(100):
+        path = os.path.join(directory, f"{os.getpid()}-{secrets.token_hex(8)}.tmp")
+        try:
+            return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), path
+        except FileExistsError:
+            continue
+    raise RegistryError(f"cannot create a temp file in {directory}")
+
+
+def _dirs_of(paths: Iterable[str]) -> set[str]:
+    dirs: set[str] = set()
+    for path in paths:
+        parent = split_dir(path)[0]
+        while parent and parent not in dirs:
+            dirs.add(parent)
+            parent = split_dir(parent)[0]
+    return dirs
+
+
+def _walk(src: str) -> Iterator[tuple[str, str]]:
+    """``(entry path, file path)`` for each regular file below ``src`` (symlinks to files are
+    followed, symlinked directories are not), in sorted order, lazily."""
+    for dirpath, dirnames, filenames in os.walk(src, onerror=_raise):
+        dirnames.sort()
+        rel = os.path.relpath(dirpath, src)
+        for fname in sorted(filenames):
+            full = os.path.join(dirpath, fname)
+            try:
+                st = os.stat(full)
+            except OSError as exc:
+                log.warning("skipping %s: %s", full, exc.strerror)
+                continue
+            if not stat.S_ISREG(st.st_mode):
+                log.warning("skipping %s: not a regular file", full)
+                continue
+            path = fname if rel == "." else f"{rel.replace(os.sep, '/')}/{fname}"
+            yield path, full
+
+
+def _raise(exc: OSError) -> None:
+    raise SourceError(f"cannot read {exc.filename!r}: {exc.strerror or exc}") from exc
