@@ -72,8 +72,13 @@ def cmd_log(args: argparse.Namespace) -> int:
     registry = LocalRegistry(args.registry, create=True)
     try:
         result = registry.log_dir(
-            args.src, ref, type=args.type, aliases=args.alias, description=args.description or "",
-            metadata=metadata, digest_algorithm=args.digest_algorithm,
+            args.src,
+            ref,
+            type=args.type,
+            aliases=args.alias,
+            description=args.description or "",
+            metadata=metadata,
+            digest_algorithm=args.digest_algorithm,
         )
     finally:
         registry.close()
@@ -169,11 +174,17 @@ def cmd_delete(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="artifactfs", description="Versioned ML artifacts as a read-only filesystem.")
     parser.add_argument("--version", action="version", version=f"artifactfs {__version__}")
-    parser.add_argument("--log-level", default=os.environ.get("ARTIFACTFS_LOG_LEVEL", "WARNING"),
-                        help="DEBUG, INFO, WARNING (default) or ERROR")
     common = _Parser(add_help=False)
-    common.add_argument("--registry", default=default_registry(),
-                        help="registry directory (default: $ARTIFACTFS_REGISTRY or ~/.local/share/artifactfs/registry)")
+    common.add_argument(
+        "--log-level",
+        default=os.environ.get("ARTIFACTFS_LOG_LEVEL", "WARNING"),
+        help="DEBUG, INFO, WARNING (default) or ERROR",
+    )
+    common.add_argument(
+        "--registry",
+        default=default_registry(),
+        help="registry directory (default: $ARTIFACTFS_REGISTRY or ~/.local/share/artifactfs/registry)",
+    )
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     p = sub.add_parser("log", parents=[common], help="log a directory as a new artifact version")
@@ -219,7 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    level = getattr(logging, str(args.log_level).upper(), None)
+    level = getattr(logging, str(getattr(args, "log_level", "WARNING")).upper(), None)
     if not isinstance(level, int):
         parser.error(f"invalid --log-level {args.log_level!r}")
     logging.basicConfig(level=level, format="artifactfs: %(levelname)s %(name)s: %(message)s")

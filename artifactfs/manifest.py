@@ -97,7 +97,9 @@ class Entry:
             out["birthArtifactID"] = self.birth_artifact_id
         if self.ref is not None:
             out["ref"] = self.ref
-        if self.size:
+        # The SDK omits ``size`` only when it is unknown (None), so an uploaded empty file has
+        # ``"size": 0``; a reference without a size (read back as 0) stays without one.
+        if self.size or self.ref is None:
             out["size"] = self.size
         if self.extra:
             out["extra"] = dict(self.extra)

@@ -25,9 +25,7 @@ LATEST = "latest"
 def check_name(name: str, what: str = "name") -> str:
     """Return ``name`` if it is a valid entity, project or artifact collection name."""
     if not _NAME_RE.fullmatch(name):
-        raise InvalidReference(
-            f"invalid {what} {name!r}: use letters, digits, '_', '-', '.' (1-128 characters)"
-        )
+        raise InvalidReference(f"invalid {what} {name!r}: use letters, digits, '_', '-', '.' (1-128 characters)")
     return name
 
 
@@ -36,9 +34,7 @@ def check_alias(alias: str) -> str:
     if _VERSION_RE.fullmatch(alias):
         raise InvalidReference(f"invalid alias {alias!r}: names of the form vN are versions")
     if not _ALIAS_RE.fullmatch(alias):
-        raise InvalidReference(
-            f"invalid alias {alias!r}: use letters, digits, '_', '-', '.', '+' (1-128 characters)"
-        )
+        raise InvalidReference(f"invalid alias {alias!r}: use letters, digits, '_', '-', '.', '+' (1-128 characters)")
     return alias
 
 
@@ -81,9 +77,7 @@ def parse_ref(text: str, *, require_tag: bool = False, default_tag: str | None =
     """
     parts = text.split("/")
     if len(parts) != 3:
-        raise InvalidReference(
-            f"invalid artifact reference {text!r}: expected ENTITY/PROJECT/NAME[:ALIAS]"
-        )
+        raise InvalidReference(f"invalid artifact reference {text!r}: expected ENTITY/PROJECT/NAME[:ALIAS]")
     entity, project, last = parts
     name, sep, tag = last.partition(":")
     check_name(entity, "entity")
@@ -105,7 +99,7 @@ def parse_prefix(text: str) -> tuple[str, ...]:
     parts = tuple(text.strip("/").split("/"))
     if len(parts) > 3:
         raise InvalidReference(f"invalid prefix {text!r}: expected ENTITY[/PROJECT[/NAME]]")
-    for part, what in zip(parts, ("entity", "project", "artifact name")):
+    for part, what in zip(parts, ("entity", "project", "artifact name"), strict=False):
         check_name(part, what)
     return parts
 

@@ -19,7 +19,7 @@ from ..names import Ref
 
 def iso_time(ns: int) -> str:
     """Nanoseconds since the epoch -> ``2026-11-27T17:35:29.123456Z`` (as W&B prints times)."""
-    dt = _dt.datetime.fromtimestamp(ns / 1e9, tz=_dt.timezone.utc)
+    dt = _dt.datetime.fromtimestamp(ns / 1e9, tz=_dt.UTC)
     return dt.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 

@@ -202,18 +202,14 @@ class LocalRegistry(Registry):
 
     def _project_id(self, entity: str, project: str) -> int:
         eid = self._entity_id(entity)
-        row = self._db().execute(
-            "SELECT id FROM projects WHERE entity_id = ? AND name = ?", (eid, project)
-        ).fetchone()
+        row = self._db().execute("SELECT id FROM projects WHERE entity_id = ? AND name = ?", (eid, project)).fetchone()
         if row is None:
             raise ProjectNotFound(f"project {entity}/{project} not found")
         return int(row[0])
 
     def _collection_id(self, entity: str, project: str, name: str) -> int:
         pid = self._project_id(entity, project)
-        row = self._db().execute(
-            "SELECT id FROM collections WHERE project_id = ? AND name = ?", (pid, name)
-        ).fetchone()
+        row = self._db().execute("SELECT id FROM collections WHERE project_id = ? AND name = ?", (pid, name)).fetchone()
         if row is None:
             raise ArtifactNotFound(f"artifact {entity}/{project}/{name} not found")
         return int(row[0])
@@ -264,10 +260,14 @@ class LocalRegistry(Registry):
 
     def versions(self, entity: str, project: str, name: str) -> list[VersionInfo]:
         cid = self._collection_id(entity, project, name)
-        rows = self._db().execute(
-            f"SELECT {_VERSION_COLUMNS} {_VERSION_FROM} WHERE v.collection_id = ? ORDER BY v.version_index",
-            (cid,),
-        ).fetchall()
+        rows = (
+            self._db()
+            .execute(
+                f"SELECT {_VERSION_COLUMNS} {_VERSION_FROM} WHERE v.collection_id = ? ORDER BY v.version_index",
+                (cid,),
+            )
+            .fetchall()
+        )
         return [self._version_from_row(r) for r in rows]
 
     def _version_pk(self, ref: Ref) -> int:
@@ -332,8 +332,10 @@ class LocalRegistry(Registry):
         db = self._db()
         if path and not self._is_dir(pk, path):
             raise EntryNotFound(f"{version.ref}: no directory {path!r}")
-        out = [DirEntry(r[0], None) for r in db.execute(
-            "SELECT name FROM dirs WHERE version_id = ? AND parent = ?", (pk, path))]
+        out = [
+            DirEntry(r[0], None)
+            for r in db.execute("SELECT name FROM dirs WHERE version_id = ? AND parent = ?", (pk, path))
+        ]
         out.extend(
             DirEntry(r[0], self._entry_from_row(path, r))
             for r in db.execute(
@@ -347,9 +349,11 @@ class LocalRegistry(Registry):
 
     def _is_dir(self, pk: int, path: str) -> bool:
         parent, name = split_dir(path)
-        row = self._db().execute(
-            "SELECT 1 FROM dirs WHERE version_id = ? AND parent = ? AND name = ?", (pk, parent, name)
-        ).fetchone()
+        row = (
+            self._db()
+            .execute("SELECT 1 FROM dirs WHERE version_id = ? AND parent = ? AND name = ?", (pk, parent, name))
+            .fetchone()
+        )
         return row is not None
 
     def get_entry(self, version: VersionInfo, path: str) -> DirEntry:
@@ -357,11 +361,15 @@ class LocalRegistry(Registry):
         if path == "":
             return DirEntry("", None)
         parent, name = split_dir(path)
-        row = self._db().execute(
-            "SELECT name, digest, size, ref, birth_artifact_id, extra FROM entries "
-            "WHERE version_id = ? AND parent = ? AND name = ?",
-            (pk, parent, name),
-        ).fetchone()
+        row = (
+            self._db()
+            .execute(
+                "SELECT name, digest, size, ref, birth_artifact_id, extra FROM entries "
+                "WHERE version_id = ? AND parent = ? AND name = ?",
+                (pk, parent, name),
+            )
+            .fetchone()
+        )
         if row is not None:
             return DirEntry(name, self._entry_from_row(parent, row))
         if self._is_dir(pk, path):
@@ -442,8 +450,14 @@ class LocalRegistry(Registry):
             raise SourceError(f"source directory {src!r} does not exist or is not a directory")
         files = _walk(src)
         return self.log_files(
-            files, ref, type=type, aliases=aliases, description=description, metadata=metadata,
-            digest_algorithm=digest_algorithm, workers=workers,
+            files,
+            ref,
+            type=type,
+            aliases=aliases,
+            description=description,
+            metadata=metadata,
+            digest_algorithm=digest_algorithm,
+            workers=workers,
         )
 
     def log_files(
@@ -538,9 +552,21 @@ class LocalRegistry(Registry):
                        digest_algorithm, commit_hash, description, metadata, state, size, file_count,
                        storage_policy_config, created_at, updated_at)
                        VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'COMMITTED', ?, ?, ?, ?, ?)""",
-                    (cid, index, "pending-" + secrets.token_hex(8), digest, MANIFEST_ALGORITHM[alg],
-                     secrets.token_hex(10), description, json.dumps(metadata), size, len(logged),
-                     json.dumps({"storageLayout": "V2"}), ts, ts),
+                    (
+                        cid,
+                        index,
+                        "pending-" + secrets.token_hex(8),
+                        digest,
+                        MANIFEST_ALGORITHM[alg],
+                        secrets.token_hex(10),
+                        description,
+                        json.dumps(metadata),
+                        size,
+                        len(logged),
+                        json.dumps({"storageLayout": "V2"}),
+                        ts,
+                        ts,
+                    ),
                 )
                 pk = int(cur.lastrowid or 0)
                 artifact_id = base64.b64encode(f"Artifact:{pk}".encode()).decode()
@@ -562,7 +588,9 @@ class LocalRegistry(Registry):
             (eid, ref.project, ts),
         )
         pid = db.execute("SELECT id FROM projects WHERE entity_id = ? AND name = ?", (eid, ref.project)).fetchone()[0]
-        row = db.execute("SELECT id, type FROM collections WHERE project_id = ? AND name = ?", (pid, ref.name)).fetchone()
+        row = db.execute(
+            "SELECT id, type FROM collections WHERE project_id = ? AND name = ?", (pid, ref.name)
+        ).fetchone()
         if row is None:
             cur = db.execute(
                 "INSERT INTO collections (project_id, name, type, description, created_at) VALUES (?, ?, ?, ?, ?)",

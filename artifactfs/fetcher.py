@@ -1,0 +1,159 @@
+"""Async, single-flight access to verified blobs.
+
+``await fetcher.get(version, entry)`` returns an open :class:`~artifactfs.store.Blob` whose bytes
+match the manifest.  Concurrency rules (the trio loop is single-threaded, so only ``await``
+points interleave):
+
+* Fast path, inline on the loop: a blob already in the cache, or a local blob whose trust
+  record still matches, is opened directly (a SQLite lookup and an ``open``: tens of
+  microseconds, cheaper than the ~150 us thread hop measured on this machine).
+* Slow path, one per content address however many readers wait: the first caller registers a
+  ``trio.Event`` in ``_inflight``, runs the download or hash in a worker thread under a
+  ``CapacityLimiter``, and sets the event; the others wait on it and then take the fast path.
+* A failed fetch (digest mismatch, network fault) is remembered for ``failure_backoff`` seconds:
+  readers during that window get the same error at once instead of a new fetch.
+* Worker threads touch only the store (thread- and process-safe) and their own file
+  descriptors; the dictionaries here are touched only on the trio loop.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import IO
+
+import trio
+
+from .errors import ArtifactFSError, DigestMismatch, FetchError
+from .manifest import Entry
+from .registry.base import BlobSource, Registry, VersionInfo
+from .store import Blob, BlobStore
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Stats:
+    """Counters shown in the mount root's ``user.artifactfs.stats`` attribute."""
+
+    cache_hits: int = 0  # blobs opened from the cache
+    fetches: int = 0  # blobs downloaded (or copied) into the cache
+    fetched_bytes: int = 0
+    verified_in_place: int = 0  # local blobs hashed where they lie
+    trusted_in_place: int = 0  # local blobs whose trust record still matched
+    digest_mismatches: int = 0
+    fetch_errors: int = 0
+
+    def to_json(self) -> dict[str, int]:
+        return dict(self.__dict__)
+
+
+@dataclass
+class _Failure:
+    error: ArtifactFSError
+    until: float
+
+
+@dataclass
+class Fetcher:
+    registry: Registry
+    store: BlobStore
+    serve_local_in_place: bool = True
+    failure_backoff: float = 5.0
+    max_threads: int = 8
+    stats: Stats = field(default_factory=Stats)
+    _limiter: trio.CapacityLimiter = field(init=False)
+    _inflight: dict[str, trio.Event] = field(default_factory=dict, init=False)
+    _failures: dict[str, _Failure] = field(default_factory=dict, init=False)
+
+    def __post_init__(self) -> None:
+        self._limiter = trio.CapacityLimiter(self.max_threads)
+
+    @property
+    def limiter(self) -> trio.CapacityLimiter:
+        return self._limiter
+
+    async def get(self, version: VersionInfo, entry: Entry) -> Blob:
+        key = entry.cache_key
+        source = self.registry.blob_source(version, entry)
+        while True:
+            failure = self._failures.get(key)
+            if failure is not None:
+                if trio.current_time() < failure.until:
+                    raise failure.error
+                del self._failures[key]
+            event = self._inflight.get(key)
+            if event is None:
+                blob = self._fast(key, source)
+                if blob is not None:
+                    return blob
+                break
+            await event.wait()
+        event = trio.Event()
+        self._inflight[key] = event
+        try:
+            blob = await trio.to_thread.run_sync(self._slow, key, version, entry, source, limiter=self._limiter)
+        except ArtifactFSError as exc:
+            self._remember_failure(key, exc, version, entry)
+            raise
+        finally:
+            del self._inflight[key]
+            event.set()
+        if self._in_place(source):
+            self.stats.verified_in_place += 1
+        else:
+            self.stats.fetches += 1
+            self.stats.fetched_bytes += entry.size
+        return blob
+
+    def _in_place(self, source: BlobSource) -> bool:
+        return source.local_path is not None and self.serve_local_in_place
+
+    def _fast(self, key: str, source: BlobSource) -> Blob | None:
+        if self._in_place(source):
+            assert source.local_path is not None
+            blob = self.store.open_trusted(key, source.local_path)
+            if blob is not None:
+                self.stats.trusted_in_place += 1
+            return blob
+        blob = self.store.open_cached(key)
+        if blob is not None:
+            self.stats.cache_hits += 1
+        return blob
+
+    def _remember_failure(self, key: str, exc: ArtifactFSError, version: VersionInfo, entry: Entry) -> None:
+        if isinstance(exc, DigestMismatch):
+            self.stats.digest_mismatches += 1
+            log.error(
+                "digest mismatch: %s/%s: manifest %s, content %s; answering EIO for %gs",
+                version.ref,
+                entry.path,
+                exc.expected,
+                exc.actual,
+                self.failure_backoff,
+            )
+        else:
+            self.stats.fetch_errors += 1
+            log.error("fetch failed: %s/%s: %s", version.ref, entry.path, exc)
+        self._failures[key] = _Failure(exc, trio.current_time() + self.failure_backoff)
+
+    def _slow(self, key: str, version: VersionInfo, entry: Entry, source: BlobSource) -> Blob:
+        """Worker thread: hash a local blob in place, or fetch into the cache."""
+        what = f"{version.ref}/{entry.path}"
+        if self._in_place(source):
+            assert source.local_path is not None
+            return self.store.verify_in_place(key, entry, source.local_path, what)
+        if source.open is not None:
+            opener = source.open
+        elif source.local_path is not None:
+            path = source.local_path
+
+            def opener() -> IO[bytes]:
+                try:
+                    return open(path, "rb")
+                except FileNotFoundError as exc:
+                    raise FetchError(f"blob of {what} is missing ({path})") from exc
+
+        else:
+            raise FetchError(f"no source for {what}")
+        return self.store.fill(key, entry, opener, what)

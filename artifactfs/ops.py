@@ -1,0 +1,250 @@
+"""pyfuse3 request handlers: thin glue between the kernel and :mod:`tree` / :mod:`fetcher`.
+
+This is the one place where exceptions become errnos: every handler runs under
+:func:`_errno_boundary`, which turns :class:`~artifactfs.errors.ArtifactFSError` into
+``FUSEError(exc.errno)`` (logged at the error's own level) and anything unexpected into EIO
+(logged with its traceback).  ``trio.Cancelled`` and other ``BaseException`` pass through.
+"""
+
+from __future__ import annotations
+
+import errno
+import functools
+import logging
+import os
+from collections.abc import Callable, Coroutine, Sequence
+from dataclasses import dataclass
+from typing import Any, ParamSpec, TypeVar
+
+import pyfuse3
+import trio
+
+from .errors import ArtifactFSError, NotFound, ReadOnly
+from .fetcher import Fetcher
+from .manifest import Entry
+from .registry.base import VersionInfo
+from .store import Blob
+from .tree import Attr, Kind, Node, Tree
+
+log = logging.getLogger(__name__)
+
+P = ParamSpec("P")
+R = TypeVar("R")
+_WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND | os.O_CREAT
+
+
+def _errno_boundary(fn: Callable[P, Coroutine[Any, Any, R]]) -> Callable[P, Coroutine[Any, Any, R]]:
+    @functools.wraps(fn)
+    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return await fn(*args, **kwargs)
+        except pyfuse3.FUSEError:
+            raise
+        except ArtifactFSError as exc:
+            log.log(exc.log_level, "%s: %s", fn.__name__, exc)
+            raise pyfuse3.FUSEError(exc.errno) from exc
+        except Exception as exc:
+            log.exception("%s failed unexpectedly", fn.__name__)
+            raise pyfuse3.FUSEError(errno.EIO) from exc
+
+    return wrapper
+
+
+@dataclass(slots=True)
+class _OpenFile:
+    version: VersionInfo
+    entry: Entry
+    blob: Blob | None = None
+
+
+@dataclass(slots=True)
+class _OpenDir:
+    inode: int
+    children: list[tuple[str, Node]] | None = None
+
+
+class Operations(pyfuse3.Operations):
+    """The read-only artifact filesystem."""
+
+    supports_dot_lookup = False
+    enable_writeback_cache = False
+    enable_acl = False
+
+    def __init__(self, tree: Tree, fetcher: Fetcher, *, metadata_inline: bool = True) -> None:
+        super().__init__()
+        self.tree = tree
+        self.fetcher = fetcher
+        # Local SQLite answers in tens of microseconds: cheaper inline than a thread hop.  A remote
+        # registry's metadata calls go to a thread, one at a time (the tree is not thread-safe).
+        self._metadata_inline = metadata_inline
+        self._tree_lock = trio.Lock()
+        self._files: dict[int, _OpenFile] = {}
+        self._dirs: dict[int, _OpenDir] = {}
+        self._next_fh = 1
+
+    async def _meta(self, fn: Callable[..., R], *args: Any) -> R:
+        if self._metadata_inline:
+            return fn(*args)
+        async with self._tree_lock:
+            return await trio.to_thread.run_sync(fn, *args, limiter=self.fetcher.limiter)
+
+    def _fh(self) -> int:
+        fh = self._next_fh
+        self._next_fh += 1
+        return fh
+
+    def _entry_attributes(self, attr: Attr) -> pyfuse3.EntryAttributes:
+        out = pyfuse3.EntryAttributes()
+        out.st_ino = attr.inode
+        out.generation = 0
+        out.entry_timeout = attr.timeout
+        out.attr_timeout = attr.timeout
+        out.st_mode = attr.mode
+        out.st_nlink = attr.nlink
+        out.st_uid = self.tree.uid
+        out.st_gid = self.tree.gid
+        out.st_rdev = 0
+        out.st_size = attr.size
+        out.st_blksize = 128 * 1024
+        out.st_blocks = attr.blocks
+        out.st_atime_ns = attr.mtime_ns
+        out.st_mtime_ns = attr.mtime_ns
+        out.st_ctime_ns = attr.mtime_ns
+        return out
+
+    # -- namespace ------------------------------------------------------------------------------
+
+    @_errno_boundary
+    async def lookup(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        try:
+            text = name.decode("utf-8")
+        except UnicodeDecodeError:
+            raise pyfuse3.FUSEError(errno.ENOENT) from None
+        try:
+            node = await self._meta(self.tree.lookup, parent_inode, text)
+        except NotFound as exc:
+            log.debug("lookup %r: %s", text, exc)
+            negative = pyfuse3.EntryAttributes()
+            negative.st_ino = 0
+            negative.entry_timeout = self.tree.negative_timeout(parent_inode)
+            return negative
+        self.tree.remember(node)
+        return self._entry_attributes(self.tree.getattr(node))
+
+    @_errno_boundary
+    async def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
+        for inode, nlookup in inode_list:
+            self.tree.forget(inode, nlookup)
+
+    @_errno_boundary
+    async def getattr(self, inode: int, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        return self._entry_attributes(self.tree.getattr(self.tree.node(inode)))
+
+    @_errno_boundary
+    async def readlink(self, inode: int, ctx: pyfuse3.RequestContext) -> bytes:
+        target: str = await self._meta(self.tree.readlink, inode)
+        return target.encode()
+
+    @_errno_boundary
+    async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
+        self.tree.node(inode)
+        fh = self._fh()
+        self._dirs[fh] = _OpenDir(inode)
+        return fh
+
+    @_errno_boundary
+    async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
+        handle = self._dirs[fh]
+        if handle.children is None or start_id == 0:
+            handle.children = await self._meta(self.tree.listdir, handle.inode)
+        children = handle.children
+        for index in range(start_id, len(children)):
+            name, node = children[index]
+            attrs = self._entry_attributes(self.tree.getattr(node))
+            if not pyfuse3.readdir_reply(token, name.encode(), attrs, index + 1):
+                break
+            self.tree.remember(node)
+
+    @_errno_boundary
+    async def releasedir(self, fh: int) -> None:
+        self._dirs.pop(fh, None)
+
+    # -- content --------------------------------------------------------------------------------
+
+    @_errno_boundary
+    async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
+        if flags & _WRITE_FLAGS:
+            raise ReadOnly("artifact versions are read-only")
+        node = self.tree.node(inode)
+        if node.kind is not Kind.FILE:
+            raise pyfuse3.FUSEError(errno.EISDIR)
+        assert node.version is not None and node.entry is not None
+        fh = self._fh()
+        self._files[fh] = _OpenFile(node.version, node.entry)
+        # Version content never changes: let the kernel keep its page cache across opens.
+        return pyfuse3.FileInfo(fh=fh, keep_cache=True, direct_io=False)
+
+    @_errno_boundary
+    async def read(self, fh: int, off: int, size: int) -> bytes:
+        handle = self._files[fh]
+        blob = handle.blob
+        if blob is None:
+            blob = await self.fetcher.get(handle.version, handle.entry)
+            if handle.blob is None:
+                handle.blob = blob
+            else:  # another read on this handle got there first
+                blob.close()
+                blob = handle.blob
+        # Verified and local: pread inline (a thread hop would cost more than the read).
+        return blob.pread(size, off)
+
+    @_errno_boundary
+    async def release(self, fh: int) -> None:
+        handle = self._files.pop(fh, None)
+        if handle is not None and handle.blob is not None:
+            handle.blob.close()
+
+    # -- extended attributes --------------------------------------------------------------------
+
+    def _xattrs(self, inode: int) -> dict[str, bytes]:
+        return self.tree.xattrs(self.tree.node(inode), self.fetcher.stats.to_json)
+
+    @_errno_boundary
+    async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
+        value = self._xattrs(inode).get(name.decode("utf-8", "replace"))
+        if value is None:
+            raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
+        return value
+
+    @_errno_boundary
+    async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> Sequence[bytes]:
+        return [name.encode() for name in self._xattrs(inode)]
+
+    @_errno_boundary
+    async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
+        out = pyfuse3.StatvfsData()
+        out.f_bsize = 128 * 1024
+        out.f_frsize = 4096
+        out.f_blocks = out.f_bfree = out.f_bavail = 0
+        out.f_files = len(self.tree)
+        out.f_ffree = out.f_favail = 0
+        out.f_namemax = 255
+        return out
+
+    # -- every write is EROFS -------------------------------------------------------------------
+
+    async def _read_only(self, *args: Any, **kwargs: Any) -> Any:
+        raise pyfuse3.FUSEError(errno.EROFS)
+
+    setattr = _read_only
+    mknod = _read_only
+    mkdir = _read_only
+    unlink = _read_only
+    rmdir = _read_only
+    symlink = _read_only
+    rename = _read_only
+    link = _read_only
+    write = _read_only
+    create = _read_only
+    setxattr = _read_only
+    removexattr = _read_only

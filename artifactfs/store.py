@@ -1,0 +1,222 @@
+"""The verified blob store: a content-addressed, size-bounded, multi-process cache on diskcache.
+
+Keys are content addresses (``md5/<hex>``, ``xxh128/<hex>``), so a blob shared by several
+versions, artifacts or mounts is stored and fetched once.  Nothing enters the cache before its
+bytes have hashed to the digest the manifest promises:
+
+* :meth:`BlobStore.fill` streams a source into a temp file under the cache directory while
+  hashing it, and only on a match *adopts* the temp file into diskcache (a rename, not a copy:
+  see :class:`_AdoptingDisk`).  On a mismatch the temp file is deleted and
+  :class:`~artifactfs.errors.DigestMismatch` raised.
+* :meth:`BlobStore.verify_in_place` serves a blob that already sits in a local file (the local
+  registry's blob store) without copying it: it hashes the file once and records the file's
+  identity (device, inode, size, mtime, ctime) in the cache.  The record is trusted only while
+  that identity is unchanged: any write to the file changes its ctime and forces a new hash.
+
+All methods block (disk I/O, hashing); the fetcher runs them in worker threads.  A worker touches
+only its own file descriptors and the diskcache handle, which is thread- and process-safe.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+import secrets
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import IO, Any
+
+import diskcache
+
+from .errors import DigestMismatch, FetchError, RegistryError
+from .manifest import Entry, b64_digest, new_hasher
+
+log = logging.getLogger(__name__)
+
+CHUNK = 1 << 20
+DEFAULT_SIZE_LIMIT = 50 << 30
+_TRUST_PREFIX = "trust/"
+
+
+class Blob:
+    """An open, verified blob: ``pread`` serves bytes from it without further checks."""
+
+    __slots__ = ("_data", "_fd", "size")
+
+    def __init__(self, fd: int | None = None, data: bytes | None = None, size: int = 0) -> None:
+        self._fd = fd
+        self._data = data
+        self.size = size
+
+    def pread(self, size: int, offset: int) -> bytes:
+        if self._data is not None:
+            return self._data[offset : offset + size]
+        assert self._fd is not None
+        return os.pread(self._fd, size, offset)
+
+    def close(self) -> None:
+        if self._fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self._fd)
+            self._fd = None
+
+
+@dataclass(frozen=True, slots=True)
+class _Adopt:
+    """A value for ``Cache.set(read=True)`` that is moved into the cache instead of copied."""
+
+    path: str
+
+
+class _AdoptingDisk(diskcache.Disk):  # type: ignore[misc]
+    """diskcache's file storage, plus adoption of a finished temp file by rename.
+
+    Stock ``set(key, file, read=True)`` copies the file into the cache directory: a second full
+    write of every blob.  The temp file already lives inside the cache directory, so a rename
+    gives diskcache the same on-disk state (a ``.val`` file it owns, counted in its size) for free.
+    """
+
+    def store(self, value: Any, read: bool, key: Any = diskcache.core.UNKNOWN) -> Any:
+        if isinstance(value, _Adopt):
+            filename, full_path = self.filename(key, value)
+            os.makedirs(os.path.dirname(full_path), exist_ok=True)
+            os.rename(value.path, full_path)
+            return os.path.getsize(full_path), diskcache.core.MODE_BINARY, filename, None
+        return super().store(value, read, key)
+
+
+class BlobStore:
+    """The cache directory (mode 0700) and the rules for what may enter it."""
+
+    def __init__(self, directory: str, size_limit: int = DEFAULT_SIZE_LIMIT) -> None:
+        self.directory = os.path.abspath(directory)
+        try:
+            os.makedirs(self.directory, mode=0o700, exist_ok=True)
+            os.chmod(self.directory, 0o700)
+            self.tmp = os.path.join(self.directory, "tmp")
+            os.makedirs(self.tmp, mode=0o700, exist_ok=True)
+            self._cache = diskcache.Cache(
+                self.directory,
+                size_limit=size_limit,
+                eviction_policy="least-recently-used",
+                disk=_AdoptingDisk,
+                cull_limit=64,
+            )
+        except OSError as exc:
+            raise RegistryError(f"cannot use cache directory {self.directory}: {exc.strerror or exc}") from exc
+        self._lock = threading.Lock()
+
+    def close(self) -> None:
+        self._cache.close()
+
+    @property
+    def volume(self) -> int:
+        return int(self._cache.volume())
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._cache
+
+    def open_cached(self, key: str) -> Blob | None:
+        """The cached blob for ``key``, opened, or None.  Marks it recently used."""
+        try:
+            handle = self._cache.get(key, read=True)
+        except OSError:  # evicted by another process between lookup and open
+            return None
+        if handle is None:
+            return None
+        if isinstance(handle, io.BytesIO):
+            data = handle.getvalue()
+            return Blob(data=data, size=len(data))
+        fd = os.dup(handle.fileno())
+        handle.close()
+        return Blob(fd=fd, size=os.fstat(fd).st_size)
+
+    def fill(self, key: str, entry: Entry, opener: Callable[[], IO[bytes]], what: str) -> Blob:
+        """Stream ``opener()`` into the cache if it hashes to ``entry.digest``; return the blob."""
+        hasher = new_hasher(entry.alg)
+        path = os.path.join(self.tmp, f"{os.getpid()}-{secrets.token_hex(8)}.part")
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        published = False
+        try:
+            size = 0
+            try:
+                with opener() as src:
+                    while chunk := src.read(CHUNK):
+                        hasher.update(chunk)
+                        os.write(fd, chunk)
+                        size += len(chunk)
+            except OSError as exc:
+                raise FetchError(f"reading {what} failed: {exc.strerror or exc}") from exc
+            actual = b64_digest(hasher)
+            if actual != entry.digest or size != entry.size:
+                raise DigestMismatch(what, f"{entry.digest} ({entry.size} bytes)", f"{actual} ({size} bytes)")
+            self._cache.set(key, _Adopt(path), read=True)
+            published = True
+            return Blob(fd=fd, size=size)
+        except BaseException:
+            os.close(fd)
+            if not published:
+                with contextlib.suppress(OSError):
+                    os.unlink(path)
+            raise
+
+    def open_trusted(self, key: str, path: str) -> Blob | None:
+        """``path`` opened, if a trust record says it was verified and it has not changed since."""
+        record = self._cache.get(_TRUST_PREFIX + key)
+        if record is None or record[0] != path:
+            return None
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            return None
+        st = os.fstat(fd)
+        if tuple(record[1:]) != _identity(st):
+            os.close(fd)
+            return None
+        return Blob(fd=fd, size=st.st_size)
+
+    def verify_in_place(self, key: str, entry: Entry, path: str, what: str) -> Blob:
+        """Open ``path``, hash it, and on a match record its identity as trusted."""
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError as exc:
+            raise FetchError(f"blob of {what} is missing ({path})") from exc
+        except OSError as exc:
+            raise FetchError(f"cannot open blob of {what}: {exc.strerror or exc}") from exc
+        trust_key = _TRUST_PREFIX + key
+        try:
+            before = _identity(os.fstat(fd))
+            hasher = new_hasher(entry.alg)
+            offset = 0
+            while chunk := os.pread(fd, CHUNK, offset):
+                hasher.update(chunk)
+                offset += len(chunk)
+            actual = b64_digest(hasher)
+            if _identity(os.fstat(fd)) != before:
+                raise FetchError(f"blob of {what} changed while it was verified")
+            if actual != entry.digest or offset != entry.size:
+                self._cache.delete(trust_key)
+                raise DigestMismatch(what, f"{entry.digest} ({entry.size} bytes)", f"{actual} ({offset} bytes)")
+            self._cache.set(trust_key, (path, *before))
+            return Blob(fd=fd, size=offset)
+        except BaseException:
+            os.close(fd)
+            raise
+
+    def clean_tmp(self, max_age: float = 3600.0) -> None:
+        """Delete temp files of fills that died (killed daemons) more than ``max_age`` ago."""
+        import time
+
+        cutoff = time.time() - max_age
+        with contextlib.suppress(OSError), os.scandir(self.tmp) as it:
+            for item in it:
+                with contextlib.suppress(OSError):
+                    if item.stat().st_mtime < cutoff:
+                        os.unlink(item.path)
+
+
+def _identity(st: os.stat_result) -> tuple[int, int, int, int, int]:
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
