@@ -39,6 +39,7 @@ from ..errors import (
     Conflict,
     EntityNotFound,
     EntryNotFound,
+    InvalidPath,
     InvalidReference,
     ManifestError,
     ProjectNotFound,
@@ -330,7 +331,7 @@ class LocalRegistry(Registry):
     def list_dir(self, version: VersionInfo, path: str) -> list[DirEntry]:
         pk = self._pk_of(version)
         db = self._db()
-        if path and not self._is_dir(pk, path):
+        if path and not (_is_lookup_path(path) and self._is_dir(pk, path)):
             raise EntryNotFound(f"{version.ref}: no directory {path!r}")
         out = [
             DirEntry(r[0], None)
@@ -360,6 +361,8 @@ class LocalRegistry(Registry):
         pk = self._pk_of(version)
         if path == "":
             return DirEntry("", None)
+        if not _is_lookup_path(path):  # "/a" would otherwise find "a"
+            raise EntryNotFound(f"{version.ref}: no entry {path!r}")
         parent, name = split_dir(path)
         row = (
             self._db()
@@ -661,6 +664,15 @@ class LocalRegistry(Registry):
             if newest is not None:
                 self._move_aliases(db, cid, int(newest[0]), [LATEST], now_ns())
         return version
+
+
+def _is_lookup_path(path: str) -> bool:
+    """Whether ``path`` is a canonical entry path (only those are looked up)."""
+    try:
+        check_entry_path(path)
+    except InvalidPath:
+        return False
+    return True
 
 
 def _check_metadata(metadata: dict[str, Any] | None) -> dict[str, Any]:

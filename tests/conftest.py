@@ -1,0 +1,199 @@
+"""Shared fixtures: registries built from real trees, and real FUSE mounts in subprocesses.
+
+Mount rules (DEVELOPERS.md): mount points live under pytest's tmp dir; every mount is unmounted
+(``fusermount3 -u``, then ``-z``); only daemons we started are killed.  Where /dev/fuse or
+fusermount3 is missing the FUSE tests skip, except when ``CI=true``: there they fail.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from artifactfs.names import parse_ref
+from artifactfs.registry.local import LocalRegistry
+
+PY = sys.executable
+
+
+def fuse_available() -> str | None:
+    """None when FUSE mounts can be made here, else the reason they cannot."""
+    if not os.path.exists("/dev/fuse"):
+        return "/dev/fuse is missing"
+    if shutil.which("fusermount3") is None:
+        return "fusermount3 is not installed"
+    return None
+
+
+@pytest.fixture(scope="session")
+def require_fuse() -> None:
+    reason = fuse_available()
+    if reason is None:
+        return
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"FUSE is required in CI: {reason}")
+    pytest.skip(reason)
+
+
+def run_cli(*args: str, check: bool = True, env: dict[str, str] | None = None,
+            timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run([PY, "-m", "artifactfs", *args], capture_output=True, text=True,
+                          env=env, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"artifactfs {' '.join(args)} failed ({proc.returncode}): {proc.stderr}")
+    return proc
+
+
+def write_tree(root: Path, files: dict[str, bytes]) -> Path:
+    for rel, data in files.items():
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+    return root
+
+
+def is_mounted(path: Path) -> bool:
+    target = os.path.realpath(path)
+    with open("/proc/mounts") as f:
+        for line in f:
+            parts = line.split()
+            if len(parts) > 2 and parts[1].encode().decode("unicode_escape") == target:
+                return True
+    return False
+
+
+def force_unmount(path: Path) -> None:
+    if not is_mounted(path):
+        return
+    if subprocess.run(["fusermount3", "-u", str(path)], capture_output=True).returncode != 0:
+        subprocess.run(["fusermount3", "-u", "-z", str(path)], capture_output=True)
+
+
+@dataclass
+class Mount:
+    """A running ``artifactfs mount --foreground`` daemon started by a test."""
+
+    path: Path
+    registry: Path
+    cache_dir: Path
+    proc: subprocess.Popen[bytes]
+    log_file: Path
+    extra_args: tuple[str, ...] = field(default=())
+
+    def stats(self) -> dict[str, int]:
+        raw = os.getxattr(self.path, "user.artifactfs.stats")
+        return json.loads(raw)  # type: ignore[no-any-return]
+
+    def log(self) -> str:
+        return self.log_file.read_text(errors="replace")
+
+    def unmount(self) -> None:
+        if self.proc.poll() is None:
+            force_unmount(self.path)
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        force_unmount(self.path)
+
+
+class Mounter:
+    """Starts mounts for a test and guarantees they are gone afterwards."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+        self.mounts: list[Mount] = []
+        self._n = 0
+
+    def __call__(self, registry: Path, *args: str, cache_dir: Path | None = None,
+                 name: str | None = None) -> Mount:
+        self._n += 1
+        path = self.tmp / (name or f"mnt{self._n}")
+        path.mkdir()
+        cache_dir = cache_dir or self.tmp / f"cache{self._n}"
+        log_file = self.tmp / f"mount{self._n}.log"
+        cmd = [PY, "-m", "artifactfs", "mount", str(registry), str(path), "--foreground",
+               "--cache-dir", str(cache_dir), "--log-level", "DEBUG", *args]
+        with open(log_file, "wb") as out:
+            proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        mount = Mount(path, registry, cache_dir, proc, log_file, tuple(args))
+        self.mounts.append(mount)
+        deadline = time.monotonic() + 30
+        while not is_mounted(path) or not _answers(path):
+            if proc.poll() is not None:
+                raise AssertionError(f"mount exited with {proc.returncode}: {log_file.read_text()}")
+            if time.monotonic() > deadline:
+                raise AssertionError(f"mount did not come up: {log_file.read_text()}")
+            time.sleep(0.02)
+        return mount
+
+    def cleanup(self) -> None:
+        for mount in self.mounts:
+            with contextlib.suppress(Exception):
+                mount.unmount()
+            if mount.proc.poll() is None:
+                mount.proc.send_signal(signal.SIGKILL)
+                mount.proc.wait()
+            force_unmount(mount.path)
+
+
+def _answers(path: Path) -> bool:
+    try:
+        os.stat(path)
+        return True
+    except OSError:
+        return False
+
+
+@pytest.fixture
+def mounter(tmp_path: Path, require_fuse: None) -> Iterator[Mounter]:
+    m = Mounter(tmp_path)
+    try:
+        yield m
+    finally:
+        m.cleanup()
+
+
+SAMPLE_FILES: dict[str, bytes] = {
+    "README.md": b"# sample\n",
+    "train/000001.txt": b"one\n",
+    "train/000002.txt": b"two\n" * 1000,
+    "train/deep/er/still/x.bin": bytes(range(256)) * 64,
+    "empty": b"",
+    ".hidden": b"secret-ish but fine\n",
+    "latest": b"a file named latest\n",
+    "with space/ünïcødé name.txt": "héllo wörld\n".encode(),
+    "colon:inside.txt": b"colons are fine inside a version\n",
+}
+
+
+@pytest.fixture
+def sample_registry(tmp_path: Path) -> tuple[Path, Path]:
+    """A registry with acme/vision/ds:v0 (alias best), ds:v1 (latest) and acme/vision/model:v0.
+
+    Returns (registry dir, source tree of ds:v1).
+    """
+    reg_dir = tmp_path / "registry"
+    src0 = write_tree(tmp_path / "src0", {"README.md": b"# v0\n", "train/000001.txt": b"one\n"})
+    src1 = write_tree(tmp_path / "src1", SAMPLE_FILES)
+    model = write_tree(tmp_path / "model", {"model.pt": os.urandom(300_000)})
+    reg = LocalRegistry(reg_dir, create=True)
+    try:
+        reg.log_dir(src0, parse_ref("acme/vision/ds"), type="dataset", aliases=["best"], metadata={"rows": 1})
+        reg.log_dir(src1, parse_ref("acme/vision/ds"), type="dataset", description="the full set")
+        reg.log_dir(model, parse_ref("acme/vision/model"), type="model")
+    finally:
+        reg.close()
+    return reg_dir, src1

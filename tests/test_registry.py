@@ -1,0 +1,810 @@
+"""The local registry: versions, aliases, deletes, listings, blobs, atomicity, concurrency, memory."""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import hashlib
+import os
+import re
+import signal
+import stat
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import xxhash
+
+from artifactfs.errors import (
+    ArtifactNotFound,
+    Conflict,
+    EntityNotFound,
+    EntryNotFound,
+    InvalidPath,
+    InvalidReference,
+    ManifestError,
+    ProjectNotFound,
+    RegistryError,
+    SourceError,
+)
+from artifactfs.manifest import EMPTY_MD5_B64, MD5, XXH128, artifact_digest
+from artifactfs.names import Ref, parse_ref
+from artifactfs.registry.base import VersionInfo
+from artifactfs.registry.local import LocalRegistry
+
+COLL = "acme/vision/ds"
+MiB = 1 << 20
+
+
+def R(text: str) -> Ref:
+    return parse_ref(text)
+
+
+def write_tree(root: Path, files: dict[str, bytes]) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    for rel, data in files.items():
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+    return root
+
+
+def b64md5(data: bytes) -> str:
+    return base64.b64encode(hashlib.md5(data).digest()).decode()
+
+
+@pytest.fixture
+def reg(tmp_path: Path) -> Iterator[LocalRegistry]:
+    registry = LocalRegistry(tmp_path / "registry", create=True)
+    yield registry
+    registry.close()
+
+
+@pytest.fixture
+def trees(tmp_path: Path) -> list[Path]:
+    """Three different small trees."""
+    return [
+        write_tree(tmp_path / f"src{i}", {"a.txt": f"content {i}\n".encode(), "d/b.bin": bytes([i]) * 100})
+        for i in range(3)
+    ]
+
+
+def log(reg: LocalRegistry, src: Path, ref: str = COLL, **kwargs: Any) -> VersionInfo:
+    kwargs.setdefault("type", "dataset")
+    return reg.log_dir(src, R(ref), **kwargs).version
+
+
+def version_names(reg: LocalRegistry, coll: str = COLL) -> list[str]:
+    return [v.version for v in reg.versions(*coll.split("/"))]
+
+
+def alias_map(reg: LocalRegistry, coll: str = COLL) -> dict[str, list[str]]:
+    return {v.version: list(v.aliases) for v in reg.versions(*coll.split("/"))}
+
+
+def all_blobs(root: Path, alg: str = "md5") -> list[Path]:
+    base = root / "objects" / alg
+    return sorted(p for p in base.rglob("*") if p.is_file()) if base.exists() else []
+
+
+def assert_blobs_intact(root: Path) -> int:
+    """Every blob in the store hashes to its own name; returns how many there are."""
+    count = 0
+    for alg, new in (("md5", hashlib.md5), ("xxh128", xxhash.xxh128)):
+        for blob in all_blobs(root, alg):
+            h = new()
+            with open(blob, "rb") as f:
+                while chunk := f.read(MiB):
+                    h.update(chunk)
+            assert blob.parent.name + blob.name == h.hexdigest(), f"blob {blob} does not hash to its name"
+            assert len(blob.parent.name) == 2
+            count += 1
+    return count
+
+
+# -- versions and latest -------------------------------------------------------------------------
+
+
+def test_versions_and_latest(reg: LocalRegistry, trees: list[Path]) -> None:
+    for i, src in enumerate(trees):
+        result = reg.log_dir(src, R(COLL), type="dataset")
+        assert result.created
+        assert result.version.version == f"v{i}"
+        assert result.version.aliases == ("latest",)
+        assert reg.resolve(R(f"{COLL}:latest")).version == f"v{i}"
+    assert version_names(reg) == ["v0", "v1", "v2"]
+    assert alias_map(reg) == {"v0": [], "v1": [], "v2": ["latest"]}
+    assert [reg.resolve(R(f"{COLL}:v{i}")).version_index for i in range(3)] == [0, 1, 2]
+    assert reg.entities() == ["acme"]
+    assert reg.projects("acme") == ["vision"]
+    [coll] = reg.collections("acme", "vision")
+    assert (coll.name, coll.type, coll.version_count) == ("ds", "dataset", 3)
+
+
+def test_collections_are_independent(reg: LocalRegistry, trees: list[Path]) -> None:
+    log(reg, trees[0], "acme/vision/one")
+    log(reg, trees[1], "acme/vision/two", type="model")
+    log(reg, trees[2], "acme/vision/two", type="model")
+    log(reg, trees[0], "acme/other/one")
+    log(reg, trees[0], "beta/vision/one")
+    assert reg.entities() == ["acme", "beta"]
+    assert reg.projects("acme") == ["other", "vision"]
+    assert [(c.name, c.type, c.version_count) for c in reg.collections("acme", "vision")] == [
+        ("one", "dataset", 1),
+        ("two", "model", 2),
+    ]
+    assert version_names(reg, "acme/vision/one") == ["v0"]
+    assert version_names(reg, "acme/other/one") == ["v0"]
+    assert reg.aliases("acme", "vision") == {("one", "latest"): 0, ("two", "latest"): 1}
+
+
+def test_not_found_errors(reg: LocalRegistry, trees: list[Path]) -> None:
+    log(reg, trees[0])
+    with pytest.raises(EntityNotFound):
+        reg.projects("nobody")
+    with pytest.raises(ProjectNotFound):
+        reg.collections("acme", "nothing")
+    with pytest.raises(ArtifactNotFound):
+        reg.versions("acme", "vision", "nope")
+    with pytest.raises(ArtifactNotFound, match="v7"):
+        reg.resolve(R(f"{COLL}:v7"))
+    with pytest.raises(ArtifactNotFound, match="best"):
+        reg.resolve(R(f"{COLL}:best"))
+    with pytest.raises(InvalidReference):
+        reg.resolve(R(COLL))  # no tag
+
+
+def test_relog_identical_content(reg: LocalRegistry, trees: list[Path], tmp_path: Path) -> None:
+    v0 = log(reg, trees[0])
+    time.sleep(0.002)
+    again = reg.log_dir(trees[0], R(COLL), type="dataset", aliases=["best", "prod"], description="ignored")
+    assert not again.created
+    assert again.version.version == "v0"
+    assert again.version.id == v0.id
+    assert set(again.version.aliases) == {"latest", "best", "prod"}
+    assert again.version.updated_at_ns > v0.updated_at_ns
+    assert version_names(reg) == ["v0"]
+    # The same bytes somewhere else are the same content.
+    copy = write_tree(tmp_path / "copy", {"a.txt": b"content 0\n", "d/b.bin": bytes([0]) * 100})
+    assert not reg.log_dir(copy, R(COLL), type="dataset").created
+    # A rename is a different content.
+    renamed = write_tree(tmp_path / "renamed", {"A.txt": b"content 0\n", "d/b.bin": bytes([0]) * 100})
+    assert reg.log_dir(renamed, R(COLL), type="dataset").version.version == "v1"
+    # The same files hashed with another algorithm are another version.
+    assert log(reg, renamed, digest_algorithm=XXH128).version == "v2"
+
+
+def test_type_conflict(reg: LocalRegistry, trees: list[Path]) -> None:
+    log(reg, trees[0])
+    before = reg.versions("acme", "vision", "ds")
+    with pytest.raises(Conflict, match="'dataset'"):
+        reg.log_dir(trees[1], R(COLL), type="model", aliases=["x"])
+    assert reg.versions("acme", "vision", "ds") == before
+    assert reg.collections("acme", "vision")[0].type == "dataset"
+    # Even identical content does not sneak through under another type.
+    with pytest.raises(Conflict):
+        reg.log_dir(trees[0], R(COLL), type="model", aliases=["x"])
+    assert reg.versions("acme", "vision", "ds") == before
+
+
+# -- aliases -------------------------------------------------------------------------------------
+
+
+def test_alias_moves(reg: LocalRegistry, trees: list[Path]) -> None:
+    log(reg, trees[0], aliases=["best"])
+    log(reg, trees[1])
+    assert alias_map(reg) == {"v0": ["best"], "v1": ["latest"]}
+
+    v1 = reg.add_alias(R(f"{COLL}:v1"), "best")
+    assert set(v1.aliases) == {"latest", "best"}
+    assert alias_map(reg) == {"v0": [], "v1": ["latest", "best"]}
+    assert reg.resolve(R(f"{COLL}:best")).version == "v1"
+
+    # Logging with an alias moves it too; latest always follows the newest version.
+    log(reg, trees[2], aliases=["best", "candidate"])
+    assert alias_map(reg) == {"v0": [], "v1": [], "v2": ["latest", "best", "candidate"]}
+
+    # Adding an alias through another alias.
+    reg.add_alias(R(f"{COLL}:candidate"), "prod")
+    assert reg.resolve(R(f"{COLL}:prod")).version == "v2"
+    reg.add_alias(R(f"{COLL}:v0"), "prod")
+    assert alias_map(reg) == {"v0": ["prod"], "v1": [], "v2": ["latest", "best", "candidate"]}
+
+    # Adding an alias a version already has changes nothing.
+    before = reg.resolve(R(f"{COLL}:v0"))
+    assert reg.add_alias(R(f"{COLL}:v0"), "prod") == before
+
+    # Every alias names at most one version.
+    pairs = reg.aliases("acme", "vision")
+    assert pairs == {("ds", "latest"): 2, ("ds", "best"): 2, ("ds", "candidate"): 2, ("ds", "prod"): 0}
+    all_aliases = [a for v in reg.versions("acme", "vision", "ds") for a in v.aliases]
+    assert len(all_aliases) == len(set(all_aliases))
+
+
+def test_alias_updates_timestamps(reg: LocalRegistry, trees: list[Path]) -> None:
+    v0 = log(reg, trees[0], aliases=["best"])
+    v1 = log(reg, trees[1])
+    time.sleep(0.002)
+    reg.add_alias(R(f"{COLL}:v1"), "best")
+    new0, new1 = reg.versions("acme", "vision", "ds")
+    assert new0.updated_at_ns > v0.updated_at_ns  # lost an alias
+    assert new1.updated_at_ns > v1.updated_at_ns  # gained one
+    assert (new0.created_at_ns, new1.created_at_ns) == (v0.created_at_ns, v1.created_at_ns)
+
+
+def test_remove_alias(reg: LocalRegistry, trees: list[Path]) -> None:
+    log(reg, trees[0], aliases=["best", "prod"])
+    log(reg, trees[1])
+    v0 = reg.remove_alias(R(f"{COLL}:best"), "best")
+    assert v0.version == "v0"
+    assert v0.aliases == ("prod",)
+    with pytest.raises(ArtifactNotFound):
+        reg.resolve(R(f"{COLL}:best"))
+    # An alias that another version has is not removed through this one.
+    with pytest.raises(ArtifactNotFound, match="prod"):
+        reg.remove_alias(R(f"{COLL}:v1"), "prod")
+    assert reg.resolve(R(f"{COLL}:prod")).version == "v0"
+    with pytest.raises(ArtifactNotFound):
+        reg.remove_alias(R(f"{COLL}:v0"), "never")
+
+
+def test_latest_is_managed(reg: LocalRegistry, trees: list[Path]) -> None:
+    log(reg, trees[0])
+    log(reg, trees[1])
+    with pytest.raises(Conflict, match="latest"):
+        reg.add_alias(R(f"{COLL}:v0"), "latest")
+    with pytest.raises(Conflict, match="latest"):
+        reg.remove_alias(R(f"{COLL}:v1"), "latest")
+    assert alias_map(reg) == {"v0": [], "v1": ["latest"]}
+
+
+@pytest.mark.parametrize("alias", ["v0", "v3", "bad alias", "a/b", "a:b", ""])
+def test_invalid_aliases(reg: LocalRegistry, trees: list[Path], alias: str) -> None:
+    log(reg, trees[0])
+    with pytest.raises(InvalidReference):
+        reg.add_alias(R(f"{COLL}:v0"), alias)
+    with pytest.raises(InvalidReference):
+        reg.log_dir(trees[1], R(COLL), type="dataset", aliases=[alias])
+    assert alias_map(reg) == {"v0": ["latest"]}
+
+
+def test_alias_on_missing_version(reg: LocalRegistry, trees: list[Path]) -> None:
+    log(reg, trees[0])
+    with pytest.raises(ArtifactNotFound):
+        reg.add_alias(R(f"{COLL}:v5"), "best")
+    with pytest.raises(ArtifactNotFound):
+        reg.add_alias(R("acme/vision/other:v0"), "best")
+    assert reg.aliases("acme", "vision") == {("ds", "latest"): 0}
+
+
+# -- delete --------------------------------------------------------------------------------------
+
+
+def test_delete(reg: LocalRegistry, trees: list[Path], tmp_path: Path) -> None:
+    log(reg, trees[0], aliases=["best"])
+    log(reg, trees[1])
+    log(reg, trees[2])
+    blobs_before = all_blobs(Path(reg.root))
+
+    # Refused while an alias other than latest names it.
+    with pytest.raises(Conflict, match="best"):
+        reg.delete(R(f"{COLL}:v0"))
+    assert version_names(reg) == ["v0", "v1", "v2"]
+
+    deleted = reg.delete(R(f"{COLL}:best"), delete_aliases=True)
+    assert deleted.version == "v0"
+    assert version_names(reg) == ["v1", "v2"]
+    with pytest.raises(ArtifactNotFound):
+        reg.resolve(R(f"{COLL}:best"))
+    with pytest.raises(ArtifactNotFound):
+        reg.resolve(R(f"{COLL}:v0"))
+
+    # Deleting the latest version moves latest to the newest one left.
+    reg.delete(R(f"{COLL}:latest"))
+    assert alias_map(reg) == {"v1": ["latest"]}
+
+    # Indices are never reused.
+    new = write_tree(tmp_path / "new", {"n": b"new"})
+    assert log(reg, new).version == "v3"
+    assert alias_map(reg) == {"v1": [], "v3": ["latest"]}
+    reg.delete(R(f"{COLL}:v3"))
+    reg.delete(R(f"{COLL}:v1"))
+    assert version_names(reg) == []
+    with pytest.raises(ArtifactNotFound):
+        reg.resolve(R(f"{COLL}:latest"))
+    assert reg.collections("acme", "vision")[0].version_count == 0
+    assert log(reg, trees[0]).version == "v4"
+
+    # Blobs stay (content addressed, possibly shared).
+    assert set(blobs_before) <= set(all_blobs(Path(reg.root)))
+
+    with pytest.raises(ArtifactNotFound):
+        reg.delete(R(f"{COLL}:v2"))
+    with pytest.raises(InvalidReference):
+        reg.delete(R(COLL))
+
+
+def test_delete_non_latest_keeps_latest(reg: LocalRegistry, trees: list[Path]) -> None:
+    log(reg, trees[0])
+    log(reg, trees[1])
+    reg.delete(R(f"{COLL}:v0"))
+    assert alias_map(reg) == {"v1": ["latest"]}
+    # Relogging v0's content creates a new version (its old index stays gone).
+    assert log(reg, trees[0]).version == "v2"
+
+
+def test_delete_drops_entries(reg: LocalRegistry, trees: list[Path]) -> None:
+    v0 = log(reg, trees[0])
+    log(reg, trees[1])
+    reg.delete(R(f"{COLL}:v0"))
+    with pytest.raises(ArtifactNotFound):
+        reg.list_dir(v0, "")
+    with pytest.raises(ArtifactNotFound):
+        list(reg.iter_entries(v0))
+
+
+# -- listings ------------------------------------------------------------------------------------
+
+NESTED = {
+    "top.txt": b"top",
+    "a/d.txt": b"d",
+    "a/b/c.txt": b"c",
+    "a/b/c2.txt": b"c2",
+    "e/f/g/h": b"deep",
+    "B/upper": b"U",
+    ".hidden": b"h",
+    "latest": b"a file named latest",
+    "z/empty": b"",
+}
+
+
+def test_list_dir_and_get_entry(reg: LocalRegistry, tmp_path: Path) -> None:
+    v = log(reg, write_tree(tmp_path / "nested", NESTED))
+
+    def names(path: str) -> list[tuple[str, bool]]:
+        return [(d.name, d.entry is not None) for d in reg.list_dir(v, path)]
+
+    assert names("") == [
+        (".hidden", True),
+        ("B", False),
+        ("a", False),
+        ("e", False),
+        ("latest", True),
+        ("top.txt", True),
+        ("z", False),
+    ]
+    assert names("a") == [("b", False), ("d.txt", True)]
+    assert names("a/b") == [("c.txt", True), ("c2.txt", True)]
+    assert names("e") == [("f", False)]
+    assert names("e/f") == [("g", False)]
+    assert names("e/f/g") == [("h", True)]
+
+    for missing in ("nope", "a/nope", "top.txt", "a/d.txt", "a/b/c.txt/x", "e/f/g/h"):
+        with pytest.raises(EntryNotFound):
+            reg.list_dir(v, missing)
+
+    entry = reg.list_dir(v, "a/b")[0].entry
+    assert entry is not None
+    assert (entry.path, entry.digest, entry.size) == ("a/b/c.txt", b64md5(b"c"), 1)
+
+    root = reg.get_entry(v, "")
+    assert root.entry is None
+    f = reg.get_entry(v, "e/f/g/h")
+    assert f.name == "h"
+    assert f.entry is not None
+    assert (f.entry.path, f.entry.size, f.entry.digest) == ("e/f/g/h", 4, b64md5(b"deep"))
+    d = reg.get_entry(v, "e/f")
+    assert (d.name, d.entry) == ("f", None)
+    empty = reg.get_entry(v, "z/empty").entry
+    assert empty is not None
+    assert (empty.size, empty.digest) == (0, EMPTY_MD5_B64)
+    for missing in ("nope", "a/b/nope", "e/f/g/h/i", "a/", "/a", "E"):
+        with pytest.raises(EntryNotFound):
+            reg.get_entry(v, missing)
+
+    entries = {e.path: e for e in reg.iter_entries(v)}
+    assert set(entries) == set(NESTED)
+    assert all(entries[p].digest == b64md5(data) and entries[p].size == len(data) for p, data in NESTED.items())
+    manifest = reg.manifest(v)
+    assert manifest.digest() == v.digest
+    assert v.digest == artifact_digest((p, b64md5(data)) for p, data in NESTED.items())
+
+
+def test_listing_is_per_version(reg: LocalRegistry, tmp_path: Path) -> None:
+    v0 = log(reg, write_tree(tmp_path / "one", {"x/1": b"1"}))
+    v1 = log(reg, write_tree(tmp_path / "two", {"y/2": b"2"}))
+    assert [d.name for d in reg.list_dir(v0, "")] == ["x"]
+    assert [d.name for d in reg.list_dir(v1, "")] == ["y"]
+    with pytest.raises(EntryNotFound):
+        reg.get_entry(v1, "x/1")
+
+
+def test_walk_skips_special_files_and_symlinked_dirs(reg: LocalRegistry, tmp_path: Path) -> None:
+    src = write_tree(tmp_path / "special", {"real/file": b"data", "other": b"o"})
+    os.mkfifo(src / "fifo")  # would hang a naive reader
+    (src / "broken").symlink_to(tmp_path / "does-not-exist")
+    (src / "filelink").symlink_to(src / "other")
+    (src / "dirlink").symlink_to(src / "real", target_is_directory=True)
+    v = log(reg, src)
+    assert sorted(e.path for e in reg.iter_entries(v)) == ["filelink", "other", "real/file"]
+    assert reg.get_entry(v, "filelink").entry.digest == b64md5(b"o")  # type: ignore[union-attr]
+
+
+def test_empty_directory(reg: LocalRegistry, tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    v = log(reg, tmp_path / "empty")
+    assert (v.file_count, v.size) == (0, 0)
+    assert reg.list_dir(v, "") == []
+    assert v.digest == hashlib.md5(b"wandb-artifact-manifest-v1\n").hexdigest()
+
+
+def test_many_files_in_one_directory(reg: LocalRegistry, tmp_path: Path) -> None:
+    src = tmp_path / "many"
+    src.mkdir()
+    for i in range(3000):
+        (src / f"f{i:05d}").write_bytes(b"%d" % i)
+    v = log(reg, src)
+    assert v.file_count == 3000
+    listing = reg.list_dir(v, "")
+    assert [d.name for d in listing] == [f"f{i:05d}" for i in range(3000)]
+    assert reg.get_entry(v, "f02999").entry.digest == b64md5(b"2999")  # type: ignore[union-attr]
+
+
+# -- metadata and info ---------------------------------------------------------------------------
+
+
+def test_metadata_and_description(reg: LocalRegistry, trees: list[Path]) -> None:
+    metadata = {"rows": 10, "split": "train", "nested": {"list": [1, 2.5, None, True]}, "\u00e9": "\u2603"}
+    v = reg.log_dir(trees[0], R(COLL), type="dataset", description="first \u2603", metadata=metadata).version
+    assert v.metadata == metadata
+    assert v.description == "first \u2603"
+    again = reg.resolve(R(f"{COLL}:v0"))
+    assert again.metadata == metadata
+    assert again.description == "first \u2603"
+    assert reg.collections("acme", "vision")[0].description == "first \u2603"
+    v1 = log(reg, trees[1])
+    assert (v1.metadata, v1.description) == ({}, "")
+
+
+@pytest.mark.parametrize("metadata", [[1, 2], "text", {"x": float("nan")}, {"x": object()}])
+def test_bad_metadata(reg: LocalRegistry, trees: list[Path], metadata: Any) -> None:
+    with pytest.raises(InvalidReference, match="metadata"):
+        reg.log_dir(trees[0], R(COLL), type="dataset", metadata=metadata)
+    assert reg.entities() == []
+
+
+def test_info_fields(reg: LocalRegistry, trees: list[Path]) -> None:
+    before = time.time_ns()
+    v0 = log(reg, trees[0])
+    v1 = log(reg, trees[1])
+    after = time.time_ns()
+    for v in (v0, v1):
+        assert base64.b64decode(v.id).decode().startswith("Artifact:")
+        assert re.fullmatch(r"[0-9a-f]{20}", v.commit_hash)
+        assert before <= v.created_at_ns <= v.updated_at_ns <= after
+        assert v.state == "COMMITTED"
+        assert v.file_count == 2
+        assert v.size == len(b"content 0\n") + 100
+        assert v.type == "dataset"
+        assert (v.entity, v.project, v.name) == ("acme", "vision", "ds")
+        assert v.digest_algorithm == "MANIFEST_MD5"
+        assert v.storage_policy_config == {"storageLayout": "V2"}
+        assert re.fullmatch(r"[0-9a-f]{32}", v.digest)
+    assert v0.id != v1.id
+    assert v0.commit_hash != v1.commit_hash
+    assert v0.created_at_ns <= v1.created_at_ns
+    # Reading back gives the same answer.
+    assert reg.resolve(R(f"{COLL}:v1")) == v1
+
+    data = reg.resolve(R(f"{COLL}:v0")).to_json()
+    assert data["qualified_name"] == "acme/vision/ds:v0"
+    assert data["version"] == "v0"
+    assert data["aliases"] == []
+    for key in ("created_at", "updated_at"):
+        parsed = dt.datetime.strptime(data[key], "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=dt.timezone.utc)
+        assert abs(parsed.timestamp() * 1e9 - v0.created_at_ns) < 5e9
+
+
+# -- blobs ---------------------------------------------------------------------------------------
+
+
+def test_blob_layout(reg: LocalRegistry, tmp_path: Path) -> None:
+    files = {"a.txt": b"alpha", "b/c.txt": b"gamma" * 1000, "same1": b"dup", "d/same2": b"dup", "empty": b""}
+    v = log(reg, write_tree(tmp_path / "blobs", files))
+    root = Path(reg.root)
+    for path, data in files.items():
+        entry = reg.get_entry(v, path).entry
+        assert entry is not None
+        hexd = hashlib.md5(data).hexdigest()
+        blob = root / "objects" / "md5" / hexd[:2] / hexd[2:]
+        assert blob.read_bytes() == data
+        assert reg.blob_path(MD5, entry.digest) == str(blob)
+        assert reg.blob_source(v, entry).local_path == str(blob)
+        assert not blob.stat().st_mode & (stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH), "blobs are read-only"
+    assert len(all_blobs(root)) == 4  # "dup" is stored once
+    assert assert_blobs_intact(root) == 4
+    assert list((root / "objects" / "tmp").iterdir()) == []
+
+
+def test_xxh128_blobs(reg: LocalRegistry, tmp_path: Path) -> None:
+    files = {"a.txt": b"alpha", "n/b": b"beta"}
+    v = log(reg, write_tree(tmp_path / "x", files), digest_algorithm=XXH128)
+    assert v.digest_algorithm == "MANIFEST_XXH128"
+    root = Path(reg.root)
+    for path, data in files.items():
+        entry = reg.get_entry(v, path).entry
+        assert entry is not None
+        assert entry.alg == XXH128
+        assert dict(entry.extra) == {"alg": "XXH128"}
+        hexd = xxhash.xxh128(data).hexdigest()
+        blob = root / "objects" / "xxh128" / hexd[:2] / hexd[2:]
+        assert blob.read_bytes() == data
+        assert reg.blob_source(v, entry).local_path == str(blob)
+    assert all_blobs(root, "md5") == []
+    expected = xxhash.xxh128(
+        b"wandb-artifact-manifest-v1\n"
+        + "".join(f"{p}:{base64.b64encode(xxhash.xxh128(files[p]).digest()).decode()}\n" for p in sorted(files)).encode()
+    ).hexdigest()
+    assert v.digest == expected
+
+
+def test_unsupported_algorithm(reg: LocalRegistry, trees: list[Path]) -> None:
+    with pytest.raises(InvalidReference, match="SHA1"):
+        reg.log_dir(trees[0], R(COLL), type="dataset", digest_algorithm="SHA1")
+    assert reg.entities() == []
+
+
+# -- bad input creates nothing -------------------------------------------------------------------
+
+
+def test_file_and_dir_clash(reg: LocalRegistry, tmp_path: Path) -> None:
+    f1 = tmp_path / "f1"
+    f2 = tmp_path / "f2"
+    f1.write_bytes(b"one")
+    f2.write_bytes(b"two")
+    with pytest.raises(ManifestError, match="'a'.*both a file and a directory"):
+        reg.log_files([("a", str(f1)), ("a/b", str(f2))], R(COLL), type="dataset")
+    with pytest.raises(ManifestError, match="both a file and a directory"):
+        reg.log_files([("x/y/z", str(f2)), ("x/y", str(f1))], R(COLL), type="dataset")
+    with pytest.raises(ManifestError, match="twice"):
+        reg.log_files([("a", str(f1)), ("a", str(f2))], R(COLL), type="dataset")
+    assert reg.entities() == []
+    # The valid parts log fine.
+    v = reg.log_files([("a/b", str(f2)), ("c", str(f1))], R(COLL), type="dataset").version
+    assert v.version == "v0"
+    assert sorted(e.path for e in reg.iter_entries(v)) == ["a/b", "c"]
+
+
+@pytest.mark.parametrize("path", ["../escape", "/abs", "a//b", "a/./b", "C:x", "a\\b", "x\x00"])
+def test_log_files_rejects_bad_paths(reg: LocalRegistry, tmp_path: Path, path: str) -> None:
+    f = tmp_path / "f"
+    f.write_bytes(b"x")
+    with pytest.raises(InvalidPath):
+        reg.log_files([("ok", str(f)), (path, str(f))], R(COLL), type="dataset")
+    assert reg.entities() == []
+
+
+def test_missing_sources(reg: LocalRegistry, tmp_path: Path) -> None:
+    with pytest.raises(SourceError):
+        reg.log_dir(tmp_path / "nope", R(COLL), type="dataset")
+    (tmp_path / "file").write_bytes(b"x")
+    with pytest.raises(SourceError):
+        reg.log_dir(tmp_path / "file", R(COLL), type="dataset")
+    with pytest.raises(SourceError, match="gone"):
+        reg.log_files([("ok", str(tmp_path / "file")), ("gone", str(tmp_path / "gone"))], R(COLL), type="dataset")
+    assert reg.entities() == []
+    assert list((Path(reg.root) / "objects" / "tmp").iterdir()) == []
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads any file")
+def test_unreadable_file(reg: LocalRegistry, tmp_path: Path) -> None:
+    src = write_tree(tmp_path / "src", {"ok": b"ok", "secret": b"s"})
+    (src / "secret").chmod(0)
+    with pytest.raises(SourceError, match="secret"):
+        log(reg, src)
+    assert reg.entities() == []
+
+
+@pytest.mark.parametrize("type_", ["", "a b", "x/y", "-x"])
+def test_invalid_type(reg: LocalRegistry, trees: list[Path], type_: str) -> None:
+    with pytest.raises(InvalidReference, match="type"):
+        reg.log_dir(trees[0], R(COLL), type=type_)
+    assert reg.entities() == []
+
+
+def test_open_missing_registry(tmp_path: Path) -> None:
+    with pytest.raises(RegistryError, match="no registry"):
+        LocalRegistry(tmp_path / "nothing")
+    assert not (tmp_path / "nothing").exists()
+
+
+def test_reopen(tmp_path: Path, trees: list[Path]) -> None:
+    reg = LocalRegistry(tmp_path / "r", create=True)
+    v = log(reg, trees[0], aliases=["best"])
+    reg.close()
+    again = LocalRegistry(tmp_path / "r")
+    try:
+        assert again.resolve(R(f"{COLL}:best")) == v
+        assert [e.path for e in again.manifest(v).entries.values()] != []
+    finally:
+        again.close()
+
+
+# -- real processes ------------------------------------------------------------------------------
+
+
+def cli(*args: str | os.PathLike[str], registry: Path) -> list[str]:
+    return [sys.executable, "-m", "artifactfs", *map(str, args), "--registry", str(registry)]
+
+
+def child_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env.pop("ARTIFACTFS_REGISTRY", None)
+    return env
+
+
+def write_big_tree(root: Path, count: int, size: int) -> dict[str, str]:
+    """``count`` files of ``size`` bytes, all different; returns path -> md5 hex."""
+    root.mkdir()
+    base = bytearray(os.urandom(size))
+    out = {}
+    for i in range(count):
+        base[:8] = i.to_bytes(8, "little")
+        (root / f"f{i:04d}.bin").write_bytes(base)
+        out[f"f{i:04d}.bin"] = hashlib.md5(base).hexdigest()
+    return out
+
+
+@pytest.mark.slow
+def test_killed_writer_leaves_no_version(tmp_path: Path, trees: list[Path]) -> None:
+    root = tmp_path / "registry"
+    reg = LocalRegistry(root, create=True)
+    try:
+        log(reg, trees[0])
+    finally:
+        reg.close()
+    blobs_at_start = len(all_blobs(root))
+    count = 300
+    expected = write_big_tree(tmp_path / "big", count, MiB)
+
+    proc = subprocess.Popen(
+        cli("log", tmp_path / "big", COLL, "--type", "dataset", "--alias", "killed", registry=root),
+        env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and proc.poll() is None:
+            if len(all_blobs(root)) - blobs_at_start >= 10:
+                break
+            time.sleep(0.002)
+        assert proc.poll() is None, "the writer finished before it could be killed; make the tree bigger"
+        proc.send_signal(signal.SIGSTOP)
+        stored = len(all_blobs(root)) - blobs_at_start
+        # Versions are committed only after every blob is stored, so this one is not yet.
+        assert 10 <= stored < count
+        proc.kill()
+    finally:
+        proc.kill()
+        proc.communicate()
+    assert proc.returncode == -signal.SIGKILL
+
+    reg = LocalRegistry(root)
+    try:
+        assert alias_map(reg) == {"v0": ["latest"]}
+        with pytest.raises(ArtifactNotFound):
+            reg.resolve(R(f"{COLL}:killed"))
+        assert assert_blobs_intact(root) >= blobs_at_start
+        # The killed writer's blobs are whole (written to objects/tmp, renamed when complete).
+        expected_hexes = set(expected.values())
+        for blob in all_blobs(root):
+            name = blob.parent.name + blob.name
+            assert name in expected_hexes or blob.stat().st_size < MiB
+        # A new writer succeeds and logs everything.
+        result = reg.log_dir(tmp_path / "big", R(COLL), type="dataset", aliases=["again"])
+        assert result.created
+        assert result.version.version == "v1"
+        assert result.version.file_count == count
+        assert alias_map(reg) == {"v0": [], "v1": ["latest", "again"]}
+        for entry in reg.iter_entries(result.version):
+            hexd = expected[entry.path]
+            assert reg.blob_path(MD5, entry.digest) == str(root / "objects" / "md5" / hexd[:2] / hexd[2:])
+        assert assert_blobs_intact(root) == blobs_at_start + count
+    finally:
+        reg.close()
+
+
+@pytest.mark.slow
+def test_concurrent_writers(tmp_path: Path) -> None:
+    root = tmp_path / "registry"  # not created yet: the writers race to create it too
+    n = 4
+    sources = {}
+    for i in range(n):
+        files = {f"w{i}/f{j}.bin": os.urandom(256 * 1024) for j in range(12)}
+        files["common.txt"] = f"writer {i}".encode()
+        sources[i] = files
+        write_tree(tmp_path / f"src{i}", files)
+    procs = [
+        subprocess.Popen(
+            cli("log", tmp_path / f"src{i}", COLL, "--type", "dataset", "--alias", f"writer{i}", registry=root),
+            env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        for i in range(n)
+    ]
+    outputs = [p.communicate(timeout=120) for p in procs]
+    for p, (out, err) in zip(procs, outputs):
+        assert p.returncode == 0, err
+    printed = sorted(out.strip().splitlines()[-1] for out, _ in outputs)
+    assert printed == [f"{COLL}:v{i}" for i in range(n)]
+
+    reg = LocalRegistry(root)
+    try:
+        versions = reg.versions("acme", "vision", "ds")
+        assert [v.version for v in versions] == [f"v{i}" for i in range(n)]
+        assert "latest" in versions[-1].aliases
+        seen = set()
+        for i in range(n):
+            v = reg.resolve(R(f"{COLL}:writer{i}"))
+            seen.add(v.version)
+            entries = {e.path: e for e in reg.iter_entries(v)}
+            assert set(entries) == set(sources[i])
+            for path, data in sources[i].items():
+                assert entries[path].digest == b64md5(data)
+                assert Path(reg.blob_path(MD5, entries[path].digest)).read_bytes() == data
+            assert v.digest == artifact_digest((p, b64md5(d)) for p, d in sources[i].items())
+        assert len(seen) == n
+        assert assert_blobs_intact(root) == n * 13
+    finally:
+        reg.close()
+
+
+@pytest.mark.slow
+def test_logging_big_files_keeps_memory_flat(tmp_path: Path) -> None:
+    src = tmp_path / "huge"
+    src.mkdir()
+    chunk = bytearray(os.urandom(MiB))
+    expected = {}
+    per_file = 200
+    try:
+        for n in range(3):
+            h = hashlib.md5()
+            with open(src / f"part{n}.bin", "wb") as f:
+                for i in range(per_file):
+                    chunk[:8] = (n * per_file + i).to_bytes(8, "little")
+                    f.write(chunk)
+                    h.update(chunk)
+            expected[f"part{n}.bin"] = base64.b64encode(h.digest()).decode()
+
+        root = tmp_path / "registry"
+        proc = subprocess.Popen(
+            cli("log", src, COLL, "--type", "dataset", registry=root),
+            env=child_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        )
+        # wait4 gives this child's own peak RSS (RUSAGE_CHILDREN would mix in earlier children).
+        _, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        stderr = proc.stderr.read().decode() if proc.stderr else ""
+        if proc.stderr:
+            proc.stderr.close()
+        assert proc.returncode == 0, stderr
+        peak_mib = usage.ru_maxrss / 1024  # KiB on Linux
+        print(f"peak RSS of the logging process: {peak_mib:.0f} MiB")
+        assert peak_mib < 150, f"logging 3 x {per_file} MiB peaked at {peak_mib:.0f} MiB RSS"
+
+        reg = LocalRegistry(root)
+        try:
+            v = reg.resolve(R(f"{COLL}:latest"))
+            assert v.size == 3 * per_file * MiB
+            assert {e.path: e.digest for e in reg.iter_entries(v)} == expected
+            for digest in expected.values():
+                assert os.path.getsize(reg.blob_path(MD5, digest)) == per_file * MiB
+        finally:
+            reg.close()
+    finally:
+        for item in (tmp_path / "huge").glob("*"):
+            item.unlink()
+        for blob in all_blobs(tmp_path / "registry"):
+            blob.unlink()
