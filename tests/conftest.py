@@ -185,6 +185,10 @@ def sample_registry(tmp_path: Path) -> tuple[Path, Path]:
 
     Returns (registry dir, source tree of ds:v1).
     """
+    return build_sample_registry(tmp_path)
+
+
+def build_sample_registry(tmp_path: Path) -> tuple[Path, Path]:
     reg_dir = tmp_path / "registry"
     src0 = write_tree(tmp_path / "src0", {"README.md": b"# v0\n", "train/000001.txt": b"one\n"})
     src1 = write_tree(tmp_path / "src1", SAMPLE_FILES)
