@@ -15,9 +15,9 @@ from collections.abc import Sequence
 from typing import Any
 
 from . import __version__
-from .errors import ArtifactFSError, InvalidReference
+from .errors import ArtifactFSError, InvalidReference, SourceError
 from .manifest import MD5, XXH128
-from .names import parse_prefix, parse_ref
+from .names import check_alias, check_name, parse_prefix, parse_ref
 from .registry.base import VersionInfo, iso_time
 from .registry.local import LocalRegistry
 
@@ -69,6 +69,12 @@ def cmd_log(args: argparse.Namespace) -> int:
     if ref.tag is not None:
         raise InvalidReference(f"log takes ENTITY/PROJECT/NAME without ':{ref.tag}'; use --alias")
     metadata = _json_object(args.metadata) if args.metadata is not None else None
+    # Check what can be checked before the registry is created: a failed first log leaves nothing.
+    check_name(args.type, "type")
+    for alias in args.alias:
+        check_alias(alias)
+    if not os.path.isdir(args.src):
+        raise SourceError(f"source directory {args.src!r} does not exist or is not a directory")
     registry = LocalRegistry(args.registry, create=True)
     try:
         result = registry.log_dir(

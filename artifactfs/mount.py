@@ -54,6 +54,7 @@ class MountConfig:
     local_blobs: str = "verify-in-place"
     failure_backoff: float = 5.0
     read_ahead_kb: int = 1024
+    pread_in_thread: bool = False
 
 
 def check_mountpoint(path: str) -> str:
@@ -133,7 +134,7 @@ def run_foreground(config: MountConfig, ready_fd: int | None = None) -> None:
         failure_backoff=config.failure_backoff,
     )
     tree = Tree(registry, uid=os.getuid(), gid=os.getgid(), alias_ttl=config.alias_ttl)
-    ops = Operations(tree, fetcher, metadata_inline=registry.kind == "local")
+    ops = Operations(tree, fetcher, metadata_inline=registry.kind == "local", pread_in_thread=config.pread_in_thread)
     options = set(pyfuse3.default_options)
     options |= {"fsname=artifactfs", "subtype=artifactfs", "ro", "noatime"}
     if config.allow_other:
@@ -222,6 +223,8 @@ def _forward(args: argparse.Namespace) -> list[str]:
     ]
     if args.allow_other:
         out.append("--allow-other")
+    if args.pread_in_thread:
+        out.append("--pread-in-thread")
     return out
 
 
@@ -238,6 +241,7 @@ def cmd_mount(args: argparse.Namespace) -> int:
         local_blobs=args.local_blobs,
         failure_backoff=args.failure_backoff,
         read_ahead_kb=args.read_ahead_kb,
+        pread_in_thread=args.pread_in_thread,
     )
     try:
         run_foreground(config, args.ready_fd)
@@ -305,6 +309,8 @@ def add_mount_commands(sub: argparse._SubParsersAction[Any], common: argparse.Ar
     )
     p.add_argument("--read-ahead-kb", type=int, default=1024, help="kernel read-ahead for the mount (root only)")
     p.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
+    # For scripts/bench: serve cached reads from a worker thread instead of inline.
+    p.add_argument("--pread-in-thread", action="store_true", help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_mount)
 
     p = sub.add_parser("umount", parents=[common], help="unmount (also clears the mount of a killed daemon)")

@@ -70,8 +70,12 @@ class Operations(pyfuse3.Operations):
     enable_writeback_cache = False
     enable_acl = False
 
-    def __init__(self, tree: Tree, fetcher: Fetcher, *, metadata_inline: bool = True) -> None:
+    def __init__(
+        self, tree: Tree, fetcher: Fetcher, *, metadata_inline: bool = True, pread_in_thread: bool = False
+    ) -> None:
         super().__init__()
+        # Verified local blobs are read inline by default: scripts/bench measures both ways.
+        self._pread_in_thread = pread_in_thread
         self.tree = tree
         self.fetcher = fetcher
         # Local SQLite answers in tens of microseconds: cheaper inline than a thread hop.  A remote
@@ -196,6 +200,8 @@ class Operations(pyfuse3.Operations):
                 blob.close()
                 blob = handle.blob
         # Verified and local: pread inline (a thread hop would cost more than the read).
+        if self._pread_in_thread:
+            return await trio.to_thread.run_sync(blob.pread, size, off)
         return blob.pread(size, off)
 
     @_errno_boundary

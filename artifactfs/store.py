@@ -24,7 +24,8 @@ import io
 import logging
 import os
 import secrets
-import threading
+import sqlite3
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import IO, Any
@@ -39,6 +40,7 @@ log = logging.getLogger(__name__)
 CHUNK = 1 << 20
 DEFAULT_SIZE_LIMIT = 50 << 30
 _TRUST_PREFIX = "trust/"
+_TOUCH_INTERVAL = 60.0
 
 
 class Blob:
@@ -103,11 +105,15 @@ class BlobStore:
                 size_limit=size_limit,
                 eviction_policy="least-recently-used",
                 disk=_AdoptingDisk,
-                cull_limit=64,
+                cull_limit=0,  # no batch culls on set: _make_room evicts what is needed
             )
         except OSError as exc:
             raise RegistryError(f"cannot use cache directory {self.directory}: {exc.strerror or exc}") from exc
-        self._lock = threading.Lock()
+        # Per-process memo of what this store has already found in its cache: key -> (file path,
+        # trusted identity or None for cache files, monotonic time diskcache was last told).
+        # It spares a SQLite transaction per open (diskcache's LRU get writes an access time);
+        # diskcache still hears of every blob in use at least every _TOUCH_INTERVAL seconds.
+        self._memo: dict[str, tuple[str, tuple[int, ...] | None, float]] = {}
 
     def close(self) -> None:
         self._cache.close()
@@ -121,6 +127,16 @@ class BlobStore:
 
     def open_cached(self, key: str) -> Blob | None:
         """The cached blob for ``key``, opened, or None.  Marks it recently used."""
+        memo = self._memo.get(key)
+        now = time.monotonic()
+        if memo is not None and memo[1] is None and now - memo[2] < _TOUCH_INTERVAL:
+            try:
+                # Cache file names are random and never reused: if it opens, it is this blob.
+                fd = os.open(memo[0], os.O_RDONLY | os.O_CLOEXEC)
+            except OSError:
+                self._memo.pop(key, None)
+            else:
+                return Blob(fd=fd, size=os.fstat(fd).st_size)
         try:
             handle = self._cache.get(key, read=True)
         except OSError:  # evicted by another process between lookup and open
@@ -131,6 +147,7 @@ class BlobStore:
             data = handle.getvalue()
             return Blob(data=data, size=len(data))
         fd = os.dup(handle.fileno())
+        self._memo[key] = (handle.name, None, now)
         handle.close()
         return Blob(fd=fd, size=os.fstat(fd).st_size)
 
@@ -155,6 +172,7 @@ class BlobStore:
                 raise DigestMismatch(what, f"{entry.digest} ({entry.size} bytes)", f"{actual} ({size} bytes)")
             self._cache.set(key, _Adopt(path), read=True)
             published = True
+            self._make_room(keep=key)
             return Blob(fd=fd, size=size)
         except BaseException:
             os.close(fd)
@@ -163,19 +181,44 @@ class BlobStore:
                     os.unlink(path)
             raise
 
+    def _make_room(self, keep: str) -> None:
+        """Evict least recently used items, one at a time, until the cache fits its size limit.
+
+        diskcache's own culling (``cull_limit`` in ``set``, ``Cache.cull``) deletes a whole batch
+        of the oldest items once the limit is passed, however little room is needed, and may
+        delete the item just stored (with 3 items and a limit of 2.5 it empties the cache).
+        """
+        cache = self._cache
+        try:
+            while cache.volume() > cache.size_limit:
+                row = cache._sql(
+                    "SELECT key FROM Cache WHERE raw = 1 AND key != ? ORDER BY access_time LIMIT 1", (keep,)
+                ).fetchone()
+                if row is None or not cache.delete(row[0], retry=True):
+                    return
+        except (diskcache.Timeout, sqlite3.Error) as exc:  # the blob is stored; eviction can wait
+            log.warning("cache eviction failed: %s", exc)
+
     def open_trusted(self, key: str, path: str) -> Blob | None:
         """``path`` opened, if a trust record says it was verified and it has not changed since."""
-        record = self._cache.get(_TRUST_PREFIX + key)
-        if record is None or record[0] != path:
-            return None
+        memo = self._memo.get(key)
+        if memo is not None and memo[0] == path and memo[1] is not None:
+            identity: tuple[int, ...] | None = memo[1]
+        else:
+            record = self._cache.get(_TRUST_PREFIX + key)
+            if record is None or record[0] != path:
+                return None
+            identity = tuple(record[1:])
         try:
             fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         except OSError:
             return None
         st = os.fstat(fd)
-        if tuple(record[1:]) != _identity(st):
+        if identity != _identity(st):
             os.close(fd)
+            self._memo.pop(key, None)
             return None
+        self._memo[key] = (path, identity, time.monotonic())
         return Blob(fd=fd, size=st.st_size)
 
     def verify_in_place(self, key: str, entry: Entry, path: str, what: str) -> Blob:
@@ -199,8 +242,10 @@ class BlobStore:
                 raise FetchError(f"blob of {what} changed while it was verified")
             if actual != entry.digest or offset != entry.size:
                 self._cache.delete(trust_key)
+                self._memo.pop(key, None)
                 raise DigestMismatch(what, f"{entry.digest} ({entry.size} bytes)", f"{actual} ({offset} bytes)")
             self._cache.set(trust_key, (path, *before))
+            self._make_room(keep=trust_key)
             return Blob(fd=fd, size=offset)
         except BaseException:
             os.close(fd)
@@ -208,8 +253,6 @@ class BlobStore:
 
     def clean_tmp(self, max_age: float = 3600.0) -> None:
         """Delete temp files of fills that died (killed daemons) more than ``max_age`` ago."""
-        import time
-
         cutoff = time.time() - max_age
         with contextlib.suppress(OSError), os.scandir(self.tmp) as it:
             for item in it:

@@ -42,6 +42,7 @@ from ..errors import (
     InvalidPath,
     InvalidReference,
     ManifestError,
+    NotFound,
     ProjectNotFound,
     RegistryError,
     SourceError,
@@ -69,7 +70,7 @@ CREATE TABLE IF NOT EXISTS collections (
     next_index INTEGER NOT NULL DEFAULT 0, created_at INTEGER NOT NULL,
     UNIQUE (project_id, name));
 CREATE TABLE IF NOT EXISTS versions (
-    id INTEGER PRIMARY KEY, collection_id INTEGER NOT NULL REFERENCES collections(id),
+    id INTEGER PRIMARY KEY AUTOINCREMENT, collection_id INTEGER NOT NULL REFERENCES collections(id),
     version_index INTEGER NOT NULL, artifact_id TEXT NOT NULL UNIQUE,
     digest TEXT NOT NULL, digest_algorithm TEXT NOT NULL, commit_hash TEXT NOT NULL,
     description TEXT NOT NULL, metadata TEXT NOT NULL, state TEXT NOT NULL,
@@ -134,6 +135,7 @@ class LocalRegistry(Registry):
                 raise RegistryError(f"no registry at {self.root} (registry.sqlite is missing)")
             os.makedirs(os.path.join(self.objects, "tmp"), exist_ok=True)
         self._local = threading.local()
+        self._pks: dict[str, int] = {}  # artifact id -> versions row id
         self._connections: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
         try:
@@ -238,6 +240,7 @@ class LocalRegistry(Registry):
         return tuple(r[0] for r in rows)
 
     def _version_from_row(self, row: Sequence[Any]) -> VersionInfo:
+        self._pks[row[1]] = row[0]
         return VersionInfo(
             id=row[1],
             entity=row[2],
@@ -312,7 +315,10 @@ class LocalRegistry(Registry):
         return {(r[0], r[1]): r[2] for r in rows}
 
     def _pk_of(self, version: VersionInfo) -> int:
-        return self._version_pk(version.ref)
+        # Row ids never come back (AUTOINCREMENT), so a remembered id -> row mapping stays right
+        # even after the version is deleted: its entries are gone and lookups find nothing.
+        pk = self._pks.get(version.id)
+        return pk if pk is not None else self._version_pk(version.ref)
 
     @staticmethod
     def _entry_from_row(parent: str, row: Sequence[Any]) -> Entry:
@@ -482,6 +488,7 @@ class LocalRegistry(Registry):
         if digest_algorithm not in ALGORITHMS:
             raise InvalidReference(f"unsupported digest algorithm {digest_algorithm!r}")
         metadata = _check_metadata(metadata)
+        self._check_type(ref, type)  # before copying a whole tree; _commit checks again
         self._clean_tmp()
         extra = {} if digest_algorithm == MD5 else {"alg": digest_algorithm}
         workers = workers or min(8, 2 * (os.cpu_count() or 1))
@@ -511,6 +518,15 @@ class LocalRegistry(Registry):
                     fut.cancel()
                 raise
         return self._commit(ref, logged, type, aliases, description, metadata, digest_algorithm, extra)
+
+    def _check_type(self, ref: Ref, type: str) -> None:
+        try:
+            cid = self._collection_id(ref.entity, ref.project, ref.name)
+        except NotFound:
+            return
+        existing = self._db().execute("SELECT type FROM collections WHERE id = ?", (cid,)).fetchone()[0]
+        if existing != type:
+            raise Conflict(f"artifact {ref.collection} has type {existing!r}, not {type!r}")
 
     def _commit(
         self,
