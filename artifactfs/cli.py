@@ -10,8 +10,9 @@ import argparse
 import json
 import logging
 import os
+import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from . import __version__
@@ -47,6 +48,10 @@ def _json_object(text: str) -> dict[str, Any]:
         raise InvalidReference(f"--metadata is not valid JSON: {exc}") from exc
     if not isinstance(value, dict):
         raise InvalidReference("--metadata must be a JSON object")
+    try:
+        json.dumps(value, allow_nan=False)  # NaN, Infinity, 1e999: not JSON, W&B refuses them
+    except ValueError as exc:
+        raise InvalidReference(f"--metadata is not valid JSON: {exc}") from exc
     return value
 
 
@@ -177,6 +182,71 @@ def cmd_delete(args: argparse.Namespace) -> int:
     return 0
 
 
+_SIZE_RE = re.compile(r"(\d+(?:\.\d+)?)\s*([KMGT]?)(i?B?)?", re.IGNORECASE)
+
+
+def parse_size(text: str) -> int:
+    """``"10G"``, ``"512MiB"``, ``"1000000"`` -> bytes (binary units)."""
+    m = _SIZE_RE.fullmatch(text.strip())
+    if not m:
+        raise argparse.ArgumentTypeError(f"invalid size {text!r} (examples: 10G, 512M, 1000000)")
+    factor = 1024 ** " KMGT".index((m.group(2) or " ").upper())
+    return int(float(m.group(1)) * factor)
+
+
+def _mount_command(name: str) -> Callable[[argparse.Namespace], int]:
+    def run(args: argparse.Namespace) -> int:
+        from . import mount
+
+        return int(getattr(mount, name)(args))
+
+    return run
+
+
+def add_mount_commands(sub: argparse._SubParsersAction[Any], common: argparse.ArgumentParser) -> None:
+    """``mount`` and ``umount``; their module (pyfuse3, trio) is imported only when they run."""
+    p = sub.add_parser("mount", help="mount a registry read-only")
+    p.add_argument("registry", help="local registry directory")
+    p.add_argument("mountpoint")
+    p.add_argument(
+        "--cache-dir",
+        default=default_cache_dir(),
+        help="blob cache (default: $ARTIFACTFS_CACHE_DIR or ~/.cache/artifactfs; mode 0700)",
+    )
+    p.add_argument("--cache-size", type=parse_size, default=50 << 30, help="cache size limit (default 50G)")
+    p.add_argument(
+        "--alias-ttl",
+        type=float,
+        default=60.0,
+        help="seconds before an alias symlink or a listing is re-resolved (default 60)",
+    )
+    p.add_argument("--foreground", "-f", action="store_true", help="serve in this process")
+    p.add_argument("--allow-other", action="store_true", help="let other users see the mount")
+    p.add_argument("--log-level", default="INFO", help="DEBUG, INFO (default), WARNING, ERROR")
+    p.add_argument("--log-file", help="daemon log (default: CACHE_DIR/mount.log)")
+    p.add_argument(
+        "--local-blobs",
+        choices=("verify-in-place", "copy"),
+        default="verify-in-place",
+        help="local registry blobs: hash and serve where they lie (default) or copy into the cache",
+    )
+    p.add_argument(
+        "--failure-backoff",
+        type=float,
+        default=5.0,
+        help="seconds a failed or mismatching blob answers EIO before it is fetched again",
+    )
+    p.add_argument("--read-ahead-kb", type=int, default=1024, help="kernel read-ahead for the mount (root only)")
+    p.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
+    # For scripts/bench: serve cached reads from a worker thread instead of inline.
+    p.add_argument("--pread-in-thread", action="store_true", help=argparse.SUPPRESS)
+    p.set_defaults(func=_mount_command("cmd_mount"))
+
+    p = sub.add_parser("umount", parents=[common], help="unmount (also clears the mount of a killed daemon)")
+    p.add_argument("mountpoint")
+    p.set_defaults(func=_mount_command("cmd_umount"))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="artifactfs", description="Versioned ML artifacts as a read-only filesystem.")
     parser.add_argument("--version", action="version", version=f"artifactfs {__version__}")
@@ -224,12 +294,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--delete-aliases", action="store_true", help="also drop its aliases")
     p.set_defaults(func=cmd_delete)
 
-    try:
-        from .mount import add_mount_commands
-    except ImportError:  # pragma: no cover - pyfuse3 missing: the other commands still work
-        pass
-    else:
-        add_mount_commands(sub, common)
+    add_mount_commands(sub, common)
     return parser
 
 

@@ -6,6 +6,7 @@ import urllib.parse
 from typing import IO, cast
 
 import requests
+import urllib3
 
 from .errors import AuthError, FetchError
 
@@ -33,4 +34,29 @@ def open_url(url: str, *, headers: dict[str, str] | None = None) -> IO[bytes]:
         resp.close()
         raise FetchError(f"GET {_redact(url)}: HTTP {resp.status_code}")
     resp.raw.decode_content = True
-    return cast(IO[bytes], resp.raw)
+    return cast(IO[bytes], _Body(resp, url))
+
+
+class _Body:
+    """A response body whose read errors are FetchError: urllib3 raises its own exceptions
+    (``ProtocolError`` for a connection cut mid-body, ``ReadTimeoutError``), which are not
+    OSError and would otherwise escape the fetcher's failure handling."""
+
+    def __init__(self, resp: requests.Response, url: str) -> None:
+        self._resp = resp
+        self._url = url
+
+    def read(self, size: int = -1) -> bytes:
+        try:
+            return cast(bytes, self._resp.raw.read(None if size < 0 else size))
+        except (urllib3.exceptions.HTTPError, requests.RequestException) as exc:
+            raise FetchError(f"GET {_redact(self._url)}: body failed: {type(exc).__name__}") from exc
+
+    def close(self) -> None:
+        self._resp.close()
+
+    def __enter__(self) -> _Body:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -11,13 +11,11 @@ import argparse
 import contextlib
 import logging
 import os
-import re
 import shutil
 import signal
 import subprocess
 import sys
 from dataclasses import dataclass
-from typing import Any
 
 import pyfuse3
 import trio
@@ -30,17 +28,6 @@ from .store import BlobStore
 from .tree import Tree
 
 log = logging.getLogger(__name__)
-
-_SIZE_RE = re.compile(r"(\d+(?:\.\d+)?)\s*([KMGT]?)(i?B?)?", re.IGNORECASE)
-
-
-def parse_size(text: str) -> int:
-    """``"10G"``, ``"512MiB"``, ``"1000000"`` -> bytes (binary units)."""
-    m = _SIZE_RE.fullmatch(text.strip())
-    if not m:
-        raise argparse.ArgumentTypeError(f"invalid size {text!r} (examples: 10G, 512M, 1000000)")
-    factor = 1024 ** " KMGT".index((m.group(2) or " ").upper())
-    return int(float(m.group(1)) * factor)
 
 
 @dataclass
@@ -271,48 +258,3 @@ def unmount(mountpoint: str) -> None:
 def cmd_umount(args: argparse.Namespace) -> int:
     unmount(args.mountpoint)
     return 0
-
-
-def add_mount_commands(sub: argparse._SubParsersAction[Any], common: argparse.ArgumentParser) -> None:
-    from .cli import default_cache_dir
-
-    p = sub.add_parser("mount", help="mount a registry read-only")
-    p.add_argument("registry", help="local registry directory")
-    p.add_argument("mountpoint")
-    p.add_argument(
-        "--cache-dir",
-        default=default_cache_dir(),
-        help="blob cache (default: $ARTIFACTFS_CACHE_DIR or ~/.cache/artifactfs; mode 0700)",
-    )
-    p.add_argument("--cache-size", type=parse_size, default=50 << 30, help="cache size limit (default 50G)")
-    p.add_argument(
-        "--alias-ttl",
-        type=float,
-        default=60.0,
-        help="seconds before an alias symlink or a listing is re-resolved (default 60)",
-    )
-    p.add_argument("--foreground", "-f", action="store_true", help="serve in this process")
-    p.add_argument("--allow-other", action="store_true", help="let other users see the mount")
-    p.add_argument("--log-level", default="INFO", help="DEBUG, INFO (default), WARNING, ERROR")
-    p.add_argument("--log-file", help="daemon log (default: CACHE_DIR/mount.log)")
-    p.add_argument(
-        "--local-blobs",
-        choices=("verify-in-place", "copy"),
-        default="verify-in-place",
-        help="local registry blobs: hash and serve where they lie (default) or copy into the cache",
-    )
-    p.add_argument(
-        "--failure-backoff",
-        type=float,
-        default=5.0,
-        help="seconds a failed or mismatching blob answers EIO before it is fetched again",
-    )
-    p.add_argument("--read-ahead-kb", type=int, default=1024, help="kernel read-ahead for the mount (root only)")
-    p.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
-    # For scripts/bench: serve cached reads from a worker thread instead of inline.
-    p.add_argument("--pread-in-thread", action="store_true", help=argparse.SUPPRESS)
-    p.set_defaults(func=cmd_mount)
-
-    p = sub.add_parser("umount", parents=[common], help="unmount (also clears the mount of a killed daemon)")
-    p.add_argument("mountpoint")
-    p.set_defaults(func=cmd_umount)

@@ -194,6 +194,11 @@ class Operations(pyfuse3.Operations):
         blob = handle.blob
         if blob is None:
             blob = await self.fetcher.get(handle.version, handle.entry)
+            if self._files.get(fh) is not handle:  # released meanwhile (an interrupted reader)
+                try:
+                    return blob.pread(size, off)
+                finally:
+                    blob.close()
             if handle.blob is None:
                 handle.blob = blob
             else:  # another read on this handle got there first

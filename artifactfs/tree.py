@@ -117,6 +117,11 @@ class Tree:
     def remember(self, node: Node) -> None:
         """Count one kernel reference (a lookup reply or a readdirplus entry)."""
         node.lookups += 1
+        if self._nodes.get(node.inode) is not node:
+            # Forgotten while an open directory listing still held it: the kernel knows this
+            # inode again, so it must resolve again (a newer node for the key keeps the key).
+            self._nodes[node.inode] = node
+            self._by_key.setdefault(node.key, node)
 
     def forget(self, inode: int, nlookup: int) -> None:
         node = self._nodes.get(inode)

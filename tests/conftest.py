@@ -118,10 +118,15 @@ class Mounter:
         self._n = 0
 
     def __call__(self, registry: Path, *args: str, cache_dir: Path | None = None,
-                 name: str | None = None) -> Mount:
+                 name: str | None = None, mountpoint: Path | None = None) -> Mount:
+        """Mount ``registry`` on a new directory ``name`` under tmp (or on the existing, empty
+        directory ``mountpoint``, to mount the same place again)."""
         self._n += 1
-        path = self.tmp / (name or f"mnt{self._n}")
-        path.mkdir()
+        if mountpoint is not None:
+            path = mountpoint
+        else:
+            path = self.tmp / (name or f"mnt{self._n}")
+            path.mkdir()
         cache_dir = cache_dir or self.tmp / f"cache{self._n}"
         log_file = self.tmp / f"mount{self._n}.log"
         cmd = [PY, "-m", "artifactfs", "mount", str(registry), str(path), "--foreground",

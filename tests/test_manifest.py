@@ -77,7 +77,12 @@ def test_parsed_fields() -> None:
     assert set(manifest.entries) == set(SAMPLE["contents"])
     a = manifest.entries["a.txt"]
     assert (a.path, a.digest, a.size, a.ref, a.birth_artifact_id, dict(a.extra)) == (
-        "a.txt", b64md5(b"hello\n"), 6, None, None, {}
+        "a.txt",
+        b64md5(b"hello\n"),
+        6,
+        None,
+        None,
+        {},
     )
     assert a.alg == MD5
     assert a.cache_key == "md5/" + hashlib.md5(b"hello\n").hexdigest()

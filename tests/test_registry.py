@@ -181,9 +181,11 @@ def test_relog_identical_content(reg: LocalRegistry, trees: list[Path], tmp_path
 def test_type_conflict(reg: LocalRegistry, trees: list[Path]) -> None:
     log(reg, trees[0])
     before = reg.versions("acme", "vision", "ds")
+    blobs = all_blobs(Path(reg.root))
     with pytest.raises(Conflict, match="'dataset'"):
         reg.log_dir(trees[1], R(COLL), type="model", aliases=["x"])
     assert reg.versions("acme", "vision", "ds") == before
+    assert all_blobs(Path(reg.root)) == blobs, "the conflict is found before the tree is copied"
     assert reg.collections("acme", "vision")[0].type == "dataset"
     # Even identical content does not sneak through under another type.
     with pytest.raises(Conflict):
@@ -337,14 +339,34 @@ def test_delete_non_latest_keeps_latest(reg: LocalRegistry, trees: list[Path]) -
     assert log(reg, trees[0]).version == "v2"
 
 
+def _served(reg: LocalRegistry, version: VersionInfo) -> list[str] | None:
+    """The entries ``reg`` serves for ``version``; None when it says the version is gone."""
+    try:
+        root = [d.name for d in reg.list_dir(version, "")]
+        entries = [e.path for e in reg.iter_entries(version)]
+    except ArtifactNotFound:
+        return None
+    return root + entries
+
+
 def test_delete_drops_entries(reg: LocalRegistry, trees: list[Path]) -> None:
     v0 = log(reg, trees[0])
-    log(reg, trees[1])
-    reg.delete(R(f"{COLL}:v0"))
-    with pytest.raises(ArtifactNotFound):
-        reg.list_dir(v0, "")
-    with pytest.raises(ArtifactNotFound):
-        list(reg.iter_entries(v0))
+    v1 = log(reg, trees[1])
+    reg.delete(R(f"{COLL}:v1"))
+    # A deleted version serves nothing, through this registry object or a fresh one ...
+    assert not _served(reg, v1)
+    fresh = LocalRegistry(reg.root)
+    try:
+        assert not _served(fresh, v1)
+    finally:
+        fresh.close()
+    # ... not even after a new version takes its place as the newest: ids are never reused.
+    v2 = log(reg, trees[2])
+    assert v2.id not in (v0.id, v1.id)
+    assert not _served(reg, v1)
+    assert sorted(e.path for e in reg.iter_entries(v2)) == ["a.txt", "d/b.bin"]
+    with pytest.raises((EntryNotFound, ArtifactNotFound)):
+        reg.get_entry(v1, "a.txt")
 
 
 # -- listings ------------------------------------------------------------------------------------
@@ -423,14 +445,15 @@ def test_listing_is_per_version(reg: LocalRegistry, tmp_path: Path) -> None:
         reg.get_entry(v1, "x/1")
 
 
-def test_walk_skips_special_files_and_symlinked_dirs(reg: LocalRegistry, tmp_path: Path) -> None:
+def test_walk_skips_special_files_and_follows_symlinks(reg: LocalRegistry, tmp_path: Path) -> None:
     src = write_tree(tmp_path / "special", {"real/file": b"data", "other": b"o"})
     os.mkfifo(src / "fifo")  # would hang a naive reader
     (src / "broken").symlink_to(tmp_path / "does-not-exist")
     (src / "filelink").symlink_to(src / "other")
-    (src / "dirlink").symlink_to(src / "real", target_is_directory=True)
+    (src / "dirlink").symlink_to(src / "real", target_is_directory=True)  # followed, as wandb's add_dir
+    (src / "real" / "cycle").symlink_to(src, target_is_directory=True)  # a loop is entered once
     v = log(reg, src)
-    assert sorted(e.path for e in reg.iter_entries(v)) == ["filelink", "other", "real/file"]
+    assert sorted(e.path for e in reg.iter_entries(v)) == ["dirlink/file", "filelink", "other", "real/file"]
     assert reg.get_entry(v, "filelink").entry.digest == b64md5(b"o")  # type: ignore[union-attr]
 
 
@@ -505,7 +528,7 @@ def test_info_fields(reg: LocalRegistry, trees: list[Path]) -> None:
     assert data["version"] == "v0"
     assert data["aliases"] == []
     for key in ("created_at", "updated_at"):
-        parsed = dt.datetime.strptime(data[key], "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=dt.timezone.utc)
+        parsed = dt.datetime.strptime(data[key], "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=dt.UTC)
         assert abs(parsed.timestamp() * 1e9 - v0.created_at_ns) < 5e9
 
 
@@ -545,10 +568,9 @@ def test_xxh128_blobs(reg: LocalRegistry, tmp_path: Path) -> None:
         assert blob.read_bytes() == data
         assert reg.blob_source(v, entry).local_path == str(blob)
     assert all_blobs(root, "md5") == []
-    expected = xxhash.xxh128(
-        b"wandb-artifact-manifest-v1\n"
-        + "".join(f"{p}:{base64.b64encode(xxhash.xxh128(files[p]).digest()).decode()}\n" for p in sorted(files)).encode()
-    ).hexdigest()
+    b64 = {p: base64.b64encode(xxhash.xxh128(data).digest()).decode() for p, data in files.items()}
+    text = "wandb-artifact-manifest-v1\n" + "".join(f"{p}:{b64[p]}\n" for p in sorted(files))
+    expected = xxhash.xxh128(text.encode()).hexdigest()
     assert v.digest == expected
 
 
@@ -566,7 +588,7 @@ def test_file_and_dir_clash(reg: LocalRegistry, tmp_path: Path) -> None:
     f2 = tmp_path / "f2"
     f1.write_bytes(b"one")
     f2.write_bytes(b"two")
-    with pytest.raises(ManifestError, match="'a'.*both a file and a directory"):
+    with pytest.raises(ManifestError, match=r"'a'.*both a file and a directory"):
         reg.log_files([("a", str(f1)), ("a/b", str(f2))], R(COLL), type="dataset")
     with pytest.raises(ManifestError, match="both a file and a directory"):
         reg.log_files([("x/y/z", str(f2)), ("x/y", str(f1))], R(COLL), type="dataset")
@@ -673,7 +695,9 @@ def test_killed_writer_leaves_no_version(tmp_path: Path, trees: list[Path]) -> N
 
     proc = subprocess.Popen(
         cli("log", tmp_path / "big", COLL, "--type", "dataset", "--alias", "killed", registry=root),
-        env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        env=child_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
     )
     try:
         deadline = time.monotonic() + 30
@@ -730,12 +754,15 @@ def test_concurrent_writers(tmp_path: Path) -> None:
     procs = [
         subprocess.Popen(
             cli("log", tmp_path / f"src{i}", COLL, "--type", "dataset", "--alias", f"writer{i}", registry=root),
-            env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            env=child_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
         )
         for i in range(n)
     ]
     outputs = [p.communicate(timeout=120) for p in procs]
-    for p, (out, err) in zip(procs, outputs):
+    for p, (_, err) in zip(procs, outputs, strict=True):
         assert p.returncode == 0, err
     printed = sorted(out.strip().splitlines()[-1] for out, _ in outputs)
     assert printed == [f"{COLL}:v{i}" for i in range(n)]
@@ -779,18 +806,25 @@ def test_logging_big_files_keeps_memory_flat(tmp_path: Path) -> None:
             expected[f"part{n}.bin"] = base64.b64encode(h.digest()).decode()
 
         root = tmp_path / "registry"
-        proc = subprocess.Popen(
-            cli("log", src, COLL, "--type", "dataset", registry=root),
-            env=child_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        # The child reports its own VmHWM: the peak RSS of its address space after exec.  (The
+        # rusage of a forked child also counts the parent's image it was forked from, which is
+        # hundreds of MiB late in a full test run.)
+        report = (
+            "import sys, runpy\n"
+            "sys.argv = ['artifactfs', *sys.argv[1:]]\n"
+            "try:\n"
+            "    runpy.run_module('artifactfs', run_name='__main__')\n"
+            "finally:\n"
+            "    hwm = [l for l in open('/proc/self/status') if l.startswith('VmHWM')][0]\n"
+            "    print(hwm.split()[1], file=sys.stderr)\n"
         )
-        # wait4 gives this child's own peak RSS (RUSAGE_CHILDREN would mix in earlier children).
-        _, status, usage = os.wait4(proc.pid, 0)
-        proc.returncode = os.waitstatus_to_exitcode(status)
-        stderr = proc.stderr.read().decode() if proc.stderr else ""
-        if proc.stderr:
-            proc.stderr.close()
-        assert proc.returncode == 0, stderr
-        peak_mib = usage.ru_maxrss / 1024  # KiB on Linux
+        argv = cli("log", src, COLL, "--type", "dataset", registry=root)
+        proc = subprocess.run(
+            [sys.executable, "-c", report, *argv[3:]], env=child_env(), stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE, text=True, check=False,
+        )
+        assert proc.returncode == 0, proc.stderr
+        peak_mib = int(proc.stderr.strip().splitlines()[-1]) / 1024  # VmHWM is in kB
         print(f"peak RSS of the logging process: {peak_mib:.0f} MiB")
         assert peak_mib < 150, f"logging 3 x {per_file} MiB peaked at {peak_mib:.0f} MiB RSS"
 

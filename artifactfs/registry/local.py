@@ -724,10 +724,24 @@ def _dirs_of(paths: Iterable[str]) -> set[str]:
 
 
 def _walk(src: str) -> Iterator[tuple[str, str]]:
-    """``(entry path, file path)`` for each regular file below ``src`` (symlinks to files are
-    followed, symlinked directories are not), in sorted order, lazily."""
-    for dirpath, dirnames, filenames in os.walk(src, onerror=_raise):
+    """``(entry path, file path)`` for each regular file below ``src``, in sorted order, lazily.
+
+    Symlinks are followed, to files and to directories, as the wandb SDK's ``add_dir`` does; a
+    link back to one of its own ancestors (a cycle) is skipped.
+    """
+    ancestors: dict[str, frozenset[tuple[int, int]]] = {src: frozenset()}
+    for dirpath, dirnames, filenames in os.walk(src, onerror=_raise, followlinks=True):
+        st_dir = os.stat(dirpath)
+        ident = (st_dir.st_dev, st_dir.st_ino)
+        chain = ancestors.pop(dirpath, frozenset())
+        if ident in chain:
+            dirnames.clear()
+            log.warning("skipping %s: a symlink cycle leads back to it", dirpath)
+            continue
+        chain |= {ident}
         dirnames.sort()
+        for d in dirnames:
+            ancestors[os.path.join(dirpath, d)] = chain
         rel = os.path.relpath(dirpath, src)
         for fname in sorted(filenames):
             full = os.path.join(dirpath, fname)

@@ -1,0 +1,467 @@
+"""The command line, run as a real process: ``python -m artifactfs ...``."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from artifactfs.manifest import artifact_digest
+from artifactfs.registry.local import LocalRegistry
+
+COLL = "acme/vision/ds"
+INFO_KEYS = {
+    "id",
+    "entity",
+    "project",
+    "name",
+    "type",
+    "version",
+    "aliases",
+    "digest",
+    "commit_hash",
+    "created_at",
+    "updated_at",
+    "description",
+    "metadata",
+    "size",
+    "state",
+    "file_count",
+}
+
+TREE0 = {"a.txt": b"hello\n", "sub/b.bin": b"\x00\x01\x02", "sub/deeper/c": b"c" * 1000, "empty": b""}
+TREE1 = {"a.txt": b"hello again\n", "new/\u00fcnic\u00f8de file.txt": b"u"}
+
+
+def b64md5(data: bytes) -> str:
+    return base64.b64encode(hashlib.md5(data).digest()).decode()
+
+
+def write_tree(root: Path, files: dict[str, bytes]) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    for rel, data in files.items():
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+    return root
+
+
+def base_env() -> dict[str, str]:
+    env = dict(os.environ)
+    for var in ("ARTIFACTFS_REGISTRY", "ARTIFACTFS_LOG_LEVEL", "ARTIFACTFS_CACHE_DIR"):
+        env.pop(var, None)
+    return env
+
+
+def run(
+    *args: str | os.PathLike[str], registry: Path | None = None, env: dict[str, str] | None = None, check: bool = True
+) -> subprocess.CompletedProcess[str]:
+    argv = [sys.executable, "-m", "artifactfs", *map(str, args)]
+    if registry is not None:
+        argv += ["--registry", str(registry)]
+    proc = subprocess.run(argv, capture_output=True, text=True, env=env or base_env(), timeout=120)
+    if check:
+        assert proc.returncode == 0, f"{argv} failed ({proc.returncode}): {proc.stderr}"
+        assert "Traceback" not in proc.stderr
+    return proc
+
+
+def run_json(*args: str, registry: Path) -> Any:
+    return json.loads(run(*args, "--json", registry=registry).stdout)
+
+
+def last_line(proc: subprocess.CompletedProcess[str]) -> str:
+    return proc.stdout.rstrip("\n").splitlines()[-1]
+
+
+def snapshot(root: Path) -> dict[str, Any]:
+    """Everything a command could change: all metadata, every entry, every blob."""
+    state: dict[str, Any] = {"exists": root.exists()}
+    if not (root / "registry.sqlite").exists():
+        return state
+    reg = LocalRegistry(root)
+    try:
+        for entity in reg.entities():
+            for project in reg.projects(entity):
+                state[f"{entity}/{project}/aliases"] = sorted(reg.aliases(entity, project).items())
+                for coll in reg.collections(entity, project):
+                    state[f"{entity}/{project}/{coll.name}"] = coll
+                    for v in reg.versions(entity, project, coll.name):
+                        entries = sorted((e.path, e.digest, e.size) for e in reg.iter_entries(v))
+                        state[str(v.ref)] = (v.to_json(), entries)
+    finally:
+        reg.close()
+    objects = root / "objects"
+    blobs = (p.relative_to(objects) for p in objects.rglob("*") if p.is_file())
+    state["blobs"] = sorted(str(p) for p in blobs if p.parts[0] != "tmp")
+    assert state["blobs"], "a populated registry has blobs"
+    return state
+
+
+@pytest.fixture(scope="module")
+def populated(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A registry with acme/vision/ds v0 (alias best) and v1 (latest), made through the CLI."""
+    base = tmp_path_factory.mktemp("populated")
+    root = base / "registry"
+    run(
+        "log",
+        write_tree(base / "src0", TREE0),
+        COLL,
+        "--type",
+        "dataset",
+        "--alias",
+        "best",
+        "--description",
+        "first",
+        "--metadata",
+        '{"rows": 3}',
+        registry=root,
+    )
+    run("log", write_tree(base / "src1", TREE1), COLL, "--type", "dataset", registry=root)
+    return root
+
+
+@pytest.fixture
+def registry(populated: Path, tmp_path: Path) -> Path:
+    """A private copy of the populated registry."""
+    root = tmp_path / "registry"
+    shutil.copytree(populated, root)
+    return root
+
+
+# -- log -----------------------------------------------------------------------------------------
+
+
+def test_log(tmp_path: Path) -> None:
+    root = tmp_path / "registry"
+    src = write_tree(tmp_path / "src", TREE0)
+    proc = run(
+        "log",
+        src,
+        COLL,
+        "--type",
+        "dataset",
+        "--alias",
+        "best",
+        "--alias",
+        "prod",
+        "--description",
+        "d \u2603",
+        "--metadata",
+        '{"rows": 3, "nested": {"k": [1, "\u00e9"]}}',
+        registry=root,
+    )
+    assert last_line(proc) == "acme/vision/ds:v0"
+    assert "4 files" in proc.stderr
+    info = run_json("info", COLL, registry=root)
+    assert info["aliases"] == ["latest", "best", "prod"]
+    assert info["description"] == "d \u2603"
+    assert info["metadata"] == {"rows": 3, "nested": {"k": [1, "\u00e9"]}}
+    assert info["file_count"] == 4
+    assert info["size"] == sum(len(d) for d in TREE0.values())
+    assert info["digest"] == artifact_digest((p, b64md5(d)) for p, d in TREE0.items())
+
+    # Identical content: no new version, but the new alias is applied.
+    again = run("log", src, COLL, "--type", "dataset", "--alias", "again", registry=root)
+    assert last_line(again) == "acme/vision/ds:v0"
+    assert "no new version" in again.stderr
+    assert run_json("info", f"{COLL}:again", registry=root)["version"] == "v0"
+
+    # New content: v1, and the summary line is the last line of stdout.
+    changed = write_tree(tmp_path / "src1", TREE1)
+    assert last_line(run("log", changed, COLL, "--type", "dataset", registry=root)) == "acme/vision/ds:v1"
+    assert last_line(run("log", src, "acme/vision/other", "--type", "model", registry=root)) == "acme/vision/other:v0"
+
+
+def test_log_xxh128(tmp_path: Path) -> None:
+    root = tmp_path / "registry"
+    src = write_tree(tmp_path / "src", TREE0)
+    proc = run("log", src, COLL, "--type", "dataset", "--digest-algorithm", "xxh128", registry=root)
+    assert last_line(proc) == "acme/vision/ds:v0"
+    info = run_json("info", COLL, registry=root)
+    assert info["digest_algorithm"] == "MANIFEST_XXH128"
+    assert (root / "objects" / "xxh128").is_dir()
+
+
+# -- info ----------------------------------------------------------------------------------------
+
+
+def test_info_json(populated: Path) -> None:
+    latest = run_json("info", COLL, registry=populated)
+    assert set(latest) >= INFO_KEYS
+    assert latest["version"] == "v1"
+    assert (latest["entity"], latest["project"], latest["name"], latest["type"]) == ("acme", "vision", "ds", "dataset")
+    assert latest["aliases"] == ["latest"]
+    assert latest["state"] == "COMMITTED"
+    assert latest["file_count"] == len(TREE1)
+    assert latest["size"] == sum(len(d) for d in TREE1.values())
+    assert latest["digest"] == artifact_digest((p, b64md5(d)) for p, d in TREE1.items())
+    assert latest["description"] == ""
+    assert latest["metadata"] == {}
+    assert latest["created_at"].endswith("Z")
+    assert latest["updated_at"] >= latest["created_at"]
+    assert base64.b64decode(latest["id"]).startswith(b"Artifact:")
+
+    v0 = run_json("info", f"{COLL}:v0", registry=populated)
+    assert v0 == run_json("info", f"{COLL}:best", registry=populated)
+    assert v0["version"] == "v0"
+    assert v0["aliases"] == ["best"]
+    assert v0["description"] == "first"
+    assert v0["metadata"] == {"rows": 3}
+    assert v0["id"] != latest["id"]
+    assert v0["commit_hash"] != latest["commit_hash"]
+    assert run_json("info", f"{COLL}:latest", registry=populated) == latest
+
+
+def test_info_text(populated: Path) -> None:
+    out = run("info", f"{COLL}:v0", registry=populated).stdout
+    lines = dict(line.split(": ", 1) for line in out.splitlines() if ": " in line)
+    assert set(lines) | {"description"} >= INFO_KEYS
+    assert lines["version"] == "v0"
+    assert json.loads(lines["aliases"]) == ["best"]
+    assert json.loads(lines["metadata"]) == {"rows": 3}
+
+
+# -- ls ------------------------------------------------------------------------------------------
+
+
+def test_ls_levels(registry: Path, tmp_path: Path) -> None:
+    run("log", write_tree(tmp_path / "m", {"w": b"weights"}), "acme/models/net", "--type", "model", registry=registry)
+    run("log", write_tree(tmp_path / "o", {"x": b"x"}), "beta/p/thing", "--type", "dataset", registry=registry)
+
+    assert run_json("ls", registry=registry) == ["acme", "beta"]
+    assert run("ls", registry=registry).stdout.split() == ["acme", "beta"]
+    assert run_json("ls", "acme", registry=registry) == ["models", "vision"]
+    assert run_json("ls", "acme/", registry=registry) == ["models", "vision"]
+    assert run("ls", "acme", registry=registry).stdout.split() == ["models", "vision"]
+    assert run_json("ls", "acme/vision", registry=registry) == [{"name": "ds", "type": "dataset", "versions": 2}]
+    text = run("ls", "acme/vision", registry=registry).stdout
+    assert text.splitlines() == ["acme/vision/ds\tdataset\t2 versions"]
+
+    versions = run_json("ls", COLL, registry=registry)
+    assert [v["version"] for v in versions] == ["v0", "v1"]
+    assert [v["aliases"] for v in versions] == [["best"], ["latest"]]
+    assert all(set(v) >= INFO_KEYS for v in versions)
+    lines = run("ls", COLL, registry=registry).stdout.splitlines()
+    assert [line.split("\t")[:2] for line in lines] == [["acme/vision/ds:v0", "best"], ["acme/vision/ds:v1", "latest"]]
+    assert [line.split("\t")[3] for line in lines] == [f"{len(TREE0)} files", f"{len(TREE1)} files"]
+
+
+def test_ls_empty_registry(tmp_path: Path) -> None:
+    LocalRegistry(tmp_path / "r", create=True).close()
+    assert run_json("ls", registry=tmp_path / "r") == []
+    assert run("ls", registry=tmp_path / "r").stdout == ""
+
+
+# -- alias and delete ----------------------------------------------------------------------------
+
+
+def test_alias_add_remove(registry: Path) -> None:
+    proc = run("alias", "add", f"{COLL}:v1", "best", registry=registry)
+    assert last_line(proc) == "acme/vision/ds:v1\tlatest,best"
+    assert run_json("info", f"{COLL}:best", registry=registry)["version"] == "v1"
+    assert run_json("info", f"{COLL}:v0", registry=registry)["aliases"] == []
+
+    run("alias", "add", f"{COLL}:latest", "prod", registry=registry)
+    assert run_json("info", f"{COLL}:v1", registry=registry)["aliases"] == ["latest", "best", "prod"]
+
+    proc = run("alias", "remove", f"{COLL}:v1", "best", registry=registry)
+    assert last_line(proc) == "acme/vision/ds:v1\tlatest,prod"
+    assert run("info", f"{COLL}:best", registry=registry, check=False).returncode != 0
+
+
+def test_delete(registry: Path, tmp_path: Path) -> None:
+    refused = run("delete", f"{COLL}:v0", registry=registry, check=False)
+    assert refused.returncode == 1
+    assert "best" in refused.stderr
+    assert [v["version"] for v in run_json("ls", COLL, registry=registry)] == ["v0", "v1"]
+
+    proc = run("delete", f"{COLL}:best", "--delete-aliases", registry=registry)
+    assert last_line(proc) == "deleted acme/vision/ds:v0"
+    assert [v["version"] for v in run_json("ls", COLL, registry=registry)] == ["v1"]
+    assert run("info", f"{COLL}:best", registry=registry, check=False).returncode == 1
+
+    assert last_line(run("delete", f"{COLL}:latest", registry=registry)) == "deleted acme/vision/ds:v1"
+    assert run_json("ls", COLL, registry=registry) == []
+    assert run_json("ls", "acme/vision", registry=registry) == [{"name": "ds", "type": "dataset", "versions": 0}]
+    # Indices are not reused.
+    src = write_tree(tmp_path / "n", {"n": b"n"})
+    assert last_line(run("log", src, COLL, "--type", "dataset", registry=registry)) == "acme/vision/ds:v2"
+
+
+def test_delete_latest_moves_latest(registry: Path) -> None:
+    run("delete", f"{COLL}:v1", registry=registry)
+    assert run_json("info", COLL, registry=registry)["version"] == "v0"
+    assert run_json("info", f"{COLL}:v0", registry=registry)["aliases"] == ["latest", "best"]
+
+
+# -- environment ---------------------------------------------------------------------------------
+
+
+def test_registry_from_environment(tmp_path: Path) -> None:
+    env = base_env()
+    env["ARTIFACTFS_REGISTRY"] = str(tmp_path / "from-env")
+    env["HOME"] = str(tmp_path / "home")  # the default location must not be touched
+    src = write_tree(tmp_path / "src", TREE0)
+    assert last_line(run("log", src, COLL, "--type", "dataset", env=env)) == "acme/vision/ds:v0"
+    assert (tmp_path / "from-env" / "registry.sqlite").is_file()
+    assert not (tmp_path / "home").exists()
+    assert json.loads(run("ls", "--json", env=env).stdout) == ["acme"]
+    assert json.loads(run("info", COLL, "--json", env=env).stdout)["version"] == "v0"
+    # --registry wins over the environment.
+    other = tmp_path / "other"
+    LocalRegistry(other, create=True).close()
+    assert json.loads(run("ls", "--json", "--registry", str(other), env=env).stdout) == []
+
+
+def test_version_flag() -> None:
+    proc = run("--version")
+    assert proc.stdout.startswith("artifactfs ")
+
+
+# -- bad input -----------------------------------------------------------------------------------
+
+SRC = "<src>"  # replaced by a real source directory
+
+BAD_INPUT: list[tuple[str, list[str], str]] = [
+    # (id, arguments, a word the one-line message must contain)
+    ("ref-two-parts", ["info", "acme/vision"], "ENTITY/PROJECT/NAME"),
+    ("ref-four-parts", ["info", "acme/vision/ds/x"], "ENTITY/PROJECT/NAME"),
+    ("ref-bad-alias", ["info", "acme/vision/ds:not valid"], "invalid alias"),
+    ("ref-double-colon", ["info", "acme/vision/ds:a:b"], "invalid alias"),
+    ("ref-empty-tag", ["info", "acme/vision/ds:"], "invalid alias"),
+    ("ref-bad-entity", ["info", "ac me/vision/ds"], "invalid entity"),
+    ("unknown-entity", ["info", "nobody/vision/ds"], "nobody"),
+    ("unknown-project", ["info", "acme/nothing/ds"], "nothing"),
+    ("unknown-artifact", ["info", "acme/vision/nope"], "nope"),
+    ("unknown-alias", ["info", "acme/vision/ds:nope"], "nope"),
+    ("unknown-version", ["info", "acme/vision/ds:v99"], "v99"),
+    ("ls-unknown-entity", ["ls", "nobody"], "nobody"),
+    ("ls-unknown-project", ["ls", "acme/nothing"], "nothing"),
+    ("ls-unknown-artifact", ["ls", "acme/vision/nope"], "nope"),
+    ("ls-bad-prefix", ["ls", "a/b/c/d"], "invalid prefix"),
+    ("log-missing-src", ["log", "<missing>", COLL, "--type", "dataset"], "missing"),
+    ("log-src-is-file", ["log", "<file>", COLL, "--type", "dataset"], "not a directory"),
+    ("log-bad-json", ["log", SRC, COLL, "--type", "dataset", "--metadata", "{not json"], "JSON"),
+    ("log-json-list", ["log", SRC, COLL, "--type", "dataset", "--metadata", "[1, 2]"], "JSON object"),
+    ("log-json-string", ["log", SRC, COLL, "--type", "dataset", "--metadata", '"text"'], "JSON object"),
+    ("log-json-nan", ["log", SRC, COLL, "--type", "dataset", "--metadata", '{"x": NaN}'], "metadata"),
+    ("log-type-conflict", ["log", SRC, COLL, "--type", "model", "--alias", "x"], "dataset"),
+    ("log-bad-type", ["log", SRC, COLL, "--type", "bad type"], "type"),
+    ("log-tag-in-ref", ["log", SRC, f"{COLL}:v1", "--type", "dataset"], "--alias"),
+    ("log-bad-ref", ["log", SRC, "acme/ds", "--type", "dataset"], "ENTITY/PROJECT/NAME"),
+    ("log-version-alias", ["log", SRC, COLL, "--type", "dataset", "--alias", "v3"], "v3"),
+    ("log-bad-alias", ["log", SRC, COLL, "--type", "dataset", "--alias", "a/b"], "a/b"),
+    ("alias-latest", ["alias", "add", f"{COLL}:v0", "latest"], "latest"),
+    ("unalias-latest", ["alias", "remove", f"{COLL}:v1", "latest"], "latest"),
+    ("alias-no-tag", ["alias", "add", COLL, "prod"], "ALIAS"),
+    ("alias-version-name", ["alias", "add", f"{COLL}:v0", "v5"], "v5"),
+    ("alias-missing-version", ["alias", "add", f"{COLL}:v9", "prod"], "v9"),
+    ("unalias-missing", ["alias", "remove", f"{COLL}:v0", "nothere"], "nothere"),
+    ("unalias-other-version", ["alias", "remove", f"{COLL}:v1", "best"], "best"),
+    ("delete-with-alias", ["delete", f"{COLL}:v0"], "best"),
+    ("delete-no-tag", ["delete", COLL], "ALIAS"),
+    ("delete-missing", ["delete", f"{COLL}:v42"], "v42"),
+    ("delete-unknown-alias", ["delete", f"{COLL}:nope", "--delete-aliases"], "nope"),
+]
+
+
+def _materialise(args: list[str], tmp_path: Path) -> list[str]:
+    src = write_tree(tmp_path / "bad-src", {"x.txt": b"new content", "d/y": b"y"})
+    (tmp_path / "a-file").write_bytes(b"x")
+    mapping = {SRC: str(src), "<missing>": str(tmp_path / "missing"), "<file>": str(tmp_path / "a-file")}
+    return [mapping.get(a, a) for a in args]
+
+
+def assert_one_line_error(proc: subprocess.CompletedProcess[str], word: str) -> None:
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stderr
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1, f"expected one line on stderr, got {proc.stderr!r}"
+    assert lines[0].startswith("artifactfs")
+    assert word in lines[0], f"{word!r} not in {lines[0]!r}"
+    assert proc.stdout == ""
+
+
+@pytest.mark.parametrize(("args", "word"), [pytest.param(a, w, id=i) for i, a, w in BAD_INPUT])
+def test_bad_input(registry: Path, tmp_path: Path, args: list[str], word: str) -> None:
+    argv = _materialise(args, tmp_path)
+    before = snapshot(registry)
+    proc = run(*argv, registry=registry, check=False)
+    assert proc.returncode == 1
+    assert_one_line_error(proc, word)
+    assert snapshot(registry) == before  # every version's `info --json`, every entry, every blob
+
+
+USAGE_ERRORS: list[tuple[str, list[str]]] = [
+    ("no-command", []),
+    ("unknown-command", ["frobnicate"]),
+    ("log-no-type", ["log", SRC, COLL]),
+    ("log-no-ref", ["log", SRC]),
+    ("log-bad-algorithm", ["log", SRC, COLL, "--type", "dataset", "--digest-algorithm", "sha1"]),
+    ("alias-bad-action", ["alias", "rename", f"{COLL}:v0", "x"]),
+    ("info-unknown-flag", ["info", COLL, "--bogus"]),
+    ("bad-log-level", ["ls", "--log-level", "LOUD"]),
+]
+
+
+@pytest.mark.parametrize("args", [pytest.param(a, id=i) for i, a in USAGE_ERRORS])
+def test_usage_errors(registry: Path, tmp_path: Path, args: list[str]) -> None:
+    argv = _materialise(args, tmp_path)
+    before = snapshot(registry)
+    proc = run(*argv, registry=registry, check=False) if argv else run(check=False)
+    assert proc.returncode == 2
+    assert_one_line_error(proc, "error")
+    assert snapshot(registry) == before
+
+
+@pytest.mark.parametrize(
+    "command", [["info", COLL], ["ls"], ["alias", "add", f"{COLL}:v0", "x"], ["delete", f"{COLL}:v0"]]
+)
+def test_missing_registry_is_not_created(tmp_path: Path, command: list[str]) -> None:
+    root = tmp_path / "no-registry"
+    proc = run(*command, registry=root, check=False)
+    assert_one_line_error(proc, "no registry")
+    assert proc.returncode == 1
+    assert not root.exists()
+
+
+@pytest.mark.parametrize(
+    ("case", "args"),
+    [
+        ("missing-src", ["log", "<missing>", COLL, "--type", "dataset"]),
+        ("bad-json", ["log", SRC, COLL, "--type", "dataset", "--metadata", "{"]),
+        ("bad-type", ["log", SRC, COLL, "--type", "bad type"]),
+        ("bad-alias", ["log", SRC, COLL, "--type", "dataset", "--alias", "v1"]),
+        ("nan-metadata", ["log", SRC, COLL, "--type", "dataset", "--metadata", '{"x": [NaN]}']),
+        ("inf-metadata", ["log", SRC, COLL, "--type", "dataset", "--metadata", '{"x": 1e999}']),
+        ("bad-ref", ["log", SRC, "acme/ds", "--type", "dataset"]),
+    ],
+)
+def test_failed_first_log_creates_no_registry(tmp_path: Path, case: str, args: list[str]) -> None:
+    root = tmp_path / "fresh"
+    proc = run(*_materialise(args, tmp_path), registry=root, check=False)
+    assert proc.returncode == 1
+    assert "Traceback" not in proc.stderr
+    assert len(proc.stderr.splitlines()) == 1
+    assert not root.exists(), f"a failed log ({case}) left a registry behind"
+
+
+def test_corrupt_registry(tmp_path: Path) -> None:
+    root = tmp_path / "corrupt"
+    root.mkdir()
+    (root / "registry.sqlite").write_bytes(b"this is not a database" * 100)
+    for command in (["ls"], ["info", COLL], ["log", str(write_tree(tmp_path / "s", {"a": b"a"})), COLL, "--type", "t"]):
+        proc = run(*command, registry=root, check=False)
+        assert proc.returncode == 1
+        assert "Traceback" not in proc.stderr
+        assert len(proc.stderr.splitlines()) == 1, proc.stderr
+        assert "registry" in proc.stderr

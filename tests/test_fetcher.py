@@ -1,0 +1,516 @@
+"""Fetcher: single flight, failure backoff, cache and in-place paths (trio, no FUSE).
+
+The remote side is a fake :class:`Registry` whose blob source is a real in-process fault
+injector: it counts opens, can hold a download until released, serve corrupted bytes or fail.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import threading
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import IO, Any, cast
+
+import pytest
+import trio
+import trio.testing
+
+from artifactfs.errors import ArtifactFSError, DigestMismatch, FetchError
+from artifactfs.fetcher import Fetcher
+from artifactfs.manifest import Entry, Manifest, digest_bytes
+from artifactfs.names import Ref, parse_ref
+from artifactfs.registry.base import BlobSource, CollectionInfo, DirEntry, Registry, VersionInfo
+from artifactfs.registry.local import LocalRegistry
+from artifactfs.store import Blob, BlobStore
+
+DATA = os.urandom(300_000)
+ENTRY = Entry("data/blob.bin", digest_bytes(DATA), len(DATA))
+
+
+def make_version(name: str = "ds", index: int = 0) -> VersionInfo:
+    return VersionInfo(
+        id=f"id-{name}-{index}",
+        entity="acme",
+        project="vision",
+        name=name,
+        type="dataset",
+        version_index=index,
+        aliases=("latest",),
+        digest="0" * 32,
+        digest_algorithm="MANIFEST_MD5",
+        commit_hash="c" * 20,
+        created_at_ns=1_700_000_000_000_000_000,
+        updated_at_ns=1_700_000_000_000_000_000,
+        description="",
+        metadata={},
+        size=len(DATA),
+        state="COMMITTED",
+        file_count=1,
+    )
+
+
+VERSION = make_version()
+
+
+class FaultySource:
+    """A blob source: ``mode`` is "ok", "corrupt" or "error"; ``gate`` holds opens until set."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.mode = "ok"
+        self.opens = 0
+        self.gate: threading.Event | None = None
+        self.entered = threading.Event()
+        self._lock = threading.Lock()
+
+    def open(self) -> IO[bytes]:
+        with self._lock:
+            self.opens += 1
+        self.entered.set()
+        if self.gate is not None and not self.gate.wait(timeout=20):
+            raise AssertionError("test gate was never released")
+        if self.mode == "error":
+            raise FetchError("injected: connection refused")
+        if self.mode == "corrupt":
+            return io.BytesIO(b"\x00" + self.data[1:])
+        return io.BytesIO(self.data)
+
+
+class FakeRemote(Registry):
+    """A remote registry: only ``blob_source`` is needed by the fetcher."""
+
+    kind = "fake"
+
+    def __init__(self, source: FaultySource) -> None:
+        self.source = source
+
+    def blob_source(self, version: VersionInfo, entry: Entry) -> BlobSource:
+        return BlobSource(f"{version.ref}/{entry.path}", open=self.source.open)
+
+    def entities(self) -> list[str]:
+        raise NotImplementedError
+
+    def projects(self, entity: str) -> list[str]:
+        raise NotImplementedError
+
+    def collections(self, entity: str, project: str) -> list[CollectionInfo]:
+        raise NotImplementedError
+
+    def versions(self, entity: str, project: str, name: str) -> list[VersionInfo]:
+        raise NotImplementedError
+
+    def resolve(self, ref: Ref) -> VersionInfo:
+        raise NotImplementedError
+
+    def iter_entries(self, version: VersionInfo) -> Iterator[Entry]:
+        raise NotImplementedError
+
+    def list_dir(self, version: VersionInfo, path: str) -> list[DirEntry]:
+        raise NotImplementedError
+
+    def get_entry(self, version: VersionInfo, path: str) -> DirEntry:
+        raise NotImplementedError
+
+    def manifest(self, version: VersionInfo) -> Manifest:
+        raise NotImplementedError
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[BlobStore]:
+    s = BlobStore(str(tmp_path / "cache"))
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def src() -> FaultySource:
+    return FaultySource(DATA)
+
+
+def run(fn: Callable[..., Awaitable[Any]], *args: Any, clock: trio.abc.Clock | None = None) -> Any:
+    return trio.run(fn, *args, clock=clock)
+
+
+def content(blob: Blob) -> bytes:
+    try:
+        return blob.pread(blob.size + 1, 0)
+    finally:
+        blob.close()
+
+
+async def get_many(
+    fetcher: Fetcher, src: FaultySource, n: int, version: VersionInfo = VERSION, entry: Entry = ENTRY
+) -> list[bytes | BaseException]:
+    """``n`` concurrent gets, released only once all of them wait on the one download."""
+    results: list[bytes | BaseException] = []
+    src.gate = threading.Event()
+    src.entered.clear()
+
+    async def one() -> None:
+        try:
+            results.append(content(await fetcher.get(version, entry)))
+        except ArtifactFSError as exc:
+            results.append(exc)
+
+    gate = src.gate
+    async with trio.open_nursery() as nursery:
+        for _ in range(n):
+            nursery.start_soon(one)
+        try:
+            await trio.to_thread.run_sync(src.entered.wait)  # the download has started...
+            await trio.testing.wait_all_tasks_blocked()  # ...and every reader waits for it
+            assert src.opens == 1
+            assert results == []
+        finally:
+            gate.set()  # also on a failed assertion: worker threads must not hang
+    src.gate = None
+    return results
+
+
+# -- single flight ---------------------------------------------------------------------------------
+
+
+def test_concurrent_gets_share_one_fetch(store: BlobStore, src: FaultySource) -> None:
+    fetcher = Fetcher(FakeRemote(src), store)
+
+    async def main() -> None:
+        results = await get_many(fetcher, src, 10)
+        assert results == [DATA] * 10
+
+    run(main)
+    assert src.opens == 1
+    assert fetcher.stats.fetches == 1
+    assert fetcher.stats.fetched_bytes == len(DATA)
+    assert fetcher.stats.cache_hits == 9
+    assert fetcher.stats.digest_mismatches == fetcher.stats.fetch_errors == 0
+    assert ENTRY.cache_key in store
+
+
+def test_different_keys_fetch_independently(store: BlobStore) -> None:
+    other_data = b"another blob\n" * 100
+    other_entry = Entry("other.bin", digest_bytes(other_data), len(other_data))
+    sources = {ENTRY.path: FaultySource(DATA), other_entry.path: FaultySource(other_data)}
+
+    class TwoBlobs(FakeRemote):
+        def blob_source(self, version: VersionInfo, entry: Entry) -> BlobSource:
+            return BlobSource(entry.path, open=sources[entry.path].open)
+
+    fetcher = Fetcher(TwoBlobs(sources[ENTRY.path]), store)
+
+    async def main() -> None:
+        assert content(await fetcher.get(VERSION, ENTRY)) == DATA
+        assert content(await fetcher.get(VERSION, other_entry)) == other_data
+
+    run(main)
+    assert [s.opens for s in sources.values()] == [1, 1]
+    assert fetcher.stats.fetches == 2
+
+
+def test_cache_hit_opens_nothing(store: BlobStore, src: FaultySource) -> None:
+    store.fill(ENTRY.cache_key, ENTRY, lambda: io.BytesIO(DATA), "prefill").close()
+    fetcher = Fetcher(FakeRemote(src), store)
+
+    async def main() -> None:
+        for _ in range(3):
+            assert content(await fetcher.get(VERSION, ENTRY)) == DATA
+
+    run(main)
+    assert src.opens == 0
+    assert fetcher.stats.cache_hits == 3
+    assert fetcher.stats.fetches == 0
+
+
+def test_same_content_in_another_version_is_not_fetched_again(store: BlobStore, src: FaultySource) -> None:
+    fetcher = Fetcher(FakeRemote(src), store)
+    twin = Entry("elsewhere/copy.bin", ENTRY.digest, ENTRY.size)
+
+    async def main() -> None:
+        assert content(await fetcher.get(VERSION, ENTRY)) == DATA
+        assert content(await fetcher.get(make_version("model", 3), twin)) == DATA
+
+    run(main)
+    assert src.opens == 1
+    assert fetcher.stats.cache_hits == 1
+
+
+# -- failures and backoff -----------------------------------------------------------------------------
+
+
+def test_digest_mismatch_reaches_all_waiters_then_backs_off(store: BlobStore, src: FaultySource) -> None:
+    fetcher = Fetcher(FakeRemote(src), store, failure_backoff=5.0)
+    src.mode = "corrupt"
+    clock = trio.testing.MockClock()
+
+    async def main() -> None:
+        results = await get_many(fetcher, src, 10)
+        assert len(results) == 10
+        assert all(isinstance(r, DigestMismatch) for r in results), results
+        assert fetcher.stats.digest_mismatches == 1
+        assert ENTRY.cache_key not in store
+        assert os.listdir(store.tmp) == []
+
+        # within the backoff: the same error at once, the source is not asked again
+        src.mode = "ok"
+        clock.jump(4.9)
+        with pytest.raises(DigestMismatch):
+            await fetcher.get(VERSION, ENTRY)
+        assert src.opens == 1
+        assert fetcher.stats.digest_mismatches == 1
+
+        # after it: a new fetch, which now succeeds
+        clock.jump(0.2)
+        assert content(await fetcher.get(VERSION, ENTRY)) == DATA
+        assert src.opens == 2
+
+    run(main, clock=clock)
+    assert fetcher.stats.fetches == 1
+    assert fetcher.stats.digest_mismatches == 1
+    assert fetcher.stats.fetch_errors == 0
+    assert ENTRY.cache_key in store
+
+
+def test_fetch_error_reaches_all_waiters_then_backs_off(store: BlobStore, src: FaultySource) -> None:
+    fetcher = Fetcher(FakeRemote(src), store, failure_backoff=2.0)
+    src.mode = "error"
+    clock = trio.testing.MockClock()
+
+    async def main() -> None:
+        results = await get_many(fetcher, src, 5)
+        assert len(results) == 5
+        assert all(isinstance(r, FetchError) and "injected" in str(r) for r in results), results
+        assert fetcher.stats.fetch_errors == 1
+        assert fetcher.stats.digest_mismatches == 0
+
+        clock.jump(1.0)
+        with pytest.raises(FetchError):
+            await fetcher.get(VERSION, ENTRY)
+        assert src.opens == 1
+
+        # still failing after the backoff: a new attempt, counted again
+        clock.jump(1.5)
+        with pytest.raises(FetchError):
+            await fetcher.get(VERSION, ENTRY)
+        assert src.opens == 2
+        assert fetcher.stats.fetch_errors == 2
+
+        src.mode = "ok"
+        clock.jump(2.5)
+        assert content(await fetcher.get(VERSION, ENTRY)) == DATA
+        assert src.opens == 3
+
+    run(main, clock=clock)
+    assert fetcher.stats.fetches == 1
+
+
+def test_read_error_mid_stream_is_a_fetch_error(store: BlobStore) -> None:
+    class Reset(io.RawIOBase):
+        def readable(self) -> bool:
+            return True
+
+        def readinto(self, buf: Any) -> int:
+            raise ConnectionResetError(104, "Connection reset by peer")
+
+    class Remote(FakeRemote):
+        def blob_source(self, version: VersionInfo, entry: Entry) -> BlobSource:
+            return BlobSource("x", open=lambda: cast(IO[bytes], Reset()))
+
+    fetcher = Fetcher(Remote(FaultySource(DATA)), store)
+
+    async def main() -> None:
+        with pytest.raises(FetchError, match="reset"):
+            await fetcher.get(VERSION, ENTRY)
+
+    run(main)
+    assert fetcher.stats.fetch_errors == 1
+    assert os.listdir(store.tmp) == []
+
+
+def test_failure_of_one_key_does_not_block_others(store: BlobStore, src: FaultySource) -> None:
+    good = b"fine\n"
+    good_entry = Entry("good.txt", digest_bytes(good), len(good))
+
+    class Remote(FakeRemote):
+        def blob_source(self, version: VersionInfo, entry: Entry) -> BlobSource:
+            if entry.path == good_entry.path:
+                return BlobSource("good", open=lambda: io.BytesIO(good))
+            return super().blob_source(version, entry)
+
+    src.mode = "corrupt"
+    fetcher = Fetcher(Remote(src), store)
+
+    async def main() -> None:
+        with pytest.raises(DigestMismatch):
+            await fetcher.get(VERSION, ENTRY)
+        assert content(await fetcher.get(VERSION, good_entry)) == good
+
+    run(main)
+
+
+# -- local registry: verify in place -----------------------------------------------------------------------
+
+
+def test_local_blobs_are_verified_in_place_then_trusted(sample_registry: tuple[Path, Path], tmp_path: Path) -> None:
+    reg_dir, src1 = sample_registry
+    registry = LocalRegistry(reg_dir)
+    cache = str(tmp_path / "cache")
+    try:
+        version = registry.resolve(parse_ref("acme/vision/ds:v1"))
+        found = registry.get_entry(version, "train/000002.txt")
+        assert found.entry is not None
+        entry = found.entry
+        expected = (src1 / "train" / "000002.txt").read_bytes()
+
+        first = Fetcher(registry, BlobStore(cache))
+        blob = run(first.get, version, entry)
+        assert content(blob) == expected
+        assert first.stats.verified_in_place == 1
+        assert first.stats.fetches == first.stats.cache_hits == 0
+        assert entry.cache_key not in first.store  # served where it lies, not copied
+        assert os.listdir(first.store.tmp) == []
+
+        # another mount on the same cache directory trusts the record without hashing again
+        second = Fetcher(registry, BlobStore(cache))
+        assert content(run(second.get, version, entry)) == expected
+        assert second.stats.trusted_in_place == 1
+        assert second.stats.verified_in_place == 0
+
+        # the registry's blob is damaged: the next mount hashes again and refuses it
+        blob_path = registry.blob_path(entry.alg, entry.digest)
+        time.sleep(0.03)  # past the file timestamp granularity
+        os.chmod(blob_path, 0o644)
+        with open(blob_path, "r+b") as f:
+            f.write(b"TWO")
+        third = Fetcher(registry, BlobStore(cache))
+
+        async def damaged() -> None:
+            with pytest.raises(DigestMismatch):
+                await third.get(version, entry)
+
+        run(damaged)
+        assert third.stats.digest_mismatches == 1
+        assert third.stats.trusted_in_place == 0
+        for fetcher in (first, second, third):
+            fetcher.store.close()
+    finally:
+        registry.close()
+
+
+def test_local_blobs_copy_mode(sample_registry: tuple[Path, Path], tmp_path: Path) -> None:
+    reg_dir, src1 = sample_registry
+    registry = LocalRegistry(reg_dir)
+    store = BlobStore(str(tmp_path / "cache"))
+    try:
+        version = registry.resolve(parse_ref("acme/vision/ds:latest"))
+        entry = registry.get_entry(version, "README.md").entry
+        assert entry is not None
+        fetcher = Fetcher(registry, store, serve_local_in_place=False)
+        assert content(run(fetcher.get, version, entry)) == (src1 / "README.md").read_bytes()
+        assert content(run(fetcher.get, version, entry)) == (src1 / "README.md").read_bytes()
+        assert fetcher.stats.fetches == 1
+        assert fetcher.stats.cache_hits == 1
+        assert fetcher.stats.verified_in_place == 0
+        assert entry.cache_key in store
+    finally:
+        store.close()
+        registry.close()
+
+
+def test_missing_local_blob_is_a_fetch_error(sample_registry: tuple[Path, Path], tmp_path: Path) -> None:
+    reg_dir, _ = sample_registry
+    registry = LocalRegistry(reg_dir)
+    store = BlobStore(str(tmp_path / "cache"))
+    try:
+        version = registry.resolve(parse_ref("acme/vision/ds:v1"))
+        entry = registry.get_entry(version, "README.md").entry
+        assert entry is not None
+        os.unlink(registry.blob_path(entry.alg, entry.digest))
+        for in_place in (True, False):
+            fetcher = Fetcher(registry, store, serve_local_in_place=in_place)
+
+            async def main(f: Fetcher = fetcher) -> None:
+                with pytest.raises(FetchError, match="missing"):
+                    await f.get(version, entry)
+
+            run(main)
+            assert fetcher.stats.fetch_errors == 1
+    finally:
+        store.close()
+        registry.close()
+
+
+# -- http(s) references: a real HTTP source on localhost ---------------------------------------------------
+
+
+class _Server:
+    """A local HTTP server whose body can be cut short; counts requests."""
+
+    def __init__(self, body: bytes) -> None:
+        import socket
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                server.requests += 1
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                if server.truncate:
+                    self.wfile.write(body[:10])
+                    self.wfile.flush()
+                    self.connection.shutdown(socket.SHUT_RDWR)
+                else:
+                    self.wfile.write(body)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.requests = 0
+        self.truncate = False
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/bucket/blob.bin?X-Sig=s3cr3t"
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+class HttpReferences(FakeRemote):
+    def blob_source(self, version: VersionInfo, entry: Entry) -> BlobSource:
+        from artifactfs.references import reference_source
+
+        return reference_source(entry)
+
+
+def test_http_reference_cut_short_is_a_fetch_error_with_backoff(store: BlobStore) -> None:
+    server = _Server(DATA)
+    entry = Entry("ref.bin", ENTRY.digest, ENTRY.size, ref=server.url)
+    fetcher = Fetcher(HttpReferences(FaultySource(b"")), store, failure_backoff=5.0)
+    clock = trio.testing.MockClock()
+
+    async def main() -> None:
+        server.truncate = True
+        with pytest.raises(FetchError) as info:
+            await fetcher.get(VERSION, entry)
+        assert "s3cr3t" not in str(info.value)
+        assert fetcher.stats.fetch_errors == 1
+        with pytest.raises(FetchError):  # within the backoff: no new request
+            await fetcher.get(VERSION, entry)
+        assert server.requests == 1
+        server.truncate = False
+        clock.jump(5.0)
+        assert content(await fetcher.get(VERSION, entry)) == DATA
+        assert server.requests == 2
+
+    try:
+        run(main, clock=clock)
+    finally:
+        server.close()
+    assert fetcher.stats.fetches == 1
+    assert os.listdir(store.tmp) == []

@@ -1,0 +1,811 @@
+"""Real FUSE mounts: the filesystem as ordinary tools and programs see it.
+
+Every test mounts a registry with the ``mounter`` fixture (a ``mount --foreground`` daemon in a
+subprocess, unmounted afterwards) and drives it through coreutils, attr tools or Python I/O.
+Counters come from the root's ``user.artifactfs.stats`` attribute.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import errno
+import hashlib
+import json
+import mmap
+import os
+import signal
+import sqlite3
+import stat
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import SAMPLE_FILES, Mount, Mounter, force_unmount, is_mounted, run_cli, write_tree
+
+from artifactfs.names import parse_ref
+from artifactfs.registry.local import LocalRegistry
+
+pytestmark = pytest.mark.fuse
+
+MiB = 1 << 20
+ENV = {**os.environ, "LC_ALL": "C.UTF-8", "LANG": "C.UTF-8"}
+EROFS_TEXT = "Read-only file system"
+CORRUPT = "train/000002.txt"  # a file of ds:v1 whose content no other file shares
+
+
+# -- helpers --------------------------------------------------------------------------------------
+
+
+def sh(*cmd: str | Path, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(c) for c in cmd],
+        capture_output=True,
+        text=True,
+        encoding="utf-8",
+        errors="surrogateescape",
+        cwd=cwd,
+        env=ENV,
+        timeout=60,
+    )
+
+
+def ok(*cmd: str | Path, cwd: Path | None = None) -> str:
+    proc = sh(*cmd, cwd=cwd)
+    assert proc.returncode == 0, f"{cmd}: exit {proc.returncode}: {proc.stderr}"
+    return proc.stdout
+
+
+def project(m: Mount) -> Path:
+    return m.path / "acme" / "vision"
+
+
+def v1(m: Mount) -> Path:
+    return project(m) / "ds:v1"
+
+
+def md5_b64(data: bytes) -> str:
+    return base64.b64encode(hashlib.md5(data).digest()).decode()
+
+
+def blob_path(registry: Path, data: bytes) -> Path:
+    hexd = hashlib.md5(data).hexdigest()
+    return registry / "objects" / "md5" / hexd[:2] / hexd[2:]
+
+
+def overwrite_blob(path: Path, data: bytes) -> None:
+    path.chmod(0o644)
+    with open(path, "r+b") as f:
+        f.write(data)
+    path.chmod(0o444)
+
+
+def cache_keys(cache_dir: Path) -> set[str]:
+    """The keys in a blob cache (diskcache's SQLite index, opened read-only)."""
+    conn = sqlite3.connect(f"file:{cache_dir / 'cache.db'}?mode=ro", uri=True)
+    try:
+        return {row[0] for row in conn.execute("SELECT key FROM Cache")}
+    finally:
+        conn.close()
+
+
+def version_info(registry: Path, ref: str) -> dict[str, object]:
+    out = run_cli("info", ref, "--json", "--registry", str(registry)).stdout
+    return json.loads(out)  # type: ignore[no-any-return]
+
+
+def created_at_ns(registry: Path, ref: str) -> int:
+    reg = LocalRegistry(registry)
+    try:
+        return reg.resolve(parse_ref(ref)).created_at_ns
+    finally:
+        reg.close()
+
+
+def getfattr(path: Path) -> dict[str, bytes]:
+    """``getfattr -d -m -`` of one path, values decoded from ``-e hex``."""
+    out = ok("getfattr", "-d", "-m", "-", "-e", "hex", "--absolute-names", path)
+    attrs: dict[str, bytes] = {}
+    for line in out.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        name, _, value = line.partition("=")
+        attrs[name] = bytes.fromhex(value[2:]) if value.startswith("0x") else b""
+    return attrs
+
+
+def mount_options(path: Path) -> list[str]:
+    target = os.path.realpath(path)
+    with open("/proc/mounts") as f:
+        for line in f:
+            parts = line.split()
+            if parts[1].encode().decode("unicode_escape") == target:
+                return parts[3].split(",")
+    raise AssertionError(f"{path} is not in /proc/mounts")
+
+
+def read_all(root: Path) -> dict[str, bytes]:
+    """Every regular file below ``root`` (not following symlinks), by relative path."""
+    out: dict[str, bytes] = {}
+    for dirpath, _dirs, files in os.walk(root):
+        for name in files:
+            full = Path(dirpath) / name
+            out[full.relative_to(root).as_posix()] = full.read_bytes()
+    return out
+
+
+def expect_errno(code: int, fn: object, *args: object) -> None:
+    with pytest.raises(OSError) as info:
+        fn(*args)  # type: ignore[operator]
+    assert info.value.errno == code, f"{fn}{args}: {info.value!r}, expected {errno.errorcode[code]}"
+
+
+@pytest.fixture
+def mounted(mounter: Mounter, sample_registry: tuple[Path, Path]) -> tuple[Mount, Path]:
+    """The sample registry mounted with default options; returns (mount, source tree of ds:v1)."""
+    reg, src = sample_registry
+    return mounter(reg), src
+
+
+# -- what tools see -------------------------------------------------------------------------------
+
+
+def test_ls_shows_the_layout(mounted: tuple[Mount, Path]) -> None:
+    m, _ = mounted
+    assert ok("ls", "-A", m.path).splitlines() == ["acme"]
+    assert ok("ls", "-A", m.path / "acme").splitlines() == ["vision"]
+    assert ok("ls", "-A", project(m)).splitlines() == [
+        "ds:best",
+        "ds:latest",
+        "ds:v0",
+        "ds:v1",
+        "model:latest",
+        "model:v0",
+    ]
+    top = sorted({rel.split("/")[0] for rel in SAMPLE_FILES})
+    assert ok("ls", "-A", v1(m)).splitlines() == sorted(top)
+    long = ok("ls", "-l", project(m)).splitlines()[1:]
+    assert any(line.startswith("dr-xr-xr-x") and line.endswith(" ds:v1") for line in long), long
+    assert any(line.startswith("l") and line.endswith(" ds:latest -> ds:v1") for line in long), long
+    assert any(line.startswith("l") and line.endswith(" ds:best -> ds:v0") for line in long), long
+
+
+def test_find_lists_every_file_and_dir(mounted: tuple[Mount, Path]) -> None:
+    m, _ = mounted
+    files = set(ok("find", v1(m), "-type", "f", "-printf", "%P\\n").splitlines())
+    assert files == set(SAMPLE_FILES)
+    dirs = set(ok("find", v1(m), "-mindepth", "1", "-type", "d", "-printf", "%P\\n").splitlines())
+    assert dirs == {"train", "train/deep", "train/deep/er", "train/deep/er/still", "with space"}
+    links = set(ok("find", project(m), "-type", "l", "-printf", "%P\\n").splitlines())
+    assert links == {"ds:latest", "ds:best", "model:latest"}
+
+
+def test_stat_reports_types_and_sizes(mounted: tuple[Mount, Path]) -> None:
+    m, _ = mounted
+    for rel, data in SAMPLE_FILES.items():
+        size, kind = ok("stat", "--printf", "%s\\t%F", v1(m) / rel).split("\t")
+        assert int(size) == len(data), rel
+        assert kind == ("regular empty file" if not data else "regular file"), rel
+    assert ok("stat", "--printf", "%F", v1(m) / "train") == "directory"
+    assert ok("stat", "--printf", "%F", project(m) / "ds:latest") == "symbolic link"
+    # stat -L follows the alias into the version directory: the same inode as ds:v1.
+    assert ok("stat", "-L", "--printf", "%i", project(m) / "ds:latest") == ok("stat", "--printf", "%i", v1(m))
+
+
+def test_du_counts_sizes_and_blocks(mounted: tuple[Mount, Path]) -> None:
+    m, _ = mounted
+    apparent = ok("du", "-s", "-b", v1(m)).split()[0]
+    assert int(apparent) == sum(len(d) for d in SAMPLE_FILES.values())
+    blocks = ok("du", "-s", "-B1", v1(m)).split()[0]
+    assert int(blocks) == sum((len(d) + 511) // 512 * 512 for d in SAMPLE_FILES.values())
+
+
+def test_cp_r_copies_the_version(mounted: tuple[Mount, Path], tmp_path: Path) -> None:
+    m, src = mounted
+    dest = tmp_path / "copy"
+    ok("cp", "-r", v1(m), dest)
+    assert read_all(dest) == SAMPLE_FILES
+    proc = sh("diff", "-r", dest, src)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_diff_r_mount_equals_source(mounted: tuple[Mount, Path]) -> None:
+    m, src = mounted
+    proc = sh("diff", "-r", v1(m), src)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    proc = sh("diff", "-r", f"{project(m) / 'ds:latest'}/", src)  # through the alias symlink
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    # ds:v0 differs from the v1 source: diff must notice (the check above is not vacuous).
+    assert sh("diff", "-r", project(m) / "ds:v0", src).returncode == 1
+
+
+def test_md5sum_matches_source(mounted: tuple[Mount, Path]) -> None:
+    m, src = mounted
+    rels = sorted(SAMPLE_FILES)
+    out = ok("md5sum", "--", *rels, cwd=v1(m)).splitlines()
+    assert len(out) == len(rels)
+    for rel, line in zip(rels, out, strict=True):
+        digest, name = line.split("  ", 1)
+        assert name == rel
+        assert digest == hashlib.md5((src / rel).read_bytes()).hexdigest(), rel
+
+
+def test_readlink_of_aliases(mounted: tuple[Mount, Path]) -> None:
+    m, _ = mounted
+    assert ok("readlink", project(m) / "ds:latest").strip() == "ds:v1"
+    assert ok("readlink", project(m) / "ds:best").strip() == "ds:v0"
+    assert os.readlink(project(m) / "model:latest") == "model:v0"
+    assert os.path.realpath(project(m) / "ds:best") == str(project(m) / "ds:v0")
+    assert (project(m) / "ds:best" / "README.md").read_bytes() == b"# v0\n"
+
+
+def test_getfattr_of_a_version_dir(mounted: tuple[Mount, Path]) -> None:
+    m, _ = mounted
+    for tag, aliases, metadata, files in (("v1", "latest", {}, len(SAMPLE_FILES)), ("v0", "best", {"rows": 1}, 2)):
+        attrs = getfattr(project(m) / f"ds:{tag}")
+        info = version_info(m.registry, f"acme/vision/ds:{tag}")
+        assert attrs["user.artifact.digest"].decode() == info["digest"]
+        assert json.loads(attrs["user.artifact.metadata"]) == metadata
+        assert attrs["user.artifact.aliases"].decode() == aliases
+        assert attrs["user.artifact.version"].decode() == tag
+        assert attrs["user.artifact.id"].decode() == info["id"]
+        assert attrs["user.artifact.type"] == b"dataset"
+        assert attrs["user.artifact.file_count"].decode() == str(files)
+        assert attrs["user.artifact.created_at"].decode() == info["created_at"]
+
+
+def test_getfattr_of_a_file(mounted: tuple[Mount, Path]) -> None:
+    m, _ = mounted
+    for rel in ("README.md", "with space/ünïcødé name.txt", "empty", "train/deep/er/still/x.bin"):
+        attrs = getfattr(v1(m) / rel)
+        assert attrs["user.artifact.entry.digest"].decode() == md5_b64(SAMPLE_FILES[rel]), rel
+        assert attrs["user.artifact.entry.size"].decode() == str(len(SAMPLE_FILES[rel])), rel
+        assert "user.artifact.entry.ref" not in attrs
+    assert os.getxattr(v1(m) / "README.md", "user.artifact.entry.size") == b"9"
+
+
+def test_read_at_offsets(mounted: tuple[Mount, Path], tmp_path: Path) -> None:
+    m, _ = mounted
+    data = (tmp_path / "model" / "model.pt").read_bytes()
+    path = project(m) / "model:v0" / "model.pt"
+    cases = [(299_990, 100), (131_072, 5000), (0, 1), (131_071, 2), (4095, 200_000), (1, 10), (300_000, 10)]
+    cases += [(400_000, 10), (77_777, 0), (12_345, 300_000)]
+    with open(path, "rb") as f:
+        for off, n in cases:
+            f.seek(off)
+            assert f.read(n) == data[off : off + n], (off, n)
+            assert f.tell() == min(off + n, max(off, len(data)))
+        f.seek(-10, os.SEEK_END)
+        assert f.read() == data[-10:]
+    with open(path, "rb", buffering=0) as raw:
+        fd = raw.fileno()
+        for off, n in cases:
+            assert os.pread(fd, n, off) == data[off : off + n], (off, n)
+
+
+def test_mmap_of_a_file(mounted: tuple[Mount, Path], tmp_path: Path) -> None:
+    m, _ = mounted
+    data = (tmp_path / "model" / "model.pt").read_bytes()
+    with (
+        open(project(m) / "model:v0" / "model.pt", "rb") as f,
+        mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm,
+    ):
+        assert len(mm) == len(data)
+        assert mm[250_000:250_100] == data[250_000:250_100]
+        assert mm[:] == data
+        assert mm.find(data[123_456:123_490]) == data.find(data[123_456:123_490])
+    with open(v1(m) / "train/deep/er/still/x.bin", "rb") as f, mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ) as mm:
+        assert mm[:] == SAMPLE_FILES["train/deep/er/still/x.bin"]
+
+
+def test_listing_and_stat_do_not_fetch(mounted: tuple[Mount, Path]) -> None:
+    m, _ = mounted
+    out = ok("ls", "-lRA", m.path)
+    assert "ünïcødé name.txt" in out and "model.pt" in out
+    paths = ok("find", m.path).splitlines()
+    assert len(paths) > len(SAMPLE_FILES)
+    ok("find", m.path, "-exec", "stat", "{}", "+")
+    ok("du", "-s", m.path)
+    ok("du", "-s", "-b", m.path)
+    stats = m.stats()
+    assert stats["verified_in_place"] == 0
+    assert stats["fetches"] == 0
+    assert stats["trusted_in_place"] == stats["cache_hits"] == 0
+    # The counters do count: reading one file verifies exactly that blob.
+    assert (v1(m) / "README.md").read_bytes() == SAMPLE_FILES["README.md"]
+    assert m.stats()["verified_in_place"] == 1
+
+
+def test_modes_owner_and_mtime(mounted: tuple[Mount, Path]) -> None:
+    m, _ = mounted
+    created = {name: created_at_ns(m.registry, f"acme/vision/{name}") for name in ("ds:v0", "ds:v1", "model:v0")}
+    assert len(set(created.values())) == 3
+    seen = {"dir": 0, "file": 0, "link": 0}
+    for dirpath, dirs, files in os.walk(m.path):
+        for name in [*dirs, *files]:
+            path = Path(dirpath) / name
+            st = os.lstat(path)
+            assert st.st_uid == os.getuid(), path
+            assert st.st_gid == os.getgid(), path
+            rel = path.relative_to(project(m)).parts if path.is_relative_to(project(m)) else ()
+            if stat.S_ISLNK(st.st_mode):
+                seen["link"] += 1
+                continue
+            if stat.S_ISDIR(st.st_mode):
+                seen["dir"] += 1
+                assert stat.S_IMODE(st.st_mode) == 0o555, path
+            else:
+                assert stat.S_ISREG(st.st_mode), path
+                seen["file"] += 1
+                assert stat.S_IMODE(st.st_mode) == 0o444, path
+            if rel:
+                assert st.st_mtime_ns == created[rel[0]], path
+    assert seen == {"dir": 11, "file": len(SAMPLE_FILES) + 2 + 1, "link": 3}
+    assert stat.S_IMODE(os.stat(m.path).st_mode) == 0o555
+    assert os.stat(m.path).st_uid == os.getuid()
+
+
+# -- read-only ------------------------------------------------------------------------------------
+
+EROFS_COMMANDS = {
+    "touch-new": ("touch", "ds:v1/new.txt"),
+    "touch-existing": ("touch", "ds:v1/README.md"),
+    "touch-in-project": ("touch", "new.txt"),
+    "rm": ("rm", "-f", "ds:v1/README.md"),
+    "rm-r": ("rm", "-rf", "ds:v1/train"),
+    "mkdir": ("mkdir", "ds:v1/newdir"),
+    "mkdir-version": ("mkdir", "ds:v7"),
+    "mv": ("mv", "ds:v1/README.md", "ds:v1/README2.md"),
+    "mv-version": ("mv", "ds:v0", "ds:v9"),
+    "chmod": ("chmod", "644", "ds:v1/README.md"),
+    "setfattr": ("setfattr", "-n", "user.note", "-v", "x", "ds:v1/README.md"),
+    "setfattr-version": ("setfattr", "-n", "user.artifact.digest", "-v", "x", "ds:v1"),
+    "ln-s": ("ln", "-s", "ds:v0", "ds:mine"),
+}
+
+
+@pytest.mark.parametrize("cmd", EROFS_COMMANDS.values(), ids=EROFS_COMMANDS.keys())
+def test_writes_fail_with_erofs(mounted: tuple[Mount, Path], cmd: tuple[str, ...]) -> None:
+    m, _ = mounted
+    proc = sh(*cmd, cwd=project(m))
+    assert proc.returncode != 0
+    assert EROFS_TEXT in proc.stderr, proc.stderr
+    # Nothing changed.
+    assert read_all(v1(m)) == SAMPLE_FILES
+    assert os.getxattr(v1(m) / "README.md", "user.artifact.entry.size") == b"9"
+    assert sorted(os.listdir(project(m))) == ["ds:best", "ds:latest", "ds:v0", "ds:v1", "model:latest", "model:v0"]
+    assert stat.S_IMODE(os.stat(v1(m) / "README.md").st_mode) == 0o444
+
+
+def _open(path: Path, mode: str) -> None:
+    with open(path, mode):
+        pass
+
+
+PY_WRITES = {
+    "open-w": lambda p: _open(p / "README.md", "w"),
+    "open-a": lambda p: _open(p / "README.md", "a"),
+    "open-r+": lambda p: _open(p / "README.md", "r+"),
+    "open-w-new": lambda p: _open(p / "new.txt", "wb"),
+    "open-x": lambda p: _open(p / "new.txt", "x"),
+    "os.open-trunc": lambda p: os.open(p / "README.md", os.O_RDONLY | os.O_TRUNC),
+    "truncate": lambda p: os.truncate(p / "README.md", 0),
+    "truncate-grow": lambda p: os.truncate(p / "README.md", 100),
+    "unlink": lambda p: os.unlink(p / "README.md"),
+    "rmdir": lambda p: os.rmdir(p / "train/deep/er/still"),
+    "utime": lambda p: os.utime(p / "README.md", (0, 0)),
+    "setxattr": lambda p: os.setxattr(p / "README.md", "user.x", b"1"),
+    "removexattr": lambda p: os.removexattr(p / "README.md", "user.artifact.entry.size"),
+    "rename": lambda p: os.rename(p / "README.md", p / "train/README.md"),
+    "link": lambda p: os.link(p / "README.md", p / "hard"),
+}
+
+
+@pytest.mark.parametrize("op", PY_WRITES.values(), ids=PY_WRITES.keys())
+def test_python_writes_fail_with_erofs(mounted: tuple[Mount, Path], op: object) -> None:
+    m, _ = mounted
+    expect_errno(errno.EROFS, op, v1(m))
+    assert read_all(v1(m)) == SAMPLE_FILES
+    assert not (v1(m) / "new.txt").exists()
+
+
+ENOENT_PATHS = {
+    "entity": "nosuch",
+    "project": "acme/nosuch",
+    "artifact-name": "acme/vision/nosuch:v0",
+    "alias": "acme/vision/ds:nosuch",
+    "version": "acme/vision/ds:v99",
+    "empty-tag": "acme/vision/ds:",
+    "path-in-version": "acme/vision/ds:v1/nosuch.txt",
+    "deep-path": "acme/vision/ds:v1/train/deep/nosuch",
+    "path-via-alias": "acme/vision/ds:latest/nosuch.txt",
+    "no-colon": "acme/vision/ds",
+    "no-colon-model": "acme/vision/model",
+}
+
+
+@pytest.mark.parametrize("rel", ENOENT_PATHS.values(), ids=ENOENT_PATHS.keys())
+def test_unknown_names_are_enoent(mounted: tuple[Mount, Path], rel: str) -> None:
+    m, _ = mounted
+    expect_errno(errno.ENOENT, os.lstat, m.path / rel)
+    expect_errno(errno.ENOENT, os.stat, m.path / rel)  # again: the kernel's negative entry
+    expect_errno(errno.ENOENT, open, m.path / rel, "rb")
+    proc = sh("ls", m.path / rel)
+    assert proc.returncode != 0 and "No such file or directory" in proc.stderr
+
+
+# -- verification ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", ["verify-in-place", "copy"])
+def test_corrupted_blob_gives_eio_until_repaired(
+    mounter: Mounter, sample_registry: tuple[Path, Path], mode: str
+) -> None:
+    reg, _ = sample_registry
+    good = SAMPLE_FILES[CORRUPT]
+    bad = bytearray(good)
+    bad[1234] ^= 0x20
+    blob = blob_path(reg, good)
+    overwrite_blob(blob, bytes(bad))
+    m = mounter(reg, "--local-blobs", mode, "--failure-backoff", "1")
+    path = v1(m) / CORRUPT
+
+    t0 = time.monotonic()
+    expect_errno(errno.EIO, path.read_bytes)
+    overwrite_blob(blob, good)  # repaired, but the failure is remembered for --failure-backoff
+    expect_errno(errno.EIO, path.read_bytes)
+    assert time.monotonic() - t0 < 0.9, "too slow to observe the backoff window"
+
+    # The other files of the same version are fine.
+    for rel in ("README.md", "train/000001.txt", "train/deep/er/still/x.bin", "with space/ünïcødé name.txt"):
+        assert (v1(m) / rel).read_bytes() == SAMPLE_FILES[rel], rel
+    stats = m.stats()
+    assert stats["digest_mismatches"] == 1
+    assert stats["fetch_errors"] == 0
+    log = m.log()
+    assert "digest mismatch" in log
+    assert md5_b64(good) in log and md5_b64(bytes(bad)) in log
+    key = "md5/" + hashlib.md5(good).hexdigest()
+    keys = cache_keys(m.cache_dir)
+    assert key not in keys and f"trust/{key}" not in keys
+    if mode == "copy":
+        assert stats["fetches"] == 4 and stats["verified_in_place"] == 0
+        assert "md5/" + hashlib.md5(SAMPLE_FILES["README.md"]).hexdigest() in keys
+        assert os.listdir(m.cache_dir / "tmp") == []  # the failed fill left no temp file
+    else:
+        assert stats["verified_in_place"] == 4 and stats["fetches"] == 0
+
+    time.sleep(max(0.0, t0 + 1.3 - time.monotonic()))
+    assert path.read_bytes() == good
+    stats = m.stats()
+    assert stats["digest_mismatches"] == 1
+    if mode == "copy":
+        assert stats["fetches"] == 5
+        assert key in cache_keys(m.cache_dir)
+    else:
+        assert stats["verified_in_place"] == 5
+        assert f"trust/{key}" in cache_keys(m.cache_dir)
+
+
+@pytest.fixture
+def big_registry(tmp_path: Path) -> tuple[Path, bytes]:
+    data = os.urandom(20 * MiB + 12_345)
+    src = write_tree(tmp_path / "bigsrc", {"big.bin": data, "small.txt": b"small\n"})
+    reg = LocalRegistry(tmp_path / "bigreg", create=True)
+    try:
+        reg.log_dir(src, parse_ref("acme/vision/big"), type="dataset")
+    finally:
+        reg.close()
+    return tmp_path / "bigreg", data
+
+
+@pytest.mark.parametrize("mode", ["verify-in-place", "copy"])
+def test_concurrent_readers_share_one_fetch(mounter: Mounter, big_registry: tuple[Path, bytes], mode: str) -> None:
+    reg, data = big_registry
+    m = mounter(reg, "--local-blobs", mode)
+    path = project(m) / "big:v0" / "big.bin"
+    want = hashlib.md5(data).hexdigest()
+    n = 16
+    barrier = threading.Barrier(n)
+    results: list[str | BaseException] = [""] * n
+
+    def reader(i: int) -> None:
+        try:
+            with open(path, "rb", buffering=0) as f:
+                barrier.wait(timeout=30)
+                # Each reader starts at its own offset, so the kernel sends many reads at once.
+                start = i * len(data) // n
+                f.seek(start)
+                tail = f.read()
+                f.seek(0)
+                head = f.read(start)
+            results[i] = hashlib.md5(head + tail).hexdigest()
+        except BaseException as exc:
+            results[i] = exc
+
+    threads = [threading.Thread(target=reader, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert results == [want] * n
+    stats = m.stats()
+    if mode == "copy":
+        assert stats["fetches"] == 1
+        assert stats["fetched_bytes"] == len(data)
+        assert stats["verified_in_place"] == 0
+    else:
+        assert stats["verified_in_place"] == 1
+        assert stats["fetches"] == 0
+    assert stats["digest_mismatches"] == stats["fetch_errors"] == 0
+    assert " ERROR " not in m.log(), m.log()
+
+
+def test_shared_file_is_stored_once_in_copy_mode(mounter: Mounter, tmp_path: Path) -> None:
+    shared = os.urandom(50_000)
+    a = write_tree(tmp_path / "a", {"shared.bin": shared, "a.txt": b"only in v0\n"})
+    b = write_tree(tmp_path / "b", {"data/shared-too.bin": shared, "b.txt": b"only in v1\n"})
+    reg = LocalRegistry(tmp_path / "reg", create=True)
+    try:
+        reg.log_dir(a, parse_ref("acme/vision/ds"), type="dataset")
+        reg.log_dir(b, parse_ref("acme/vision/ds"), type="dataset")
+    finally:
+        reg.close()
+    m = mounter(tmp_path / "reg", "--local-blobs", "copy")
+    assert (project(m) / "ds:v0" / "shared.bin").read_bytes() == shared
+    assert (project(m) / "ds:v1" / "data" / "shared-too.bin").read_bytes() == shared
+    stats = m.stats()
+    assert stats["fetches"] == 1
+    assert stats["fetched_bytes"] == len(shared)
+    assert stats["cache_hits"] >= 1
+    blobs = [k for k in cache_keys(m.cache_dir) if k.startswith("md5/")]
+    assert blobs == ["md5/" + hashlib.md5(shared).hexdigest()]
+
+
+@pytest.mark.parametrize("mode", ["verify-in-place", "copy"])
+def test_remount_reuses_the_cache(mounter: Mounter, sample_registry: tuple[Path, Path], mode: str) -> None:
+    reg, _ = sample_registry
+    first = mounter(reg, "--local-blobs", mode)
+    assert read_all(v1(first)) == SAMPLE_FILES
+    before = first.stats()
+    done = before["fetches"] if mode == "copy" else before["verified_in_place"]
+    assert done == len({d for d in SAMPLE_FILES.values() if d})  # each distinct non-empty blob once
+    first.unmount()
+    assert first.proc.returncode == 0
+    assert stat.S_IMODE(os.stat(first.cache_dir).st_mode) == 0o700
+
+    second = mounter(reg, "--local-blobs", mode, cache_dir=first.cache_dir)
+    assert read_all(v1(second)) == SAMPLE_FILES
+    after = second.stats()
+    assert after["fetches"] == 0
+    assert after["verified_in_place"] == 0
+    if mode == "copy":
+        assert after["cache_hits"] == done
+    else:
+        assert after["trusted_in_place"] == done
+    assert stat.S_IMODE(os.stat(second.cache_dir).st_mode) == 0o700
+
+
+def test_existing_cache_dir_is_made_private(
+    mounter: Mounter, sample_registry: tuple[Path, Path], tmp_path: Path
+) -> None:
+    reg, _ = sample_registry
+    cache = tmp_path / "shared-cache"
+    cache.mkdir(mode=0o755)
+    cache.chmod(0o755)
+    m = mounter(reg, cache_dir=cache)
+    assert stat.S_IMODE(os.stat(cache).st_mode) == 0o700
+    assert (v1(m) / "README.md").read_bytes() == SAMPLE_FILES["README.md"]
+
+
+# -- lifecycle ------------------------------------------------------------------------------------
+
+
+def test_sigkill_then_umount_and_mount_again(mounter: Mounter, sample_registry: tuple[Path, Path]) -> None:
+    reg, _ = sample_registry
+    m = mounter(reg)
+    assert (v1(m) / "README.md").read_bytes() == SAMPLE_FILES["README.md"]
+    m.proc.send_signal(signal.SIGKILL)
+    m.proc.wait(timeout=10)
+    assert is_mounted(m.path)
+    expect_errno(errno.ENOTCONN, os.listdir, m.path)  # a dead mount: nobody answers
+    proc = run_cli("umount", str(m.path), check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert not is_mounted(m.path)
+    assert os.listdir(m.path) == []
+
+    again = mounter(reg, mountpoint=m.path)
+    assert again.path == m.path and is_mounted(m.path)
+    assert (v1(again) / "README.md").read_bytes() == SAMPLE_FILES["README.md"]
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_signal_unmounts_cleanly(mounter: Mounter, sample_registry: tuple[Path, Path], signum: int) -> None:
+    reg, _ = sample_registry
+    m = mounter(reg)
+    deadline = time.monotonic() + 10
+    while "mounted " not in m.log():  # the signal handler is installed by then
+        assert time.monotonic() < deadline, m.log()
+        time.sleep(0.02)
+    assert (v1(m) / "README.md").read_bytes() == SAMPLE_FILES["README.md"]
+    m.proc.send_signal(signum)
+    assert m.proc.wait(timeout=15) == 0, m.log()
+    assert not is_mounted(m.path)
+    assert os.listdir(m.path) == []
+    assert "Traceback" not in m.log()
+
+
+def _daemon_pids(mountpoint: Path, tmp_path: Path) -> list[int]:
+    """Our daemons for ``mountpoint``: pgrep by the unique path, confirmed by the cmdline."""
+    out = subprocess.run(["pgrep", "-f", str(mountpoint)], capture_output=True, text=True).stdout
+    pids = []
+    for pid in map(int, out.split()):
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+        except OSError:
+            continue
+        if str(tmp_path) in cmdline and "artifactfs" in cmdline:
+            pids.append(pid)
+    return pids
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in ("Z", "X")
+
+
+@contextlib.contextmanager
+def _background_cleanup(mountpoint: Path, tmp_path: Path) -> Iterator[None]:
+    try:
+        yield
+    finally:
+        force_unmount(mountpoint)
+        for pid in _daemon_pids(mountpoint, tmp_path):
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+
+
+def test_background_mount_and_umount(sample_registry: tuple[Path, Path], tmp_path: Path, require_fuse: None) -> None:
+    reg, _ = sample_registry
+    mnt = tmp_path / "bg-mnt"
+    mnt.mkdir()
+    cache = tmp_path / "bg-cache"
+    with _background_cleanup(mnt, tmp_path):
+        proc = run_cli("mount", str(reg), str(mnt), "--cache-dir", str(cache), check=False)
+        assert proc.returncode == 0, proc.stderr
+        assert os.listdir(mnt) == ["acme"]  # ready when the command returns
+        assert (mnt / "acme/vision/ds:v1/README.md").read_bytes() == SAMPLE_FILES["README.md"]
+        pids = _daemon_pids(mnt, tmp_path)
+        assert len(pids) == 1 and _alive(pids[0])
+        assert (cache / "mount.log").exists()
+
+        proc = run_cli("umount", str(mnt), check=False)
+        assert proc.returncode == 0, proc.stderr
+        assert not is_mounted(mnt)
+        deadline = time.monotonic() + 15
+        while _alive(pids[0]):
+            assert time.monotonic() < deadline, "the daemon did not exit after umount"
+            time.sleep(0.05)
+        assert "Traceback" not in (cache / "mount.log").read_text()
+
+
+@pytest.mark.parametrize("case", ["mountpoint-missing", "mountpoint-not-empty", "registry-missing"])
+def test_background_mount_failures(
+    sample_registry: tuple[Path, Path], tmp_path: Path, require_fuse: None, case: str
+) -> None:
+    reg, _ = sample_registry
+    mnt = tmp_path / "bg-mnt"
+    if case != "mountpoint-missing":
+        mnt.mkdir()
+    if case == "mountpoint-not-empty":
+        (mnt / "file").write_text("x")
+    if case == "registry-missing":
+        reg = tmp_path / "no-registry"
+    with _background_cleanup(mnt, tmp_path):
+        proc = run_cli("mount", str(reg), str(mnt), "--cache-dir", str(tmp_path / "bg-cache"), check=False)
+        assert proc.returncode != 0
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1, proc.stderr
+        assert lines[0].startswith("artifactfs: error: ")
+        assert "Traceback" not in proc.stderr
+        expected = {"mountpoint-missing": "does not exist", "mountpoint-not-empty": "not empty"}
+        assert expected.get(case, "no registry") in lines[0]
+        assert not is_mounted(mnt)
+        assert _daemon_pids(mnt, tmp_path) == []
+
+
+def test_background_mount_refuses_a_mount_point_in_use(
+    mounter: Mounter, sample_registry: tuple[Path, Path], tmp_path: Path
+) -> None:
+    reg, _ = sample_registry
+    first = mounter(reg)
+    try:
+        proc = run_cli("mount", str(reg), str(first.path), "--cache-dir", str(tmp_path / "bg-cache"), check=False)
+        assert proc.returncode != 0
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1 and "already a mount point" in lines[0], proc.stderr
+        assert _daemon_pids(first.path, tmp_path) == [first.proc.pid]
+        assert (v1(first) / "README.md").read_bytes() == SAMPLE_FILES["README.md"]  # still served
+    finally:
+        for pid in _daemon_pids(first.path, tmp_path):
+            if pid != first.proc.pid:
+                os.kill(pid, signal.SIGKILL)
+
+
+# -- names ----------------------------------------------------------------------------------------
+
+
+def test_awkward_names_are_listed_and_readable(mounted: tuple[Mount, Path]) -> None:
+    m, _ = mounted
+    root = v1(m)
+    assert read_all(root) == SAMPLE_FILES
+    names = os.listdir(root)
+    assert ".hidden" in names and "latest" in names and "colon:inside.txt" in names and "with space" in names
+    assert ".hidden" not in ok("ls", root).splitlines()
+    assert os.listdir(root / "with space") == ["ünïcødé name.txt"]
+    assert ok("cat", root / "with space" / "ünïcødé name.txt") == "héllo wörld\n"
+    assert ok("cat", root / "colon:inside.txt") == SAMPLE_FILES["colon:inside.txt"].decode()
+    # ds:v1/latest is the file named latest, not an alias.
+    assert stat.S_ISREG(os.lstat(root / "latest").st_mode)
+    assert (root / "latest").read_bytes() == SAMPLE_FILES["latest"]
+    assert os.listdir(root / "train/deep/er/still") == ["x.bin"]
+    assert (root / "train/deep/er/still/x.bin").read_bytes() == SAMPLE_FILES["train/deep/er/still/x.bin"]
+    assert (root / "empty").read_bytes() == b""
+
+
+# -- registry changes under a mount -----------------------------------------------------------------
+
+
+def test_alias_move_is_seen_after_the_ttl(mounter: Mounter, sample_registry: tuple[Path, Path]) -> None:
+    reg, _ = sample_registry
+    m = mounter(reg, "--alias-ttl", "1")
+    best = project(m) / "ds:best"
+    assert os.readlink(best) == "ds:v0"
+    assert (best / "README.md").read_bytes() == b"# v0\n"
+    assert os.getxattr(project(m) / "ds:v1", "user.artifact.aliases") == b"latest"
+
+    run_cli("alias", "add", "acme/vision/ds:v1", "best", "--registry", str(reg))
+    time.sleep(1.3)
+    assert os.readlink(best) == "ds:v1"
+    assert ok("readlink", best).strip() == "ds:v1"
+    assert (best / "README.md").read_bytes() == SAMPLE_FILES["README.md"]
+    assert read_all(Path(f"{best}/")) == SAMPLE_FILES
+    assert os.getxattr(project(m) / "ds:v1", "user.artifact.aliases") == b"latest,best"
+    assert os.getxattr(project(m) / "ds:v0", "user.artifact.aliases") == b""
+
+
+def test_new_version_appears_after_the_ttl(
+    mounter: Mounter, sample_registry: tuple[Path, Path], tmp_path: Path
+) -> None:
+    reg, _ = sample_registry
+    m = mounter(reg, "--alias-ttl", "1")
+    latest = project(m) / "ds:latest"
+    assert os.readlink(latest) == "ds:v1"
+    assert (latest / "README.md").read_bytes() == SAMPLE_FILES["README.md"]
+    expect_errno(errno.ENOENT, os.stat, project(m) / "ds:v2")  # a negative entry the kernel keeps
+
+    src2 = write_tree(tmp_path / "src2", {"README.md": b"# v2\n", "new.txt": b"new\n"})
+    run_cli("log", str(src2), "acme/vision/ds", "--type", "dataset", "--registry", str(reg))
+    time.sleep(1.3)
+    # stat before listing: a readdirplus listing would replace the negative entry anyway.
+    assert stat.S_ISDIR(os.stat(project(m) / "ds:v2").st_mode)
+    assert os.readlink(latest) == "ds:v2"
+    assert "ds:v2" in os.listdir(project(m))
+    assert (latest / "README.md").read_bytes() == b"# v2\n"
+    assert sorted(os.listdir(latest)) == ["README.md", "new.txt"]
+    assert os.getxattr(project(m) / "ds:v1", "user.artifact.aliases") == b""
+
+
+@pytest.mark.parametrize("allow_other", [False, True], ids=["default", "--allow-other"])
+def test_allow_other_only_on_request(mounter: Mounter, sample_registry: tuple[Path, Path], allow_other: bool) -> None:
+    reg, _ = sample_registry
+    m = mounter(reg, *(["--allow-other"] if allow_other else []))
+    options = mount_options(m.path)
+    assert "ro" in options
+    assert ("allow_other" in options) is allow_other

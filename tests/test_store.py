@@ -1,0 +1,418 @@
+"""BlobStore: the verified, content-addressed cache (no FUSE, no trio)."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+import os
+import stat
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import IO, cast
+
+import pytest
+import xxhash
+
+from artifactfs.errors import DigestMismatch, FetchError
+from artifactfs.manifest import EMPTY_MD5_B64, XXH128, Entry, digest_bytes
+from artifactfs.store import BlobStore
+
+MiB = 1 << 20
+
+
+def entry_for(data: bytes, path: str = "f.bin") -> Entry:
+    return Entry(path, digest_bytes(data), len(data))
+
+
+def source(data: bytes) -> Callable[[], IO[bytes]]:
+    return lambda: io.BytesIO(data)
+
+
+def read_all(blob_store: BlobStore, key: str) -> bytes | None:
+    blob = blob_store.open_cached(key)
+    if blob is None:
+        return None
+    try:
+        return blob.pread(blob.size + 1, 0)
+    finally:
+        blob.close()
+
+
+def payload_files(directory: str) -> list[str]:
+    """Files of the cache directory other than diskcache's database (that is: blobs, temp files)."""
+    out = []
+    for dirpath, _, filenames in os.walk(directory):
+        for name in filenames:
+            if not name.startswith("cache.db"):
+                out.append(os.path.join(dirpath, name))
+    return out
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[BlobStore]:
+    s = BlobStore(str(tmp_path / "cache"))
+    yield s
+    s.close()
+
+
+# -- the cache directory ---------------------------------------------------------------------------
+
+
+def test_cache_dir_is_created_private(tmp_path: Path) -> None:
+    s = BlobStore(str(tmp_path / "new" / "cache"))
+    try:
+        assert stat.S_IMODE(os.stat(s.directory).st_mode) == 0o700
+        assert os.path.isdir(s.tmp)
+        assert stat.S_IMODE(os.stat(s.tmp).st_mode) == 0o700
+    finally:
+        s.close()
+
+
+def test_existing_cache_dir_is_made_private(tmp_path: Path) -> None:
+    path = tmp_path / "cache"
+    path.mkdir()
+    os.chmod(path, 0o755)
+    s = BlobStore(str(path))
+    try:
+        assert stat.S_IMODE(os.stat(path).st_mode) == 0o700
+    finally:
+        s.close()
+
+
+# -- fill --------------------------------------------------------------------------------------------
+
+
+def test_fill_publishes_matching_content(store: BlobStore) -> None:
+    data = os.urandom(3 * MiB + 123)  # several read chunks
+    entry = entry_for(data)
+    blob = store.fill(entry.cache_key, entry, source(data), "f.bin")
+    try:
+        assert blob.size == len(data)
+        assert blob.pread(len(data) + 10, 0) == data
+    finally:
+        blob.close()
+    assert entry.cache_key in store
+    assert read_all(store, entry.cache_key) == data
+    assert os.listdir(store.tmp) == []
+
+
+def test_fill_rejects_wrong_content(store: BlobStore) -> None:
+    good, evil = b"good bytes\n" * 100, b"evil bytes\n" * 100
+    entry = entry_for(good)
+    with pytest.raises(DigestMismatch) as info:
+        store.fill(entry.cache_key, entry, source(evil), "acme/vision/ds:v1/f.bin")
+    assert info.value.what == "acme/vision/ds:v1/f.bin"
+    assert entry.digest in info.value.expected
+    assert digest_bytes(evil) in info.value.actual
+    assert os.listdir(store.tmp) == []
+    assert entry.cache_key not in store
+    assert store.open_cached(entry.cache_key) is None
+    assert payload_files(store.directory) == []
+    # the mismatching bytes are not cached under their own address either
+    assert entry_for(evil).cache_key not in store
+
+
+def test_fill_rejects_wrong_size(store: BlobStore) -> None:
+    data = b"0123456789"
+    right_digest_wrong_size = Entry("f", digest_bytes(data), len(data) + 1)
+    with pytest.raises(DigestMismatch):
+        store.fill(right_digest_wrong_size.cache_key, right_digest_wrong_size, source(data), "f")
+    assert right_digest_wrong_size.cache_key not in store
+    assert os.listdir(store.tmp) == []
+    assert payload_files(store.directory) == []
+
+
+def test_fill_source_error_leaves_nothing(store: BlobStore) -> None:
+    data = b"x" * 5000
+
+    class Broken(io.RawIOBase):
+        def __init__(self) -> None:
+            self.sent = False
+
+        def readable(self) -> bool:
+            return True
+
+        def readinto(self, buf: bytearray) -> int:  # type: ignore[override]
+            if not self.sent:
+                self.sent = True
+                buf[:10] = data[:10]
+                return 10
+            raise ConnectionResetError(104, "Connection reset by peer")
+
+    entry = entry_for(data)
+    with pytest.raises(FetchError, match="Connection reset"):
+        store.fill(entry.cache_key, entry, lambda: cast(IO[bytes], Broken()), "f")
+    assert entry.cache_key not in store
+    assert os.listdir(store.tmp) == []
+
+
+def test_fill_empty_blob(store: BlobStore) -> None:
+    entry = Entry("empty", EMPTY_MD5_B64, 0)
+    blob = store.fill(entry.cache_key, entry, source(b""), "empty")
+    try:
+        assert blob.size == 0
+        assert blob.pread(4096, 0) == b""
+    finally:
+        blob.close()
+    cached = store.open_cached(entry.cache_key)
+    assert cached is not None
+    try:
+        assert cached.size == 0
+        assert cached.pread(10, 0) == b""
+    finally:
+        cached.close()
+
+
+def test_open_cached_serves_same_bytes_at_offsets(store: BlobStore) -> None:
+    data = os.urandom(MiB + 17)
+    entry = entry_for(data)
+    store.fill(entry.cache_key, entry, source(data), "f").close()
+    blob = store.open_cached(entry.cache_key)
+    assert blob is not None
+    try:
+        assert blob.size == len(data)
+        for offset, size in [(0, 1), (1, 4096), (MiB - 3, 10), (len(data) - 5, 100), (len(data), 10)]:
+            assert blob.pread(size, offset) == data[offset : offset + size]
+    finally:
+        blob.close()
+    assert store.open_cached("md5/" + "0" * 32) is None
+
+
+def test_fill_adopts_temp_file_without_copy(store: BlobStore) -> None:
+    data = os.urandom(2 * MiB)
+    entry = entry_for(data)
+    temp_inodes: list[int] = []
+
+    def opener() -> IO[bytes]:
+        # the temp file exists (in tmp/) by the time the source is opened
+        (name,) = os.listdir(store.tmp)
+        temp_inodes.append(os.stat(os.path.join(store.tmp, name)).st_ino)
+        return io.BytesIO(data)
+
+    blob = store.fill(entry.cache_key, entry, opener, "f")
+    blob.close()
+    assert os.listdir(store.tmp) == []
+    (cached,) = payload_files(store.directory)
+    assert os.stat(cached).st_ino == temp_inodes[0]  # renamed, not copied
+    assert os.path.getsize(cached) == len(data)
+    # the cache counts the blob once
+    db_bytes = store.volume - len(data)
+    assert 0 < db_bytes < MiB // 4
+
+
+def test_lru_eviction_keeps_recently_used(tmp_path: Path) -> None:
+    s = BlobStore(str(tmp_path / "cache"), size_limit=int(2.5 * MiB))
+    try:
+        blobs = [bytes([i]) * MiB for i in range(3)]
+        entries = [entry_for(b, f"f{i}") for i, b in enumerate(blobs)]
+        for i in (0, 1):
+            s.fill(entries[i].cache_key, entries[i], source(blobs[i]), f"f{i}").close()
+            time.sleep(0.01)
+        assert read_all(s, entries[0].cache_key) == blobs[0]  # 0 is now more recent than 1
+        time.sleep(0.01)
+        s.fill(entries[2].cache_key, entries[2], source(blobs[2]), "f2").close()
+        assert entries[1].cache_key not in s  # least recently used
+        assert read_all(s, entries[0].cache_key) == blobs[0]
+        assert read_all(s, entries[2].cache_key) == blobs[2]  # the blob just stored
+        assert s.volume <= int(2.5 * MiB)
+        assert len(payload_files(s.directory)) == 2
+    finally:
+        s.close()
+
+
+def test_two_stores_on_one_directory_share_blobs(tmp_path: Path) -> None:
+    a = BlobStore(str(tmp_path / "cache"))
+    b = BlobStore(str(tmp_path / "cache"))
+    try:
+        data = b"shared between mounts\n" * 1000
+        entry = entry_for(data)
+        assert entry.cache_key not in b
+        a.fill(entry.cache_key, entry, source(data), "f").close()
+        assert entry.cache_key in b
+        assert read_all(b, entry.cache_key) == data
+        other = b"the other way round"
+        other_entry = entry_for(other)
+        b.fill(other_entry.cache_key, other_entry, source(other), "g").close()
+        assert read_all(a, other_entry.cache_key) == other
+    finally:
+        a.close()
+        b.close()
+
+
+# -- verify in place ----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def local_blob(tmp_path: Path) -> tuple[Path, bytes, Entry]:
+    data = os.urandom(MiB + 1)
+    path = tmp_path / "objects" / "blob"
+    path.parent.mkdir()
+    path.write_bytes(data)
+    return path, data, entry_for(data)
+
+
+def _ctime_tick() -> None:
+    """Let the clock move past the file timestamp granularity before a change."""
+    time.sleep(0.03)
+
+
+def test_verify_in_place_then_trusted(store: BlobStore, local_blob: tuple[Path, bytes, Entry], tmp_path: Path) -> None:
+    path, data, entry = local_blob
+    key = entry.cache_key
+    assert store.open_trusted(key, str(path)) is None  # never verified
+    blob = store.verify_in_place(key, entry, str(path), "f")
+    try:
+        assert blob.size == len(data)
+        assert blob.pread(100, MiB - 50) == data[MiB - 50 : MiB + 50]
+    finally:
+        blob.close()
+    assert key not in store  # not copied into the cache
+    assert payload_files(store.directory) == []
+    trusted = store.open_trusted(key, str(path))
+    assert trusted is not None
+    try:
+        assert trusted.pread(len(data) + 1, 0) == data
+    finally:
+        trusted.close()
+    # the record names the file it was made for
+    other = tmp_path / "copy"
+    other.write_bytes(data)
+    assert store.open_trusted(key, str(other)) is None
+    # another store (another mount) on the same directory honours it
+    second = BlobStore(store.directory)
+    try:
+        again = second.open_trusted(key, str(path))
+        assert again is not None
+        again.close()
+    finally:
+        second.close()
+
+
+@pytest.mark.parametrize("change", ["rewrite same size", "touch", "chmod", "replace"])
+def test_trust_is_lost_when_file_changes(store: BlobStore, local_blob: tuple[Path, bytes, Entry], change: str) -> None:
+    path, data, entry = local_blob
+    store.verify_in_place(entry.cache_key, entry, str(path), "f").close()
+    trusted = store.open_trusted(entry.cache_key, str(path))  # also remembered in this process
+    assert trusted is not None
+    trusted.close()
+    _ctime_tick()
+    if change == "rewrite same size":
+        with open(path, "r+b") as f:
+            f.write(b"X" * 16)
+    elif change == "touch":
+        os.utime(path)
+    elif change == "chmod":  # changes only the ctime
+        os.chmod(path, 0o400)
+    else:
+        tmp = path.with_suffix(".new")
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    assert store.open_trusted(entry.cache_key, str(path)) is None
+    if change == "rewrite same size":
+        with pytest.raises(DigestMismatch):
+            store.verify_in_place(entry.cache_key, entry, str(path), "f")
+        assert store.open_trusted(entry.cache_key, str(path)) is None
+    else:  # same bytes: a new hash restores trust
+        store.verify_in_place(entry.cache_key, entry, str(path), "f").close()
+        blob = store.open_trusted(entry.cache_key, str(path))
+        assert blob is not None
+        blob.close()
+
+
+def test_verify_in_place_rejects_corrupted_file(store: BlobStore, local_blob: tuple[Path, bytes, Entry]) -> None:
+    path, data, entry = local_blob
+    corrupted = bytearray(data)
+    corrupted[12345] ^= 0xFF
+    path.write_bytes(bytes(corrupted))
+    with pytest.raises(DigestMismatch):
+        store.verify_in_place(entry.cache_key, entry, str(path), "f")
+    assert store.open_trusted(entry.cache_key, str(path)) is None
+    from artifactfs.store import _TRUST_PREFIX
+
+    assert _TRUST_PREFIX + entry.cache_key not in store
+
+
+def test_verify_in_place_mismatch_drops_old_trust_record(
+    store: BlobStore, local_blob: tuple[Path, bytes, Entry]
+) -> None:
+    from artifactfs.store import _TRUST_PREFIX
+
+    path, data, entry = local_blob
+    store.verify_in_place(entry.cache_key, entry, str(path), "f").close()
+    assert _TRUST_PREFIX + entry.cache_key in store
+    _ctime_tick()
+    path.write_bytes(data[:-1] + b"\x00" if data[-1:] != b"\x00" else data[:-1] + b"\x01")
+    with pytest.raises(DigestMismatch):
+        store.verify_in_place(entry.cache_key, entry, str(path), "f")
+    assert _TRUST_PREFIX + entry.cache_key not in store
+
+
+def test_verify_in_place_wrong_size(store: BlobStore, local_blob: tuple[Path, bytes, Entry]) -> None:
+    path, data, _ = local_blob
+    entry = Entry("f", digest_bytes(data), len(data) - 1)
+    with pytest.raises(DigestMismatch):
+        store.verify_in_place(entry.cache_key, entry, str(path), "f")
+    assert store.open_trusted(entry.cache_key, str(path)) is None
+
+
+def test_verify_in_place_missing_file(store: BlobStore, tmp_path: Path) -> None:
+    entry = entry_for(b"nothing")
+    with pytest.raises(FetchError, match="missing"):
+        store.verify_in_place(entry.cache_key, entry, str(tmp_path / "absent"), "f")
+
+
+# -- XXH128 ---------------------------------------------------------------------------------------------
+
+
+def xxh_entry(data: bytes) -> Entry:
+    digest = base64.b64encode(xxhash.xxh128(data).digest()).decode()
+    return Entry("x.bin", digest, len(data), extra={"alg": XXH128})
+
+
+def test_xxh128_fill(store: BlobStore) -> None:
+    data = os.urandom(100_000)
+    entry = xxh_entry(data)
+    assert entry.cache_key.startswith("xxh128/")
+    store.fill(entry.cache_key, entry, source(data), "x").close()
+    assert read_all(store, entry.cache_key) == data
+    bad = xxh_entry(b"other" + data[5:])
+    with pytest.raises(DigestMismatch):
+        store.fill(bad.cache_key, bad, source(data), "x")
+    assert bad.cache_key not in store
+    # an MD5 digest labelled XXH128 does not verify: the right algorithm is used
+    md5_as_xxh = Entry("x.bin", base64.b64encode(hashlib.md5(data).digest()).decode(), len(data), extra={"alg": XXH128})
+    with pytest.raises(DigestMismatch):
+        store.fill(md5_as_xxh.cache_key, md5_as_xxh, source(data), "x")
+
+
+def test_xxh128_verify_in_place(store: BlobStore, tmp_path: Path) -> None:
+    data = os.urandom(50_000)
+    path = tmp_path / "blob"
+    path.write_bytes(data)
+    entry = xxh_entry(data)
+    store.verify_in_place(entry.cache_key, entry, str(path), "x").close()
+    blob = store.open_trusted(entry.cache_key, str(path))
+    assert blob is not None
+    blob.close()
+    md5_entry = Entry("x.bin", digest_bytes(data), len(data), extra={"alg": XXH128})
+    with pytest.raises(DigestMismatch):
+        store.verify_in_place(md5_entry.cache_key, md5_entry, str(path), "x")
+
+
+# -- temp files -------------------------------------------------------------------------------------------
+
+
+def test_clean_tmp_removes_only_old_files(store: BlobStore) -> None:
+    old = os.path.join(store.tmp, "123-old.part")
+    new = os.path.join(store.tmp, "456-new.part")
+    for path in (old, new):
+        with open(path, "wb") as f:
+            f.write(b"partial")
+    two_hours_ago = time.time() - 7200
+    os.utime(old, (two_hours_ago, two_hours_ago))
+    store.clean_tmp(max_age=3600)
+    assert os.listdir(store.tmp) == ["456-new.part"]
+    store.clean_tmp(max_age=0.0)
+    assert os.listdir(store.tmp) == []

@@ -1,0 +1,454 @@
+"""Tree: the mount's namespace, attributes and xattrs over a real LocalRegistry, without a kernel."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import stat
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import SAMPLE_FILES
+
+from artifactfs.errors import (
+    ArtifactNotFound,
+    EntityNotFound,
+    EntryNotFound,
+    NotFound,
+    ProjectNotFound,
+)
+from artifactfs.manifest import Entry
+from artifactfs.names import parse_ref
+from artifactfs.registry.base import iso_time
+from artifactfs.registry.local import LocalRegistry
+from artifactfs.tree import FOREVER, ROOT_INODE, Kind, Node, Tree
+
+TTL = 30.0
+VERSION_XATTRS = {
+    "id",
+    "digest",
+    "type",
+    "version",
+    "aliases",
+    "state",
+    "size",
+    "created_at",
+    "updated_at",
+    "description",
+    "metadata",
+    "commit_hash",
+    "source_version",
+    "file_count",
+}
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def registry(sample_registry: tuple[Path, Path]) -> Iterator[LocalRegistry]:
+    reg = LocalRegistry(sample_registry[0])
+    yield reg
+    reg.close()
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def tree(registry: LocalRegistry, clock: FakeClock) -> Tree:
+    return Tree(registry, uid=1234, gid=5678, alias_ttl=TTL, clock=clock, mount_time_ns=42_000_000_000)
+
+
+def walk(tree: Tree, *names: str) -> Node:
+    node = tree.node(ROOT_INODE)
+    for name in names:
+        node = tree.lookup(node.inode, name)
+    return node
+
+
+def names(tree: Tree, node: Node) -> list[str]:
+    return [name for name, _ in tree.listdir(node.inode)]
+
+
+# -- namespace -----------------------------------------------------------------------------------------
+
+
+def test_root_lists_entities(tree: Tree) -> None:
+    children = tree.listdir(ROOT_INODE)
+    assert [n for n, _ in children] == ["acme"]
+    assert children[0][1].kind is Kind.ENTITY
+    assert names(tree, walk(tree, "acme")) == ["vision"]
+
+
+def test_lookup_down_to_a_file(tree: Tree, registry: LocalRegistry) -> None:
+    entity = walk(tree, "acme")
+    assert (entity.kind, entity.entity) == (Kind.ENTITY, "acme")
+    project = tree.lookup(entity.inode, "vision")
+    assert (project.kind, project.entity, project.project) == (Kind.PROJECT, "acme", "vision")
+    version = tree.lookup(project.inode, "ds:v1")
+    assert version.kind is Kind.VERSION
+    assert version.version is not None
+    assert version.version.id == registry.resolve(parse_ref("acme/vision/ds:v1")).id
+    train = tree.lookup(version.inode, "train")
+    assert (train.kind, train.path) == (Kind.DIR, "train")
+    deep = walk(tree, "acme", "vision", "ds:v1", "train", "deep", "er", "still", "x.bin")
+    assert deep.kind is Kind.FILE
+    assert deep.path == "train/deep/er/still/x.bin"
+    assert deep.entry is not None
+    assert deep.entry.size == len(SAMPLE_FILES["train/deep/er/still/x.bin"])
+    # names that look special elsewhere are plain entries inside a version
+    for name in ("latest", "colon:inside.txt", ".hidden", "empty"):
+        assert tree.lookup(version.inode, name).kind is Kind.FILE
+    odd = walk(tree, "acme", "vision", "ds:v1", "with space", "ünïcødé name.txt")
+    assert odd.entry is not None and odd.entry.size == len(SAMPLE_FILES["with space/ünïcødé name.txt"])
+
+
+def test_aliases_are_symlinks_to_versions(tree: Tree) -> None:
+    project = walk(tree, "acme", "vision")
+    latest = tree.lookup(project.inode, "ds:latest")
+    assert latest.kind is Kind.ALIAS
+    assert latest.target == "ds:v1"
+    assert tree.readlink(latest.inode) == "ds:v1"
+    best = tree.lookup(project.inode, "ds:best")
+    assert best.target == "ds:v0"
+    assert tree.lookup(project.inode, "model:latest").target == "model:v0"
+    with pytest.raises(EntryNotFound):
+        tree.readlink(project.inode)
+
+
+@pytest.mark.parametrize(
+    ("path", "error"),
+    [
+        (("nobody",), EntityNotFound),
+        (("bad name!",), NotFound),
+        (("acme", "nothing"), ProjectNotFound),
+        (("acme", "vision", "ds:v99"), ArtifactNotFound),
+        (("acme", "vision", "ds:nope"), ArtifactNotFound),
+        (("acme", "vision", "ds:"), ArtifactNotFound),
+        (("acme", "vision", "ds:v01"), ArtifactNotFound),
+        (("acme", "vision", "nocolon"), ArtifactNotFound),
+        (("acme", "vision", "ds"), ArtifactNotFound),
+        (("acme", "vision", "other:v0"), ArtifactNotFound),
+        (("acme", "vision", "model:best"), ArtifactNotFound),
+        (("acme", "vision", "ds:v1", "missing.txt"), EntryNotFound),
+        (("acme", "vision", "ds:v1", "train", "000003.txt"), EntryNotFound),
+        (("acme", "vision", "ds:v1", "README.md", "inside"), EntryNotFound),
+        (("acme", "vision", "ds:v0", "empty"), EntryNotFound),  # only in v1
+        (("acme", "vision", "ds:latest", "README.md"), EntryNotFound),  # a symlink is no directory
+    ],
+)
+def test_unknown_names(tree: Tree, path: tuple[str, ...], error: type[NotFound]) -> None:
+    with pytest.raises(error):
+        walk(tree, *path)
+
+
+def test_project_lists_versions_and_aliases_sorted(tree: Tree) -> None:
+    project = walk(tree, "acme", "vision")
+    children = tree.listdir(project.inode)
+    assert [n for n, _ in children] == ["ds:best", "ds:latest", "ds:v0", "ds:v1", "model:latest", "model:v0"]
+    kinds = {n: node.kind for n, node in children}
+    assert kinds["ds:v0"] is kinds["model:v0"] is Kind.VERSION
+    assert kinds["ds:best"] is kinds["model:latest"] is Kind.ALIAS
+    targets = {n: node.target for n, node in children if node.kind is Kind.ALIAS}
+    assert targets == {"ds:best": "ds:v0", "ds:latest": "ds:v1", "model:latest": "model:v0"}
+
+
+def _expected_tree(files: dict[str, bytes]) -> dict[str, set[str]]:
+    """directory path -> child names, derived from entry paths."""
+    out: dict[str, set[str]] = {"": set()}
+    for path in files:
+        parts = path.split("/")
+        for i in range(len(parts)):
+            parent = "/".join(parts[:i])
+            out.setdefault(parent, set()).add(parts[i])
+    return out
+
+
+def test_version_listing_matches_manifest(tree: Tree) -> None:
+    expected = _expected_tree(SAMPLE_FILES)
+    version = walk(tree, "acme", "vision", "ds:v1")
+    seen: dict[str, set[str]] = {}
+    sizes: dict[str, int] = {}
+
+    def visit(node: Node) -> None:
+        children = tree.listdir(node.inode)
+        listed = [n for n, _ in children]
+        assert listed == sorted(listed)
+        seen[node.path] = set(listed)
+        for _, child in children:
+            if child.kind is Kind.DIR:
+                visit(child)
+            else:
+                assert child.kind is Kind.FILE and child.entry is not None
+                sizes[child.path] = child.entry.size
+
+    visit(version)
+    assert seen == expected
+    assert sizes == {p: len(d) for p, d in SAMPLE_FILES.items()}
+    v0 = walk(tree, "acme", "vision", "ds:v0")
+    assert names(tree, v0) == ["README.md", "train"]
+
+
+def test_listing_and_lookup_share_nodes(tree: Tree) -> None:
+    version = walk(tree, "acme", "vision", "ds:v1")
+    listed = dict(tree.listdir(version.inode))
+    assert tree.lookup(version.inode, "README.md") is listed["README.md"]
+    assert tree.lookup(version.inode, "train") is listed["train"]
+    project = walk(tree, "acme", "vision")
+    listed = dict(tree.listdir(project.inode))
+    assert tree.lookup(project.inode, "ds:v1") is version
+    assert tree.lookup(project.inode, "ds:latest") is listed["ds:latest"]
+    # the version through an alias and by number is one directory
+    assert len({version.inode, listed["ds:v1"].inode}) == 1
+
+
+def test_listdir_of_a_file_fails(tree: Tree) -> None:
+    readme = walk(tree, "acme", "vision", "ds:v1", "README.md")
+    with pytest.raises(EntryNotFound):
+        tree.listdir(readme.inode)
+    with pytest.raises(NotFound):
+        tree.listdir(987654)
+
+
+# -- attributes ---------------------------------------------------------------------------------------
+
+
+def test_file_and_directory_attributes(tree: Tree, registry: LocalRegistry) -> None:
+    created = registry.resolve(parse_ref("acme/vision/ds:v1")).created_at_ns
+    f = tree.getattr(walk(tree, "acme", "vision", "ds:v1", "train", "000002.txt"))
+    assert f.mode == stat.S_IFREG | 0o444
+    assert (f.size, f.nlink, f.blocks) == (4000, 1, 8)
+    assert f.mtime_ns == created
+    assert f.timeout == FOREVER
+    x = tree.getattr(walk(tree, "acme", "vision", "ds:v1", "train", "deep", "er", "still", "x.bin"))
+    assert (x.size, x.blocks) == (16384, 32)
+    empty = tree.getattr(walk(tree, "acme", "vision", "ds:v1", "empty"))
+    assert (empty.size, empty.blocks) == (0, 0)
+    one = tree.getattr(walk(tree, "acme", "vision", "ds:v1", "README.md"))
+    assert (one.size, one.blocks) == (len(SAMPLE_FILES["README.md"]), 1)
+    for path in (("acme", "vision", "ds:v1"), ("acme", "vision", "ds:v1", "train", "deep")):
+        d = tree.getattr(walk(tree, *path))
+        assert d.mode == stat.S_IFDIR | 0o555
+        assert (d.size, d.nlink) == (0, 2)
+        assert d.mtime_ns == created
+        assert d.timeout == FOREVER
+    v0 = tree.getattr(walk(tree, "acme", "vision", "ds:v0"))
+    assert v0.mtime_ns == registry.resolve(parse_ref("acme/vision/ds:v0")).created_at_ns
+    assert v0.mtime_ns != created
+
+
+def test_moving_names_use_alias_ttl(tree: Tree) -> None:
+    link = tree.getattr(walk(tree, "acme", "vision", "ds:latest"))
+    assert link.mode == stat.S_IFLNK | 0o777
+    assert link.size == len("ds:v1")
+    assert link.timeout == TTL
+    assert link.mtime_ns == 42_000_000_000
+    for path in ((), ("acme",), ("acme", "vision")):
+        d = tree.getattr(walk(tree, *path))
+        assert d.mode == stat.S_IFDIR | 0o555
+        assert d.timeout == TTL
+        assert d.mtime_ns == 42_000_000_000
+
+
+def test_negative_timeout(tree: Tree) -> None:
+    for path in (("acme", "vision", "ds:v1"), ("acme", "vision", "ds:v1", "train")):
+        assert tree.negative_timeout(walk(tree, *path).inode) == FOREVER
+    for other in ((), ("acme",), ("acme", "vision")):
+        assert tree.negative_timeout(walk(tree, *other).inode) == TTL
+    assert tree.negative_timeout(987654) == TTL
+
+
+def test_readlink_reresolves_after_ttl(tree: Tree, registry: LocalRegistry, clock: FakeClock) -> None:
+    project = walk(tree, "acme", "vision")
+    best = tree.lookup(project.inode, "ds:best")
+    assert tree.readlink(best.inode) == "ds:v0"
+    registry.add_alias(parse_ref("acme/vision/ds:v1"), "best")
+    clock.now += TTL - 0.5
+    assert tree.readlink(best.inode) == "ds:v0"  # within the TTL: the old answer
+    clock.now += 0.5
+    assert tree.readlink(best.inode) == "ds:v1"
+    assert tree.getattr(best).size == len("ds:v1")
+    # the next change again waits a full TTL from the re-resolution
+    registry.add_alias(parse_ref("acme/vision/ds:v0"), "best")
+    clock.now += TTL - 0.5
+    assert tree.readlink(best.inode) == "ds:v1"
+    clock.now += 0.5
+    assert tree.readlink(best.inode) == "ds:v0"
+
+
+def test_readlink_of_removed_alias(tree: Tree, registry: LocalRegistry, clock: FakeClock) -> None:
+    best = walk(tree, "acme", "vision", "ds:best")
+    registry.remove_alias(parse_ref("acme/vision/ds:v0"), "best")
+    assert tree.readlink(best.inode) == "ds:v0"
+    clock.now += TTL
+    with pytest.raises(ArtifactNotFound):
+        tree.readlink(best.inode)
+    with pytest.raises(ArtifactNotFound):
+        walk(tree, "acme", "vision", "ds:best")
+
+
+def test_forget_drops_unreferenced_nodes(tree: Tree) -> None:
+    project = walk(tree, "acme", "vision")
+    readme = walk(tree, "acme", "vision", "ds:v1", "README.md")
+    tree.remember(readme)
+    tree.remember(readme)
+    inode = readme.inode
+    assert tree.lookup(tree.lookup(project.inode, "ds:v1").inode, "README.md").inode == inode
+    tree.forget(inode, 1)
+    assert tree.node(inode) is readme  # one reference left: same inode
+    assert walk(tree, "acme", "vision", "ds:v1", "README.md").inode == inode
+    tree.forget(inode, 1)
+    with pytest.raises(NotFound):
+        tree.node(inode)
+    again = walk(tree, "acme", "vision", "ds:v1", "README.md")
+    assert again is not readme
+    assert again.path == "README.md"
+    tree.forget(987654, 1)  # unknown inodes are ignored
+    tree.forget(ROOT_INODE, 10)  # the root is never forgotten
+    assert tree.node(ROOT_INODE).kind is Kind.ROOT
+
+
+def test_forget_keeps_other_nodes(tree: Tree) -> None:
+    version = walk(tree, "acme", "vision", "ds:v1")
+    tree.remember(version)
+    readme = tree.lookup(version.inode, "README.md")
+    tree.remember(readme)
+    before = len(tree)
+    tree.forget(readme.inode, 1)
+    assert len(tree) == before - 1
+    assert tree.node(version.inode) is version
+    assert tree.lookup(version.inode, "train").inode != readme.inode
+
+
+# -- extended attributes ------------------------------------------------------------------------------
+
+
+def decoded(attrs: dict[str, bytes]) -> dict[str, str]:
+    return {k.removeprefix("user.artifact."): v.decode() for k, v in attrs.items()}
+
+
+def test_version_xattrs(tree: Tree, registry: LocalRegistry) -> None:
+    info = registry.resolve(parse_ref("acme/vision/ds:v0"))
+    attrs = tree.xattrs(walk(tree, "acme", "vision", "ds:v0"))
+    assert all(k.startswith("user.artifact.") for k in attrs)
+    values = decoded(attrs)
+    assert set(values) == VERSION_XATTRS
+    assert values["id"] == info.id
+    assert values["digest"] == info.digest
+    assert values["type"] == "dataset"
+    assert values["version"] == values["source_version"] == "v0"
+    assert values["aliases"] == "best"
+    assert values["state"] == "COMMITTED"
+    assert values["size"] == str(len(b"# v0\n") + len(b"one\n"))
+    assert values["file_count"] == "2"
+    assert values["commit_hash"] == info.commit_hash
+    assert values["created_at"] == iso_time(info.created_at_ns)
+    assert values["updated_at"] == iso_time(info.updated_at_ns)
+    assert json.loads(values["metadata"]) == {"rows": 1}
+    assert values["description"] == ""
+    v1 = decoded(tree.xattrs(walk(tree, "acme", "vision", "ds:v1")))
+    assert v1["aliases"] == "latest"
+    assert v1["description"] == "the full set"
+    assert v1["file_count"] == str(len(SAMPLE_FILES))
+    assert json.loads(v1["metadata"]) == {}
+    assert decoded(tree.xattrs(walk(tree, "acme", "vision", "model:v0")))["type"] == "model"
+
+
+def test_version_xattrs_through_alias_directory(tree: Tree) -> None:
+    # ``ds:latest/`` is the ds:v1 directory: the kernel follows the link to the version node
+    latest = walk(tree, "acme", "vision", "ds:latest")
+    version = walk(tree, "acme", "vision", latest.target)
+    assert decoded(tree.xattrs(version))["version"] == "v1"
+    assert tree.xattrs(latest) == {}
+
+
+def test_version_aliases_refresh_after_ttl(tree: Tree, registry: LocalRegistry, clock: FakeClock) -> None:
+    v0 = walk(tree, "acme", "vision", "ds:v0")
+    v1 = walk(tree, "acme", "vision", "ds:v1")
+    old_updated = decoded(tree.xattrs(v1))["updated_at"]
+    clock.now += 1.0
+    registry.add_alias(parse_ref("acme/vision/ds:v1"), "best")
+    clock.now += TTL - 1.5
+    assert decoded(tree.xattrs(v1))["aliases"] == "latest"
+    assert decoded(tree.xattrs(v0))["aliases"] == "best"
+    clock.now += 0.5
+    fresh = decoded(tree.xattrs(v1))
+    assert fresh["aliases"] == "latest,best"
+    assert fresh["updated_at"] != old_updated
+    assert decoded(tree.xattrs(v0))["aliases"] == ""
+
+
+def test_deleted_version_keeps_serving_mounted_info(tree: Tree, registry: LocalRegistry, clock: FakeClock) -> None:
+    v0 = walk(tree, "acme", "vision", "ds:v0")
+    registry.delete(parse_ref("acme/vision/ds:v0"), delete_aliases=True)
+    clock.now += TTL
+    assert decoded(tree.xattrs(v0))["version"] == "v0"
+
+
+def test_file_xattrs(tree: Tree) -> None:
+    readme = walk(tree, "acme", "vision", "ds:v1", "README.md")
+    data = SAMPLE_FILES["README.md"]
+    assert tree.xattrs(readme) == {
+        "user.artifact.entry.digest": base64.b64encode(hashlib.md5(data).digest()),
+        "user.artifact.entry.size": str(len(data)).encode(),
+    }
+    assert tree.xattrs(walk(tree, "acme", "vision", "ds:v1", "train")) == {}
+
+
+def test_reference_entry_xattr_is_redacted(tree: Tree) -> None:
+    version = walk(tree, "acme", "vision", "ds:v1")
+    assert version.version is not None
+    uri = "https://alice:s3cr3t@bucket.example.com:8443/data/train.tar?X-Amz-Signature=deadbeef&token=xyz#frag"
+    entry = Entry("train.tar", "etag-not-base64", 123, ref=uri)
+    node = Node(
+        999_999, Kind.FILE, ("test",), "acme", "vision", "ds", version=version.version, path="train.tar", entry=entry
+    )
+    attrs = tree.xattrs(node)
+    assert attrs["user.artifact.entry.ref"] == b"https://bucket.example.com:8443/data/train.tar"
+    assert attrs["user.artifact.entry.digest"] == b"etag-not-base64"
+    assert attrs["user.artifact.entry.size"] == b"123"
+    blob = b"".join(attrs.values())
+    for secret in (b"alice", b"s3cr3t", b"deadbeef", b"xyz", b"Signature"):
+        assert secret not in blob
+    plain = Entry("s3.bin", "x", 1, ref="s3://bucket/key/file.bin")
+    node = Node(999_998, Kind.FILE, ("test2",), version=version.version, path="s3.bin", entry=plain)
+    assert tree.xattrs(node)["user.artifact.entry.ref"] == b"s3://bucket/key/file.bin"
+
+
+def test_root_stats_xattr(tree: Tree) -> None:
+    root = tree.node(ROOT_INODE)
+    counters = {"fetches": 2, "cache_hits": 7}
+    attrs = tree.xattrs(root, lambda: counters)
+    assert list(attrs) == ["user.artifactfs.stats"]
+    assert json.loads(attrs["user.artifactfs.stats"]) == counters
+    assert tree.xattrs(root) == {}
+    assert tree.xattrs(walk(tree, "acme"), lambda: counters) == {}
+    assert tree.xattrs(walk(tree, "acme", "vision"), lambda: counters) == {}
+
+
+def test_node_of_an_open_listing_survives_forget(tree: Tree) -> None:
+    """readdir keeps a directory's listing between calls and counts a reference for each entry it
+    hands out: an entry the kernel forgot meanwhile must come back valid, not as a dead inode."""
+    version = walk(tree, "acme", "vision", "ds:v1")
+    listing = dict(tree.listdir(version.inode))  # kept by an open directory handle
+    readme = tree.lookup(version.inode, "README.md")
+    tree.remember(readme)
+    assert readme is listing["README.md"]
+    tree.forget(readme.inode, 1)  # the kernel drops its dentry while the listing is still open
+    tree.remember(listing["README.md"])  # a later readdir batch hands the entry out again
+    assert tree.node(readme.inode) is readme
+    assert tree.getattr(tree.node(readme.inode)).size == len(SAMPLE_FILES["README.md"])
+    assert tree.lookup(version.inode, "README.md") is readme
+    tree.forget(readme.inode, 1)
+    with pytest.raises(NotFound):
+        tree.node(readme.inode)
