@@ -3,3 +3,7 @@
 from __future__ import annotations
 
 __version__ = "0.1.0"
+
+from .api import Api, Artifact, VerificationError
+
+__all__ = ["Api", "Artifact", "VerificationError", "__version__"]

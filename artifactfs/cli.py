@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from . import __version__
+from .defaults import default_cache_dir, default_registry
 from .errors import ArtifactFSError, InvalidReference, SourceError
 from .manifest import MD5, XXH128
 from .names import check_alias, check_name, parse_prefix, parse_ref
@@ -26,14 +27,6 @@ log = logging.getLogger("artifactfs")
 
 EXIT_ERROR = 1
 EXIT_USAGE = 2
-
-
-def default_registry() -> str:
-    return os.environ.get("ARTIFACTFS_REGISTRY") or os.path.expanduser("~/.local/share/artifactfs/registry")
-
-
-def default_cache_dir() -> str:
-    return os.environ.get("ARTIFACTFS_CACHE_DIR") or os.path.expanduser("~/.cache/artifactfs")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -171,6 +164,26 @@ def cmd_alias(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_get(args: argparse.Namespace) -> int:
+    from .api import Api
+
+    with Api(args.registry) as api:
+        art = api.artifact(args.ref)
+        root = art.download(args.root, path_prefix=args.path_prefix)
+    print(root)
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from .api import Api
+
+    with Api(args.registry) as api:
+        art = api.artifact(args.ref)
+        art.verify(args.root)
+    print(f"{args.root}: matches {art.qualified_name}")
+    return 0
+
+
 def cmd_delete(args: argparse.Namespace) -> int:
     ref = parse_ref(args.ref, require_tag=True)
     registry = _open(args)
@@ -288,6 +301,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("ref", help="ENTITY/PROJECT/NAME:ALIAS_OR_VERSION")
     p.add_argument("alias")
     p.set_defaults(func=cmd_alias)
+
+    p = sub.add_parser("get", parents=[common], help="download an artifact version, every file verified")
+    p.add_argument("ref", help="ENTITY/PROJECT/NAME[:ALIAS|:vN] (default alias: latest)")
+    p.add_argument("--root", help="destination (default: ./artifacts/NAME:vN)")
+    p.add_argument("--path-prefix", help="only entries whose path starts with this")
+    p.set_defaults(func=cmd_get)
+
+    p = sub.add_parser("verify", parents=[common], help="check a directory against an artifact version")
+    p.add_argument("ref", help="ENTITY/PROJECT/NAME[:ALIAS|:vN] (default alias: latest)")
+    p.add_argument("root", help="directory to check")
+    p.set_defaults(func=cmd_verify)
 
     p = sub.add_parser("delete", parents=[common], help="delete an artifact version")
     p.add_argument("ref", help="ENTITY/PROJECT/NAME:ALIAS_OR_VERSION")

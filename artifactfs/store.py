@@ -153,23 +153,15 @@ class BlobStore:
 
     def fill(self, key: str, entry: Entry, opener: Callable[[], IO[bytes]], what: str) -> Blob:
         """Stream ``opener()`` into the cache if it hashes to ``entry.digest``; return the blob."""
-        hasher = new_hasher(entry.alg)
         path = os.path.join(self.tmp, f"{os.getpid()}-{secrets.token_hex(8)}.part")
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
         published = False
         try:
-            size = 0
             try:
                 with opener() as src:
-                    while chunk := src.read(CHUNK):
-                        hasher.update(chunk)
-                        os.write(fd, chunk)
-                        size += len(chunk)
+                    size = copy_verified(src, fd, entry, what)
             except OSError as exc:
                 raise FetchError(f"reading {what} failed: {exc.strerror or exc}") from exc
-            actual = b64_digest(hasher)
-            if actual != entry.digest or size != entry.size:
-                raise DigestMismatch(what, f"{entry.digest} ({entry.size} bytes)", f"{actual} ({size} bytes)")
             self._cache.set(key, _Adopt(path), read=True)
             published = True
             self._make_room(keep=key)
@@ -199,11 +191,15 @@ class BlobStore:
         except (diskcache.Timeout, sqlite3.Error) as exc:  # the blob is stored; eviction can wait
             log.warning("cache eviction failed: %s", exc)
 
-    def open_trusted(self, key: str, path: str) -> Blob | None:
-        """``path`` opened, if a trust record says it was verified and it has not changed since."""
+    def open_trusted(self, key: str, path: str, *, persisted: bool = True) -> Blob | None:
+        """``path`` opened, if a trust record says it was verified and it has not changed since.
+
+        Without ``persisted`` only this process's memo is asked (no SQLite read)."""
         memo = self._memo.get(key)
         if memo is not None and memo[0] == path and memo[1] is not None:
             identity: tuple[int, ...] | None = memo[1]
+        elif not persisted:
+            return None
         else:
             record = self._cache.get(_TRUST_PREFIX + key)
             if record is None or record[0] != path:
@@ -221,8 +217,9 @@ class BlobStore:
         self._memo[key] = (path, identity, time.monotonic())
         return Blob(fd=fd, size=st.st_size)
 
-    def verify_in_place(self, key: str, entry: Entry, path: str, what: str) -> Blob:
-        """Open ``path``, hash it, and on a match record its identity as trusted."""
+    def verify_in_place(self, key: str, entry: Entry, path: str, what: str, *, persist: bool = True) -> Blob:
+        """Open ``path``, hash it, and on a match remember its identity as trusted: in this
+        process, and with ``persist`` also in the cache directory for later mounts."""
         try:
             fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         except FileNotFoundError as exc:
@@ -244,8 +241,10 @@ class BlobStore:
                 self._cache.delete(trust_key)
                 self._memo.pop(key, None)
                 raise DigestMismatch(what, f"{entry.digest} ({entry.size} bytes)", f"{actual} ({offset} bytes)")
-            self._cache.set(trust_key, (path, *before))
-            self._make_room(keep=trust_key)
+            self._memo[key] = (path, before, time.monotonic())
+            if persist:
+                self._cache.set(trust_key, (path, *before))
+                self._make_room(keep=trust_key)
             return Blob(fd=fd, size=offset)
         except BaseException:
             os.close(fd)
@@ -259,6 +258,29 @@ class BlobStore:
                 with contextlib.suppress(OSError):
                     if item.stat().st_mtime < cutoff:
                         os.unlink(item.path)
+
+
+def copy_verified(src: IO[bytes], fd: int, entry: Entry, what: str) -> int:
+    """Copy ``src`` to ``fd`` while hashing it; DigestMismatch unless the bytes are ``entry``'s.
+
+    Stops reading as soon as the source is longer than the entry says, so a misbehaving source
+    cannot fill the disk.  Returns the size copied.
+    """
+    hasher = new_hasher(entry.alg)
+    size = 0
+    while chunk := src.read(CHUNK):
+        hasher.update(chunk)
+        size += len(chunk)
+        if size > entry.size:
+            break
+        view = memoryview(chunk)
+        while view:
+            view = view[os.write(fd, view) :]
+    actual = b64_digest(hasher)
+    if actual != entry.digest or size != entry.size:
+        shown = f">{entry.size}" if size > entry.size else str(size)
+        raise DigestMismatch(what, f"{entry.digest} ({entry.size} bytes)", f"{actual} ({shown} bytes)")
+    return size
 
 
 def _identity(st: os.stat_result) -> tuple[int, int, int, int, int]:

@@ -19,7 +19,7 @@ import trio
 import trio.testing
 
 from artifactfs.errors import ArtifactFSError, DigestMismatch, FetchError
-from artifactfs.fetcher import Fetcher
+from artifactfs.fetcher import INLINE_VERIFY_MAX, Fetcher
 from artifactfs.manifest import Entry, Manifest, digest_bytes
 from artifactfs.names import Ref, parse_ref
 from artifactfs.registry.base import BlobSource, CollectionInfo, DirEntry, Registry, VersionInfo
@@ -357,11 +357,13 @@ def test_local_blobs_are_verified_in_place_then_trusted(sample_registry: tuple[P
     registry = LocalRegistry(reg_dir)
     cache = str(tmp_path / "cache")
     try:
-        version = registry.resolve(parse_ref("acme/vision/ds:v1"))
-        found = registry.get_entry(version, "train/000002.txt")
+        # model.pt is 300,000 bytes: above INLINE_VERIFY_MAX, so hashed in a thread and recorded
+        version = registry.resolve(parse_ref("acme/vision/model:v0"))
+        found = registry.get_entry(version, "model.pt")
         assert found.entry is not None
         entry = found.entry
-        expected = (src1 / "train" / "000002.txt").read_bytes()
+        assert entry.size > INLINE_VERIFY_MAX
+        expected = (src1.parent / "model" / "model.pt").read_bytes()
 
         first = Fetcher(registry, BlobStore(cache))
         blob = run(first.get, version, entry)
@@ -392,6 +394,48 @@ def test_local_blobs_are_verified_in_place_then_trusted(sample_registry: tuple[P
         run(damaged)
         assert third.stats.digest_mismatches == 1
         assert third.stats.trusted_in_place == 0
+        for fetcher in (first, second, third):
+            fetcher.store.close()
+    finally:
+        registry.close()
+
+
+def test_small_local_blobs_are_verified_inline_once_per_process(
+    sample_registry: tuple[Path, Path], tmp_path: Path
+) -> None:
+    reg_dir, src1 = sample_registry
+    registry = LocalRegistry(reg_dir)
+    cache = str(tmp_path / "cache")
+    try:
+        version = registry.resolve(parse_ref("acme/vision/ds:v1"))
+        found = registry.get_entry(version, "train/000002.txt")
+        assert found.entry is not None and found.entry.size <= INLINE_VERIFY_MAX
+        entry = found.entry
+        expected = (src1 / "train" / "000002.txt").read_bytes()
+        first = Fetcher(registry, BlobStore(cache))
+        assert content(run(first.get, version, entry)) == expected
+        assert content(run(first.get, version, entry)) == expected
+        # hashed once in this process, then remembered in memory only: no trust record written
+        assert (first.stats.verified_in_place, first.stats.trusted_in_place) == (1, 1)
+        assert "trust/" + entry.cache_key not in first.store
+        second = Fetcher(registry, BlobStore(cache))
+        assert content(run(second.get, version, entry)) == expected
+        assert (second.stats.verified_in_place, second.stats.trusted_in_place) == (1, 0)
+        # a damaged small blob is refused too, and the failure is remembered (backoff)
+        blob_path = registry.blob_path(entry.alg, entry.digest)
+        time.sleep(0.03)
+        os.chmod(blob_path, 0o644)
+        with open(blob_path, "r+b") as f:
+            f.write(b"TWO")
+        third = Fetcher(registry, BlobStore(cache))
+
+        async def damaged() -> None:
+            for _ in range(2):
+                with pytest.raises(DigestMismatch):
+                    await third.get(version, entry)
+
+        run(damaged)
+        assert third.stats.digest_mismatches == 1  # the second get hit the backoff
         for fetcher in (first, second, third):
             fetcher.store.close()
     finally:

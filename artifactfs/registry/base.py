@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import IO, Any
 
+from ..errors import FetchError
 from ..manifest import Entry, Manifest
 from ..names import Ref
 
@@ -113,6 +114,19 @@ class BlobSource:
     description: str
     local_path: str | None = None
     open: Callable[[], IO[bytes]] | None = None
+
+    def stream(self) -> IO[bytes]:
+        """The bytes as a readable stream, whichever kind of source this is."""
+        if self.open is not None:
+            return self.open()
+        if self.local_path is None:
+            raise FetchError(f"no source for {self.description}")
+        try:
+            return open(self.local_path, "rb")
+        except FileNotFoundError as exc:
+            raise FetchError(f"blob of {self.description} is missing ({self.local_path})") from exc
+        except OSError as exc:
+            raise FetchError(f"cannot open blob of {self.description}: {exc.strerror or exc}") from exc
 
 
 class Registry(abc.ABC):

@@ -659,6 +659,21 @@ class LocalRegistry(Registry):
             db.execute("UPDATE versions SET updated_at = ? WHERE id = ?", (now_ns(), pk))
         return self._version_by_pk(pk)
 
+    def update(
+        self, ref: Ref, *, description: str | None = None, metadata: dict[str, Any] | None = None
+    ) -> VersionInfo:
+        """Change a version's description and/or metadata (its content never changes)."""
+        if metadata is not None:
+            metadata = _check_metadata(metadata)
+        with self._write() as db:
+            pk = self._version_pk(ref)
+            if description is not None:
+                db.execute("UPDATE versions SET description = ? WHERE id = ?", (description, pk))
+            if metadata is not None:
+                db.execute("UPDATE versions SET metadata = ? WHERE id = ?", (json.dumps(metadata), pk))
+            db.execute("UPDATE versions SET updated_at = ? WHERE id = ?", (now_ns(), pk))
+        return self._version_by_pk(pk)
+
     def delete(self, ref: Ref, *, delete_aliases: bool = False) -> VersionInfo:
         """Delete one version.  Refused while aliases other than ``latest`` name it, unless
         ``delete_aliases``.  ``latest`` moves to the newest remaining version.  Blobs stay

@@ -1,0 +1,385 @@
+"""A Python API that follows the W&B Artifact API, over the local registry.
+
+::
+
+    from artifactfs import Api, Artifact
+
+    art = Artifact("imagenet-mini", type="dataset", metadata={"rows": 6})
+    art.add_dir("./data")
+    logged = Api().log_artifact(art, "acme/vision", aliases=["best"])     # acme/vision/imagenet-mini:v0
+
+    ds = Api().artifact("acme/vision/imagenet-mini:best")
+    ds.version, ds.aliases, ds.digest, ds.metadata
+    root = ds.download()            # ./artifacts/imagenet-mini:v0, every file verified
+    ds.verify(root)                 # ValueError (VerificationError) if root differs
+    ds.aliases.append("production"); ds.save()
+
+Downloads copy each blob while hashing it and rename it into place only on a match, so a
+download never leaves a file whose bytes differ from the manifest.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import os
+import secrets
+from collections.abc import Iterable
+from typing import Any
+
+from .defaults import default_registry
+from .errors import ArtifactFSError, InvalidPath, InvalidReference, SourceError
+from .manifest import MD5, Entry, Manifest, b64_digest, new_hasher
+from .names import LATEST, check_entry_path, check_name, parse_ref
+from .registry.base import CollectionInfo, VersionInfo, iso_time
+from .registry.local import LocalRegistry, _walk
+from .store import CHUNK, copy_verified
+
+__all__ = ["Api", "Artifact", "VerificationError"]
+
+
+class VerificationError(ArtifactFSError, ValueError):
+    """A directory's files do not match an artifact's manifest (W&B raises ValueError here)."""
+
+
+class Api:
+    """Entry point, as ``wandb.Api``: look up, list and log artifacts in a local registry."""
+
+    def __init__(self, registry: str | os.PathLike[str] | None = None) -> None:
+        self._root = os.fspath(registry) if registry is not None else default_registry()
+        self._registry: LocalRegistry | None = None
+
+    @property
+    def registry(self) -> LocalRegistry:
+        if self._registry is None:
+            self._registry = LocalRegistry(self._root)
+        return self._registry
+
+    def close(self) -> None:
+        if self._registry is not None:
+            self._registry.close()
+            self._registry = None
+
+    def __enter__(self) -> Api:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def artifact(self, name: str, type: str | None = None) -> Artifact:
+        """``entity/project/name[:alias|:vN]`` (default alias ``latest``)."""
+        version = self.registry.resolve(parse_ref(name, default_tag=LATEST))
+        if type is not None and version.type != type:
+            raise InvalidReference(f"artifact {version.ref} has type {version.type!r}, not {type!r}")
+        return Artifact._logged(self, version)
+
+    def artifact_exists(self, name: str, type: str | None = None) -> bool:
+        try:
+            self.artifact(name, type)
+        except ArtifactFSError:
+            return False
+        return True
+
+    def artifacts(self, type_name: str, name: str) -> list[Artifact]:
+        """Every version of the collection ``entity/project/name``, oldest first."""
+        ref = parse_ref(name)
+        versions = self.registry.versions(ref.entity, ref.project, ref.name)
+        return [Artifact._logged(self, v) for v in versions if v.type == type_name]
+
+    def artifact_collections(self, project_name: str, type_name: str | None = None) -> list[CollectionInfo]:
+        entity, _, project = project_name.partition("/")
+        cols = self.registry.collections(check_name(entity, "entity"), check_name(project, "project"))
+        return [c for c in cols if type_name is None or c.type == type_name]
+
+    def artifact_types(self, project: str) -> list[str]:
+        return sorted({c.type for c in self.artifact_collections(project)})
+
+    def log_artifact(self, artifact: Artifact, project: str, aliases: Iterable[str] = ()) -> Artifact:
+        """Log a new ``Artifact`` into ``entity/project``; returns the logged version."""
+        if artifact._version is not None:
+            raise InvalidReference(f"{artifact.qualified_name} is already logged")
+        ref = parse_ref(f"{project}/{artifact._name}")
+        registry = LocalRegistry(self._root, create=True) if self._registry is None else self._registry
+        self._registry = registry
+        result = registry.log_files(
+            artifact._files,
+            ref,
+            type=artifact.type,
+            aliases=[*artifact._aliases, *aliases],
+            description=artifact.description or "",
+            metadata=artifact.metadata,
+            digest_algorithm=artifact._digest_algorithm,
+        )
+        artifact._attach(self, result.version)
+        return artifact
+
+
+class Artifact:
+    """An artifact version: a new one being assembled, or one read from the registry."""
+
+    def __init__(
+        self,
+        name: str,
+        type: str,
+        description: str | None = None,
+        metadata: dict[str, Any] | None = None,
+        *,
+        digest_algorithm: str = MD5,
+    ) -> None:
+        self._name = check_name(name, "artifact name")
+        self.type = check_name(type, "type")
+        self.description = description
+        self.metadata: dict[str, Any] = dict(metadata or {})
+        self._digest_algorithm = digest_algorithm
+        self._files: list[tuple[str, str]] = []
+        self._paths: set[str] = set()
+        self._aliases: list[str] = []
+        self._api: Api | None = None
+        self._version: VersionInfo | None = None
+
+    @classmethod
+    def _logged(cls, api: Api, version: VersionInfo) -> Artifact:
+        art = cls(version.name, version.type, version.description, version.metadata)
+        art._attach(api, version)
+        return art
+
+    def _attach(self, api: Api, version: VersionInfo) -> None:
+        self._api = api
+        self._version = version
+        self.description = version.description
+        self.metadata = dict(version.metadata)
+        self._aliases = list(version.aliases)
+        self._files = []
+
+    def _logged_version(self) -> VersionInfo:
+        if self._version is None:
+            raise InvalidReference(f"artifact {self._name!r} is not logged yet")
+        return self._version
+
+    def _reg(self) -> LocalRegistry:
+        assert self._api is not None
+        return self._api.registry
+
+    # -- building a new artifact ----------------------------------------------------------------
+
+    def add_file(self, local_path: str | os.PathLike[str], name: str | None = None) -> Entry | None:
+        if self._version is not None:
+            raise InvalidReference("a logged artifact is immutable: create a new Artifact")
+        local = os.fspath(local_path)
+        if not os.path.isfile(local):
+            raise SourceError(f"{local!r} is not a file")
+        self._add(name or os.path.basename(local), local)
+        return None
+
+    def add_dir(self, local_path: str | os.PathLike[str], name: str | None = None) -> None:
+        if self._version is not None:
+            raise InvalidReference("a logged artifact is immutable: create a new Artifact")
+        local = os.fspath(local_path)
+        if not os.path.isdir(local):
+            raise SourceError(f"{local!r} is not a directory")
+        prefix = name.strip("/") + "/" if name else ""
+        for path, full in _walk(local):
+            self._add(prefix + path, full)
+
+    def _add(self, path: str, local: str) -> None:
+        check_entry_path(path)
+        if path in self._paths:
+            raise InvalidPath(f"entry path {path!r} is already in the artifact")
+        self._paths.add(path)
+        self._files.append((path, local))
+
+    def save(self, project: str | None = None) -> Artifact:
+        """New artifact: log it into ``project`` (``entity/project``).  Logged artifact: store
+        changes to ``aliases``, ``description`` and ``metadata``."""
+        if self._version is None:
+            if project is None:
+                raise InvalidReference("save() of a new artifact needs project='entity/project'")
+            api = self._api or Api()
+            return api.log_artifact(self, project)
+        reg = self._reg()
+        v = self._version
+        wanted = list(dict.fromkeys(self._aliases))
+        for alias in v.aliases:
+            if alias not in wanted and alias != LATEST:
+                reg.remove_alias(v.ref, alias)
+        for alias in wanted:
+            if alias not in v.aliases and alias != LATEST:
+                reg.add_alias(v.ref, alias)
+        v = reg.update(v.ref, description=self.description or "", metadata=self.metadata)
+        self._attach(self._api, v)  # type: ignore[arg-type]
+        return self
+
+    # -- attributes of a logged version ---------------------------------------------------------
+
+    @property
+    def id(self) -> str | None:
+        return None if self._version is None else self._version.id
+
+    @property
+    def entity(self) -> str:
+        return self._logged_version().entity
+
+    @property
+    def project(self) -> str:
+        return self._logged_version().project
+
+    @property
+    def name(self) -> str:
+        """``name:vN`` once logged (as W&B), the bare name before."""
+        return self._name if self._version is None else f"{self._name}:{self._version.version}"
+
+    @property
+    def source_name(self) -> str:
+        return self.name
+
+    @property
+    def collection_name(self) -> str:
+        return self._name
+
+    @property
+    def qualified_name(self) -> str:
+        v = self._logged_version()
+        return f"{v.entity}/{v.project}/{self.name}"
+
+    @property
+    def version(self) -> str:
+        return self._logged_version().version
+
+    @property
+    def aliases(self) -> list[str]:
+        """Editable; ``save()`` stores the change.  ``latest`` is managed by the registry."""
+        return self._aliases
+
+    @aliases.setter
+    def aliases(self, value: list[str]) -> None:
+        self._aliases = list(value)
+
+    @property
+    def digest(self) -> str:
+        return self._logged_version().digest
+
+    @property
+    def size(self) -> int:
+        return self._logged_version().size
+
+    @property
+    def file_count(self) -> int:
+        return self._logged_version().file_count
+
+    @property
+    def state(self) -> str:
+        return "PENDING" if self._version is None else self._version.state
+
+    @property
+    def commit_hash(self) -> str:
+        return self._logged_version().commit_hash
+
+    @property
+    def created_at(self) -> str:
+        return iso_time(self._logged_version().created_at_ns)
+
+    @property
+    def updated_at(self) -> str:
+        return iso_time(self._logged_version().updated_at_ns)
+
+    @property
+    def manifest(self) -> Manifest:
+        return self._reg().manifest(self._logged_version())
+
+    def files(self, names: Iterable[str] | None = None) -> list[Entry]:
+        entries = sorted(self._reg().iter_entries(self._logged_version()), key=lambda e: e.path)
+        if names is not None:
+            wanted = set(names)
+            entries = [e for e in entries if e.path in wanted]
+        return entries
+
+    def get_entry(self, name: str) -> Entry:
+        found = self._reg().get_entry(self._logged_version(), check_entry_path(name))
+        if found.entry is None:
+            raise InvalidPath(f"{name!r} is a directory of {self.qualified_name}")
+        return found.entry
+
+    def delete(self, delete_aliases: bool = False) -> None:
+        self._reg().delete(self._logged_version().ref, delete_aliases=delete_aliases)
+
+    def __repr__(self) -> str:
+        return f"<Artifact {self.qualified_name if self._version else self._name}>"
+
+    # -- content --------------------------------------------------------------------------------
+
+    def _default_root(self) -> str:
+        return os.path.join(".", "artifacts", self.name)
+
+    def download(
+        self, root: str | os.PathLike[str] | None = None, *, path_prefix: str | None = None, max_workers: int = 8
+    ) -> str:
+        """Copy every file (or those under ``path_prefix``) into ``root``, verified; return root.
+
+        Files already in ``root`` with the right content are kept as they are.
+        """
+        root = os.path.abspath(os.fspath(root) if root is not None else self._default_root())
+        version = self._logged_version()
+        entries = [e for e in self.files() if path_prefix is None or e.path.startswith(path_prefix)]
+        os.makedirs(root, exist_ok=True)
+        with concurrent.futures.ThreadPoolExecutor(max_workers, thread_name_prefix="download") as pool:
+            for fut in [pool.submit(self._download_one, version, e, root) for e in entries]:
+                fut.result()
+        return root
+
+    def _download_one(self, version: VersionInfo, entry: Entry, root: str) -> None:
+        dest = os.path.join(root, *entry.path.split("/"))
+        if _matches(dest, entry):
+            return
+        os.makedirs(os.path.dirname(dest), exist_ok=True)
+        source = self._reg().blob_source(version, entry)
+        what = f"{version.ref}/{entry.path}"
+        tmp = f"{dest}.{secrets.token_hex(6)}.tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        try:
+            with os.fdopen(fd, "wb") as out, source.stream() as src:
+                copy_verified(src, out.fileno(), entry, what)
+            os.replace(tmp, dest)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+
+    def checkout(self, root: str | os.PathLike[str] | None = None) -> str:
+        """``download``, then delete files in ``root`` that are not in the artifact."""
+        root = self.download(root)
+        keep = {os.path.join(root, *e.path.split("/")) for e in self.files()}
+        for dirpath, _, filenames in os.walk(root, topdown=False):
+            for fname in filenames:
+                full = os.path.join(dirpath, fname)
+                if full not in keep:
+                    os.unlink(full)
+            if dirpath != root and not os.listdir(dirpath):
+                os.rmdir(dirpath)
+        return root
+
+    def verify(self, root: str | os.PathLike[str] | None = None) -> None:
+        """Raise VerificationError unless ``root`` holds exactly this artifact's files."""
+        root = os.path.abspath(os.fspath(root) if root is not None else self._default_root())
+        expected = {e.path: e for e in self.files()}
+        found = {path for path, _ in _walk(root)} if os.path.isdir(root) else set()
+        problems = [f"missing {p}" for p in sorted(expected.keys() - found)]
+        problems += [f"unexpected {p}" for p in sorted(found - expected.keys())]
+        for path in sorted(expected.keys() & found):
+            if not _matches(os.path.join(root, *path.split("/")), expected[path]):
+                problems.append(f"content of {path} differs from digest {expected[path].digest}")
+        if problems:
+            shown = "; ".join(problems[:5]) + (f"; and {len(problems) - 5} more" if len(problems) > 5 else "")
+            raise VerificationError(f"{root} does not match {self.qualified_name}: {shown}")
+
+
+def _matches(path: str, entry: Entry) -> bool:
+    try:
+        if not os.path.isfile(path) or os.path.getsize(path) != entry.size:
+            return False
+        hasher = new_hasher(entry.alg)
+        with open(path, "rb") as f:
+            while chunk := f.read(CHUNK):
+                hasher.update(chunk)
+    except OSError:
+        return False
+    return b64_digest(hasher) == entry.digest

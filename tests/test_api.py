@@ -1,0 +1,169 @@
+"""The W&B-style Python API over the local registry: log, look up, download, verify, edit."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import pytest
+from conftest import SAMPLE_FILES, run_cli, write_tree
+
+from artifactfs import Api, Artifact, VerificationError
+from artifactfs.errors import ArtifactNotFound, Conflict, DigestMismatch, InvalidPath, InvalidReference
+
+
+@pytest.fixture
+def api(tmp_path: Path) -> Api:
+    src = write_tree(tmp_path / "src", SAMPLE_FILES)
+    a = Api(tmp_path / "registry")
+    art = Artifact("ds", type="dataset", description="first", metadata={"rows": 9})
+    art.add_dir(src)
+    a.log_artifact(art, "acme/vision", aliases=["best"])
+    return a
+
+
+def test_log_and_lookup(api: Api, tmp_path: Path) -> None:
+    art = api.artifact("acme/vision/ds:best")
+    assert art.name == "ds:v0" and art.version == "v0" and art.qualified_name == "acme/vision/ds:v0"
+    assert art.entity == "acme" and art.project == "vision" and art.type == "dataset"
+    assert art.aliases == ["latest", "best"]
+    assert art.metadata == {"rows": 9} and art.description == "first"
+    assert art.file_count == len(SAMPLE_FILES)
+    assert art.size == sum(len(v) for v in SAMPLE_FILES.values())
+    assert art.state == "COMMITTED" and art.id and art.commit_hash
+    assert art.created_at.endswith("Z")
+    # the same digest the CLI reports
+    info = run_cli("info", "acme/vision/ds:v0", "--json", "--registry", str(tmp_path / "registry"))
+    assert f'"digest": "{art.digest}"' in info.stdout
+    assert {e.path for e in art.files()} == set(SAMPLE_FILES)
+    assert art.get_entry("README.md").digest == art.manifest.entries["README.md"].digest
+
+
+def test_add_file_and_names(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ARTIFACTFS_REGISTRY", str(tmp_path / "reg"))  # save() uses Api()'s default
+    f = tmp_path / "model.pt"
+    f.write_bytes(b"weights")
+    a = Api(tmp_path / "reg")
+    art = Artifact("resnet", type="model")
+    art.add_file(f)
+    art.add_file(f, name="copies/model-again.pt")
+    with pytest.raises(InvalidPath):
+        art.add_file(f)  # same entry path twice
+    with pytest.raises(InvalidPath):
+        art.add_file(f, name="../escape.pt")
+    logged = art.save(project="acme/vision")
+    assert logged.qualified_name == "acme/vision/resnet:v0"
+    assert [e.path for e in a.artifact("acme/vision/resnet").files()] == ["copies/model-again.pt", "model.pt"]
+
+
+def test_download_is_verified_and_complete(api: Api, tmp_path: Path) -> None:
+    art = api.artifact("acme/vision/ds")
+    root = Path(art.download(tmp_path / "dl"))
+    for rel, data in SAMPLE_FILES.items():
+        assert (root / rel).read_bytes() == data
+    art.verify(root)
+    assert not list(root.rglob("*.tmp"))
+
+
+def test_download_default_root_and_prefix(api: Api, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    art = api.artifact("acme/vision/ds:v0")
+    root = Path(art.download(path_prefix="train/"))
+    assert root == tmp_path / "artifacts" / "ds:v0"
+    got = sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
+    assert got == sorted(k for k in SAMPLE_FILES if k.startswith("train/"))
+
+
+def test_download_refuses_a_corrupt_blob(api: Api, tmp_path: Path) -> None:
+    art = api.artifact("acme/vision/ds")
+    entry = art.get_entry("train/000002.txt")
+    blob = Path(api.registry.blob_path(entry.alg, entry.digest))
+    os.chmod(blob, 0o644)
+    data = bytearray(blob.read_bytes())
+    data[0] ^= 0xFF
+    blob.write_bytes(bytes(data))
+    with pytest.raises(DigestMismatch):
+        art.download(tmp_path / "dl")
+    assert not (tmp_path / "dl" / "train" / "000002.txt").exists()
+    assert not list((tmp_path / "dl").rglob("*.tmp"))
+
+
+def test_verify_reports_differences(api: Api, tmp_path: Path) -> None:
+    art = api.artifact("acme/vision/ds")
+    root = Path(art.download(tmp_path / "dl"))
+    (root / "README.md").write_bytes(b"changed\n")
+    (root / "extra.txt").write_bytes(b"x")
+    (root / "empty").unlink()
+    with pytest.raises(VerificationError) as err:
+        art.verify(root)
+    msg = str(err.value)
+    assert "missing empty" in msg and "unexpected extra.txt" in msg and "README.md" in msg
+    assert isinstance(err.value, ValueError)  # as W&B's verify
+    # download repairs it: the changed file is replaced, the right ones kept
+    art.download(root)
+    assert (root / "README.md").read_bytes() == SAMPLE_FILES["README.md"]
+
+
+def test_checkout_removes_extra_files(api: Api, tmp_path: Path) -> None:
+    art = api.artifact("acme/vision/ds")
+    root = tmp_path / "co"
+    write_tree(root, {"stale/old.txt": b"old", "README.md": b"wrong"})
+    art.checkout(root)
+    assert not (root / "stale").exists()
+    art.verify(root)
+
+
+def test_save_edits_aliases_description_metadata(api: Api) -> None:
+    art = api.artifact("acme/vision/ds:v0")
+    art.aliases.remove("best")
+    art.aliases.append("production")
+    art.description = "edited"
+    art.metadata["split"] = "train"
+    art.save()
+    again = api.artifact("acme/vision/ds:production")
+    assert again.aliases == ["latest", "production"]
+    assert again.description == "edited" and again.metadata == {"rows": 9, "split": "train"}
+    assert not api.artifact_exists("acme/vision/ds:best")
+
+
+def test_listing_and_delete(api: Api, tmp_path: Path) -> None:
+    src = write_tree(tmp_path / "two", {"a.txt": b"a"})
+    art = Artifact("ds", type="dataset")
+    art.add_dir(src)
+    api.log_artifact(art, "acme/vision")
+    assert [a.version for a in api.artifacts("dataset", "acme/vision/ds")] == ["v0", "v1"]
+    assert [c.name for c in api.artifact_collections("acme/vision")] == ["ds"]
+    assert api.artifact_types("acme/vision") == ["dataset"]
+    with pytest.raises(Conflict):
+        api.artifact("acme/vision/ds:v0").delete()  # still has alias 'best'
+    api.artifact("acme/vision/ds:v0").delete(delete_aliases=True)
+    with pytest.raises(ArtifactNotFound):
+        api.artifact("acme/vision/ds:v0")
+    assert api.artifact("acme/vision/ds").version == "v1"
+
+
+def test_bad_input(api: Api, tmp_path: Path) -> None:
+    with pytest.raises(InvalidReference):
+        api.artifact("not-a-ref")
+    with pytest.raises(InvalidReference):
+        api.artifact("acme/vision/ds", type="model")
+    with pytest.raises(InvalidReference):
+        Artifact("bad name", type="dataset")
+    logged = api.artifact("acme/vision/ds")
+    with pytest.raises(InvalidReference):
+        logged.add_file(tmp_path / "src" / "README.md")  # logged versions are immutable
+    with pytest.raises(InvalidReference):
+        Artifact("x", type="t").save()  # no project
+
+
+def test_cli_get_and_verify(api: Api, tmp_path: Path) -> None:
+    reg = str(tmp_path / "registry")
+    out = run_cli("get", "acme/vision/ds:best", "--root", str(tmp_path / "g"), "--registry", reg)
+    assert out.stdout.strip() == str(tmp_path / "g")
+    md5 = hashlib.md5((tmp_path / "g" / "train" / "000002.txt").read_bytes()).hexdigest()
+    assert md5 == hashlib.md5(SAMPLE_FILES["train/000002.txt"]).hexdigest()
+    run_cli("verify", "acme/vision/ds:best", str(tmp_path / "g"), "--registry", reg)
+    (tmp_path / "g" / "latest").write_bytes(b"tampered")
+    bad = run_cli("verify", "acme/vision/ds:best", str(tmp_path / "g"), "--registry", reg, check=False)
+    assert bad.returncode == 1 and "latest" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
