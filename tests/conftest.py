@@ -46,10 +46,10 @@ def require_fuse() -> None:
     pytest.skip(reason)
 
 
-def run_cli(*args: str, check: bool = True, env: dict[str, str] | None = None,
-            timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run([PY, "-m", "artifactfs", *args], capture_output=True, text=True,
-                          env=env, timeout=timeout)
+def run_cli(
+    *args: str, check: bool = True, env: dict[str, str] | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run([PY, "-m", "artifactfs", *args], capture_output=True, text=True, env=env, timeout=timeout)
     if check and proc.returncode != 0:
         raise AssertionError(f"artifactfs {' '.join(args)} failed ({proc.returncode}): {proc.stderr}")
     return proc
@@ -117,8 +117,14 @@ class Mounter:
         self.mounts: list[Mount] = []
         self._n = 0
 
-    def __call__(self, registry: Path, *args: str, cache_dir: Path | None = None,
-                 name: str | None = None, mountpoint: Path | None = None) -> Mount:
+    def __call__(
+        self,
+        registry: Path,
+        *args: str,
+        cache_dir: Path | None = None,
+        name: str | None = None,
+        mountpoint: Path | None = None,
+    ) -> Mount:
         """Mount ``registry`` on a new directory ``name`` under tmp (or on the existing, empty
         directory ``mountpoint``, to mount the same place again)."""
         self._n += 1
@@ -129,8 +135,20 @@ class Mounter:
             path.mkdir()
         cache_dir = cache_dir or self.tmp / f"cache{self._n}"
         log_file = self.tmp / f"mount{self._n}.log"
-        cmd = [PY, "-m", "artifactfs", "mount", str(registry), str(path), "--foreground",
-               "--cache-dir", str(cache_dir), "--log-level", "DEBUG", *args]
+        cmd = [
+            PY,
+            "-m",
+            "artifactfs",
+            "mount",
+            str(registry),
+            str(path),
+            "--foreground",
+            "--cache-dir",
+            str(cache_dir),
+            "--log-level",
+            "DEBUG",
+            *args,
+        ]
         with open(log_file, "wb") as out:
             proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         mount = Mount(path, registry, cache_dir, proc, log_file, tuple(args))

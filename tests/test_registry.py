@@ -820,8 +820,12 @@ def test_logging_big_files_keeps_memory_flat(tmp_path: Path) -> None:
         )
         argv = cli("log", src, COLL, "--type", "dataset", registry=root)
         proc = subprocess.run(
-            [sys.executable, "-c", report, *argv[3:]], env=child_env(), stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE, text=True, check=False,
+            [sys.executable, "-c", report, *argv[3:]],
+            env=child_env(),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            check=False,
         )
         assert proc.returncode == 0, proc.stderr
         peak_mib = int(proc.stderr.strip().splitlines()[-1]) / 1024  # VmHWM is in kB

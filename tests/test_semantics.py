@@ -56,7 +56,11 @@ def doc_mount(tmp_path_factory: pytest.TempPathFactory, require_fuse: None):  # 
 @pytest.mark.parametrize(("command", "expected"), EXAMPLES, ids=[c for c, _ in EXAMPLES])
 def test_example(doc_mount, command: str, expected: str) -> None:  # type: ignore[no-untyped-def]
     proc = subprocess.run(
-        ["bash", "-c", command + " 2>&1"], cwd=doc_mount.path, capture_output=True, text=True,
-        env={"PATH": "/usr/bin:/bin", "LC_ALL": "C.UTF-8"}, timeout=60,
+        ["bash", "-c", command + " 2>&1"],
+        cwd=doc_mount.path,
+        capture_output=True,
+        text=True,
+        env={"PATH": "/usr/bin:/bin", "LC_ALL": "C.UTF-8"},
+        timeout=60,
     )
     assert proc.stdout.rstrip("\n") == expected
