@@ -24,16 +24,17 @@ import concurrent.futures
 import contextlib
 import os
 import secrets
+import stat
 from collections.abc import Iterable
 from typing import Any
 
 from .defaults import default_registry
 from .errors import ArtifactFSError, InvalidPath, InvalidReference, SourceError
-from .manifest import MD5, Entry, Manifest, b64_digest, new_hasher
+from .manifest import MD5, Entry, Manifest, hash_fd
 from .names import LATEST, check_entry_path, check_name, parse_ref
 from .registry.base import CollectionInfo, VersionInfo, iso_time
 from .registry.local import LocalRegistry, _walk
-from .store import CHUNK, copy_verified
+from .store import copy_verified
 
 __all__ = ["Api", "Artifact", "VerificationError"]
 
@@ -327,7 +328,7 @@ class Artifact:
         return root
 
     def _download_one(self, version: VersionInfo, entry: Entry, root: str) -> None:
-        dest = os.path.join(root, *entry.path.split("/"))
+        dest = _inside(root, os.path.join(root, *entry.path.split("/")))
         if _matches(dest, entry):
             return
         os.makedirs(os.path.dirname(dest), exist_ok=True)
@@ -374,12 +375,25 @@ class Artifact:
 
 def _matches(path: str, entry: Entry) -> bool:
     try:
-        if not os.path.isfile(path) or os.path.getsize(path) != entry.size:
-            return False
-        hasher = new_hasher(entry.alg)
-        with open(path, "rb") as f:
-            while chunk := f.read(CHUNK):
-                hasher.update(chunk)
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
     except OSError:
         return False
-    return b64_digest(hasher) == entry.digest
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_size != entry.size:
+            return False
+        return hash_fd(fd, entry.alg, limit=entry.size) == (entry.digest, entry.size)
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+
+
+def _inside(root: str, path: str) -> str:
+    """``path`` if its real location is inside ``root``: symlinks already in the destination
+    (``root/train -> /elsewhere``) must not carry a download out of it."""
+    real_root = os.path.realpath(root)
+    real = os.path.realpath(path)
+    if os.path.commonpath([real_root, real]) != real_root:
+        raise InvalidPath(f"{path} resolves outside {root} (through a symlink): refusing to write there")
+    return path

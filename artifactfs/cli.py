@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import re
+import sqlite3
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -184,6 +185,16 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_gc(args: argparse.Namespace) -> int:
+    registry = _open(args)
+    try:
+        purged, removed, freed = registry.gc(grace=args.grace)
+    finally:
+        registry.close()
+    print(f"purged {purged} deleted versions, removed {removed} unused blobs ({human_size(freed)})")
+    return 0
+
+
 def cmd_delete(args: argparse.Namespace) -> int:
     ref = parse_ref(args.ref, require_tag=True)
     registry = _open(args)
@@ -313,6 +324,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("root", help="directory to check")
     p.set_defaults(func=cmd_verify)
 
+    p = sub.add_parser("gc", parents=[common], help="purge deleted versions and unused blobs")
+    p.add_argument(
+        "--grace",
+        type=float,
+        default=3600.0,
+        help="keep unused blobs younger than this many seconds (a log may be running)",
+    )
+    p.set_defaults(func=cmd_gc)
+
     p = sub.add_parser("delete", parents=[common], help="delete an artifact version")
     p.add_argument("ref", help="ENTITY/PROJECT/NAME:ALIAS_OR_VERSION")
     p.add_argument("--delete-aliases", action="store_true", help="also drop its aliases")
@@ -333,6 +353,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args))
     except ArtifactFSError as exc:
         print(f"artifactfs: error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except sqlite3.Error as exc:
+        print(f"artifactfs: error: registry database: {exc}", file=sys.stderr)
         return EXIT_ERROR
     except OSError as exc:
         print(f"artifactfs: error: {exc.strerror or exc}{f': {exc.filename}' if exc.filename else ''}", file=sys.stderr)

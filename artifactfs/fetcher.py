@@ -82,7 +82,7 @@ class Fetcher:
             failure = self._failures.get(key)
             if failure is not None:
                 if trio.current_time() < failure.until:
-                    raise failure.error
+                    raise failure.error.with_traceback(None)  # one object, re-raised to many
                 del self._failures[key]
             event = self._inflight.get(key)
             if event is None:

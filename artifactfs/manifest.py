@@ -12,6 +12,7 @@ import base64
 import binascii
 import hashlib
 import json
+import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -50,6 +51,24 @@ def new_hasher(alg: str = MD5) -> Hasher:
 
 def b64_digest(hasher: Hasher) -> str:
     return base64.b64encode(hasher.digest()).decode("ascii")
+
+
+def hash_fd(fd: int, alg: str = MD5, limit: int | None = None, chunk: int = 1 << 20) -> tuple[str, int]:
+    """Hash an open file from offset 0 with ``pread``: ``(b64 digest, bytes read)``.
+
+    With ``limit`` it reads at most ``limit + 1`` bytes: enough to know the file is too long,
+    without hashing a file of any size.
+    """
+    hasher = new_hasher(alg)
+    offset = 0
+    while limit is None or offset <= limit:
+        want = chunk if limit is None else min(chunk, limit + 1 - offset)
+        data = os.pread(fd, want, offset)
+        if not data:
+            break
+        hasher.update(data)
+        offset += len(data)
+    return b64_digest(hasher), offset
 
 
 def hex_from_b64(digest: str) -> str:

@@ -11,6 +11,7 @@ import argparse
 import contextlib
 import logging
 import os
+import select
 import shutil
 import signal
 import subprocess
@@ -28,6 +29,8 @@ from .store import BlobStore
 from .tree import Tree
 
 log = logging.getLogger(__name__)
+
+READY_TIMEOUT = 60.0  # seconds the background mount waits for its daemon to answer
 
 
 @dataclass
@@ -113,6 +116,7 @@ def run_foreground(config: MountConfig, ready_fd: int | None = None) -> None:
     config.mountpoint = mountpoint
     registry = LocalRegistry(config.registry)
     store = BlobStore(config.cache_dir, config.cache_size)
+    os.chdir("/")  # keep no directory of the caller's busy
     store.clean_tmp()
     fetcher = Fetcher(
         registry,
@@ -130,7 +134,6 @@ def run_foreground(config: MountConfig, ready_fd: int | None = None) -> None:
         pyfuse3.init(ops, mountpoint, options)
     except RuntimeError as exc:
         raise MountError(f"cannot mount on {mountpoint}: {exc}") from exc
-    unmount = True
     try:
         trio.run(_serve, config, ops, ready_fd)
     except BaseException:
@@ -138,7 +141,7 @@ def run_foreground(config: MountConfig, ready_fd: int | None = None) -> None:
         raise
     finally:
         with contextlib.suppress(Exception):
-            pyfuse3.close(unmount=unmount)
+            pyfuse3.close(unmount=True)
         registry.close()
         store.close()
 
@@ -148,6 +151,12 @@ def start_daemon(args: argparse.Namespace) -> int:
     check_fuse()
     check_mountpoint(args.mountpoint)
     LocalRegistry(args.registry).close()  # fail here, with a clear message, if it is missing
+    # The daemon works from "/" (so it keeps no directory busy): hand it absolute paths.
+    args.registry, args.mountpoint, args.cache_dir = (
+        os.path.abspath(p) for p in (args.registry, args.mountpoint, args.cache_dir)
+    )
+    if args.log_file:
+        args.log_file = os.path.abspath(args.log_file)
     read_fd, write_fd = os.pipe()
     cmd = [sys.executable, "-m", "artifactfs", "mount", *_forward(args), "--foreground", "--ready-fd", str(write_fd)]
     log_file = args.log_file or os.path.join(args.cache_dir, "mount.log")
@@ -164,7 +173,14 @@ def start_daemon(args: argparse.Namespace) -> int:
         )
     os.close(write_fd)
     with os.fdopen(read_fd, "rb") as ready:
-        status = ready.read()
+        if select.select([ready], [], [], READY_TIMEOUT)[0]:
+            status = ready.read()
+        else:  # the daemon hangs: do not hang with it
+            proc.kill()
+            proc.wait()
+            with contextlib.suppress(ArtifactFSError):
+                unmount(args.mountpoint)
+            raise MountError(f"the daemon did not answer within {READY_TIMEOUT:.0f}s (log: {log_file})")
     if status.startswith(b"ok"):
         print(
             f"artifactfs: mounted {args.registry} on {os.path.abspath(args.mountpoint)} (pid {proc.pid})",

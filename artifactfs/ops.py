@@ -135,10 +135,13 @@ class Operations(pyfuse3.Operations):
         self.tree.remember(node)
         return self._entry_attributes(self.tree.getattr(node))
 
-    @_errno_boundary
     async def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
+        # pyfuse3: forget must not raise at all.
         for inode, nlookup in inode_list:
-            self.tree.forget(inode, nlookup)
+            try:
+                self.tree.forget(inode, nlookup)
+            except Exception:
+                log.exception("forget(%d, %d) failed", inode, nlookup)
 
     @_errno_boundary
     async def getattr(self, inode: int, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
@@ -171,7 +174,10 @@ class Operations(pyfuse3.Operations):
 
     @_errno_boundary
     async def releasedir(self, fh: int) -> None:
-        self._dirs.pop(fh, None)
+        handle = self._dirs.pop(fh, None)
+        if handle is not None and handle.children:
+            # Nodes made for entries the reader never got (``ls | head``) are unknown to the kernel.
+            self.tree.drop_unreferenced(node for _, node in handle.children)
 
     # -- content --------------------------------------------------------------------------------
 
@@ -217,19 +223,21 @@ class Operations(pyfuse3.Operations):
 
     # -- extended attributes --------------------------------------------------------------------
 
-    def _xattrs(self, inode: int) -> dict[str, bytes]:
-        return self.tree.xattrs(self.tree.node(inode), self.fetcher.stats.to_json)
+    async def _xattrs(self, inode: int) -> dict[str, bytes]:
+        node = self.tree.node(inode)
+        attrs: dict[str, bytes] = await self._meta(self.tree.xattrs, node, self.fetcher.stats.to_json)
+        return attrs
 
     @_errno_boundary
     async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
-        value = self._xattrs(inode).get(name.decode("utf-8", "replace"))
+        value = (await self._xattrs(inode)).get(name.decode("utf-8", "replace"))
         if value is None:
             raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
         return value
 
     @_errno_boundary
     async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> Sequence[bytes]:
-        return [name.encode() for name in self._xattrs(inode)]
+        return [name.encode() for name in await self._xattrs(inode)]
 
     @_errno_boundary
     async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:

@@ -25,6 +25,7 @@ import logging
 import os
 import secrets
 import sqlite3
+import stat
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -33,7 +34,7 @@ from typing import IO, Any
 import diskcache
 
 from .errors import DigestMismatch, FetchError, RegistryError
-from .manifest import Entry, b64_digest, new_hasher
+from .manifest import Entry, b64_digest, hash_fd, new_hasher
 
 log = logging.getLogger(__name__)
 
@@ -96,8 +97,7 @@ class BlobStore:
     def __init__(self, directory: str, size_limit: int = DEFAULT_SIZE_LIMIT) -> None:
         self.directory = os.path.abspath(directory)
         try:
-            os.makedirs(self.directory, mode=0o700, exist_ok=True)
-            os.chmod(self.directory, 0o700)
+            _claim_directory(self.directory)
             self.tmp = os.path.join(self.directory, "tmp")
             os.makedirs(self.tmp, mode=0o700, exist_ok=True)
             self._cache = diskcache.Cache(
@@ -107,8 +107,8 @@ class BlobStore:
                 disk=_AdoptingDisk,
                 cull_limit=0,  # no batch culls on set: _make_room evicts what is needed
             )
-        except OSError as exc:
-            raise RegistryError(f"cannot use cache directory {self.directory}: {exc.strerror or exc}") from exc
+        except (OSError, sqlite3.Error) as exc:
+            raise RegistryError(f"cannot use cache directory {self.directory}: {exc}") from exc
         # Per-process memo of what this store has already found in its cache: key -> (file path,
         # trusted identity or None for cache files, monotonic time diskcache was last told).
         # It spares a SQLite transaction per open (diskcache's LRU get writes an access time);
@@ -139,7 +139,7 @@ class BlobStore:
                 return Blob(fd=fd, size=os.fstat(fd).st_size)
         try:
             handle = self._cache.get(key, read=True)
-        except OSError:  # evicted by another process between lookup and open
+        except (OSError, sqlite3.Error, diskcache.Timeout):  # evicted meanwhile, or busy: a miss
             return None
         if handle is None:
             return None
@@ -153,6 +153,12 @@ class BlobStore:
 
     def fill(self, key: str, entry: Entry, opener: Callable[[], IO[bytes]], what: str) -> Blob:
         """Stream ``opener()`` into the cache if it hashes to ``entry.digest``; return the blob."""
+        try:
+            return self._fill(key, entry, opener, what)
+        except (OSError, sqlite3.Error, diskcache.Timeout) as exc:
+            raise FetchError(f"caching {what} failed: {exc}") from exc
+
+    def _fill(self, key: str, entry: Entry, opener: Callable[[], IO[bytes]], what: str) -> Blob:
         path = os.path.join(self.tmp, f"{os.getpid()}-{secrets.token_hex(8)}.part")
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
         published = False
@@ -201,7 +207,10 @@ class BlobStore:
         elif not persisted:
             return None
         else:
-            record = self._cache.get(_TRUST_PREFIX + key)
+            try:
+                record = self._cache.get(_TRUST_PREFIX + key)
+            except (sqlite3.Error, diskcache.Timeout):
+                return None
             if record is None or record[0] != path:
                 return None
             identity = tuple(record[1:])
@@ -226,29 +235,32 @@ class BlobStore:
             raise FetchError(f"blob of {what} is missing ({path})") from exc
         except OSError as exc:
             raise FetchError(f"cannot open blob of {what}: {exc.strerror or exc}") from exc
-        trust_key = _TRUST_PREFIX + key
         try:
-            before = _identity(os.fstat(fd))
-            hasher = new_hasher(entry.alg)
-            offset = 0
-            while chunk := os.pread(fd, CHUNK, offset):
-                hasher.update(chunk)
-                offset += len(chunk)
-            actual = b64_digest(hasher)
+            return self._verify_fd(fd, key, entry, path, what, persist)
+        except BaseException as exc:
+            os.close(fd)
+            if isinstance(exc, (OSError, sqlite3.Error, diskcache.Timeout)):
+                raise FetchError(f"verifying {what} failed: {exc}") from exc
+            raise
+
+    def _verify_fd(self, fd: int, key: str, entry: Entry, path: str, what: str, persist: bool) -> Blob:
+        trust_key = _TRUST_PREFIX + key
+        before = _identity(os.fstat(fd))
+        if before[2] != entry.size:  # never hash a blob of the wrong size (it could be huge)
+            actual, size = "(not hashed)", before[2]
+        else:
+            actual, size = hash_fd(fd, entry.alg, limit=entry.size)
             if _identity(os.fstat(fd)) != before:
                 raise FetchError(f"blob of {what} changed while it was verified")
-            if actual != entry.digest or offset != entry.size:
-                self._cache.delete(trust_key)
-                self._memo.pop(key, None)
-                raise DigestMismatch(what, f"{entry.digest} ({entry.size} bytes)", f"{actual} ({offset} bytes)")
-            self._memo[key] = (path, before, time.monotonic())
-            if persist:
-                self._cache.set(trust_key, (path, *before))
-                self._make_room(keep=trust_key)
-            return Blob(fd=fd, size=offset)
-        except BaseException:
-            os.close(fd)
-            raise
+        if actual != entry.digest or size != entry.size:
+            self._memo.pop(key, None)
+            self._cache.delete(trust_key)
+            raise DigestMismatch(what, f"{entry.digest} ({entry.size} bytes)", f"{actual} ({size} bytes)")
+        self._memo[key] = (path, before, time.monotonic())
+        if persist:
+            self._cache.set(trust_key, (path, *before))
+            self._make_room(keep=trust_key)
+        return Blob(fd=fd, size=size)
 
     def clean_tmp(self, max_age: float = 3600.0) -> None:
         """Delete temp files of fills that died (killed daemons) more than ``max_age`` ago."""
@@ -281,6 +293,29 @@ def copy_verified(src: IO[bytes], fd: int, entry: Entry, what: str) -> int:
         shown = f">{entry.size}" if size > entry.size else str(size)
         raise DigestMismatch(what, f"{entry.digest} ({entry.size} bytes)", f"{actual} ({shown} bytes)")
     return size
+
+
+_OWN_NAMES = {"mount.log", "tmp"}
+
+
+def _claim_directory(path: str) -> None:
+    """Create the cache directory (0700), or take over an existing one only if it is ours: owned
+    by this user and either a diskcache directory already or holding nothing but our files.
+    Pointing ``--cache-dir`` at ``~`` or ``/tmp`` by mistake is refused, not chmod-ed."""
+    try:
+        os.makedirs(path, mode=0o700)
+    except FileExistsError:
+        st = os.stat(path)
+        if not stat.S_ISDIR(st.st_mode):
+            raise RegistryError(f"cache directory {path} is not a directory") from None
+        if st.st_uid != os.getuid():
+            raise RegistryError(f"cache directory {path} belongs to another user") from None
+        names = set(os.listdir(path))
+        if "cache.db" not in names and not names <= _OWN_NAMES:
+            raise RegistryError(
+                f"{path} is not empty and is not an artifactfs cache: choose a new or empty directory"
+            ) from None
+    os.chmod(path, 0o700)
 
 
 def _identity(st: os.stat_result) -> tuple[int, int, int, int, int]:

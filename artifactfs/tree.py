@@ -17,7 +17,7 @@ import json
 import logging
 import stat
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from .errors import ArtifactNotFound, EntryNotFound, InvalidReference, NotFound
@@ -122,6 +122,14 @@ class Tree:
             # inode again, so it must resolve again (a newer node for the key keeps the key).
             self._nodes[node.inode] = node
             self._by_key.setdefault(node.key, node)
+
+    def drop_unreferenced(self, nodes: Iterable[Node]) -> None:
+        """Forget nodes made by a listing that the kernel holds no reference to."""
+        for node in nodes:
+            if node.lookups <= 0 and node.inode != ROOT_INODE and self._nodes.get(node.inode) is node:
+                del self._nodes[node.inode]
+                if self._by_key.get(node.key) is node:
+                    del self._by_key[node.key]
 
     def forget(self, inode: int, nlookup: int) -> None:
         node = self._nodes.get(inode)

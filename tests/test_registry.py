@@ -349,24 +349,47 @@ def _served(reg: LocalRegistry, version: VersionInfo) -> list[str] | None:
     return root + entries
 
 
-def test_delete_drops_entries(reg: LocalRegistry, trees: list[Path]) -> None:
+def test_delete_is_soft_until_gc(reg: LocalRegistry, trees: list[Path]) -> None:
     v0 = log(reg, trees[0])
     v1 = log(reg, trees[1])
-    reg.delete(R(f"{COLL}:v1"))
-    # A deleted version serves nothing, through this registry object or a fresh one ...
-    assert not _served(reg, v1)
+    deleted = reg.delete(R(f"{COLL}:v1"))
+    assert deleted.version == "v1"
+    # Gone for every lookup and listing ...
+    with pytest.raises(ArtifactNotFound):
+        reg.resolve(R(f"{COLL}:v1"))
+    assert [v.version for v in reg.versions("acme", "vision", "ds")] == ["v0"]
+    assert reg.collections("acme", "vision")[0].version_count == 1
     fresh = LocalRegistry(reg.root)
     try:
-        assert not _served(fresh, v1)
+        assert _served(fresh, v1) is None
     finally:
         fresh.close()
-    # ... not even after a new version takes its place as the newest: ids are never reused.
+    # ... but whoever already holds the version (a mount) keeps reading it until gc.
+    assert _served(reg, v1)
+    # ids are never reused, even when a new version becomes the newest
     v2 = log(reg, trees[2])
-    assert v2.id not in (v0.id, v1.id)
+    assert v2.id not in (v0.id, v1.id) and v2.version == "v2"
+
+    blobs_before = set(all_blobs(Path(reg.root)))
+    purged, removed, freed = reg.gc(grace=0)
+    assert purged == 1
+    blobs_after = set(all_blobs(Path(reg.root)))
+    assert removed == len(blobs_before - blobs_after) and freed > 0
+    # every blob still named by a live version survives gc
+    for v in (v0, v2):
+        for e in reg.iter_entries(v):
+            assert Path(reg.blob_path(e.alg, e.digest)).exists(), e.path
     assert not _served(reg, v1)
-    assert sorted(e.path for e in reg.iter_entries(v2)) == ["a.txt", "d/b.bin"]
     with pytest.raises((EntryNotFound, ArtifactNotFound)):
         reg.get_entry(v1, "a.txt")
+
+
+def test_gc_spares_young_blobs(reg: LocalRegistry, trees: list[Path]) -> None:
+    log(reg, trees[0])
+    reg.delete(R(f"{COLL}:v0"))
+    before = set(all_blobs(Path(reg.root)))
+    assert reg.gc() == (1, 0, 0)  # default grace: blobs of a log that may not have committed
+    assert set(all_blobs(Path(reg.root))) == before
 
 
 # -- listings ------------------------------------------------------------------------------------

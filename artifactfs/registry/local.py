@@ -22,6 +22,7 @@ from __future__ import annotations
 import base64
 import concurrent.futures
 import contextlib
+import ctypes
 import json
 import logging
 import os
@@ -165,14 +166,19 @@ class LocalRegistry(Registry):
     def _write(self) -> Iterator[sqlite3.Connection]:
         """One write transaction: ``BEGIN IMMEDIATE`` ... ``COMMIT`` (or ``ROLLBACK``)."""
         db = self._db()
-        db.execute("BEGIN IMMEDIATE")
+        try:
+            db.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            raise RegistryError(f"registry {self.root} is busy or unwritable: {exc}") from exc
         try:
             yield db
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        else:
             db.execute("COMMIT")
+        except BaseException as exc:
+            with contextlib.suppress(sqlite3.Error):
+                db.execute("ROLLBACK")
+            if isinstance(exc, sqlite3.Error):
+                raise RegistryError(f"registry {self.root}: {exc}") from exc
+            raise
 
     def _init_schema(self) -> None:
         with self._write() as db:
@@ -226,7 +232,7 @@ class LocalRegistry(Registry):
         pid = self._project_id(entity, project)
         rows = self._db().execute(
             """SELECT c.name, c.type, c.description, c.created_at,
-                      (SELECT count(*) FROM versions v WHERE v.collection_id = c.id)
+                      (SELECT count(*) FROM versions v WHERE v.collection_id = c.id AND v.state != 'DELETED')
                FROM collections c WHERE c.project_id = ? ORDER BY c.name""",
             (pid,),
         )
@@ -267,7 +273,8 @@ class LocalRegistry(Registry):
         rows = (
             self._db()
             .execute(
-                f"SELECT {_VERSION_COLUMNS} {_VERSION_FROM} WHERE v.collection_id = ? ORDER BY v.version_index",
+                f"SELECT {_VERSION_COLUMNS} {_VERSION_FROM} "
+                "WHERE v.collection_id = ? AND v.state != 'DELETED' ORDER BY v.version_index",
                 (cid,),
             )
             .fetchall()
@@ -282,7 +289,8 @@ class LocalRegistry(Registry):
         db = self._db()
         if index is not None:
             row = db.execute(
-                "SELECT id FROM versions WHERE collection_id = ? AND version_index = ?", (cid, index)
+                "SELECT id FROM versions WHERE collection_id = ? AND version_index = ? AND state != 'DELETED'",
+                (cid, index),
             ).fetchone()
             if row is None:
                 raise ArtifactNotFound(f"artifact {ref} not found: no version {ref.tag}")
@@ -322,7 +330,9 @@ class LocalRegistry(Registry):
 
     @staticmethod
     def _entry_from_row(parent: str, row: Sequence[Any]) -> Entry:
-        path = f"{parent}/{row[0]}" if parent else row[0]
+        # Rows are ours, but a hand-edited or corrupt database must not smuggle "../" into a
+        # path that download() joins onto a directory or the mount shows as a name.
+        path = check_entry_path(f"{parent}/{row[0]}" if parent else row[0])
         return Entry(path, row[1], row[2], row[3], row[4], json.loads(row[5]) if row[5] else {})
 
     def iter_entries(self, version: VersionInfo) -> Iterator[Entry]:
@@ -429,12 +439,11 @@ class LocalRegistry(Registry):
                     size += len(chunk)
             digest = b64_digest(hasher)
             final = self.blob_path(alg, digest)
-            if os.path.exists(final):
-                os.unlink(tmp)
-            else:
-                os.makedirs(os.path.dirname(final), exist_ok=True)
-                os.chmod(tmp, 0o444)
-                os.replace(tmp, final)
+            os.makedirs(os.path.dirname(final), exist_ok=True)
+            os.chmod(tmp, 0o444)
+            # Replace even an existing blob: ours is known good, the old one may have rotted, and
+            # the fresh mtime tells gc() that a log is using it.
+            os.replace(tmp, final)
         except BaseException:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
@@ -517,6 +526,7 @@ class LocalRegistry(Registry):
                 for fut in pending:
                     fut.cancel()
                 raise
+        _syncfs(self.objects)  # the blobs are on disk before a version can name them
         return self._commit(ref, logged, type, aliases, description, metadata, digest_algorithm, extra)
 
     def _check_type(self, ref: Ref, type: str) -> None:
@@ -676,8 +686,11 @@ class LocalRegistry(Registry):
 
     def delete(self, ref: Ref, *, delete_aliases: bool = False) -> VersionInfo:
         """Delete one version.  Refused while aliases other than ``latest`` name it, unless
-        ``delete_aliases``.  ``latest`` moves to the newest remaining version.  Blobs stay
-        (other versions may share them)."""
+        ``delete_aliases``.  ``latest`` moves to the newest remaining version.
+
+        Like W&B, this is a soft delete: the version disappears from every lookup and listing
+        (state ``DELETED``), but its entries and blobs stay until :meth:`gc`, so a mount that
+        is reading it keeps reading it."""
         with self._write() as db:
             pk = self._version_pk(ref)
             version = self._version_by_pk(pk)
@@ -688,13 +701,45 @@ class LocalRegistry(Registry):
                     "remove them first or pass --delete-aliases"
                 )
             cid = db.execute("SELECT collection_id FROM versions WHERE id = ?", (pk,)).fetchone()[0]
-            db.execute("DELETE FROM versions WHERE id = ?", (pk,))
+            ts = now_ns()
+            db.execute("UPDATE versions SET state = 'DELETED', updated_at = ? WHERE id = ?", (ts, pk))
+            db.execute("DELETE FROM aliases WHERE version_id = ?", (pk,))
             newest = db.execute(
-                "SELECT id FROM versions WHERE collection_id = ? ORDER BY version_index DESC LIMIT 1", (cid,)
+                "SELECT id FROM versions WHERE collection_id = ? AND state != 'DELETED' "
+                "ORDER BY version_index DESC LIMIT 1",
+                (cid,),
             ).fetchone()
             if newest is not None:
-                self._move_aliases(db, cid, int(newest[0]), [LATEST], now_ns())
+                self._move_aliases(db, cid, int(newest[0]), [LATEST], ts)
         return version
+
+    def gc(self, *, grace: float = 3600.0) -> tuple[int, int, int]:
+        """Purge deleted versions, then blobs no entry uses that are older than ``grace`` seconds
+        (younger ones may belong to a log that has not committed yet).  Returns
+        ``(versions purged, blobs removed, bytes freed)``."""
+        with self._write() as db:
+            purged = db.execute("DELETE FROM versions WHERE state = 'DELETED'").rowcount
+            used = {r[0] for r in db.execute("SELECT DISTINCT digest FROM entries")}
+        self._clean_tmp()
+        cutoff = time.time() - grace
+        removed = freed = 0
+        for alg in ALGORITHMS:
+            top = os.path.join(self.objects, alg.lower())
+            for dirpath, _, filenames in os.walk(top):
+                for fname in filenames:
+                    full = os.path.join(dirpath, fname)
+                    hexd = os.path.basename(dirpath) + fname
+                    try:
+                        digest = base64.b64encode(bytes.fromhex(hexd)).decode()
+                        st = os.stat(full)
+                    except (ValueError, OSError):
+                        continue
+                    if digest not in used and st.st_mtime < cutoff:
+                        with contextlib.suppress(OSError):
+                            os.unlink(full)
+                            removed += 1
+                            freed += st.st_size
+        return purged, removed, freed
 
 
 def _is_lookup_path(path: str) -> bool:
@@ -704,6 +749,22 @@ def _is_lookup_path(path: str) -> bool:
     except InvalidPath:
         return False
     return True
+
+
+def _syncfs(path: str) -> None:
+    """Flush the filesystem holding ``path`` (Linux ``syncfs``; ``sync`` elsewhere).  One call
+    per log is far cheaper than an fsync per blob (measured: 27 vs 143 us per 4 KiB file)."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            if libc.syncfs(fd) == 0:
+                return
+        finally:
+            os.close(fd)
+    except (OSError, AttributeError):
+        pass
+    os.sync()
 
 
 def _check_metadata(metadata: dict[str, Any] | None) -> dict[str, Any]:
