@@ -2,37 +2,41 @@
 
 from __future__ import annotations
 
-import urllib.parse
+import threading
 from typing import IO, cast
 
 import requests
 import urllib3
 
 from .errors import AuthError, FetchError
+from .fsutil import redact_uri
 
 CONNECT_TIMEOUT = 10.0
 READ_TIMEOUT = 60.0  # a stalled body fails instead of hanging (the W&B SDK has none)
 
-_session = requests.Session()
+_local = threading.local()
 
 
-def _redact(url: str) -> str:
-    parts = urllib.parse.urlsplit(url)
-    return urllib.parse.urlunsplit((parts.scheme, parts.hostname or "", parts.path, "", ""))
+def _session() -> requests.Session:
+    """One session per thread: requests.Session is not documented as thread-safe."""
+    session: requests.Session | None = getattr(_local, "session", None)
+    if session is None:
+        session = _local.session = requests.Session()
+    return session
 
 
 def open_url(url: str, *, headers: dict[str, str] | None = None) -> IO[bytes]:
     """GET ``url`` and return its body as a stream.  Errors never show query strings."""
     try:
-        resp = _session.get(url, headers=headers, stream=True, timeout=(CONNECT_TIMEOUT, READ_TIMEOUT))
+        resp = _session().get(url, headers=headers, stream=True, timeout=(CONNECT_TIMEOUT, READ_TIMEOUT))
     except requests.RequestException as exc:
-        raise FetchError(f"GET {_redact(url)} failed: {type(exc).__name__}") from exc
+        raise FetchError(f"GET {redact_uri(url)} failed: {type(exc).__name__}") from exc
     if resp.status_code in (401, 403):
         resp.close()
-        raise AuthError(f"GET {_redact(url)}: HTTP {resp.status_code}")
+        raise AuthError(f"GET {redact_uri(url)}: HTTP {resp.status_code}")
     if resp.status_code != 200:
         resp.close()
-        raise FetchError(f"GET {_redact(url)}: HTTP {resp.status_code}")
+        raise FetchError(f"GET {redact_uri(url)}: HTTP {resp.status_code}")
     resp.raw.decode_content = True
     return cast(IO[bytes], _Body(resp, url))
 
@@ -50,7 +54,7 @@ class _Body:
         try:
             return cast(bytes, self._resp.raw.read(None if size < 0 else size))
         except (urllib3.exceptions.HTTPError, requests.RequestException) as exc:
-            raise FetchError(f"GET {_redact(self._url)}: body failed: {type(exc).__name__}") from exc
+            raise FetchError(f"GET {redact_uri(self._url)}: body failed: {type(exc).__name__}") from exc
 
     def close(self) -> None:
         self._resp.close()

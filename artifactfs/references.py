@@ -12,6 +12,7 @@ import urllib.parse
 from typing import IO
 
 from .errors import FetchError
+from .fsutil import redact_uri
 from .manifest import Entry
 from .registry.base import BlobSource
 
@@ -30,14 +31,5 @@ def reference_source(entry: Entry) -> BlobSource:
         def opener() -> IO[bytes]:
             return open_url(ref)
 
-        return BlobSource(_redact(entry.ref), open=opener)
+        return BlobSource(redact_uri(entry.ref), open=opener)
     raise FetchError(f"reference scheme {url.scheme!r} of {entry.path!r} is not supported")
-
-
-def _redact(uri: str) -> str:
-    """A URI fit for logs: no user info, no query string (presigned URLs carry secrets)."""
-    url = urllib.parse.urlsplit(uri)
-    host = url.hostname or ""
-    if url.port:
-        host = f"{host}:{url.port}"
-    return urllib.parse.urlunsplit((url.scheme, host, url.path, "", ""))

@@ -23,7 +23,6 @@ import contextlib
 import io
 import logging
 import os
-import secrets
 import sqlite3
 import stat
 import time
@@ -34,6 +33,7 @@ from typing import IO, Any
 import diskcache
 
 from .errors import DigestMismatch, FetchError, RegistryError
+from .fsutil import make_temp, remove_stale
 from .manifest import Entry, b64_digest, hash_fd, new_hasher
 
 log = logging.getLogger(__name__)
@@ -159,8 +159,7 @@ class BlobStore:
             raise FetchError(f"caching {what} failed: {exc}") from exc
 
     def _fill(self, key: str, entry: Entry, opener: Callable[[], IO[bytes]], what: str) -> Blob:
-        path = os.path.join(self.tmp, f"{os.getpid()}-{secrets.token_hex(8)}.part")
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        fd, path = make_temp(self.tmp, ".part", os.O_RDWR)
         published = False
         try:
             try:
@@ -264,12 +263,7 @@ class BlobStore:
 
     def clean_tmp(self, max_age: float = 3600.0) -> None:
         """Delete temp files of fills that died (killed daemons) more than ``max_age`` ago."""
-        cutoff = time.time() - max_age
-        with contextlib.suppress(OSError), os.scandir(self.tmp) as it:
-            for item in it:
-                with contextlib.suppress(OSError):
-                    if item.stat().st_mtime < cutoff:
-                        os.unlink(item.path)
+        remove_stale(self.tmp, max_age)
 
 
 def copy_verified(src: IO[bytes], fd: int, entry: Entry, what: str) -> int:

@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from .errors import ArtifactNotFound, EntryNotFound, InvalidReference, NotFound
+from .fsutil import redact_uri
 from .manifest import Entry
 from .names import Ref, check_name, parse_version
 from .registry.base import Registry, VersionInfo, iso_time
@@ -322,18 +323,8 @@ class Tree:
                 "user.artifact.entry.size": str(node.entry.size).encode(),
             }
             if node.entry.ref is not None:
-                out["user.artifact.entry.ref"] = _redact_uri(node.entry.ref).encode()
+                out["user.artifact.entry.ref"] = redact_uri(node.entry.ref).encode()
             return out
         if node.kind is Kind.ROOT and stats is not None:
             return {"user.artifactfs.stats": json.dumps(stats(), sort_keys=True).encode()}
         return {}
-
-
-def _redact_uri(uri: str) -> str:
-    from urllib.parse import urlsplit, urlunsplit
-
-    parts = urlsplit(uri)
-    netloc = parts.hostname or ""
-    if parts.port:
-        netloc += f":{parts.port}"
-    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))

@@ -31,6 +31,7 @@ import sqlite3
 import stat
 import threading
 import time
+import urllib.parse
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -48,6 +49,7 @@ from ..errors import (
     RegistryError,
     SourceError,
 )
+from ..fsutil import make_temp, remove_stale
 from ..manifest import ALGORITHMS, MANIFEST_ALGORITHM, MD5, Entry, artifact_digest, b64_digest, hex_from_b64, new_hasher
 from ..names import LATEST, Ref, check_alias, check_entry_path, check_name, split_dir
 from .base import BlobSource, CollectionInfo, DirEntry, Registry, VersionInfo
@@ -139,6 +141,7 @@ class LocalRegistry(Registry):
         self._pks: dict[str, int] = {}  # artifact id -> versions row id
         self._connections: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
+        self._read_only = False
         try:
             self._init_schema()
         except sqlite3.Error as exc:
@@ -150,17 +153,33 @@ class LocalRegistry(Registry):
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
         if conn is None:
             try:
-                conn = sqlite3.connect(self.db_path, isolation_level=None, check_same_thread=False)
-                conn.execute("PRAGMA busy_timeout = 60000")
-                conn.execute("PRAGMA foreign_keys = ON")
-                conn.execute("PRAGMA journal_mode = WAL")
-                conn.execute("PRAGMA synchronous = NORMAL")
+                conn = self._connect()
             except sqlite3.Error as exc:
                 raise RegistryError(f"cannot open registry database {self.db_path}: {exc}") from exc
             self._local.conn = conn
             with self._lock:
                 self._connections.append(conn)
         return conn
+
+    def _connect(self) -> sqlite3.Connection:
+        if not self._read_only:
+            conn = sqlite3.connect(self.db_path, isolation_level=None, check_same_thread=False)
+            try:
+                conn.execute("PRAGMA busy_timeout = 60000")
+                conn.execute("PRAGMA foreign_keys = ON")
+                conn.execute("PRAGMA synchronous = NORMAL")
+                conn.execute("PRAGMA schema_version").fetchall()
+                return conn
+            except sqlite3.OperationalError as exc:
+                conn.close()
+                if os.access(self.root, os.W_OK) and os.access(self.db_path, os.W_OK):
+                    raise
+                # A registry we may not write (another user's, a read-only volume): WAL readers
+                # need to write its -shm file, so read it as an immutable snapshot instead.
+                log.warning("registry %s is read-only here: reading it as a snapshot (%s)", self.root, exc)
+                self._read_only = True
+        uri = "file:" + urllib.parse.quote(self.db_path) + "?mode=ro&immutable=1"
+        return sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
 
     @contextlib.contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
@@ -181,6 +200,15 @@ class LocalRegistry(Registry):
             raise
 
     def _init_schema(self) -> None:
+        try:
+            row = self._db().execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
+        except (sqlite3.OperationalError, RegistryError):
+            row = None  # a new database: create the schema below
+        if row is not None:
+            if row[0] != str(SCHEMA_VERSION):
+                raise RegistryError(f"registry {self.root} has schema {row[0]}, expected {SCHEMA_VERSION}")
+            return  # opening an existing registry writes nothing
+        self._db().execute("PRAGMA journal_mode = WAL")  # persistent: set once, at creation
         with self._write() as db:
             for statement in _SCHEMA.split(";"):
                 if statement.strip():
@@ -414,13 +442,7 @@ class LocalRegistry(Registry):
         return path
 
     def _clean_tmp(self) -> None:
-        """Remove temp blobs left by writers that died more than an hour ago."""
-        cutoff = time.time() - _TMP_MAX_AGE
-        with contextlib.suppress(OSError), os.scandir(self._tmp_dir()) as it:
-            for item in it:
-                with contextlib.suppress(OSError):
-                    if item.stat().st_mtime < cutoff:
-                        os.unlink(item.path)
+        remove_stale(self._tmp_dir(), _TMP_MAX_AGE)
 
     def store_file(self, src: str, alg: str = MD5) -> tuple[str, int]:
         """Copy ``src`` into the blob store while hashing it; return ``(b64 digest, size)``.
@@ -430,7 +452,7 @@ class LocalRegistry(Registry):
         """
         hasher = new_hasher(alg)
         size = 0
-        fd, tmp = _mkstemp(self._tmp_dir())
+        fd, tmp = make_temp(self._tmp_dir())
         try:
             with open(fd, "wb", closefd=True) as out, open(src, "rb") as f:
                 while chunk := f.read(CHUNK):
@@ -496,7 +518,7 @@ class LocalRegistry(Registry):
         aliases = [check_alias(a) for a in aliases]
         if digest_algorithm not in ALGORITHMS:
             raise InvalidReference(f"unsupported digest algorithm {digest_algorithm!r}")
-        metadata = _check_metadata(metadata)
+        metadata = check_metadata(metadata)
         self._check_type(ref, type)  # before copying a whole tree; _commit checks again
         self._clean_tmp()
         extra = {} if digest_algorithm == MD5 else {"alg": digest_algorithm}
@@ -674,7 +696,7 @@ class LocalRegistry(Registry):
     ) -> VersionInfo:
         """Change a version's description and/or metadata (its content never changes)."""
         if metadata is not None:
-            metadata = _check_metadata(metadata)
+            metadata = check_metadata(metadata)
         with self._write() as db:
             pk = self._version_pk(ref)
             if description is not None:
@@ -767,7 +789,7 @@ def _syncfs(path: str) -> None:
     os.sync()
 
 
-def _check_metadata(metadata: dict[str, Any] | None) -> dict[str, Any]:
+def check_metadata(metadata: dict[str, Any] | None) -> dict[str, Any]:
     if metadata is None:
         return {}
     if not isinstance(metadata, dict):
@@ -777,16 +799,6 @@ def _check_metadata(metadata: dict[str, Any] | None) -> dict[str, Any]:
     except (TypeError, ValueError) as exc:
         raise InvalidReference(f"metadata is not JSON-serialisable: {exc}") from exc
     return metadata
-
-
-def _mkstemp(directory: str) -> tuple[int, str]:
-    for _ in range(100):
-        path = os.path.join(directory, f"{os.getpid()}-{secrets.token_hex(8)}.tmp")
-        try:
-            return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), path
-        except FileExistsError:
-            continue
-    raise RegistryError(f"cannot create a temp file in {directory}")
 
 
 def _dirs_of(paths: Iterable[str]) -> set[str]:
