@@ -366,16 +366,18 @@ class Artifact:
         problems = [f"missing {p}" for p in sorted(expected.keys() - found)]
         problems += [f"unexpected {p}" for p in sorted(found - expected.keys())]
         for path in sorted(expected.keys() & found):
-            if not _matches(os.path.join(root, *path.split("/")), expected[path]):
+            if not _matches(os.path.join(root, *path.split("/")), expected[path], follow=True):
                 problems.append(f"content of {path} differs from digest {expected[path].digest}")
         if problems:
             shown = "; ".join(problems[:5]) + (f"; and {len(problems) - 5} more" if len(problems) > 5 else "")
             raise VerificationError(f"{root} does not match {self.qualified_name}: {shown}")
 
 
-def _matches(path: str, entry: Entry) -> bool:
+def _matches(path: str, entry: Entry, *, follow: bool = False) -> bool:
+    """Whether ``path`` holds ``entry``'s bytes.  A download never counts a symlink as the file
+    (it replaces it); ``verify`` follows links, as the walk of the directory does."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        fd = os.open(path, os.O_RDONLY | (0 if follow else os.O_NOFOLLOW))
     except OSError:
         return False
     try:

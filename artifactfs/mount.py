@@ -25,7 +25,7 @@ from .errors import ArtifactFSError, MountError
 from .fetcher import Fetcher
 from .ops import Operations
 from .registry.local import LocalRegistry
-from .store import BlobStore
+from .store import BlobStore, _claim_directory
 from .tree import Tree
 
 log = logging.getLogger(__name__)
@@ -157,6 +157,9 @@ def start_daemon(args: argparse.Namespace) -> int:
     )
     if args.log_file:
         args.log_file = os.path.abspath(args.log_file)
+    # Claim (or refuse) the cache directory before the default log is written into it: a
+    # refused directory (--cache-dir ~ by mistake) must be left as it was, without a mount.log.
+    _claim_directory(args.cache_dir)
     read_fd, write_fd = os.pipe()
     cmd = [sys.executable, "-m", "artifactfs", "mount", *_forward(args), "--foreground", "--ready-fd", str(write_fd)]
     log_file = args.log_file or os.path.join(args.cache_dir, "mount.log")

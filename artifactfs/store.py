@@ -255,10 +255,10 @@ class BlobStore:
             self._memo.pop(key, None)
             self._cache.delete(trust_key)
             raise DigestMismatch(what, f"{entry.digest} ({entry.size} bytes)", f"{actual} ({size} bytes)")
-        self._memo[key] = (path, before, time.monotonic())
         if persist:
             self._cache.set(trust_key, (path, *before))
             self._make_room(keep=trust_key)
+        self._memo[key] = (path, before, time.monotonic())  # only once the record is stored
         return Blob(fd=fd, size=size)
 
     def clean_tmp(self, max_age: float = 3600.0) -> None:

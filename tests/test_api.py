@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -87,6 +88,54 @@ def test_download_refuses_a_corrupt_blob(api: Api, tmp_path: Path) -> None:
         art.download(tmp_path / "dl")
     assert not (tmp_path / "dl" / "train" / "000002.txt").exists()
     assert not list((tmp_path / "dl").rglob("*.tmp"))
+
+
+def files_below(root: Path) -> list[str]:
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*"))
+
+
+def test_download_does_not_write_through_a_symlink(api: Api, tmp_path: Path) -> None:
+    """A directory of the destination that is a symlink to elsewhere (root/train -> outside)
+    must not carry the download out of root."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "keep.txt").write_bytes(b"not yours\n")
+    root = tmp_path / "dl"
+    root.mkdir()
+    (root / "train").symlink_to(outside, target_is_directory=True)
+    art = api.artifact("acme/vision/ds")
+    with pytest.raises(InvalidPath, match="outside"):
+        art.download(root)
+    assert files_below(outside) == ["keep.txt"]
+    assert (outside / "keep.txt").read_bytes() == b"not yours\n"
+    assert (root / "train").is_symlink()
+
+
+@pytest.mark.parametrize("layer", ["registry", "download-alone"])
+def test_download_refuses_entry_paths_edited_to_escape(
+    api: Api, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, layer: str
+) -> None:
+    """A registry database edited (or corrupted) to hold "../escaped.txt" writes nothing
+    outside the download root: the registry refuses the row, and download's own check would
+    refuse the path even if the registry let it through."""
+    if layer == "download-alone":
+        import artifactfs.registry.local
+
+        monkeypatch.setattr(artifactfs.registry.local, "check_entry_path", lambda path: path)
+    conn = sqlite3.connect(tmp_path / "registry" / "registry.sqlite")
+    try:
+        with conn:
+            cur = conn.execute("UPDATE entries SET name = '../escaped.txt' WHERE parent = '' AND name = 'README.md'")
+            assert cur.rowcount == 1
+    finally:
+        conn.close()
+    base = tmp_path / "downloads"
+    base.mkdir()
+    with pytest.raises(InvalidPath):
+        api.artifact("acme/vision/ds").download(base / "dl")
+    assert not (base / "escaped.txt").exists()
+    assert not (tmp_path / "escaped.txt").exists()
+    assert [p for p in files_below(base) if not p.startswith("dl")] == []
 
 
 def test_verify_reports_differences(api: Api, tmp_path: Path) -> None:

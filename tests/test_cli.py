@@ -303,6 +303,47 @@ def test_delete_latest_moves_latest(registry: Path) -> None:
     assert run_json("info", f"{COLL}:v0", registry=registry)["aliases"] == ["latest", "best"]
 
 
+def _blob(root: Path, data: bytes) -> Path:
+    hexd = hashlib.md5(data).hexdigest()
+    return root / "objects" / "md5" / hexd[:2] / hexd[2:]
+
+
+def test_gc_purges_deleted_versions_and_their_blobs(tmp_path: Path) -> None:
+    root = tmp_path / "registry"
+    shared, only = b"in every version\n", [bytes([i]) * (5000 + i) for i in range(3)]
+    for i in range(3):
+        src = write_tree(tmp_path / f"s{i}", {"shared.txt": shared, f"only{i}.bin": only[i]})
+        run("log", src, COLL, "--type", "dataset", registry=root)
+
+    assert last_line(run("delete", f"{COLL}:v0", registry=root)) == "deleted acme/vision/ds:v0"
+    # Gone for the CLI at once ...
+    listed = [line.split("\t")[0] for line in run("ls", COLL, registry=root).stdout.splitlines()]
+    assert listed == [f"{COLL}:v1", f"{COLL}:v2"]
+    proc = run("info", f"{COLL}:v0", registry=root, check=False)
+    assert proc.returncode == 1
+    assert_one_line_error(proc, "v0")
+    # ... but its content stays until gc (a mount may be reading it).
+    assert _blob(root, only[0]).exists()
+
+    proc = run("gc", "--grace", "0", registry=root)
+    assert proc.stdout.splitlines() == ["purged 1 deleted versions, removed 1 unused blobs (4.9 KiB)"]
+    assert not _blob(root, only[0]).exists()
+    for data in (shared, only[1], only[2]):
+        assert _blob(root, data).exists()
+
+    # Default grace: the deleted version is purged, but no blob young enough to belong to a
+    # log still running is removed.
+    run("delete", f"{COLL}:v1", registry=root)
+    proc = run("gc", registry=root)
+    assert proc.stdout.splitlines() == ["purged 1 deleted versions, removed 0 unused blobs (0 B)"]
+    for data in (shared, only[1], only[2]):
+        assert _blob(root, data).exists()
+    assert [v["version"] for v in run_json("ls", COLL, registry=root)] == ["v2"]
+    out = tmp_path / "out"
+    run("get", f"{COLL}:v2", "--root", str(out), registry=root)
+    assert (out / "shared.txt").read_bytes() == shared and (out / "only2.bin").read_bytes() == only[2]
+
+
 # -- environment ---------------------------------------------------------------------------------
 
 
@@ -424,7 +465,7 @@ def test_usage_errors(registry: Path, tmp_path: Path, args: list[str]) -> None:
 
 
 @pytest.mark.parametrize(
-    "command", [["info", COLL], ["ls"], ["alias", "add", f"{COLL}:v0", "x"], ["delete", f"{COLL}:v0"]]
+    "command", [["info", COLL], ["ls"], ["alias", "add", f"{COLL}:v0", "x"], ["delete", f"{COLL}:v0"], ["gc"]]
 )
 def test_missing_registry_is_not_created(tmp_path: Path, command: list[str]) -> None:
     root = tmp_path / "no-registry"

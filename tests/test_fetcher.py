@@ -6,8 +6,10 @@ injector: it counts opens, can hold a download until released, serve corrupted b
 
 from __future__ import annotations
 
+import errno
 import io
 import os
+import sqlite3
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator
@@ -326,6 +328,99 @@ def test_read_error_mid_stream_is_a_fetch_error(store: BlobStore) -> None:
     run(main)
     assert fetcher.stats.fetch_errors == 1
     assert os.listdir(store.tmp) == []
+
+
+STORE_FAULTS = {
+    "sqlite-locked": lambda: sqlite3.OperationalError("database is locked"),
+    "disk-full": lambda: OSError(errno.ENOSPC, "No space left on device"),
+}
+
+
+class _BrokenSet:
+    """Stands in for the diskcache ``set`` of a real store: fails while ``broken``."""
+
+    def __init__(self, real: Callable[..., Any], fault: Callable[[], Exception]) -> None:
+        self.real = real
+        self.fault = fault
+        self.broken = True
+        self.calls = 0
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        self.calls += 1
+        if self.broken:
+            raise self.fault()
+        return self.real(*args, **kwargs)
+
+
+@pytest.mark.parametrize("fault", STORE_FAULTS.values(), ids=STORE_FAULTS.keys())
+def test_store_fault_during_fill_is_a_fetch_error_with_backoff(
+    store: BlobStore, src: FaultySource, monkeypatch: pytest.MonkeyPatch, fault: Callable[[], Exception]
+) -> None:
+    """A cache that cannot store (SQLite busy or broken, disk full) fails the read like a
+    network fault: FetchError, counted, remembered for the backoff; never a raw exception."""
+    broken = _BrokenSet(store._cache.set, fault)
+    monkeypatch.setattr(store._cache, "set", broken)
+    fetcher = Fetcher(FakeRemote(src), store, failure_backoff=2.0)
+    clock = trio.testing.MockClock()
+
+    async def main() -> None:
+        with pytest.raises(FetchError) as info:
+            await fetcher.get(VERSION, ENTRY)
+        assert str(fault()) in str(info.value)
+        assert fetcher.stats.fetch_errors == 1
+        assert (src.opens, broken.calls) == (1, 1)
+        assert os.listdir(store.tmp) == []  # the verified temp file is not left behind
+
+        broken.broken = False
+        clock.jump(1.0)
+        with pytest.raises(FetchError):  # within the backoff: remembered, nothing retried
+            await fetcher.get(VERSION, ENTRY)
+        assert (src.opens, broken.calls) == (1, 1)
+        assert fetcher.stats.fetch_errors == 1
+
+        clock.jump(1.5)
+        assert content(await fetcher.get(VERSION, ENTRY)) == DATA
+        assert (src.opens, broken.calls) == (2, 2)
+
+    run(main, clock=clock)
+    assert fetcher.stats.fetches == 1
+    assert fetcher.stats.digest_mismatches == 0
+    assert ENTRY.cache_key in store
+
+
+@pytest.mark.parametrize("fault", STORE_FAULTS.values(), ids=STORE_FAULTS.keys())
+def test_store_fault_while_recording_trust_is_a_fetch_error_with_backoff(
+    sample_registry: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fault: Callable[[], Exception]
+) -> None:
+    reg_dir, src1 = sample_registry
+    registry = LocalRegistry(reg_dir)
+    store = BlobStore(str(tmp_path / "cache"))
+    try:
+        version = registry.resolve(parse_ref("acme/vision/model:v0"))
+        entry = registry.get_entry(version, "model.pt").entry
+        assert entry is not None and entry.size > INLINE_VERIFY_MAX  # hashed in a thread, recorded
+        broken = _BrokenSet(store._cache.set, fault)
+        monkeypatch.setattr(store._cache, "set", broken)
+        fetcher = Fetcher(registry, store, failure_backoff=2.0)
+        clock = trio.testing.MockClock()
+
+        async def main() -> None:
+            with pytest.raises(FetchError):
+                await fetcher.get(version, entry)
+            assert fetcher.stats.fetch_errors == 1
+            broken.broken = False
+            clock.jump(1.0)
+            with pytest.raises(FetchError):
+                await fetcher.get(version, entry)
+            assert fetcher.stats.fetch_errors == 1 and broken.calls == 1
+            clock.jump(1.5)
+            assert content(await fetcher.get(version, entry)) == (src1.parent / "model" / "model.pt").read_bytes()
+
+        run(main, clock=clock)
+        assert fetcher.stats.digest_mismatches == 0
+    finally:
+        store.close()
+        registry.close()
 
 
 def test_failure_of_one_key_does_not_block_others(store: BlobStore, src: FaultySource) -> None:

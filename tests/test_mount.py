@@ -18,6 +18,7 @@ import signal
 import sqlite3
 import stat
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -26,6 +27,7 @@ from pathlib import Path
 import pytest
 from conftest import SAMPLE_FILES, Mount, Mounter, force_unmount, is_mounted, run_cli, write_tree
 
+from artifactfs.errors import MountError
 from artifactfs.names import parse_ref
 from artifactfs.registry.local import LocalRegistry
 
@@ -596,6 +598,51 @@ def test_remount_reuses_the_cache(mounter: Mounter, sample_registry: tuple[Path,
     assert stat.S_IMODE(os.stat(second.cache_dir).st_mode) == 0o700
 
 
+def read_uncached(path: Path) -> bytes:
+    """The file's bytes, read through the filesystem rather than the kernel's page cache (the
+    mount keeps it across opens)."""
+    with open(path, "rb", buffering=0) as f:
+        os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
+        return f.read()
+
+
+def test_cache_size_evicts_the_least_recently_used_blob(
+    mounter: Mounter, sample_registry: tuple[Path, Path], tmp_path: Path
+) -> None:
+    reg, src1 = sample_registry
+    model1 = (src1.parent / "model" / "model.pt").read_bytes()
+    model2 = os.urandom(300_000)
+    registry = LocalRegistry(reg)
+    try:
+        registry.log_dir(
+            write_tree(tmp_path / "model2", {"model.pt": model2}), parse_ref("acme/vision/model2"), type="model"
+        )
+    finally:
+        registry.close()
+    key1, key2 = (f"md5/{hashlib.md5(d).hexdigest()}" for d in (model1, model2))
+
+    def blobs() -> set[str]:
+        return {k for k in cache_keys(m.cache_dir) if k.startswith("md5/")}
+
+    def blob_files() -> list[Path]:
+        return list(m.cache_dir.rglob("*.val"))
+
+    # room for one 300 KB model (and diskcache's database), not for two
+    m = mounter(reg, "--local-blobs", "copy", "--cache-size", "400K")
+    path1, path2 = project(m) / "model:v0" / "model.pt", project(m) / "model2:v0" / "model.pt"
+    assert read_uncached(path1) == model1
+    assert blobs() == {key1} and len(blob_files()) == 1
+    assert read_uncached(path2) == model2
+    assert blobs() == {key2} and len(blob_files()) == 1
+    assert m.stats()["fetches"] == 2
+
+    assert read_uncached(path1) == model1  # evicted: fetched again, and model 2 makes room
+    stats = m.stats()
+    assert stats["fetches"] == 3 and stats["cache_hits"] == 0
+    assert blobs() == {key1} and len(blob_files()) == 1
+    assert stats["fetch_errors"] == stats["digest_mismatches"] == 0
+
+
 def test_existing_cache_dir_is_made_private(
     mounter: Mounter, sample_registry: tuple[Path, Path], tmp_path: Path
 ) -> None:
@@ -727,6 +774,62 @@ def test_background_mount_failures(
         assert _daemon_pids(mnt, tmp_path) == []
 
 
+def test_background_mount_refuses_a_foreign_cache_dir_untouched(
+    sample_registry: tuple[Path, Path], tmp_path: Path, require_fuse: None
+) -> None:
+    """--cache-dir pointed at a directory of other files (~ by mistake): one line, exit 1, and
+    the directory left exactly as it was: no chmod, no mount.log written into it."""
+    reg, _ = sample_registry
+    mnt = tmp_path / "bg-mnt"
+    mnt.mkdir()
+    foreign = tmp_path / "home"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("mine\n")
+    foreign.chmod(0o755)
+    with _background_cleanup(mnt, tmp_path):
+        proc = run_cli("mount", str(reg), str(mnt), "--cache-dir", str(foreign), check=False)
+        assert proc.returncode == 1
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1 and "not an artifactfs cache" in lines[0], proc.stderr
+        assert os.listdir(foreign) == ["notes.txt"]
+        assert stat.S_IMODE(os.stat(foreign).st_mode) == 0o755
+        assert not is_mounted(mnt)
+        assert _daemon_pids(mnt, tmp_path) == []
+
+
+def test_background_mount_without_fusermount3(sample_registry: tuple[Path, Path], tmp_path: Path) -> None:
+    reg, _ = sample_registry
+    mnt = tmp_path / "bg-mnt"
+    mnt.mkdir()
+    env = {**ENV, "PATH": "/nonexistent"}
+    env.pop("ARTIFACTFS_REGISTRY", None)
+    with _background_cleanup(mnt, tmp_path):
+        proc = subprocess.run(
+            [sys.executable, "-m", "artifactfs", "mount", str(reg), str(mnt), "--cache-dir", str(tmp_path / "c")],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=60,
+        )
+        assert proc.returncode == 1, proc.stderr
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1, proc.stderr
+        assert lines[0].startswith("artifactfs: error: ") and "fusermount3" in lines[0]
+        assert "Traceback" not in proc.stderr
+        assert proc.stdout == ""
+        assert not is_mounted(mnt)
+        assert _daemon_pids(mnt, tmp_path) == []
+
+
+def test_check_fuse_without_dev_fuse(monkeypatch: pytest.MonkeyPatch) -> None:
+    from artifactfs import mount
+
+    real_exists = os.path.exists
+    monkeypatch.setattr(os.path, "exists", lambda p: False if os.fspath(p) == "/dev/fuse" else real_exists(p))
+    with pytest.raises(MountError, match="/dev/fuse"):
+        mount.check_fuse()
+
+
 def test_background_mount_refuses_a_mount_point_in_use(
     mounter: Mounter, sample_registry: tuple[Path, Path], tmp_path: Path
 ) -> None:
@@ -807,6 +910,56 @@ def test_new_version_appears_after_the_ttl(
     assert (latest / "README.md").read_bytes() == b"# v2\n"
     assert sorted(os.listdir(latest)) == ["README.md", "new.txt"]
     assert os.getxattr(project(m) / "ds:v1", "user.artifact.aliases") == b""
+
+
+def _read_error(path: Path) -> int | None:
+    """The errno of reading ``path`` (bypassing the page cache), or None if it reads."""
+    try:
+        read_uncached(path)
+    except OSError as exc:
+        return exc.errno
+    return None
+
+
+def test_deleted_version_under_a_mount(mounter: Mounter, sample_registry: tuple[Path, Path]) -> None:
+    """``artifactfs delete`` is soft: an open file keeps reading, the version leaves the
+    listing after --alias-ttl; ``gc`` then removes its content, and new reads of it fail
+    cleanly while the daemon and the other versions carry on."""
+    reg, _ = sample_registry
+    m = mounter(reg, "--alias-ttl", "1")
+    version = v1(m)
+    data = SAMPLE_FILES[CORRUPT]  # content only ds:v1 has
+    unread = "train/deep/er/still/x.bin"  # ditto, never opened before the delete
+    assert "ds:v1" in os.listdir(project(m))
+    with open(version / CORRUPT, "rb", buffering=0) as f:
+        assert f.read(100) == data[:100]
+        run_cli("delete", "acme/vision/ds:v1", "--registry", str(reg))
+        assert f.read() == data[100:]  # the open file keeps reading
+        time.sleep(1.3)  # past --alias-ttl
+        names = os.listdir(project(m))
+        assert "ds:v1" not in names and "ds:v0" in names, names
+        assert os.readlink(project(m) / "ds:latest") == "ds:v0"
+        # soft-deleted: still readable by whoever holds it, until gc
+        assert os.pread(f.fileno(), 50, 1000) == data[1000:1050]
+        assert (version / unread).read_bytes() == SAMPLE_FILES[unread]
+
+        proc = run_cli("gc", "--grace", "0", "--registry", str(reg))
+        assert proc.stdout.startswith("purged 1 deleted versions"), proc.stdout
+        assert not blob_path(reg, data).exists()
+        # The file already open still reads (the daemon holds the blob open) ...
+        os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
+        assert os.pread(f.fileno(), 50, 2000) == data[2000:2050]
+    # ... but new reads fail with an errno, not a hang or a crash: a file the kernel already
+    # knows has lost its blob (EIO), a name never looked up is gone (ENOENT).
+    assert _read_error(version / CORRUPT) == errno.EIO
+    assert _read_error(version / unread) == errno.EIO
+    assert _read_error(version / "README.md") == errno.ENOENT
+    assert m.stats()["fetch_errors"] >= 1
+    assert m.proc.poll() is None, m.log()
+    assert (project(m) / "ds:v0" / "README.md").read_bytes() == b"# v0\n"
+    assert (project(m) / "model:v0" / "model.pt").stat().st_size == 300_000
+    assert read_uncached(project(m) / "ds:latest" / "train" / "000001.txt") == b"one\n"
+    assert "Traceback" not in m.log()
 
 
 @pytest.mark.parametrize("allow_other", [False, True], ids=["default", "--allow-other"])

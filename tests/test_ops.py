@@ -116,6 +116,52 @@ def test_lookup_counts_references_for_forget(ops: Operations) -> None:
     run(main)
 
 
+def test_forget_never_raises(
+    ops: Operations, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """pyfuse3 must not see an exception from forget (it has no reply to fail): a broken
+    forget is logged, and the other inodes of the batch are still forgotten."""
+    seen: list[tuple[int, int]] = []
+
+    def broken(inode: int, nlookup: int) -> None:
+        seen.append((inode, nlookup))
+        raise RuntimeError("a bug in the tree")
+
+    monkeypatch.setattr(ops.tree, "forget", broken)
+
+    async def main() -> None:
+        await ops.forget([(5, 1), (6, 2)])  # returns: no FUSEError, no RuntimeError
+
+    run(main)
+    assert seen == [(5, 1), (6, 2)]
+    assert "forget(5, 1) failed" in caplog.text and "a bug in the tree" in caplog.text
+
+
+def test_releasedir_drops_nodes_the_kernel_never_got(ops: Operations) -> None:
+    """``ls | head``: readdir made a node for every entry, the kernel got (and counted) only
+    some; closing the directory drops the others instead of keeping them forever."""
+
+    async def main() -> None:
+        version = await lookup_path(ops, "acme", "vision", "ds:v1")
+        fh = await ops.opendir(version.st_ino, CTX)
+        listing = ops.tree.listdir(version.st_ino)  # what readdir keeps in the handle
+        ops._dirs[fh].children = listing
+        handed_out = dict(listing)["README.md"]
+        ops.tree.remember(handed_out)  # the one entry the reader got
+        before = len(ops.tree)
+        await ops.releasedir(fh)
+        assert len(ops.tree) == before - (len(listing) - 1)
+        assert (await ops.getattr(handed_out.inode, CTX)).st_ino == handed_out.inode
+        for name, node in listing:
+            if node is not handed_out:
+                with pytest.raises(pyfuse3.FUSEError) as info:
+                    await ops.getattr(node.inode, CTX)
+                assert fuse_errno(info) == errno.ENOENT, name
+        assert (await ops.getattr(version.st_ino, CTX)).st_ino == version.st_ino
+
+    run(main)
+
+
 def test_missing_names_get_negative_entries(ops: Operations) -> None:
     async def main() -> None:
         project = await lookup_path(ops, "acme", "vision")

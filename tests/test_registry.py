@@ -8,6 +8,7 @@ import hashlib
 import os
 import re
 import signal
+import sqlite3
 import stat
 import subprocess
 import sys
@@ -576,6 +577,88 @@ def test_blob_layout(reg: LocalRegistry, tmp_path: Path) -> None:
     assert list((root / "objects" / "tmp").iterdir()) == []
 
 
+def _flip_a_byte(blob: Path) -> None:
+    blob.chmod(0o644)
+    data = bytearray(blob.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    blob.write_bytes(bytes(data))
+    blob.chmod(0o444)
+
+
+@pytest.mark.parametrize("target", [COLL, "acme/vision/other"], ids=["same-collection", "other-collection"])
+def test_log_heals_a_corrupt_blob(reg: LocalRegistry, trees: list[Path], target: str) -> None:
+    """Logging content whose blob has rotted on disk writes the blob again: the bytes just
+    hashed are known good, the old file is not."""
+    v0 = log(reg, trees[0])
+    entry = reg.get_entry(v0, "d/b.bin").entry
+    assert entry is not None
+    blob = Path(reg.blob_path(entry.alg, entry.digest))
+    _flip_a_byte(blob)
+    with pytest.raises(AssertionError, match="does not hash to its name"):
+        assert_blobs_intact(Path(reg.root))
+    again = log(reg, trees[0], ref=target)
+    assert again.digest == v0.digest
+    assert assert_blobs_intact(Path(reg.root)) == 2
+    assert blob.read_bytes() == bytes([0]) * 100
+    assert not blob.stat().st_mode & (stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH)
+    assert list((Path(reg.root) / "objects" / "tmp").iterdir()) == []
+
+
+def _edit_db(root: Path, sql: str, *params: object) -> None:
+    """Change a registry's database behind its back (a hand edit, a corrupt or hostile copy)."""
+    conn = sqlite3.connect(root / "registry.sqlite")
+    try:
+        with conn:
+            assert conn.execute(sql, params).rowcount == 1
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize(
+    ("sql", "listed"),
+    [
+        ("UPDATE entries SET name = '../../escaped.txt' WHERE parent = '' AND name = 'a.txt'", ""),
+        ("UPDATE entries SET name = '/etc/passwd' WHERE parent = '' AND name = 'a.txt'", ""),
+        ("UPDATE entries SET parent = 'd/..' WHERE parent = 'd' AND name = 'b.bin'", None),
+    ],
+    ids=["dotdot-name", "absolute-name", "dotdot-parent"],
+)
+def test_unsafe_stored_paths_are_refused(tmp_path: Path, trees: list[Path], sql: str, listed: str | None) -> None:
+    root = tmp_path / "registry"
+    reg = LocalRegistry(root, create=True)
+    try:
+        version = log(reg, trees[0])
+    finally:
+        reg.close()
+    _edit_db(root, sql)
+    reg = LocalRegistry(root)
+    try:
+        version = reg.resolve(R(f"{COLL}:v0"))
+        with pytest.raises(InvalidPath):
+            list(reg.iter_entries(version))
+        with pytest.raises(InvalidPath):
+            reg.manifest(version)
+        if listed is not None:
+            with pytest.raises(InvalidPath):
+                reg.list_dir(version, listed)
+    finally:
+        reg.close()
+
+
+def test_failed_commit_rolls_back_and_the_connection_stays_usable(reg: LocalRegistry, trees: list[Path]) -> None:
+    """A COMMIT that fails (here: a deferred foreign key check) must not leave the connection
+    inside a transaction, where every later write of this process would fail."""
+    log(reg, trees[0])
+    with pytest.raises(RegistryError, match="FOREIGN KEY"), reg._write() as db:
+        db.execute("PRAGMA defer_foreign_keys = ON")  # checked at COMMIT, not at the INSERT
+        db.execute("INSERT INTO aliases VALUES (9999, 'ghost', 9999)")
+    assert not reg._db().in_transaction
+    assert log(reg, trees[1]).version == "v1"
+    assert reg.aliases("acme", "vision") == {("ds", "latest"): 1}
+    count = reg._db().execute("SELECT count(*) FROM aliases WHERE alias = 'ghost'").fetchone()[0]
+    assert count == 0
+
+
 def test_xxh128_blobs(reg: LocalRegistry, tmp_path: Path) -> None:
     files = {"a.txt": b"alpha", "n/b": b"beta"}
     v = log(reg, write_tree(tmp_path / "x", files), digest_algorithm=XXH128)
@@ -811,6 +894,64 @@ def test_concurrent_writers(tmp_path: Path) -> None:
         reg.close()
 
 
+# The child reports its own VmHWM: the peak RSS of its address space after exec.  (The rusage of
+# a forked child also counts the parent's image it was forked from, which is hundreds of MiB late
+# in a full test run.)
+_REPORT_PEAK_RSS = (
+    "import sys, runpy\n"
+    "sys.argv = ['artifactfs', *sys.argv[1:]]\n"
+    "try:\n"
+    "    runpy.run_module('artifactfs', run_name='__main__')\n"
+    "finally:\n"
+    "    hwm = [l for l in open('/proc/self/status') if l.startswith('VmHWM')][0]\n"
+    "    print(hwm.split()[1], file=sys.stderr)\n"
+)
+
+
+@pytest.mark.slow
+def test_logging_many_small_files_keeps_memory_flat(tmp_path: Path) -> None:
+    count = 10_000
+    src = tmp_path / "many"
+    expected: dict[str, str] = {}
+    for i in range(count):
+        rel = f"d{i % 100:02d}/f{i:05d}.txt"
+        data = f"file {i}\n".encode() * (1 + i % 7)
+        path = src / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+        expected[rel] = b64md5(data)
+    root = tmp_path / "registry"
+    argv = cli("log", src, COLL, "--type", "dataset", registry=root)
+    t0 = time.monotonic()
+    proc = subprocess.run(
+        [sys.executable, "-c", _REPORT_PEAK_RSS, *argv[3:]],
+        env=child_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        check=False,
+        timeout=120,
+    )
+    elapsed = time.monotonic() - t0
+    assert proc.returncode == 0, proc.stderr
+    peak_mib = int(proc.stderr.strip().splitlines()[-1]) / 1024  # VmHWM is in kB
+    print(f"logging {count} files: {elapsed:.1f} s, peak RSS {peak_mib:.0f} MiB")
+    assert peak_mib < 120, f"logging {count} small files peaked at {peak_mib:.0f} MiB RSS"
+
+    reg = LocalRegistry(root)
+    try:
+        v = reg.resolve(R(f"{COLL}:latest"))
+        assert v.file_count == count
+        entries = {e.path: e.digest for e in reg.iter_entries(v)}
+        assert len(entries) == count
+        assert entries == expected
+        assert len(reg.list_dir(v, "")) == 100
+        assert len(reg.list_dir(v, "d42")) == count // 100
+    finally:
+        reg.close()
+    assert len(all_blobs(root)) == len(set(expected.values()))
+
+
 @pytest.mark.slow
 def test_logging_big_files_keeps_memory_flat(tmp_path: Path) -> None:
     src = tmp_path / "huge"
@@ -829,21 +970,9 @@ def test_logging_big_files_keeps_memory_flat(tmp_path: Path) -> None:
             expected[f"part{n}.bin"] = base64.b64encode(h.digest()).decode()
 
         root = tmp_path / "registry"
-        # The child reports its own VmHWM: the peak RSS of its address space after exec.  (The
-        # rusage of a forked child also counts the parent's image it was forked from, which is
-        # hundreds of MiB late in a full test run.)
-        report = (
-            "import sys, runpy\n"
-            "sys.argv = ['artifactfs', *sys.argv[1:]]\n"
-            "try:\n"
-            "    runpy.run_module('artifactfs', run_name='__main__')\n"
-            "finally:\n"
-            "    hwm = [l for l in open('/proc/self/status') if l.startswith('VmHWM')][0]\n"
-            "    print(hwm.split()[1], file=sys.stderr)\n"
-        )
         argv = cli("log", src, COLL, "--type", "dataset", registry=root)
         proc = subprocess.run(
-            [sys.executable, "-c", report, *argv[3:]],
+            [sys.executable, "-c", _REPORT_PEAK_RSS, *argv[3:]],
             env=child_env(),
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,

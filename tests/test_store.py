@@ -15,8 +15,8 @@ from typing import IO, cast
 import pytest
 import xxhash
 
-from artifactfs.errors import DigestMismatch, FetchError
-from artifactfs.manifest import EMPTY_MD5_B64, XXH128, Entry, digest_bytes
+from artifactfs.errors import DigestMismatch, FetchError, RegistryError
+from artifactfs.manifest import EMPTY_MD5_B64, MD5, XXH128, Entry, digest_bytes, hash_fd
 from artifactfs.store import BlobStore
 
 MiB = 1 << 20
@@ -79,6 +79,66 @@ def test_existing_cache_dir_is_made_private(tmp_path: Path) -> None:
         assert stat.S_IMODE(os.stat(path).st_mode) == 0o700
     finally:
         s.close()
+
+
+def test_foreign_directory_is_refused_and_left_alone(tmp_path: Path) -> None:
+    """--cache-dir pointed at ~ or /tmp by mistake: refused, and not chmod-ed to 0700."""
+    path = tmp_path / "home"
+    path.mkdir()
+    (path / "notes.txt").write_text("mine\n")
+    os.chmod(path, 0o755)
+    with pytest.raises(RegistryError, match="not an artifactfs cache"):
+        BlobStore(str(path))
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o755
+    assert os.listdir(path) == ["notes.txt"]  # no cache.db, no tmp/
+
+
+def test_a_file_is_refused_as_cache_dir(tmp_path: Path) -> None:
+    path = tmp_path / "file"
+    path.write_text("x")
+    os.chmod(path, 0o644)
+    with pytest.raises(RegistryError, match="not a directory"):
+        BlobStore(str(path))
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o644
+
+
+@pytest.mark.parametrize("content", [[], ["mount.log"]], ids=["empty", "only-mount.log"])
+def test_empty_or_log_only_directory_is_claimed(tmp_path: Path, content: list[str]) -> None:
+    """A directory holding nothing, or only the log a background mount writes before the
+    daemon opens the cache, is ours to use: made private and kept."""
+    path = tmp_path / "cache"
+    path.mkdir()
+    for name in content:
+        (path / name).write_text("log line\n")
+    os.chmod(path, 0o755)
+    s = BlobStore(str(path))
+    try:
+        assert stat.S_IMODE(os.stat(path).st_mode) == 0o700
+        assert (path / "cache.db").exists()
+        for name in content:
+            assert (path / name).read_text() == "log line\n"
+    finally:
+        s.close()
+
+
+def test_own_cache_dir_is_reopened(tmp_path: Path) -> None:
+    path = tmp_path / "cache"
+    data = b"kept across opens\n" * 4096  # over diskcache's inline limit: a file of its own
+    entry = entry_for(data)
+    first = BlobStore(str(path))
+    try:
+        first.fill(entry.cache_key, entry, source(data), "f").close()
+    finally:
+        first.close()
+    (path / "mount.log").write_text("a mount ran here\n")
+    os.chmod(path, 0o755)
+    assert len(os.listdir(path)) > 2  # cache.db, tmp/, mount.log, blob directories
+    second = BlobStore(str(path))
+    try:
+        assert stat.S_IMODE(os.stat(path).st_mode) == 0o700
+        assert read_all(second, entry.cache_key) == data
+    finally:
+        second.close()
 
 
 # -- fill --------------------------------------------------------------------------------------------
@@ -361,6 +421,45 @@ def test_verify_in_place_missing_file(store: BlobStore, tmp_path: Path) -> None:
     entry = entry_for(b"nothing")
     with pytest.raises(FetchError, match="missing"):
         store.verify_in_place(entry.cache_key, entry, str(tmp_path / "absent"), "f")
+
+
+def test_verify_in_place_of_a_huge_wrong_sized_blob_hashes_nothing(
+    store: BlobStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A blob far larger than its entry (2 GiB, sparse) fails on its size alone: hashing it
+    first would stall a reader for seconds per GiB."""
+    import artifactfs.store as store_module
+
+    path = tmp_path / "huge"
+    path.touch()
+    huge = 2 << 30
+    os.truncate(path, huge)
+    entry = entry_for(b"small\n")  # 6 bytes
+    hashed: list[tuple[int, str, int | None]] = []
+    read = [0]
+    real_pread = os.pread
+
+    def spy_hash_fd(fd: int, alg: str = MD5, limit: int | None = None, chunk: int = MiB) -> tuple[str, int]:
+        hashed.append((fd, alg, limit))
+        return hash_fd(fd, alg, limit, chunk)
+
+    def counting_pread(fd: int, n: int, offset: int) -> bytes:
+        data = real_pread(fd, n, offset)
+        read[0] += len(data)
+        if read[0] > entry.size + 1:  # fail at once rather than hash 2 GiB
+            raise AssertionError(f"read {read[0]} bytes of a blob whose entry has {entry.size}")
+        return data
+
+    monkeypatch.setattr(store_module, "hash_fd", spy_hash_fd)
+    monkeypatch.setattr(os, "pread", counting_pread)
+    with pytest.raises(DigestMismatch) as info:
+        store.verify_in_place(entry.cache_key, entry, str(path), "acme/vision/ds:v0/f")
+    monkeypatch.undo()
+    assert hashed == []
+    assert read[0] <= entry.size + 1
+    assert f"({huge} bytes)" in str(info.value)
+    assert f"({huge} bytes)" in info.value.actual
+    assert store.open_trusted(entry.cache_key, str(path)) is None
 
 
 # -- XXH128 ---------------------------------------------------------------------------------------------

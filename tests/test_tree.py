@@ -330,6 +330,41 @@ def test_forget_keeps_other_nodes(tree: Tree) -> None:
     assert tree.lookup(version.inode, "train").inode != readme.inode
 
 
+def test_drop_unreferenced_keeps_referenced_nodes_and_the_root(tree: Tree) -> None:
+    version = walk(tree, "acme", "vision", "ds:v1")
+    listing = dict(tree.listdir(version.inode))
+    kept = listing["README.md"]
+    tree.remember(kept)
+    dropped = [node for node in listing.values() if node is not kept]
+    assert dropped and all(node.lookups == 0 for node in dropped)
+    before = len(tree)
+    tree.drop_unreferenced([*listing.values(), tree.node(ROOT_INODE)])
+    assert len(tree) == before - len(dropped)
+    assert tree.node(kept.inode) is kept
+    assert tree.node(ROOT_INODE).kind is Kind.ROOT
+    for node in dropped:
+        with pytest.raises(NotFound):
+            tree.node(node.inode)
+    # the name resolves again, to a new node
+    again = tree.lookup(version.inode, "train")
+    assert again is not listing["train"]
+    assert again.path == "train"
+
+
+def test_dropped_node_handed_out_later_is_known_again(tree: Tree) -> None:
+    """Another open listing may still hold a dropped node and hand it to the kernel later."""
+    version = walk(tree, "acme", "vision", "ds:v1")
+    listing = dict(tree.listdir(version.inode))
+    node = listing["train"]
+    tree.drop_unreferenced([node])
+    with pytest.raises(NotFound):
+        tree.node(node.inode)
+    tree.remember(node)
+    assert tree.node(node.inode) is node
+    assert node.lookups == 1
+    assert names(tree, node) == ["000001.txt", "000002.txt", "deep"]
+
+
 # -- extended attributes ------------------------------------------------------------------------------
 
 
