@@ -6,6 +6,7 @@
 
     art = Artifact("imagenet-mini", type="dataset", metadata={"rows": 6})
     art.add_dir("./data")
+    art.add_reference("https://example.com/labels.csv")              # fetched once now, hashed
     logged = Api().log_artifact(art, "acme/vision", aliases=["best"])     # acme/vision/imagenet-mini:v0
 
     ds = Api().artifact("acme/vision/imagenet-mini:best")
@@ -15,7 +16,9 @@
     ds.aliases.append("production"); ds.save()
 
 Downloads copy each blob while hashing it and rename it into place only on a match, so a
-download never leaves a file whose bytes differ from the manifest.
+download never leaves a file whose bytes differ from the manifest.  Reference entries
+(``add_reference``) are hashed when they are added, so they are verified like any other file
+when read or downloaded.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import contextlib
 import os
 import secrets
 import stat
+import urllib.parse
 from collections.abc import Iterable
 from typing import Any
 
@@ -32,9 +36,10 @@ from .defaults import default_registry
 from .errors import ArtifactFSError, InvalidPath, InvalidReference, SourceError
 from .manifest import MD5, Entry, Manifest, hash_fd
 from .names import LATEST, check_entry_path, check_name, parse_ref
+from .references import HTTP_SCHEMES, checksum_reference, file_path
 from .registry.base import CollectionInfo, VersionInfo, iso_time
 from .registry.local import LocalRegistry, _walk
-from .store import copy_verified
+from .store import write_verified
 
 __all__ = ["Api", "Artifact", "VerificationError"]
 
@@ -110,6 +115,7 @@ class Api:
             description=artifact.description or "",
             metadata=artifact.metadata,
             digest_algorithm=artifact._digest_algorithm,
+            references=artifact._references,
         )
         artifact._attach(self, result.version)
         return artifact
@@ -133,6 +139,7 @@ class Artifact:
         self.metadata: dict[str, Any] = dict(metadata or {})
         self._digest_algorithm = digest_algorithm
         self._files: list[tuple[str, str]] = []
+        self._references: list[Entry] = []
         self._paths: set[str] = set()
         self._aliases: list[str] = []
         self._api: Api | None = None
@@ -151,6 +158,7 @@ class Artifact:
         self.metadata = dict(version.metadata)
         self._aliases = list(version.aliases)
         self._files = []
+        self._references = []
 
     def _logged_version(self) -> VersionInfo:
         if self._version is None:
@@ -182,10 +190,66 @@ class Artifact:
         for path, full in _walk(local):
             self._add(prefix + path, full)
 
-    def _add(self, path: str, local: str) -> None:
+    def add_reference(
+        self, uri: str, name: str | None = None, checksum: bool = True, max_objects: int | None = None
+    ) -> list[Entry]:
+        """Add entries whose bytes stay at ``uri`` (``file://``, ``http://``, ``https://``).
+
+        The content is fetched once, now, and its digest (MD5, or XXH128 for an XXH128
+        artifact) and size become the entry's, so reads are verified like any other file.
+        An http(s) entry is named after the last segment of the URL path unless ``name`` is
+        given, and keeps the server's ETag in ``extra.etag``.  A ``file://`` directory adds one
+        entry per file below it (under ``name/`` if given; at most ``max_objects``).
+
+        ``checksum=False`` is refused: such an entry's digest would be the URI or an ETag, not
+        its content, so its bytes could never be verified before they are served.
+        """
+        if self._version is not None:
+            raise InvalidReference("a logged artifact is immutable: create a new Artifact")
+        if not checksum:
+            raise InvalidReference(
+                "add_reference(checksum=False) is not supported: artifactfs serves only verified bytes, "
+                "and an entry without a content digest could never be verified"
+            )
+        url = urllib.parse.urlsplit(uri)
+        items: list[tuple[str, str]] = []  # (entry path, ref)
+        if url.scheme == "file":
+            local = file_path(uri)
+            if os.path.isdir(local):
+                prefix = name.strip("/") + "/" if name else ""
+                for path, full in _walk(local):
+                    if max_objects is not None and len(items) >= max_objects:
+                        raise SourceError(f"{local!r} holds more than max_objects={max_objects} files")
+                    items.append((prefix + path, "file://" + urllib.parse.quote(os.path.abspath(full))))
+            elif os.path.isfile(local):
+                items.append((name or os.path.basename(local), uri))
+            else:
+                raise SourceError(f"{local!r} is not a file or directory")
+        elif url.scheme in HTTP_SCHEMES:
+            default = os.path.basename(urllib.parse.unquote(url.path))
+            if not (name or default):
+                raise InvalidPath("the URL path names no file: pass name=")
+            items.append((name or default, uri))
+        else:
+            raise InvalidReference(f"reference scheme {url.scheme!r} is not supported (file, http, https)")
+        for path, _ in items:  # every name is checked before anything is fetched
+            self._check_new_path(path)
+        added: list[Entry] = []
+        for path, ref in items:
+            digest, size, extra = checksum_reference(ref, self._digest_algorithm)
+            added.append(Entry(path, digest, size, ref=ref, extra=extra))
+        for entry in added:
+            self._paths.add(entry.path)
+            self._references.append(entry)
+        return added
+
+    def _check_new_path(self, path: str) -> None:
         check_entry_path(path)
         if path in self._paths:
             raise InvalidPath(f"entry path {path!r} is already in the artifact")
+
+    def _add(self, path: str, local: str) -> None:
+        self._check_new_path(path)
         self._paths.add(path)
         self._files.append((path, local))
 
@@ -335,10 +399,12 @@ class Artifact:
         source = self._reg().blob_source(version, entry)
         what = f"{version.ref}/{entry.path}"
         tmp = f"{dest}.{secrets.token_hex(6)}.tmp"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
         try:
-            with os.fdopen(fd, "wb") as out, source.stream() as src:
-                copy_verified(src, out.fileno(), entry, what)
+            try:
+                write_verified(source, fd, entry, what)
+            finally:
+                os.close(fd)
             os.replace(tmp, dest)
         except BaseException:
             with contextlib.suppress(OSError):

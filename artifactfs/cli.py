@@ -349,6 +349,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not isinstance(level, int):
         parser.error(f"invalid --log-level {args.log_level!r}")
     logging.basicConfig(level=level, format="artifactfs: %(levelname)s %(name)s: %(message)s")
+    # urllib3's DEBUG lines show request paths with their query strings (presigned URLs carry
+    # their signatures there); artifactfs.http logs every request it makes, redacted.
+    logging.getLogger("urllib3").setLevel(max(level, logging.WARNING))
     try:
         return int(args.func(args))
     except ArtifactFSError as exc:

@@ -159,4 +159,4 @@ class Fetcher:
         if self._in_place(source):
             assert source.local_path is not None
             return self.store.verify_in_place(key, entry, source.local_path, what)
-        return self.store.fill(key, entry, source.stream, what)
+        return self.store.fill(key, entry, source, what)

@@ -60,15 +60,21 @@ def hash_fd(fd: int, alg: str = MD5, limit: int | None = None, chunk: int = 1 <<
     without hashing a file of any size.
     """
     hasher = new_hasher(alg)
-    offset = 0
-    while limit is None or offset <= limit:
-        want = chunk if limit is None else min(chunk, limit + 1 - offset)
-        data = os.pread(fd, want, offset)
+    size = update_from_fd(hasher, fd, 0, None if limit is None else limit + 1, chunk)
+    return b64_digest(hasher), size
+
+
+def update_from_fd(hasher: Hasher, fd: int, start: int, end: int | None = None, chunk: int = 1 << 20) -> int:
+    """Feed bytes ``[start, end)`` of an open file (to its end when ``end`` is None) to
+    ``hasher`` with ``pread``; return the offset reached (less than ``end`` at end of file)."""
+    offset = start
+    while end is None or offset < end:
+        data = os.pread(fd, chunk if end is None else min(chunk, end - offset), offset)
         if not data:
             break
         hasher.update(data)
         offset += len(data)
-    return b64_digest(hasher), offset
+    return offset
 
 
 def hex_from_b64(digest: str) -> str:

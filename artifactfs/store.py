@@ -4,10 +4,12 @@ Keys are content addresses (``md5/<hex>``, ``xxh128/<hex>``), so a blob shared b
 versions, artifacts or mounts is stored and fetched once.  Nothing enters the cache before its
 bytes have hashed to the digest the manifest promises:
 
-* :meth:`BlobStore.fill` streams a source into a temp file under the cache directory while
+* :meth:`BlobStore.fill` writes a source into a temp file under the cache directory while
   hashing it, and only on a match *adopts* the temp file into diskcache (a rename, not a copy:
   see :class:`_AdoptingDisk`).  On a mismatch the temp file is deleted and
-  :class:`~artifactfs.errors.DigestMismatch` raised.
+  :class:`~artifactfs.errors.DigestMismatch` raised.  A stream is hashed as it is copied; a
+  download that writes at offsets (ranged, parallel HTTP) is hashed by :class:`PrefixHasher`
+  as its contiguous prefix grows, and to the end once it returns (see :func:`write_verified`).
 * :meth:`BlobStore.verify_in_place` serves a blob that already sits in a local file (the local
   registry's blob store) without copying it: it hashes the file once and records the file's
   identity (device, inode, size, mtime, ctime) in the cache.  The record is trusted only while
@@ -25,6 +27,7 @@ import logging
 import os
 import sqlite3
 import stat
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -34,7 +37,8 @@ import diskcache
 
 from .errors import DigestMismatch, FetchError, RegistryError
 from .fsutil import make_temp, remove_stale
-from .manifest import Entry, b64_digest, hash_fd, new_hasher
+from .manifest import Entry, b64_digest, hash_fd, new_hasher, update_from_fd
+from .registry.base import BlobSource
 
 log = logging.getLogger(__name__)
 
@@ -151,22 +155,21 @@ class BlobStore:
         handle.close()
         return Blob(fd=fd, size=os.fstat(fd).st_size)
 
-    def fill(self, key: str, entry: Entry, opener: Callable[[], IO[bytes]], what: str) -> Blob:
-        """Stream ``opener()`` into the cache if it hashes to ``entry.digest``; return the blob."""
+    def fill(self, key: str, entry: Entry, source: BlobSource | Callable[[], IO[bytes]], what: str) -> Blob:
+        """Write ``source`` (a :class:`BlobSource`, or a function opening a stream) into the
+        cache if its bytes hash to ``entry.digest``; return the blob."""
+        if not isinstance(source, BlobSource):
+            source = BlobSource(what, open=source)
         try:
-            return self._fill(key, entry, opener, what)
+            return self._fill(key, entry, source, what)
         except (OSError, sqlite3.Error, diskcache.Timeout) as exc:
             raise FetchError(f"caching {what} failed: {exc}") from exc
 
-    def _fill(self, key: str, entry: Entry, opener: Callable[[], IO[bytes]], what: str) -> Blob:
+    def _fill(self, key: str, entry: Entry, source: BlobSource, what: str) -> Blob:
         fd, path = make_temp(self.tmp, ".part", os.O_RDWR)
         published = False
         try:
-            try:
-                with opener() as src:
-                    size = copy_verified(src, fd, entry, what)
-            except OSError as exc:
-                raise FetchError(f"reading {what} failed: {exc.strerror or exc}") from exc
+            size = write_verified(source, fd, entry, what)
             self._cache.set(key, _Adopt(path), read=True)
             published = True
             self._make_room(keep=key)
@@ -266,6 +269,23 @@ class BlobStore:
         remove_stale(self.tmp, max_age)
 
 
+def write_verified(source: BlobSource, fd: int, entry: Entry, what: str) -> int:
+    """Write ``source``'s bytes into the empty file ``fd`` (opened read-write) and hash them;
+    DigestMismatch unless they are ``entry``'s.  Returns the size.  The caller publishes the
+    file only on success and deletes it otherwise."""
+    if source.download is None:
+        try:
+            with source.stream() as src:
+                return copy_verified(src, fd, entry, what)
+        except OSError as exc:
+            raise FetchError(f"reading {what} failed: {exc.strerror or exc}") from exc
+    hasher = PrefixHasher(fd, entry.alg)
+    source.download(fd, what, hasher)
+    actual, size = hasher.finish(limit=entry.size)
+    _check(entry, actual, size, what)
+    return size
+
+
 def copy_verified(src: IO[bytes], fd: int, entry: Entry, what: str) -> int:
     """Copy ``src`` to ``fd`` while hashing it; DigestMismatch unless the bytes are ``entry``'s.
 
@@ -282,11 +302,66 @@ def copy_verified(src: IO[bytes], fd: int, entry: Entry, what: str) -> int:
         view = memoryview(chunk)
         while view:
             view = view[os.write(fd, view) :]
-    actual = b64_digest(hasher)
+    _check(entry, b64_digest(hasher), size, what)
+    return size
+
+
+def _check(entry: Entry, actual: str, size: int, what: str) -> None:
     if actual != entry.digest or size != entry.size:
         shown = f">{entry.size}" if size > entry.size else str(size)
         raise DigestMismatch(what, f"{entry.digest} ({entry.size} bytes)", f"{actual} ({shown} bytes)")
-    return size
+
+
+class PrefixHasher:
+    """Hashes a file while a download writes it, possibly out of order and from several threads.
+
+    The download calls :meth:`advance` whenever the contiguous written prefix ``[0, end)``
+    grows; whichever thread finds the hasher idle hashes up to the newest ``end`` (MD5 and
+    XXH128 are sequential), the others return at once and keep downloading.  The bytes hashed
+    are read back from the file, so they are exactly the bytes that will be served.
+    :meth:`finish` hashes what is left, to the end of the file (at most ``limit + 1`` bytes).
+    """
+
+    def __init__(self, fd: int, alg: str) -> None:
+        self._fd = fd
+        self._alg = alg
+        self._hasher = new_hasher(alg)
+        self._pos = 0  # bytes hashed; changed only while holding _busy
+        self._target = 0
+        self._busy = threading.Lock()
+        self._state = threading.Lock()
+
+    def advance(self, end: int) -> None:
+        with self._state:
+            self._target = max(self._target, end)
+        while self._busy.acquire(blocking=False):
+            try:
+                while True:
+                    with self._state:
+                        target = self._target
+                    if self._pos >= target:
+                        break
+                    reached = update_from_fd(self._hasher, self._fd, self._pos, target, CHUNK)
+                    if reached < target:  # not written after all: finish() hashes what is there
+                        self._pos = reached
+                        return
+                    self._pos = reached
+            finally:
+                self._busy.release()
+            with self._state:  # a target raised while we were releasing: go on hashing
+                if self._pos >= self._target:
+                    return
+
+    def restart(self) -> None:
+        with self._busy, self._state:
+            self._hasher = new_hasher(self._alg)
+            self._pos = self._target = 0
+
+    def finish(self, limit: int) -> tuple[str, int]:
+        """``(b64 digest, size)`` of the whole file, once every writer has stopped."""
+        with self._busy:
+            self._pos = update_from_fd(self._hasher, self._fd, self._pos, limit + 1, CHUNK)
+            return b64_digest(self._hasher), self._pos
 
 
 _OWN_NAMES = {"mount.log", "tmp"}

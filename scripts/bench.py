@@ -78,7 +78,8 @@ def bench_log(work: Path, quick: bool) -> None:
     n = 256
     src = work / "logsrc"
     make_tree(src, n, total // n)
-    print(f"\n## log of a {total // MiB} MiB tree ({n} files of {total // n // MiB} MiB), page cache dropped before each")
+    print(f"\n## log of a {total // MiB} MiB tree ({n} files of {total // n // MiB} MiB), page cache dropped")
+    print("(page cache dropped before each run)")
     reg = work / "logreg"
     drop_caches()
     t_log = timed(lambda: afs("log", str(src), "bench/log/tree", "--type", "dataset", "--registry", str(reg)))
@@ -124,10 +125,10 @@ def bench_seq(work: Path, quick: bool) -> None:
         path = m.mnt / "bench/seq/big:v0/big.bin"
         try:
             drop_caches()
-            first = timed(lambda: read_file(path))
+            first = timed(lambda path=path: read_file(path))
             drop_caches()
-            cached_cold = timed(lambda: read_file(path))
-            warm = timed(lambda: read_file(path))
+            cached_cold = timed(lambda path=path: read_file(path))
+            warm = timed(lambda path=path: read_file(path))
             stats = m.stats()
         finally:
             m.close()
@@ -137,8 +138,8 @@ def bench_seq(work: Path, quick: bool) -> None:
         if mode == "copy":
             cached = [p for p in cache.rglob("*.val")]
             drop_caches()
-            c_cold = timed(lambda: read_file(cached[0]))
-            c_warm = timed(lambda: read_file(cached[0]))
+            c_cold = timed(lambda cached=cached: read_file(cached[0]))
+            c_warm = timed(lambda cached=cached: read_file(cached[0]))
             print(f"[copy] cat of the cache file, cold {mbps(size, c_cold)}")
             print(f"[copy] cat of the cache file, warm {mbps(size, c_warm)}")
         print(f"[{mode}] stats {stats}")
@@ -176,10 +177,10 @@ def bench_small(work: Path, quick: bool) -> None:
         root = m.mnt / "bench/small/files:v0"
         try:
             drop_caches()
-            first = timed(lambda: sh(cat_all.format(root)))
+            first = timed(lambda root=root: sh(cat_all.format(root)))
             drop_caches()
-            second = timed(lambda: sh(cat_all.format(root)))
-            third = timed(lambda: sh(cat_all.format(root)))
+            second = timed(lambda root=root: sh(cat_all.format(root)))
+            third = timed(lambda root=root: sh(cat_all.format(root)))
         finally:
             m.close()
         print(f"[{mode}] mount, first read (verify)     {first:6.2f} s  ({first / raw_cold:.1f}x raw cold)")
@@ -220,20 +221,80 @@ def bench_rand(work: Path, quick: bool) -> None:
     shutil.rmtree(src)
 
 
+HTTP_SERVER = """
+import sys
+sys.path.insert(0, "tests")
+from fault_server import FaultServer
+server = FaultServer()
+with open(sys.argv[1], "rb") as f:
+    data = f.read()
+server.add("/blob", data)
+server.add("/throttled", data, rate=float(sys.argv[2]))
+print(server.port, flush=True)
+sys.stdin.read()  # until the parent closes our stdin
+server.close()
+"""
+
+
+def bench_http(work: Path, quick: bool) -> None:
+    """A blob from an HTTP server on 127.0.0.1 (another process) into the verified cache: one
+    stream against parallel ranges (default policy: 16 MiB parts, 4 workers), from an unlimited
+    server and from one that sends each response at most at ``rate`` (as object stores limit
+    each connection)."""
+    from artifactfs.http import DEFAULT_POLICY, Policy
+    from artifactfs.manifest import Entry, digest_bytes
+    from artifactfs.references import reference_source
+    from artifactfs.store import BlobStore
+
+    size = (64 if quick else 256) * MiB
+    rate = 64 * MiB
+    data = os.urandom(size)
+    (work / "http-blob").write_bytes(data)
+    server = [PY, "-c", HTTP_SERVER, str(work / "http-blob"), str(rate)]
+    proc = subprocess.Popen(server, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    single = Policy(parallel_threshold=1 << 62)
+    ranged = Policy(parallel_threshold=min(DEFAULT_POLICY.parallel_threshold, size))
+
+    def fill(entry: Entry, policy: Policy) -> float:
+        cache = work / "http-cache"
+        store = BlobStore(str(cache))
+        try:
+            source = reference_source(entry, policy=policy)
+            return timed(lambda: store.fill(entry.cache_key, entry, source, "blob").close())
+        finally:
+            store.close()
+            shutil.rmtree(cache)
+
+    try:
+        assert proc.stdout is not None
+        port = int(proc.stdout.readline())
+        print(f"\n## http: a {size // MiB} MiB reference from a server on 127.0.0.1 into the verified cache")
+        for path, label in (("blob", "unlimited"), ("throttled", f"{rate // MiB} MiB/s per connection")):
+            entry = Entry("blob", digest_bytes(data), size, ref=f"http://127.0.0.1:{port}/{path}")
+            for name, policy in (("one stream", single), ("parallel ranges", ranged)):
+                best = min(fill(entry, policy) for _ in range(2))
+                print(f"{label:<28} {name:<16} {mbps(size, best)}")
+    finally:
+        assert proc.stdin is not None
+        proc.stdin.close()
+        proc.wait(timeout=30)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true", help="smaller data (for a smoke run)")
-    parser.add_argument("--only", default="log,seq,small,rand")
+    parser.add_argument("--only", default="log,seq,small,rand,http")
     parser.add_argument("--dir", default="/var/tmp", help="where to put the data (a real disk, not tmpfs)")
     args = parser.parse_args()
-    if os.geteuid() != 0:
+    benches = {"log": bench_log, "seq": bench_seq, "small": bench_small, "rand": bench_rand, "http": bench_http}
+    if os.geteuid() != 0 and args.only != "http":
         sys.exit("scripts/bench needs root (it drops the page cache)")
     with tempfile.TemporaryDirectory(prefix="artifactfs-bench.", dir=args.dir) as tmp:
         work = Path(tmp)
         print(f"# artifactfs bench, {time.strftime('%Y-%m-%d %H:%M')}, {os.cpu_count()} cores, data in {work}")
         try:
             for name in args.only.split(","):
-                {"log": bench_log, "seq": bench_seq, "small": bench_small, "rand": bench_rand}[name](work, args.quick)
+                benches[name](work, args.quick)
         finally:
             with open("/proc/mounts") as f:
                 for line in f:

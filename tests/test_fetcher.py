@@ -19,9 +19,11 @@ from typing import IO, Any, cast
 import pytest
 import trio
 import trio.testing
+from fault_server import Fault, FaultServer
 
 from artifactfs.errors import ArtifactFSError, DigestMismatch, FetchError
 from artifactfs.fetcher import INLINE_VERIFY_MAX, Fetcher
+from artifactfs.http import Policy
 from artifactfs.manifest import Entry, Manifest, digest_bytes
 from artifactfs.names import Ref, parse_ref
 from artifactfs.registry.base import BlobSource, CollectionInfo, DirEntry, Registry, VersionInfo
@@ -582,74 +584,59 @@ def test_missing_local_blob_is_a_fetch_error(sample_registry: tuple[Path, Path],
 
 # -- http(s) references: a real HTTP source on localhost ---------------------------------------------------
 
-
-class _Server:
-    """A local HTTP server whose body can be cut short; counts requests."""
-
-    def __init__(self, body: bytes) -> None:
-        import socket
-        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                server.requests += 1
-                self.send_response(200)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                if server.truncate:
-                    self.wfile.write(body[:10])
-                    self.wfile.flush()
-                    self.connection.shutdown(socket.SHUT_RDWR)
-                else:
-                    self.wfile.write(body)
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.requests = 0
-        self.truncate = False
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-        self.thread.start()
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/bucket/blob.bin?X-Sig=s3cr3t"
-
-    def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
+FAST_HTTP = Policy(connect_timeout=5.0, read_timeout=5.0, attempts=2, backoff=0.01, backoff_max=0.01)
 
 
 class HttpReferences(FakeRemote):
     def blob_source(self, version: VersionInfo, entry: Entry) -> BlobSource:
         from artifactfs.references import reference_source
 
-        return reference_source(entry)
+        return reference_source(entry, policy=FAST_HTTP)
 
 
 def test_http_reference_cut_short_is_a_fetch_error_with_backoff(store: BlobStore) -> None:
-    server = _Server(DATA)
-    entry = Entry("ref.bin", ENTRY.digest, ENTRY.size, ref=server.url)
-    fetcher = Fetcher(HttpReferences(FaultySource(b"")), store, failure_backoff=5.0)
-    clock = trio.testing.MockClock()
+    with FaultServer() as server:
+        url = server.add("/bucket/blob.bin", DATA, ranges=False)
+        entry = Entry("ref.bin", ENTRY.digest, ENTRY.size, ref=url)
+        fetcher = Fetcher(HttpReferences(FaultySource(b"")), store, failure_backoff=5.0)
+        clock = trio.testing.MockClock()
 
-    async def main() -> None:
-        server.truncate = True
-        with pytest.raises(FetchError) as info:
-            await fetcher.get(VERSION, entry)
-        assert "s3cr3t" not in str(info.value)
-        assert fetcher.stats.fetch_errors == 1
-        with pytest.raises(FetchError):  # within the backoff: no new request
-            await fetcher.get(VERSION, entry)
-        assert server.requests == 1
-        server.truncate = False
-        clock.jump(5.0)
-        assert content(await fetcher.get(VERSION, entry)) == DATA
-        assert server.requests == 2
+        async def main() -> None:
+            server.plan("/bucket/blob.bin", Fault(cut=10), Fault(cut=10))  # every try of the download
+            with pytest.raises(FetchError) as info:
+                await fetcher.get(VERSION, entry)
+            assert "secret" not in str(info.value)
+            assert "gave up after 2 tries" in str(info.value)
+            assert fetcher.stats.fetch_errors == 1
+            with pytest.raises(FetchError):  # within the backoff: no new request
+                await fetcher.get(VERSION, entry)
+            assert len(server.gets()) == 2
+            clock.jump(5.0)
+            assert content(await fetcher.get(VERSION, entry)) == DATA
+            assert len(server.gets()) == 3
 
-    try:
         run(main, clock=clock)
-    finally:
-        server.close()
     assert fetcher.stats.fetches == 1
     assert os.listdir(store.tmp) == []
+
+
+def test_concurrent_gets_of_a_slow_http_blob_share_one_download(store: BlobStore) -> None:
+    with FaultServer() as server:
+        url = server.add("/slow.bin", DATA, delay=0.3)
+        entry = Entry("slow.bin", ENTRY.digest, ENTRY.size, ref=url)
+        fetcher = Fetcher(HttpReferences(FaultySource(b"")), store)
+        results: list[bytes] = []
+
+        async def one() -> None:
+            results.append(content(await fetcher.get(VERSION, entry)))
+
+        async def main() -> None:
+            async with trio.open_nursery() as nursery:
+                for _ in range(10):
+                    nursery.start_soon(one)
+
+        run(main)
+        assert results == [DATA] * 10
+        assert len(server.gets()) == 1
+    assert fetcher.stats.fetches == 1
+    assert fetcher.stats.cache_hits == 9

@@ -26,7 +26,9 @@ from pathlib import Path
 
 import pytest
 from conftest import SAMPLE_FILES, Mount, Mounter, force_unmount, is_mounted, run_cli, write_tree
+from fault_server import Fault, FaultServer
 
+from artifactfs import Api, Artifact
 from artifactfs.errors import MountError
 from artifactfs.names import parse_ref
 from artifactfs.registry.local import LocalRegistry
@@ -653,6 +655,61 @@ def test_existing_cache_dir_is_made_private(
     m = mounter(reg, cache_dir=cache)
     assert stat.S_IMODE(os.stat(cache).st_mode) == 0o700
     assert (v1(m) / "README.md").read_bytes() == SAMPLE_FILES["README.md"]
+
+
+# -- http(s) reference entries --------------------------------------------------------------------
+
+
+def test_http_reference_entries(mounter: Mounter, tmp_path: Path) -> None:
+    data = os.urandom(3 * MiB + 77)
+    other = os.urandom(200_000)
+    with FaultServer() as server:
+        url = server.add("/bucket/data.bin", data, etag='"d1"')
+        other_url = server.add("/bucket/other.bin", other)
+        src = write_tree(tmp_path / "src", {"README.md": b"a normal file\n"})
+        with Api(tmp_path / "reg") as api:
+            art = Artifact("refs", type="dataset")
+            art.add_dir(src)
+            art.add_reference(url, name="remote/data.bin")
+            art.add_reference(other_url, name="remote/other.bin")
+            api.log_artifact(art, "acme/vision")
+        assert len(server.gets()) == 2  # each reference fetched once, when logged
+        server.reset()
+
+        m = mounter(tmp_path / "reg")
+        version = project(m) / "refs:v0"
+        path = version / "remote" / "data.bin"
+        # metadata is answered from the manifest: no request reaches the server
+        listing = ok("ls", "-l", version / "remote")
+        assert f" {len(data)} " in listing and f" {len(other)} " in listing
+        assert ok("stat", "-c", "%s", path).strip() == str(len(data))
+        ref = ok("getfattr", "--only-values", "-n", "user.artifact.entry.ref", path)
+        assert ref == f"http://127.0.0.1:{server.port}/bucket/data.bin"  # no query string
+        assert server.gets() == []
+
+        # content: one GET, verified, then served from the cache
+        assert ok("md5sum", path).split()[0] == hashlib.md5(data).hexdigest()
+        assert read_uncached(path) == data
+        assert (version / "README.md").read_bytes() == b"a normal file\n"
+        assert [(s.path, s.status) for s in server.gets()] == [("/bucket/data.bin", 200)]
+
+        # a corrupted body is EIO, logged, and not cached
+        server.plan("/bucket/other.bin", Fault(corrupt=True))
+        expect_errno(errno.EIO, (version / "remote" / "other.bin").read_bytes)
+        stats = m.stats()
+        assert stats["digest_mismatches"] == 1 and stats["fetches"] == 1
+        log = m.log()
+        assert "digest mismatch: acme/vision/refs:v0/remote/other.bin" in log
+        assert "secret" not in log
+        m.unmount()
+        assert "md5/" + hashlib.md5(other).hexdigest() not in cache_keys(m.cache_dir)
+
+        # a second mount on the same cache directory serves the blob without any request
+        server.reset()
+        again = mounter(tmp_path / "reg", cache_dir=m.cache_dir)
+        assert (project(again) / "refs:v0" / "remote" / "data.bin").read_bytes() == data
+        assert server.gets() == []
+        assert again.stats()["cache_hits"] == 1 and again.stats()["fetches"] == 0
 
 
 # -- lifecycle ------------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ import hashlib
 import io
 import os
 import stat
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -17,7 +18,7 @@ import xxhash
 
 from artifactfs.errors import DigestMismatch, FetchError, RegistryError
 from artifactfs.manifest import EMPTY_MD5_B64, MD5, XXH128, Entry, digest_bytes, hash_fd
-from artifactfs.store import BlobStore
+from artifactfs.store import BlobStore, PrefixHasher
 
 MiB = 1 << 20
 
@@ -515,3 +516,52 @@ def test_clean_tmp_removes_only_old_files(store: BlobStore) -> None:
     assert os.listdir(store.tmp) == ["456-new.part"]
     store.clean_tmp(max_age=0.0)
     assert os.listdir(store.tmp) == []
+
+
+# -- hashing a download as it arrives ----------------------------------------------------------------
+
+
+def test_prefix_hasher_hashes_parts_written_out_of_order(tmp_path: Path) -> None:
+    data = os.urandom(2 * MiB + 17)
+    part = 256 * 1024
+    fd = os.open(tmp_path / "f", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        hasher = PrefixHasher(fd, MD5)
+        starts = list(range(0, len(data), part))
+        done: set[int] = set()
+        lock = threading.Lock()
+
+        def write(start: int) -> None:
+            os.pwrite(fd, data[start : start + part], start)
+            with lock:
+                done.add(start)
+                end = 0
+                while end in done:
+                    end += part
+            hasher.advance(min(end, len(data)))
+
+        threads = [threading.Thread(target=write, args=(s,)) for s in reversed(starts)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert hasher._pos == len(data)  # hashed while the parts arrived, not at the end
+        assert hasher.finish(limit=len(data)) == (digest_bytes(data), len(data))
+    finally:
+        os.close(fd)
+
+
+def test_prefix_hasher_restart_and_short_file(tmp_path: Path) -> None:
+    fd = os.open(tmp_path / "f", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        hasher = PrefixHasher(fd, XXH128)
+        os.pwrite(fd, b"stale bytes", 0)
+        hasher.advance(11)
+        os.ftruncate(fd, 0)
+        hasher.restart()
+        os.pwrite(fd, b"fresh", 0)
+        hasher.advance(100)  # more than was written: hashes what is there, no busy loop
+        os.pwrite(fd, b" and more", 5)
+        assert hasher.finish(limit=100) == (digest_bytes(b"fresh and more", XXH128), 14)
+    finally:
+        os.close(fd)

@@ -11,7 +11,7 @@ import abc
 import datetime as _dt
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import IO, Any
+from typing import IO, Any, Protocol
 
 from ..errors import FetchError
 from ..manifest import Entry, Manifest
@@ -101,19 +101,40 @@ class DirEntry:
     entry: Entry | None
 
 
+class Progress(Protocol):
+    """What a download tells the store while it writes, so the store can hash as bytes arrive."""
+
+    def advance(self, end: int) -> None:
+        """Bytes ``[0, end)`` of the file are written and will not change."""
+
+    def restart(self) -> None:
+        """The file was truncated to 0 and is being written again from the start."""
+
+
+class Download(Protocol):
+    def __call__(self, fd: int, what: str, progress: Progress) -> None:
+        """Write the entry's bytes into ``fd`` (empty; opened read-write) at their offsets,
+        never more than the entry's size; call ``progress`` as the written prefix grows.  May
+        raise :class:`~artifactfs.errors.FetchError`; no thread may write to ``fd`` after it
+        returns or raises."""
+
+
 @dataclass(frozen=True, slots=True)
 class BlobSource:
     """Where an entry's bytes come from.
 
     ``local_path`` is set when the bytes already sit in a file on this machine (the local
     registry's blob store): the store may verify that file in place instead of copying it.
-    Otherwise ``open`` returns a readable binary stream (an HTTP body, say); it may raise
-    :class:`~artifactfs.errors.FetchError`.
+    ``open`` returns a readable binary stream; it may raise
+    :class:`~artifactfs.errors.FetchError`.  ``download`` writes the bytes into a file itself,
+    possibly out of order (ranged, parallel, resumed HTTP: :func:`artifactfs.http.download`).
+    Whatever the kind, the store verifies the bytes before anything is served.
     """
 
     description: str
     local_path: str | None = None
     open: Callable[[], IO[bytes]] | None = None
+    download: Download | None = None
 
     def stream(self) -> IO[bytes]:
         """The bytes as a readable stream, whichever kind of source this is."""

@@ -116,6 +116,8 @@ class LoggedFile:
     path: str
     digest: str
     size: int
+    ref: str | None = None  # reference entries: the URI of the bytes, which stay there
+    extra: dict[str, Any] | None = None  # None: the artifact's default (``alg`` or nothing)
 
 
 @dataclass(frozen=True, slots=True)
@@ -511,14 +513,18 @@ class LocalRegistry(Registry):
         metadata: dict[str, Any] | None = None,
         digest_algorithm: str = MD5,
         workers: int | None = None,
+        references: Iterable[Entry] = (),
     ) -> LogResult:
-        """Log ``(entry path, local file)`` pairs.  Files are hashed in parallel threads (hashlib
-        releases the GIL), with a bounded number in flight so memory stays flat."""
+        """Log ``(entry path, local file)`` pairs, and reference entries (``ref`` set, content
+        digest and size already computed, e.g. by
+        :func:`artifactfs.references.checksum_reference`).  Files are hashed in parallel threads
+        (hashlib releases the GIL), with a bounded number in flight so memory stays flat."""
         check_name(type, "type")
         aliases = [check_alias(a) for a in aliases]
         if digest_algorithm not in ALGORITHMS:
             raise InvalidReference(f"unsupported digest algorithm {digest_algorithm!r}")
         metadata = check_metadata(metadata)
+        referenced = [_reference_row(e) for e in references]
         self._check_type(ref, type)  # before copying a whole tree; _commit checks again
         self._clean_tmp()
         extra = {} if digest_algorithm == MD5 else {"alg": digest_algorithm}
@@ -549,6 +555,7 @@ class LocalRegistry(Registry):
                     fut.cancel()
                 raise
         _syncfs(self.objects)  # the blobs are on disk before a version can name them
+        logged.extend(referenced)
         return self._commit(ref, logged, type, aliases, description, metadata, digest_algorithm, extra)
 
     def _check_type(self, ref: Ref, type: str) -> None:
@@ -583,7 +590,11 @@ class LocalRegistry(Registry):
         digest = artifact_digest(((f.path, f.digest) for f in logged), alg)
         size = sum(f.size for f in logged)
         ts = now_ns()
-        extra_json = json.dumps(extra) if extra else None
+
+        def extra_json(f: LoggedFile) -> str | None:
+            own = extra if f.extra is None else f.extra
+            return json.dumps(own) if own else None
+
         with self._write() as db:
             cid = self._ensure_collection(db, ref, type, description, ts)
             latest = db.execute(
@@ -623,8 +634,18 @@ class LocalRegistry(Registry):
                 artifact_id = base64.b64encode(f"Artifact:{pk}".encode()).decode()
                 db.execute("UPDATE versions SET artifact_id = ? WHERE id = ?", (artifact_id, pk))
                 db.executemany(
-                    "INSERT INTO entries VALUES (?, ?, ?, ?, ?, NULL, NULL, ?)",
-                    ((pk, *split_dir(f.path), f.digest, f.size, extra_json) for f in logged),
+                    "INSERT INTO entries VALUES (?, ?, ?, ?, ?, ?, NULL, ?)",
+                    (
+                        (
+                            pk,
+                            *split_dir(f.path),
+                            f.digest,
+                            f.size,
+                            f.ref,
+                            extra_json(f),
+                        )
+                        for f in logged
+                    ),
                 )
                 db.executemany("INSERT INTO dirs VALUES (?, ?, ?)", ((pk, *split_dir(d)) for d in dirs))
                 self._move_aliases(db, cid, pk, [LATEST, *aliases], ts)
@@ -762,6 +783,23 @@ class LocalRegistry(Registry):
                             removed += 1
                             freed += st.st_size
         return purged, removed, freed
+
+
+def _reference_row(entry: Entry) -> LoggedFile:
+    """A reference entry, checked: it must carry a URI and a content digest (16 bytes, MD5 or
+    XXH128), since an entry whose bytes cannot be verified could never be served."""
+    check_entry_path(entry.path)
+    if not entry.ref:
+        raise InvalidReference(f"reference entry {entry.path!r} has no ref URI")
+    if entry.alg not in ALGORITHMS:
+        raise InvalidReference(f"reference entry {entry.path!r}: unsupported digest algorithm {entry.alg!r}")
+    try:
+        hex_from_b64(entry.digest)
+    except ManifestError as exc:
+        raise InvalidReference(
+            f"reference entry {entry.path!r} has no content digest ({entry.digest!r}): it could never be verified"
+        ) from exc
+    return LoggedFile(entry.path, entry.digest, entry.size, entry.ref, dict(entry.extra))
 
 
 def _is_lookup_path(path: str) -> bool:
