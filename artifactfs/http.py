@@ -69,6 +69,10 @@ class Policy:
     backoff_max: float = 10.0
     retry_after_max: float = 30.0  # a longer Retry-After gives up at once
     retry_budget: float = 120.0  # seconds of waiting between tries, per download
+    # A transfer must average min_rate bytes/s after a grace period: a server trickling bytes
+    # just inside read_timeout cannot hold a reader (and a fetch thread) for ever.
+    rate_grace: float = 60.0
+    min_rate: float = 256 * 1024
     parallel_threshold: int = 64 * MiB
     part_size: int = 16 * MiB
     workers: int = 4
@@ -76,6 +80,23 @@ class Policy:
 
 
 DEFAULT_POLICY = Policy()
+
+
+class _RedactQueries(logging.Filter):
+    """urllib3 logs request paths with their query strings at DEBUG, and presigned URLs carry
+    their signatures there: strip every query string from such records' arguments."""
+
+    _QUERY = re.compile(r"\?[^\s\"']*")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple):
+            record.args = tuple(self._QUERY.sub("", a) if isinstance(a, str) else a for a in record.args)
+        if isinstance(record.msg, str):
+            record.msg = self._QUERY.sub("", record.msg)
+        return True
+
+
+logging.getLogger("urllib3.connectionpool").addFilter(_RedactQueries())
 
 _local = threading.local()
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
@@ -139,6 +160,19 @@ class _Transfer:
         self.requests = 0
         self._lock = threading.Lock()
         self._waited = 0.0
+        self._started = time.monotonic()
+        self._received = 0
+
+    def received(self, n: int) -> None:
+        """Count ``n`` more bytes; FetchError if the transfer is slower than ``min_rate``."""
+        with self._lock:
+            self._received += n
+            received = self._received
+        elapsed = time.monotonic() - self._started - self._waited  # back-off waits do not count
+        if elapsed > self.policy.rate_grace + received / self.policy.min_rate:
+            raise FetchError(
+                self.error(f"too slow: {received} bytes in {elapsed:.0f}s (minimum {self.policy.min_rate:g} B/s)")
+            )
 
     def error(self, problem: str) -> str:
         return f"GET {self.shown} ({self.what}): {problem}"
@@ -165,6 +199,8 @@ class _Transfer:
         retry_after: float | None = None
         for n in range(self.policy.max_requests):
             if n:
+                if rng.done:
+                    return  # the failure came after the last byte
                 self._wait(failures, problem, retry_after)
             if self.cancel.is_set():
                 raise _Cancelled
@@ -225,8 +261,10 @@ class _Transfer:
                 stream=True,
                 timeout=(self.policy.connect_timeout, self.policy.read_timeout),
             )
-        except requests.RequestException as exc:
+        except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError) as exc:
             raise _Transient(type(exc).__name__) from None
+        except requests.RequestException as exc:  # a bad URL, too many redirects...: no retry helps
+            raise FetchError(self.error(type(exc).__name__)) from None
         with resp:
             self._check_status(resp)
             if resp.status_code == 206:
@@ -251,9 +289,7 @@ class _Transfer:
                     rng.pos = 0
                 if resp.headers.get("Accept-Ranges", "").strip().lower() == "bytes":
                     self.ranges_ok = True
-                etag = resp.headers.get("ETag")
-                if etag:
-                    self.etag = etag
+                self.etag = resp.headers.get("ETag") or None  # this body's, not a previous one's
             self._read_body(resp, rng, write, advanced)
 
     def _check_status(self, resp: requests.Response) -> None:
@@ -313,6 +349,7 @@ class _Transfer:
                 if rng.end is not None:
                     want = min(want, rng.end - rng.pos - len(buf))
                 data = _read(resp, want)
+                self.received(len(data))
                 if not data:
                     if rng.end is None:  # the size was unknown: the body's end is the object's end
                         flush()
@@ -326,8 +363,13 @@ class _Transfer:
         except _Transient as exc:
             flush()
             raise _Transient(f"{exc.problem} at byte {rng.pos} of {rng.end or 'unknown'}") from None
-        if not rng.part and _read(resp, 1):
-            raise FetchError(self.error(f"the server sends more than {rng.end} bytes"))
+        if not rng.part:
+            try:
+                extra = _read(resp, 1)
+            except _Transient:
+                return  # every byte arrived; a slow close is not a failure (the store checks all)
+            if extra:
+                raise FetchError(self.error(f"the server sends more than {rng.end} bytes"))
 
 
 def _read(resp: requests.Response, amount: int) -> bytes:

@@ -40,7 +40,11 @@ def reference_source(entry: Entry, *, policy: Policy | None = None) -> BlobSourc
     assert entry.ref is not None
     scheme = urllib.parse.urlsplit(entry.ref).scheme
     if scheme == "file":
-        return BlobSource(entry.ref, local_path=urllib.parse.unquote(urllib.parse.urlsplit(entry.ref).path))
+        try:
+            path = file_path(entry.ref)
+        except InvalidReference as exc:  # file://otherhost/...: never read as a local file
+            raise FetchError(f"{entry.path!r}: {exc}") from exc
+        return BlobSource(entry.ref, local_path=path)
     if scheme in HTTP_SCHEMES:
         from . import http
 

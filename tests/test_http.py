@@ -366,15 +366,51 @@ def test_failed_part_stops_the_download(server: FaultServer, store: BlobStore) -
 def test_errors_never_show_secrets(
     server: FaultServer, store: BlobStore, caplog: pytest.LogCaptureFixture, faults: list[Fault]
 ) -> None:
-    url = server.add("/b", DATA, ranges=False).replace("http://", "http://user:pass@")
+    url = server.add("/b", DATA, ranges=False).replace("http://", "http://user:pass@") + "?X-Amz-Signature=secret"
     server.plan("/b", *faults)
     policy = Policy(read_timeout=0.2, attempts=2, backoff=0.01, backoff_max=0.01)
-    with caplog.at_level(logging.DEBUG, logger="artifactfs"), pytest.raises((FetchError, AuthError)) as info:
+    # every logger, urllib3's DEBUG request lines included: they would show the query string
+    with caplog.at_level(logging.DEBUG), pytest.raises((FetchError, AuthError)) as info:
         fill(store, ref_entry(url, DATA), policy)
     message = str(info.value)
     assert f"127.0.0.1:{server.port}/b" in message
     for text in (message, caplog.text):
         assert "secret" not in text and "pass" not in text and "user" not in text
+
+
+def test_complete_body_then_a_slow_close_is_a_success(server: FaultServer, store: BlobStore) -> None:
+    # No Content-Length: the body ends when the connection closes.  Every byte has arrived, then
+    # the server stalls before closing: the extra-byte probe times out, which is not a failure.
+    url = server.add("/b", DATA)
+    server.plan("/b", Fault(no_length=True, stall=3, stall_after=len(DATA)))
+    policy = Policy(read_timeout=0.3, attempts=2, backoff=0.01, backoff_max=0.01)
+    assert fill(store, ref_entry(url, DATA), policy) == DATA
+    assert len(server.gets()) == 1
+
+
+def test_a_trickling_server_is_cut_off(server: FaultServer, store: BlobStore) -> None:
+    url = server.add("/b", BIG, rate=1 * MiB)  # 1 MiB a second: every read well inside the timeout
+    policy = Policy(read_timeout=5.0, attempts=2, backoff=0.01, rate_grace=0.5, min_rate=16 * MiB, chunk=64 * KiB)
+    entry = ref_entry(url, BIG)
+    t0 = time.monotonic()
+    with pytest.raises(FetchError, match="too slow"):
+        fill(store, entry, policy)
+    assert time.monotonic() - t0 < 5
+    assert nothing_cached(store, entry)
+
+
+def test_a_malformed_url_is_not_retried(store: BlobStore) -> None:
+    entry = ref_entry("http:///no-host/b", DATA)
+    with pytest.raises(FetchError, match="InvalidURL"):
+        fill(store, entry, FAST)
+
+
+def test_a_file_reference_on_another_host_is_refused(store: BlobStore, tmp_path: Path) -> None:
+    local = tmp_path / "x.bin"
+    local.write_bytes(DATA)
+    entry = Entry("x.bin", digest_bytes(DATA), len(DATA), ref=f"file://otherhost{local}")
+    with pytest.raises(FetchError, match="not a local file"):
+        reference_source(entry)
 
 
 # -- logging references -----------------------------------------------------------------------------
