@@ -78,7 +78,7 @@ def bench_log(work: Path, quick: bool) -> None:
     n = 256
     src = work / "logsrc"
     make_tree(src, n, total // n)
-    print(f"\n## log of a {total // MiB} MiB tree ({n} files of {total // n // MiB} MiB), page cache dropped")
+    print(f"\n## log of a {total // MiB} MiB tree ({n} files of {total // n // MiB} MiB)")
     print("(page cache dropped before each run)")
     reg = work / "logreg"
     drop_caches()
