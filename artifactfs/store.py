@@ -29,7 +29,6 @@ import sqlite3
 import stat
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import IO, Any
 
@@ -155,11 +154,8 @@ class BlobStore:
         handle.close()
         return Blob(fd=fd, size=os.fstat(fd).st_size)
 
-    def fill(self, key: str, entry: Entry, source: BlobSource | Callable[[], IO[bytes]], what: str) -> Blob:
-        """Write ``source`` (a :class:`BlobSource`, or a function opening a stream) into the
-        cache if its bytes hash to ``entry.digest``; return the blob."""
-        if not isinstance(source, BlobSource):
-            source = BlobSource(what, open=source)
+    def fill(self, key: str, entry: Entry, source: BlobSource, what: str) -> Blob:
+        """Write ``source``'s bytes into the cache if they hash to ``entry.digest``; return the blob."""
         try:
             return self._fill(key, entry, source, what)
         except (OSError, sqlite3.Error, diskcache.Timeout) as exc:

@@ -7,7 +7,9 @@ fusermount3 is missing the FUSE tests skip, except when ``CI=true``: there they 
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -55,7 +57,13 @@ def run_cli(
     return proc
 
 
+def b64md5(data: bytes) -> str:
+    """W&B's entry digest, computed independently of artifactfs."""
+    return base64.b64encode(hashlib.md5(data).digest()).decode()
+
+
 def write_tree(root: Path, files: dict[str, bytes]) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
     for rel, data in files.items():
         path = root / rel
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import b64md5, write_tree
 
 from artifactfs.manifest import artifact_digest
 from artifactfs.registry.local import LocalRegistry
@@ -39,19 +40,6 @@ INFO_KEYS = {
 
 TREE0 = {"a.txt": b"hello\n", "sub/b.bin": b"\x00\x01\x02", "sub/deeper/c": b"c" * 1000, "empty": b""}
 TREE1 = {"a.txt": b"hello again\n", "new/\u00fcnic\u00f8de file.txt": b"u"}
-
-
-def b64md5(data: bytes) -> str:
-    return base64.b64encode(hashlib.md5(data).digest()).decode()
-
-
-def write_tree(root: Path, files: dict[str, bytes]) -> Path:
-    root.mkdir(parents=True, exist_ok=True)
-    for rel, data in files.items():
-        path = root / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(data)
-    return root
 
 
 def base_env() -> dict[str, str]:

@@ -214,7 +214,7 @@ def test_different_keys_fetch_independently(store: BlobStore) -> None:
 
 
 def test_cache_hit_opens_nothing(store: BlobStore, src: FaultySource) -> None:
-    store.fill(ENTRY.cache_key, ENTRY, lambda: io.BytesIO(DATA), "prefill").close()
+    store.fill(ENTRY.cache_key, ENTRY, BlobSource("prefill", open=lambda: io.BytesIO(DATA)), "prefill").close()
     fetcher = Fetcher(FakeRemote(src), store)
 
     async def main() -> None:

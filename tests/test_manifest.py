@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 import xxhash
+from conftest import b64md5
 
 from artifactfs.errors import InvalidPath, ManifestError
 from artifactfs.manifest import (
@@ -28,10 +29,6 @@ from artifactfs.manifest import (
 )
 from artifactfs.names import parse_ref
 from artifactfs.registry.local import LocalRegistry
-
-
-def b64md5(data: bytes) -> str:
-    return base64.b64encode(hashlib.md5(data).digest()).decode()
 
 
 def b64xxh(data: bytes) -> str:

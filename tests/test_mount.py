@@ -733,7 +733,9 @@ def test_sigkill_then_umount_and_mount_again(mounter: Mounter, sample_registry: 
     assert (v1(again) / "README.md").read_bytes() == SAMPLE_FILES["README.md"]
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+@pytest.mark.parametrize(
+    "signum", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP], ids=["SIGTERM", "SIGINT", "SIGHUP"]
+)
 def test_signal_unmounts_cleanly(mounter: Mounter, sample_registry: tuple[Path, Path], signum: int) -> None:
     reg, _ = sample_registry
     m = mounter(reg)
@@ -1026,3 +1028,16 @@ def test_allow_other_only_on_request(mounter: Mounter, sample_registry: tuple[Pa
     options = mount_options(m.path)
     assert "ro" in options
     assert ("allow_other" in options) is allow_other
+
+
+def test_mount_options_and_read_ahead(mounter: Mounter, sample_registry: tuple[Path, Path]) -> None:
+    """docs/SEMANTICS.md, "Mount lifecycle": ro, default_permissions, noatime; as root the
+    mount's read-ahead is raised to 1 MiB (1 MiB read requests)."""
+    reg, _ = sample_registry
+    m = mounter(reg)
+    options = mount_options(m.path)
+    assert {"ro", "default_permissions", "noatime"} <= set(options), options
+    if os.geteuid() == 0:
+        minor = os.minor(os.stat(m.path).st_dev)
+        with open(f"/sys/class/bdi/0:{minor}/read_ahead_kb") as f:
+            assert f.read().strip() == "1024"

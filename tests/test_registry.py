@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 import xxhash
+from conftest import b64md5, write_tree
 
 from artifactfs.errors import (
     ArtifactNotFound,
@@ -43,19 +44,6 @@ MiB = 1 << 20
 
 def R(text: str) -> Ref:
     return parse_ref(text)
-
-
-def write_tree(root: Path, files: dict[str, bytes]) -> Path:
-    root.mkdir(parents=True, exist_ok=True)
-    for rel, data in files.items():
-        path = root / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(data)
-    return root
-
-
-def b64md5(data: bytes) -> str:
-    return base64.b64encode(hashlib.md5(data).digest()).decode()
 
 
 @pytest.fixture
@@ -908,6 +896,22 @@ _REPORT_PEAK_RSS = (
 )
 
 
+def log_measuring_peak_rss(src: Path, root: Path) -> float:
+    """Run ``artifactfs log SRC`` in a child process; return its peak RSS in MiB."""
+    argv = cli("log", src, COLL, "--type", "dataset", registry=root)
+    proc = subprocess.run(
+        [sys.executable, "-c", _REPORT_PEAK_RSS, *argv[3:]],
+        env=child_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        check=False,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    return int(proc.stderr.strip().splitlines()[-1]) / 1024  # VmHWM is in kB
+
+
 @pytest.mark.slow
 def test_logging_many_small_files_keeps_memory_flat(tmp_path: Path) -> None:
     count = 10_000
@@ -921,20 +925,9 @@ def test_logging_many_small_files_keeps_memory_flat(tmp_path: Path) -> None:
         path.write_bytes(data)
         expected[rel] = b64md5(data)
     root = tmp_path / "registry"
-    argv = cli("log", src, COLL, "--type", "dataset", registry=root)
     t0 = time.monotonic()
-    proc = subprocess.run(
-        [sys.executable, "-c", _REPORT_PEAK_RSS, *argv[3:]],
-        env=child_env(),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        check=False,
-        timeout=120,
-    )
+    peak_mib = log_measuring_peak_rss(src, root)
     elapsed = time.monotonic() - t0
-    assert proc.returncode == 0, proc.stderr
-    peak_mib = int(proc.stderr.strip().splitlines()[-1]) / 1024  # VmHWM is in kB
     print(f"logging {count} files: {elapsed:.1f} s, peak RSS {peak_mib:.0f} MiB")
     assert peak_mib < 120, f"logging {count} small files peaked at {peak_mib:.0f} MiB RSS"
 
@@ -970,17 +963,7 @@ def test_logging_big_files_keeps_memory_flat(tmp_path: Path) -> None:
             expected[f"part{n}.bin"] = base64.b64encode(h.digest()).decode()
 
         root = tmp_path / "registry"
-        argv = cli("log", src, COLL, "--type", "dataset", registry=root)
-        proc = subprocess.run(
-            [sys.executable, "-c", _REPORT_PEAK_RSS, *argv[3:]],
-            env=child_env(),
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-            check=False,
-        )
-        assert proc.returncode == 0, proc.stderr
-        peak_mib = int(proc.stderr.strip().splitlines()[-1]) / 1024  # VmHWM is in kB
+        peak_mib = log_measuring_peak_rss(src, root)
         print(f"peak RSS of the logging process: {peak_mib:.0f} MiB")
         assert peak_mib < 150, f"logging 3 x {per_file} MiB peaked at {peak_mib:.0f} MiB RSS"
 

@@ -9,7 +9,7 @@ import os
 import stat
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, cast
 
@@ -18,6 +18,7 @@ import xxhash
 
 from artifactfs.errors import DigestMismatch, FetchError, RegistryError
 from artifactfs.manifest import EMPTY_MD5_B64, MD5, XXH128, Entry, digest_bytes, hash_fd
+from artifactfs.registry.base import BlobSource
 from artifactfs.store import BlobStore, PrefixHasher
 
 MiB = 1 << 20
@@ -27,8 +28,8 @@ def entry_for(data: bytes, path: str = "f.bin") -> Entry:
     return Entry(path, digest_bytes(data), len(data))
 
 
-def source(data: bytes) -> Callable[[], IO[bytes]]:
-    return lambda: io.BytesIO(data)
+def source(data: bytes) -> BlobSource:
+    return BlobSource("test bytes", open=lambda: io.BytesIO(data))
 
 
 def read_all(blob_store: BlobStore, key: str) -> bytes | None:
@@ -204,7 +205,7 @@ def test_fill_source_error_leaves_nothing(store: BlobStore) -> None:
 
     entry = entry_for(data)
     with pytest.raises(FetchError, match="Connection reset"):
-        store.fill(entry.cache_key, entry, lambda: cast(IO[bytes], Broken()), "f")
+        store.fill(entry.cache_key, entry, BlobSource("broken", open=lambda: cast(IO[bytes], Broken())), "f")
     assert entry.cache_key not in store
     assert os.listdir(store.tmp) == []
 
@@ -252,7 +253,7 @@ def test_fill_adopts_temp_file_without_copy(store: BlobStore) -> None:
         temp_inodes.append(os.stat(os.path.join(store.tmp, name)).st_ino)
         return io.BytesIO(data)
 
-    blob = store.fill(entry.cache_key, entry, opener, "f")
+    blob = store.fill(entry.cache_key, entry, BlobSource("f", open=opener), "f")
     blob.close()
     assert os.listdir(store.tmp) == []
     (cached,) = payload_files(store.directory)
