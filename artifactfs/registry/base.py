@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import abc
 import datetime as _dt
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import IO, Any, Protocol
 
-from ..errors import FetchError
-from ..manifest import Entry, Manifest
+from ..errors import FetchError, ReadOnly
+from ..manifest import MD5, Entry, Manifest
 from ..names import Ref
 
 
@@ -101,6 +101,12 @@ class DirEntry:
     entry: Entry | None
 
 
+@dataclass(frozen=True, slots=True)
+class LogResult:
+    version: VersionInfo
+    created: bool  # False when the content equalled the latest version's
+
+
 class Progress(Protocol):
     """What a download tells the store while it writes, so the store can hash as bytes arrive."""
 
@@ -135,6 +141,14 @@ class BlobSource:
     local_path: str | None = None
     open: Callable[[], IO[bytes]] | None = None
     download: Download | None = None
+    fallback: BlobSource | None = None  # tried when this source fails or mismatches
+
+    def chain(self) -> Iterator[BlobSource]:
+        """This source, then its fallbacks in order."""
+        source: BlobSource | None = self
+        while source is not None:
+            yield source
+            source = source.fallback
 
     def stream(self) -> IO[bytes]:
         """The bytes as a readable stream, whichever kind of source this is."""
@@ -151,16 +165,43 @@ class BlobSource:
 
 
 class Registry(abc.ABC):
-    """A source of artifact metadata and blobs.  Methods are blocking; call them from threads
-    when they may touch the network."""
+    """A source of artifact metadata and blobs.
+
+    Every method may block and may be a slow network round trip, unless ``local`` says they are
+    all cheap local I/O.  The mount calls a non-local registry from worker threads under a
+    limiter of its own, shares one call among concurrent askers of the same key and caches
+    namespace answers for ``--alias-ttl``; it never calls one on the trio loop.  Methods must be
+    thread-safe.
+    """
 
     kind: str = "registry"
+    #: True when every metadata call is cheap local I/O (tens of microseconds): the mount then
+    #: answers inline instead of paying a thread hop.
+    local: bool = False
+    #: True when versions can be logged and aliases edited through this registry.
+    writable: bool = False
+
+    @property
+    def spec(self) -> str:
+        """The registry spec that names this registry (for logs and ``open_registry``)."""
+        return self.kind
+
+    # -- namespace ------------------------------------------------------------------------------
 
     @abc.abstractmethod
-    def entities(self) -> list[str]: ...
+    def entities(self) -> list[str]:
+        """The entities the mount root lists (others may still resolve by name)."""
 
     @abc.abstractmethod
     def projects(self, entity: str) -> list[str]: ...
+
+    @abc.abstractmethod
+    def check_entity(self, entity: str) -> None:
+        """EntityNotFound unless ``entity`` exists: one cheap call, not a listing."""
+
+    @abc.abstractmethod
+    def check_project(self, entity: str, project: str) -> None:
+        """ProjectNotFound (or EntityNotFound) unless the project exists: one cheap call."""
 
     @abc.abstractmethod
     def collections(self, entity: str, project: str) -> list[CollectionInfo]: ...
@@ -169,8 +210,23 @@ class Registry(abc.ABC):
     def versions(self, entity: str, project: str, name: str) -> list[VersionInfo]: ...
 
     @abc.abstractmethod
+    def project_versions(self, entity: str, project: str) -> list[VersionInfo]:
+        """Every live version of every collection of a project, with its aliases: what a
+        project directory lists.  A bounded number of calls, not one per collection."""
+
+    @abc.abstractmethod
     def resolve(self, ref: Ref) -> VersionInfo:
         """The version that ``ref`` (``name:vN`` or ``name:alias``) names now."""
+
+    # -- version content ------------------------------------------------------------------------
+
+    def contents_loaded(self, version: VersionInfo) -> bool:
+        """True when ``list_dir``/``get_entry``/``iter_entries`` of ``version`` are cheap now.
+        Cheap itself (no I/O): the mount asks it on the trio loop."""
+        return True
+
+    def load_contents(self, version: VersionInfo) -> None:  # noqa: B027 - optional hook
+        """Fetch what ``list_dir``/``get_entry`` need (a remote manifest).  May block."""
 
     @abc.abstractmethod
     def iter_entries(self, version: VersionInfo) -> Iterator[Entry]: ...
@@ -183,14 +239,61 @@ class Registry(abc.ABC):
     def get_entry(self, version: VersionInfo, path: str) -> DirEntry:
         """The file or directory at ``path`` inside ``version``; EntryNotFound if none."""
 
+    def local_path(self, entry: Entry) -> str | None:
+        """Where ``entry``'s bytes already lie on this machine, if the registry keeps them in a
+        file that may be verified and served in place.  Pure: no I/O (asked on the trio loop)."""
+        return None
+
     @abc.abstractmethod
-    def blob_source(self, version: VersionInfo, entry: Entry) -> BlobSource: ...
+    def blob_source(self, version: VersionInfo, entry: Entry) -> BlobSource:
+        """Where ``entry``'s bytes can be had.  May block (it may ask a server for a URL): the
+        fetcher calls it in a worker thread, and only after a cache miss."""
 
     def manifest(self, version: VersionInfo) -> Manifest:
         manifest = Manifest(storage_policy_config=dict(version.storage_policy_config))
         for entry in self.iter_entries(version):
             manifest.entries[entry.path] = entry
         return manifest
+
+    # -- writes (a read-only registry refuses them with a message that names the limit) -------
+
+    def _refuse(self, what: str) -> ReadOnly:
+        return ReadOnly(f"{what}: the {self.kind} registry {self.spec} is read-only here")
+
+    def log_files(
+        self,
+        files: Iterable[tuple[str, str]],
+        ref: Ref,
+        *,
+        type: str,
+        aliases: Iterable[str] = (),
+        description: str = "",
+        metadata: dict[str, Any] | None = None,
+        digest_algorithm: str = MD5,
+        workers: int | None = None,
+        references: Iterable[Entry] = (),
+    ) -> LogResult:
+        """Log ``(entry path, local file)`` pairs and reference entries as a new version."""
+        raise self._refuse("logging a new version")
+
+    def add_alias(self, ref: Ref, alias: str) -> VersionInfo:
+        raise self._refuse("adding an alias")
+
+    def remove_alias(self, ref: Ref, alias: str) -> VersionInfo:
+        raise self._refuse("removing an alias")
+
+    def update(
+        self, ref: Ref, *, description: str | None = None, metadata: dict[str, Any] | None = None
+    ) -> VersionInfo:
+        """Change a version's description and/or metadata (its content never changes)."""
+        raise self._refuse("editing a version")
+
+    def delete(self, ref: Ref, *, delete_aliases: bool = False) -> VersionInfo:
+        raise self._refuse("deleting a version")
+
+    def gc(self, *, grace: float = 3600.0) -> tuple[int, int, int]:
+        """``(versions purged, blobs removed, bytes freed)``."""
+        raise self._refuse("garbage collection")
 
     def close(self) -> None:  # noqa: B027 - optional hook
         pass

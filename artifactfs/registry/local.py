@@ -52,7 +52,7 @@ from ..errors import (
 from ..fsutil import make_temp, remove_stale
 from ..manifest import ALGORITHMS, MANIFEST_ALGORITHM, MD5, Entry, artifact_digest, b64_digest, hex_from_b64, new_hasher
 from ..names import LATEST, Ref, check_alias, check_entry_path, check_name, split_dir
-from .base import BlobSource, CollectionInfo, DirEntry, Registry, VersionInfo
+from .base import BlobSource, CollectionInfo, DirEntry, LogResult, Registry, VersionInfo
 
 log = logging.getLogger(__name__)
 
@@ -120,16 +120,14 @@ class LoggedFile:
     extra: dict[str, Any] | None = None  # None: the artifact's default (``alg`` or nothing)
 
 
-@dataclass(frozen=True, slots=True)
-class LogResult:
-    version: VersionInfo
-    created: bool  # False when the content equalled the latest version's
 
 
 class LocalRegistry(Registry):
     """A registry directory on this machine.  Safe for several processes at once."""
 
     kind = "local"
+    local = True
+    writable = True
 
     def __init__(self, root: str | os.PathLike[str], *, create: bool = False) -> None:
         self.root = os.path.abspath(os.fspath(root))
@@ -252,6 +250,29 @@ class LocalRegistry(Registry):
         if row is None:
             raise ArtifactNotFound(f"artifact {entity}/{project}/{name} not found")
         return int(row[0])
+
+    @property
+    def spec(self) -> str:
+        return self.root
+
+    def check_entity(self, entity: str) -> None:
+        self._entity_id(entity)
+
+    def check_project(self, entity: str, project: str) -> None:
+        self._project_id(entity, project)
+
+    def project_versions(self, entity: str, project: str) -> list[VersionInfo]:
+        pid = self._project_id(entity, project)
+        rows = (
+            self._db()
+            .execute(
+                f"SELECT {_VERSION_COLUMNS} {_VERSION_FROM} "
+                "WHERE c.project_id = ? AND v.state != 'DELETED' ORDER BY c.name, v.version_index",
+                (pid,),
+            )
+            .fetchall()
+        )
+        return [self._version_from_row(r) for r in rows]
 
     def projects(self, entity: str) -> list[str]:
         eid = self._entity_id(entity)
@@ -428,6 +449,9 @@ class LocalRegistry(Registry):
     def blob_path(self, alg: str, digest: str) -> str:
         hexd = hex_from_b64(digest)
         return os.path.join(self.objects, alg.lower(), hexd[:2], hexd[2:])
+
+    def local_path(self, entry: Entry) -> str | None:
+        return None if entry.ref is not None else self.blob_path(entry.alg, entry.digest)
 
     def blob_source(self, version: VersionInfo, entry: Entry) -> BlobSource:
         if entry.ref is not None:
