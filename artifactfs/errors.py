@@ -107,3 +107,9 @@ class RegistryError(ArtifactFSError):
 
 class MountError(ArtifactFSError):
     """The mount cannot be set up (mount point, /dev/fuse, fusermount3)."""
+
+
+class BlobChanged(FetchError):
+    """A verified blob's file changed under us (truncated, extended or overwritten: its size,
+    inode, mtime or ctime moved).  Bytes read from it are not served; the blob is verified again
+    or fetched again."""
