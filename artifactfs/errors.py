@@ -113,3 +113,9 @@ class BlobChanged(FetchError):
     """A verified blob's file changed under us (truncated, extended or overwritten: its size,
     inode, mtime or ctime moved).  Bytes read from it are not served; the blob is verified again
     or fetched again."""
+
+
+class SourceChanged(FetchError):
+    """A reference entry's source no longer holds what was logged: the server's ETag (or the
+    object's version) differs from the one recorded in the manifest, so its bytes cannot be the
+    entry's.  Raised before the body is downloaded; nothing of it is cached."""
