@@ -4,13 +4,17 @@
 match the manifest.  Concurrency rules (the trio loop is single-threaded, so only ``await``
 points interleave):
 
-* Fast path, inline on the loop: a blob already in the cache, a local blob whose trust
-  record still matches, or a small local blob (<= 64 KiB, hashed here) is opened directly
-  (a SQLite lookup or a short hash and an ``open``: tens of microseconds, cheaper than the
-  ~150 us thread hop measured on this machine).
+* Fast path, inline on the loop: a blob already in the cache whose file still has the identity
+  it had when it was verified, a local blob whose trust record still matches, or a small local
+  blob (<= 64 KiB, hashed here) is opened directly (a SQLite lookup or a short hash and an
+  ``open``: tens of microseconds, cheaper than the ~150 us thread hop measured on this machine).
+  Nothing here asks the registry anything but the pure ``local_path``.
 * Slow path, one per content address however many readers wait: the first caller registers a
   ``trio.Event`` in ``_inflight``, runs the download or hash in a worker thread under a
   ``CapacityLimiter``, and sets the event; the others wait on it and then take the fast path.
+  The worker re-hashes a cached file whose identity moved (evicting it if its bytes are wrong),
+  and only then asks the registry for the blob's source (for a remote registry: a URL) and
+  fetches it.
 * A failed fetch (digest mismatch, network fault) is remembered for ``failure_backoff`` seconds:
   readers during that window get the same error at once instead of a new fetch.
 * Worker threads touch only the store (thread- and process-safe) and their own file
@@ -26,7 +30,7 @@ import trio
 
 from .errors import ArtifactFSError, DigestMismatch
 from .manifest import Entry
-from .registry.base import BlobSource, Registry, VersionInfo
+from .registry.base import Registry, VersionInfo
 from .store import Blob, BlobStore
 
 log = logging.getLogger(__name__)
@@ -77,7 +81,8 @@ class Fetcher:
 
     async def get(self, version: VersionInfo, entry: Entry) -> Blob:
         key = entry.cache_key
-        source = self.registry.blob_source(version, entry)
+        # Pure (no I/O): where a local registry keeps the blob, when it may be served in place.
+        local = self.registry.local_path(entry) if self.serve_local_in_place else None
         while True:
             failure = self._failures.get(key)
             if failure is not None:
@@ -86,7 +91,7 @@ class Fetcher:
                 del self._failures[key]
             event = self._inflight.get(key)
             if event is None:
-                blob = self._fast(key, version, entry, source)
+                blob = self._fast(key, version, entry, local)
                 if blob is not None:
                     return blob
                 break
@@ -94,29 +99,29 @@ class Fetcher:
         event = trio.Event()
         self._inflight[key] = event
         try:
-            blob = await trio.to_thread.run_sync(self._slow, key, version, entry, source, limiter=self._limiter)
+            verified, fetched = await trio.to_thread.run_sync(
+                self._slow, key, version, entry, local, limiter=self._limiter
+            )
         except ArtifactFSError as exc:
             self._remember_failure(key, exc, version, entry)
             raise
         finally:
             del self._inflight[key]
             event.set()
-        if self._in_place(source):
+        if local is not None:
             self.stats.verified_in_place += 1
-        else:
+        elif fetched:
             self.stats.fetches += 1
             self.stats.fetched_bytes += entry.size
-        return blob
+        else:
+            self.stats.cache_hits += 1
+        return verified
 
-    def _in_place(self, source: BlobSource) -> bool:
-        return source.local_path is not None and self.serve_local_in_place
-
-    def _fast(self, key: str, version: VersionInfo, entry: Entry, source: BlobSource) -> Blob | None:
+    def _fast(self, key: str, version: VersionInfo, entry: Entry, local: str | None) -> Blob | None:
         """Inline: a blob that needs no download and no long hash, or None."""
-        if self._in_place(source):
-            assert source.local_path is not None
+        if local is not None:
             small = entry.size <= INLINE_VERIFY_MAX
-            blob = self.store.open_trusted(key, source.local_path, persisted=not small)
+            blob = self.store.open_trusted(key, local, persisted=not small)
             if blob is not None:
                 self.stats.trusted_in_place += 1
                 return blob
@@ -124,9 +129,7 @@ class Fetcher:
                 # Hashing 64 KiB costs about what a thread hop does, and far less than writing a
                 # trust record: small local blobs are verified inline, once per process.
                 try:
-                    blob = self.store.verify_in_place(
-                        key, entry, source.local_path, f"{version.ref}/{entry.path}", persist=False
-                    )
+                    blob = self.store.verify_in_place(key, entry, local, f"{version.ref}/{entry.path}", persist=False)
                 except ArtifactFSError as exc:
                     self._remember_failure(key, exc, version, entry)
                     raise
@@ -153,10 +156,14 @@ class Fetcher:
             log.error("fetch failed: %s/%s: %s", version.ref, entry.path, exc)
         self._failures[key] = _Failure(exc, trio.current_time() + self.failure_backoff)
 
-    def _slow(self, key: str, version: VersionInfo, entry: Entry, source: BlobSource) -> Blob:
-        """Worker thread: hash a local blob in place, or fetch into the cache."""
+    def _slow(self, key: str, version: VersionInfo, entry: Entry, local: str | None) -> tuple[Blob, bool]:
+        """Worker thread: hash a local blob in place; or re-check a cached file that could not be
+        proven inline; or ask the registry where the bytes are (only now, after the miss: it may
+        be a network call) and fetch them into the cache.  ``(blob, fetched)``."""
         what = f"{version.ref}/{entry.path}"
-        if self._in_place(source):
-            assert source.local_path is not None
-            return self.store.verify_in_place(key, entry, source.local_path, what)
-        return self.store.fill(key, entry, source, what)
+        if local is not None:
+            return self.store.verify_in_place(key, entry, local, what), False
+        blob = self.store.open_verified(key, entry, what)
+        if blob is not None:
+            return blob, False
+        return self.store.fill(key, entry, self.registry.blob_source(version, entry), what), True

@@ -34,7 +34,7 @@ from typing import IO, Any
 
 import diskcache
 
-from .errors import DigestMismatch, FetchError, RegistryError
+from .errors import BlobChanged, DigestMismatch, FetchError, RegistryError
 from .fsutil import make_temp, remove_stale
 from .manifest import Entry, b64_digest, hash_fd, new_hasher, update_from_fd
 from .registry.base import BlobSource
@@ -43,25 +43,44 @@ log = logging.getLogger(__name__)
 
 CHUNK = 1 << 20
 DEFAULT_SIZE_LIMIT = 50 << 30
-_TRUST_PREFIX = "trust/"
+_TRUST_PREFIX = "trust/"  # in-place blobs: key -> (path, *identity)
+_CACHED_PREFIX = "cached/"  # cache files: key -> (path, *identity) taken once the file was adopted
 _TOUCH_INTERVAL = 60.0
 
 
 class Blob:
-    """An open, verified blob: ``pread`` serves bytes from it without further checks."""
+    """An open, verified blob: ``pread`` serves bytes from it.
 
-    __slots__ = ("_data", "_fd", "size")
+    A blob backed by a file carries the identity (device, inode, size, mtime, ctime) the file had
+    when its bytes were verified.  Every ``pread`` checks, after reading, that the file still has
+    it (one ``fstat``, about a microsecond): a file truncated, extended or overwritten behind our
+    back (a stray writer, a disk that lost a write) changes its size, mtime or ctime, and the
+    bytes just read are refused with :class:`~artifactfs.errors.BlobChanged` instead of served.
+    The check follows the read so that a write racing with it is seen too.
+    """
 
-    def __init__(self, fd: int | None = None, data: bytes | None = None, size: int = 0) -> None:
+    __slots__ = ("_data", "_fd", "identity", "size")
+
+    def __init__(
+        self, fd: int | None = None, data: bytes | None = None, size: int = 0, identity: Identity | None = None
+    ) -> None:
         self._fd = fd
         self._data = data
         self.size = size
+        self.identity = identity
 
     def pread(self, size: int, offset: int) -> bytes:
         if self._data is not None:
             return self._data[offset : offset + size]
         assert self._fd is not None
-        return os.pread(self._fd, size, offset)
+        try:
+            data = os.pread(self._fd, size, offset)
+            changed = self.identity is not None and _identity(os.fstat(self._fd)) != self.identity
+        except OSError as exc:
+            raise FetchError(f"reading a cached blob failed: {exc.strerror or exc}") from exc
+        if changed:
+            raise BlobChanged("a verified blob changed on disk after it was verified; verifying it again")
+        return data
 
     def close(self) -> None:
         if self._fd is not None:
@@ -70,11 +89,16 @@ class Blob:
             self._fd = None
 
 
-@dataclass(frozen=True, slots=True)
+Identity = tuple[int, int, int, int, int]
+
+
+@dataclass(slots=True)
 class _Adopt:
-    """A value for ``Cache.set(read=True)`` that is moved into the cache instead of copied."""
+    """A value for ``Cache.set(read=True)`` that is moved into the cache instead of copied.
+    ``final`` is set to the path it was moved to."""
 
     path: str
+    final: str = ""
 
 
 class _AdoptingDisk(diskcache.Disk):  # type: ignore[misc]
@@ -90,6 +114,7 @@ class _AdoptingDisk(diskcache.Disk):  # type: ignore[misc]
             filename, full_path = self.filename(key, value)
             os.makedirs(os.path.dirname(full_path), exist_ok=True)
             os.rename(value.path, full_path)
+            value.final = full_path
             return os.path.getsize(full_path), diskcache.core.MODE_BINARY, filename, None
         return super().store(value, read, key)
 
@@ -112,11 +137,13 @@ class BlobStore:
             )
         except (OSError, sqlite3.Error) as exc:
             raise RegistryError(f"cannot use cache directory {self.directory}: {exc}") from exc
-        # Per-process memo of what this store has already found in its cache: key -> (file path,
-        # trusted identity or None for cache files, monotonic time diskcache was last told).
-        # It spares a SQLite transaction per open (diskcache's LRU get writes an access time);
-        # diskcache still hears of every blob in use at least every _TOUCH_INTERVAL seconds.
-        self._memo: dict[str, tuple[str, tuple[int, ...] | None, float]] = {}
+        # Per-process memo of what this store has already found and proven: key -> (file path,
+        # its verified identity, monotonic time diskcache was last told of a use).  It spares
+        # SQLite transactions per open (diskcache's LRU get writes an access time); diskcache
+        # still hears of every blob in use at least every _TOUCH_INTERVAL seconds.
+        # Cache files and in-place blobs are remembered apart (a key may be both).
+        self._memo: dict[str, tuple[str, Identity, float]] = {}
+        self._trusted: dict[str, tuple[str, Identity, float]] = {}
 
     def close(self) -> None:
         self._cache.close()
@@ -129,52 +156,120 @@ class BlobStore:
         return key in self._cache
 
     def open_cached(self, key: str) -> Blob | None:
-        """The cached blob for ``key``, opened, or None.  Marks it recently used."""
+        """The cached blob for ``key``, opened, if its file is provably the one that was verified
+        (same identity as recorded when it was adopted); else None.  Marks it recently used.
+        Cheap (an ``open``, an ``fstat``, at most two SQLite reads): the fetcher calls it inline.
+        A cached file whose identity does not match is left for :meth:`open_verified`."""
         memo = self._memo.get(key)
         now = time.monotonic()
-        if memo is not None and memo[1] is None and now - memo[2] < _TOUCH_INTERVAL:
-            try:
-                # Cache file names are random and never reused: if it opens, it is this blob.
-                fd = os.open(memo[0], os.O_RDONLY | os.O_CLOEXEC)
-            except OSError:
-                self._memo.pop(key, None)
-            else:
-                return Blob(fd=fd, size=os.fstat(fd).st_size)
+        if memo is not None and now - memo[2] < _TOUCH_INTERVAL:
+            blob = _open_if(memo[0], memo[1])
+            if blob is not None:
+                return blob
+            self._memo.pop(key, None)
         try:
             handle = self._cache.get(key, read=True)
+            if handle is None:
+                return None
+            if isinstance(handle, io.BytesIO):  # not written by this store: never trusted
+                return None
+            with handle:
+                record = self._cache.get(_CACHED_PREFIX + key)
+                if record is None or record[0] != handle.name:
+                    return None
+                identity = tuple(record[1:])
+                st = os.fstat(handle.fileno())
+                if _identity(st) != identity:
+                    return None
+                fd = os.dup(handle.fileno())
         except (OSError, sqlite3.Error, diskcache.Timeout):  # evicted meanwhile, or busy: a miss
             return None
-        if handle is None:
+        self._memo[key] = (handle.name, _identity(st), now)
+        return Blob(fd=fd, size=st.st_size, identity=_identity(st))
+
+    def open_verified(self, key: str, entry: Entry, what: str) -> Blob | None:
+        """Worker thread: the cached blob for ``key`` after hashing it again, or None.
+
+        For a cached file that :meth:`open_cached` could not prove (its size, inode, mtime or
+        ctime moved since it was adopted, or its record was lost in a crash): hash it; on a match
+        record its new identity and serve it, on a mismatch evict it (the caller fetches it
+        again)."""
+        blob = self.open_cached(key)
+        if blob is not None:
+            return blob
+        try:
+            handle = self._cache.get(key, read=True)
+            if handle is None or isinstance(handle, io.BytesIO):
+                return None
+            with handle:
+                fd = os.dup(handle.fileno())
+                path = handle.name
+        except (OSError, sqlite3.Error, diskcache.Timeout):
             return None
-        if isinstance(handle, io.BytesIO):
-            data = handle.getvalue()
-            return Blob(data=data, size=len(data))
-        fd = os.dup(handle.fileno())
-        self._memo[key] = (handle.name, None, now)
-        handle.close()
-        return Blob(fd=fd, size=os.fstat(fd).st_size)
+        try:
+            before = _identity(os.fstat(fd))
+            if before[2] == entry.size:
+                actual, size = hash_fd(fd, entry.alg, limit=entry.size)
+                ok = actual == entry.digest and size == entry.size and _identity(os.fstat(fd)) == before
+            else:
+                ok = False
+            if not ok:
+                os.close(fd)
+                log.warning("cached blob of %s is corrupt (%s): fetching it again", what, path)
+                self._cache.delete(key, retry=True)
+                self._cache.delete(_CACHED_PREFIX + key, retry=True)
+                self._memo.pop(key, None)
+                return None
+            self._cache.set(_CACHED_PREFIX + key, (path, *before), retry=True)
+        except BaseException as exc:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+            if isinstance(exc, (OSError, sqlite3.Error, diskcache.Timeout)):
+                raise FetchError(f"checking the cached blob of {what} failed: {exc}") from exc
+            raise
+        log.info("cached blob of %s changed identity but its bytes are right: trusting it again", what)
+        self._memo[key] = (path, before, time.monotonic())
+        return Blob(fd=fd, size=before[2], identity=before)
 
     def fill(self, key: str, entry: Entry, source: BlobSource, what: str) -> Blob:
-        """Write ``source``'s bytes into the cache if they hash to ``entry.digest``; return the blob."""
-        try:
-            return self._fill(key, entry, source, what)
-        except (OSError, sqlite3.Error, diskcache.Timeout) as exc:
-            raise FetchError(f"caching {what} failed: {exc}") from exc
+        """Write ``source``'s bytes into the cache if they hash to ``entry.digest``; return the blob.
+
+        ``source`` is tried first, then each of its fallbacks (``source.chain()``): a source that
+        fails or whose bytes mismatch is logged and the next one tried; the last error is raised."""
+        sources = list(source.chain())
+        for index, candidate in enumerate(sources):
+            try:
+                return self._fill(key, entry, candidate, what)
+            except (FetchError, DigestMismatch) as exc:
+                if index == len(sources) - 1:
+                    raise
+                log.warning("%s: %s: trying %s", candidate.description, exc, sources[index + 1].description)
+        raise AssertionError("a source chain is never empty")
 
     def _fill(self, key: str, entry: Entry, source: BlobSource, what: str) -> Blob:
-        fd, path = make_temp(self.tmp, ".part", os.O_RDWR)
-        published = False
+        try:
+            fd, path = make_temp(self.tmp, ".part", os.O_RDWR)
+        except OSError as exc:
+            raise FetchError(f"caching {what} failed: {exc.strerror or exc}") from exc
+        adopt = _Adopt(path)
         try:
             size = write_verified(source, fd, entry, what)
-            self._cache.set(key, _Adopt(path), read=True)
-            published = True
+            # Durable before visible: the bytes reach the disk before the rename makes them a
+            # cache entry, and the rename reaches it before the record that vouches for them.
+            os.fsync(fd)
+            self._cache.set(key, adopt, read=True)
+            _fsync_dir(os.path.dirname(adopt.final))
+            identity = _identity(os.fstat(fd))  # after the rename, which moves the ctime
+            self._cache.set(_CACHED_PREFIX + key, (adopt.final, *identity))
             self._make_room(keep=key)
-            return Blob(fd=fd, size=size)
-        except BaseException:
+            return Blob(fd=fd, size=size, identity=identity)
+        except BaseException as exc:
             os.close(fd)
-            if not published:
+            if not adopt.final:
                 with contextlib.suppress(OSError):
                     os.unlink(path)
+            if isinstance(exc, (OSError, sqlite3.Error, diskcache.Timeout)):
+                raise FetchError(f"caching {what} failed: {exc}") from exc
             raise
 
     def _make_room(self, keep: str) -> None:
@@ -188,10 +283,13 @@ class BlobStore:
         try:
             while cache.volume() > cache.size_limit:
                 row = cache._sql(
-                    "SELECT key FROM Cache WHERE raw = 1 AND key != ? ORDER BY access_time LIMIT 1", (keep,)
+                    "SELECT key FROM Cache WHERE filename IS NOT NULL AND key != ? ORDER BY access_time LIMIT 1",
+                    (keep,),
                 ).fetchone()
                 if row is None or not cache.delete(row[0], retry=True):
                     return
+                cache.delete(_CACHED_PREFIX + row[0], retry=True)
+                self._memo.pop(row[0], None)
         except (diskcache.Timeout, sqlite3.Error) as exc:  # the blob is stored; eviction can wait
             log.warning("cache eviction failed: %s", exc)
 
@@ -199,9 +297,9 @@ class BlobStore:
         """``path`` opened, if a trust record says it was verified and it has not changed since.
 
         Without ``persisted`` only this process's memo is asked (no SQLite read)."""
-        memo = self._memo.get(key)
-        if memo is not None and memo[0] == path and memo[1] is not None:
-            identity: tuple[int, ...] | None = memo[1]
+        memo = self._trusted.get(key)
+        if memo is not None and memo[0] == path:
+            identity: tuple[int, ...] = memo[1]
         elif not persisted:
             return None
         else:
@@ -212,17 +310,13 @@ class BlobStore:
             if record is None or record[0] != path:
                 return None
             identity = tuple(record[1:])
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-        except OSError:
+        blob = _open_if(path, identity)
+        if blob is None:
+            self._trusted.pop(key, None)
             return None
-        st = os.fstat(fd)
-        if identity != _identity(st):
-            os.close(fd)
-            self._memo.pop(key, None)
-            return None
-        self._memo[key] = (path, identity, time.monotonic())
-        return Blob(fd=fd, size=st.st_size)
+        assert blob.identity is not None
+        self._trusted[key] = (path, blob.identity, time.monotonic())
+        return blob
 
     def verify_in_place(self, key: str, entry: Entry, path: str, what: str, *, persist: bool = True) -> Blob:
         """Open ``path``, hash it, and on a match remember its identity as trusted: in this
@@ -251,14 +345,14 @@ class BlobStore:
             if _identity(os.fstat(fd)) != before:
                 raise FetchError(f"blob of {what} changed while it was verified")
         if actual != entry.digest or size != entry.size:
-            self._memo.pop(key, None)
+            self._trusted.pop(key, None)
             self._cache.delete(trust_key)
             raise DigestMismatch(what, f"{entry.digest} ({entry.size} bytes)", f"{actual} ({size} bytes)")
         if persist:
             self._cache.set(trust_key, (path, *before))
             self._make_room(keep=trust_key)
-        self._memo[key] = (path, before, time.monotonic())  # only once the record is stored
-        return Blob(fd=fd, size=size)
+        self._trusted[key] = (path, before, time.monotonic())  # only once the record is stored
+        return Blob(fd=fd, size=size, identity=before)
 
     def clean_tmp(self, max_age: float = 3600.0) -> None:
         """Delete temp files of fills that died (killed daemons) more than ``max_age`` ago."""
@@ -383,5 +477,30 @@ def _claim_directory(path: str) -> None:
     os.chmod(path, 0o700)
 
 
-def _identity(st: os.stat_result) -> tuple[int, int, int, int, int]:
+def _identity(st: os.stat_result) -> Identity:
     return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+def _open_if(path: str, identity: tuple[int, ...]) -> Blob | None:
+    """``path`` opened as a blob if the file still has ``identity``; else None."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        st = os.fstat(fd)
+    except OSError:
+        st = None
+    if st is None or _identity(st) != identity:
+        os.close(fd)
+        return None
+    return Blob(fd=fd, size=st.st_size, identity=_identity(st))
+
+
+def _fsync_dir(path: str) -> None:
+    """Make a rename or a new name in ``path`` durable."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -16,7 +16,7 @@ from typing import IO, cast
 import pytest
 import xxhash
 
-from artifactfs.errors import DigestMismatch, FetchError, RegistryError
+from artifactfs.errors import BlobChanged, DigestMismatch, FetchError, RegistryError
 from artifactfs.manifest import EMPTY_MD5_B64, MD5, XXH128, Entry, digest_bytes, hash_fd
 from artifactfs.registry.base import BlobSource
 from artifactfs.store import BlobStore, PrefixHasher
@@ -566,3 +566,166 @@ def test_prefix_hasher_restart_and_short_file(tmp_path: Path) -> None:
         assert hasher.finish(limit=100) == (digest_bytes(b"fresh and more", XXH128), 14)
     finally:
         os.close(fd)
+
+
+# -- durability: a cached blob is served only while its file is the one that was verified ----------
+
+
+def cache_file(s: BlobStore, key: str) -> Path:
+    handle = s._cache.get(key, read=True)
+    assert handle is not None
+    with handle:
+        return Path(handle.name)
+
+
+def rewrite(path: Path, data: bytes, *, keep_mtime: bool = False) -> None:
+    """What a stray writer or a torn write leaves: new bytes in the same file (same inode)."""
+    st = path.stat()
+    with open(path, "r+b") as f:
+        f.write(data)
+        f.truncate(len(data))
+    if keep_mtime:  # user space can restore the mtime, never the ctime
+        os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+
+@pytest.mark.parametrize(
+    "damage",
+    ["truncate", "extend", "overwrite", "overwrite-keep-mtime"],
+)
+def test_damaged_cache_file_is_never_served_between_mounts(tmp_path: Path, damage: str) -> None:
+    data = os.urandom(3 * MiB)
+    entry = entry_for(data)
+    first = BlobStore(str(tmp_path / "cache"))
+    first.fill(entry.cache_key, entry, source(data), "f").close()
+    path = cache_file(first, entry.cache_key)
+    first.close()
+    if damage == "truncate":
+        os.truncate(path, 50_000)
+    elif damage == "extend":
+        with open(path, "ab") as f:
+            f.write(b"more")
+    else:
+        rewrite(path, bytes(len(data)), keep_mtime=damage.endswith("keep-mtime"))
+
+    second = BlobStore(str(tmp_path / "cache"))  # a later mount on the same cache
+    try:
+        assert second.open_cached(entry.cache_key) is None  # not proven: never served inline
+        assert second.open_verified(entry.cache_key, entry, "f") is None  # hashed, wrong: evicted
+        assert entry.cache_key not in second
+        blob = second.fill(entry.cache_key, entry, source(data), "f")
+        assert blob.pread(len(data) + 1, 0) == data
+        blob.close()
+        assert read_all(second, entry.cache_key) == data
+    finally:
+        second.close()
+
+
+def test_overwrite_behind_an_open_blob_is_refused_then_refetched(store: BlobStore) -> None:
+    data = os.urandom(MiB)
+    entry = entry_for(data)
+    store.fill(entry.cache_key, entry, source(data), "f").close()
+    blob = store.open_cached(entry.cache_key)
+    assert blob is not None and blob.pread(10, 0) == data[:10]
+    rewrite(cache_file(store, entry.cache_key), os.urandom(MiB), keep_mtime=True)
+    with pytest.raises(BlobChanged):
+        blob.pread(10, 0)  # the bytes read are refused, not served
+    blob.close()
+    assert store.open_cached(entry.cache_key) is None  # the memo re-checks the identity too
+    assert store.open_verified(entry.cache_key, entry, "f") is None
+    assert entry.cache_key not in store
+
+
+def test_truncation_behind_an_open_blob_is_refused(store: BlobStore) -> None:
+    data = os.urandom(MiB)
+    entry = entry_for(data)
+    blob = store.fill(entry.cache_key, entry, source(data), "f")
+    os.truncate(cache_file(store, entry.cache_key), 1000)
+    with pytest.raises(BlobChanged):
+        blob.pread(4096, 0)
+    blob.close()
+
+
+def test_identity_change_with_right_bytes_is_trusted_again(store: BlobStore) -> None:
+    data = os.urandom(MiB)
+    entry = entry_for(data)
+    store.fill(entry.cache_key, entry, source(data), "f").close()
+    path = cache_file(store, entry.cache_key)
+    os.utime(path)  # a touch: new mtime and ctime, same bytes
+    assert store.open_cached(entry.cache_key) is None
+    blob = store.open_verified(entry.cache_key, entry, "f")  # re-hashed, right: kept
+    assert blob is not None and blob.pread(len(data), 0) == data
+    blob.close()
+    again = store.open_cached(entry.cache_key)  # and provable inline again
+    assert again is not None
+    again.close()
+
+
+def test_lost_record_means_rehash_not_trust(store: BlobStore) -> None:
+    """A crash between the rename and the record that vouches for the file leaves a cache entry
+    without a record: it is hashed before it is served."""
+    data = os.urandom(MiB)
+    entry = entry_for(data)
+    store.fill(entry.cache_key, entry, source(data), "f").close()
+    store._cache.delete("cached/" + entry.cache_key)
+    store._memo.clear()
+    assert store.open_cached(entry.cache_key) is None
+    blob = store.open_verified(entry.cache_key, entry, "f")
+    assert blob is not None and blob.pread(len(data), 0) == data
+    blob.close()
+
+
+def test_fill_syncs_the_file_before_the_rename_and_the_directory_after(
+    store: BlobStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    events: list[str] = []
+    real_fsync, real_rename = os.fsync, os.rename
+
+    def fsync(fd: int) -> None:
+        events.append("fsync-dir" if stat.S_ISDIR(os.fstat(fd).st_mode) else "fsync-file")
+        real_fsync(fd)
+
+    def rename(src: str, dst: str) -> None:
+        events.append("rename")
+        real_rename(src, dst)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "rename", rename)
+    data = b"durable before visible"
+    entry = entry_for(data)
+    store.fill(entry.cache_key, entry, source(data), "f").close()
+    assert events == ["fsync-file", "rename", "fsync-dir"]
+
+
+def test_in_place_blob_overwritten_behind_an_open_blob_is_refused(store: BlobStore, tmp_path: Path) -> None:
+    data = os.urandom(MiB)
+    entry = entry_for(data)
+    path = tmp_path / "blob"
+    path.write_bytes(data)
+    blob = store.verify_in_place(entry.cache_key, entry, str(path), "f")
+    rewrite(path, os.urandom(MiB), keep_mtime=True)
+    with pytest.raises(BlobChanged):
+        blob.pread(10, 0)
+    blob.close()
+    assert store.open_trusted(entry.cache_key, str(path)) is None
+
+
+def test_fill_walks_the_source_chain(store: BlobStore, caplog: pytest.LogCaptureFixture) -> None:
+    data = b"the right bytes\n" * 100
+    entry = entry_for(data)
+    wrong = BlobSource("a stale copy", open=lambda: io.BytesIO(b"x" * len(data)))
+    chain = BlobSource(
+        "the sdk cache",
+        open=lambda: io.BytesIO(b"short"),
+        fallback=BlobSource("another", open=wrong.open, fallback=source(data)),
+    )
+    with caplog.at_level("WARNING"):
+        blob = store.fill(entry.cache_key, entry, chain, "f")
+    assert blob.pread(len(data), 0) == data
+    blob.close()
+    assert "trying another" in caplog.text and "trying test bytes" in caplog.text
+    assert os.listdir(store.tmp) == []
+    only_wrong = BlobSource("first", open=wrong.open, fallback=wrong)
+    other = entry_for(data + b"!")
+    with pytest.raises(DigestMismatch):
+        store.fill(other.cache_key, other, only_wrong, "g")
+    assert other.cache_key not in store
