@@ -1,0 +1,1677 @@
+"""A W&B-compatible test server: real HTTP on 127.0.0.1, GraphQL executed by graphql-core.
+
+Why: the ``wandb`` backend and the real wandb SDK must both be tested against something that
+speaks W&B's wire protocol, not a mock of our own client.  Incoming GraphQL documents are parsed,
+validated and executed against the schema below (``SCHEMA_SDL``), so any query shape whose
+fields exist is answered, whoever wrote it (the SDK's Go sidecar or our backend).  A query that
+asks for a field the schema lacks gets HTTP 400 with GraphQL validation errors (also kept in
+``WandbServer.graphql_errors``), which is how the schema was grown: run the SDK, read the errors.
+
+API (a contract other tests rely on)::
+
+    with WandbServer(api_key="k" * 40, viewer_entity="acme", teams=(), url_ttl=3600.0,
+                     features=None) as server:
+        server.url            # "http://127.0.0.1:PORT" (WANDB_BASE_URL)
+        server.api_key
+        rec = server.add_artifact(entity, project, name, type, files, *, aliases=(), metadata=None,
+                                  description="", digest_algorithm="MD5" | "XXH128",
+                                  references=None, manifest=None, run=None, used_by=())
+        server.set_alias(entity, project, name, alias, version_index)
+        server.delete_version(entity, project, name, version_index)
+        server.artifact(entity, project, name, version_index) -> ArtifactRecord
+        server.add_team(name); server.add_run(entity, project, run)
+        server.faults         # Faults: see its docstring
+        server.requests       # list[Request]: every request, in arrival order
+        server.operations(name) -> list[Request]; server.graphql_requests() -> list[Request]
+        server.file_requests() -> list[Request]   # blob/manifest GETs
+        server.reset_log()
+        server.graphql_errors # list[str]: every GraphQL error message sent (validation or execution)
+        server.sign(path, ttl=None) -> str        # a presigned URL path for /files/...
+
+``ArtifactRecord``: id (W&B-style base64 of ``Artifact:<n>``), entity, project, name, type,
+version_index, version ("vN"), digest (hex artifact digest), digest_algorithm ("MD5"/"XXH128"),
+manifest (dict, as served), manifest_bytes, files (path -> bytes), metadata (dict), description,
+created_at, run (name of the run that logged it), used_by (run names), deleted, membership_id,
+collection_id, aliases (a property: the aliases now pointing at it, "latest" included).
+
+GraphQL root fields: ``viewer``, ``serverInfo``, ``entity(name)``, ``project(name, entityName)``,
+``artifact(id)``, ``artifactCollection(id)``, ``organization(name)`` (always null), and the
+mutation root is absent (read-only server).
+Types: User (id name username email admin flags entity deletedAt apiKeys teams), ServerInfo
+(features, cliVersionInfo, latestLocalVersionInfo), ServerFeature, Entity (id name isTeam
+projects(first after filters order) project(name) organization user), Project (id internalId
+name entityName entity description createdAt updatedAt access allowAllArtifactTypesInRegistry
+artifactTypes(first after includeAll) artifactType(name) artifactCollections(first after
+filters order collectionTypes) artifactCollection(name) artifactCollectionMembership(name)
+artifact(name) run(name) runs(first after)), ArtifactType (id name description createdAt project
+artifactCollections(...) artifactCollection(name) artifactSequences(...) artifactSequence(name)),
+interface ArtifactCollection implemented by ArtifactSequence (id name description state
+createdAt updatedAt project defaultArtifactType tags aliases(first after)
+artifacts(first after order filters) artifactMemberships(first after order filters)
+artifactMembership(aliasName) artifactCollectionMembership... totalCount via connections),
+ArtifactCollectionMembership (id versionIndex createdAt aliases artifactCollection artifact
+files(names first after)), ArtifactAlias (id alias artifactCollection), Artifact (id
+artifactSequence versionIndex artifactType description metadata ttlDurationSeconds
+ttlIsInherited tags historyStep state size digest digestAlgorithm commitHash fileCount createdAt
+updatedAt aliases currentManifest files(names first after) createdBy usedBy
+artifactMemberships), ArtifactManifest (id file), File (id name displayName url directUrl
+sizeBytes storagePath mimetype updatedAt digest md5), union ArtifactCreator = Run | User, Run
+(id name displayName projectId project state tags config ... user historyKeys), Tag, PageInfo,
+and one Connection/Edge pair per list (``edges { cursor node }``, ``pageInfo``, ``totalCount``;
+artifact versions' edges also carry ``version``).  Scalars: JSONString (a JSON text), DateTime,
+Int64 (sizes above 2**31).
+
+Pagination: cursors are opaque (base64 of an offset); ``first`` absent means "all the rest";
+``pageInfo.endCursor`` is the last edge's cursor.  Orders: collections by creation, files by
+name, versions newest first (``order: "versionIndex"`` or ``"createdAt"`` for oldest first),
+aliases by name.
+
+HTTP endpoints:
+- ``POST /graphql``: Basic auth ``api:<api_key>``; a wrong or missing key gets 401.
+- ``GET /files/<hex>/<path>?expires=<unix>&sig=<hmac>``: presigned blob and manifest URLs (no
+  auth), ``Range`` (206, ``Content-Range``), ``ETag``, ``Accept-Ranges``; expired or badly
+  signed: 403 with an S3-like XML body.
+- ``GET /artifactsV2/<region>/<entity>/.../<md5hex>/<name>`` and ``GET /artifacts/<entity>/<md5hex>``:
+  the SDK's authenticated fallbacks (Basic auth), same serving rules.
+HTTP/1.0: every response closes its connection, so no handler thread outlives a test.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import hashlib
+import hmac
+import json
+import logging
+import re
+import secrets
+import socket
+import threading
+import time
+import urllib.parse
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import TracebackType
+from typing import Any, TypeAlias
+
+import graphql
+from graphql import GraphQLError, GraphQLResolveInfo
+
+from artifactfs.manifest import MANIFEST_ALGORITHM, MD5, XXH128, artifact_digest, digest_bytes, hex_from_b64
+
+log = logging.getLogger(__name__)
+
+Info: TypeAlias = "GraphQLResolveInfo[WandbServer]"
+
+SCHEMA_SDL = """
+scalar JSONString
+scalar DateTime
+scalar Int64
+
+type Query {
+  viewer: User
+  serverInfo: ServerInfo
+  entity(name: String): Entity
+  project(name: String, entityName: String): Project
+  artifact(id: ID!): Artifact
+  artifactCollection(id: ID!): ArtifactCollection
+  organization(name: String): Organization
+}
+
+type PageInfo { startCursor: String endCursor: String hasNextPage: Boolean! hasPreviousPage: Boolean! }
+
+type ApiKey { id: ID! name: String! description: String }
+type ApiKeyEdge { cursor: String! node: ApiKey }
+type ApiKeyConnection { edges: [ApiKeyEdge!]! pageInfo: PageInfo! totalCount: Int }
+
+type User {
+  id: ID!
+  name: String
+  username: String
+  email: String
+  admin: Boolean
+  flags: JSONString
+  entity: String
+  deletedAt: DateTime
+  apiKeys: ApiKeyConnection
+  teams(first: Int, after: String): EntityConnection
+  organizations: [Organization!]!
+}
+
+type ServerFeature { name: String! isEnabled: Boolean! }
+type VersionInfo { outOfDate: Boolean latestVersionString: String versionOnThisInstanceString: String }
+type ServerInfo {
+  features: [ServerFeature]!
+  cliVersionInfo: JSONString
+  latestLocalVersionInfo: VersionInfo
+  availableBucketProviders: [String!]
+}
+
+type Organization { id: ID! name: String! orgEntity: Entity }
+
+type Entity {
+  id: ID!
+  name: String!
+  isTeam: Boolean
+  projects(first: Int, after: String, filters: JSONString, order: String): ProjectConnection
+  project(name: String): Project
+  organization: Organization
+  user: User
+}
+type EntityEdge { cursor: String! node: Entity }
+type EntityConnection { edges: [EntityEdge!]! pageInfo: PageInfo! totalCount: Int }
+
+type Project {
+  id: ID!
+  internalId: ID!
+  name: String!
+  entityName: String!
+  entity: Entity!
+  description: String
+  createdAt: DateTime
+  updatedAt: DateTime
+  access: String
+  allowAllArtifactTypesInRegistry: Boolean
+  artifactTypes(first: Int, after: String, includeAll: Boolean): ArtifactTypeConnection!
+  artifactType(name: String!): ArtifactType
+  artifactCollections(first: Int, after: String, filters: JSONString, order: String,
+                      collectionTypes: [ArtifactCollectionType!]): ArtifactCollectionConnection
+  artifactCollection(name: String!): ArtifactCollection
+  artifactCollectionMembership(name: String!): ArtifactCollectionMembership
+  artifact(name: String!): Artifact
+  run(name: String!): Run
+  runs(first: Int, after: String, filters: JSONString, order: String): RunConnection
+}
+type ProjectEdge { cursor: String! node: Project }
+type ProjectConnection { edges: [ProjectEdge!]! pageInfo: PageInfo! totalCount: Int }
+
+enum ArtifactCollectionType { SEQUENCE PORTFOLIO }
+
+type ArtifactType {
+  id: ID!
+  name: String!
+  description: String
+  createdAt: DateTime
+  project: Project
+  artifactCollections(first: Int, after: String, filters: JSONString, order: String,
+                      collectionTypes: [ArtifactCollectionType!]): ArtifactCollectionConnection
+  artifactCollection(name: String!): ArtifactCollection
+  artifactSequences(first: Int, after: String, filters: JSONString, order: String): ArtifactCollectionConnection
+  artifactSequence(name: String!): ArtifactSequence
+}
+type ArtifactTypeEdge { cursor: String! node: ArtifactType }
+type ArtifactTypeConnection { edges: [ArtifactTypeEdge!]! pageInfo: PageInfo! totalCount: Int }
+
+type Tag { id: ID! name: String! tagCategoryName: String attributes: JSONString }
+type TagEdge { cursor: String! node: Tag! }
+type TagConnection { edges: [TagEdge!]! pageInfo: PageInfo! totalCount: Int }
+
+interface ArtifactCollection {
+  id: ID!
+  name: String!
+  description: String
+  state: String
+  createdAt: DateTime!
+  updatedAt: DateTime
+  project: Project
+  defaultArtifactType: ArtifactType!
+  tags: TagConnection!
+  aliases(first: Int, after: String): ArtifactAliasConnection!
+  artifacts(first: Int, after: String, order: String, filters: JSONString): VersionedArtifactConnection
+  artifactMemberships(first: Int, after: String, order: String,
+                      filters: JSONString): ArtifactCollectionMembershipConnection!
+  artifactMembership(aliasName: String!): ArtifactCollectionMembership
+}
+
+type ArtifactSequence implements ArtifactCollection {
+  id: ID!
+  name: String!
+  description: String
+  state: String
+  createdAt: DateTime!
+  updatedAt: DateTime
+  project: Project
+  defaultArtifactType: ArtifactType!
+  tags: TagConnection!
+  aliases(first: Int, after: String): ArtifactAliasConnection!
+  artifacts(first: Int, after: String, order: String, filters: JSONString): VersionedArtifactConnection
+  artifactMemberships(first: Int, after: String, order: String,
+                      filters: JSONString): ArtifactCollectionMembershipConnection!
+  artifactMembership(aliasName: String!): ArtifactCollectionMembership
+  latestArtifact: Artifact
+}
+type ArtifactCollectionEdge { cursor: String! node: ArtifactCollection }
+type ArtifactCollectionConnection { edges: [ArtifactCollectionEdge!]! pageInfo: PageInfo! totalCount: Int! }
+
+type ArtifactAlias { id: ID! alias: String! artifactCollection: ArtifactCollection artifact: Artifact }
+type ArtifactAliasEdge { cursor: String! node: ArtifactAlias }
+type ArtifactAliasConnection { edges: [ArtifactAliasEdge!]! pageInfo: PageInfo! totalCount: Int }
+
+type ArtifactCollectionMembership {
+  id: ID!
+  versionIndex: Int
+  createdAt: DateTime!
+  aliases: [ArtifactAlias!]!
+  artifactCollection: ArtifactCollection
+  artifact: Artifact
+  files(names: [String!], first: Int, after: String): FileConnection!
+}
+type ArtifactCollectionMembershipEdge { cursor: String! node: ArtifactCollectionMembership }
+type ArtifactCollectionMembershipConnection {
+  edges: [ArtifactCollectionMembershipEdge!]!
+  pageInfo: PageInfo!
+  totalCount: Int
+}
+
+type Artifact {
+  id: ID!
+  artifactSequence: ArtifactSequence!
+  versionIndex: Int
+  artifactType: ArtifactType!
+  description: String
+  metadata: JSONString
+  ttlDurationSeconds: Int64!
+  ttlIsInherited: Boolean!
+  tags: [Tag!]!
+  historyStep: Int64
+  state: String!
+  size: Int64!
+  digest: String!
+  digestAlgorithm: String
+  commitHash: String
+  fileCount: Int64!
+  createdAt: DateTime!
+  updatedAt: DateTime
+  aliases: [ArtifactAlias!]!
+  currentManifest: ArtifactManifest
+  files(names: [String!], first: Int, after: String): FileConnection!
+  createdBy: ArtifactCreator
+  usedBy(first: Int, after: String): RunConnection!
+  artifactMemberships(first: Int, after: String): ArtifactCollectionMembershipConnection!
+}
+type VersionedArtifactEdge { cursor: String! version: String! node: Artifact }
+type VersionedArtifactConnection { edges: [VersionedArtifactEdge!]! pageInfo: PageInfo! totalCount: Int! }
+
+type ArtifactManifest { id: ID! type: String createdAt: DateTime file: File! }
+
+type File {
+  id: ID!
+  name: String!
+  displayName: String!
+  url: String
+  directUrl: String!
+  sizeBytes: Int64!
+  storagePath: String
+  mimetype: String
+  updatedAt: DateTime
+  digest: String
+  md5: String
+}
+type FileEdge { cursor: String! node: File }
+type FileConnection { edges: [FileEdge!]! pageInfo: PageInfo! totalCount: Int }
+
+union ArtifactCreator = Run | User
+
+type RunUser { name: String username: String }
+type Run {
+  id: ID!
+  name: String!
+  displayName: String
+  projectId: ID
+  project: Project
+  state: String
+  tags: [String!]!
+  config: JSONString
+  summaryMetrics: JSONString
+  systemMetrics: JSONString
+  group: String
+  jobType: String
+  commit: String
+  readOnly: Boolean
+  createdAt: DateTime
+  heartbeatAt: DateTime
+  description: String
+  notes: String
+  sweepName: String
+  historyLineCount: Int
+  historyKeys: JSONString
+  user: RunUser
+  inputArtifacts(first: Int, after: String): VersionedArtifactConnection
+  outputArtifacts(first: Int, after: String): VersionedArtifactConnection
+}
+type RunEdge { cursor: String! node: Run }
+type RunConnection { edges: [RunEdge!]! pageInfo: PageInfo! totalCount: Int }
+"""
+
+# Features the SDK probes with ``serverInfo { features }``; all on unless the caller says otherwise.
+DEFAULT_FEATURES = {
+    "LARGE_FILENAMES": True,
+    "ARTIFACT_TAGS": True,
+    "ARTIFACT_COLLECTION_MEMBERSHIP_FILES": True,
+    "ARTIFACT_COLLECTION_MEMBERSHIP_FILE_DOWNLOAD_HANDLER": True,
+    "PROJECT_ARTIFACT_COLLECTION_MEMBERSHIP": True,
+    "TOTAL_COUNT_IN_FILE_CONNECTION": True,
+    "ARTIFACT_COLLECTIONS_FILTERING_SORTING": True,
+    "ARTIFACT_V2_DOWNLOAD_HANDLER_SUPPORTS_ARTIFACT_ID": True,
+    "ARTIFACT_DIGEST_ALGORITHM": True,
+}
+
+_EPOCH = datetime(2026, 1, 1, tzinfo=UTC).timestamp()
+
+
+def _gid(kind: str, number: int | str) -> str:
+    """W&B-style opaque id: base64 of ``Kind:number``."""
+    return base64.b64encode(f"{kind}:{number}".encode()).decode("ascii")
+
+
+def _iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+
+
+def _cursor(offset: int) -> str:
+    return base64.b64encode(f"cursor:{offset}".encode()).decode("ascii")
+
+
+def _offset_after(after: str | None) -> int:
+    if not after:
+        return 0
+    try:
+        text = base64.b64decode(after, validate=True).decode()
+        kind, _, number = text.partition(":")
+        if kind != "cursor":
+            raise ValueError(text)
+        return int(number) + 1
+    except ValueError as exc:
+        raise GraphQLError(f"invalid cursor {after!r}") from exc
+
+
+def _page(
+    items: Sequence[Any],
+    first: int | None,
+    after: str | None,
+    node: Callable[[Any], Any] = lambda x: x,
+    extra: Callable[[Any], dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """One Relay-style connection page over ``items`` (already in order)."""
+    start = _offset_after(after)
+    if first is not None and first < 0:
+        raise GraphQLError("first must not be negative")
+    end = len(items) if first is None else min(len(items), start + first)
+    edges = []
+    for offset in range(start, end):
+        item = items[offset]
+        edge = {"cursor": _cursor(offset), "node": node(item)}
+        if extra is not None:
+            edge.update(extra(item))
+        edges.append(edge)
+    return {
+        "edges": edges,
+        "pageInfo": {
+            "startCursor": edges[0]["cursor"] if edges else None,
+            "endCursor": edges[-1]["cursor"] if edges else None,
+            "hasNextPage": end < len(items),
+            "hasPreviousPage": start > 0,
+        },
+        "totalCount": len(items),
+    }
+
+
+# ----------------------------------------------------------------------------- records
+
+
+@dataclass
+class ArtifactRecord:
+    """One artifact version as the server stores it (see the module docstring)."""
+
+    id: str
+    number: int
+    entity: str
+    project: str
+    name: str
+    type: str
+    version_index: int
+    digest: str
+    digest_algorithm: str
+    manifest: dict[str, Any]
+    manifest_bytes: bytes
+    files: dict[str, bytes]
+    metadata: dict[str, Any]
+    description: str
+    created_at: float
+    membership_id: str
+    collection_id: str
+    run: str | None = None
+    used_by: list[str] = field(default_factory=list)
+    deleted: bool = False
+    file_digests: dict[str, str] = field(default_factory=dict)  # path -> entry digest (b64)
+    _collection: _Collection | None = field(default=None, repr=False)
+
+    @property
+    def version(self) -> str:
+        return f"v{self.version_index}"
+
+    @property
+    def aliases(self) -> list[str]:
+        coll = self._collection
+        if coll is None:
+            return []
+        return sorted(a for a, i in coll.aliases.items() if i == self.version_index)
+
+    @property
+    def size(self) -> int:
+        contents = self.manifest.get("contents")
+        if isinstance(contents, dict):
+            total = 0
+            for entry in contents.values():
+                size = entry.get("size") if isinstance(entry, dict) else None
+                if isinstance(size, int):
+                    total += size
+            return total
+        return sum(len(b) for b in self.files.values())
+
+
+@dataclass
+class _Run:
+    id: str
+    name: str
+    entity: str
+    project: str
+    created_at: float
+
+
+@dataclass
+class _Type:
+    id: str
+    name: str
+    created_at: float
+
+
+@dataclass
+class _Collection:
+    id: str
+    number: int
+    entity: str
+    project: str
+    name: str
+    type: str
+    created_at: float
+    versions: dict[int, ArtifactRecord] = field(default_factory=dict)
+    aliases: dict[str, int] = field(default_factory=dict)
+    next_index: int = 0
+    description: str = ""
+
+    def live(self) -> list[ArtifactRecord]:
+        return [r for r in self.versions.values() if not r.deleted]
+
+    def resolve(self, alias: str) -> ArtifactRecord | None:
+        """A version by alias, ``vN`` or artifact digest (as W&B resolves ``name:<alias>``)."""
+        index = self.aliases.get(alias)
+        if index is None and re.fullmatch(r"v\d+", alias):
+            index = int(alias[1:])
+        rec = self.versions.get(index) if index is not None else None
+        if rec is None and re.fullmatch(r"[0-9a-f]{32}", alias):
+            rec = next((r for r in self.versions.values() if r.digest == alias and not r.deleted), None)
+        return None if rec is None or rec.deleted else rec
+
+
+@dataclass
+class _Project:
+    id: str
+    number: int
+    entity: str
+    name: str
+    created_at: float
+    collections: dict[str, _Collection] = field(default_factory=dict)
+    types: dict[str, _Type] = field(default_factory=dict)
+    runs: dict[str, _Run] = field(default_factory=dict)
+
+
+@dataclass
+class Request:
+    """One request as the server saw it.  ``operation`` is the GraphQL operation name (from
+    ``operationName`` or the query text), ``status`` the status sent (0 until headers went out)."""
+
+    method: str
+    path: str
+    operation: str | None = None
+    variables: dict[str, Any] = field(default_factory=dict)
+    query: str = ""
+    status: int = 0
+    range: str | None = None
+    authorized: bool = False
+    time: float = field(default_factory=time.monotonic)
+
+    @property
+    def root_fields(self) -> list[str]:
+        """Names of the fields selected anywhere in the query (cheap substring checks for tests)."""
+        return re.findall(r"([A-Za-z_][A-Za-z0-9_]*)\s*[({]", self.query)
+
+
+# ----------------------------------------------------------------------------- faults
+
+
+@dataclass
+class _Rule:
+    kind: str
+    value: Any
+    times: int | None  # None: every request until cleared
+    match: str | None
+
+    def applies(self, path: str) -> bool:
+        return (self.times is None or self.times > 0) and (self.match is None or self.match in path)
+
+
+class Faults:
+    """Switches that make the next requests misbehave.  Thread-safe; each call adds a rule.
+
+    Every rule has ``times`` (how many requests it hits; None = until ``clear()``) and ``match``
+    (a substring of the unquoted request path, e.g. a file name, or None for any).  For one
+    request, the first live matching rule of each kind is used (and its count decremented), so
+    kinds combine (a slow first byte and a flipped byte on the same request).
+
+    Blob GETs (presigned files, the manifest, the authenticated fallbacks):
+    - ``status(code, times=1, match=None, retry_after=None)``: answer ``code`` (e.g. 503, 500,
+      429 with ``Retry-After``) and a short body instead of the blob.
+    - ``expire(times=1, match=None)``: answer 403 as for an expired signature (also the real
+      thing: a URL older than ``url_ttl`` is refused).
+    - ``slow_first_byte(seconds, ...)``: sleep before sending the status line.
+    - ``slow_body(bytes_per_second, ...)``: trickle the body.
+    - ``reset_after(n_bytes, ...)``: send the headers and ``n_bytes`` of the body, then reset the
+      connection (RST, SO_LINGER 0).
+    - ``truncate_after(n_bytes, ...)``: full ``Content-Length``, ``n_bytes`` of body, clean close.
+    - ``corrupt(...)``: flip one byte of the body (the middle one), same length.
+    /graphql:
+    - ``graphql_status(code, times=1, retry_after=None, match=None)``: ``match`` is an operation name.
+    - ``wrong_key``: a bool switch; while True every /graphql request is refused with 401 as if
+      the key were wrong.
+    ``clear()`` removes every rule and resets ``wrong_key``.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._rules: list[_Rule] = []
+        self.wrong_key = False
+
+    def _add(self, kind: str, value: Any, times: int | None, match: str | None) -> None:
+        with self._lock:
+            self._rules.append(_Rule(kind, value, times, match))
+
+    def status(
+        self, code: int, times: int | None = 1, match: str | None = None, retry_after: float | None = None
+    ) -> None:
+        self._add("status", (code, retry_after), times, match)
+
+    def expire(self, times: int | None = 1, match: str | None = None) -> None:
+        self._add("expire", True, times, match)
+
+    def slow_first_byte(self, seconds: float, times: int | None = 1, match: str | None = None) -> None:
+        self._add("slow_first_byte", seconds, times, match)
+
+    def slow_body(self, bytes_per_second: float, times: int | None = 1, match: str | None = None) -> None:
+        self._add("slow_body", bytes_per_second, times, match)
+
+    def reset_after(self, n_bytes: int, times: int | None = 1, match: str | None = None) -> None:
+        self._add("reset_after", n_bytes, times, match)
+
+    def truncate_after(self, n_bytes: int, times: int | None = 1, match: str | None = None) -> None:
+        self._add("truncate_after", n_bytes, times, match)
+
+    def corrupt(self, times: int | None = 1, match: str | None = None) -> None:
+        self._add("corrupt", True, times, match)
+
+    def graphql_status(
+        self, code: int, times: int | None = 1, retry_after: float | None = None, match: str | None = None
+    ) -> None:
+        self._add("graphql_status", (code, retry_after), times, match)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._rules.clear()
+            self.wrong_key = False
+
+    def pending(self) -> int:
+        """How many counted hits are left (rules with ``times=None`` count as one)."""
+        with self._lock:
+            return sum(1 if r.times is None else r.times for r in self._rules)
+
+    def take(self, kinds: Sequence[str], path: str) -> dict[str, Any]:
+        """The faults for one request (kind -> value), consuming one hit of each rule used."""
+        out: dict[str, Any] = {}
+        with self._lock:
+            for rule in self._rules:
+                if rule.kind in kinds and rule.kind not in out and rule.applies(path):
+                    out[rule.kind] = rule.value
+                    if rule.times is not None:
+                        rule.times -= 1
+            self._rules = [r for r in self._rules if r.times is None or r.times > 0]
+        return out
+
+
+_BLOB_FAULTS = ("status", "expire", "slow_first_byte", "slow_body", "reset_after", "truncate_after", "corrupt")
+
+
+# ----------------------------------------------------------------------------- GraphQL views
+# The default field resolver reads attributes (or dict keys) named like the fields and calls
+# them with (info, **args) when they are callable, so each view is a plain class.
+
+
+def _srv(info: Info) -> WandbServer:
+    return info.context
+
+
+class _Root:
+    def viewer(self, info: Info) -> dict[str, Any]:
+        return _srv(info)._viewer()
+
+    def serverInfo(self, info: Info) -> dict[str, Any]:
+        srv = _srv(info)
+        return {
+            "features": [{"name": k, "isEnabled": v} for k, v in srv.features.items()],
+            "cliVersionInfo": json.dumps({}),
+            "latestLocalVersionInfo": None,
+            "availableBucketProviders": [],
+        }
+
+    def entity(self, info: Info, name: str | None = None) -> _EntityView | None:
+        srv = _srv(info)
+        name = name or srv.viewer_entity
+        return _EntityView(name) if name in srv._entities() else None
+
+    def project(
+        self,
+        info: Info,
+        name: str | None = None,
+        entityName: str | None = None,
+    ) -> _ProjectView | None:
+        srv = _srv(info)
+        proj = srv._projects.get((entityName or srv.viewer_entity, name or ""))
+        return _ProjectView(proj) if proj else None
+
+    def artifact(self, info: Info, id: str) -> _ArtifactView | None:
+        rec = _srv(info)._by_id.get(id)
+        return _ArtifactView(rec) if rec is not None and not rec.deleted else None
+
+    def artifactCollection(self, info: Info, id: str) -> _CollectionView | None:
+        coll = _srv(info)._collections_by_id.get(id)
+        return _CollectionView(coll) if coll else None
+
+    def organization(self, info: Info, name: str | None = None) -> None:
+        return None
+
+
+class _EntityView:
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.id = _gid("Entity", name)
+
+    def isTeam(self, info: Info) -> bool:
+        return self.name != _srv(info).viewer_entity
+
+    def projects(
+        self,
+        info: Info,
+        first: int | None = None,
+        after: str | None = None,
+        filters: str | None = None,
+        order: str | None = None,
+    ) -> dict[str, Any]:
+        srv = _srv(info)
+        items = [p for (e, _), p in srv._projects.items() if e == self.name]
+        return _page(items, first, after, _ProjectView)
+
+    def project(self, info: Info, name: str | None = None) -> _ProjectView | None:
+        proj = _srv(info)._projects.get((self.name, name or ""))
+        return _ProjectView(proj) if proj else None
+
+    organization = None
+
+    def user(self, info: Info) -> dict[str, Any] | None:
+        srv = _srv(info)
+        return srv._viewer() if self.name == srv.viewer_entity else None
+
+
+class _ProjectView:
+    def __init__(self, proj: _Project) -> None:
+        self.p = proj
+        self.id = proj.id
+        self.internalId = str(proj.number)
+        self.name = proj.name
+        self.entityName = proj.entity
+        self.entity = _EntityView(proj.entity)
+        self.description = ""
+        self.createdAt = _iso(proj.created_at)
+        self.updatedAt = _iso(proj.created_at)
+        self.access = "PRIVATE"
+        self.allowAllArtifactTypesInRegistry = True
+
+    def artifactTypes(
+        self,
+        info: Info,
+        first: int | None = None,
+        after: str | None = None,
+        includeAll: bool | None = None,
+    ) -> dict[str, Any]:
+        return _page(list(self.p.types.values()), first, after, lambda t: _TypeView(self.p, t))
+
+    def artifactType(self, info: Info, name: str) -> _TypeView | None:
+        t = self.p.types.get(name)
+        return _TypeView(self.p, t) if t else None
+
+    def artifactCollections(
+        self,
+        info: Info,
+        first: int | None = None,
+        after: str | None = None,
+        filters: str | None = None,
+        order: str | None = None,
+        collectionTypes: list[str] | None = None,
+    ) -> dict[str, Any]:
+        if collectionTypes is not None and "SEQUENCE" not in collectionTypes:
+            return _page([], first, after)
+        colls = [c for c in self.p.collections.values() if c.live()]
+        return _page(_order_collections(colls, order), first, after, _CollectionView)
+
+    def artifactCollection(self, info: Info, name: str) -> _CollectionView | None:
+        coll = self.p.collections.get(name)
+        return _CollectionView(coll) if coll else None
+
+    def artifactCollectionMembership(
+        self,
+        info: Info,
+        name: str,
+    ) -> _MembershipView | None:
+        rec = _resolve_name(self.p, name)
+        return _MembershipView(rec) if rec else None
+
+    def artifact(self, info: Info, name: str) -> _ArtifactView | None:
+        rec = _resolve_name(self.p, name)
+        return _ArtifactView(rec) if rec else None
+
+    def run(self, info: Info, name: str) -> _RunView | None:
+        run = self.p.runs.get(name)
+        return _RunView(self.p, run) if run else None
+
+    def runs(
+        self,
+        info: Info,
+        first: int | None = None,
+        after: str | None = None,
+        filters: str | None = None,
+        order: str | None = None,
+    ) -> dict[str, Any]:
+        return _page(list(self.p.runs.values()), first, after, lambda r: _RunView(self.p, r))
+
+
+def _order_collections(colls: list[_Collection], order: str | None) -> list[_Collection]:
+    if order and order.lstrip("-+") == "name":
+        return sorted(colls, key=lambda c: c.name, reverse=order.startswith("-"))
+    if order and order.startswith("-"):
+        return list(reversed(colls))
+    return colls
+
+
+def _resolve_name(proj: _Project, name: str) -> ArtifactRecord | None:
+    coll_name, _, alias = name.partition(":")
+    coll = proj.collections.get(coll_name)
+    return coll.resolve(alias or "latest") if coll else None
+
+
+class _TypeView:
+    def __init__(self, proj: _Project, t: _Type) -> None:
+        self.p = proj
+        self.id = t.id
+        self.name = t.name
+        self.description = None
+        self.createdAt = _iso(t.created_at)
+        self.project = _ProjectView(proj)
+
+    def _colls(self) -> list[_Collection]:
+        return [c for c in self.p.collections.values() if c.type == self.name and c.live()]
+
+    def artifactCollections(
+        self,
+        info: Info,
+        first: int | None = None,
+        after: str | None = None,
+        filters: str | None = None,
+        order: str | None = None,
+        collectionTypes: list[str] | None = None,
+    ) -> dict[str, Any]:
+        if collectionTypes is not None and "SEQUENCE" not in collectionTypes:
+            return _page([], first, after)
+        return _page(_order_collections(self._colls(), order), first, after, _CollectionView)
+
+    def artifactSequences(
+        self,
+        info: Info,
+        first: int | None = None,
+        after: str | None = None,
+        filters: str | None = None,
+        order: str | None = None,
+    ) -> dict[str, Any]:
+        return _page(_order_collections(self._colls(), order), first, after, _CollectionView)
+
+    def artifactCollection(self, info: Info, name: str) -> _CollectionView | None:
+        coll = self.p.collections.get(name)
+        return _CollectionView(coll) if coll and coll.type == self.name else None
+
+    artifactSequence = artifactCollection
+
+
+class _CollectionView:
+    def __init__(self, coll: _Collection) -> None:
+        self.c = coll
+        self.id = coll.id
+        self.name = coll.name
+        self.description = coll.description
+        self.state = "READY"
+        self.createdAt = _iso(coll.created_at)
+        self.updatedAt = _iso(coll.created_at)
+        self.tags = _page([], None, None)
+
+    def project(self, info: Info) -> _ProjectView:
+        return _ProjectView(_srv(info)._projects[(self.c.entity, self.c.project)])
+
+    def defaultArtifactType(self, info: Info) -> _TypeView:
+        proj = _srv(info)._projects[(self.c.entity, self.c.project)]
+        return _TypeView(proj, proj.types[self.c.type])
+
+    def aliases(self, info: Info, first: int | None = None, after: str | None = None) -> dict[str, Any]:
+        items = sorted(self.c.aliases.items())
+        return _page(items, first, after, lambda kv: _AliasView(self.c, kv[0], kv[1]))
+
+    def _versions(self, order: str | None) -> list[ArtifactRecord]:
+        recs = self.c.live()
+        if order and order.lstrip("+") in ("versionIndex", "createdAt"):
+            return recs
+        return list(reversed(recs))
+
+    def artifacts(
+        self,
+        info: Info,
+        first: int | None = None,
+        after: str | None = None,
+        order: str | None = None,
+        filters: str | None = None,
+    ) -> dict[str, Any]:
+        return _page(self._versions(order), first, after, _ArtifactView, lambda r: {"version": r.version})
+
+    def artifactMemberships(
+        self,
+        info: Info,
+        first: int | None = None,
+        after: str | None = None,
+        order: str | None = None,
+        filters: str | None = None,
+    ) -> dict[str, Any]:
+        return _page(self._versions(order), first, after, _MembershipView)
+
+    def artifactMembership(self, info: Info, aliasName: str) -> _MembershipView | None:
+        rec = self.c.resolve(aliasName)
+        return _MembershipView(rec) if rec else None
+
+    def latestArtifact(self, info: Info) -> _ArtifactView | None:
+        rec = self.c.resolve("latest")
+        return _ArtifactView(rec) if rec else None
+
+
+class _AliasView:
+    def __init__(self, coll: _Collection, alias: str, index: int) -> None:
+        self.c = coll
+        self.alias = alias
+        self.index = index
+        self.id = _gid("ArtifactAlias", f"{coll.number}:{alias}")
+        self.artifactCollection = _CollectionView(coll)
+
+    def artifact(self, info: Info) -> _ArtifactView | None:
+        rec = self.c.versions.get(self.index)
+        return _ArtifactView(rec) if rec else None
+
+
+def _alias_views(rec: ArtifactRecord) -> list[_AliasView]:
+    coll = rec._collection
+    assert coll is not None
+    return [_AliasView(coll, a, rec.version_index) for a in rec.aliases]
+
+
+class _FilesMixin:
+    rec: ArtifactRecord
+
+    def files(
+        self,
+        info: Info,
+        names: list[str] | None = None,
+        first: int | None = None,
+        after: str | None = None,
+    ) -> dict[str, Any]:
+        rec = self.rec
+        if names is not None:
+            paths = [n for n in dict.fromkeys(names) if n in rec.files]
+        else:
+            paths = sorted(rec.files)
+        srv = _srv(info)
+        return _page(paths, first, after, lambda p: srv._file_node(rec, p))
+
+
+class _MembershipView(_FilesMixin):
+    def __init__(self, rec: ArtifactRecord) -> None:
+        self.rec = rec
+        self.id = rec.membership_id
+        self.versionIndex = rec.version_index
+        self.createdAt = _iso(rec.created_at)
+        assert rec._collection is not None
+        self.artifactCollection = _CollectionView(rec._collection)
+        self.artifact = _ArtifactView(rec)
+
+    def aliases(self, info: Info) -> list[_AliasView]:
+        return _alias_views(self.rec)
+
+
+class _ArtifactView(_FilesMixin):
+    def __init__(self, rec: ArtifactRecord) -> None:
+        self.rec = rec
+        self.id = rec.id
+        self.versionIndex = rec.version_index
+        self.description = rec.description
+        self.metadata = json.dumps(rec.metadata)
+        self.ttlDurationSeconds = -2
+        self.ttlIsInherited = True
+        self.tags: list[Any] = []
+        self.historyStep = None
+        self.state = "COMMITTED"
+        self.size = rec.size
+        self.digest = rec.digest
+        self.digestAlgorithm = MANIFEST_ALGORITHM[rec.digest_algorithm]
+        self.commitHash = rec.digest[:12]
+        self.createdAt = _iso(rec.created_at)
+        self.updatedAt = _iso(rec.created_at)
+        assert rec._collection is not None
+        self.artifactSequence = _CollectionView(rec._collection)
+
+    def fileCount(self, info: Info) -> int:
+        contents = self.rec.manifest.get("contents")
+        return len(contents) if isinstance(contents, dict) else len(self.rec.files)
+
+    def artifactType(self, info: Info) -> _TypeView:
+        proj = _srv(info)._projects[(self.rec.entity, self.rec.project)]
+        return _TypeView(proj, proj.types[self.rec.type])
+
+    def aliases(self, info: Info) -> list[_AliasView]:
+        return _alias_views(self.rec)
+
+    def currentManifest(self, info: Info) -> dict[str, Any]:
+        srv = _srv(info)
+        key = hashlib.md5(self.rec.manifest_bytes, usedforsecurity=False).hexdigest()
+        url = srv.url + srv.sign(f"/files/{key}/wandb_manifest.json")
+        return {
+            "id": _gid("ArtifactManifest", self.rec.number),
+            "type": "FULL",
+            "createdAt": self.createdAt,
+            "file": {
+                "id": _gid("File", f"manifest:{self.rec.number}"),
+                "name": "wandb_manifest.json",
+                "displayName": "wandb_manifest.json",
+                "url": url,
+                "directUrl": url,
+                "sizeBytes": len(self.rec.manifest_bytes),
+                "storagePath": None,
+                "mimetype": "application/json",
+                "updatedAt": self.createdAt,
+                "digest": digest_bytes(self.rec.manifest_bytes),
+                "md5": digest_bytes(self.rec.manifest_bytes),
+            },
+        }
+
+    def createdBy(self, info: Info) -> _RunView | None:
+        if self.rec.run is None:
+            return None
+        proj = _srv(info)._projects[(self.rec.entity, self.rec.project)]
+        return _RunView(proj, proj.runs[self.rec.run])
+
+    def usedBy(
+        self,
+        info: Info,
+        first: int | None = None,
+        after: str | None = None,
+    ) -> dict[str, Any]:
+        proj = _srv(info)._projects[(self.rec.entity, self.rec.project)]
+        return _page([proj.runs[r] for r in self.rec.used_by], first, after, lambda r: _RunView(proj, r))
+
+    def artifactMemberships(
+        self,
+        info: Info,
+        first: int | None = None,
+        after: str | None = None,
+    ) -> dict[str, Any]:
+        return _page([self.rec], first, after, _MembershipView)
+
+
+class _RunView:
+    def __init__(self, proj: _Project, run: _Run) -> None:
+        self.p = proj
+        self.r = run
+        self.id = run.id
+        self.name = run.name
+        self.displayName = run.name
+        self.projectId = str(proj.number)
+        self.project = _ProjectView(proj)
+        self.state = "finished"
+        self.tags: list[str] = []
+        self.config = "{}"
+        self.summaryMetrics = "{}"
+        self.systemMetrics = "{}"
+        self.group = None
+        self.jobType = None
+        self.commit = None
+        self.readOnly = False
+        self.createdAt = _iso(run.created_at)
+        self.heartbeatAt = _iso(run.created_at)
+        self.description = None
+        self.notes = None
+        self.sweepName = None
+        self.historyLineCount = 0
+        self.historyKeys = json.dumps({"keys": {}, "lastStep": 0})
+        self.user = {"name": "Test User", "username": proj.entity}
+
+    def _artifacts(
+        self, pred: Callable[[ArtifactRecord], bool], first: int | None, after: str | None
+    ) -> dict[str, Any]:
+        recs = [r for c in self.p.collections.values() for r in c.live() if pred(r)]
+        return _page(recs, first, after, _ArtifactView, lambda r: {"version": r.version})
+
+    def inputArtifacts(
+        self,
+        info: Info,
+        first: int | None = None,
+        after: str | None = None,
+    ) -> dict[str, Any]:
+        return self._artifacts(lambda r: self.name in r.used_by, first, after)
+
+    def outputArtifacts(
+        self,
+        info: Info,
+        first: int | None = None,
+        after: str | None = None,
+    ) -> dict[str, Any]:
+        return self._artifacts(lambda r: r.run == self.name, first, after)
+
+
+def _resolve_collection_type(value: Any, info: Info, abstract: Any) -> str:
+    return "ArtifactSequence"
+
+
+def _resolve_creator_type(value: Any, info: Info, abstract: Any) -> str:
+    return "Run" if isinstance(value, _RunView) else "User"
+
+
+def _build_schema() -> graphql.GraphQLSchema:
+    schema = graphql.build_schema(SCHEMA_SDL)
+    coll = schema.type_map["ArtifactCollection"]
+    creator = schema.type_map["ArtifactCreator"]
+    assert isinstance(coll, graphql.GraphQLInterfaceType) and isinstance(creator, graphql.GraphQLUnionType)
+    coll.resolve_type = _resolve_collection_type
+    creator.resolve_type = _resolve_creator_type
+    return schema
+
+
+SCHEMA = _build_schema()
+
+
+# ----------------------------------------------------------------------------- HTTP
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    owner: WandbServer
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: _Server
+    protocol_version = "HTTP/1.0"
+
+    def log_message(self, format: str, *args: Any) -> None:
+        log.debug("wandb test server: " + format, *args)
+
+    def do_POST(self) -> None:
+        owner = self.server.owner
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length)
+        req = Request("POST", self.path, authorized=self._authorized())
+        owner._record(req)
+        if urllib.parse.urlsplit(self.path).path.rstrip("/") != "/graphql":
+            self._send_json(req, 404, {"errors": [{"message": "not found"}]})
+            return
+        try:
+            payload = json.loads(body)
+            if not isinstance(payload, dict):
+                raise ValueError("expected a JSON object")
+            req.query = str(payload.get("query") or "")
+            req.variables = dict(payload.get("variables") or {})
+            req.operation = payload.get("operationName") or _operation_name(req.query)
+        except (ValueError, TypeError) as exc:
+            self._send_json(req, 400, {"errors": [{"message": f"bad request body: {exc}"}]})
+            return
+        fault = owner.faults.take(("graphql_status",), req.operation or "")
+        if "graphql_status" in fault:
+            code, retry_after = fault["graphql_status"]
+            headers = {"Retry-After": str(retry_after)} if retry_after is not None else {}
+            self._send_json(req, code, {"errors": [{"message": f"injected {code}"}]}, headers)
+            return
+        if owner.faults.wrong_key or not req.authorized:
+            self._send_json(req, 401, {"errors": [{"message": "user is not logged in"}]})
+            return
+        status, result = owner._execute(req)
+        self._send_json(req, status, result)
+
+    def _authorized(self) -> bool:
+        header = self.headers.get("Authorization") or ""
+        scheme, _, cred = header.partition(" ")
+        if scheme.lower() != "basic":
+            return False
+        try:
+            user, _, password = base64.b64decode(cred).decode().partition(":")
+        except ValueError:
+            return False
+        return hmac.compare_digest(password, self.server.owner.api_key) and user in ("api", "")
+
+    def _send_json(self, req: Request, status: int, obj: Any, headers: Mapping[str, str] | None = None) -> None:
+        data = json.dumps(obj).encode()
+        req.status = status
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        for k, v in (headers or {}).items():
+            self.send_header(k, v)
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_HEAD(self) -> None:
+        self._get(head=True)
+
+    def do_GET(self) -> None:
+        self._get(head=False)
+
+    def _get(self, head: bool) -> None:
+        owner = self.server.owner
+        split = urllib.parse.urlsplit(self.path)
+        path = urllib.parse.unquote(split.path)
+        req = Request(
+            "HEAD" if head else "GET", self.path, range=self.headers.get("Range"), authorized=self._authorized()
+        )
+        owner._record(req)
+        parts = [p for p in split.path.split("/") if p]
+        key: str | None = None
+        if len(parts) >= 3 and parts[0] == "files":
+            query = urllib.parse.parse_qs(split.query)
+            expires = (query.get("expires") or [""])[0]
+            sig = (query.get("sig") or [""])[0]
+            if not owner._signature_ok(split.path, expires, sig):
+                self._send_plain(req, 403, _S3_DENIED.format(msg="SignatureDoesNotMatch"), "application/xml")
+                return
+            if float(expires) < time.time():
+                self._send_plain(req, 403, _S3_DENIED.format(msg="Request has expired"), "application/xml")
+                return
+            key = parts[1]
+        elif (len(parts) >= 4 and parts[0] == "artifactsV2") or (len(parts) == 3 and parts[0] == "artifacts"):
+            if not req.authorized:
+                self._send_plain(req, 401, "unauthorized", "text/plain")
+                return
+            key = parts[-2] if parts[0] == "artifactsV2" else parts[-1]
+            if parts[2 if parts[0] == "artifactsV2" else 1] not in owner._entities():
+                key = None
+        blob = owner._blobs.get(key) if key else None
+        if blob is None:
+            self._send_plain(req, 404, "not found", "text/plain")
+            return
+        self._serve_blob(req, path, blob, head)
+
+    def _send_plain(
+        self, req: Request, status: int, text: str, ctype: str, headers: Mapping[str, str] | None = None
+    ) -> None:
+        data = text.encode()
+        req.status = status
+        self.send_response(status)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(data)))
+        for k, v in (headers or {}).items():
+            self.send_header(k, v)
+        self.end_headers()
+        if req.method != "HEAD":
+            self.wfile.write(data)
+
+    def _serve_blob(self, req: Request, path: str, blob: bytes, head: bool) -> None:
+        fault = self.server.owner.faults.take(_BLOB_FAULTS, path)
+        if "slow_first_byte" in fault:
+            time.sleep(fault["slow_first_byte"])
+        if "status" in fault:
+            code, retry_after = fault["status"]
+            headers = {"Retry-After": str(retry_after)} if retry_after is not None else {}
+            self._send_plain(req, code, f"injected {code}", "text/plain", headers)
+            return
+        if "expire" in fault:
+            self._send_plain(req, 403, _S3_DENIED.format(msg="Request has expired"), "application/xml")
+            return
+        etag = '"' + hashlib.md5(blob, usedforsecurity=False).hexdigest() + '"'
+        start, end = 0, len(blob)
+        status = 200
+        rng = self.headers.get("Range")
+        if_range = self.headers.get("If-Range")
+        if rng and (if_range is None or if_range == etag):
+            parsed = _parse_range(rng, len(blob))
+            if parsed is None:
+                self._send_plain(
+                    req, 416, "range not satisfiable", "text/plain", {"Content-Range": f"bytes */{len(blob)}"}
+                )
+                return
+            start, end = parsed
+            status = 206
+        body = blob[start:end]
+        if "corrupt" in fault and body:
+            mid = len(body) // 2
+            body = body[:mid] + bytes([body[mid] ^ 0xFF]) + body[mid + 1 :]
+        req.status = status
+        self.send_response(status)
+        self.send_header("Content-Type", "application/octet-stream")
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Accept-Ranges", "bytes")
+        self.send_header("ETag", etag)
+        if status == 206:
+            self.send_header("Content-Range", f"bytes {start}-{end - 1}/{len(blob)}")
+        self.end_headers()
+        if head:
+            return
+        limit = len(body)
+        if "reset_after" in fault:
+            limit = min(limit, fault["reset_after"])
+        if "truncate_after" in fault:
+            limit = min(limit, fault["truncate_after"])
+        rate = fault.get("slow_body")
+        try:
+            self._write_body(body[:limit], rate)
+            if "reset_after" in fault:
+                self.wfile.flush()
+                self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+                self.connection.close()
+                self.close_connection = True
+        except OSError:  # the client went away: nothing to tell it
+            self.close_connection = True
+
+    def _write_body(self, body: bytes, rate: float | None) -> None:
+        if rate is None:
+            self.wfile.write(body)
+            return
+        chunk = max(1, int(rate / 10))
+        for i in range(0, len(body), chunk):
+            self.wfile.write(body[i : i + chunk])
+            self.wfile.flush()
+            time.sleep(len(body[i : i + chunk]) / rate)
+
+
+_S3_DENIED = '<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>AccessDenied</Code><Message>{msg}</Message></Error>'
+_OPNAME = re.compile(r"\b(?:query|mutation|subscription)\s+([A-Za-z_][A-Za-z0-9_]*)")
+
+
+def _operation_name(query: str) -> str | None:
+    match = _OPNAME.search(query)
+    return match.group(1) if match else None
+
+
+def _parse_range(header: str, size: int) -> tuple[int, int] | None:
+    """``bytes=a-b`` / ``bytes=a-`` / ``bytes=-n`` as ``(start, end)`` (end exclusive), or None."""
+    match = re.fullmatch(r"bytes=(\d*)-(\d*)", header.strip())
+    if not match or not (match.group(1) or match.group(2)):
+        return None
+    if not match.group(1):
+        n = int(match.group(2))
+        return (max(0, size - n), size) if n > 0 and size > 0 else None
+    start = int(match.group(1))
+    end = int(match.group(2)) + 1 if match.group(2) else size
+    end = min(end, size)
+    return (start, end) if start < end else None
+
+
+# ----------------------------------------------------------------------------- the server
+
+
+class WandbServer:
+    """See the module docstring.  Use as a context manager (or call ``start``/``stop``)."""
+
+    def __init__(
+        self,
+        *,
+        api_key: str = "k" * 40,
+        viewer_entity: str = "acme",
+        teams: Sequence[str] = (),
+        url_ttl: float = 3600.0,
+        features: Mapping[str, bool] | None = None,
+    ) -> None:
+        self.api_key = api_key
+        self.viewer_entity = viewer_entity
+        self.teams = list(teams)
+        self.url_ttl = url_ttl
+        self.features = dict(DEFAULT_FEATURES if features is None else features)
+        self.faults = Faults()
+        self.requests: list[Request] = []
+        self.graphql_errors: list[str] = []
+        self._lock = threading.RLock()
+        self._secret = secrets.token_bytes(16)
+        self._counter = 0
+        self._projects: dict[tuple[str, str], _Project] = {}
+        self._collections_by_id: dict[str, _Collection] = {}
+        self._by_id: dict[str, ArtifactRecord] = {}
+        self._blobs: dict[str, bytes] = {}
+        self._httpd: _Server | None = None
+        self._thread: threading.Thread | None = None
+        self.url = ""
+
+    # -- lifecycle
+
+    def start(self) -> WandbServer:
+        httpd = _Server(("127.0.0.1", 0), _Handler)
+        httpd.owner = self
+        self._httpd = httpd
+        self.url = f"http://127.0.0.1:{httpd.server_address[1]}"
+        self._thread = threading.Thread(
+            target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, name="wandb-test-server", daemon=True
+        )
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        if self._httpd is not None:
+            self._httpd.shutdown()
+            self._httpd.server_close()
+            self._httpd = None
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            self._thread = None
+
+    def __enter__(self) -> WandbServer:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+    # -- data
+
+    def _next(self) -> int:
+        self._counter += 1
+        return self._counter
+
+    def _entities(self) -> set[str]:
+        return {self.viewer_entity, *self.teams, *(e for e, _ in self._projects)}
+
+    def add_team(self, name: str) -> None:
+        with self._lock:
+            if name not in self.teams:
+                self.teams.append(name)
+
+    def _project(self, entity: str, project: str) -> _Project:
+        proj = self._projects.get((entity, project))
+        if proj is None:
+            n = self._next()
+            proj = _Project(_gid("Project", n), n, entity, project, _EPOCH + n)
+            self._projects[(entity, project)] = proj
+        return proj
+
+    def add_run(self, entity: str, project: str, run: str) -> None:
+        with self._lock:
+            proj = self._project(entity, project)
+            if run not in proj.runs:
+                n = self._next()
+                proj.runs[run] = _Run(_gid("Run", f"v1:{run}:{project}:{entity}"), run, entity, project, _EPOCH + n)
+
+    def add_artifact(
+        self,
+        entity: str,
+        project: str,
+        name: str,
+        type: str,
+        files: Mapping[str, bytes],
+        *,
+        aliases: Sequence[str] = (),
+        metadata: Mapping[str, Any] | None = None,
+        description: str = "",
+        digest_algorithm: str = MD5,
+        references: Mapping[str, dict[str, Any]] | None = None,
+        manifest: dict[str, Any] | None = None,
+        run: str | None = None,
+        used_by: Sequence[str] = (),
+    ) -> ArtifactRecord:
+        """A new version ``vN`` of ``entity/project/name``; ``latest`` and ``aliases`` move to it.
+
+        ``run`` names the run that logged it (default: a run ``<name>-run-<n>`` is made up, so
+        ``logged_by()`` has something to find); ``used_by`` names runs that used it.
+        ``manifest`` replaces the generated manifest JSON verbatim (hostile-manifest tests); the
+        files stay downloadable by their own content.  ``references``: path -> manifest entry
+        (``ref``, ``digest``, ``size``, ``extra``), listed in the manifest but not as files.
+        """
+        if digest_algorithm not in (MD5, XXH128):
+            raise ValueError(f"digest_algorithm must be MD5 or XXH128, not {digest_algorithm!r}")
+        with self._lock:
+            proj = self._project(entity, project)
+            if type not in proj.types:
+                n = self._next()
+                proj.types[type] = _Type(_gid("ArtifactType", n), type, _EPOCH + n)
+            coll = proj.collections.get(name)
+            if coll is None:
+                n = self._next()
+                coll = _Collection(_gid("ArtifactSequence", n), n, entity, project, name, type, _EPOCH + n)
+                proj.collections[name] = coll
+                self._collections_by_id[coll.id] = coll
+            elif coll.type != type:
+                raise ValueError(f"collection {name!r} has type {coll.type!r}, not {type!r}")
+            number = self._next()
+            art_id = _gid("Artifact", number)
+            index = coll.next_index
+            coll.next_index += 1
+            previous = coll.versions.get(index - 1) if index > 0 else None
+            contents: dict[str, dict[str, Any]] = {}
+            file_digests: dict[str, str] = {}
+            for path, data in files.items():
+                digest = digest_bytes(data, digest_algorithm)
+                file_digests[path] = digest
+                self._blobs[hex_from_b64(digest)] = bytes(data)
+                birth = art_id
+                if previous is not None and previous.file_digests.get(path) == digest:
+                    prev_entry = previous.manifest.get("contents", {}).get(path, {})
+                    birth = prev_entry.get("birthArtifactID", previous.id)
+                entry: dict[str, Any] = {"digest": digest, "birthArtifactID": birth, "size": len(data)}
+                if digest_algorithm == XXH128:
+                    entry["extra"] = {"alg": XXH128}
+                contents[path] = entry
+            for path, ref_entry in (references or {}).items():
+                contents[path] = dict(ref_entry)
+            generated = {
+                "version": 1,
+                "storagePolicy": "wandb-storage-policy-v1",
+                "storagePolicyConfig": {"storageLayout": "V2"},
+                "contents": dict(sorted(contents.items())),
+            }
+            served = generated if manifest is None else manifest
+            manifest_bytes = json.dumps(served, ensure_ascii=False).encode()
+            self._blobs[hashlib.md5(manifest_bytes, usedforsecurity=False).hexdigest()] = manifest_bytes
+            digest_items = _digest_items(served)
+            art_digest = artifact_digest(digest_items, digest_algorithm)
+            if run is None:
+                run = f"{name}-run-{number}"
+            for r in (run, *used_by):
+                self.add_run(entity, project, r)
+            rec = ArtifactRecord(
+                id=art_id,
+                number=number,
+                entity=entity,
+                project=project,
+                name=name,
+                type=type,
+                version_index=index,
+                digest=art_digest,
+                digest_algorithm=digest_algorithm,
+                manifest=served,
+                manifest_bytes=manifest_bytes,
+                files={p: bytes(b) for p, b in files.items()},
+                metadata=dict(metadata or {}),
+                description=description,
+                created_at=_EPOCH + number,
+                membership_id=_gid("ArtifactCollectionMembership", number),
+                collection_id=coll.id,
+                run=run,
+                used_by=list(used_by),
+                file_digests=file_digests,
+                _collection=coll,
+            )
+            coll.versions[index] = rec
+            self._by_id[art_id] = rec
+            coll.aliases["latest"] = index
+            for alias in aliases:
+                coll.aliases[alias] = index
+            return rec
+
+    def artifact(self, entity: str, project: str, name: str, version_index: int) -> ArtifactRecord:
+        with self._lock:
+            return self._projects[(entity, project)].collections[name].versions[version_index]
+
+    def set_alias(self, entity: str, project: str, name: str, alias: str, version_index: int) -> None:
+        """Point ``alias`` at version ``version_index`` (moving it from wherever it was)."""
+        with self._lock:
+            coll = self._projects[(entity, project)].collections[name]
+            if version_index not in coll.versions or coll.versions[version_index].deleted:
+                raise KeyError(f"{name}:v{version_index}")
+            coll.aliases[alias] = version_index
+
+    def delete_version(self, entity: str, project: str, name: str, version_index: int) -> None:
+        """Soft-delete a version: it disappears from listings and lookups; its aliases go away,
+        and ``latest`` moves to the newest live version."""
+        with self._lock:
+            coll = self._projects[(entity, project)].collections[name]
+            coll.versions[version_index].deleted = True
+            coll.aliases = {a: i for a, i in coll.aliases.items() if i != version_index}
+            live = coll.live()
+            if live and "latest" not in coll.aliases:
+                coll.aliases["latest"] = live[-1].version_index
+
+    # -- URLs
+
+    def sign(self, path: str, ttl: float | None = None) -> str:
+        """``path?expires=..&sig=..`` for a ``/files/...`` path (already percent-encoded)."""
+        expires = f"{time.time() + (self.url_ttl if ttl is None else ttl):.3f}"
+        sig = hmac.new(self._secret, f"{path}\n{expires}".encode(), "sha256").hexdigest()
+        return f"{path}?expires={expires}&sig={sig}"
+
+    def _signature_ok(self, path: str, expires: str, sig: str) -> bool:
+        try:
+            float(expires)
+        except ValueError:
+            return False
+        good = hmac.new(self._secret, f"{path}\n{expires}".encode(), "sha256").hexdigest()
+        return hmac.compare_digest(good, sig)
+
+    def _file_node(self, rec: ArtifactRecord, path: str) -> dict[str, Any]:
+        digest = rec.file_digests[path]
+        hexkey = hex_from_b64(digest)
+        url = self.url + self.sign(f"/files/{hexkey}/{urllib.parse.quote(path)}")
+        data = rec.files[path]
+        return {
+            "id": _gid("File", f"{rec.number}:{path}"),
+            "name": path,
+            "displayName": path,
+            "url": url,
+            "directUrl": url,
+            "sizeBytes": len(data),
+            "storagePath": f"wandb_artifacts/{rec.number}/{hexkey}",
+            "mimetype": "application/octet-stream",
+            "updatedAt": _iso(rec.created_at),
+            "digest": digest,
+            "md5": digest_bytes(data, MD5),
+        }
+
+    def _viewer(self) -> dict[str, Any]:
+        return {
+            "id": _gid("User", self.viewer_entity),
+            "name": "Test User",
+            "username": self.viewer_entity,
+            "email": f"{self.viewer_entity}@example.com",
+            "admin": False,
+            "flags": "{}",
+            "entity": self.viewer_entity,
+            "deletedAt": None,
+            "apiKeys": _page([], None, None),
+            "teams": lambda info, first=None, after=None: _page([_EntityView(t) for t in self.teams], first, after),
+            "organizations": [],
+        }
+
+    # -- requests
+
+    def _record(self, req: Request) -> None:
+        with self._lock:
+            self.requests.append(req)
+
+    def _execute(self, req: Request) -> tuple[int, dict[str, Any]]:
+        try:
+            document = graphql.parse(req.query)
+        except GraphQLError as exc:
+            self.graphql_errors.append(exc.message)
+            return 400, {"errors": [exc.formatted]}
+        errors = graphql.validate(SCHEMA, document)
+        if errors:
+            for err in errors:
+                self.graphql_errors.append(f"{req.operation}: {err.message}")
+                log.warning("wandb test server: %s: %s", req.operation, err.message)
+            return 400, {"errors": [e.formatted for e in errors]}
+        names = {
+            d.name.value for d in document.definitions if isinstance(d, graphql.OperationDefinitionNode) and d.name
+        }
+        with self._lock:
+            result = graphql.execute(
+                SCHEMA,
+                document,
+                root_value=_Root(),
+                context_value=self,
+                variable_values=req.variables,
+                operation_name=req.operation if req.operation in names else None,
+            )
+        if not isinstance(result, graphql.ExecutionResult):  # no resolver here is async
+            raise TypeError("asynchronous execution result")
+        out: dict[str, Any] = {"data": result.data}
+        if result.errors:
+            out["errors"] = [e.formatted for e in result.errors]
+            for err in result.errors:
+                self.graphql_errors.append(f"{req.operation}: {err.message}")
+                log.warning("wandb test server: %s: %s", req.operation, err.message)
+        return 200, out
+
+    def operations(self, name: str) -> list[Request]:
+        with self._lock:
+            return [r for r in self.requests if r.operation == name]
+
+    def graphql_requests(self) -> list[Request]:
+        with self._lock:
+            return [r for r in self.requests if r.method == "POST"]
+
+    def file_requests(self) -> list[Request]:
+        with self._lock:
+            return [r for r in self.requests if r.method in ("GET", "HEAD")]
+
+    def reset_log(self) -> None:
+        with self._lock:
+            self.requests.clear()
+            self.graphql_errors.clear()
+
+
+def _digest_items(manifest: Any) -> list[tuple[str, str]]:
+    contents = manifest.get("contents") if isinstance(manifest, dict) else None
+    if not isinstance(contents, dict):
+        return []
+    return [(str(p), str(e.get("digest"))) for p, e in contents.items() if isinstance(e, dict)]
+
+
+@contextlib.contextmanager
+def running(**kwargs: Any) -> Iterator[WandbServer]:
+    """``with running(teams=["t"]) as server:``: a started server, stopped afterwards."""
+    with WandbServer(**kwargs) as server:
+        yield server
