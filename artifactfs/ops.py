@@ -4,6 +4,10 @@ This is the one place where exceptions become errnos: every handler runs under
 :func:`_errno_boundary`, which turns :class:`~artifactfs.errors.ArtifactFSError` into
 ``FUSEError(exc.errno)`` (logged at the error's own level) and anything unexpected into EIO
 (logged with its traceback).  ``trio.Cancelled`` and other ``BaseException`` pass through.
+
+Metadata handlers await the tree, which asks the registry through :class:`~artifactfs.meta.Meta`
+(inline for a local registry, worker threads for a remote one); nothing here blocks the loop on
+a registry call.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from typing import Any, ParamSpec, TypeVar
 import pyfuse3
 import trio
 
-from .errors import ArtifactFSError, NotFound, ReadOnly
+from .errors import ArtifactFSError, BlobChanged, NotFound, ReadOnly
 from .fetcher import Fetcher
 from .manifest import Entry
 from .registry.base import VersionInfo
@@ -71,26 +75,18 @@ class Operations(pyfuse3.Operations):
     enable_acl = False
 
     def __init__(
-        self, tree: Tree, fetcher: Fetcher, *, metadata_inline: bool = True, pread_in_thread: bool = False
+        self, tree: Tree, fetcher: Fetcher, *, pread_in_thread: bool = False, metadata_inline: bool | None = None
     ) -> None:
+        # ``metadata_inline`` is ignored (the tree's Meta decides by ``registry.local``); it is
+        # accepted only until mount.py stops passing it.  TODO: remove with that line.
         super().__init__()
         # Verified local blobs are read inline by default: scripts/bench measures both ways.
         self._pread_in_thread = pread_in_thread
-        self.tree = tree
+        self.tree = tree  # owns the Meta that asks the registry (inline or in threads)
         self.fetcher = fetcher
-        # Local SQLite answers in tens of microseconds: cheaper inline than a thread hop.  A remote
-        # registry's metadata calls go to a thread, one at a time (the tree is not thread-safe).
-        self._metadata_inline = metadata_inline
-        self._tree_lock = trio.Lock()
         self._files: dict[int, _OpenFile] = {}
         self._dirs: dict[int, _OpenDir] = {}
         self._next_fh = 1
-
-    async def _meta(self, fn: Callable[..., R], *args: Any) -> R:
-        if self._metadata_inline:
-            return fn(*args)
-        async with self._tree_lock:
-            return await trio.to_thread.run_sync(fn, *args, limiter=self.fetcher.limiter)
 
     def _fh(self) -> int:
         fh = self._next_fh
@@ -125,7 +121,7 @@ class Operations(pyfuse3.Operations):
         except UnicodeDecodeError:
             raise pyfuse3.FUSEError(errno.ENOENT) from None
         try:
-            node = await self._meta(self.tree.lookup, parent_inode, text)
+            node = await self.tree.lookup(parent_inode, text)
         except NotFound as exc:
             log.debug("lookup %r: %s", text, exc)
             negative = pyfuse3.EntryAttributes()
@@ -149,8 +145,7 @@ class Operations(pyfuse3.Operations):
 
     @_errno_boundary
     async def readlink(self, inode: int, ctx: pyfuse3.RequestContext) -> bytes:
-        target: str = await self._meta(self.tree.readlink, inode)
-        return target.encode()
+        return (await self.tree.readlink(inode)).encode()
 
     @_errno_boundary
     async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
@@ -163,8 +158,10 @@ class Operations(pyfuse3.Operations):
     async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
         handle = self._dirs[fh]
         if handle.children is None or start_id == 0:
-            handle.children = await self._meta(self.tree.listdir, handle.inode)
-        children = handle.children
+            children = await self.tree.listdir(handle.inode)
+            handle.children = children
+        else:
+            children = handle.children
         for index in range(start_id, len(children)):
             name, node = children[index]
             attrs = self._entry_attributes(self.tree.getattr(node))
@@ -197,19 +194,39 @@ class Operations(pyfuse3.Operations):
     @_errno_boundary
     async def read(self, fh: int, off: int, size: int) -> bytes:
         handle = self._files[fh]
-        blob = handle.blob
-        if blob is None:
-            blob = await self.fetcher.get(handle.version, handle.entry)
-            if self._files.get(fh) is not handle:  # released meanwhile (an interrupted reader)
-                try:
-                    return blob.pread(size, off)
-                finally:
+        for attempt in (1, 2):
+            blob = handle.blob
+            if blob is None:
+                blob = await self.fetcher.get(handle.version, handle.entry)
+                if self._files.get(fh) is not handle:  # released meanwhile (an interrupted reader)
+                    try:
+                        return await self._pread(blob, size, off)
+                    except BlobChanged:
+                        if attempt == 2:
+                            raise
+                        log.info("%s/%s changed under us; fetching it again", handle.version.ref, handle.entry.path)
+                        continue
+                    finally:
+                        blob.close()
+                if handle.blob is None:
+                    handle.blob = blob
+                else:  # another read on this handle got there first
                     blob.close()
-            if handle.blob is None:
-                handle.blob = blob
-            else:  # another read on this handle got there first
+                    blob = handle.blob
+            try:
+                return await self._pread(blob, size, off)
+            except BlobChanged:
+                # The verified file changed (size, inode, mtime or ctime moved): serve nothing
+                # from it; the fetcher verifies it again or fetches it again, once.
+                if handle.blob is blob:
+                    handle.blob = None
                 blob.close()
-                blob = handle.blob
+                if attempt == 2:
+                    raise
+                log.info("%s/%s changed under us; fetching it again", handle.version.ref, handle.entry.path)
+        raise AssertionError("unreachable")
+
+    async def _pread(self, blob: Blob, size: int, off: int) -> bytes:
         # Verified and local: pread inline (a thread hop would cost more than the read).
         if self._pread_in_thread:
             return await trio.to_thread.run_sync(blob.pread, size, off)
@@ -224,9 +241,7 @@ class Operations(pyfuse3.Operations):
     # -- extended attributes --------------------------------------------------------------------
 
     async def _xattrs(self, inode: int) -> dict[str, bytes]:
-        node = self.tree.node(inode)
-        attrs: dict[str, bytes] = await self._meta(self.tree.xattrs, node, self.fetcher.stats.to_json)
-        return attrs
+        return await self.tree.xattrs(self.tree.node(inode), self.fetcher.stats.to_json)
 
     @_errno_boundary
     async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:

@@ -5,9 +5,17 @@ Layout (see docs/SEMANTICS.md)::
     /<entity>/<project>/<name>:v<N>/<entry path>     immutable version directories
     /<entity>/<project>/<name>:<alias>               symlink -> <name>:v<N>, re-resolved after alias_ttl
 
-Nodes are created on lookup and readdir and dropped when the kernel forgets them.  Everything
-here is synchronous and free of pyfuse3, so tests drive it without a kernel; :mod:`ops` decides
-which calls run inline and which in a thread.
+Nodes are created on lookup and readdir and dropped when the kernel forgets them.  The methods
+that need the registry (``lookup``, ``listdir``, ``readlink``, ``xattrs``) are async: they ask
+through :class:`~artifactfs.meta.Meta` (inline for a local registry, a worker thread otherwise)
+and change the table only after the answer is back, on the trio loop.  A worker thread never
+sees a node.  Everything else (``getattr``, ``remember``, ``forget``) is synchronous.  No
+pyfuse3 here, so tests drive the tree without a kernel.
+
+Between an ``await`` and the code after it, other requests run: a node may have been forgotten
+or re-made meanwhile, which ``_intern`` and ``remember`` allow for.  An answer carries when it
+stops being current (:class:`~artifactfs.meta.Answer`); alias nodes keep the freshest answer
+they have seen, so an older cached listing never moves a link backwards.
 """
 
 from __future__ import annotations
@@ -19,12 +27,16 @@ import stat
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Any
+
+import trio
 
 from .errors import ArtifactNotFound, EntryNotFound, InvalidReference, NotFound
 from .fsutil import redact_uri
 from .manifest import Entry
+from .meta import Meta
 from .names import Ref, check_name, parse_version
-from .registry.base import Registry, VersionInfo, iso_time
+from .registry.base import DirEntry, Registry, VersionInfo, iso_time
 
 log = logging.getLogger(__name__)
 
@@ -80,17 +92,23 @@ class Attr:
 
 @dataclass
 class Tree:
+    """The inode table over ``registry``.  ``meta`` (made here unless given) asks the registry;
+    give one to share it or to set its thread limit."""
+
     registry: Registry
     uid: int
     gid: int
     alias_ttl: float = 60.0
-    clock: Callable[[], float] = time.monotonic
     mount_time_ns: int = field(default_factory=time.time_ns)
+    meta: Meta | None = None
     _nodes: dict[int, Node] = field(default_factory=dict)
     _by_key: dict[tuple[object, ...], Node] = field(default_factory=dict)
     _next_inode: int = ROOT_INODE + 1
 
     def __post_init__(self) -> None:
+        if self.meta is None:
+            self.meta = Meta(self.registry, alias_ttl=self.alias_ttl)
+        self._meta: Meta = self.meta
         root = Node(ROOT_INODE, Kind.ROOT, ("root",), lookups=1)
         self._nodes[ROOT_INODE] = root
         self._by_key[root.key] = root
@@ -151,14 +169,13 @@ class Tree:
         key = ("p", entity, name)
         return self._intern(key, lambda i: Node(i, Kind.PROJECT, key, entity=entity, project=name))
 
-    def _version_node(self, v: VersionInfo) -> Node:
+    def _version_node(self, v: VersionInfo, expires: float) -> Node:
+        """The node of version ``v`` (by id), from an answer current until ``expires``."""
         key = ("v", v.id)
-        node = self._intern(
-            key,
-            lambda i: Node(
-                i, Kind.VERSION, key, v.entity, v.project, v.name, version=v, expires=self.clock() + self.alias_ttl
-            ),
-        )
+        node = self._intern(key, lambda i: Node(i, Kind.VERSION, key, v.entity, v.project, v.name, version=v))
+        if expires >= node.expires:
+            node.version = v  # aliases, description and updated_at may have moved
+            node.expires = expires
         return node
 
     def _content(self, parent: Node, name: str, entry: Entry | None) -> Node:
@@ -181,24 +198,27 @@ class Tree:
             ),
         )
 
-    def _alias_node(self, entity: str, project: str, collection: str, alias: str, target: str) -> Node:
+    def _alias_node(self, entity: str, project: str, collection: str, alias: str, target: str, expires: float) -> Node:
+        """The symlink ``collection:alias``, pointing at ``target`` by an answer current until
+        ``expires``: an older answer (a cached listing) does not override a fresher one."""
         key = ("a", entity, project, collection, alias)
         node = self._intern(key, lambda i: Node(i, Kind.ALIAS, key, entity, project, collection, alias))
-        node.target = target
-        node.expires = self.clock() + self.alias_ttl
+        if expires >= node.expires:
+            node.target = target
+            node.expires = expires
         return node
 
-    def lookup(self, parent_inode: int, name: str) -> Node:
+    async def lookup(self, parent_inode: int, name: str) -> Node:
         """The child ``name`` of a directory, creating its node; raises NotFound."""
         parent = self.node(parent_inode)
         kind = parent.kind
         if kind is Kind.ROOT:
             self._check_name(name)
-            self.registry.projects(name)  # raises EntityNotFound
+            await self._meta.check_entity(name)  # raises EntityNotFound
             return self._entity(name)
         if kind is Kind.ENTITY:
             self._check_name(name)
-            self.registry.collections(parent.entity, name)  # raises ProjectNotFound
+            await self._meta.check_project(parent.entity, name)  # raises ProjectNotFound
             return self._project(parent.entity, name)
         if kind is Kind.PROJECT:
             collection, sep, tag = name.partition(":")
@@ -206,14 +226,16 @@ class Tree:
                 raise ArtifactNotFound(f"{name!r}: project entries are NAME:vN or NAME:ALIAS")
             self._check_name(collection)
             ref = Ref(parent.entity, parent.project, collection, tag)
-            v = self.registry.resolve(ref)  # raises ArtifactNotFound
+            answer = await self._meta.resolve(ref)  # raises ArtifactNotFound
+            v = answer.value
             if parse_version(tag) is not None:
-                return self._version_node(v)
-            return self._alias_node(parent.entity, parent.project, collection, tag, f"{collection}:{v.version}")
+                return self._version_node(v, answer.expires)
+            target = f"{collection}:{v.version}"
+            return self._alias_node(parent.entity, parent.project, collection, tag, target, answer.expires)
         if kind in (Kind.VERSION, Kind.DIR):
             assert parent.version is not None
             path = f"{parent.path}/{name}" if parent.path else name
-            found = self.registry.get_entry(parent.version, path)  # raises EntryNotFound
+            found: DirEntry = await self._contents(parent.version, self.registry.get_entry, path)  # EntryNotFound
             return self._content(parent, name, found.entry)
         raise EntryNotFound(f"{name!r}: not a directory")
 
@@ -224,41 +246,54 @@ class Tree:
         except InvalidReference as exc:
             raise NotFound(str(exc)) from exc
 
-    def listdir(self, inode: int) -> list[tuple[str, Node]]:
+    async def _contents(self, version: VersionInfo, fn: Callable[[VersionInfo, str], Any], path: str) -> Any:
+        """``fn(version, path)`` (``list_dir``/``get_entry``): inline once the version's contents
+        are loaded (one load per version id, shared by concurrent askers)."""
+        if not self.registry.contents_loaded(version):
+            await self._meta.load_contents(version)
+            if not self.registry.contents_loaded(version):
+                # Loaded and already evicted again (a registry's bounded manifest cache under
+                # pressure): ask in a thread rather than block the loop.
+                return await self._meta.call((fn.__name__, version.id, path), fn, version, path)
+        return fn(version, path)
+
+    async def listdir(self, inode: int) -> list[tuple[str, Node]]:
         """``(name, node)`` for every child, sorted by name.  Does not count references."""
         node = self.node(inode)
         kind = node.kind
         if kind is Kind.ROOT:
-            return [(e, self._entity(e)) for e in self.registry.entities()]
+            entities = await self._meta.entities()
+            return [(e, self._entity(e)) for e in entities.value]
         if kind is Kind.ENTITY:
-            return [(p, self._project(node.entity, p)) for p in self.registry.projects(node.entity)]
+            projects = await self._meta.projects(node.entity)
+            return [(p, self._project(node.entity, p)) for p in projects.value]
         if kind is Kind.PROJECT:
+            answer = await self._meta.project_versions(node.entity, node.project)
             out: list[tuple[str, Node]] = []
-            for c in self.registry.collections(node.entity, node.project):
-                for v in self.registry.versions(node.entity, node.project, c.name):
-                    out.append((f"{c.name}:{v.version}", self._version_node(v)))
-                    for alias in v.aliases:
-                        target = f"{c.name}:{v.version}"
-                        out.append(
-                            (f"{c.name}:{alias}", self._alias_node(node.entity, node.project, c.name, alias, target))
-                        )
+            for v in answer.value:
+                target = f"{v.name}:{v.version}"
+                out.append((target, self._version_node(v, answer.expires)))
+                for alias in v.aliases:
+                    alias_node = self._alias_node(node.entity, node.project, v.name, alias, target, answer.expires)
+                    out.append((f"{v.name}:{alias}", alias_node))
             out.sort(key=lambda item: item[0])
             return out
         if kind in (Kind.VERSION, Kind.DIR):
             assert node.version is not None
-            return [
-                (d.name, self._content(node, d.name, d.entry)) for d in self.registry.list_dir(node.version, node.path)
-            ]
+            children: list[DirEntry] = await self._contents(node.version, self.registry.list_dir, node.path)
+            return [(d.name, self._content(node, d.name, d.entry)) for d in children]
         raise EntryNotFound("not a directory")
 
-    def readlink(self, inode: int) -> str:
+    async def readlink(self, inode: int) -> str:
         node = self.node(inode)
         if node.kind is not Kind.ALIAS:
             raise EntryNotFound("not a symlink")
-        if self.clock() >= node.expires:
-            v = self.registry.resolve(Ref(node.entity, node.project, node.collection, node.alias))
-            node.target = f"{node.collection}:{v.version}"
-            node.expires = self.clock() + self.alias_ttl
+        if trio.current_time() >= node.expires:
+            answer = await self._meta.resolve(Ref(node.entity, node.project, node.collection, node.alias))
+            target = f"{node.collection}:{answer.value.version}"
+            if answer.expires >= node.expires:
+                node.target = target
+                node.expires = answer.expires
         return node.target
 
     # -- attributes -----------------------------------------------------------------------------
@@ -284,21 +319,28 @@ class Tree:
 
     # -- extended attributes ----------------------------------------------------------------------
 
-    def _fresh_version(self, node: Node) -> VersionInfo:
+    async def _fresh_version(self, node: Node) -> VersionInfo:
         """A version's info, re-read after alias_ttl (aliases and updated_at move)."""
         assert node.version is not None
-        if node.kind is Kind.VERSION and self.clock() >= node.expires:
+        if node.kind is Kind.VERSION and trio.current_time() >= node.expires:
+            ref = node.version.ref
             try:
-                node.version = self.registry.resolve(node.version.ref)
+                answer = await self._meta.resolve(ref)
             except ArtifactNotFound:
-                log.info("%s was deleted from the registry; serving what was mounted", node.version.ref)
-            node.expires = self.clock() + self.alias_ttl
+                log.info("%s was deleted from the registry; serving what was mounted", ref)
+                node.expires = trio.current_time() + self.alias_ttl
+            else:
+                if answer.value.id == node.version.id:
+                    node.version = answer.value
+                else:  # cannot happen with the registries we have: version numbers are not reused
+                    log.info("%s now names another version; serving what was mounted", ref)
+                node.expires = max(node.expires, answer.expires)
         return node.version
 
-    def xattrs(self, node: Node, stats: Callable[[], dict[str, int]] | None = None) -> dict[str, bytes]:
+    async def xattrs(self, node: Node, stats: Callable[[], dict[str, int]] | None = None) -> dict[str, bytes]:
         """Extended attributes of a node (``user.`` namespace).  Never contains secrets."""
         if node.kind is Kind.VERSION:
-            v = self._fresh_version(node)
+            v = await self._fresh_version(node)
             attrs = {
                 "id": v.id,
                 "digest": v.digest,

@@ -19,11 +19,14 @@ import pytest
 import trio
 from conftest import SAMPLE_FILES
 
+from artifactfs.errors import BlobChanged
 from artifactfs.fetcher import Fetcher
+from artifactfs.manifest import Entry
 from artifactfs.names import parse_ref
 from artifactfs.ops import Operations
+from artifactfs.registry.base import VersionInfo
 from artifactfs.registry.local import LocalRegistry
-from artifactfs.store import BlobStore
+from artifactfs.store import Blob, BlobStore
 from artifactfs.tree import FOREVER, ROOT_INODE, Tree
 
 TTL = 7.0
@@ -144,7 +147,7 @@ def test_releasedir_drops_nodes_the_kernel_never_got(ops: Operations) -> None:
     async def main() -> None:
         version = await lookup_path(ops, "acme", "vision", "ds:v1")
         fh = await ops.opendir(version.st_ino, CTX)
-        listing = ops.tree.listdir(version.st_ino)  # what readdir keeps in the handle
+        listing = await ops.tree.listdir(version.st_ino)  # what readdir keeps in the handle
         ops._dirs[fh].children = listing
         handed_out = dict(listing)["README.md"]
         ops.tree.remember(handed_out)  # the one entry the reader got
@@ -377,7 +380,7 @@ def test_statfs(ops: Operations) -> None:
 
 
 class ExplodingRegistry(LocalRegistry):
-    def projects(self, entity: str) -> list[str]:
+    def check_entity(self, entity: str) -> None:
         raise RuntimeError("a bug in a registry")
 
 
@@ -415,10 +418,6 @@ def test_release_during_first_read_closes_the_blob(registry: LocalRegistry, tmp_
     """A read still fetching when its handle is released (an interrupted reader) must not leak
     the blob it then gets."""
     from test_fetcher import FakeRemote, FaultySource
-
-    from artifactfs.manifest import Entry
-    from artifactfs.registry.base import VersionInfo
-    from artifactfs.store import Blob
 
     data = SAMPLE_FILES["README.md"]
     src = FaultySource(data)
@@ -460,3 +459,97 @@ def test_release_during_first_read_closes_the_blob(registry: LocalRegistry, tmp_
     assert len(results) == 1
     assert len(blobs) == 1
     assert blobs[0]._fd is None, "blob of a released handle left open"
+
+
+# -- a blob that changes under a reader ----------------------------------------------------------------
+
+
+class ChangingBlob(Blob):
+    """A verified blob whose file then changes: every pread raises BlobChanged (as the store's
+    identity check does), and close is recorded."""
+
+    __slots__ = ("closed",)
+
+    def __init__(self) -> None:
+        super().__init__(data=b"never served")
+        self.closed = False
+
+    def pread(self, size: int, offset: int) -> bytes:
+        raise BlobChanged("blob file changed under us (test)")
+
+    def close(self) -> None:
+        self.closed = True
+        super().close()
+
+
+class ChangingFetcher(Fetcher):
+    """Hands out ``changes`` changing blobs first, then the real ones."""
+
+    changes = 0
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.handed: list[Blob] = []
+
+    async def get(self, version: VersionInfo, entry: Entry) -> Blob:
+        if self.changes > 0:
+            self.changes -= 1
+            blob: Blob = ChangingBlob()
+        else:
+            blob = await super().get(version, entry)
+        self.handed.append(blob)
+        return blob
+
+
+def changing_ops(registry: LocalRegistry, cache: Path, changes: int) -> tuple[Operations, ChangingFetcher]:
+    tree = Tree(registry, uid=os.getuid(), gid=os.getgid(), alias_ttl=TTL)
+    fetcher = ChangingFetcher(registry, BlobStore(str(cache)))
+    fetcher.changes = changes
+    return Operations(tree, fetcher), fetcher
+
+
+def test_read_fetches_again_once_when_the_blob_changed(registry: LocalRegistry, tmp_path: Path) -> None:
+    ops, fetcher = changing_ops(registry, tmp_path / "cache", changes=1)
+    data = SAMPLE_FILES["README.md"]
+
+    async def main() -> None:
+        f = await lookup_path(ops, "acme", "vision", "ds:v1", "README.md")
+        info = await ops.open(f.st_ino, os.O_RDONLY, CTX)
+        assert await ops.read(info.fh, 0, 100) == data
+        assert len(fetcher.handed) == 2
+        first, second = fetcher.handed
+        assert isinstance(first, ChangingBlob) and first.closed
+        assert ops._files[info.fh].blob is second  # the fresh blob serves the next reads
+        assert await ops.read(info.fh, 2, 3) == data[2:5]
+        assert len(fetcher.handed) == 2
+        await ops.release(info.fh)
+
+    try:
+        run(main)
+    finally:
+        fetcher.store.close()
+
+
+def test_read_of_a_blob_that_keeps_changing_is_eio(registry: LocalRegistry, tmp_path: Path) -> None:
+    ops, fetcher = changing_ops(registry, tmp_path / "cache", changes=3)
+
+    async def main() -> None:
+        f = await lookup_path(ops, "acme", "vision", "ds:v1", "README.md")
+        info = await ops.open(f.st_ino, os.O_RDONLY, CTX)
+        with pytest.raises(pyfuse3.FUSEError) as exc:
+            await ops.read(info.fh, 0, 100)
+        assert fuse_errno(exc) == errno.EIO
+        assert isinstance(exc.value.__cause__, BlobChanged)
+        assert len(fetcher.handed) == 2  # one fetch again, not a loop
+        assert all(isinstance(b, ChangingBlob) and b.closed for b in fetcher.handed)
+        assert ops._files[info.fh].blob is None
+        # the handle is not stuck on a dead blob: the next read fetches again (a third change,
+        # then the real blob)
+        assert await ops.read(info.fh, 0, 100) == SAMPLE_FILES["README.md"]
+        assert len(fetcher.handed) == 4
+        await ops.release(info.fh)
+
+    try:
+        run(main)
+    finally:
+        fetcher.store.close()

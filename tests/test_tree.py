@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import json
 import stat
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+import trio
 from conftest import SAMPLE_FILES
+from trio.testing import MockClock
 
 from artifactfs.errors import (
     ArtifactNotFound,
@@ -44,12 +48,14 @@ VERSION_XATTRS = {
 }
 
 
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
+def trio_test(fn: Callable[..., Awaitable[None]]) -> Callable[..., None]:
+    """Run an async test under trio, on the test's ``clock`` fixture (a MockClock) if it asks for one."""
 
-    def __call__(self) -> float:
-        return self.now
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> None:
+        trio.run(functools.partial(fn, *args, **kwargs), clock=kwargs.get("clock"))
+
+    return wrapper
 
 
 @pytest.fixture
@@ -60,70 +66,73 @@ def registry(sample_registry: tuple[Path, Path]) -> Iterator[LocalRegistry]:
 
 
 @pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
+def clock() -> MockClock:
+    return MockClock()
 
 
 @pytest.fixture
-def tree(registry: LocalRegistry, clock: FakeClock) -> Tree:
-    return Tree(registry, uid=1234, gid=5678, alias_ttl=TTL, clock=clock, mount_time_ns=42_000_000_000)
+def tree(registry: LocalRegistry) -> Tree:
+    return Tree(registry, uid=1234, gid=5678, alias_ttl=TTL, mount_time_ns=42_000_000_000)
 
 
-def walk(tree: Tree, *names: str) -> Node:
+async def walk(tree: Tree, *names: str) -> Node:
     node = tree.node(ROOT_INODE)
     for name in names:
-        node = tree.lookup(node.inode, name)
+        node = await tree.lookup(node.inode, name)
     return node
 
 
-def names(tree: Tree, node: Node) -> list[str]:
-    return [name for name, _ in tree.listdir(node.inode)]
+async def names(tree: Tree, node: Node) -> list[str]:
+    return [name for name, _ in await tree.listdir(node.inode)]
 
 
 # -- namespace -----------------------------------------------------------------------------------------
 
 
-def test_root_lists_entities(tree: Tree) -> None:
-    children = tree.listdir(ROOT_INODE)
+@trio_test
+async def test_root_lists_entities(tree: Tree) -> None:
+    children = await tree.listdir(ROOT_INODE)
     assert [n for n, _ in children] == ["acme"]
     assert children[0][1].kind is Kind.ENTITY
-    assert names(tree, walk(tree, "acme")) == ["vision"]
+    assert await names(tree, await walk(tree, "acme")) == ["vision"]
 
 
-def test_lookup_down_to_a_file(tree: Tree, registry: LocalRegistry) -> None:
-    entity = walk(tree, "acme")
+@trio_test
+async def test_lookup_down_to_a_file(tree: Tree, registry: LocalRegistry) -> None:
+    entity = await walk(tree, "acme")
     assert (entity.kind, entity.entity) == (Kind.ENTITY, "acme")
-    project = tree.lookup(entity.inode, "vision")
+    project = await tree.lookup(entity.inode, "vision")
     assert (project.kind, project.entity, project.project) == (Kind.PROJECT, "acme", "vision")
-    version = tree.lookup(project.inode, "ds:v1")
+    version = await tree.lookup(project.inode, "ds:v1")
     assert version.kind is Kind.VERSION
     assert version.version is not None
     assert version.version.id == registry.resolve(parse_ref("acme/vision/ds:v1")).id
-    train = tree.lookup(version.inode, "train")
+    train = await tree.lookup(version.inode, "train")
     assert (train.kind, train.path) == (Kind.DIR, "train")
-    deep = walk(tree, "acme", "vision", "ds:v1", "train", "deep", "er", "still", "x.bin")
+    deep = await walk(tree, "acme", "vision", "ds:v1", "train", "deep", "er", "still", "x.bin")
     assert deep.kind is Kind.FILE
     assert deep.path == "train/deep/er/still/x.bin"
     assert deep.entry is not None
     assert deep.entry.size == len(SAMPLE_FILES["train/deep/er/still/x.bin"])
     # names that look special elsewhere are plain entries inside a version
     for name in ("latest", "colon:inside.txt", ".hidden", "empty"):
-        assert tree.lookup(version.inode, name).kind is Kind.FILE
-    odd = walk(tree, "acme", "vision", "ds:v1", "with space", "ünïcødé name.txt")
+        assert (await tree.lookup(version.inode, name)).kind is Kind.FILE
+    odd = await walk(tree, "acme", "vision", "ds:v1", "with space", "ünïcødé name.txt")
     assert odd.entry is not None and odd.entry.size == len(SAMPLE_FILES["with space/ünïcødé name.txt"])
 
 
-def test_aliases_are_symlinks_to_versions(tree: Tree) -> None:
-    project = walk(tree, "acme", "vision")
-    latest = tree.lookup(project.inode, "ds:latest")
+@trio_test
+async def test_aliases_are_symlinks_to_versions(tree: Tree) -> None:
+    project = await walk(tree, "acme", "vision")
+    latest = await tree.lookup(project.inode, "ds:latest")
     assert latest.kind is Kind.ALIAS
     assert latest.target == "ds:v1"
-    assert tree.readlink(latest.inode) == "ds:v1"
-    best = tree.lookup(project.inode, "ds:best")
+    assert await tree.readlink(latest.inode) == "ds:v1"
+    best = await tree.lookup(project.inode, "ds:best")
     assert best.target == "ds:v0"
-    assert tree.lookup(project.inode, "model:latest").target == "model:v0"
+    assert (await tree.lookup(project.inode, "model:latest")).target == "model:v0"
     with pytest.raises(EntryNotFound):
-        tree.readlink(project.inode)
+        await tree.readlink(project.inode)
 
 
 @pytest.mark.parametrize(
@@ -147,14 +156,16 @@ def test_aliases_are_symlinks_to_versions(tree: Tree) -> None:
         (("acme", "vision", "ds:latest", "README.md"), EntryNotFound),  # a symlink is no directory
     ],
 )
-def test_unknown_names(tree: Tree, path: tuple[str, ...], error: type[NotFound]) -> None:
+@trio_test
+async def test_unknown_names(tree: Tree, path: tuple[str, ...], error: type[NotFound]) -> None:
     with pytest.raises(error):
-        walk(tree, *path)
+        await walk(tree, *path)
 
 
-def test_project_lists_versions_and_aliases_sorted(tree: Tree) -> None:
-    project = walk(tree, "acme", "vision")
-    children = tree.listdir(project.inode)
+@trio_test
+async def test_project_lists_versions_and_aliases_sorted(tree: Tree) -> None:
+    project = await walk(tree, "acme", "vision")
+    children = await tree.listdir(project.inode)
     assert [n for n, _ in children] == ["ds:best", "ds:latest", "ds:v0", "ds:v1", "model:latest", "model:v0"]
     kinds = {n: node.kind for n, node in children}
     assert kinds["ds:v0"] is kinds["model:v0"] is Kind.VERSION
@@ -174,143 +185,152 @@ def _expected_tree(files: dict[str, bytes]) -> dict[str, set[str]]:
     return out
 
 
-def test_version_listing_matches_manifest(tree: Tree) -> None:
+@trio_test
+async def test_version_listing_matches_manifest(tree: Tree) -> None:
     expected = _expected_tree(SAMPLE_FILES)
-    version = walk(tree, "acme", "vision", "ds:v1")
+    version = await walk(tree, "acme", "vision", "ds:v1")
     seen: dict[str, set[str]] = {}
     sizes: dict[str, int] = {}
 
-    def visit(node: Node) -> None:
-        children = tree.listdir(node.inode)
+    async def visit(node: Node) -> None:
+        children = await tree.listdir(node.inode)
         listed = [n for n, _ in children]
         assert listed == sorted(listed)
         seen[node.path] = set(listed)
         for _, child in children:
             if child.kind is Kind.DIR:
-                visit(child)
+                await visit(child)
             else:
                 assert child.kind is Kind.FILE and child.entry is not None
                 sizes[child.path] = child.entry.size
 
-    visit(version)
+    await visit(version)
     assert seen == expected
     assert sizes == {p: len(d) for p, d in SAMPLE_FILES.items()}
-    v0 = walk(tree, "acme", "vision", "ds:v0")
-    assert names(tree, v0) == ["README.md", "train"]
+    v0 = await walk(tree, "acme", "vision", "ds:v0")
+    assert await names(tree, v0) == ["README.md", "train"]
 
 
-def test_listing_and_lookup_share_nodes(tree: Tree) -> None:
-    version = walk(tree, "acme", "vision", "ds:v1")
-    listed = dict(tree.listdir(version.inode))
-    assert tree.lookup(version.inode, "README.md") is listed["README.md"]
-    assert tree.lookup(version.inode, "train") is listed["train"]
-    project = walk(tree, "acme", "vision")
-    listed = dict(tree.listdir(project.inode))
-    assert tree.lookup(project.inode, "ds:v1") is version
-    assert tree.lookup(project.inode, "ds:latest") is listed["ds:latest"]
+@trio_test
+async def test_listing_and_lookup_share_nodes(tree: Tree) -> None:
+    version = await walk(tree, "acme", "vision", "ds:v1")
+    listed = dict(await tree.listdir(version.inode))
+    assert await tree.lookup(version.inode, "README.md") is listed["README.md"]
+    assert await tree.lookup(version.inode, "train") is listed["train"]
+    project = await walk(tree, "acme", "vision")
+    listed = dict(await tree.listdir(project.inode))
+    assert await tree.lookup(project.inode, "ds:v1") is version
+    assert await tree.lookup(project.inode, "ds:latest") is listed["ds:latest"]
     # the version through an alias and by number is one directory
     assert len({version.inode, listed["ds:v1"].inode}) == 1
 
 
-def test_listdir_of_a_file_fails(tree: Tree) -> None:
-    readme = walk(tree, "acme", "vision", "ds:v1", "README.md")
+@trio_test
+async def test_listdir_of_a_file_fails(tree: Tree) -> None:
+    readme = await walk(tree, "acme", "vision", "ds:v1", "README.md")
     with pytest.raises(EntryNotFound):
-        tree.listdir(readme.inode)
+        await tree.listdir(readme.inode)
     with pytest.raises(NotFound):
-        tree.listdir(987654)
+        await tree.listdir(987654)
 
 
 # -- attributes ---------------------------------------------------------------------------------------
 
 
-def test_file_and_directory_attributes(tree: Tree, registry: LocalRegistry) -> None:
+@trio_test
+async def test_file_and_directory_attributes(tree: Tree, registry: LocalRegistry) -> None:
     created = registry.resolve(parse_ref("acme/vision/ds:v1")).created_at_ns
-    f = tree.getattr(walk(tree, "acme", "vision", "ds:v1", "train", "000002.txt"))
+    f = tree.getattr(await walk(tree, "acme", "vision", "ds:v1", "train", "000002.txt"))
     assert f.mode == stat.S_IFREG | 0o444
     assert (f.size, f.nlink, f.blocks) == (4000, 1, 8)
     assert f.mtime_ns == created
     assert f.timeout == FOREVER
-    x = tree.getattr(walk(tree, "acme", "vision", "ds:v1", "train", "deep", "er", "still", "x.bin"))
+    x = tree.getattr(await walk(tree, "acme", "vision", "ds:v1", "train", "deep", "er", "still", "x.bin"))
     assert (x.size, x.blocks) == (16384, 32)
-    empty = tree.getattr(walk(tree, "acme", "vision", "ds:v1", "empty"))
+    empty = tree.getattr(await walk(tree, "acme", "vision", "ds:v1", "empty"))
     assert (empty.size, empty.blocks) == (0, 0)
-    one = tree.getattr(walk(tree, "acme", "vision", "ds:v1", "README.md"))
+    one = tree.getattr(await walk(tree, "acme", "vision", "ds:v1", "README.md"))
     assert (one.size, one.blocks) == (len(SAMPLE_FILES["README.md"]), 1)
     for path in (("acme", "vision", "ds:v1"), ("acme", "vision", "ds:v1", "train", "deep")):
-        d = tree.getattr(walk(tree, *path))
+        d = tree.getattr(await walk(tree, *path))
         assert d.mode == stat.S_IFDIR | 0o555
         assert (d.size, d.nlink) == (0, 2)
         assert d.mtime_ns == created
         assert d.timeout == FOREVER
-    v0 = tree.getattr(walk(tree, "acme", "vision", "ds:v0"))
+    v0 = tree.getattr(await walk(tree, "acme", "vision", "ds:v0"))
     assert v0.mtime_ns == registry.resolve(parse_ref("acme/vision/ds:v0")).created_at_ns
     assert v0.mtime_ns != created
 
 
-def test_moving_names_use_alias_ttl(tree: Tree) -> None:
-    link = tree.getattr(walk(tree, "acme", "vision", "ds:latest"))
+@trio_test
+async def test_moving_names_use_alias_ttl(tree: Tree) -> None:
+    link = tree.getattr(await walk(tree, "acme", "vision", "ds:latest"))
     assert link.mode == stat.S_IFLNK | 0o777
     assert link.size == len("ds:v1")
     assert link.timeout == TTL
     assert link.mtime_ns == 42_000_000_000
     for path in ((), ("acme",), ("acme", "vision")):
-        d = tree.getattr(walk(tree, *path))
+        d = tree.getattr(await walk(tree, *path))
         assert d.mode == stat.S_IFDIR | 0o555
         assert d.timeout == TTL
         assert d.mtime_ns == 42_000_000_000
 
 
-def test_negative_timeout(tree: Tree) -> None:
+@trio_test
+async def test_negative_timeout(tree: Tree) -> None:
     for path in (("acme", "vision", "ds:v1"), ("acme", "vision", "ds:v1", "train")):
-        assert tree.negative_timeout(walk(tree, *path).inode) == FOREVER
+        assert tree.negative_timeout((await walk(tree, *path)).inode) == FOREVER
     for other in ((), ("acme",), ("acme", "vision")):
-        assert tree.negative_timeout(walk(tree, *other).inode) == TTL
+        assert tree.negative_timeout((await walk(tree, *other)).inode) == TTL
     assert tree.negative_timeout(987654) == TTL
 
 
-def test_readlink_reresolves_after_ttl(tree: Tree, registry: LocalRegistry, clock: FakeClock) -> None:
-    project = walk(tree, "acme", "vision")
-    best = tree.lookup(project.inode, "ds:best")
-    assert tree.readlink(best.inode) == "ds:v0"
+@trio_test
+async def test_readlink_reresolves_after_ttl(tree: Tree, registry: LocalRegistry, clock: MockClock) -> None:
+    project = await walk(tree, "acme", "vision")
+    best = await tree.lookup(project.inode, "ds:best")
+    assert await tree.readlink(best.inode) == "ds:v0"
     registry.add_alias(parse_ref("acme/vision/ds:v1"), "best")
-    clock.now += TTL - 0.5
-    assert tree.readlink(best.inode) == "ds:v0"  # within the TTL: the old answer
-    clock.now += 0.5
-    assert tree.readlink(best.inode) == "ds:v1"
+    clock.jump(TTL - 0.5)
+    assert await tree.readlink(best.inode) == "ds:v0"  # within the TTL: the old answer
+    clock.jump(0.5)
+    assert await tree.readlink(best.inode) == "ds:v1"
     assert tree.getattr(best).size == len("ds:v1")
     # the next change again waits a full TTL from the re-resolution
     registry.add_alias(parse_ref("acme/vision/ds:v0"), "best")
-    clock.now += TTL - 0.5
-    assert tree.readlink(best.inode) == "ds:v1"
-    clock.now += 0.5
-    assert tree.readlink(best.inode) == "ds:v0"
+    clock.jump(TTL - 0.5)
+    assert await tree.readlink(best.inode) == "ds:v1"
+    clock.jump(0.5)
+    assert await tree.readlink(best.inode) == "ds:v0"
 
 
-def test_readlink_of_removed_alias(tree: Tree, registry: LocalRegistry, clock: FakeClock) -> None:
-    best = walk(tree, "acme", "vision", "ds:best")
+@trio_test
+async def test_readlink_of_removed_alias(tree: Tree, registry: LocalRegistry, clock: MockClock) -> None:
+    best = await walk(tree, "acme", "vision", "ds:best")
     registry.remove_alias(parse_ref("acme/vision/ds:v0"), "best")
-    assert tree.readlink(best.inode) == "ds:v0"
-    clock.now += TTL
+    assert await tree.readlink(best.inode) == "ds:v0"
+    clock.jump(TTL)
     with pytest.raises(ArtifactNotFound):
-        tree.readlink(best.inode)
+        await tree.readlink(best.inode)
     with pytest.raises(ArtifactNotFound):
-        walk(tree, "acme", "vision", "ds:best")
+        await walk(tree, "acme", "vision", "ds:best")
 
 
-def test_forget_drops_unreferenced_nodes(tree: Tree) -> None:
-    project = walk(tree, "acme", "vision")
-    readme = walk(tree, "acme", "vision", "ds:v1", "README.md")
+@trio_test
+async def test_forget_drops_unreferenced_nodes(tree: Tree) -> None:
+    project = await walk(tree, "acme", "vision")
+    readme = await walk(tree, "acme", "vision", "ds:v1", "README.md")
     tree.remember(readme)
     tree.remember(readme)
     inode = readme.inode
-    assert tree.lookup(tree.lookup(project.inode, "ds:v1").inode, "README.md").inode == inode
+    assert (await tree.lookup((await tree.lookup(project.inode, "ds:v1")).inode, "README.md")).inode == inode
     tree.forget(inode, 1)
     assert tree.node(inode) is readme  # one reference left: same inode
-    assert walk(tree, "acme", "vision", "ds:v1", "README.md").inode == inode
+    assert (await walk(tree, "acme", "vision", "ds:v1", "README.md")).inode == inode
     tree.forget(inode, 1)
     with pytest.raises(NotFound):
         tree.node(inode)
-    again = walk(tree, "acme", "vision", "ds:v1", "README.md")
+    again = await walk(tree, "acme", "vision", "ds:v1", "README.md")
     assert again is not readme
     assert again.path == "README.md"
     tree.forget(987654, 1)  # unknown inodes are ignored
@@ -318,21 +338,23 @@ def test_forget_drops_unreferenced_nodes(tree: Tree) -> None:
     assert tree.node(ROOT_INODE).kind is Kind.ROOT
 
 
-def test_forget_keeps_other_nodes(tree: Tree) -> None:
-    version = walk(tree, "acme", "vision", "ds:v1")
+@trio_test
+async def test_forget_keeps_other_nodes(tree: Tree) -> None:
+    version = await walk(tree, "acme", "vision", "ds:v1")
     tree.remember(version)
-    readme = tree.lookup(version.inode, "README.md")
+    readme = await tree.lookup(version.inode, "README.md")
     tree.remember(readme)
     before = len(tree)
     tree.forget(readme.inode, 1)
     assert len(tree) == before - 1
     assert tree.node(version.inode) is version
-    assert tree.lookup(version.inode, "train").inode != readme.inode
+    assert (await tree.lookup(version.inode, "train")).inode != readme.inode
 
 
-def test_drop_unreferenced_keeps_referenced_nodes_and_the_root(tree: Tree) -> None:
-    version = walk(tree, "acme", "vision", "ds:v1")
-    listing = dict(tree.listdir(version.inode))
+@trio_test
+async def test_drop_unreferenced_keeps_referenced_nodes_and_the_root(tree: Tree) -> None:
+    version = await walk(tree, "acme", "vision", "ds:v1")
+    listing = dict(await tree.listdir(version.inode))
     kept = listing["README.md"]
     tree.remember(kept)
     dropped = [node for node in listing.values() if node is not kept]
@@ -346,15 +368,16 @@ def test_drop_unreferenced_keeps_referenced_nodes_and_the_root(tree: Tree) -> No
         with pytest.raises(NotFound):
             tree.node(node.inode)
     # the name resolves again, to a new node
-    again = tree.lookup(version.inode, "train")
+    again = await tree.lookup(version.inode, "train")
     assert again is not listing["train"]
     assert again.path == "train"
 
 
-def test_dropped_node_handed_out_later_is_known_again(tree: Tree) -> None:
+@trio_test
+async def test_dropped_node_handed_out_later_is_known_again(tree: Tree) -> None:
     """Another open listing may still hold a dropped node and hand it to the kernel later."""
-    version = walk(tree, "acme", "vision", "ds:v1")
-    listing = dict(tree.listdir(version.inode))
+    version = await walk(tree, "acme", "vision", "ds:v1")
+    listing = dict(await tree.listdir(version.inode))
     node = listing["train"]
     tree.drop_unreferenced([node])
     with pytest.raises(NotFound):
@@ -362,7 +385,7 @@ def test_dropped_node_handed_out_later_is_known_again(tree: Tree) -> None:
     tree.remember(node)
     assert tree.node(node.inode) is node
     assert node.lookups == 1
-    assert names(tree, node) == ["000001.txt", "000002.txt", "deep"]
+    assert await names(tree, node) == ["000001.txt", "000002.txt", "deep"]
 
 
 # -- extended attributes ------------------------------------------------------------------------------
@@ -372,9 +395,10 @@ def decoded(attrs: dict[str, bytes]) -> dict[str, str]:
     return {k.removeprefix("user.artifact."): v.decode() for k, v in attrs.items()}
 
 
-def test_version_xattrs(tree: Tree, registry: LocalRegistry) -> None:
+@trio_test
+async def test_version_xattrs(tree: Tree, registry: LocalRegistry) -> None:
     info = registry.resolve(parse_ref("acme/vision/ds:v0"))
-    attrs = tree.xattrs(walk(tree, "acme", "vision", "ds:v0"))
+    attrs = await tree.xattrs(await walk(tree, "acme", "vision", "ds:v0"))
     assert all(k.startswith("user.artifact.") for k in attrs)
     values = decoded(attrs)
     assert set(values) == VERSION_XATTRS
@@ -391,64 +415,71 @@ def test_version_xattrs(tree: Tree, registry: LocalRegistry) -> None:
     assert values["updated_at"] == iso_time(info.updated_at_ns)
     assert json.loads(values["metadata"]) == {"rows": 1}
     assert values["description"] == ""
-    v1 = decoded(tree.xattrs(walk(tree, "acme", "vision", "ds:v1")))
+    v1 = decoded(await tree.xattrs(await walk(tree, "acme", "vision", "ds:v1")))
     assert v1["aliases"] == "latest"
     assert v1["description"] == "the full set"
     assert v1["file_count"] == str(len(SAMPLE_FILES))
     assert json.loads(v1["metadata"]) == {}
-    assert decoded(tree.xattrs(walk(tree, "acme", "vision", "model:v0")))["type"] == "model"
+    assert decoded(await tree.xattrs(await walk(tree, "acme", "vision", "model:v0")))["type"] == "model"
 
 
-def test_version_xattrs_through_alias_directory(tree: Tree) -> None:
+@trio_test
+async def test_version_xattrs_through_alias_directory(tree: Tree) -> None:
     # ``ds:latest/`` is the ds:v1 directory: the kernel follows the link to the version node
-    latest = walk(tree, "acme", "vision", "ds:latest")
-    version = walk(tree, "acme", "vision", latest.target)
-    assert decoded(tree.xattrs(version))["version"] == "v1"
-    assert tree.xattrs(latest) == {}
+    latest = await walk(tree, "acme", "vision", "ds:latest")
+    version = await walk(tree, "acme", "vision", latest.target)
+    assert decoded(await tree.xattrs(version))["version"] == "v1"
+    assert await tree.xattrs(latest) == {}
 
 
-def test_version_aliases_refresh_after_ttl(tree: Tree, registry: LocalRegistry, clock: FakeClock) -> None:
-    v0 = walk(tree, "acme", "vision", "ds:v0")
-    v1 = walk(tree, "acme", "vision", "ds:v1")
-    old_updated = decoded(tree.xattrs(v1))["updated_at"]
-    clock.now += 1.0
+@trio_test
+async def test_version_aliases_refresh_after_ttl(tree: Tree, registry: LocalRegistry, clock: MockClock) -> None:
+    v0 = await walk(tree, "acme", "vision", "ds:v0")
+    v1 = await walk(tree, "acme", "vision", "ds:v1")
+    old_updated = decoded(await tree.xattrs(v1))["updated_at"]
+    clock.jump(1.0)
     registry.add_alias(parse_ref("acme/vision/ds:v1"), "best")
-    clock.now += TTL - 1.5
-    assert decoded(tree.xattrs(v1))["aliases"] == "latest"
-    assert decoded(tree.xattrs(v0))["aliases"] == "best"
-    clock.now += 0.5
-    fresh = decoded(tree.xattrs(v1))
+    clock.jump(TTL - 1.5)
+    assert decoded(await tree.xattrs(v1))["aliases"] == "latest"
+    assert decoded(await tree.xattrs(v0))["aliases"] == "best"
+    clock.jump(0.5)
+    fresh = decoded(await tree.xattrs(v1))
     assert fresh["aliases"] == "latest,best"
     assert fresh["updated_at"] != old_updated
-    assert decoded(tree.xattrs(v0))["aliases"] == ""
+    assert decoded(await tree.xattrs(v0))["aliases"] == ""
 
 
-def test_deleted_version_keeps_serving_mounted_info(tree: Tree, registry: LocalRegistry, clock: FakeClock) -> None:
-    v0 = walk(tree, "acme", "vision", "ds:v0")
+@trio_test
+async def test_deleted_version_keeps_serving_mounted_info(
+    tree: Tree, registry: LocalRegistry, clock: MockClock
+) -> None:
+    v0 = await walk(tree, "acme", "vision", "ds:v0")
     registry.delete(parse_ref("acme/vision/ds:v0"), delete_aliases=True)
-    clock.now += TTL
-    assert decoded(tree.xattrs(v0))["version"] == "v0"
+    clock.jump(TTL)
+    assert decoded(await tree.xattrs(v0))["version"] == "v0"
 
 
-def test_file_xattrs(tree: Tree) -> None:
-    readme = walk(tree, "acme", "vision", "ds:v1", "README.md")
+@trio_test
+async def test_file_xattrs(tree: Tree) -> None:
+    readme = await walk(tree, "acme", "vision", "ds:v1", "README.md")
     data = SAMPLE_FILES["README.md"]
-    assert tree.xattrs(readme) == {
+    assert await tree.xattrs(readme) == {
         "user.artifact.entry.digest": base64.b64encode(hashlib.md5(data).digest()),
         "user.artifact.entry.size": str(len(data)).encode(),
     }
-    assert tree.xattrs(walk(tree, "acme", "vision", "ds:v1", "train")) == {}
+    assert await tree.xattrs(await walk(tree, "acme", "vision", "ds:v1", "train")) == {}
 
 
-def test_reference_entry_xattr_is_redacted(tree: Tree) -> None:
-    version = walk(tree, "acme", "vision", "ds:v1")
+@trio_test
+async def test_reference_entry_xattr_is_redacted(tree: Tree) -> None:
+    version = await walk(tree, "acme", "vision", "ds:v1")
     assert version.version is not None
     uri = "https://alice:s3cr3t@bucket.example.com:8443/data/train.tar?X-Amz-Signature=deadbeef&token=xyz#frag"
     entry = Entry("train.tar", "etag-not-base64", 123, ref=uri)
     node = Node(
         999_999, Kind.FILE, ("test",), "acme", "vision", "ds", version=version.version, path="train.tar", entry=entry
     )
-    attrs = tree.xattrs(node)
+    attrs = await tree.xattrs(node)
     assert attrs["user.artifact.entry.ref"] == b"https://bucket.example.com:8443/data/train.tar"
     assert attrs["user.artifact.entry.digest"] == b"etag-not-base64"
     assert attrs["user.artifact.entry.size"] == b"123"
@@ -457,33 +488,35 @@ def test_reference_entry_xattr_is_redacted(tree: Tree) -> None:
         assert secret not in blob
     plain = Entry("s3.bin", "x", 1, ref="s3://bucket/key/file.bin")
     node = Node(999_998, Kind.FILE, ("test2",), version=version.version, path="s3.bin", entry=plain)
-    assert tree.xattrs(node)["user.artifact.entry.ref"] == b"s3://bucket/key/file.bin"
+    assert (await tree.xattrs(node))["user.artifact.entry.ref"] == b"s3://bucket/key/file.bin"
 
 
-def test_root_stats_xattr(tree: Tree) -> None:
+@trio_test
+async def test_root_stats_xattr(tree: Tree) -> None:
     root = tree.node(ROOT_INODE)
     counters = {"fetches": 2, "cache_hits": 7}
-    attrs = tree.xattrs(root, lambda: counters)
+    attrs = await tree.xattrs(root, lambda: counters)
     assert list(attrs) == ["user.artifactfs.stats"]
     assert json.loads(attrs["user.artifactfs.stats"]) == counters
-    assert tree.xattrs(root) == {}
-    assert tree.xattrs(walk(tree, "acme"), lambda: counters) == {}
-    assert tree.xattrs(walk(tree, "acme", "vision"), lambda: counters) == {}
+    assert await tree.xattrs(root) == {}
+    assert await tree.xattrs(await walk(tree, "acme"), lambda: counters) == {}
+    assert await tree.xattrs(await walk(tree, "acme", "vision"), lambda: counters) == {}
 
 
-def test_node_of_an_open_listing_survives_forget(tree: Tree) -> None:
+@trio_test
+async def test_node_of_an_open_listing_survives_forget(tree: Tree) -> None:
     """readdir keeps a directory's listing between calls and counts a reference for each entry it
     hands out: an entry the kernel forgot meanwhile must come back valid, not as a dead inode."""
-    version = walk(tree, "acme", "vision", "ds:v1")
-    listing = dict(tree.listdir(version.inode))  # kept by an open directory handle
-    readme = tree.lookup(version.inode, "README.md")
+    version = await walk(tree, "acme", "vision", "ds:v1")
+    listing = dict(await tree.listdir(version.inode))  # kept by an open directory handle
+    readme = await tree.lookup(version.inode, "README.md")
     tree.remember(readme)
     assert readme is listing["README.md"]
     tree.forget(readme.inode, 1)  # the kernel drops its dentry while the listing is still open
     tree.remember(listing["README.md"])  # a later readdir batch hands the entry out again
     assert tree.node(readme.inode) is readme
     assert tree.getattr(tree.node(readme.inode)).size == len(SAMPLE_FILES["README.md"])
-    assert tree.lookup(version.inode, "README.md") is readme
+    assert await tree.lookup(version.inode, "README.md") is readme
     tree.forget(readme.inode, 1)
     with pytest.raises(NotFound):
         tree.node(readme.inode)

@@ -1,0 +1,212 @@
+"""The mount's async view of a registry's metadata: slow backends without a stalled loop.
+
+Every :class:`~artifactfs.registry.base.Registry` method may be a network round trip (W&B's
+GraphQL API: tens to hundreds of milliseconds).  pyfuse3 runs all handlers on one trio loop, so a
+blocking call there stalls every request of the mount.  This layer sits between the inode table
+(:mod:`tree`) and the registry and decides, per registry, how a question is asked:
+
+* ``registry.local`` (SQLite on this machine, tens of microseconds): inline on the loop.  A
+  ``trio.to_thread`` hop costs ~150 us here (shared/docs/PERF_NOTES.md), more than the answer.
+* otherwise: in a worker thread under this layer's own ``CapacityLimiter`` (not the fetcher's,
+  so a burst of downloads cannot starve ``ls`` and the other way round), several at once.
+  Concurrent askers of the same key share one call (single flight: one :class:`_Flight` per
+  key); an error is handed to every waiter of that call and then forgotten, so the next asker
+  tries again.  Answers of namespace questions (does this entity/project exist, what does a
+  root/entity/project directory list, what does ``name:alias`` point to) are kept for
+  ``alias_ttl`` seconds, keyed by the question they answer; the kernel is told the same TTL,
+  so nothing is served older than an alias may be.
+
+Concurrency rules: only the trio loop touches ``_cache`` and ``_inflight`` (a worker thread runs
+the registry call and nothing else), and only ``await`` points interleave.  Times come from
+``trio.current_time()``, so tests drive expiry with ``trio.testing.MockClock``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar, cast
+
+import trio
+
+from .names import Ref
+from .registry.base import Registry, VersionInfo
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+DEFAULT_THREADS = 8
+
+
+@dataclass(frozen=True, slots=True)
+class Answer(Generic[T]):
+    """A registry answer and the loop time until which it counts as current."""
+
+    value: T
+    expires: float
+
+
+@dataclass(eq=False, slots=True)
+class _Flight:
+    """One registry call in progress; its askers wait on ``done``."""
+
+    done: trio.Event = field(default_factory=trio.Event)
+    value: Any = None
+    expires: float = 0.0
+    error: Exception | None = None
+    finished: bool = False  # False after ``done``: the caller was cancelled, ask again
+
+
+@dataclass
+class MetaStats:
+    calls: int = 0  # registry calls made (inline or in a thread)
+    cache_hits: int = 0  # answers served from the TTL cache
+    joined: int = 0  # askers that shared another asker's call in progress
+
+    def to_json(self) -> dict[str, int]:
+        return dict(self.__dict__)
+
+
+class Meta:
+    """Asks a :class:`Registry` for metadata on behalf of the trio loop.  See the module doc."""
+
+    def __init__(self, registry: Registry, *, alias_ttl: float = 60.0, max_threads: int = DEFAULT_THREADS) -> None:
+        self.registry = registry
+        self.alias_ttl = alias_ttl
+        self.inline = registry.local
+        self.stats = MetaStats()
+        self._limiter = trio.CapacityLimiter(max_threads)
+        self._inflight: dict[Hashable, _Flight] = {}
+        self._cache: dict[Hashable, Answer[Any]] = {}
+        self._next_sweep = 0.0
+
+    @property
+    def limiter(self) -> trio.CapacityLimiter:
+        return self._limiter
+
+    # -- the two primitives -----------------------------------------------------------------------
+
+    async def call(self, key: Hashable, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(*args)``: inline for a local registry, else in a worker thread, one call per
+        ``key`` however many ask at once.  Nothing is cached."""
+        if self.inline:
+            self.stats.calls += 1
+            return fn(*args)
+        return cast(T, (await self._flight(key, fn, args, cache=False)).value)
+
+    async def cached(self, key: Hashable, fn: Callable[..., T], *args: Any) -> Answer[T]:
+        """Like :meth:`call`, but a non-local registry's answer is kept for ``alias_ttl`` seconds
+        under ``key``.  The answer carries when it stops being current (for a local registry,
+        ``alias_ttl`` from now: it is asked afresh every time)."""
+        now = trio.current_time()
+        if self.inline:
+            self.stats.calls += 1
+            return Answer(fn(*args), now + self.alias_ttl)
+        hit = self._cache.get(key)
+        if hit is not None:
+            if now < hit.expires:
+                self.stats.cache_hits += 1
+                return cast(Answer[T], hit)
+            del self._cache[key]
+        return cast(Answer[T], await self._flight(key, fn, args, cache=True))
+
+    async def _flight(self, key: Hashable, fn: Callable[..., Any], args: tuple[Any, ...], cache: bool) -> Answer[Any]:
+        while True:
+            flight = self._inflight.get(key)
+            if flight is None:
+                break
+            self.stats.joined += 1
+            await flight.done.wait()
+            if flight.error is not None:
+                # One exception object re-raised to every waiter: drop the leader's traceback.
+                raise flight.error.with_traceback(None)
+            if flight.finished:
+                return Answer(flight.value, flight.expires)
+            # The caller that made the call was cancelled before it ended: ask again.
+        flight = _Flight()
+        self._inflight[key] = flight
+        try:
+            self.stats.calls += 1
+            value = await trio.to_thread.run_sync(fn, *args, limiter=self._limiter)
+        except Exception as exc:
+            flight.error = exc
+            raise
+        finally:
+            del self._inflight[key]
+            flight.done.set()
+        now = trio.current_time()
+        flight.value, flight.expires, flight.finished = value, now + self.alias_ttl, True
+        answer = Answer(value, flight.expires)
+        if cache:
+            self._store(key, answer)
+            self._prime(key, value, answer.expires)
+        return answer
+
+    # -- the TTL cache --------------------------------------------------------------------------------
+
+    def _store(self, key: Hashable, answer: Answer[Any]) -> None:
+        old = self._cache.get(key)
+        if old is None or old.expires <= answer.expires:
+            self._cache[key] = answer
+        now = trio.current_time()
+        if now >= self._next_sweep:
+            # Names asked once and never again would otherwise stay for the life of the mount.
+            for k in [k for k, a in self._cache.items() if a.expires <= now]:
+                del self._cache[k]
+            self._next_sweep = now + self.alias_ttl
+
+    def _prime(self, key: Hashable, value: Any, expires: float) -> None:
+        """A listing also answers existence questions about what it lists: remember those too,
+        so ``ls project; cat project/ds:v3/x`` asks the registry once, not twice."""
+        if not isinstance(key, tuple) or not key:
+            return
+        kind = key[0]
+        if kind == "entities":
+            for entity in value:
+                self._store(("entity", entity), Answer(None, expires))
+        elif kind == "projects":
+            entity = key[1]
+            self._store(("entity", entity), Answer(None, expires))
+            for project in value:
+                self._store(("project", entity, project), Answer(None, expires))
+        elif kind == "project_versions":
+            entity, project = key[1], key[2]
+            self._store(("entity", entity), Answer(None, expires))
+            self._store(("project", entity, project), Answer(None, expires))
+            for v in value:
+                answer = Answer(v, expires)
+                self._store(("resolve", Ref(v.entity, v.project, v.name, v.version)), answer)
+                for alias in v.aliases:
+                    self._store(("resolve", Ref(v.entity, v.project, v.name, alias)), answer)
+
+    def forget_cached(self) -> None:
+        """Drop every cached answer (the next question of each kind goes to the registry)."""
+        self._cache.clear()
+
+    # -- the questions the tree asks ------------------------------------------------------------------
+
+    async def check_entity(self, entity: str) -> None:
+        """EntityNotFound unless ``entity`` exists (one cheap call; never a listing)."""
+        await self.cached(("entity", entity), self.registry.check_entity, entity)
+
+    async def check_project(self, entity: str, project: str) -> None:
+        await self.cached(("project", entity, project), self.registry.check_project, entity, project)
+
+    async def entities(self) -> Answer[list[str]]:
+        return await self.cached(("entities",), self.registry.entities)
+
+    async def projects(self, entity: str) -> Answer[list[str]]:
+        return await self.cached(("projects", entity), self.registry.projects, entity)
+
+    async def project_versions(self, entity: str, project: str) -> Answer[list[VersionInfo]]:
+        return await self.cached(("project_versions", entity, project), self.registry.project_versions, entity, project)
+
+    async def resolve(self, ref: Ref) -> Answer[VersionInfo]:
+        return await self.cached(("resolve", ref), self.registry.resolve, ref)
+
+    async def load_contents(self, version: VersionInfo) -> None:
+        """Make ``list_dir``/``get_entry`` of ``version`` cheap (a remote manifest fetch): one
+        call per version id however many ask; the registry keeps what it loaded."""
+        if not self.registry.contents_loaded(version):
+            await self.call(("contents", version.id), self.registry.load_contents, version)
