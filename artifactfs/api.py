@@ -1,4 +1,4 @@
-"""A Python API that follows the W&B Artifact API, over the local registry.
+"""A Python API that follows the W&B Artifact API, over any registry (``Api(registry=SPEC)``).
 
 ::
 
@@ -33,12 +33,21 @@ from collections.abc import Iterable
 from typing import Any
 
 from .defaults import default_registry
-from .errors import ArtifactFSError, InvalidPath, InvalidReference, SourceError
+from .errors import (
+    ArtifactFSError,
+    ArtifactNotLogged,
+    InvalidArgument,
+    InvalidPath,
+    InvalidReferenceEntry,
+    ReadOnly,
+    SourceError,
+)
+from .fsutil import walk_files
 from .manifest import MD5, Entry, Manifest, hash_fd
 from .names import LATEST, check_entry_path, check_name, parse_ref
 from .references import HTTP_SCHEMES, checksum_reference, file_path
-from .registry.base import CollectionInfo, VersionInfo, iso_time
-from .registry.local import LocalRegistry, _walk
+from .registry import CollectionInfo, Registry, VersionInfo, open_registry
+from .registry.base import iso_time
 from .store import write_verified
 
 __all__ = ["Api", "Artifact", "VerificationError"]
@@ -49,16 +58,23 @@ class VerificationError(ArtifactFSError, ValueError):
 
 
 class Api:
-    """Entry point, as ``wandb.Api``: look up, list and log artifacts in a local registry."""
+    """Entry point, as ``wandb.Api``: look up, list and log artifacts in a registry.
 
-    def __init__(self, registry: str | os.PathLike[str] | None = None) -> None:
-        self._root = os.fspath(registry) if registry is not None else default_registry()
-        self._registry: LocalRegistry | None = None
+    ``registry`` is a registry spec (``DIR``, ``wandb``, ``wandb:https://host[:port]``; default
+    ``$ARTIFACTFS_REGISTRY`` or ``~/.local/share/artifactfs/registry``).  ``cache_dir``: where a
+    remote backend may keep manifests between processes (default: nowhere).  The registry is
+    opened on first use; a local one that does not exist yet is created by the first log.
+    """
+
+    def __init__(self, registry: str | os.PathLike[str] | None = None, *, cache_dir: str | None = None) -> None:
+        self._spec = os.fspath(registry) if registry is not None else default_registry()
+        self._cache_dir = cache_dir
+        self._registry: Registry | None = None
 
     @property
-    def registry(self) -> LocalRegistry:
+    def registry(self) -> Registry:
         if self._registry is None:
-            self._registry = LocalRegistry(self._root)
+            self._registry = open_registry(self._spec, cache_dir=self._cache_dir)
         return self._registry
 
     def close(self) -> None:
@@ -76,7 +92,7 @@ class Api:
         """``entity/project/name[:alias|:vN]`` (default alias ``latest``)."""
         version = self.registry.resolve(parse_ref(name, default_tag=LATEST))
         if type is not None and version.type != type:
-            raise InvalidReference(f"artifact {version.ref} has type {version.type!r}, not {type!r}")
+            raise InvalidArgument(f"artifact {version.ref} has type {version.type!r}, not {type!r}")
         return Artifact._logged(self, version)
 
     def artifact_exists(self, name: str, type: str | None = None) -> bool:
@@ -103,10 +119,11 @@ class Api:
     def log_artifact(self, artifact: Artifact, project: str, aliases: Iterable[str] = ()) -> Artifact:
         """Log a new ``Artifact`` into ``entity/project``; returns the logged version."""
         if artifact._version is not None:
-            raise InvalidReference(f"{artifact.qualified_name} is already logged")
+            raise ReadOnly(f"{artifact.qualified_name} is already logged: a logged artifact is immutable")
         ref = parse_ref(f"{project}/{artifact._name}")
-        registry = LocalRegistry(self._root, create=True) if self._registry is None else self._registry
-        self._registry = registry
+        if self._registry is None:
+            self._registry = open_registry(self._spec, create=True, cache_dir=self._cache_dir)
+        registry = self._registry
         result = registry.log_files(
             artifact._files,
             ref,
@@ -162,18 +179,26 @@ class Artifact:
 
     def _logged_version(self) -> VersionInfo:
         if self._version is None:
-            raise InvalidReference(f"artifact {self._name!r} is not logged yet")
+            raise ArtifactNotLogged(f"artifact {self._name!r} is not logged yet")
         return self._version
 
-    def _reg(self) -> LocalRegistry:
+    def _reg(self) -> Registry:
         assert self._api is not None
         return self._api.registry
+
+    def _contents(self) -> tuple[Registry, VersionInfo]:
+        """The registry and the version, with the version's entries at hand (a remote backend
+        fetches the manifest once here)."""
+        reg, version = self._reg(), self._logged_version()
+        if not reg.contents_loaded(version):
+            reg.load_contents(version)
+        return reg, version
 
     # -- building a new artifact ----------------------------------------------------------------
 
     def add_file(self, local_path: str | os.PathLike[str], name: str | None = None) -> Entry | None:
         if self._version is not None:
-            raise InvalidReference("a logged artifact is immutable: create a new Artifact")
+            raise ReadOnly("a logged artifact is immutable: create a new Artifact")
         local = os.fspath(local_path)
         if not os.path.isfile(local):
             raise SourceError(f"{local!r} is not a file")
@@ -182,12 +207,12 @@ class Artifact:
 
     def add_dir(self, local_path: str | os.PathLike[str], name: str | None = None) -> None:
         if self._version is not None:
-            raise InvalidReference("a logged artifact is immutable: create a new Artifact")
+            raise ReadOnly("a logged artifact is immutable: create a new Artifact")
         local = os.fspath(local_path)
         if not os.path.isdir(local):
             raise SourceError(f"{local!r} is not a directory")
         prefix = name.strip("/") + "/" if name else ""
-        for path, full in _walk(local):
+        for path, full in walk_files(local):
             self._add(prefix + path, full)
 
     def add_reference(
@@ -205,9 +230,9 @@ class Artifact:
         its content, so its bytes could never be verified before they are served.
         """
         if self._version is not None:
-            raise InvalidReference("a logged artifact is immutable: create a new Artifact")
+            raise ReadOnly("a logged artifact is immutable: create a new Artifact")
         if not checksum:
-            raise InvalidReference(
+            raise InvalidReferenceEntry(
                 "add_reference(checksum=False) is not supported: artifactfs serves only verified bytes, "
                 "and an entry without a content digest could never be verified"
             )
@@ -217,7 +242,7 @@ class Artifact:
             local = file_path(uri)
             if os.path.isdir(local):
                 prefix = name.strip("/") + "/" if name else ""
-                for path, full in _walk(local):
+                for path, full in walk_files(local):
                     if max_objects is not None and len(items) >= max_objects:
                         raise SourceError(f"{local!r} holds more than max_objects={max_objects} files")
                     items.append((prefix + path, "file://" + urllib.parse.quote(os.path.abspath(full))))
@@ -231,7 +256,7 @@ class Artifact:
                 raise InvalidPath("the URL path names no file: pass name=")
             items.append((name or default, uri))
         else:
-            raise InvalidReference(f"reference scheme {url.scheme!r} is not supported (file, http, https)")
+            raise InvalidReferenceEntry(f"reference scheme {url.scheme!r} is not supported (file, http, https)")
         for path, _ in items:  # every name is checked before anything is fetched
             self._check_new_path(path)
         added: list[Entry] = []
@@ -258,7 +283,7 @@ class Artifact:
         changes to ``aliases``, ``description`` and ``metadata``."""
         if self._version is None:
             if project is None:
-                raise InvalidReference("save() of a new artifact needs project='entity/project'")
+                raise InvalidArgument("save() of a new artifact needs project='entity/project'")
             api = self._api or Api()
             return api.log_artifact(self, project)
         reg = self._reg()
@@ -349,17 +374,20 @@ class Artifact:
 
     @property
     def manifest(self) -> Manifest:
-        return self._reg().manifest(self._logged_version())
+        reg, version = self._contents()
+        return reg.manifest(version)
 
     def files(self, names: Iterable[str] | None = None) -> list[Entry]:
-        entries = sorted(self._reg().iter_entries(self._logged_version()), key=lambda e: e.path)
+        reg, version = self._contents()
+        entries = sorted(reg.iter_entries(version), key=lambda e: e.path)
         if names is not None:
             wanted = set(names)
             entries = [e for e in entries if e.path in wanted]
         return entries
 
     def get_entry(self, name: str) -> Entry:
-        found = self._reg().get_entry(self._logged_version(), check_entry_path(name))
+        reg, version = self._contents()
+        found = reg.get_entry(version, check_entry_path(name))
         if found.entry is None:
             raise InvalidPath(f"{name!r} is a directory of {self.qualified_name}")
         return found.entry
@@ -428,7 +456,7 @@ class Artifact:
         """Raise VerificationError unless ``root`` holds exactly this artifact's files."""
         root = os.path.abspath(os.fspath(root) if root is not None else self._default_root())
         expected = {e.path: e for e in self.files()}
-        found = {path for path, _ in _walk(root)} if os.path.isdir(root) else set()
+        found = {path for path, _ in walk_files(root)} if os.path.isdir(root) else set()
         problems = [f"missing {p}" for p in sorted(expected.keys() - found)]
         problems += [f"unexpected {p}" for p in sorted(found - expected.keys())]
         for path in sorted(expected.keys() & found):

@@ -23,10 +23,39 @@ class ArtifactFSError(Exception):
 
 
 class InvalidReference(ArtifactFSError):
-    """An artifact reference (``entity/project/name:alias``) or a name in it is malformed."""
+    """An artifact reference (``entity/project/name:alias``) or a name in it (entity, project,
+    artifact name, alias, type) is malformed, or a command needs a form of it that was not given
+    (``log`` with ``:alias``, ``alias add`` without one).  Only for artifact references and names:
+    other bad input raises :class:`InvalidArgument` or one of its subclasses."""
 
     errno = _errno.EINVAL
     log_level = logging.DEBUG
+
+
+class InvalidArgument(ArtifactFSError):
+    """A value the caller gave is malformed or unsupported and is not an artifact reference or
+    name: a registry spec, a mount option (``-o`` or a flag), a digest algorithm, an argument a
+    call does not accept in the state it is in (``save()`` of a new artifact without a project,
+    ``Api.artifact(type=...)`` naming another type).  Raised before anything is changed."""
+
+    errno = _errno.EINVAL
+    log_level = logging.DEBUG
+
+
+class InvalidMetadata(InvalidArgument):
+    """Artifact metadata (``--metadata``, ``Artifact.metadata``) that W&B would refuse: not valid
+    JSON, not a JSON object, or holding values JSON cannot carry (NaN, Infinity, objects)."""
+
+
+class InvalidReferenceEntry(InvalidArgument):
+    """A reference entry (an entry whose bytes stay at a URI: ``Artifact.add_reference``) that
+    artifactfs cannot serve verified: a URI scheme it does not fetch, a ``file://`` URI of another
+    host, no URI, or a digest that is not a content hash (``checksum=False``, an ETag)."""
+
+
+class ArtifactNotLogged(InvalidArgument):
+    """Something that needs a logged version (its version, digest, files) was asked of a new
+    ``Artifact`` that is not logged yet (W&B raises ``ArtifactNotLoggedError`` here)."""
 
 
 class InvalidPath(ArtifactFSError):
@@ -69,7 +98,9 @@ class Conflict(ArtifactFSError):
 
 
 class ReadOnly(ArtifactFSError):
-    """A write was attempted on something immutable: the mount, a version."""
+    """A write was attempted on something immutable: the mount, a logged version (adding files
+    to it, logging it again), or a registry this backend can only read (``log``, ``alias``,
+    ``delete``, ``gc`` against it)."""
 
     errno = _errno.EROFS
     log_level = logging.DEBUG

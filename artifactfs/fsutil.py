@@ -1,13 +1,21 @@
-"""Small file-system helpers shared by the registry and the cache: temp files and their cleanup,
-and URIs made fit for logs."""
+"""Small file-system helpers shared by the registry, the cache, the API and the mount: temp files
+and their cleanup, the walk of a directory to log, the claim of a cache directory, and URIs made
+fit for logs."""
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import secrets
+import stat
 import time
 import urllib.parse
+from collections.abc import Iterator
+
+from .errors import RegistryError, SourceError
+
+log = logging.getLogger(__name__)
 
 
 def make_temp(directory: str, suffix: str = ".tmp", flags: int = os.O_WRONLY) -> tuple[int, str]:
@@ -41,3 +49,70 @@ def redact_uri(uri: str) -> str:
     if parts.port:
         netloc = f"{netloc}:{parts.port}"
     return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+
+
+def walk_files(src: str) -> Iterator[tuple[str, str]]:
+    """``(entry path, file path)`` for each regular file below ``src``, in sorted order, lazily:
+    what ``log`` and ``Artifact.add_dir`` add, and what ``Artifact.verify`` compares.
+
+    Symlinks are followed, to files and to directories, as the wandb SDK's ``add_dir`` does; a
+    link back to one of its own ancestors (a cycle) is skipped.  An unreadable directory raises
+    :class:`~artifactfs.errors.SourceError`; an unreadable or special file is skipped with a warning.
+    """
+    ancestors: dict[str, frozenset[tuple[int, int]]] = {src: frozenset()}
+    for dirpath, dirnames, filenames in os.walk(src, onerror=_raise_source_error, followlinks=True):
+        st_dir = os.stat(dirpath)
+        ident = (st_dir.st_dev, st_dir.st_ino)
+        chain = ancestors.pop(dirpath, frozenset())
+        if ident in chain:
+            dirnames.clear()
+            log.warning("skipping %s: a symlink cycle leads back to it", dirpath)
+            continue
+        chain |= {ident}
+        dirnames.sort()
+        for d in dirnames:
+            ancestors[os.path.join(dirpath, d)] = chain
+        rel = os.path.relpath(dirpath, src)
+        for fname in sorted(filenames):
+            full = os.path.join(dirpath, fname)
+            try:
+                st = os.stat(full)
+            except OSError as exc:
+                log.warning("skipping %s: %s", full, exc.strerror)
+                continue
+            if not stat.S_ISREG(st.st_mode):
+                log.warning("skipping %s: not a regular file", full)
+                continue
+            path = fname if rel == "." else f"{rel.replace(os.sep, '/')}/{fname}"
+            yield path, full
+
+
+def _raise_source_error(exc: OSError) -> None:
+    raise SourceError(f"cannot read {exc.filename!r}: {exc.strerror or exc}") from exc
+
+
+#: What a cache directory may hold before it has become a diskcache directory: our own files only.
+_CACHE_OWN_NAMES = {"mount.log", "tmp"}
+
+
+def claim_cache_dir(path: str) -> None:
+    """Create the cache directory (0700), or take over an existing one only if it is ours: owned
+    by this user and either a diskcache directory already or holding nothing but our files.
+    Pointing ``--cache-dir`` at ``~`` or ``/tmp`` by mistake is refused, not chmod-ed.
+
+    Called by the mount before it writes its log or opens a backend that keeps files there, and
+    by the blob store when it opens the directory."""
+    try:
+        os.makedirs(path, mode=0o700)
+    except FileExistsError:
+        st = os.stat(path)
+        if not stat.S_ISDIR(st.st_mode):
+            raise RegistryError(f"cache directory {path} is not a directory") from None
+        if st.st_uid != os.getuid():
+            raise RegistryError(f"cache directory {path} belongs to another user") from None
+        names = set(os.listdir(path))
+        if "cache.db" not in names and not names <= _CACHE_OWN_NAMES:
+            raise RegistryError(
+                f"{path} is not empty and is not an artifactfs cache: choose a new or empty directory"
+            ) from None
+    os.chmod(path, 0o700)

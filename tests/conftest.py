@@ -14,6 +14,7 @@ import json
 import os
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -86,6 +87,24 @@ def force_unmount(path: Path) -> None:
         return
     if subprocess.run(["fusermount3", "-u", str(path)], capture_output=True).returncode != 0:
         subprocess.run(["fusermount3", "-u", "-z", str(path)], capture_output=True)
+
+
+def corrupt_table(registry: Path, table: str) -> None:
+    """Write garbage over the root pages of ``table`` and its indexes in the database of a
+    registry nobody has open: the database still opens, but the first read of the table fails."""
+    db = registry / "registry.sqlite"
+    conn = sqlite3.connect(db)
+    try:
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        page_size = conn.execute("PRAGMA page_size").fetchone()[0]
+        roots = [r[0] for r in conn.execute("SELECT rootpage FROM sqlite_master WHERE tbl_name = ?", (table,))]
+    finally:
+        conn.close()
+    assert roots, f"no table {table}"
+    with open(db, "r+b") as f:
+        for root in roots:
+            f.seek((root - 1) * page_size)
+            f.write(b"\xde\xad\xbe\xef" * (page_size // 4))
 
 
 @dataclass

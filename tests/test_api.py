@@ -11,7 +11,16 @@ import pytest
 from conftest import SAMPLE_FILES, run_cli, write_tree
 
 from artifactfs import Api, Artifact, VerificationError
-from artifactfs.errors import ArtifactNotFound, Conflict, DigestMismatch, InvalidPath, InvalidReference
+from artifactfs.errors import (
+    ArtifactNotFound,
+    ArtifactNotLogged,
+    Conflict,
+    DigestMismatch,
+    InvalidArgument,
+    InvalidPath,
+    InvalidReference,
+    ReadOnly,
+)
 
 
 @pytest.fixture
@@ -79,7 +88,7 @@ def test_download_default_root_and_prefix(api: Api, tmp_path: Path, monkeypatch:
 def test_download_refuses_a_corrupt_blob(api: Api, tmp_path: Path) -> None:
     art = api.artifact("acme/vision/ds")
     entry = art.get_entry("train/000002.txt")
-    blob = Path(api.registry.blob_path(entry.alg, entry.digest))
+    blob = Path(str(api.registry.local_path(entry)))
     os.chmod(blob, 0o644)
     data = bytearray(blob.read_bytes())
     data[0] ^= 0xFF
@@ -195,15 +204,21 @@ def test_listing_and_delete(api: Api, tmp_path: Path) -> None:
 def test_bad_input(api: Api, tmp_path: Path) -> None:
     with pytest.raises(InvalidReference):
         api.artifact("not-a-ref")
-    with pytest.raises(InvalidReference):
+    with pytest.raises(InvalidArgument, match="type"):
         api.artifact("acme/vision/ds", type="model")
     with pytest.raises(InvalidReference):
         Artifact("bad name", type="dataset")
     logged = api.artifact("acme/vision/ds")
-    with pytest.raises(InvalidReference):
+    with pytest.raises(ReadOnly):
         logged.add_file(tmp_path / "src" / "README.md")  # logged versions are immutable
-    with pytest.raises(InvalidReference):
+    with pytest.raises(ReadOnly):
+        logged.add_dir(tmp_path / "src")
+    with pytest.raises(ReadOnly):
+        api.log_artifact(logged, "acme/vision")  # already logged
+    with pytest.raises(InvalidArgument):
         Artifact("x", type="t").save()  # no project
+    with pytest.raises(ArtifactNotLogged):
+        _ = Artifact("x", type="t").digest
 
 
 def test_cli_get_and_verify(api: Api, tmp_path: Path) -> None:

@@ -19,7 +19,7 @@ import pytest
 from fault_server import Fault, FaultServer
 
 from artifactfs import Api, Artifact
-from artifactfs.errors import AuthError, DigestMismatch, FetchError, InvalidReference
+from artifactfs.errors import AuthError, DigestMismatch, FetchError, InvalidReferenceEntry
 from artifactfs.http import Policy, checksum, download
 from artifactfs.manifest import MD5, XXH128, Entry, digest_bytes
 from artifactfs.references import reference_source
@@ -437,9 +437,9 @@ def test_add_reference_logs_http_entries_once(server: FaultServer, tmp_path: Pat
         assert dict(entry.extra) == {"etag": '"abc"'}
         art.add_reference(local.as_uri(), name="files/local.bin")
         art.add_reference(tree.as_uri(), name="tree")
-        with pytest.raises(InvalidReference, match="checksum=False"):
+        with pytest.raises(InvalidReferenceEntry, match="checksum=False"):
             art.add_reference(url, name="other.csv", checksum=False)
-        with pytest.raises(InvalidReference, match="not supported"):
+        with pytest.raises(InvalidReferenceEntry, match="not supported"):
             art.add_reference("s3://bucket/key")
         api.log_artifact(art, "acme/vision")
         assert len(server.gets()) == 1  # fetched once, when added
@@ -489,9 +489,9 @@ def test_registry_refuses_reference_entries_without_a_content_digest(tmp_path: P
     reg = LocalRegistry(tmp_path / "reg", create=True)
     try:
         etag_only = Entry("x.bin", "0123456789abcdef0123456789abcdef", 10, ref="https://example.com/x.bin")
-        with pytest.raises(InvalidReference, match="could never be verified"):
+        with pytest.raises(InvalidReferenceEntry, match="could never be verified"):
             reg.log_files([], parse_ref("acme/vision/ds"), type="dataset", references=[etag_only])
-        with pytest.raises(InvalidReference, match="has no ref"):
+        with pytest.raises(InvalidReferenceEntry, match="has no ref"):
             reg.log_files([], parse_ref("acme/vision/ds"), type="dataset", references=[Entry("y", digest_bytes(b""))])
         assert reg.entities() == []
     finally:

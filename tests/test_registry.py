@@ -19,13 +19,15 @@ from typing import Any
 
 import pytest
 import xxhash
-from conftest import b64md5, write_tree
+from conftest import b64md5, corrupt_table, write_tree
 
 from artifactfs.errors import (
     ArtifactNotFound,
     Conflict,
     EntityNotFound,
     EntryNotFound,
+    InvalidArgument,
+    InvalidMetadata,
     InvalidPath,
     InvalidReference,
     ManifestError,
@@ -507,7 +509,7 @@ def test_metadata_and_description(reg: LocalRegistry, trees: list[Path]) -> None
 
 @pytest.mark.parametrize("metadata", [[1, 2], "text", {"x": float("nan")}, {"x": object()}])
 def test_bad_metadata(reg: LocalRegistry, trees: list[Path], metadata: Any) -> None:
-    with pytest.raises(InvalidReference, match="metadata"):
+    with pytest.raises(InvalidMetadata, match="metadata"):
         reg.log_dir(trees[0], R(COLL), type="dataset", metadata=metadata)
     assert reg.entities() == []
 
@@ -633,6 +635,43 @@ def test_unsafe_stored_paths_are_refused(tmp_path: Path, trees: list[Path], sql:
         reg.close()
 
 
+@pytest.mark.parametrize("table", ["entities", "entries", "versions"])
+def test_corrupt_pages_raise_registry_error(tmp_path: Path, trees: list[Path], table: str) -> None:
+    """Garbage over a table's pages: every public method that reads it raises RegistryError
+    naming the database (never a bare sqlite3 error), generators included."""
+    root = tmp_path / "registry"
+    reg = LocalRegistry(root, create=True)
+    try:
+        log(reg, trees[0])
+    finally:
+        reg.close()
+    reg = LocalRegistry(root)
+    try:
+        version = reg.resolve(R(f"{COLL}:v0")) if table == "entries" else None
+        corrupt_table(root, table)
+        calls: list[Any] = {
+            "entities": [reg.entities, lambda: reg.projects("acme"), lambda: reg.check_entity("acme")],
+            "entries": [
+                lambda: list(reg.iter_entries(version)),
+                lambda: reg.list_dir(version, ""),
+                lambda: reg.get_entry(version, "a.txt"),
+                lambda: reg.manifest(version),
+            ],
+            "versions": [
+                lambda: reg.versions("acme", "vision", "ds"),
+                lambda: reg.resolve(R(f"{COLL}:v0")),
+                lambda: reg.project_versions("acme", "vision"),
+                lambda: reg.gc(grace=0),
+            ],
+        }[table]
+        for call in calls:
+            with pytest.raises(RegistryError, match=r"registry .*: database disk image is malformed") as info:
+                call()
+            assert isinstance(info.value.__cause__, sqlite3.Error)
+    finally:
+        reg.close()
+
+
 def test_failed_commit_rolls_back_and_the_connection_stays_usable(reg: LocalRegistry, trees: list[Path]) -> None:
     """A COMMIT that fails (here: a deferred foreign key check) must not leave the connection
     inside a transaction, where every later write of this process would fail."""
@@ -669,7 +708,7 @@ def test_xxh128_blobs(reg: LocalRegistry, tmp_path: Path) -> None:
 
 
 def test_unsupported_algorithm(reg: LocalRegistry, trees: list[Path]) -> None:
-    with pytest.raises(InvalidReference, match="SHA1"):
+    with pytest.raises(InvalidArgument, match="SHA1"):
         reg.log_dir(trees[0], R(COLL), type="dataset", digest_algorithm="SHA1")
     assert reg.entities() == []
 

@@ -23,35 +23,40 @@ import base64
 import concurrent.futures
 import contextlib
 import ctypes
+import functools
+import inspect
 import json
 import logging
 import os
 import secrets
 import sqlite3
-import stat
 import threading
 import time
 import urllib.parse
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from ..errors import (
     ArtifactNotFound,
     Conflict,
     EntityNotFound,
     EntryNotFound,
+    InvalidArgument,
+    InvalidMetadata,
     InvalidPath,
     InvalidReference,
+    InvalidReferenceEntry,
     ManifestError,
     NotFound,
     ProjectNotFound,
     RegistryError,
     SourceError,
 )
-from ..fsutil import make_temp, remove_stale
+from ..fsutil import make_temp, remove_stale, walk_files
 from ..manifest import ALGORITHMS, MANIFEST_ALGORITHM, MD5, Entry, artifact_digest, b64_digest, hex_from_b64, new_hasher
 from ..names import LATEST, Ref, check_alias, check_entry_path, check_name, split_dir
+from ..references import reference_source
 from .base import BlobSource, CollectionInfo, DirEntry, LogResult, Registry, VersionInfo
 
 log = logging.getLogger(__name__)
@@ -120,8 +125,48 @@ class LoggedFile:
     extra: dict[str, Any] | None = None  # None: the artifact's default (``alg`` or nothing)
 
 
+_T = TypeVar("_T")
 
 
+def _translate_sqlite_errors(cls: type[_T]) -> type[_T]:
+    """Class decorator: every public method of ``cls`` turns a ``sqlite3.Error`` (a corrupt or
+    vanished database, a disk error, a lock held too long) into
+    :class:`~artifactfs.errors.RegistryError`, so nothing above the registry sees sqlite3.
+    Generator methods are wrapped so that errors raised while they are iterated are caught too.
+    Nested calls translate once: a RegistryError passes through the outer wrapper untouched."""
+    for name, value in list(vars(cls).items()):
+        if not name.startswith("_") and inspect.isfunction(value):
+            setattr(cls, name, _translating(value))
+    return cls
+
+
+def _database_error(registry: Any, exc: sqlite3.Error) -> RegistryError:
+    return RegistryError(f"registry database {registry.db_path}: {exc}")
+
+
+def _translating(fn: Callable[..., Any]) -> Callable[..., Any]:
+    if inspect.isgeneratorfunction(fn):
+
+        @functools.wraps(fn)
+        def generator(self: Any, *args: Any, **kwargs: Any) -> Iterator[Any]:
+            try:
+                yield from fn(self, *args, **kwargs)
+            except sqlite3.Error as exc:
+                raise _database_error(self, exc) from exc
+
+        return generator
+
+    @functools.wraps(fn)
+    def method(self: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(self, *args, **kwargs)
+        except sqlite3.Error as exc:
+            raise _database_error(self, exc) from exc
+
+    return method
+
+
+@_translate_sqlite_errors
 class LocalRegistry(Registry):
     """A registry directory on this machine.  Safe for several processes at once."""
 
@@ -455,8 +500,6 @@ class LocalRegistry(Registry):
 
     def blob_source(self, version: VersionInfo, entry: Entry) -> BlobSource:
         if entry.ref is not None:
-            from ..references import reference_source
-
             return reference_source(entry)
         return BlobSource(f"{version.ref}/{entry.path}", local_path=self.blob_path(entry.alg, entry.digest))
 
@@ -514,7 +557,7 @@ class LocalRegistry(Registry):
         src = os.fspath(src)
         if not os.path.isdir(src):
             raise SourceError(f"source directory {src!r} does not exist or is not a directory")
-        files = _walk(src)
+        files = walk_files(src)
         return self.log_files(
             files,
             ref,
@@ -546,7 +589,7 @@ class LocalRegistry(Registry):
         check_name(type, "type")
         aliases = [check_alias(a) for a in aliases]
         if digest_algorithm not in ALGORITHMS:
-            raise InvalidReference(f"unsupported digest algorithm {digest_algorithm!r}")
+            raise InvalidArgument(f"unsupported digest algorithm {digest_algorithm!r}")
         metadata = check_metadata(metadata)
         referenced = [_reference_row(e) for e in references]
         self._check_type(ref, type)  # before copying a whole tree; _commit checks again
@@ -814,13 +857,13 @@ def _reference_row(entry: Entry) -> LoggedFile:
     XXH128), since an entry whose bytes cannot be verified could never be served."""
     check_entry_path(entry.path)
     if not entry.ref:
-        raise InvalidReference(f"reference entry {entry.path!r} has no ref URI")
+        raise InvalidReferenceEntry(f"reference entry {entry.path!r} has no ref URI")
     if entry.alg not in ALGORITHMS:
-        raise InvalidReference(f"reference entry {entry.path!r}: unsupported digest algorithm {entry.alg!r}")
+        raise InvalidReferenceEntry(f"reference entry {entry.path!r}: unsupported digest algorithm {entry.alg!r}")
     try:
         hex_from_b64(entry.digest)
     except ManifestError as exc:
-        raise InvalidReference(
+        raise InvalidReferenceEntry(
             f"reference entry {entry.path!r} has no content digest ({entry.digest!r}): it could never be verified"
         ) from exc
     return LoggedFile(entry.path, entry.digest, entry.size, entry.ref, dict(entry.extra))
@@ -855,11 +898,11 @@ def check_metadata(metadata: dict[str, Any] | None) -> dict[str, Any]:
     if metadata is None:
         return {}
     if not isinstance(metadata, dict):
-        raise InvalidReference("metadata must be a JSON object")
+        raise InvalidMetadata("metadata must be a JSON object")
     try:
         json.dumps(metadata, allow_nan=False)
     except (TypeError, ValueError) as exc:
-        raise InvalidReference(f"metadata is not JSON-serialisable: {exc}") from exc
+        raise InvalidMetadata(f"metadata is not JSON-serialisable: {exc}") from exc
     return metadata
 
 
@@ -871,41 +914,3 @@ def _dirs_of(paths: Iterable[str]) -> set[str]:
             dirs.add(parent)
             parent = split_dir(parent)[0]
     return dirs
-
-
-def _walk(src: str) -> Iterator[tuple[str, str]]:
-    """``(entry path, file path)`` for each regular file below ``src``, in sorted order, lazily.
-
-    Symlinks are followed, to files and to directories, as the wandb SDK's ``add_dir`` does; a
-    link back to one of its own ancestors (a cycle) is skipped.
-    """
-    ancestors: dict[str, frozenset[tuple[int, int]]] = {src: frozenset()}
-    for dirpath, dirnames, filenames in os.walk(src, onerror=_raise, followlinks=True):
-        st_dir = os.stat(dirpath)
-        ident = (st_dir.st_dev, st_dir.st_ino)
-        chain = ancestors.pop(dirpath, frozenset())
-        if ident in chain:
-            dirnames.clear()
-            log.warning("skipping %s: a symlink cycle leads back to it", dirpath)
-            continue
-        chain |= {ident}
-        dirnames.sort()
-        for d in dirnames:
-            ancestors[os.path.join(dirpath, d)] = chain
-        rel = os.path.relpath(dirpath, src)
-        for fname in sorted(filenames):
-            full = os.path.join(dirpath, fname)
-            try:
-                st = os.stat(full)
-            except OSError as exc:
-                log.warning("skipping %s: %s", full, exc.strerror)
-                continue
-            if not stat.S_ISREG(st.st_mode):
-                log.warning("skipping %s: not a regular file", full)
-                continue
-            path = fname if rel == "." else f"{rel.replace(os.sep, '/')}/{fname}"
-            yield path, full
-
-
-def _raise(exc: OSError) -> None:
-    raise SourceError(f"cannot read {exc.filename!r}: {exc.strerror or exc}") from exc
