@@ -1,0 +1,1272 @@
+"""The W&B backend: a read-only registry over a W&B server's GraphQL API (cloud or self-hosted).
+
+What it asks the server, and when (see ``shared/docs/WANDB_PROTOCOL.md`` for the wire facts):
+
+* **At construction**, one ``Viewer`` query: it checks the API key and that the server speaks
+  W&B, so a mount fails at once, in one line that says what to do.
+* **Namespace**: one cheap query per existence check (``entity(name)``, ``project(...)``),
+  paginated listings, and ``project_versions`` as nested pages (a page of collections with the
+  first page of each one's versions per call), so a project directory costs a bounded number of
+  calls, not one per collection.  ``resolve`` is one ``artifactCollectionMembership`` call.
+* **Manifests** are fetched once per artifact (``FetchArtifactManifest``, then a plain GET of
+  the presigned URL), checked (entry paths, duplicate keys, file/directory clashes, the
+  artifact digest) and kept on disk under ``cache_dir/manifests`` keyed by artifact id and
+  digest, so a remount asks for none of them again.  In memory a bounded number of manifests
+  are indexed as directories (``list_dir``/``get_entry`` are dict lookups).
+* **File URLs** are asked for only for files being read (``files(names: [...])``), in batches:
+  the wanted file plus the next files of its directory that have no URL yet, in the order a
+  directory walk reads them (name order).  The whole file list is never paged (W&B #7006).  An
+  URL refused with 401/403 (expired) is replaced by a fresh one for that file only (#5678).
+* **Bytes** go through :func:`artifactfs.http.download` (timeouts, retries, resume, parallel
+  ranges); the store verifies them.  A copy in the wandb SDK's cache is offered first, as a
+  source the store re-verifies and falls back from; the SDK cache is never written.
+
+Secrets: the API key lives in one attribute and in the requests' ``Authorization`` header; it is
+never logged, never put in an exception message or a repr, and any text a server sends back is
+scrubbed of it before it is shown.
+"""
+
+from __future__ import annotations
+
+import base64
+import bisect
+import contextlib
+import datetime as _dt
+import hashlib
+import json
+import logging
+import netrc
+import os
+import random
+import re
+import threading
+import time
+import urllib.parse
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import IO, Any
+
+import requests
+import requests.auth
+
+from .. import http
+from ..errors import (
+    ArtifactFSError,
+    ArtifactNotFound,
+    AuthError,
+    EntityNotFound,
+    EntryNotFound,
+    FetchError,
+    ManifestError,
+    ProjectNotFound,
+    RegistryError,
+)
+from ..fsutil import make_temp, redact_uri
+from ..manifest import MD5, XXH128, Entry, Manifest, hex_from_b64
+from ..names import Ref, check_entry_path, parse_version, split_dir
+from .base import BlobSource, CollectionInfo, DirEntry, Progress, Registry, VersionInfo
+
+log = logging.getLogger(__name__)
+
+DEFAULT_BASE_URL = "https://api.wandb.ai"
+MANIFEST_MD5 = "MANIFEST_MD5"
+MANIFEST_XXH128 = "MANIFEST_XXH128"
+MAX_MANIFEST_BYTES = 1 << 30  # a 100k-entry manifest is ~20 MB; refuse anything absurd
+
+
+@dataclass(frozen=True, slots=True)
+class GraphQLPolicy:
+    """Timeouts and retry bounds of one GraphQL call (or one manifest GET)."""
+
+    connect_timeout: float = 10.0
+    read_timeout: float = 60.0
+    attempts: int = 8  # tries per call
+    backoff: float = 0.5  # first wait; doubled per failure up to backoff_max, with jitter
+    backoff_max: float = 10.0
+    retry_after_max: float = 30.0  # a longer Retry-After gives up at once
+    budget: float = 120.0  # seconds of waiting between tries, per call
+
+
+DEFAULT_POLICY = GraphQLPolicy()
+# The construction check fails fast: a wrong URL should not take minutes to report.
+CONNECT_POLICY = GraphQLPolicy(connect_timeout=10.0, read_timeout=30.0, attempts=3, budget=5.0)
+
+
+# -- query texts (field names as the W&B schema has them; see the SDK's _generated/operations.py)
+
+_PAGE_INFO = "pageInfo { endCursor hasNextPage }"
+
+
+def _version_fields(digest_algorithm: bool) -> str:
+    alg = " digestAlgorithm" if digest_algorithm else ""
+    return (
+        "id versionIndex description metadata state size digest" + alg + " commitHash fileCount"
+        " createdAt updatedAt artifactType { name }"
+        " artifactSequence { name project { name entity { name } } }"
+        " aliases { alias artifactCollection { name } }"
+    )
+
+
+VIEWER_QUERY = "query Viewer { viewer { id entity username teams { edges { node { name } } } } }"
+CHECK_ENTITY_QUERY = "query CheckEntity($entity: String!) { entity(name: $entity) { id name } }"
+CHECK_PROJECT_QUERY = (
+    "query CheckProject($entity: String!, $project: String!) {"
+    " entity(name: $entity) { id }"
+    " project(name: $project, entityName: $entity) { id name } }"
+)
+PROJECTS_QUERY = (
+    "query EntityProjects($entity: String!, $cursor: String, $perPage: Int) {"
+    " entity(name: $entity) { id projects(after: $cursor, first: $perPage) {"
+    f" {_PAGE_INFO} edges {{ node {{ name }} }} }} }} }}"
+)
+COLLECTIONS_QUERY = (
+    "query ProjectArtifactCollections($entity: String!, $project: String!, $cursor: String, $perPage: Int) {"
+    " project(name: $project, entityName: $entity) { artifactCollections(after: $cursor, first: $perPage) {"
+    f" {_PAGE_INFO} edges {{ node {{ id name description createdAt"
+    " defaultArtifactType { name } artifacts(first: 0) { totalCount } } } } } }"
+)
+MANIFEST_QUERY = (
+    "query FetchArtifactManifest($id: ID!) { artifact(id: $id) { currentManifest { file { directUrl } } } }"
+)
+
+
+def _versions_query(alg: bool) -> str:
+    return (
+        "query CollectionVersions($entity: String!, $project: String!, $collection: String!,"
+        " $cursor: String, $perPage: Int) {"
+        " project(name: $project, entityName: $entity) { artifactCollection(name: $collection) {"
+        " name artifacts(after: $cursor, first: $perPage) {"
+        f" {_PAGE_INFO} edges {{ version node {{ {_version_fields(alg)} }} }} }} }} }} }}"
+    )
+
+
+def _project_versions_query(alg: bool) -> str:
+    return (
+        "query ProjectVersions($entity: String!, $project: String!, $cursor: String, $perPage: Int,"
+        " $versionsPerCollection: Int) {"
+        " project(name: $project, entityName: $entity) { artifactCollections(after: $cursor, first: $perPage) {"
+        f" {_PAGE_INFO} edges {{ node {{ name artifacts(first: $versionsPerCollection) {{"
+        f" {_PAGE_INFO} edges {{ version node {{ {_version_fields(alg)} }} }} }} }} }} }} }} }}"
+    )
+
+
+def _membership_query(alg: bool) -> str:
+    return (
+        "query ArtifactMembershipByName($entity: String!, $project: String!, $name: String!) {"
+        " project(name: $project, entityName: $entity) { artifactCollectionMembership(name: $name) {"
+        " id versionIndex aliases { alias } artifactCollection { name }"
+        f" artifact {{ {_version_fields(alg)} }} }} }} }}"
+    )
+
+
+def _artifact_by_name_query(alg: bool) -> str:
+    """Older servers: ``project.artifact(name: "collection:alias")``."""
+    return (
+        "query ArtifactByName($entity: String!, $project: String!, $name: String!) {"
+        " project(name: $project, entityName: $entity) {"
+        f" artifact(name: $name) {{ {_version_fields(alg)} }} }} }}"
+    )
+
+
+def _artifact_by_id_query(alg: bool) -> str:
+    return f"query ArtifactByID($id: ID!) {{ artifact(id: $id) {{ {_version_fields(alg)} }} }}"
+
+
+FILE_URLS_QUERY = (
+    "query GetArtifactMembershipFileUrls($entity: String!, $project: String!, $collection: String!,"
+    " $alias: String!, $names: [String!], $perPage: Int) {"
+    " project(name: $project, entityName: $entity) { artifactCollection(name: $collection) {"
+    " artifactMembership(aliasName: $alias) { files(names: $names, first: $perPage) {"
+    " edges { node { name directUrl } } } } } } }"
+)
+FILE_URLS_BY_ID_QUERY = (  # servers without collection memberships
+    "query ArtifactFileUrls($id: ID!, $names: [String!], $perPage: Int) {"
+    " artifact(id: $id) { files(names: $names, first: $perPage) { edges { node { name directUrl } } } } }"
+)
+
+_MISSING_FIELD = re.compile(r"""Cannot query field ["']([A-Za-z_][A-Za-z0-9_]*)["']""")
+_NOT_FOUND = re.compile(r"not found|does not exist|no such", re.IGNORECASE)
+
+
+# -- credentials -----------------------------------------------------------------------------
+
+
+def netrc_path() -> str:
+    return os.environ.get("NETRC") or os.path.join(os.path.expanduser("~"), ".netrc")
+
+
+def find_api_key(base_url: str) -> tuple[str | None, str]:
+    """The API key for ``base_url`` and where it was looked for (for the error message):
+    ``WANDB_API_KEY``, else the netrc password of the base URL's host (``host:port`` or
+    ``host``, as ``wandb login`` writes either)."""
+    key = os.environ.get("WANDB_API_KEY", "").strip()
+    if key:
+        return key, "WANDB_API_KEY"
+    path = netrc_path()
+    if not os.path.exists(path):
+        return None, f"WANDB_API_KEY is not set and there is no {path}"
+    try:
+        parsed = netrc.netrc(path)
+    except netrc.NetrcParseError as exc:  # its message may quote a token: show only where
+        raise AuthError(f"cannot parse {path} (line {exc.lineno}): fix it or set WANDB_API_KEY") from None
+    except OSError as exc:
+        raise AuthError(f"cannot read {path}: {exc.strerror or type(exc).__name__}") from None
+    split = urllib.parse.urlsplit(base_url)
+    for machine in dict.fromkeys(filter(None, (split.netloc, split.hostname))):
+        auth = parsed.authenticators(machine)
+        if auth is not None and auth[2]:
+            return auth[2].strip(), path
+    return None, f"WANDB_API_KEY is not set and {path} has no password for {split.hostname}"
+
+
+class _NoAuth(requests.auth.AuthBase):
+    """Send no credentials (and stop requests from taking them from netrc): presigned URLs carry
+    their own signature, and an Authorization header would break it or leak the key."""
+
+    def __call__(self, r: requests.PreparedRequest) -> requests.PreparedRequest:
+        r.headers.pop("Authorization", None)
+        return r
+
+
+_NO_AUTH = _NoAuth()
+
+
+class _Transient(Exception):
+    def __init__(self, problem: str, retry_after: float | None = None) -> None:
+        super().__init__(problem)
+        self.problem = problem
+        self.retry_after = retry_after
+
+
+class _MissingField(Exception):
+    """The server's schema lacks a field we asked for (an older server)."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.name = name
+
+
+# -- the content index of one loaded manifest ------------------------------------------------
+
+
+class _Contents:
+    """A manifest indexed as directories: ``listing`` maps each directory ('' is the root) to
+    its children sorted by name; ``entries`` is the manifest's own path -> Entry dict."""
+
+    __slots__ = ("entries", "listing", "storage_policy", "storage_policy_config")
+
+    def __init__(self, manifest: Manifest) -> None:
+        self.entries = manifest.entries
+        self.storage_policy = manifest.storage_policy
+        self.storage_policy_config = manifest.storage_policy_config
+        children: dict[str, dict[str, Entry | None]] = {"": {}}
+        for path, entry in self.entries.items():
+            parent, name = split_dir(path)
+            missing = []
+            d = parent
+            while d not in children:
+                missing.append(d)
+                d = split_dir(d)[0]
+            for d in reversed(missing):
+                up, leaf = split_dir(d)
+                if children[up].get(leaf) is not None:
+                    raise ManifestError(f"manifest: {d!r} is both a file and a directory")
+                children[up][leaf] = None
+                children[d] = {}
+            kids = children[parent]
+            if name in kids:
+                raise ManifestError(f"manifest: {path!r} is both a file and a directory")
+            kids[name] = entry
+        self.listing = {d: [DirEntry(n, kids[n]) for n in sorted(kids)] for d, kids in children.items()}
+
+    def get(self, path: str) -> DirEntry:
+        if path == "":
+            return DirEntry("", None)
+        entry = self.entries.get(path)
+        if entry is not None:
+            return DirEntry(split_dir(path)[1], entry)
+        if path in self.listing:
+            return DirEntry(split_dir(path)[1], None)
+        raise KeyError(path)
+
+    def following(self, path: str) -> Iterator[Entry]:
+        """The files after ``path`` in its directory, in name order (a directory walk's order)."""
+        parent, name = split_dir(path)
+        kids = self.listing.get(parent, [])
+        i = bisect.bisect_right(kids, name, key=lambda d: d.name)
+        for d in kids[i:]:
+            if d.entry is not None:
+                yield d.entry
+
+
+def _load_json(data: bytes) -> Any:
+    """JSON with duplicate keys refused (``json.loads`` would silently keep the last one, so a
+    manifest could show one entry and verify another)."""
+
+    def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
+        obj = dict(items)
+        if len(obj) != len(items):
+            seen: set[str] = set()
+            for k, _ in items:
+                if k in seen:
+                    raise ManifestError(f"manifest: duplicate key {k!r}")
+                seen.add(k)
+        return obj
+
+    try:
+        return json.loads(data, object_pairs_hook=pairs)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ManifestError(f"manifest: not valid JSON ({type(exc).__name__}: {str(exc)[:200]})") from None
+    except RecursionError:
+        raise ManifestError("manifest: nested too deeply") from None
+
+
+def parse_manifest(data: bytes, version: VersionInfo) -> Manifest:
+    """Parse and check a manifest: entry paths (no ``..``, absolute paths, NUL...), duplicate
+    keys, and that its entries hash to the artifact's digest."""
+    manifest = Manifest.from_json(_load_json(data))
+    if version.digest:
+        alg = XXH128 if version.digest_algorithm == MANIFEST_XXH128 else MD5
+        actual = manifest.digest(alg)
+        if actual != version.digest:
+            raise ManifestError(
+                f"manifest of {version.ref} does not match the artifact digest "
+                f"(artifact {version.digest}, manifest {actual}): refusing it"
+            )
+    return manifest
+
+
+# -- small parsers -----------------------------------------------------------------------------
+
+
+def parse_time_ns(text: Any) -> int:
+    """W&B times (``2026-11-27T17:35:29``, maybe with fraction and ``Z``; naive means UTC)."""
+    if not isinstance(text, str) or not text:
+        return 0
+    try:
+        dt = _dt.datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError:
+        return 0
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=_dt.UTC)
+    delta = dt - _dt.datetime(1970, 1, 1, tzinfo=_dt.UTC)
+    return (delta // _dt.timedelta(microseconds=1)) * 1000
+
+
+def _int(value: Any) -> int:
+    try:
+        return int(value or 0)
+    except (TypeError, ValueError):
+        return 0
+
+
+def _str(value: Any) -> str:
+    return value if isinstance(value, str) else ""
+
+
+def _metadata(value: Any) -> dict[str, Any]:
+    if isinstance(value, dict):
+        return value
+    if isinstance(value, str) and value:
+        try:
+            obj = json.loads(value)
+        except ValueError:
+            return {}
+        return obj if isinstance(obj, dict) else {}
+    return {}
+
+
+def _edges(connection: Any) -> list[dict[str, Any]]:
+    if not isinstance(connection, dict):
+        return []
+    return [e for e in connection.get("edges") or [] if isinstance(e, dict)]
+
+
+def _next_cursor(connection: Any) -> str | None:
+    info = connection.get("pageInfo") if isinstance(connection, dict) else None
+    if isinstance(info, dict) and info.get("hasNextPage") and info.get("endCursor"):
+        return str(info["endCursor"])
+    return None
+
+
+def _sort_aliases(aliases: set[str]) -> tuple[str, ...]:
+    return tuple(sorted(aliases, key=lambda a: (a != "latest", a)))
+
+
+def _retry_after(value: str | None) -> float | None:
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        return http._retry_after(value)
+
+
+# -- the registry ------------------------------------------------------------------------------
+
+
+class WandbRegistry(Registry):
+    """A W&B server as a read-only registry.  See the module docstring."""
+
+    kind = "wandb"
+    local = False
+    writable = False
+
+    def __init__(
+        self,
+        base_url: str | None = None,
+        cache_dir: str | None = None,
+        *,
+        policy: GraphQLPolicy = DEFAULT_POLICY,
+        connect_policy: GraphQLPolicy = CONNECT_POLICY,
+        http_policy: http.Policy = http.DEFAULT_POLICY,
+        sdk_cache_dir: str | None = None,
+        page_size: int = 500,
+        versions_per_collection: int = 100,
+        url_batch: int = 100,
+        max_loaded: int = 8,
+        max_urls: int = 20000,
+        url_max_age: float = 45 * 60.0,
+        url_refreshes: int = 3,
+    ) -> None:
+        url = (base_url or os.environ.get("WANDB_BASE_URL") or DEFAULT_BASE_URL).strip().rstrip("/")
+        split = urllib.parse.urlsplit(url)
+        if split.scheme not in ("http", "https") or not split.hostname:
+            raise RegistryError(f"invalid W&B base URL {redact_uri(url)!r}: expected http(s)://host[:port]")
+        if split.username or split.password or split.query:
+            raise RegistryError(f"invalid W&B base URL {redact_uri(url)!r}: no credentials or query in it")
+        self.base_url = url
+        self._endpoint = url + "/graphql"
+        self._policy = policy
+        self._http_policy = http_policy
+        self.page_size = page_size
+        self.versions_per_collection = versions_per_collection
+        self.url_batch = url_batch
+        self.max_loaded = max_loaded
+        self.max_urls = max_urls
+        self.url_max_age = url_max_age
+        self.url_refreshes = url_refreshes
+        self._manifest_dir = os.path.join(cache_dir, "manifests") if cache_dir else None
+        if sdk_cache_dir is None:
+            wandb_cache = os.environ.get("WANDB_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "wandb")
+            sdk_cache_dir = os.path.join(wandb_cache, "artifacts")
+        self._sdk_cache = sdk_cache_dir
+
+        self._lock = threading.Lock()
+        self._local = threading.local()
+        self._sessions: list[requests.Session] = []
+        # Fields older servers lack: learnt from validation errors, then left out.
+        self._has_digest_algorithm = True
+        self._has_membership = True
+        self._has_file_membership = True
+        self._contents: OrderedDict[str, _Contents] = OrderedDict()  # artifact id -> index (LRU)
+        self._loading: dict[str, threading.Lock] = {}
+        self._urls: OrderedDict[tuple[str, str], tuple[str, float]] = OrderedDict()
+        self._url_waits: dict[tuple[str, str], threading.Event] = {}
+
+        key, where = find_api_key(url)
+        if not key:
+            raise AuthError(f"no W&B API key for {url}: {where}; set WANDB_API_KEY or run `wandb login --host {url}`")
+        self.__key = key
+        self._auth = requests.auth.HTTPBasicAuth("api", key)
+        data = self._gql("Viewer", VIEWER_QUERY, {}, policy=connect_policy)
+        viewer = data.get("viewer")
+        if not isinstance(viewer, dict):
+            raise AuthError(
+                f"the W&B server at {url} does not accept the API key from {where}: "
+                "set WANDB_API_KEY or run `wandb login --relogin`"
+            )
+        self.viewer_entity = _str(viewer.get("entity")) or _str(viewer.get("username"))
+        log.debug("W&B server %s: signed in as %s", url, self.viewer_entity)
+
+    def __repr__(self) -> str:
+        return f"WandbRegistry({self.spec!r})"
+
+    @property
+    def spec(self) -> str:
+        return f"wandb:{self.base_url}"
+
+    def close(self) -> None:
+        with self._lock:
+            sessions, self._sessions = self._sessions, []
+        for s in sessions:
+            s.close()
+        self._local = threading.local()
+
+    # -- HTTP -----------------------------------------------------------------------------------
+
+    def _session(self) -> requests.Session:
+        """One pooled session per thread (requests.Session is not documented as thread-safe):
+        connections, and TLS sessions, are reused across calls (W&B #6856)."""
+        session: requests.Session | None = getattr(self._local, "session", None)
+        if session is None:
+            session = self._local.session = requests.Session()
+            with self._lock:
+                self._sessions.append(session)
+        return session
+
+    def _scrub(self, text: str) -> str:
+        """Server text fit for a message: the key cut out (a server may echo a header)."""
+        key = self.__key
+        return text.replace(key, "***") if key else text
+
+    def _retrying(self, what: str, policy: GraphQLPolicy, attempt: Callable[[], Any]) -> Any:
+        """Run ``attempt`` until it returns, retrying :class:`_Transient` failures with
+        exponential back-off and jitter, ``Retry-After`` honoured, within ``policy``'s bounds."""
+        waited = 0.0
+        problem, n = "no attempt made", 0
+        for n in range(1, policy.attempts + 1):
+            try:
+                return attempt()
+            except _Transient as exc:
+                problem, retry_after = exc.problem, exc.retry_after
+            if n == policy.attempts:
+                break
+            if retry_after is not None and retry_after > policy.retry_after_max:
+                raise RegistryError(f"{what}: {problem}; the server asks to retry after {retry_after:g}s: giving up")
+            delay = min(policy.backoff_max, policy.backoff * 2 ** (n - 1))
+            delay = delay / 2 + random.uniform(0, delay / 2)
+            if retry_after is not None:
+                delay = max(delay, retry_after)
+            if waited + delay > policy.budget:
+                break
+            waited += delay
+            log.warning("%s: %s; retrying in %.2fs", what, problem, delay)
+            time.sleep(delay)
+        raise _GaveUp(f"{what}: {problem}; gave up after {n} tries")
+
+    def _gql(
+        self,
+        op: str,
+        query: str,
+        variables: dict[str, Any],
+        *,
+        policy: GraphQLPolicy | None = None,
+    ) -> dict[str, Any]:
+        """POST one GraphQL operation; its ``data``.  Retries transient failures; raises
+        AuthError (401/403), _MissingField (an older schema), RegistryError otherwise.  Errors
+        that mean "no such thing" are returned as data (the caller sees the null and names
+        what is missing)."""
+        body = {"query": query, "variables": variables, "operationName": op}
+        what = f"W&B {op} at {self.base_url}"
+        t0 = time.monotonic()
+
+        def attempt() -> Any:
+            try:
+                resp = self._session().post(
+                    self._endpoint,
+                    json=body,
+                    auth=self._auth,
+                    timeout=(self._policy.connect_timeout, (policy or self._policy).read_timeout),
+                )
+            except (requests.ConnectionError, requests.Timeout) as exc:
+                raise _Transient(f"cannot reach the server ({type(exc).__name__})") from None
+            except requests.RequestException as exc:
+                raise RegistryError(f"{what}: {type(exc).__name__}: check WANDB_BASE_URL") from None
+            return resp
+
+        try:
+            payload = self._retrying(what, policy or self._policy, lambda: self._answer(attempt(), what))
+        except _GaveUp as exc:
+            hint = "check WANDB_BASE_URL and the network" if "cannot reach" in str(exc) else "try again later"
+            raise RegistryError(f"{exc}: {hint}") from None
+        log.debug("W&B %s %s: %.3fs", op, variables, time.monotonic() - t0)
+        return self._data(op, payload)
+
+    def _answer(self, resp: requests.Response, what: str) -> Any:
+        """The JSON of a GraphQL answer, or the right exception for its status."""
+        with resp:
+            status = resp.status_code
+            if status in (401, 403):
+                raise AuthError(
+                    f"{what}: HTTP {status}: the server refuses the API key; "
+                    "set WANDB_API_KEY or run `wandb login --relogin`"
+                )
+            if status in (408, 429) or 500 <= status < 600:
+                raise _Transient(f"HTTP {status}", _retry_after(resp.headers.get("Retry-After")))
+            ctype = resp.headers.get("Content-Type", "")
+            try:
+                payload = resp.json()
+            except ValueError:
+                payload = None
+            if not isinstance(payload, dict) or not ("data" in payload or "errors" in payload):
+                shown = ctype.split(";")[0] or "no content type"
+                raise RegistryError(
+                    f"{what}: HTTP {status} ({shown}) is not a W&B GraphQL answer: "
+                    f"is {self.base_url} a W&B server? check WANDB_BASE_URL"
+                )
+            if status != 200 and not payload.get("errors"):
+                raise RegistryError(f"{what}: HTTP {status}")
+            return payload
+
+    def _data(self, op: str, payload: dict[str, Any]) -> dict[str, Any]:
+        errors = payload.get("errors") or []
+        messages = [self._scrub(str(e.get("message", e)) if isinstance(e, dict) else str(e)) for e in errors]
+        for m in messages:
+            match = _MISSING_FIELD.search(m)
+            if match:
+                raise _MissingField(match.group(1))
+        data = payload.get("data")
+        if messages and not all(_NOT_FOUND.search(m) for m in messages):
+            raise RegistryError(f"W&B {op} failed: {'; '.join(m[:300] for m in messages[:3])}")
+        if not isinstance(data, dict):
+            if messages:  # "not found" with no data at all
+                return {}
+            raise RegistryError(f"W&B {op}: the answer has no data")
+        return data
+
+    def _query(self, op: str, build: Callable[[], str], variables: dict[str, Any]) -> dict[str, Any]:
+        """``_gql`` with the query rebuilt without fields the server turns out not to have."""
+        for _ in range(4):
+            try:
+                return self._gql(op, build(), variables)
+            except _MissingField as exc:
+                if not self._drop_field(exc.name):
+                    raise RegistryError(f"W&B {op}: the server does not know the field {exc.name!r}") from None
+                log.info("W&B server %s has no field %s: asking without it", self.base_url, exc.name)
+        raise RegistryError(f"W&B {op}: the server's schema is too old")
+
+    def _drop_field(self, name: str) -> bool:
+        if name == "digestAlgorithm" and self._has_digest_algorithm:
+            self._has_digest_algorithm = False
+        elif name == "artifactCollectionMembership" and self._has_membership:
+            self._has_membership = False
+        elif name == "artifactMembership" and self._has_file_membership:
+            self._has_file_membership = False
+        else:
+            return False
+        return True
+
+    # -- namespace ------------------------------------------------------------------------------
+
+    def entities(self) -> list[str]:
+        data = self._gql("Viewer", VIEWER_QUERY, {})
+        viewer = data.get("viewer")
+        if not isinstance(viewer, dict):
+            raise AuthError(f"the W&B server at {self.base_url} no longer accepts the API key")
+        names = {_str(viewer.get("entity"))}
+        for edge in _edges(viewer.get("teams")):
+            node = edge.get("node")
+            if isinstance(node, dict):
+                names.add(_str(node.get("name")))
+        names.discard("")
+        return sorted(names)
+
+    def check_entity(self, entity: str) -> None:
+        data = self._gql("CheckEntity", CHECK_ENTITY_QUERY, {"entity": entity})
+        if not isinstance(data.get("entity"), dict):
+            raise EntityNotFound(f"entity {entity!r} not found on {self.base_url}")
+
+    def check_project(self, entity: str, project: str) -> None:
+        data = self._gql("CheckProject", CHECK_PROJECT_QUERY, {"entity": entity, "project": project})
+        if not isinstance(data.get("entity"), dict):
+            raise EntityNotFound(f"entity {entity!r} not found on {self.base_url}")
+        if not isinstance(data.get("project"), dict):
+            raise ProjectNotFound(f"project {entity}/{project} not found on {self.base_url}")
+
+    def projects(self, entity: str) -> list[str]:
+        names: list[str] = []
+        cursor: str | None = None
+        while True:
+            data = self._gql(
+                "EntityProjects", PROJECTS_QUERY, {"entity": entity, "cursor": cursor, "perPage": self.page_size}
+            )
+            ent = data.get("entity")
+            if not isinstance(ent, dict):
+                raise EntityNotFound(f"entity {entity!r} not found on {self.base_url}")
+            conn = ent.get("projects")
+            names.extend(_str((e.get("node") or {}).get("name")) for e in _edges(conn))
+            cursor = _next_cursor(conn)
+            if cursor is None:
+                return sorted(n for n in names if n)
+
+    def _project_data(self, data: dict[str, Any], entity: str, project: str) -> dict[str, Any]:
+        proj = data.get("project")
+        if not isinstance(proj, dict):
+            raise ProjectNotFound(f"project {entity}/{project} not found on {self.base_url}")
+        return proj
+
+    def collections(self, entity: str, project: str) -> list[CollectionInfo]:
+        out: list[CollectionInfo] = []
+        cursor: str | None = None
+        while True:
+            variables = {"entity": entity, "project": project, "cursor": cursor, "perPage": self.page_size}
+            data = self._gql("ProjectArtifactCollections", COLLECTIONS_QUERY, variables)
+            conn = self._project_data(data, entity, project).get("artifactCollections")
+            for edge in _edges(conn):
+                node = edge.get("node")
+                if not isinstance(node, dict) or not _str(node.get("name")):
+                    continue
+                out.append(
+                    CollectionInfo(
+                        entity=entity,
+                        project=project,
+                        name=node["name"],
+                        type=_str((node.get("defaultArtifactType") or {}).get("name")),
+                        description=_str(node.get("description")),
+                        created_at_ns=parse_time_ns(node.get("createdAt")),
+                        version_count=_int((node.get("artifacts") or {}).get("totalCount")),
+                    )
+                )
+            cursor = _next_cursor(conn)
+            if cursor is None:
+                return sorted(out, key=lambda c: c.name)
+
+    def _version(
+        self,
+        entity: str,
+        project: str,
+        collection: str,
+        node: dict[str, Any],
+        version: Any = None,
+        aliases: list[Any] | None = None,
+    ) -> VersionInfo | None:
+        """A VersionInfo from an Artifact node; ``version`` ("vN") and ``aliases`` are the
+        collection's view when the caller has them (a linked collection numbers its own)."""
+        artifact_id = _str(node.get("id"))
+        if not artifact_id:
+            return None
+        index = parse_version(version) if isinstance(version, str) else None
+        if index is None:
+            index = _int(node.get("versionIndex"))
+        names: set[str] = set()
+        if aliases is None:
+            aliases = [
+                a
+                for a in node.get("aliases") or []
+                if isinstance(a, dict) and _str((a.get("artifactCollection") or {}).get("name")) in ("", collection)
+            ]
+        for a in aliases:
+            alias = _str(a.get("alias")) if isinstance(a, dict) else ""
+            if alias and parse_version(alias) is None:
+                names.add(alias)
+        loaded = self._contents.get(artifact_id)
+        return VersionInfo(
+            id=artifact_id,
+            entity=entity,
+            project=project,
+            name=collection,
+            type=_str((node.get("artifactType") or {}).get("name")),
+            version_index=index,
+            aliases=_sort_aliases(names),
+            digest=_str(node.get("digest")),
+            digest_algorithm=_str(node.get("digestAlgorithm")) or MANIFEST_MD5,
+            commit_hash=_str(node.get("commitHash")),
+            created_at_ns=parse_time_ns(node.get("createdAt")),
+            updated_at_ns=parse_time_ns(node.get("updatedAt") or node.get("createdAt")),
+            description=_str(node.get("description")),
+            metadata=_metadata(node.get("metadata")),
+            size=_int(node.get("size")),
+            state=_str(node.get("state")) or "COMMITTED",
+            file_count=_int(node.get("fileCount")),
+            storage_policy_config=dict(loaded.storage_policy_config) if loaded is not None else {},
+        )
+
+    def _versions_from(self, entity: str, project: str, collection: str, conn: Any) -> list[VersionInfo]:
+        out = []
+        for edge in _edges(conn):
+            node = edge.get("node")
+            if isinstance(node, dict) and _str(node.get("state")) != "DELETED":
+                v = self._version(entity, project, collection, node, edge.get("version"))
+                if v is not None:
+                    out.append(v)
+        return out
+
+    def _collection_versions(
+        self, entity: str, project: str, name: str, cursor: str | None = None
+    ) -> list[VersionInfo]:
+        out: list[VersionInfo] = []
+        while True:
+            variables = {
+                "entity": entity,
+                "project": project,
+                "collection": name,
+                "cursor": cursor,
+                "perPage": self.page_size,
+            }
+            data = self._query("CollectionVersions", lambda: _versions_query(self._has_digest_algorithm), variables)
+            coll = self._project_data(data, entity, project).get("artifactCollection")
+            if not isinstance(coll, dict):
+                raise ArtifactNotFound(f"artifact {entity}/{project}/{name} not found on {self.base_url}")
+            conn = coll.get("artifacts")
+            out.extend(self._versions_from(entity, project, name, conn))
+            cursor = _next_cursor(conn)
+            if cursor is None:
+                return out
+
+    def versions(self, entity: str, project: str, name: str) -> list[VersionInfo]:
+        return sorted(self._collection_versions(entity, project, name), key=lambda v: v.version_index)
+
+    def project_versions(self, entity: str, project: str) -> list[VersionInfo]:
+        """Nested pages: each call brings ``page_size`` collections with the first
+        ``versions_per_collection`` versions of each; only a collection with more versions than
+        that costs further calls (its own pages).  So ``ceil(collections / page_size)`` calls,
+        plus a few per large collection, never one per collection."""
+        out: list[VersionInfo] = []
+        cursor: str | None = None
+        while True:
+            variables = {
+                "entity": entity,
+                "project": project,
+                "cursor": cursor,
+                "perPage": self.page_size,
+                "versionsPerCollection": self.versions_per_collection,
+            }
+            data = self._query(
+                "ProjectVersions", lambda: _project_versions_query(self._has_digest_algorithm), variables
+            )
+            conn = self._project_data(data, entity, project).get("artifactCollections")
+            for edge in _edges(conn):
+                node = edge.get("node")
+                name = _str(node.get("name")) if isinstance(node, dict) else ""
+                if not name:
+                    continue
+                assert isinstance(node, dict)
+                inner = node.get("artifacts")
+                out.extend(self._versions_from(entity, project, name, inner))
+                more = _next_cursor(inner)
+                if more is not None:
+                    out.extend(self._collection_versions(entity, project, name, more))
+            cursor = _next_cursor(conn)
+            if cursor is None:
+                return sorted(out, key=lambda v: (v.name, v.version_index))
+
+    def resolve(self, ref: Ref) -> VersionInfo:
+        if ref.tag is None:
+            raise ArtifactNotFound(f"artifact reference {ref} names no version or alias")
+        variables = {"entity": ref.entity, "project": ref.project, "name": f"{ref.name}:{ref.tag}"}
+        while True:
+            if self._has_membership:
+                try:
+                    data = self._gql(
+                        "ArtifactMembershipByName", _membership_query(self._has_digest_algorithm), variables
+                    )
+                except _MissingField as exc:
+                    if not self._drop_field(exc.name):
+                        raise RegistryError(f"W&B resolve: the server does not know the field {exc.name!r}") from None
+                    continue
+                member = self._project_data(data, ref.entity, ref.project).get("artifactCollectionMembership")
+                node = member.get("artifact") if isinstance(member, dict) else None
+                if not isinstance(member, dict) or not isinstance(node, dict):
+                    raise ArtifactNotFound(f"artifact {ref} not found on {self.base_url}")
+                version = member.get("versionIndex")
+                v = self._version(
+                    ref.entity,
+                    ref.project,
+                    ref.name,
+                    node,
+                    f"v{version}" if isinstance(version, int) else None,
+                    member.get("aliases") if isinstance(member.get("aliases"), list) else None,
+                )
+            else:
+                data = self._query(
+                    "ArtifactByName", lambda: _artifact_by_name_query(self._has_digest_algorithm), variables
+                )
+                node = self._project_data(data, ref.entity, ref.project).get("artifact")
+                if not isinstance(node, dict):
+                    raise ArtifactNotFound(f"artifact {ref} not found on {self.base_url}")
+                v = self._version(ref.entity, ref.project, ref.name, node)
+            if v is None or v.state == "DELETED":
+                raise ArtifactNotFound(f"artifact {ref} not found on {self.base_url}")
+            return v
+
+    def _version_by_id(self, artifact_id: str) -> VersionInfo:
+        data = self._query(
+            "ArtifactByID", lambda: _artifact_by_id_query(self._has_digest_algorithm), {"id": artifact_id}
+        )
+        node = data.get("artifact")
+        if not isinstance(node, dict):
+            raise ArtifactNotFound(f"artifact id {artifact_id} not found on {self.base_url}")
+        seq = node.get("artifactSequence") or {}
+        proj = seq.get("project") or {}
+        entity = _str((proj.get("entity") or {}).get("name"))
+        v = self._version(entity, _str(proj.get("name")), _str(seq.get("name")), node)
+        if v is None or not (v.entity and v.project and v.name):
+            raise ArtifactNotFound(f"artifact id {artifact_id}: the server does not say where it lives")
+        return v
+
+    # -- manifests ------------------------------------------------------------------------------
+
+    def contents_loaded(self, version: VersionInfo) -> bool:
+        return version.id in self._contents
+
+    def _manifest_path(self, version: VersionInfo) -> str | None:
+        if self._manifest_dir is None:
+            return None
+        key = hashlib.sha256(f"{version.id}\n{version.digest}".encode()).hexdigest()[:40]
+        return os.path.join(self._manifest_dir, key + ".json")
+
+    def load_contents(self, version: VersionInfo) -> None:
+        """Fetch, check and index ``version``'s manifest, unless it is in memory.  On disk it is
+        kept under ``cache_dir/manifests`` (named by artifact id and digest), so a later
+        registry with the same ``cache_dir`` fetches no manifest again."""
+        if version.id in self._contents:
+            return
+        with self._lock:
+            gate = self._loading.setdefault(version.id, threading.Lock())
+        with gate:  # one fetch per artifact, however many ask at once
+            if version.id in self._contents:
+                return
+            try:
+                contents = _Contents(self._read_manifest(version))
+                with self._lock:
+                    self._contents[version.id] = contents
+                    while len(self._contents) > self.max_loaded:
+                        self._contents.popitem(last=False)
+            finally:
+                with self._lock:
+                    self._loading.pop(version.id, None)
+        log.debug("%s: manifest indexed (%d entries)", version.ref, len(contents.entries))
+
+    def _read_manifest(self, version: VersionInfo) -> Manifest:
+        path = self._manifest_path(version)
+        if path is not None:
+            try:
+                with open(path, "rb") as f:
+                    data = f.read(MAX_MANIFEST_BYTES + 1)
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                log.warning("cannot read cached manifest %s: %s", path, exc.strerror or exc)
+            else:
+                try:
+                    return parse_manifest(data, version)
+                except ArtifactFSError as exc:  # damaged on disk: fetch it again
+                    log.warning("cached manifest of %s is unusable (%s): fetching it again", version.ref, exc)
+                    with contextlib.suppress(OSError):
+                        os.unlink(path)
+        data = self._fetch_manifest(version)
+        manifest = parse_manifest(data, version)  # nothing is kept, nor mounted, unless it passes
+        if path is not None:
+            self._save_manifest(path, data)
+        return manifest
+
+    def _fetch_manifest(self, version: VersionInfo) -> bytes:
+        what = f"manifest of {version.ref}"
+        for n in range(2):  # a presigned URL that expired before we used it: ask once more
+            data = self._gql("FetchArtifactManifest", MANIFEST_QUERY, {"id": version.id})
+            node = data.get("artifact")
+            if not isinstance(node, dict):
+                raise ArtifactNotFound(f"artifact {version.ref} (id {version.id}) not found on {self.base_url}")
+            url = _str(((node.get("currentManifest") or {}).get("file") or {}).get("directUrl"))
+            if not url:
+                raise ManifestError(f"{what}: the server has no manifest for it (state {version.state})")
+            try:
+                return self._get_bytes(url, what)
+            except AuthError:
+                if n:
+                    raise
+                log.info("%s: manifest URL refused (expired?); asking for a fresh one", what)
+        raise AssertionError("unreachable")
+
+    def _get_bytes(self, url: str, what: str) -> bytes:
+        """A plain GET of a presigned URL (no credentials), with the GraphQL retry rules."""
+        shown = redact_uri(url)
+        label = f"GET {shown} ({what})"
+
+        def attempt() -> bytes:
+            try:
+                resp = self._session().get(
+                    url,
+                    auth=_NO_AUTH,
+                    stream=True,
+                    timeout=(self._policy.connect_timeout, self._policy.read_timeout),
+                )
+            except (requests.ConnectionError, requests.Timeout) as exc:
+                raise _Transient(type(exc).__name__) from None
+            except requests.RequestException as exc:
+                raise FetchError(f"{label}: {type(exc).__name__}") from None
+            with resp:
+                status = resp.status_code
+                if status in (401, 403):
+                    raise AuthError(f"{label}: HTTP {status} (the URL has expired?)")
+                if status in (408, 429) or 500 <= status < 600:
+                    raise _Transient(f"HTTP {status}", _retry_after(resp.headers.get("Retry-After")))
+                if status != 200:
+                    raise FetchError(f"{label}: HTTP {status}")
+                chunks = []
+                size = 0
+                try:
+                    for chunk in resp.iter_content(1 << 20):
+                        size += len(chunk)
+                        if size > MAX_MANIFEST_BYTES:
+                            raise FetchError(f"{label}: larger than {MAX_MANIFEST_BYTES} bytes")
+                        chunks.append(chunk)
+                except requests.RequestException as exc:
+                    raise _Transient(f"body failed ({type(exc).__name__})") from None
+                data = b"".join(chunks)
+                length = resp.headers.get("Content-Length")
+                if length is not None and length.isdigit() and int(length) != len(data):
+                    raise _Transient(f"body cut at {len(data)} of {length} bytes")
+                return data
+
+        try:
+            result: bytes = self._retrying(label, self._policy, attempt)
+        except _GaveUp as exc:
+            raise FetchError(str(exc)) from None
+        return result
+
+    def _save_manifest(self, path: str, data: bytes) -> None:
+        """Atomically: temp file (0600, in a 0700 directory), fsync, rename, fsync the directory."""
+        directory = os.path.dirname(path)
+        try:
+            fd, tmp = make_temp(directory, ".tmp")
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view) :]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, path)
+            dfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                os.fsync(dfd)
+            finally:
+                os.close(dfd)
+        except OSError as exc:  # the mount works without the disk copy: say so and go on
+            log.warning("cannot keep manifest in %s: %s", directory, exc.strerror or exc)
+            with contextlib.suppress(OSError, UnboundLocalError):
+                os.unlink(tmp)
+
+    def _index(self, version: VersionInfo) -> _Contents:
+        contents = self._contents.get(version.id)
+        if contents is None:
+            self.load_contents(version)
+            contents = self._contents.get(version.id)
+            if contents is None:  # evicted at once by other loads: keep this one for the call
+                contents = _Contents(self._read_manifest(version))
+        else:
+            with self._lock, contextlib.suppress(KeyError):
+                self._contents.move_to_end(version.id)
+        return contents
+
+    def manifest(self, version: VersionInfo) -> Manifest:
+        contents = self._index(version)
+        return Manifest(dict(contents.entries), contents.storage_policy, dict(contents.storage_policy_config))
+
+    def iter_entries(self, version: VersionInfo) -> Iterator[Entry]:
+        return iter(list(self._index(version).entries.values()))
+
+    def list_dir(self, version: VersionInfo, path: str) -> list[DirEntry]:
+        listing = self._index(version).listing.get(path)
+        if listing is None:
+            raise EntryNotFound(f"{version.ref}: no directory {path!r}")
+        return list(listing)
+
+    def get_entry(self, version: VersionInfo, path: str) -> DirEntry:
+        try:
+            return self._index(version).get(path)
+        except KeyError:
+            raise EntryNotFound(f"{version.ref}: no entry {path!r}") from None
+
+    # -- blobs ----------------------------------------------------------------------------------
+
+    def blob_source(self, version: VersionInfo, entry: Entry) -> BlobSource:
+        return self._blob_source(version, entry, depth=0)
+
+    def _blob_source(self, version: VersionInfo, entry: Entry, depth: int) -> BlobSource:
+        if entry.ref is not None:
+            return self._reference_source(version, entry, depth)
+        description = f"{version.ref}/{entry.path}"
+
+        def download(fd: int, what: str, progress: Progress) -> None:
+            self._download(version, entry, fd, what, progress)
+
+        source = BlobSource(description, download=download)
+        cached = self._sdk_cache_path(entry)
+        if cached is not None:
+            return BlobSource(f"{description} (wandb SDK cache)", open=_opener(cached), fallback=source)
+        return source
+
+    def _sdk_cache_path(self, entry: Entry) -> str | None:
+        """The wandb SDK's cached copy of ``entry``, if there is one.  Read only, never
+        trusted: the store hashes it like any download and falls back on a mismatch."""
+        try:
+            hexd = hex_from_b64(entry.digest)
+        except ManifestError:
+            return None
+        path = os.path.join(self._sdk_cache, "obj", entry.alg.lower(), hexd[:2], hexd[2:])
+        return path if os.path.isfile(path) else None
+
+    def _reference_source(self, version: VersionInfo, entry: Entry, depth: int) -> BlobSource:
+        assert entry.ref is not None
+        scheme = urllib.parse.urlsplit(entry.ref).scheme
+        if scheme == "file":
+            raise FetchError(
+                f"{version.ref}/{entry.path}: refusing file:// reference {redact_uri(entry.ref)}: "
+                "a remote registry's entries never read this machine's disk"
+            )
+        if scheme == "wandb-artifact":
+            return self._artifact_reference(version, entry, depth)
+        from ..references import reference_source
+
+        return reference_source(entry, policy=self._http_policy)
+
+    def _artifact_reference(self, version: VersionInfo, entry: Entry, depth: int) -> BlobSource:
+        """``wandb-artifact://<hex id>/<path>``: the entry of another artifact, fetched as that
+        artifact's own file (its digest is the target entry's, so the store verifies it)."""
+        assert entry.ref is not None
+        what = f"{version.ref}/{entry.path}"
+        if depth >= 4:
+            raise FetchError(f"{what}: wandb-artifact references nest too deeply")
+        split = urllib.parse.urlsplit(entry.ref)
+        target_path = urllib.parse.unquote(split.path.lstrip("/"))
+        try:
+            artifact_id = base64.b64encode(bytes.fromhex(split.netloc)).decode("ascii")
+            check_entry_path(target_path)
+        except (ValueError, ArtifactFSError):
+            raise FetchError(f"{what}: malformed reference {redact_uri(entry.ref)}") from None
+        try:
+            target = self._version_by_id(artifact_id)
+            found = self.get_entry(target, target_path).entry
+        except ArtifactFSError as exc:
+            raise FetchError(f"{what}: its target {redact_uri(entry.ref)} cannot be found ({exc})") from exc
+        if found is None:
+            raise FetchError(f"{what}: its target {target.ref}/{target_path} is a directory")
+        return self._blob_source(target, found, depth + 1)
+
+    def _download(self, version: VersionInfo, entry: Entry, fd: int, what: str, progress: Progress) -> None:
+        """Download with :func:`artifactfs.http.download`; a refused URL (expired) is replaced
+        by a fresh one for this file only, a bounded number of times."""
+        last: AuthError | None = None
+        for n in range(self.url_refreshes + 1):
+            url = self._file_url(version, entry, fresh=n > 0)
+            try:
+                http.download(url, fd, entry.size, what, progress, policy=self._http_policy)
+                return
+            except AuthError as exc:
+                last = exc
+                self._forget_url(version, entry.path, url)
+                os.ftruncate(fd, 0)
+                progress.restart()
+                log.info("%s: file URL refused (expired?); asking for a fresh one", what)
+        raise FetchError(f"{what}: the server refused {self.url_refreshes + 1} URLs for it ({last})")
+
+    def _forget_url(self, version: VersionInfo, path: str, url: str) -> None:
+        with self._lock:
+            known = self._urls.get((version.id, path))
+            if known is not None and known[0] == url:
+                del self._urls[(version.id, path)]
+
+    def _cached_url(self, key: tuple[str, str]) -> str | None:
+        with self._lock:
+            known = self._urls.get(key)
+            if known is None:
+                return None
+            if time.monotonic() - known[1] > self.url_max_age:
+                del self._urls[key]
+                return None
+            self._urls.move_to_end(key)
+            return known[0]
+
+    def _file_url(self, version: VersionInfo, entry: Entry, *, fresh: bool) -> str:
+        """A download URL for ``entry``: cached, or asked for in a batch with the next files of
+        its directory that have none yet (``fresh``: for this file alone).  A URL another thread
+        is already asking for is waited for, not asked for twice."""
+        key = (version.id, entry.path)
+        for _ in range(3):
+            if not fresh:
+                url = self._cached_url(key)
+                if url is not None:
+                    return url
+            event = threading.Event()
+            with self._lock:
+                wait = None if fresh else self._url_waits.get(key)
+                names = [] if wait is not None else [entry.path] if fresh else self._batch(version, entry)
+                for name in names:
+                    self._url_waits.setdefault((version.id, name), event)
+            if wait is not None:
+                wait.wait(self._policy.budget + self._policy.read_timeout)
+                continue
+            try:
+                urls = self._fetch_urls(version, names)
+                now = time.monotonic()
+                with self._lock:
+                    for name, url in urls.items():
+                        self._urls[(version.id, name)] = (url, now)
+                        self._urls.move_to_end((version.id, name))
+                    while len(self._urls) > self.max_urls:
+                        self._urls.popitem(last=False)
+            finally:
+                with self._lock:
+                    for name in names:
+                        if self._url_waits.get((version.id, name)) is event:
+                            del self._url_waits[(version.id, name)]
+                event.set()
+            found = urls.get(entry.path)
+            if found is None:
+                raise FetchError(f"{version.ref}/{entry.path}: the server lists no file {entry.path!r} in it")
+            return found
+        raise FetchError(f"{version.ref}/{entry.path}: no download URL (waited for another request)")
+
+    def _batch(self, version: VersionInfo, entry: Entry) -> list[str]:
+        """``entry`` and up to ``url_batch - 1`` next files of its directory (name order: the
+        order ``ls``, ``find`` and data loaders walk it) that have no URL yet.  Called with
+        ``_lock`` held; no I/O (the manifest is loaded, or only ``entry`` is asked for)."""
+        names = [entry.path]
+        contents = self._contents.get(version.id)
+        if contents is None or self.url_batch <= 1:
+            return names
+        for e in contents.following(entry.path):
+            if len(names) >= self.url_batch:
+                break
+            key = (version.id, e.path)
+            if e.ref is None and key not in self._urls and key not in self._url_waits:
+                names.append(e.path)
+        return names
+
+    def _fetch_urls(self, version: VersionInfo, names: list[str]) -> dict[str, str]:
+        variables: dict[str, Any] = {"names": names, "perPage": len(names)}
+        while True:
+            if self._has_file_membership:
+                variables.update(
+                    entity=version.entity, project=version.project, collection=version.name, alias=version.version
+                )
+                try:
+                    data = self._gql("GetArtifactMembershipFileUrls", FILE_URLS_QUERY, variables)
+                except _MissingField as exc:
+                    if not self._drop_field(exc.name):
+                        raise FetchError(f"W&B file URLs: the server does not know the field {exc.name!r}") from None
+                    continue
+                proj = data.get("project")
+                coll = proj.get("artifactCollection") if isinstance(proj, dict) else None
+                member = coll.get("artifactMembership") if isinstance(coll, dict) else None
+                if not isinstance(member, dict):
+                    raise FetchError(f"{version.ref}: no longer on {self.base_url} (deleted?)")
+                files = member.get("files")
+            else:
+                data = self._gql(
+                    "ArtifactFileUrls", FILE_URLS_BY_ID_QUERY, {"id": version.id, "names": names, "perPage": len(names)}
+                )
+                node = data.get("artifact")
+                if not isinstance(node, dict):
+                    raise FetchError(f"{version.ref}: no longer on {self.base_url} (deleted?)")
+                files = node.get("files")
+            urls: dict[str, str] = {}
+            for edge in _edges(files):
+                node = edge.get("node") or {}
+                name, url = _str(node.get("name")), _str(node.get("directUrl"))
+                if name and url:
+                    urls[name] = url
+            log.debug("%s: %d file URLs for %d names", version.ref, len(urls), len(names))
+            return urls
+
+
+class _GaveUp(Exception):
+    """Retries exhausted (turned into RegistryError or FetchError by the caller)."""
+
+
+def _opener(path: str) -> Callable[[], IO[bytes]]:
+    def open_() -> IO[bytes]:
+        try:
+            return open(path, "rb")
+        except OSError as exc:
+            raise FetchError(f"cannot read the wandb SDK cache file {path}: {exc.strerror or exc}") from exc
+
+    return open_
+
+
+__all__ = ["DEFAULT_BASE_URL", "GraphQLPolicy", "WandbRegistry", "find_api_key", "parse_manifest"]
