@@ -24,6 +24,14 @@
 * **Bounded size.**  Never more than ``size`` bytes are read: a ``Content-Length`` or
   ``Content-Range`` that disagrees is refused before the body is read, and a body that runs on
   past ``size`` is refused after one extra byte.
+* **Unchanged source.**  A reference entry that recorded the server's ETag when it was logged
+  (``extra.etag``, as the wandb SDK and :func:`checksum` record it) is fetched only while the
+  server still has that ETag: every request (parts and resumes too) carries ``If-Match`` with it
+  when it is a strong ETag, and the ``ETag`` of every answer is compared with it before any body
+  byte is read (servers that ignore ``If-Match``, weak ETags).  A ``412`` or a different ETag is
+  :class:`~artifactfs.errors.SourceChanged`: the object was replaced since it was logged, and
+  downloading it only to fail the digest check would waste the whole transfer.  An answer
+  without an ETag is read (the store still verifies every byte against the entry's digest).
 * **No secrets in errors.**  Messages show URLs through :func:`~artifactfs.fsutil.redact_uri`
   (no user info, no query string) and foreign exceptions only by their type name.
 
@@ -47,7 +55,7 @@ from dataclasses import dataclass, field
 import requests
 import urllib3
 
-from .errors import AuthError, FetchError
+from .errors import AuthError, FetchError, SourceChanged
 from .fsutil import redact_uri
 from .manifest import MD5, b64_digest, new_hasher
 from .registry.base import Progress
@@ -102,6 +110,24 @@ _local = threading.local()
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
 
 
+def etag_opaque(etag: str) -> str:
+    """An ETag without its weakness prefix and quotes: ``W/"abc"`` -> ``abc``, for comparing ETags
+    recorded in different forms (the SDK keeps the quotes of http ETags, not of s3 ones)."""
+    etag = etag.strip()
+    if etag.startswith("W/"):
+        etag = etag[2:]
+    return etag.strip('"')
+
+
+def etag_is_weak(etag: str) -> bool:
+    return etag.strip().startswith("W/")
+
+
+def _quoted(etag: str) -> str:
+    etag = etag.strip()
+    return etag if etag.startswith('"') else f'"{etag}"'
+
+
 def _session() -> requests.Session:
     """One session per thread: requests.Session is not documented as thread-safe."""
     session: requests.Session | None = getattr(_local, "session", None)
@@ -148,8 +174,9 @@ Write = Callable[[int, bytes], None]
 class _Transfer:
     """One object at one URL: retry accounting shared by all its streams and parts."""
 
-    def __init__(self, url: str, size: int | None, what: str, policy: Policy) -> None:
+    def __init__(self, url: str, size: int | None, what: str, policy: Policy, expected_etag: str | None = None) -> None:
         self.url = url
+        self.expected_etag = expected_etag or None  # recorded when the entry was logged
         self.size = size
         self.what = what
         self.policy = policy
@@ -250,8 +277,10 @@ class _Transfer:
         if ranged:
             last = "" if rng.end is None or not rng.part else str(rng.end - 1)
             headers["Range"] = f"bytes={rng.pos}-{last}"
-            if self.etag is not None and not self.etag.startswith("W/"):
+            if self.expected_etag is None and self.etag is not None and not etag_is_weak(self.etag):
                 headers["If-Range"] = self.etag  # changed meanwhile: a 200 with the new content
+        if self.expected_etag is not None and not etag_is_weak(self.expected_etag):
+            headers["If-Match"] = _quoted(self.expected_etag)  # changed since logged: 412, no body
         with self._lock:
             self.requests += 1
         try:
@@ -267,6 +296,7 @@ class _Transfer:
             raise FetchError(self.error(type(exc).__name__)) from None
         with resp:
             self._check_status(resp)
+            self._check_etag(resp)
             if resp.status_code == 206:
                 self._check_content_range(resp, rng)
                 self.ranges_ok = True
@@ -302,7 +332,28 @@ class _Transfer:
             raise _Transient(f"HTTP {status}", _retry_after(resp.headers.get("Retry-After")))
         if status == 416:
             raise FetchError(self.error("HTTP 416: the object is shorter than expected"))
+        if status == 412 and self.expected_etag is not None:
+            raise self._changed(resp.headers.get("ETag"))
         raise FetchError(self.error(f"HTTP {status}"))
+
+    def _check_etag(self, resp: requests.Response) -> None:
+        """SourceChanged when the answer's ETag is not the one recorded at log time; checked
+        before the body is read, on every answer (parts and resumes too)."""
+        if self.expected_etag is None:
+            return
+        etag = resp.headers.get("ETag")
+        if etag is not None and etag_opaque(etag) != etag_opaque(self.expected_etag):
+            raise self._changed(etag)
+
+    def _changed(self, etag: str | None) -> SourceChanged:
+        assert self.expected_etag is not None
+        now = f"ETag {etag.strip()}" if etag else "a different ETag"
+        return SourceChanged(
+            self.error(
+                f"the source changed since it was logged: ETag {self.expected_etag.strip()} was recorded, "
+                f"the server now has {now}"
+            )
+        )
 
     def _check_length(self, resp: requests.Response, expected: int | None) -> None:
         length = _content_length(resp)
@@ -419,14 +470,17 @@ def download(
     progress: Progress | None = None,
     *,
     policy: Policy = DEFAULT_POLICY,
+    etag: str | None = None,
 ) -> None:
     """Write the ``size`` bytes at ``url`` into ``fd`` (empty, opened for writing).
 
     ``progress.advance(end)`` is called whenever bytes ``[0, end)`` of the file are final, and
-    ``progress.restart()`` after the file was truncated to be written again from byte 0.  Raises
-    FetchError or AuthError; never leaves a thread writing to ``fd``."""
+    ``progress.restart()`` after the file was truncated to be written again from byte 0.
+    ``etag``: the ETag recorded when the entry was logged; the server must still have it
+    (SourceChanged otherwise).  Raises FetchError (SourceChanged) or AuthError; never leaves a
+    thread writing to ``fd``."""
     sink = progress if progress is not None else _NoProgress()
-    transfer = _Transfer(url, size, what, policy)
+    transfer = _Transfer(url, size, what, policy, etag)
     t0 = time.monotonic()
     if size >= policy.parallel_threshold and size > policy.part_size and policy.workers > 1:
         _download_parts(transfer, fd, size, sink)

@@ -1,66 +1,176 @@
 """Reference entries (``ref`` set in the manifest): where their bytes come from, and their
 digests at log time.
 
-A reference entry's bytes live outside the registry.  ``file://`` references are local files;
+A reference entry's bytes live outside the registry.  ``file://`` references are local files
+(only for a registry on this machine: a remote registry passes ``allow_file=False``, since such an
+entry would make the daemon read its own disk on the say-so of a manifest it did not write);
 ``http(s)://`` references are downloaded with :func:`artifactfs.http.download` (timeouts,
-retries, resume, parallel ranges).  Whatever the source, the store verifies the bytes against
-the entry before serving them.  A reference whose digest is not a content hash (an ETag, or the
-URI itself when logged with ``checksum=False``) cannot be verified and is refused: its digest is
-not a 16-byte content digest, so it has no cache key.
+retries, resume, parallel ranges) and ``s3://`` ones with :func:`artifactfs.s3.download` (boto3,
+the optional ``s3`` extra).  ``gs://`` references are declined.  When the manifest recorded the
+source's ETag (``extra.etag``) or object version (``extra.versionID``), the source must still have
+them, or the read fails with :class:`~artifactfs.errors.SourceChanged` before any body byte is
+downloaded.
+
+Whatever the source, the store verifies the bytes against a 16-byte content digest before
+serving them.  :func:`content_entry` gives that digest: the entry's own when it is a content hash,
+the MD5 that a single-part S3 ETag is for s3 entries the wandb SDK logged (see :mod:`artifactfs.s3`
+for why, and for the SSE-KMS exception).  Any other reference whose digest is not a content hash
+(a multipart S3 ETag, an http ETag, or the URI itself when logged with ``checksum=False``) cannot
+be verified and is refused.
 """
 
 from __future__ import annotations
 
+import base64
+import dataclasses
 import os
 import urllib.parse
 from typing import TYPE_CHECKING, Any
 
-from .errors import FetchError, InvalidReference, SourceError
+from .errors import FetchError, InvalidReferenceEntry, ManifestError, SourceError
 from .fsutil import redact_uri
-from .manifest import MD5, Entry, hash_fd
+from .manifest import MD5, Entry, hash_fd, hex_from_b64
 from .registry.base import BlobSource, Progress
 
 if TYPE_CHECKING:
     from .http import Policy
 
 HTTP_SCHEMES = ("http", "https")
+S3_SCHEME = "s3"
+#: Schemes whose bytes artifactfs can fetch (``file`` only for a registry on this machine).
+SCHEMES = ("file", *HTTP_SCHEMES, S3_SCHEME)
+GS_DECLINED = (
+    "gs:// references are not supported; copy the objects to s3:// or https:// (a signed URL) "
+    "and log them again with artifactfs"
+)
 
 
 def file_path(uri: str) -> str:
     """The local path of a ``file://`` URI (``file:///abs`` or ``file://localhost/abs``)."""
     url = urllib.parse.urlsplit(uri)
     if url.scheme != "file" or url.netloc not in ("", "localhost"):
-        raise InvalidReference(f"{redact_uri(uri)} is not a local file:// URI")
+        raise InvalidReferenceEntry(f"{redact_uri(uri)} is not a local file:// URI")
     return urllib.parse.unquote(url.path)
 
 
-def reference_source(entry: Entry, *, policy: Policy | None = None) -> BlobSource:
-    """The source of a reference entry's bytes.  ``policy``: HTTP timeouts and retries
-    (default :data:`artifactfs.http.DEFAULT_POLICY`)."""
+def _is_content_digest(digest: str) -> bool:
+    try:
+        hex_from_b64(digest)
+    except ManifestError:
+        return False
+    return True
+
+
+def _extra_str(entry: Entry, name: str) -> str | None:
+    value = entry.extra.get(name)
+    return value if isinstance(value, str) and value else None
+
+
+def content_entry(entry: Entry) -> Entry:
+    """The entry as the store verifies it: ``entry`` itself when its digest is a content hash;
+    for an ``s3://`` entry whose digest is a single-part ETag (as the wandb SDK logs them), a copy
+    whose digest is that ETag read as an MD5 (``extra.etag`` keeps the ETag, so the download
+    still checks it).  FetchError for a reference whose digest proves nothing about its bytes."""
+    if _is_content_digest(entry.digest):
+        return entry
+    shown = redact_uri(entry.ref) if entry.ref else entry.path
+    scheme = urllib.parse.urlsplit(entry.ref).scheme if entry.ref else ""
+    if scheme == S3_SCHEME:
+        from .s3 import single_part_md5
+
+        md5 = single_part_md5(entry.digest)
+        if md5 is not None:
+            extra = {k: v for k, v in entry.extra.items() if k != "alg"}
+            extra.setdefault("etag", entry.digest)
+            return dataclasses.replace(entry, digest=base64.b64encode(bytes.fromhex(md5)).decode("ascii"), extra=extra)
+        raise FetchError(
+            f"{entry.path!r} ({shown}): its digest is the multipart S3 ETag {entry.digest!r}, which is not a hash "
+            "of the object's bytes, so they cannot be verified; log the object again with artifactfs "
+            "(Artifact.add_reference records its content MD5)"
+        )
+    raise FetchError(
+        f"{entry.path!r} ({shown}): its digest {entry.digest[:80]!r} is not a content hash (an ETag, or the URI of a "
+        "reference logged with checksum=False), so its bytes cannot be verified; log it again with artifactfs"
+    )
+
+
+def reference_source(entry: Entry, *, allow_file: bool = True, policy: Policy | None = None) -> BlobSource:
+    """The source of a reference entry's bytes.  ``allow_file``: False for a registry that is
+    not on this machine (its ``file://`` entries are refused).  ``policy``: timeouts and retries
+    for http(s) and s3 (default :data:`artifactfs.http.DEFAULT_POLICY`)."""
     assert entry.ref is not None
     scheme = urllib.parse.urlsplit(entry.ref).scheme
     if scheme == "file":
+        if not allow_file:
+            raise FetchError(
+                f"{entry.path!r}: file:// reference {redact_uri(entry.ref)} refused: this registry is not on this "
+                "machine, and its entry would read the mount daemon's own disk"
+            )
         try:
             path = file_path(entry.ref)
-        except InvalidReference as exc:  # file://otherhost/...: never read as a local file
+        except InvalidReferenceEntry as exc:  # file://otherhost/...: never read as a local file
             raise FetchError(f"{entry.path!r}: {exc}") from exc
         return BlobSource(entry.ref, local_path=path)
     if scheme in HTTP_SCHEMES:
         from . import http
 
-        url, size = entry.ref, entry.size
+        url, size, etag = entry.ref, entry.size, _extra_str(entry, "etag")
         chosen = policy or http.DEFAULT_POLICY
 
         def download(fd: int, what: str, progress: Progress) -> None:
-            http.download(url, fd, size, what, progress, policy=chosen)
+            http.download(url, fd, size, what, progress, policy=chosen, etag=etag)
 
         return BlobSource(redact_uri(entry.ref), download=download)
+    if scheme == S3_SCHEME:
+        return _s3_source(entry, policy)
+    if scheme == "gs":
+        raise FetchError(f"{entry.path!r}: {GS_DECLINED}")
     raise FetchError(f"reference scheme {scheme!r} of {entry.path!r} is not supported")
+
+
+def _s3_source(entry: Entry, policy: Policy | None) -> BlobSource:
+    from . import http, s3
+
+    assert entry.ref is not None
+    try:
+        obj = s3.parse_uri(entry.ref)
+    except InvalidReferenceEntry as exc:
+        raise FetchError(f"{entry.path!r}: {exc}") from exc
+    uri, size = entry.ref, entry.size
+    version = _extra_str(entry, "versionID") or obj.version_id
+    # The wandb SDK records the ETag both as the digest and in extra.etag; either will do.
+    etag = _extra_str(entry, "etag") or (None if _is_content_digest(entry.digest) else entry.digest)
+    md5 = s3.single_part_md5(etag) if etag else None
+    # Is the digest the store checks this ETag read as an MD5 (content_entry)?  That holds only
+    # for objects without SSE-KMS/SSE-C, which the download then checks.
+    if md5 is None or entry.alg != MD5:
+        etag_is_digest = False
+    elif _is_content_digest(entry.digest):
+        etag_is_digest = hex_from_b64(entry.digest) == md5
+    else:
+        etag_is_digest = True
+    chosen = policy or http.DEFAULT_POLICY
+
+    def download(fd: int, what: str, progress: Progress) -> None:
+        s3.download(
+            uri,
+            fd,
+            size,
+            what,
+            progress,
+            policy=chosen,
+            version_id=version,
+            etag=etag,
+            etag_is_digest=etag_is_digest,
+        )
+
+    return BlobSource(obj.uri, download=download)
 
 
 def checksum_reference(uri: str, alg: str = MD5, *, policy: Policy | None = None) -> tuple[str, int, dict[str, Any]]:
     """Fetch the content of ``uri`` once and hash it: ``(b64 digest, size, extra)`` for a
-    reference entry.  ``extra`` holds ``alg`` (XXH128 only) and, for http(s), the ``etag``."""
+    reference entry.  ``extra`` holds ``alg`` (XXH128 only), for http(s) and s3 the ``etag``, and
+    for s3 in a versioned bucket the ``versionID``."""
     scheme = urllib.parse.urlsplit(uri).scheme
     extra: dict[str, Any] = {} if alg == MD5 else {"alg": alg}
     if scheme == "file":
@@ -83,4 +193,13 @@ def checksum_reference(uri: str, alg: str = MD5, *, policy: Policy | None = None
         if etag:
             extra["etag"] = etag
         return digest, size, extra
-    raise InvalidReference(f"reference scheme {scheme!r} of {redact_uri(uri)} is not supported (file, http, https)")
+    if scheme == S3_SCHEME:
+        from . import http, s3
+
+        digest, size, recorded = s3.checksum(uri, alg, policy=policy or http.DEFAULT_POLICY)
+        return digest, size, {**extra, **recorded}
+    if scheme == "gs":
+        raise InvalidReferenceEntry(GS_DECLINED)
+    raise InvalidReferenceEntry(
+        f"reference scheme {scheme!r} of {redact_uri(uri)} is not supported ({', '.join(SCHEMES)})"
+    )

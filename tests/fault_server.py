@@ -3,7 +3,9 @@
 Each GET of a path takes the next :class:`Fault` from that path's plan (none: a correct answer)
 and is recorded as a :class:`Seen` (the Range header asked and the status sent), so tests can
 assert what reached the server.  Objects support ``Range: bytes=a-b`` / ``bytes=a-`` (206 with
-``Content-Range``, ``Accept-Ranges: bytes``) unless created with ``ranges=False``.  HTTP/1.0: every
+``Content-Range``, ``Accept-Ranges: bytes``) unless created with ``ranges=False``, and
+``If-Match`` (412 with the current ETag when it differs) unless created with
+``conditional=False`` (a server that ignores it and answers with its current ETag).  HTTP/1.0: every
 response closes its connection, so no handler thread outlives a test.
 """
 
@@ -52,6 +54,7 @@ class Obj:
     body: bytes
     ranges: bool = True
     etag: str | None = None
+    conditional: bool = True  # honour If-Match; False: ignore it (the client must compare ETags)
     delay: float = 0.0  # seconds before each response (a slow server)
     rate: float | None = None  # bytes per second per response (a throttled connection)
     plan: list[Fault] = field(default_factory=list)
@@ -64,6 +67,7 @@ class Seen:
     path: str
     range: str | None
     if_range: str | None = None
+    if_match: str | None = None
     status: int = 0
 
 
@@ -128,7 +132,7 @@ class FaultServer:
     def _handle(self, h: BaseHTTPRequestHandler) -> None:
         path = h.path.split("?", 1)[0]
         range_header = h.headers.get("Range")
-        seen = Seen(path, range_header, h.headers.get("If-Range"))
+        seen = Seen(path, range_header, h.headers.get("If-Range"), h.headers.get("If-Match"))
         with self._lock:
             obj = self.objects.get(path)
             fault = obj.plan.pop(0) if obj is not None and obj.plan else Fault()
@@ -157,6 +161,14 @@ class FaultServer:
             h.send_response(fault.status)
             for k, v in fault.headers.items():
                 h.send_header(k, v)
+            h.send_header("Content-Length", "0")
+            h.end_headers()
+            return
+        if obj.conditional and seen.if_match is not None and seen.if_match not in ("*", obj.etag):
+            seen.status = 412
+            h.send_response(412)
+            if obj.etag:
+                h.send_header("ETag", obj.etag)
             h.send_header("Content-Length", "0")
             h.end_headers()
             return

@@ -19,7 +19,7 @@ import pytest
 from fault_server import Fault, FaultServer
 
 from artifactfs import Api, Artifact
-from artifactfs.errors import AuthError, DigestMismatch, FetchError, InvalidReferenceEntry
+from artifactfs.errors import AuthError, DigestMismatch, FetchError, InvalidReferenceEntry, SourceChanged
 from artifactfs.http import Policy, checksum, download
 from artifactfs.manifest import MD5, XXH128, Entry, digest_bytes
 from artifactfs.references import reference_source
@@ -346,6 +346,108 @@ def test_failed_part_stops_the_download(server: FaultServer, store: BlobStore) -
     assert part_threads() == []
     assert nothing_cached(store, entry)
     assert len(server.gets()) < 13  # the other parts stopped early
+
+
+# -- the recorded ETag: the source must not have changed since it was logged ----------------------
+
+
+def etag_entry(url: str, data: bytes, etag: str) -> Entry:
+    return Entry("blob.bin", digest_bytes(data), len(data), ref=url, extra={"etag": etag})
+
+
+@pytest.mark.parametrize("policy", [FAST, PARALLEL], ids=["stream", "parallel"])
+def test_recorded_etag_is_sent_with_every_request(server: FaultServer, store: BlobStore, policy: Policy) -> None:
+    url = server.add("/b", BIG, etag='"v1"')
+    # a resume too: of the stream, or of a part other than the first
+    server.plan("/b", *([Fault(cut=1000)] if policy is FAST else [Fault(), Fault(cut=1000)]))
+    assert fill(store, etag_entry(url, BIG, '"v1"'), policy) == BIG
+    seen = server.gets()
+    assert len(seen) == (2 if policy is FAST else 14)
+    assert {s.if_match for s in seen} == {'"v1"'}
+    assert {s.if_range for s in seen} == {None}  # If-Match already pins the object
+
+
+def test_unquoted_recorded_etag_is_quoted(server: FaultServer, store: BlobStore) -> None:
+    url = server.add("/b", DATA, etag='"v1"')
+    assert fill(store, etag_entry(url, DATA, "v1")) == DATA
+    assert [s.if_match for s in server.gets()] == ['"v1"']
+
+
+@pytest.mark.parametrize("policy", [FAST, PARALLEL], ids=["stream", "parallel"])
+def test_source_changed_since_it_was_logged(
+    server: FaultServer, store: BlobStore, caplog: pytest.LogCaptureFixture, policy: Policy
+) -> None:
+    url = server.add("/b", BIG, etag='"v2"')
+    entry = etag_entry(url, BIG, '"v1"')
+    with caplog.at_level(logging.DEBUG), pytest.raises(SourceChanged) as info:
+        fill(store, entry, policy)
+    message = str(info.value)
+    assert "changed since it was logged" in message
+    assert '"v1"' in message and '"v2"' in message
+    assert f"127.0.0.1:{server.port}/b" in message
+    assert "secret" not in message and "secret" not in caplog.text
+    assert statuses(server) == [412]  # one request, no body, not retried
+    assert nothing_cached(store, entry)
+    assert part_threads() == []
+
+
+def test_server_ignoring_if_match_is_caught_by_the_etag_header(server: FaultServer, tmp_path: Path) -> None:
+    url = server.add("/b", DATA, etag='"v2"', conditional=False)
+    out = tmp_path / "out"
+    fd = os.open(out, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        with pytest.raises(SourceChanged, match='ETag "v1" was recorded, the server now has ETag "v2"'):
+            download(url, fd, len(DATA), WHAT, policy=FAST, etag='"v1"')
+    finally:
+        os.close(fd)
+    assert out.stat().st_size == 0  # refused on the headers: not one body byte written
+    assert statuses(server) == [200]
+
+
+@pytest.mark.parametrize("conditional", [True, False], ids=["412", "etag-header"])
+def test_object_replaced_during_the_download(server: FaultServer, store: BlobStore, conditional: bool) -> None:
+    # The stream is cut, then the object is replaced: the resume must not splice new bytes in.
+    new = os.urandom(len(DATA))
+    url = server.add("/b", DATA, etag='"v1"', conditional=conditional)
+    server.plan("/b", Fault(cut=100_000, change=(new, '"v2"')))
+    entry = etag_entry(url, DATA, '"v1"')
+    with pytest.raises(SourceChanged, match='the server now has ETag "v2"'):
+        fill(store, entry)
+    assert ranges(server) == [None, "bytes=100000-"]
+    assert statuses(server) == [200, 412 if conditional else 206]
+    assert nothing_cached(store, entry)
+
+
+def test_object_replaced_between_parallel_parts(server: FaultServer, store: BlobStore) -> None:
+    new = os.urandom(len(BIG))
+    url = server.add("/big", BIG, etag='"v1"', conditional=False)
+    server.plan("/big", Fault(change=(new, '"v2"')))  # every part after the first is of the new object
+    entry = etag_entry(url, BIG, '"v1"')
+    with pytest.raises(SourceChanged):
+        fill(store, entry, PARALLEL)
+    assert part_threads() == []
+    assert nothing_cached(store, entry)
+
+
+def test_weak_recorded_etag_is_compared_not_sent(server: FaultServer, store: BlobStore, tmp_path: Path) -> None:
+    # If-Match compares strongly, so a weak ETag never matches it: it is only compared (weakly).
+    url = server.add("/b", DATA, etag='W/"v1"')
+    assert fill(store, etag_entry(url, DATA, 'W/"v1"')) == DATA
+    assert [s.if_match for s in server.gets()] == [None]
+    server.objects["/b"].etag = 'W/"v2"'
+    entry = etag_entry(url, DATA, 'W/"v1"')
+    store2 = BlobStore(str(tmp_path / "cache2"))  # the first store has the blob now
+    try:
+        with pytest.raises(SourceChanged):
+            fill(store2, entry)
+    finally:
+        store2.close()
+
+
+def test_entry_without_a_recorded_etag_sends_no_if_match(server: FaultServer, store: BlobStore) -> None:
+    url = server.add("/b", DATA, etag='"v1"')
+    assert fill(store, ref_entry(url, DATA)) == DATA
+    assert [s.if_match for s in server.gets()] == [None]
 
 
 # -- secrets ----------------------------------------------------------------------------------------
