@@ -8,17 +8,21 @@ data and request log.
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 import os
 import subprocess
 import sys
 import textwrap
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import requests
+import xxhash
 from wandb_server import WandbServer
 
 from artifactfs.manifest import artifact_digest, digest_bytes
@@ -105,6 +109,7 @@ def server() -> Iterator[WandbServer]:
             aliases=["best"],
             metadata={"rows": 2, "nested": {"x": [1]}},
             description="second",
+            used_by=["train-2", "eval-1"],
         )
         srv.add_artifact(
             "acme",
@@ -164,6 +169,8 @@ except Exception as exc:
     out["fast_verify"] = f"{type(exc).__name__}: {exc}"[:300]
 out["versions"] = sorted(x.version for x in api.artifacts("dataset", "acme/vision/ds"))
 out["collections"] = sorted(c.name for c in api.artifact_collections("acme/vision", "dataset"))
+out["collection_aliases"] = sorted(api.artifact_collection("dataset", "acme/vision/ds").aliases)
+out["used_by"] = sorted(r.id for r in a.used_by())
 print(json.dumps(out))
 """
 
@@ -189,6 +196,8 @@ def test_real_sdk_reads_what_the_server_serves(server: WandbServer, tmp_path: Pa
     assert out["fast_verify"] == "ok"
     assert out["versions"] == ["v0", "v1"]
     assert out["collections"] == ["ds", "fast"]
+    assert out["collection_aliases"] == ["best", "latest"]
+    assert out["used_by"] == ["eval-1", "train-2"]
     assert server.graphql_errors == []
     ops = [r.operation for r in server.graphql_requests()]
     for name in (
@@ -200,8 +209,510 @@ def test_real_sdk_reads_what_the_server_serves(server: WandbServer, tmp_path: Pa
         "ArtifactCreatedBy",
         "ProjectArtifacts",
         "ArtifactTypeArtifactCollections",
+        "ArtifactCollectionAliases",
+        "ArtifactUsedBy",
     ):
         assert name in ops, (name, ops)
     # Every file the SDK fetched came from a presigned URL and was answered 200.
     gets = [r for r in server.file_requests() if r.path.startswith("/files/")]
     assert gets and all(r.status == 200 for r in gets)
+
+
+SDK_FAULTS = """
+import json, os
+import wandb
+api = wandb.Api()
+a = api.artifact("acme/vision/faulty:latest")
+root = os.path.abspath("root")
+a.download(root)
+print(json.dumps({n: open(os.path.join(root, n), "rb").read().hex() for n in ("a.txt", "b/c.txt", "d.txt")}))
+"""
+
+
+@pytest.mark.slow
+def test_real_sdk_retries_5xx_and_falls_back_when_a_url_expired(server: WandbServer, tmp_path: Path) -> None:
+    files = {"a.txt": b"aaa\n", "b/c.txt": b"ccc\n", "d.txt": b"ddd\n"}
+    rec = server.add_artifact("acme", "vision", "faulty", "dataset", files)
+    server.reset_log()
+    server.faults.graphql_status(503, times=2, match="ArtifactMembershipByName", retry_after=0)
+    server.faults.status(503, times=2, match="a.txt")
+    server.faults.status(429, times=1, match="d.txt", retry_after=0)
+    server.faults.expire(match="c.txt")
+    try:
+        out = run_sdk(server, tmp_path, SDK_FAULTS)
+    finally:
+        server.faults.clear()
+    assert out == {p: b.hex() for p, b in files.items()}
+    assert [r.status for r in server.operations("ArtifactMembershipByName")] == [503, 503, 200]
+    a_gets = [r.status for r in server.file_requests() if "a.txt" in r.path]
+    assert a_gets == [503, 503, 200]
+    # The expired presigned URL made the SDK use the authenticated fallback layout.
+    c_gets = [(r.path.split("/")[1], r.status) for r in server.file_requests() if "c.txt" in r.path]
+    assert c_gets == [("files", 403), ("artifactsV2", 200)]
+    fallback = next(r for r in server.file_requests() if r.path.startswith("/artifactsV2/"))
+    assert fallback.authorized
+    assert rec.id in requests.utils.unquote(fallback.path)
+
+
+@pytest.mark.slow
+def test_real_sdk_reports_a_wrong_key_and_a_null_viewer(server: WandbServer, tmp_path: Path) -> None:
+    script = """
+    import json, wandb
+    try:
+        wandb.Api()
+        print(json.dumps("accepted"))
+    except Exception as exc:
+        print(json.dumps(f"{type(exc).__name__}: {exc}"))
+    """
+    server.faults.wrong_key = True
+    try:
+        refused = run_sdk(server, tmp_path / "wrong", script)
+    finally:
+        server.faults.clear()
+    assert refused.startswith("AuthenticationError") and "not logged in" in refused
+    assert server.api_key not in refused
+    server.faults.null_viewer = True
+    try:
+        null = run_sdk(server, tmp_path / "null", script)
+    finally:
+        server.faults.clear()
+    assert null.startswith("AuthenticationError") and "invalid credentials" in null, null
+
+
+# ----------------------------------------------------------------------------- GraphQL shapes
+
+
+MEMBERSHIP = """
+query M($e: String!, $p: String!, $n: String!) {
+  project(name: $p, entityName: $e) {
+    artifactCollectionMembership(name: $n) {
+      versionIndex aliases { alias }
+      artifact { id digest digestAlgorithm metadata fileCount size state
+                 currentManifest { file { directUrl } } }
+    }
+  }
+}
+"""
+
+FILES_Q = """
+query F($e: String!, $p: String!, $c: String!, $a: String!, $names: [String!], $first: Int, $after: String) {
+  project(name: $p, entityName: $e) {
+    artifactCollection(name: $c) {
+      artifactMembership(aliasName: $a) {
+        files(names: $names, first: $first, after: $after) {
+          totalCount pageInfo { endCursor hasNextPage } edges { node { name directUrl sizeBytes digest } }
+        }
+      }
+    }
+  }
+}
+"""
+
+
+def _membership(server: WandbServer, name: str, project: str = "vision") -> dict[str, Any]:
+    got = data(server, MEMBERSHIP, {"e": "acme", "p": project, "n": name})["project"]["artifactCollectionMembership"]
+    assert isinstance(got, dict)
+    return got
+
+
+def _file_url(server: WandbServer, coll: str, alias: str, name: str) -> str:
+    got = data(server, FILES_Q, {"e": "acme", "p": "vision", "c": coll, "a": alias, "names": [name]})
+    edges = got["project"]["artifactCollection"]["artifactMembership"]["files"]["edges"]
+    assert [e["node"]["name"] for e in edges] == [name]
+    url: str = edges[0]["node"]["directUrl"]
+    return url
+
+
+def test_manifest_and_digests_follow_the_protocol(server: WandbServer) -> None:
+    m = _membership(server, "ds:best")
+    rec = server.artifact("acme", "vision", "ds", 1)
+    assert m["versionIndex"] == 1 and sorted(a["alias"] for a in m["aliases"]) == ["best", "latest"]
+    art = m["artifact"]
+    assert art["id"] == rec.id and base64.b64decode(art["id"]).startswith(b"Artifact:")
+    assert json.loads(art["metadata"]) == {"rows": 2, "nested": {"x": [1]}}
+    assert (art["digestAlgorithm"], art["state"], art["fileCount"]) == ("MANIFEST_MD5", "COMMITTED", len(FILES))
+    assert art["size"] == sum(len(b) for b in FILES.values())
+    manifest = requests.get(art["currentManifest"]["file"]["directUrl"], timeout=10).json()
+    assert manifest == rec.manifest
+    assert manifest["storagePolicyConfig"]["storageLayout"] == "V2"
+    for path, body in FILES.items():
+        entry = manifest["contents"][path]
+        assert entry["digest"] == base64.b64encode(hashlib.md5(body).digest()).decode()
+        assert entry["size"] == len(body) and entry["birthArtifactID"]
+    assert art["digest"] == artifact_digest((p, e["digest"]) for p, e in manifest["contents"].items())
+    # Unchanged files keep the birth artifact of the version that first uploaded them.
+    v0 = server.artifact("acme", "vision", "ds", 0)
+    assert manifest["contents"]["sub/dir/b.bin"]["birthArtifactID"] == v0.id
+    assert manifest["contents"]["a.txt"]["birthArtifactID"] == rec.id
+
+    fast = _membership(server, "fast:latest")["artifact"]
+    assert fast["digestAlgorithm"] == "MANIFEST_XXH128"
+    fm = requests.get(fast["currentManifest"]["file"]["directUrl"], timeout=10).json()
+    entry = fm["contents"]["x.txt"]
+    assert entry["extra"] == {"alg": "XXH128"}
+    assert entry["digest"] == base64.b64encode(xxhash.xxh128(b"xxh\n").digest()).decode()
+    assert fast["digest"] == artifact_digest(((p, e["digest"]) for p, e in fm["contents"].items()), "XXH128")
+
+
+def test_files_by_name_returns_only_those_and_the_log_shows_it(server: WandbServer) -> None:
+    server.reset_log()
+    got = data(server, FILES_Q, {"e": "acme", "p": "vision", "c": "ds", "a": "v1", "names": ["a.txt", "nope"]})
+    files = got["project"]["artifactCollection"]["artifactMembership"]["files"]
+    assert [e["node"]["name"] for e in files["edges"]] == ["a.txt"]
+    assert files["totalCount"] == 1 and files["pageInfo"]["hasNextPage"] is False
+    assert requests.get(files["edges"][0]["node"]["directUrl"], timeout=10).content == FILES["a.txt"]
+    (req,) = server.operations("F")
+    assert req.variables["names"] == ["a.txt", "nope"]
+    assert req.fields["files"]["names"] == "$names"
+    assert [r.method for r in server.requests] == ["POST", "GET"]
+
+
+def test_alias_resolution_set_alias_and_delete_version() -> None:
+    with WandbServer() as srv:
+        for i in range(3):
+            srv.add_artifact("acme", "p", "m", "model", {"w": bytes([i])}, aliases=["prod"] if i == 0 else ())
+        assert _membership(srv, "m:prod", "p")["versionIndex"] == 0
+        assert _membership(srv, "m:latest", "p")["versionIndex"] == 2
+        assert _membership(srv, "m", "p")["versionIndex"] == 2
+        assert _membership(srv, "m:v1", "p")["versionIndex"] == 1
+        digest = srv.artifact("acme", "p", "m", 1).digest
+        assert _membership(srv, f"m:{digest}", "p")["versionIndex"] == 1
+        srv.set_alias("acme", "p", "m", "prod", 1)
+        assert _membership(srv, "m:prod", "p")["versionIndex"] == 1
+        assert srv.artifact("acme", "p", "m", 1).aliases == ["prod"]
+        srv.delete_version("acme", "p", "m", 2)
+        assert _membership(srv, "m:latest", "p")["versionIndex"] == 1
+        got = data(srv, MEMBERSHIP, {"e": "acme", "p": "p", "n": "m:v2"})
+        assert got["project"]["artifactCollectionMembership"] is None
+        # Older servers' lookup path answers too.
+        old = data(
+            srv, 'query { project(name: "p", entityName: "acme") { artifact(name: "m:prod") { versionIndex } } }'
+        )
+        assert old["project"]["artifact"]["versionIndex"] == 1
+
+
+def test_manifest_override_and_references_are_served_verbatim() -> None:
+    hostile = {"version": 1, "contents": {"../escape": {"digest": "AAAA", "size": 3}}}
+    big = 3 << 30  # sizes above 2**31 need the Int64 scalar
+    refs = {"ref/x": {"ref": "s3://bucket/x", "digest": "etag123", "size": big, "extra": {"etag": '"etag123"'}}}
+    with WandbServer() as srv:
+        bad = srv.add_artifact("acme", "p", "bad", "dataset", {"ok": b"fine"}, manifest=hostile)
+        withref = srv.add_artifact("acme", "p", "refs", "dataset", {"f": b"1"}, references=refs)
+        art = _membership(srv, "bad:latest", "p")["artifact"]
+        assert requests.get(art["currentManifest"]["file"]["directUrl"], timeout=10).json() == hostile
+        assert bad.manifest == hostile
+        m = requests.get(
+            _membership(srv, "refs:latest", "p")["artifact"]["currentManifest"]["file"]["directUrl"], timeout=10
+        ).json()
+        assert m["contents"]["ref/x"] == refs["ref/x"] and "f" in m["contents"]
+        assert _membership(srv, "refs:latest", "p")["artifact"]["size"] == big + 1
+        assert withref.digest == artifact_digest([("f", digest_bytes(b"1")), ("ref/x", "etag123")])
+        # References are manifest entries, not stored files.
+        names = data(srv, FILES_Q, {"e": "acme", "p": "p", "c": "refs", "a": "latest"})
+        edges = names["project"]["artifactCollection"]["artifactMembership"]["files"]["edges"]
+        assert [e["node"]["name"] for e in edges] == ["f"]
+
+
+def test_viewer_teams_entity_projects_and_listing_in_one_call() -> None:
+    with WandbServer(viewer_entity="me", teams=("t1", "t2")) as srv:
+        for c in range(4):
+            for v in range(3):
+                srv.add_artifact(
+                    "t1",
+                    "proj",
+                    f"c{c}",
+                    "dataset" if c % 2 else "model",
+                    {"f": bytes([c, v])},
+                    aliases=["best"] if v == 1 else (),
+                )
+        srv.add_artifact("t1", "other", "z", "model", {})
+        viewer = data(
+            srv, "query Viewer { viewer { id entity username email flags teams { edges { node { name } } } } }"
+        )
+        assert viewer["viewer"]["entity"] == "me"
+        assert [e["node"]["name"] for e in viewer["viewer"]["teams"]["edges"]] == ["t1", "t2"]
+        projects = data(
+            srv,
+            'query { entity(name: "t1") { name projects(first: 1) { edges { node { name } } '
+            "pageInfo { endCursor hasNextPage } } } }",
+        )["entity"]["projects"]
+        assert [e["node"]["name"] for e in projects["edges"]] == ["proj"] and projects["pageInfo"]["hasNextPage"]
+        assert data(srv, 'query { entity(name: "nobody") { name } }')["entity"] is None
+        srv.reset_log()
+        listing = data(
+            srv,
+            """query {
+          project(name: "proj", entityName: "t1") {
+            artifactTypes { edges { node { name } } }
+            artifactCollections(first: 100) { pageInfo { hasNextPage } edges { node {
+              name defaultArtifactType { name }
+              aliases { edges { node { alias } } }
+              artifactMemberships(first: 100) { pageInfo { hasNextPage } edges { node {
+                versionIndex aliases { alias } artifact { digest } } } } } } } } }""",
+        )["project"]
+        assert len(srv.requests) == 1
+        assert sorted(e["node"]["name"] for e in listing["artifactTypes"]["edges"]) == ["dataset", "model"]
+        colls = {e["node"]["name"]: e["node"] for e in listing["artifactCollections"]["edges"]}
+        assert sorted(colls) == ["c0", "c1", "c2", "c3"]
+        c1 = colls["c1"]
+        assert c1["defaultArtifactType"]["name"] == "dataset"
+        assert sorted(e["node"]["alias"] for e in c1["aliases"]["edges"]) == ["best", "latest"]
+        versions = {e["node"]["versionIndex"]: e["node"] for e in c1["artifactMemberships"]["edges"]}
+        assert sorted(versions) == [0, 1, 2]
+        assert [a["alias"] for a in versions[1]["aliases"]] == ["best"]
+        assert versions[2]["artifact"]["digest"] == srv.artifact("t1", "proj", "c1", 2).digest
+
+
+def test_errors_carry_a_path_array_and_unknown_fields_are_400(server: WandbServer) -> None:
+    resp = gql(
+        server,
+        'query { project(name: "vision", entityName: "acme") { artifactCollections(after: "zz") { totalCount } } }',
+    )
+    assert resp.status_code == 200
+    err = resp.json()["errors"][0]
+    assert err["path"] == ["project", "artifactCollections"] and "cursor" in err["message"]
+    resp = gql(server, "query { viewer { noSuchField } }")
+    assert resp.status_code == 400 and "noSuchField" in resp.json()["errors"][0]["message"]
+    assert any("noSuchField" in e for e in server.graphql_errors)
+
+
+def test_missing_or_wrong_key_is_401(server: WandbServer) -> None:
+    q = {"query": "query Viewer { viewer { entity } }"}
+    assert requests.post(server.url + "/graphql", json=q, timeout=10).status_code == 401
+    resp = requests.post(server.url + "/graphql", json=q, auth=("api", "x" * 40), timeout=10)
+    assert resp.status_code == 401 and server.api_key not in resp.text
+    assert requests.post(server.url + "/graphql", json=q, auth=_auth(server), timeout=10).status_code == 200
+
+
+# ----------------------------------------------------------------------------- pagination
+
+
+def _collect(
+    server: WandbServer, query: str, variables: dict[str, Any], path: tuple[str, ...]
+) -> tuple[list[Any], int]:
+    """Page through a connection at ``path``; returns (edges, number of calls)."""
+    edges: list[Any] = []
+    after: str | None = None
+    calls = 0
+    while True:
+        got: Any = data(server, query, {**variables, "after": after})
+        calls += 1
+        for key in path:
+            got = got[key]
+        edges.extend(got["edges"])
+        if not got["pageInfo"]["hasNextPage"]:
+            assert got["totalCount"] == len(edges)
+            return edges, calls
+        assert got["edges"], "hasNextPage with an empty page"
+        after = got["pageInfo"]["endCursor"]
+
+
+def test_pagination_over_more_than_1000_collections_versions_and_files() -> None:
+    n_coll, n_ver, n_files = 1203, 1107, 2501
+    with WandbServer() as srv:
+        t0 = time.monotonic()
+        for i in range(n_coll):
+            srv.add_artifact("acme", "big", f"c{i:05d}", "dataset", {})
+        for i in range(n_ver):
+            srv.add_artifact("acme", "big", "many", "model", {}, aliases=[f"tag{i}"])
+        srv.add_artifact(
+            "acme", "big", "wide", "model", {f"d{i % 7}/f{i:05d}": str(i).encode() for i in range(n_files)}
+        )
+        assert time.monotonic() - t0 < 30  # generous: data generation must stay cheap
+        q = """query C($after: String) { project(name: "big", entityName: "acme") {
+                 artifactCollections(first: 500, after: $after) {
+                   totalCount pageInfo { endCursor hasNextPage } edges { node { name } } } } }"""
+        edges, calls = _collect(srv, q, {}, ("project", "artifactCollections"))
+        names = [e["node"]["name"] for e in edges]
+        assert len(names) == len(set(names)) == n_coll + 2 and calls == 3
+        q = """query V($after: String) { project(name: "big", entityName: "acme") { artifactType(name: "model") {
+                 artifactCollection(name: "many") { artifacts(first: 400, after: $after) {
+                   totalCount pageInfo { endCursor hasNextPage } edges { version node { versionIndex } } } } } } }"""
+        edges, calls = _collect(srv, q, {}, ("project", "artifactType", "artifactCollection", "artifacts"))
+        assert calls == 3
+        assert [e["node"]["versionIndex"] for e in edges] == list(range(n_ver - 1, -1, -1))
+        assert all(e["version"] == f"v{e['node']['versionIndex']}" for e in edges)
+        q = """query A($after: String) { project(name: "big", entityName: "acme") {
+                 artifactCollection(name: "many") { aliases(first: 999, after: $after) {
+                   totalCount pageInfo { endCursor hasNextPage } edges { node { alias } } } } } }"""
+        edges, calls = _collect(srv, q, {}, ("project", "artifactCollection", "aliases"))
+        assert len({e["node"]["alias"] for e in edges}) == n_ver + 1 and calls == 2
+        q = FILES_Q.replace("$after: String)", "$after: String)", 1)
+        variables = {"e": "acme", "p": "big", "c": "wide", "a": "latest", "names": None, "first": 1000}
+        edges, calls = _collect(srv, q, variables, ("project", "artifactCollection", "artifactMembership", "files"))
+        got = [e["node"]["name"] for e in edges]
+        assert got == sorted(got) and len(set(got)) == n_files and calls == 3
+
+
+# ----------------------------------------------------------------------------- file serving
+
+
+def test_range_requests_etag_and_head(server: WandbServer) -> None:
+    body = FILES["sub/dir/b.bin"]
+    url = _file_url(server, "ds", "v1", "sub/dir/b.bin")
+    full = requests.get(url, timeout=10)
+    assert full.status_code == 200 and full.content == body
+    assert full.headers["Accept-Ranges"] == "bytes" and full.headers["Content-Length"] == str(len(body))
+    etag = full.headers["ETag"]
+    assert etag == f'"{hashlib.md5(body).hexdigest()}"'
+    for header, (start, end) in {
+        "bytes=10-19": (10, 20),
+        "bytes=10000-": (10000, len(body)),
+        "bytes=-5": (len(body) - 5, len(body)),
+        "bytes=0-99999": (0, len(body)),
+    }.items():
+        resp = requests.get(url, headers={"Range": header}, timeout=10)
+        assert resp.status_code == 206, header
+        assert resp.content == body[start:end]
+        assert resp.headers["Content-Range"] == f"bytes {start}-{end - 1}/{len(body)}"
+        assert resp.headers["ETag"] == etag
+    resp = requests.get(url, headers={"Range": f"bytes={len(body)}-"}, timeout=10)
+    assert resp.status_code == 416 and resp.headers["Content-Range"] == f"bytes */{len(body)}"
+    resp = requests.get(url, headers={"Range": "bytes=0-9", "If-Range": '"other"'}, timeout=10)
+    assert resp.status_code == 200 and resp.content == body
+    resp = requests.get(url, headers={"Range": "bytes=0-9", "If-Range": etag}, timeout=10)
+    assert resp.status_code == 206 and resp.content == body[:10]
+    head = requests.head(url, timeout=10)
+    assert head.status_code == 200 and head.headers["Content-Length"] == str(len(body)) and not head.content
+    empty = requests.get(_file_url(server, "ds", "v1", "empty"), timeout=10)
+    assert empty.status_code == 200 and empty.content == b""
+
+
+def test_presigned_urls_expire_and_are_signed() -> None:
+    with WandbServer(url_ttl=0.5) as srv:
+        srv.add_artifact("acme", "vision", "ds", "dataset", {"a.txt": b"abc"})
+        url = _file_url(srv, "ds", "latest", "a.txt")
+        assert requests.get(url, timeout=10).content == b"abc"
+        assert requests.get(url.replace("sig=", "sig=0"), timeout=10).status_code == 403
+        assert requests.get(url.split("?")[0], timeout=10).status_code == 403
+        time.sleep(0.7)
+        expired = requests.get(url, timeout=10)
+        assert expired.status_code == 403 and "expired" in expired.text
+        assert requests.get(_file_url(srv, "ds", "latest", "a.txt"), timeout=10).content == b"abc"
+        manifest_url = _membership(srv, "ds:latest")["artifact"]["currentManifest"]["file"]["directUrl"]
+        time.sleep(0.7)
+        assert requests.get(manifest_url, timeout=10).status_code == 403
+
+
+def test_fallback_urls_need_the_key(server: WandbServer) -> None:
+    rec = server.artifact("acme", "vision", "ds", 1)
+    entry = rec.manifest["contents"]["unicodé ✓.txt"]
+    md5hex = base64.b64decode(entry["digest"]).hex()
+    base = f"{server.url}/artifactsV2/default/acme/vision/ds"
+    for url in (
+        f"{base}/{rec.id}/{entry['birthArtifactID']}/{md5hex}/unicodé ✓.txt",
+        f"{base}/{entry['birthArtifactID']}/{md5hex}/unicodé ✓.txt",
+        f"{server.url}/artifacts/acme/{md5hex}",
+    ):
+        assert requests.get(url, timeout=10).status_code == 401
+        resp = requests.get(url, auth=_auth(server), timeout=10)
+        assert resp.status_code == 200 and resp.content == FILES["unicodé ✓.txt"], url
+    assert requests.get(f"{server.url}/artifacts/nobody/{md5hex}", auth=_auth(server), timeout=10).status_code == 404
+    assert requests.get(f"{server.url}/artifacts/acme/{'0' * 32}", auth=_auth(server), timeout=10).status_code == 404
+
+
+# ----------------------------------------------------------------------------- fault switches
+
+
+@pytest.fixture()
+def faulty(server: WandbServer) -> Iterator[tuple[WandbServer, str, bytes]]:
+    body = FILES["sub/dir/b.bin"]
+    url = _file_url(server, "ds", "v1", "sub/dir/b.bin")
+    server.faults.clear()
+    yield server, url, body
+    server.faults.clear()
+
+
+def test_fault_status_queue_counts_and_matches(faulty: tuple[WandbServer, str, bytes]) -> None:
+    srv, url, body = faulty
+    other = _file_url(srv, "ds", "v1", "a.txt")
+    srv.faults.status(503, times=2, match="b.bin")
+    srv.faults.status(429, times=1, match="b.bin", retry_after=3)
+    assert requests.get(other, timeout=10).status_code == 200  # no match: untouched
+    assert [requests.get(url, timeout=10).status_code for _ in range(2)] == [503, 503]
+    resp = requests.get(url, timeout=10)
+    assert resp.status_code == 429 and resp.headers["Retry-After"] == "3"
+    assert requests.get(url, timeout=10).content == body
+    srv.faults.status(500, times=None)
+    assert [requests.get(u, timeout=10).status_code for u in (url, other, url)] == [500, 500, 500]
+    srv.faults.clear()
+    assert requests.get(url, timeout=10).status_code == 200
+
+
+def test_fault_expire(faulty: tuple[WandbServer, str, bytes]) -> None:
+    srv, url, body = faulty
+    srv.faults.expire()
+    resp = requests.get(url, timeout=10)
+    assert resp.status_code == 403 and "AccessDenied" in resp.text
+    assert requests.get(url, timeout=10).content == body
+
+
+def test_fault_slow_first_byte_and_slow_body(faulty: tuple[WandbServer, str, bytes]) -> None:
+    srv, url, body = faulty
+    srv.faults.slow_first_byte(0.5)
+    t0 = time.monotonic()
+    assert requests.get(url, timeout=10).content == body
+    assert time.monotonic() - t0 >= 0.45
+    srv.faults.slow_body(len(body) * 2.0)  # about half a second for the whole body
+    t0 = time.monotonic()
+    resp = requests.get(url, stream=True, timeout=10)
+    first = time.monotonic() - t0
+    assert resp.raw.read() == body
+    assert time.monotonic() - t0 >= 0.4 and first < 0.4
+
+
+def test_fault_reset_and_truncate_mid_body(faulty: tuple[WandbServer, str, bytes]) -> None:
+    srv, url, body = faulty
+    for arm in (srv.faults.reset_after, srv.faults.truncate_after):
+        arm(1000)
+        resp = requests.get(url, stream=True, timeout=10)
+        assert resp.status_code == 200 and resp.headers["Content-Length"] == str(len(body))
+        got = bytearray()
+        with pytest.raises(requests.exceptions.RequestException):
+            for chunk in resp.iter_content(256):
+                got += chunk
+        assert bytes(got) == body[: len(got)] and len(got) <= 1000
+    assert requests.get(url, timeout=10).content == body
+
+
+def test_fault_corrupt_flips_one_byte(faulty: tuple[WandbServer, str, bytes]) -> None:
+    srv, url, body = faulty
+    srv.faults.corrupt(times=1)
+    bad = requests.get(url, timeout=10).content
+    assert len(bad) == len(body) and sum(x != y for x, y in zip(bad, body, strict=True)) == 1
+    ranged = requests.get(url, headers={"Range": "bytes=100-199"}, timeout=10)
+    assert ranged.content == body[100:200]
+    srv.faults.corrupt(times=1)
+    bad = requests.get(url, headers={"Range": "bytes=100-199"}, timeout=10).content
+    assert len(bad) == 100 and bad != body[100:200]
+
+
+def test_fault_applies_to_manifest_gets(faulty: tuple[WandbServer, str, bytes]) -> None:
+    srv, _, _ = faulty
+    murl = _membership(srv, "ds:latest")["artifact"]["currentManifest"]["file"]["directUrl"]
+    srv.faults.status(503, match="wandb_manifest.json")
+    assert requests.get(murl, timeout=10).status_code == 503
+    assert requests.get(murl, timeout=10).json() == srv.artifact("acme", "vision", "ds", 1).manifest
+
+
+def test_graphql_faults(server: WandbServer) -> None:
+    q = "query Viewer { viewer { entity } }"
+    server.faults.clear()
+    try:
+        server.faults.graphql_status(503, times=1)
+        server.faults.graphql_status(429, times=1, retry_after=1)
+        server.faults.graphql_status(500, times=1, match="Other")
+        assert gql(server, q).status_code == 503
+        resp = gql(server, q)
+        assert resp.status_code == 429 and resp.headers["Retry-After"] == "1"
+        assert gql(server, q).status_code == 200  # the 500 only hits operation "Other"
+        assert gql(server, "query Other { viewer { entity } }").status_code == 500
+        server.faults.wrong_key = True
+        assert gql(server, q).status_code == 401
+        server.faults.wrong_key = False
+        server.faults.null_viewer = True
+        assert data(server, q) == {"viewer": None}
+    finally:
+        server.faults.clear()
+    assert data(server, q) == {"viewer": {"entity": "acme"}}
+    assert server.faults.pending() == 0

@@ -87,6 +87,7 @@ import logging
 import re
 import secrets
 import socket
+import struct
 import threading
 import time
 import urllib.parse
@@ -545,9 +546,22 @@ class Request:
     time: float = field(default_factory=time.monotonic)
 
     @property
-    def root_fields(self) -> list[str]:
-        """Names of the fields selected anywhere in the query (cheap substring checks for tests)."""
-        return re.findall(r"([A-Za-z_][A-Za-z0-9_]*)\s*[({]", self.query)
+    def fields(self) -> dict[str, dict[str, str]]:
+        """Every field the query selects (at any depth, fragments included): name -> its
+        arguments as GraphQL source text, e.g. ``{"files": {"names": "$names", "first": "$n"}}``.
+        A field selected twice keeps the last arguments.  Empty for a query that does not parse."""
+        try:
+            document = graphql.parse(self.query)
+        except GraphQLError:
+            return {}
+        out: dict[str, dict[str, str]] = {}
+
+        class _Visitor(graphql.Visitor):
+            def enter_field(self, node: graphql.FieldNode, *_: Any) -> None:
+                out[node.name.value] = {a.name.value: graphql.print_ast(a.value) for a in node.arguments or ()}
+
+        graphql.visit(document, _Visitor())
+        return out
 
 
 # ----------------------------------------------------------------------------- faults
@@ -586,14 +600,17 @@ class Faults:
     /graphql:
     - ``graphql_status(code, times=1, retry_after=None, match=None)``: ``match`` is an operation name.
     - ``wrong_key``: a bool switch; while True every /graphql request is refused with 401 as if
-      the key were wrong.
-    ``clear()`` removes every rule and resets ``wrong_key``.
+      the key were wrong (a wrong or missing key gets the same 401 without any switch).
+    - ``null_viewer``: a bool switch; while True an authorized request is answered, but
+      ``viewer`` resolves to null (what W&B answers for a key it does not know on some paths).
+    ``clear()`` removes every rule and resets both switches.
     """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._rules: list[_Rule] = []
         self.wrong_key = False
+        self.null_viewer = False
 
     def _add(self, kind: str, value: Any, times: int | None, match: str | None) -> None:
         with self._lock:
@@ -631,6 +648,8 @@ class Faults:
         with self._lock:
             self._rules.clear()
             self.wrong_key = False
+            self.null_viewer = False
+        self.null_viewer = False
 
     def pending(self) -> int:
         """How many counted hits are left (rules with ``times=None`` count as one)."""
@@ -663,8 +682,9 @@ def _srv(info: Info) -> WandbServer:
 
 
 class _Root:
-    def viewer(self, info: Info) -> dict[str, Any]:
-        return _srv(info)._viewer()
+    def viewer(self, info: Info) -> dict[str, Any] | None:
+        srv = _srv(info)
+        return None if srv.faults.null_viewer else srv._viewer()
 
     def serverInfo(self, info: Info) -> dict[str, Any]:
         srv = _srv(info)
@@ -1125,6 +1145,7 @@ SCHEMA = _build_schema()
 
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
+    request_queue_size = 128  # the SDK opens up to 32 connections at once
     owner: WandbServer
 
 
@@ -1157,7 +1178,7 @@ class _Handler(BaseHTTPRequestHandler):
         fault = owner.faults.take(("graphql_status",), req.operation or "")
         if "graphql_status" in fault:
             code, retry_after = fault["graphql_status"]
-            headers = {"Retry-After": str(retry_after)} if retry_after is not None else {}
+            headers = _retry_after(retry_after)
             self._send_json(req, code, {"errors": [{"message": f"injected {code}"}]}, headers)
             return
         if owner.faults.wrong_key or not req.authorized:
@@ -1248,7 +1269,7 @@ class _Handler(BaseHTTPRequestHandler):
             time.sleep(fault["slow_first_byte"])
         if "status" in fault:
             code, retry_after = fault["status"]
-            headers = {"Retry-After": str(retry_after)} if retry_after is not None else {}
+            headers = _retry_after(retry_after)
             self._send_plain(req, code, f"injected {code}", "text/plain", headers)
             return
         if "expire" in fault:
@@ -1293,7 +1314,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._write_body(body[:limit], rate)
             if "reset_after" in fault:
                 self.wfile.flush()
-                self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+                self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
                 self.connection.close()
                 self.close_connection = True
         except OSError:  # the client went away: nothing to tell it
@@ -1312,6 +1333,12 @@ class _Handler(BaseHTTPRequestHandler):
 
 _S3_DENIED = '<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>AccessDenied</Code><Message>{msg}</Message></Error>'
 _OPNAME = re.compile(r"\b(?:query|mutation|subscription)\s+([A-Za-z_][A-Za-z0-9_]*)")
+
+
+def _retry_after(seconds: float | None) -> dict[str, str]:
+    if seconds is None:
+        return {}
+    return {"Retry-After": str(int(seconds)) if float(seconds).is_integer() else str(seconds)}
 
 
 def _operation_name(query: str) -> str | None:
