@@ -91,8 +91,9 @@ def _raise_source_error(exc: OSError) -> None:
     raise SourceError(f"cannot read {exc.filename!r}: {exc.strerror or exc}") from exc
 
 
-#: What a cache directory may hold before it has become a diskcache directory: our own files only.
-_CACHE_OWN_NAMES = {"mount.log", "tmp"}
+#: What a cache directory may hold before it has become a diskcache directory: our own files only
+#: (the mount's log, the store's temp files, the manifests a remote registry keeps).
+_CACHE_OWN_NAMES = {"mount.log", "tmp", "manifests"}
 
 
 def claim_cache_dir(path: str) -> None:

@@ -26,7 +26,6 @@ import io
 import logging
 import os
 import sqlite3
-import stat
 import threading
 import time
 from dataclasses import dataclass
@@ -35,7 +34,7 @@ from typing import IO, Any
 import diskcache
 
 from .errors import BlobChanged, DigestMismatch, FetchError, RegistryError
-from .fsutil import make_temp, remove_stale
+from .fsutil import claim_cache_dir, make_temp, remove_stale
 from .manifest import Entry, b64_digest, hash_fd, new_hasher, update_from_fd
 from .registry.base import BlobSource
 
@@ -125,7 +124,7 @@ class BlobStore:
     def __init__(self, directory: str, size_limit: int = DEFAULT_SIZE_LIMIT) -> None:
         self.directory = os.path.abspath(directory)
         try:
-            _claim_directory(self.directory)
+            claim_cache_dir(self.directory)
             self.tmp = os.path.join(self.directory, "tmp")
             os.makedirs(self.tmp, mode=0o700, exist_ok=True)
             self._cache = diskcache.Cache(
@@ -452,29 +451,6 @@ class PrefixHasher:
         with self._busy:
             self._pos = update_from_fd(self._hasher, self._fd, self._pos, limit + 1, CHUNK)
             return b64_digest(self._hasher), self._pos
-
-
-_OWN_NAMES = {"mount.log", "tmp"}
-
-
-def _claim_directory(path: str) -> None:
-    """Create the cache directory (0700), or take over an existing one only if it is ours: owned
-    by this user and either a diskcache directory already or holding nothing but our files.
-    Pointing ``--cache-dir`` at ``~`` or ``/tmp`` by mistake is refused, not chmod-ed."""
-    try:
-        os.makedirs(path, mode=0o700)
-    except FileExistsError:
-        st = os.stat(path)
-        if not stat.S_ISDIR(st.st_mode):
-            raise RegistryError(f"cache directory {path} is not a directory") from None
-        if st.st_uid != os.getuid():
-            raise RegistryError(f"cache directory {path} belongs to another user") from None
-        names = set(os.listdir(path))
-        if "cache.db" not in names and not names <= _OWN_NAMES:
-            raise RegistryError(
-                f"{path} is not empty and is not an artifactfs cache: choose a new or empty directory"
-            ) from None
-    os.chmod(path, 0o700)
 
 
 def _identity(st: os.stat_result) -> Identity:
