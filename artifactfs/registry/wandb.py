@@ -910,7 +910,7 @@ class WandbRegistry(Registry):
             if version.id in self._contents:
                 return
             try:
-                contents = _Contents(self._read_manifest(version))
+                contents = self._read_manifest(version)
                 with self._lock:
                     self._contents[version.id] = contents
                     while len(self._contents) > self.max_loaded:
@@ -920,7 +920,8 @@ class WandbRegistry(Registry):
                     self._loading.pop(version.id, None)
         log.debug("%s: manifest indexed (%d entries)", version.ref, len(contents.entries))
 
-    def _read_manifest(self, version: VersionInfo) -> Manifest:
+    def _read_manifest(self, version: VersionInfo) -> _Contents:
+        """The indexed manifest: from disk if kept there, else fetched, checked and kept."""
         path = self._manifest_path(version)
         if path is not None:
             try:
@@ -932,16 +933,16 @@ class WandbRegistry(Registry):
                 log.warning("cannot read cached manifest %s: %s", path, exc.strerror or exc)
             else:
                 try:
-                    return parse_manifest(data, version)
+                    return _Contents(parse_manifest(data, version))
                 except ArtifactFSError as exc:  # damaged on disk: fetch it again
                     log.warning("cached manifest of %s is unusable (%s): fetching it again", version.ref, exc)
                     with contextlib.suppress(OSError):
                         os.unlink(path)
         data = self._fetch_manifest(version)
-        manifest = parse_manifest(data, version)  # nothing is kept, nor mounted, unless it passes
+        contents = _Contents(parse_manifest(data, version))  # nothing is kept, nor mounted, unless it passes
         if path is not None:
             self._save_manifest(path, data)
-        return manifest
+        return contents
 
     def _fetch_manifest(self, version: VersionInfo) -> bytes:
         what = f"manifest of {version.ref}"
@@ -1037,7 +1038,7 @@ class WandbRegistry(Registry):
             self.load_contents(version)
             contents = self._contents.get(version.id)
             if contents is None:  # evicted at once by other loads: keep this one for the call
-                contents = _Contents(self._read_manifest(version))
+                contents = self._read_manifest(version)
         else:
             with self._lock, contextlib.suppress(KeyError):
                 self._contents.move_to_end(version.id)

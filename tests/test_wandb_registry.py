@@ -1,0 +1,885 @@
+"""The W&B backend against a real W&B-compatible server on 127.0.0.1 (tests/wandb_server.py).
+
+The server parses, validates and executes our GraphQL against a schema modelled on W&B's, so a
+query with a wrong field name fails here as it would against W&B.  Its request log lets tests
+count calls (bounded listings, one manifest fetch, lazy file URLs) and its fault switches make
+downloads and GraphQL calls misbehave.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import http.server
+import json
+import logging
+import os
+import socket
+import stat
+import threading
+import time
+import tracemalloc
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from wandb_server import WandbServer
+
+from artifactfs import http as afs_http
+from artifactfs.errors import (
+    ArtifactFSError,
+    ArtifactNotFound,
+    AuthError,
+    DigestMismatch,
+    EntityNotFound,
+    EntryNotFound,
+    FetchError,
+    InvalidPath,
+    ManifestError,
+    ProjectNotFound,
+    ReadOnly,
+    RegistryError,
+)
+from artifactfs.manifest import Entry, Manifest, hex_from_b64
+from artifactfs.names import Ref, parse_ref
+from artifactfs.registry import open_registry
+from artifactfs.registry.base import VersionInfo
+from artifactfs.registry.wandb import GraphQLPolicy, WandbRegistry, _Contents, parse_manifest
+from artifactfs.store import BlobStore
+
+KEY = "0123456789abcdef0123456789abcdef01234567"
+FAST = GraphQLPolicy(backoff=0.02, backoff_max=0.1, budget=5.0, attempts=5, read_timeout=10.0)
+FAST_HTTP = afs_http.Policy(backoff=0.02, backoff_max=0.1, retry_budget=5.0, read_timeout=5.0, attempts=4)
+FILES = {"a.txt": b"hello\n", "d/b.txt": b"bee", "d/c.txt": b"cee", "d/e/f.bin": bytes(range(256)) * 50}
+
+
+@pytest.fixture
+def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A clean W&B environment: the key in WANDB_API_KEY, no netrc, an empty SDK cache."""
+    for name in ("WANDB_BASE_URL", "WANDB_ENTITY"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("WANDB_API_KEY", KEY)
+    monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
+    monkeypatch.setenv("WANDB_CACHE_DIR", str(tmp_path / "wandb-cache"))
+    return tmp_path
+
+
+@pytest.fixture
+def server(env: Path) -> Iterator[WandbServer]:
+    with WandbServer(api_key=KEY, viewer_entity="acme", teams=("team1",)) as srv:
+        srv.add_artifact(
+            "acme", "vision", "ds", "dataset", FILES, aliases=["best"], metadata={"k": [1, 2]}, description="first"
+        )
+        srv.add_artifact("acme", "vision", "ds", "dataset", {"a.txt": b"hello again\n"})
+        srv.add_artifact("acme", "vision", "model", "model", {"w.bin": b"\x00" * 1000})
+        srv.add_artifact("team1", "shared", "ds", "dataset", {"x": b"x"})
+        yield srv
+
+
+def make(server: WandbServer, cache: Path | None = None, **kwargs: Any) -> WandbRegistry:
+    kwargs.setdefault("policy", FAST)
+    kwargs.setdefault("http_policy", FAST_HTTP)
+    return WandbRegistry(server.url, str(cache) if cache else None, **kwargs)
+
+
+@pytest.fixture
+def registry(server: WandbServer, tmp_path: Path) -> Iterator[WandbRegistry]:
+    reg = make(server, tmp_path / "cache")
+    yield reg
+    reg.close()
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[BlobStore]:
+    s = BlobStore(str(tmp_path / "blobs"))
+    yield s
+    s.close()
+
+
+def fill(store: BlobStore, registry: WandbRegistry, version: VersionInfo, path: str) -> bytes:
+    entry = registry.get_entry(version, path).entry
+    assert entry is not None
+    blob = store.fill(entry.cache_key, entry, registry.blob_source(version, entry), path)
+    try:
+        return blob.pread(entry.size + 1, 0)
+    finally:
+        blob.close()
+
+
+def url_calls(server: WandbServer) -> list[list[str]]:
+    return [list(r.variables.get("names") or []) for r in server.operations("GetArtifactMembershipFileUrls")]
+
+
+# -- credentials and the construction check -----------------------------------------------------
+
+
+def test_key_from_environment(server: WandbServer, registry: WandbRegistry) -> None:
+    assert registry.entities() == ["acme", "team1"]
+    viewer = server.operations("Viewer")
+    assert viewer and all(r.authorized for r in viewer)
+    assert registry.kind == "wandb" and not registry.local and not registry.writable
+    assert registry.spec == f"wandb:{server.url}"
+    assert KEY not in repr(registry)
+
+
+@pytest.mark.parametrize("with_port", [False, True])
+def test_key_from_netrc(server: WandbServer, env: Path, monkeypatch: pytest.MonkeyPatch, with_port: bool) -> None:
+    monkeypatch.delenv("WANDB_API_KEY")
+    host = server.url.split("//")[1] if with_port else "127.0.0.1"
+    netrc = env / "netrc"
+    netrc.write_text(f"machine example.org login api password other\nmachine {host} login user password {KEY}\n")
+    netrc.chmod(0o600)
+    monkeypatch.setenv("NETRC", str(netrc))
+    reg = make(server)
+    assert "acme" in reg.entities()
+    v = reg.resolve(parse_ref("acme/vision/ds:best"))
+    reg.load_contents(v)
+    manifest_gets = [r for r in server.file_requests() if "wandb_manifest.json" in r.path]
+    assert manifest_gets and not any(r.authorized for r in manifest_gets)  # presigned: no credentials
+    reg.close()
+
+
+def test_missing_key(server: WandbServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("WANDB_API_KEY")
+    with pytest.raises(AuthError, match=r"WANDB_API_KEY.*wandb login"):
+        make(server)
+    assert not server.graphql_requests()  # nothing sent without a key
+
+
+def test_unparsable_netrc_does_not_quote_it(server: WandbServer, env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("WANDB_API_KEY")
+    netrc = env / "netrc"
+    netrc.write_text(f"machine 127.0.0.1 login api password\n{KEY} garbage\n")
+    monkeypatch.setenv("NETRC", str(netrc))
+    with pytest.raises(AuthError) as info:
+        make(server)
+    assert KEY not in str(info.value) and "netrc" in str(info.value)
+
+
+def test_wrong_key(server: WandbServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    wrong = "f" * 40
+    monkeypatch.setenv("WANDB_API_KEY", wrong)
+    t0 = time.monotonic()
+    with pytest.raises(AuthError, match="WANDB_API_KEY") as info:
+        make(server)
+    assert wrong not in str(info.value) and KEY not in str(info.value)
+    assert len(server.operations("Viewer")) == 1  # 401 is not retried
+    assert time.monotonic() - t0 < 10
+
+
+def test_key_revoked_later_is_an_auth_error_without_retries(server: WandbServer, registry: WandbRegistry) -> None:
+    server.reset_log()
+    server.faults.wrong_key = True
+    with pytest.raises(AuthError):
+        registry.resolve(parse_ref("acme/vision/ds:latest"))
+    assert len(server.graphql_requests()) == 1
+
+
+def test_unreachable_host(env: Path) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    t0 = time.monotonic()
+    with pytest.raises(RegistryError, match=r"cannot reach.*WANDB_BASE_URL"):
+        WandbRegistry(f"http://127.0.0.1:{port}")
+    assert time.monotonic() - t0 < 30
+
+
+class _NotWandb(http.server.BaseHTTPRequestHandler):
+    status = 404
+
+    def do_POST(self) -> None:
+        body = b"<html><body><h1>Not Found</h1></body></html>"
+        self.send_response(self.status)
+        self.send_header("Content-Type", "text/html")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@pytest.mark.parametrize("status", [404, 200])
+def test_not_a_wandb_server(env: Path, status: int) -> None:
+    handler = type("H", (_NotWandb,), {"status": status})
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        with pytest.raises(RegistryError, match=r"not a W&B GraphQL answer.*WANDB_BASE_URL"):
+            WandbRegistry(f"http://127.0.0.1:{httpd.server_address[1]}")
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+        thread.join()
+
+
+@pytest.mark.parametrize("url", ["ftp://host", "http://", "http://user:pw@host", "https://host/?token=x"])
+def test_invalid_base_url(env: Path, url: str) -> None:
+    with pytest.raises(RegistryError, match="base URL") as info:
+        WandbRegistry(url)
+    assert "pw" not in str(info.value) and "token" not in str(info.value)
+
+
+def test_open_registry_and_base_url_from_environment(server: WandbServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WANDB_BASE_URL", server.url + "/")
+    reg = open_registry("wandb")
+    assert isinstance(reg, WandbRegistry) and reg.base_url == server.url
+    reg.close()
+    reg = open_registry(f"wandb:{server.url}")
+    assert reg.spec == f"wandb:{server.url}"
+    reg.close()
+
+
+def test_writes_are_refused(registry: WandbRegistry) -> None:
+    ref = parse_ref("acme/vision/ds:v0")
+    with pytest.raises(ReadOnly, match="read-only"):
+        registry.add_alias(ref, "x")
+    with pytest.raises(ReadOnly):
+        registry.log_files([], ref, type="dataset")
+
+
+# -- namespace ------------------------------------------------------------------------------------
+
+
+def test_namespace(server: WandbServer, registry: WandbRegistry) -> None:
+    assert registry.projects("acme") == ["vision"]
+    assert registry.projects("team1") == ["shared"]
+    with pytest.raises(EntityNotFound):
+        registry.projects("nobody")
+    server.reset_log()
+    registry.check_entity("acme")
+    registry.check_project("acme", "vision")
+    with pytest.raises(EntityNotFound):
+        registry.check_entity("nobody")
+    with pytest.raises(ProjectNotFound):
+        registry.check_project("acme", "nothing")
+    with pytest.raises(EntityNotFound):
+        registry.check_project("nobody", "vision")
+    assert len(server.graphql_requests()) == 5  # one cheap call each, no listing
+    cols = registry.collections("acme", "vision")
+    assert [(c.name, c.type, c.version_count) for c in cols] == [("ds", "dataset", 2), ("model", "model", 1)]
+    assert all(c.created_at_ns > 0 for c in cols)
+    vs = registry.versions("acme", "vision", "ds")
+    assert [(v.version, v.aliases) for v in vs] == [("v0", ("best",)), ("v1", ("latest",))]
+    with pytest.raises(ArtifactNotFound):
+        registry.versions("acme", "vision", "nope")
+    with pytest.raises(ProjectNotFound):
+        registry.collections("acme", "nothing")
+
+
+def test_deleted_versions_are_not_listed(server: WandbServer, registry: WandbRegistry) -> None:
+    server.delete_version("acme", "vision", "ds", 0)
+    assert [v.version for v in registry.versions("acme", "vision", "ds")] == ["v1"]
+    assert [v.version for v in registry.project_versions("acme", "vision") if v.name == "ds"] == ["v1"]
+    with pytest.raises(ArtifactNotFound):
+        registry.resolve(parse_ref("acme/vision/ds:v0"))
+
+
+@pytest.mark.slow
+def test_pagination_beyond_1000(env: Path, tmp_path: Path) -> None:
+    with WandbServer(api_key=KEY) as server:
+        for i in range(1001):
+            server.add_artifact("acme", "big", f"c{i:04d}", "dataset", {"f": b"%d" % i})
+        for i in range(1005):
+            server.add_artifact("acme", "big", "many", "dataset", {"f": b"%d" % i})
+        for i in range(1002):
+            server.add_artifact("acme", f"p{i:04d}", "x", "dataset", {"f": b"x"})
+        server.set_alias("acme", "big", "many", "best", 3)
+        reg = make(server, page_size=500, versions_per_collection=100)
+        assert len(reg.projects("acme")) == 1003
+        server.reset_log()
+        cols = reg.collections("acme", "big")
+        assert len(cols) == 1002 and len(server.graphql_requests()) == 3
+        server.reset_log()
+        versions = reg.versions("acme", "big", "many")
+        assert [v.version_index for v in versions] == list(range(1005))
+        assert len(server.graphql_requests()) == 3
+        server.reset_log()
+        everything = reg.project_versions("acme", "big")
+        calls = len(server.graphql_requests())
+        assert len(everything) == 1001 + 1005
+        by_key = {(v.name, v.version_index): v for v in everything}
+        assert by_key[("many", 1004)].aliases == ("latest",)
+        assert by_key[("many", 3)].aliases == ("best",)
+        assert by_key[("c0500", 0)].aliases == ("latest",)
+        # ceil(1002 / 500) pages of collections, plus ceil((1005 - 100) / 500) for the big one.
+        assert calls <= 3 + 2, calls
+        reg.close()
+
+
+def test_project_versions_is_bounded(server: WandbServer, registry: WandbRegistry) -> None:
+    for i in range(30):
+        server.add_artifact("acme", "vision", f"extra{i}", "dataset", {"f": b"%d" % i})
+    server.reset_log()
+    vs = registry.project_versions("acme", "vision")
+    assert len(server.graphql_requests()) == 1
+    assert {v.name for v in vs} == {"ds", "model", *(f"extra{i}" for i in range(30))}
+    ds = [v for v in vs if v.name == "ds"]
+    assert [(v.version, v.aliases) for v in ds] == [("v0", ("best",)), ("v1", ("latest",))]
+    with pytest.raises(ProjectNotFound):
+        registry.project_versions("acme", "nothing")
+
+
+def test_resolve(server: WandbServer, registry: WandbRegistry) -> None:
+    rec = server.artifact("acme", "vision", "ds", 0)
+    server.reset_log()
+    v = registry.resolve(parse_ref("acme/vision/ds:best"))
+    calls = server.graphql_requests()
+    assert [r.operation for r in calls] == ["ArtifactMembershipByName"]
+    assert calls[0].variables == {"entity": "acme", "project": "vision", "name": "ds:best"}
+    assert (v.id, v.entity, v.project, v.name, v.version, v.type) == (rec.id, "acme", "vision", "ds", "v0", "dataset")
+    assert v.digest == rec.digest and v.digest_algorithm == "MANIFEST_MD5"
+    assert v.metadata == {"k": [1, 2]} and v.description == "first"
+    assert v.size == sum(len(b) for b in FILES.values()) and v.file_count == len(FILES)
+    assert v.state == "COMMITTED" and v.commit_hash and v.created_at_ns > 1.7e18 and v.updated_at_ns > 0
+    assert v.aliases == ("best",)
+    assert registry.resolve(parse_ref("acme/vision/ds:v0")) == v
+    latest = registry.resolve(parse_ref("acme/vision/ds:latest"))
+    assert latest.version == "v1" and latest.aliases == ("latest",)
+    server.set_alias("acme", "vision", "ds", "best", 1)
+    moved = registry.resolve(parse_ref("acme/vision/ds:best"))
+    assert moved.version == "v1" and moved.aliases == ("latest", "best")
+    with pytest.raises(ArtifactNotFound):
+        registry.resolve(parse_ref("acme/vision/ds:nosuchalias"))
+    with pytest.raises(ArtifactNotFound):
+        registry.resolve(parse_ref("acme/vision/ds:v9"))
+    with pytest.raises(ArtifactNotFound):
+        registry.resolve(parse_ref("acme/vision/nothing:latest"))
+    with pytest.raises(ProjectNotFound):
+        registry.resolve(parse_ref("acme/nothing/ds:latest"))
+    assert not server.graphql_errors
+
+
+def test_resolve_through_the_older_artifact_field(server: WandbServer, registry: WandbRegistry) -> None:
+    registry._has_membership = False  # as after a server said it has no artifactCollectionMembership
+    v = registry.resolve(parse_ref("acme/vision/ds:best"))
+    assert v.version == "v0" and v.aliases == ("best",)
+    assert server.operations("ArtifactByName") and not server.graphql_errors
+
+
+# -- manifests ------------------------------------------------------------------------------------
+
+
+def test_contents(server: WandbServer, registry: WandbRegistry) -> None:
+    v = registry.resolve(parse_ref("acme/vision/ds:v0"))
+    assert not registry.contents_loaded(v)
+    registry.load_contents(v)
+    assert registry.contents_loaded(v)
+    assert [(d.name, d.entry is None) for d in registry.list_dir(v, "")] == [("a.txt", False), ("d", True)]
+    assert [d.name for d in registry.list_dir(v, "d")] == ["b.txt", "c.txt", "e"]
+    assert [d.name for d in registry.list_dir(v, "d/e")] == ["f.bin"]
+    entry = registry.get_entry(v, "d/e/f.bin").entry
+    assert entry is not None and entry.size == len(FILES["d/e/f.bin"])
+    assert registry.get_entry(v, "d").entry is None and registry.get_entry(v, "").name == ""
+    assert sorted(e.path for e in registry.iter_entries(v)) == sorted(FILES)
+    for missing in ("nope", "d/nope", "/a.txt", "d/", "d//b.txt", "../a.txt"):
+        with pytest.raises(EntryNotFound):
+            registry.get_entry(v, missing)
+    with pytest.raises(EntryNotFound):
+        registry.list_dir(v, "a.txt")
+    assert registry.manifest(v).digest() == v.digest
+    assert registry.manifest(v).storage_policy_config == {"storageLayout": "V2"}
+    assert registry.resolve(v.ref).storage_policy_config == {"storageLayout": "V2"}
+
+
+def test_manifest_is_fetched_once_then_read_from_disk(server: WandbServer, tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    first = make(server, cache)
+    v = first.resolve(parse_ref("acme/vision/ds:v0"))
+    server.reset_log()
+    first.load_contents(v)
+    first.load_contents(v)
+    assert len(server.operations("FetchArtifactManifest")) == 1
+    assert len(server.file_requests()) == 1
+    first.close()
+    manifests = cache / "manifests"
+    assert stat.S_IMODE(manifests.stat().st_mode) == 0o700
+    files = list(manifests.iterdir())
+    assert len(files) == 1 and stat.S_IMODE(files[0].stat().st_mode) == 0o600
+    second = make(server, cache)
+    server.reset_log()
+    second.load_contents(v)
+    assert [d.name for d in second.list_dir(v, "d")] == ["b.txt", "c.txt", "e"]
+    assert not server.operations("FetchArtifactManifest") and not server.file_requests()
+    # A damaged copy on disk is not trusted: it is fetched again.
+    files[0].write_bytes(b'{"version": 1, "contents": {"a.txt": {"digest": "x"')
+    third = make(server, cache)
+    third.load_contents(v)
+    assert len(server.operations("FetchArtifactManifest")) == 1
+    assert [d.name for d in third.list_dir(v, "")] == ["a.txt", "d"]
+    second.close()
+    third.close()
+
+
+def test_manifest_url_expired_is_asked_for_again(server: WandbServer, registry: WandbRegistry) -> None:
+    v = registry.resolve(parse_ref("acme/vision/ds:v0"))
+    server.faults.expire(times=1, match="wandb_manifest.json")
+    registry.load_contents(v)
+    assert len(server.operations("FetchArtifactManifest")) == 2
+    assert registry.get_entry(v, "a.txt").entry is not None
+
+
+def test_manifest_get_is_retried(server: WandbServer, registry: WandbRegistry) -> None:
+    v = registry.resolve(parse_ref("acme/vision/ds:v0"))
+    server.faults.status(503, times=2, match="wandb_manifest.json")
+    registry.load_contents(v)
+    assert len(server.operations("FetchArtifactManifest")) == 1
+    assert [r.status for r in server.file_requests()] == [503, 503, 200]
+    assert registry.get_entry(v, "a.txt").entry is not None
+    server.reset_log()
+    server.faults.truncate_after(10, times=1, match="wandb_manifest.json")
+    fresh = make(server)  # no cache dir: fetches again
+    fresh.load_contents(v)
+    assert len(server.file_requests()) == 2
+    assert fresh.get_entry(v, "a.txt").entry is not None
+    fresh.close()
+
+
+def test_many_loaders_fetch_one_manifest(server: WandbServer, registry: WandbRegistry) -> None:
+    v = registry.resolve(parse_ref("acme/vision/ds:v0"))
+    server.reset_log()
+    server.faults.slow_first_byte(0.3, match="wandb_manifest.json")
+    errors: list[BaseException] = []
+
+    def load() -> None:
+        try:
+            registry.load_contents(v)
+            assert registry.list_dir(v, "d")
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=load) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert len(server.operations("FetchArtifactManifest")) == 1
+
+
+HOSTILE: dict[str, dict[str, Any]] = {
+    "dotdot": {"../evil": {"digest": "sZRqySSS0jR8YjW00mERhA==", "size": 6}},
+    "inner dotdot": {"a/../../evil": {"digest": "sZRqySSS0jR8YjW00mERhA==", "size": 6}},
+    "absolute": {"/etc/passwd": {"digest": "sZRqySSS0jR8YjW00mERhA==", "size": 6}},
+    "nul": {"a\x00b": {"digest": "sZRqySSS0jR8YjW00mERhA==", "size": 6}},
+    "empty segment": {"a//b": {"digest": "sZRqySSS0jR8YjW00mERhA==", "size": 6}},
+    "dot": {"./a": {"digest": "sZRqySSS0jR8YjW00mERhA==", "size": 6}},
+    "file and dir": {
+        "a": {"digest": "sZRqySSS0jR8YjW00mERhA==", "size": 6},
+        "a/b": {"digest": "sZRqySSS0jR8YjW00mERhA==", "size": 6},
+    },
+    "bad digest": {"a": {"digest": "not base64!", "size": 6}},
+    "negative size": {"a": {"digest": "sZRqySSS0jR8YjW00mERhA==", "size": -1}},
+    "long name": {"x" * 256: {"digest": "sZRqySSS0jR8YjW00mERhA==", "size": 6}},
+}
+
+
+@pytest.mark.parametrize("case", sorted(HOSTILE))
+def test_hostile_manifests_are_refused(server: WandbServer, tmp_path: Path, case: str) -> None:
+    manifest = {"version": 1, "storagePolicy": "wandb-storage-policy-v1", "contents": HOSTILE[case]}
+    server.add_artifact("acme", "vision", "evil", "dataset", {"a.txt": b"hello\n"}, manifest=manifest)
+    reg = make(server, tmp_path / "cache")
+    v = reg.resolve(parse_ref("acme/vision/evil:latest"))
+    with pytest.raises((ManifestError, InvalidPath)) as info:
+        reg.load_contents(v)
+    assert any(word in str(info.value) for word in ("manifest", "entry path", "digest"))
+    assert not reg.contents_loaded(v)
+    assert not list((tmp_path / "cache" / "manifests").glob("*.json"))
+    reg.close()
+
+
+def _version(digest: str, alg: str = "MANIFEST_MD5") -> VersionInfo:
+    return VersionInfo("id", "e", "p", "n", "t", 0, (), digest, alg, "", 0, 0, "", {}, 0, "COMMITTED", 0)
+
+
+def test_manifest_checks() -> None:
+    good = {"version": 1, "contents": {"a": {"digest": "sZRqySSS0jR8YjW00mERhA==", "size": 6}}}
+    data = json.dumps(good).encode()
+    digest = Manifest.from_json(good).digest()
+    assert list(parse_manifest(data, _version(digest)).entries) == ["a"]
+    with pytest.raises(ManifestError, match="does not match the artifact digest"):
+        parse_manifest(data, _version("0" * 32))
+    dup = (
+        b'{"version": 1, "contents": {"a": {"digest": "sZRqySSS0jR8YjW00mERhA==", "size": 6},'
+        b' "a": {"digest": "1B2M2Y8AsgTpgAmY7PhCfg==", "size": 0}}}'
+    )
+    with pytest.raises(ManifestError, match="duplicate key 'a'"):
+        parse_manifest(dup, _version(""))
+    with pytest.raises(ManifestError, match="not valid JSON"):
+        parse_manifest(b"<html>", _version(""))
+    with pytest.raises(ManifestError, match=r"nested too deeply|not valid JSON"):
+        parse_manifest(b"[" * 100000, _version(""))
+
+
+def test_index_of_100k_entries_stays_small() -> None:
+    manifest = Manifest()
+    for i in range(100_000):
+        path = f"train/{i // 1000:03d}/{i:06d}.jpg"
+        manifest.entries[path] = Entry(path, "sZRqySSS0jR8YjW00mERhA==", 1000 + i)
+    tracemalloc.start()
+    try:
+        contents = _Contents(manifest)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert len(contents.listing["train"]) == 100 and len(contents.listing["train/042"]) == 1000
+    assert peak < 60 * 1024 * 1024, peak  # the index on top of the manifest itself
+
+
+# -- file URLs and downloads ----------------------------------------------------------------------
+
+
+def test_file_urls_are_asked_for_lazily_in_batches(
+    server: WandbServer, registry: WandbRegistry, store: BlobStore
+) -> None:
+    files = {f"imgs/{i:04d}.bin": b"img %d" % i for i in range(250)}
+    files["other/x.bin"] = b"x"
+    server.add_artifact("acme", "vision", "imgs", "dataset", files)
+    v = registry.resolve(parse_ref("acme/vision/imgs:v0"))
+    registry.load_contents(v)
+    server.reset_log()
+    assert fill(store, registry, v, "imgs/0010.bin") == b"img 10"
+    calls = url_calls(server)
+    assert len(calls) == 1 and calls[0][0] == "imgs/0010.bin" and 1 < len(calls[0]) <= 100
+    assert all(n.startswith("imgs/") for n in calls[0])
+    for i in range(11, 250):  # a reader walking the directory
+        assert fill(store, registry, v, f"imgs/{i:04d}.bin") == b"img %d" % i
+    assert len(url_calls(server)) <= 4
+    assert all(r.variables.get("names") for r in server.operations("GetArtifactMembershipFileUrls"))
+    assert not server.operations("ArtifactMembershipFiles")  # never the whole file list
+    assert fill(store, registry, v, "imgs/0000.bin") == b"img 0"
+    assert url_calls(server)[-1][0] == "imgs/0000.bin"
+
+
+def test_expired_url_is_resigned_for_that_file_only(
+    server: WandbServer, registry: WandbRegistry, store: BlobStore
+) -> None:
+    v = registry.resolve(parse_ref("acme/vision/ds:v0"))
+    registry.load_contents(v)
+    assert fill(store, registry, v, "d/b.txt") == b"bee"  # URLs for d/b.txt and d/c.txt now cached
+    server.reset_log()
+    server.faults.expire(times=1, match="d/c.txt")
+    assert fill(store, registry, v, "d/c.txt") == b"cee"
+    assert url_calls(server) == [["d/c.txt"]]
+    assert [r.status for r in server.file_requests()] == [403, 200]
+
+
+def test_urls_that_really_expire_are_replaced(env: Path, tmp_path: Path) -> None:
+    with WandbServer(api_key=KEY, url_ttl=0.5) as server:
+        server.add_artifact("acme", "p", "ds", "dataset", FILES)
+        reg = make(server, tmp_path / "cache")
+        store = BlobStore(str(tmp_path / "blobs"))
+        v = reg.resolve(parse_ref("acme/p/ds:v0"))
+        assert fill(store, reg, v, "d/b.txt") == b"bee"
+        time.sleep(1.0)
+        assert fill(store, reg, v, "d/c.txt") == b"cee"
+        assert url_calls(server)[-1] == ["d/c.txt"]
+        store.close()
+        reg.close()
+
+
+def test_a_url_refused_for_ever_fails_in_bounded_time(
+    server: WandbServer, registry: WandbRegistry, store: BlobStore
+) -> None:
+    v = registry.resolve(parse_ref("acme/vision/ds:v0"))
+    server.faults.expire(times=None, match="d/b.txt")
+    t0 = time.monotonic()
+    with pytest.raises(FetchError, match="refused"):
+        fill(store, registry, v, "d/b.txt")
+    assert time.monotonic() - t0 < 30
+    assert len(url_calls(server)) == registry.url_refreshes + 1
+    assert not any(k.startswith("md5/") for k in [registry.get_entry(v, "d/b.txt").entry.cache_key] if k in store)  # type: ignore[union-attr]
+
+
+def test_blob_sources_name_no_url(server: WandbServer, registry: WandbRegistry) -> None:
+    v = registry.resolve(parse_ref("acme/vision/ds:v0"))
+    entry = registry.get_entry(v, "a.txt").entry
+    assert entry is not None
+    source = registry.blob_source(v, entry)
+    assert source.description == "acme/vision/ds:v0/a.txt" and source.download is not None
+    assert source.local_path is None and registry.local_path(entry) is None
+    assert not server.operations("GetArtifactMembershipFileUrls")  # nothing asked until bytes are wanted
+
+
+def test_corrupt_body_is_a_digest_mismatch_and_nothing_is_cached(
+    server: WandbServer, registry: WandbRegistry, store: BlobStore
+) -> None:
+    v = registry.resolve(parse_ref("acme/vision/ds:v0"))
+    entry = registry.get_entry(v, "d/e/f.bin").entry
+    assert entry is not None
+    server.faults.corrupt(times=1, match="f.bin")
+    with pytest.raises(DigestMismatch):
+        store.fill(entry.cache_key, entry, registry.blob_source(v, entry), "f.bin")
+    assert entry.cache_key not in store
+    assert fill(store, registry, v, "d/e/f.bin") == FILES["d/e/f.bin"]
+
+
+@pytest.mark.parametrize("fault", ["truncate_after", "reset_after"])
+def test_cut_bodies_are_resumed(server: WandbServer, registry: WandbRegistry, store: BlobStore, fault: str) -> None:
+    v = registry.resolve(parse_ref("acme/vision/ds:v0"))
+    getattr(server.faults, fault)(5000, times=2, match="f.bin")
+    assert fill(store, registry, v, "d/e/f.bin") == FILES["d/e/f.bin"]
+    assert any(r.range for r in server.file_requests())
+
+
+def test_persistent_blob_failure_is_a_fetch_error_in_bounded_time(
+    server: WandbServer, registry: WandbRegistry, store: BlobStore
+) -> None:
+    v = registry.resolve(parse_ref("acme/vision/ds:v0"))
+    entry = registry.get_entry(v, "d/b.txt").entry
+    assert entry is not None
+    server.faults.reset_after(0, times=None, match="d/b.txt")
+    t0 = time.monotonic()
+    with pytest.raises(FetchError):
+        store.fill(entry.cache_key, entry, registry.blob_source(v, entry), "b")
+    assert time.monotonic() - t0 < 30
+    assert entry.cache_key not in store
+
+
+def test_xxh128_artifact(server: WandbServer, registry: WandbRegistry, store: BlobStore) -> None:
+    rec = server.add_artifact("acme", "vision", "fast", "dataset", FILES, digest_algorithm="XXH128")
+    v = registry.resolve(parse_ref("acme/vision/fast:latest"))
+    assert v.digest_algorithm == "MANIFEST_XXH128" and v.digest == rec.digest
+    registry.load_contents(v)
+    entry = registry.get_entry(v, "d/e/f.bin").entry
+    assert entry is not None and entry.alg == "XXH128" and entry.cache_key.startswith("xxh128/")
+    assert fill(store, registry, v, "d/e/f.bin") == FILES["d/e/f.bin"]
+    server.faults.corrupt(times=1, match="a.txt")
+    with pytest.raises(DigestMismatch):
+        fill(store, registry, v, "a.txt")
+
+
+# -- GraphQL faults -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("status", [500, 502, 503, 408])
+def test_graphql_server_errors_are_retried(server: WandbServer, registry: WandbRegistry, status: int) -> None:
+    server.reset_log()
+    server.faults.graphql_status(status, times=2, match="ArtifactMembershipByName")
+    assert registry.resolve(parse_ref("acme/vision/ds:best")).version == "v0"
+    assert [r.status for r in server.operations("ArtifactMembershipByName")] == [status, status, 200]
+
+
+def test_graphql_429_honours_retry_after(server: WandbServer, registry: WandbRegistry) -> None:
+    server.faults.graphql_status(429, times=1, retry_after=1, match="CheckEntity")
+    t0 = time.monotonic()
+    registry.check_entity("acme")
+    assert time.monotonic() - t0 >= 0.9
+    assert [r.status for r in server.operations("CheckEntity")] == [429, 200]
+
+
+def test_graphql_retries_are_bounded(server: WandbServer, registry: WandbRegistry) -> None:
+    server.faults.graphql_status(503, times=None, match="CheckProject")
+    t0 = time.monotonic()
+    with pytest.raises(RegistryError, match="HTTP 503; gave up"):
+        registry.check_project("acme", "vision")
+    assert time.monotonic() - t0 < 15
+    assert len(server.operations("CheckProject")) == FAST.attempts
+    server.faults.clear()
+    server.faults.graphql_status(429, times=1, retry_after=3600, match="CheckProject")
+    with pytest.raises(RegistryError, match="retry after 3600"):
+        registry.check_project("acme", "vision")
+
+
+def test_graphql_url_urls_5xx_during_download(server: WandbServer, registry: WandbRegistry, store: BlobStore) -> None:
+    v = registry.resolve(parse_ref("acme/vision/ds:v0"))
+    server.faults.graphql_status(502, times=1, match="GetArtifactMembershipFileUrls")
+    assert fill(store, registry, v, "a.txt") == FILES["a.txt"]
+
+
+# -- second sources and references ----------------------------------------------------------------
+
+
+def _plant(env: Path, entry: Entry, data: bytes) -> Path:
+    hexd = hex_from_b64(entry.digest)
+    path = env / "wandb-cache" / "artifacts" / "obj" / entry.alg.lower() / hexd[:2] / hexd[2:]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return path
+
+
+def test_sdk_cache_is_a_verified_first_source(server: WandbServer, env: Path, store: BlobStore) -> None:
+    reg = make(server)
+    v = reg.resolve(parse_ref("acme/vision/ds:v0"))
+    good = reg.get_entry(v, "d/b.txt").entry
+    bad = reg.get_entry(v, "d/c.txt").entry
+    assert good is not None and bad is not None
+    planted = _plant(env, good, FILES["d/b.txt"])
+    _plant(env, bad, b"CEE")  # right size, wrong bytes
+    source = reg.blob_source(v, good)
+    chain = list(source.chain())
+    assert len(chain) == 2 and chain[0].open is not None and chain[0].local_path is None
+    assert chain[1].download is not None and "SDK cache" in chain[0].description
+    server.reset_log()
+    assert fill(store, reg, v, "d/b.txt") == b"bee"
+    assert not server.file_requests() and not server.operations("GetArtifactMembershipFileUrls")
+    assert planted.read_bytes() == b"bee"
+    sdk_only = dataclasses.replace(next(reg.blob_source(v, bad).chain()), fallback=None)
+    with pytest.raises(DigestMismatch):  # the SDK copy alone is refused...
+        store.fill(bad.cache_key, bad, sdk_only, "c")
+    assert fill(store, reg, v, "d/c.txt") == b"cee"  # ...and the store falls back to the download
+    assert len(server.file_requests()) == 1
+    assert (env / "wandb-cache" / "artifacts" / "obj" / "md5").exists()
+    assert sum(1 for _ in (env / "wandb-cache").rglob("*") if _.is_file()) == 2  # never written
+    reg.close()
+
+
+def test_references(server: WandbServer, registry: WandbRegistry, store: BlobStore) -> None:
+    target = server.artifact("acme", "vision", "ds", 0)
+    digest_b = target.file_digests["d/b.txt"]
+    signed = server.url + server.sign(f"/files/{hex_from_b64(digest_b)}/b.txt")
+    hex_id = base64.b64decode(target.id).hex()
+    refs = {
+        "local": {"ref": "file:///etc/hostname", "digest": digest_b, "size": 3},
+        "web": {"ref": signed, "digest": digest_b, "size": 3},
+        "art": {"ref": f"wandb-artifact://{hex_id}/d/e/f.bin", "digest": target.file_digests["d/e/f.bin"], "size": 0},
+        "gone": {"ref": f"wandb-artifact://{'ff' * 12}/x", "digest": digest_b, "size": 0},
+    }
+    server.add_artifact("acme", "vision", "refs", "dataset", {"plain": b"p"}, references=refs)
+    v = registry.resolve(parse_ref("acme/vision/refs:latest"))
+    registry.load_contents(v)
+    local = registry.get_entry(v, "local").entry
+    assert local is not None
+    with pytest.raises(FetchError, match="file://"):
+        registry.blob_source(v, local)
+    web = registry.get_entry(v, "web").entry
+    assert web is not None
+    source = registry.blob_source(v, web)
+    assert "sig" not in source.description and "expires" not in source.description
+    assert fill(store, registry, v, "web") == b"bee"
+    art = registry.get_entry(v, "art").entry
+    assert art is not None
+    source = registry.blob_source(v, art)
+    assert source.description.startswith("acme/vision/ds:v0/d/e/f.bin")
+    blob = store.fill(art.cache_key, Entry("art", art.digest, len(FILES["d/e/f.bin"])), source, "art")
+    assert blob.pread(1 << 20, 0) == FILES["d/e/f.bin"]
+    blob.close()
+    gone = registry.get_entry(v, "gone").entry
+    assert gone is not None
+    with pytest.raises(FetchError, match="cannot be found"):
+        registry.blob_source(v, gone)
+
+
+# -- secrets and threads ---------------------------------------------------------------------------
+
+
+def test_the_key_never_appears_in_logs_or_errors(
+    server: WandbServer,
+    tmp_path: Path,
+    store: BlobStore,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    basic = base64.b64encode(f"api:{KEY}".encode()).decode()
+    texts: list[str] = []
+    with caplog.at_level(logging.DEBUG):
+        reg = make(server, tmp_path / "cache")
+        texts.append(repr(reg))
+        server.faults.graphql_status(503, times=1, match="ArtifactMembershipByName")
+        v = reg.resolve(parse_ref("acme/vision/ds:v0"))
+        server.faults.expire(times=1, match="a.txt")
+        server.faults.truncate_after(10, times=1, match="f.bin")
+        fill(store, reg, v, "a.txt")
+        fill(store, reg, v, "d/e/f.bin")
+        for call in (
+            lambda: reg.resolve(parse_ref("acme/vision/ds:nope")),
+            lambda: reg.check_project("acme", "none"),
+        ):
+            with pytest.raises(ArtifactFSError) as info:
+                call()
+            texts.append(str(info.value))
+        server.faults.wrong_key = True
+        with pytest.raises(AuthError) as auth:
+            reg.entities()
+        texts.append(str(auth.value))
+        with pytest.raises(AuthError) as auth:
+            make(server)
+        texts.append(str(auth.value))
+        server.faults.clear()
+        monkeypatch.setenv("WANDB_API_KEY", "w" * 40)
+        with pytest.raises(AuthError) as auth:
+            make(server)
+        texts.append(str(auth.value))
+        reg.close()
+    texts.extend(r.getMessage() for r in caplog.records)
+    assert len(caplog.records) > 5  # DEBUG records were captured (urllib3's and ours)
+    for text in texts:
+        assert KEY not in text and basic not in text and "w" * 40 not in text
+
+
+def test_concurrent_reads(server: WandbServer, registry: WandbRegistry, store: BlobStore) -> None:
+    files = {f"d{i % 4}/{i:03d}": b"content %d" % i for i in range(64)}
+    server.add_artifact("acme", "vision", "many", "dataset", files)
+    v = registry.resolve(parse_ref("acme/vision/many:latest"))
+    server.reset_log()
+    errors: list[BaseException] = []
+    results: dict[str, bytes] = {}
+    lock = threading.Lock()
+
+    def reader(paths: list[str]) -> None:
+        try:
+            for p in paths:
+                data = fill(store, registry, v, p)
+                with lock:
+                    results[p] = data
+        except BaseException as exc:
+            errors.append(exc)
+
+    paths = sorted(files)
+    threads = [threading.Thread(target=reader, args=(paths[i::8],)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    assert results == files
+    assert len(server.operations("FetchArtifactManifest")) == 1
+    asked = [n for names in url_calls(server) for n in names]
+    assert len(asked) == len(set(asked))  # no URL asked for twice
+    assert len(url_calls(server)) < 64
+
+
+def test_versions_are_hashable_and_refs_round_trip(registry: WandbRegistry) -> None:
+    v = registry.resolve(parse_ref("acme/vision/model:latest"))
+    assert v.ref == Ref("acme", "vision", "model", "v0")
+    assert {v: 1}[registry.resolve(v.ref)] == 1
+    assert os.path.basename(v.name) == "model"
+
+
+def test_an_older_server_without_newer_fields(env: Path, tmp_path: Path) -> None:
+    omit = ["Project.artifactCollectionMembership", "Artifact.digestAlgorithm", "ArtifactCollection.artifactMembership"]
+    with WandbServer(api_key=KEY, omit_fields=omit) as server:
+        server.add_artifact("acme", "p", "ds", "dataset", FILES, aliases=["best"])
+        reg = make(server, tmp_path / "cache")
+        store = BlobStore(str(tmp_path / "blobs"))
+        v = reg.resolve(parse_ref("acme/p/ds:best"))
+        assert v.version == "v0" and v.aliases == ("latest", "best")
+        assert v.digest_algorithm == "MANIFEST_MD5"
+        assert fill(store, reg, v, "d/b.txt") == b"bee"
+        assert [r.version for r in reg.versions("acme", "p", "ds")] == ["v0"]
+        assert server.operations("ArtifactFileUrls")
+        server.reset_log()
+        reg.resolve(parse_ref("acme/p/ds:latest"))  # what was learnt is not asked again
+        assert [r.operation for r in server.graphql_requests()] == ["ArtifactByName"]
+        assert not server.graphql_errors
+        store.close()
+        reg.close()
+
+
+def test_null_viewer_is_an_auth_error(server: WandbServer) -> None:
+    server.faults.null_viewer = True
+    with pytest.raises(AuthError, match="does not accept the API key"):
+        make(server)
+
+
+def test_file_url_queries_always_name_their_files(
+    server: WandbServer, registry: WandbRegistry, store: BlobStore
+) -> None:
+    v = registry.resolve(parse_ref("acme/vision/ds:v0"))
+    for path in FILES:
+        assert fill(store, registry, v, path) == FILES[path]
+    requests_ = [r for r in server.graphql_requests() if "files" in r.fields]
+    assert requests_ and all(r.fields["files"].get("names") == "$names" for r in requests_)
