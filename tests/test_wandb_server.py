@@ -461,6 +461,20 @@ def test_viewer_teams_entity_projects_and_listing_in_one_call() -> None:
         assert sorted(versions) == [0, 1, 2]
         assert [a["alias"] for a in versions[1]["aliases"]] == ["best"]
         assert versions[2]["artifact"]["digest"] == srv.artifact("t1", "proj", "c1", 2).digest
+        q = (
+            'query { project(name: "proj", entityName: "t1") { artifactCollections(order: "%s") '
+            "{ edges { node { name } } } } }"
+        )
+        for order, want in (
+            ("", ["c0", "c1", "c2", "c3"]),
+            ("-createdAt", ["c3", "c2", "c1", "c0"]),
+            ("-name", ["c3", "c2", "c1", "c0"]),
+            ("name", ["c0", "c1", "c2", "c3"]),
+        ):
+            edges = data(srv, q % order)["project"]["artifactCollections"]["edges"]
+            assert [e["node"]["name"] for e in edges] == want, order
+        q = 'query { entity(name: "t1") { projects(order: "-createdAt") { edges { node { name } } } } }'
+        assert [e["node"]["name"] for e in data(srv, q)["entity"]["projects"]["edges"]] == ["other", "proj"]
 
 
 def test_errors_carry_a_path_array_and_unknown_fields_are_400(server: WandbServer) -> None:
@@ -716,3 +730,42 @@ def test_graphql_faults(server: WandbServer) -> None:
         server.faults.clear()
     assert data(server, q) == {"viewer": {"entity": "acme"}}
     assert server.faults.pending() == 0
+
+
+def test_omit_fields_plays_an_older_server() -> None:
+    with WandbServer(omit_fields=["Project.artifactCollectionMembership", "ArtifactCollection.aliases"]) as srv:
+        srv.add_artifact("acme", "vision", "ds", "dataset", {"a": b"1"})
+        resp = gql(srv, MEMBERSHIP, {"e": "acme", "p": "vision", "n": "ds:latest"})
+        assert resp.status_code == 400
+        message = resp.json()["errors"][0]["message"]
+        assert message.startswith('Cannot query field "artifactCollectionMembership" on type "Project".')
+        # Dropped from the interface, so from its implementation too.
+        q = 'query { project(name: "vision", entityName: "acme") { artifactCollection(name: "ds") { %s } } }'
+        for frag in ("aliases { edges { node { alias } } }", "... on ArtifactSequence { aliases { totalCount } }"):
+            assert gql(srv, q % frag).status_code == 400
+        assert data(srv, q % "name")["project"]["artifactCollection"] == {"name": "ds"}
+        srv.validation_status = 200
+        assert gql(srv, q % "aliases { totalCount }").status_code == 200
+    with pytest.raises(ValueError, match="lacks"):
+        WandbServer(omit_fields=["Project.noSuchField"])
+    with pytest.raises(ValueError, match="unknown types"):
+        WandbServer(omit_fields=["NoSuchType.name"])
+
+
+@pytest.mark.slow
+def test_real_sdk_reads_from_an_older_server(tmp_path: Path) -> None:
+    """Without ``serverInfo.features`` the SDK assumes no features and leaves ``digestAlgorithm``
+    out of its queries; the server without that field still answers everything it asks."""
+    with WandbServer(omit_fields=["ServerInfo.features", "Artifact.digestAlgorithm"]) as srv:
+        rec = srv.add_artifact("acme", "vision", "ds", "dataset", FILES)
+        script = """
+        import json, os, wandb
+        a = wandb.Api().artifact("acme/vision/ds:latest")
+        a.download("root")
+        a.verify("root")
+        print(json.dumps([a.digest, sorted(os.listdir("root"))]))
+        """
+        out = run_sdk(srv, tmp_path, script)
+        assert out == [rec.digest, sorted({p.split("/")[0] for p in FILES})]
+        assert [r.status for r in srv.operations("ServerFeaturesQuery")] == [400]
+        assert all(r.status == 200 for r in srv.requests if r.operation not in ("ServerFeaturesQuery", None))

@@ -2,77 +2,114 @@
 
 Why: the ``wandb`` backend and the real wandb SDK must both be tested against something that
 speaks W&B's wire protocol, not a mock of our own client.  Incoming GraphQL documents are parsed,
-validated and executed against the schema below (``SCHEMA_SDL``), so any query shape whose
-fields exist is answered, whoever wrote it (the SDK's Go sidecar or our backend).  A query that
-asks for a field the schema lacks gets HTTP 400 with GraphQL validation errors (also kept in
-``WandbServer.graphql_errors``), which is how the schema was grown: run the SDK, read the errors.
+validated and executed against the schema below (``SCHEMA_SDL``, resolvers are plain view
+classes over the stored records), so any query shape whose fields exist is answered, whoever
+wrote it (the SDK's Go sidecar or our backend).  A query asking for a field the schema lacks gets
+HTTP 400 (``validation_status``) with graphql-js style messages (``Cannot query field "x" on type
+"Y".``, which clients match on), also kept in ``WandbServer.graphql_errors``: that is how the
+schema was grown, by running the SDK and reading the errors.  tests/test_wandb_server.py proves
+the real SDK 0.31.0 works against it.
 
 API (a contract other tests rely on)::
 
     with WandbServer(api_key="k" * 40, viewer_entity="acme", teams=(), url_ttl=3600.0,
-                     features=None) as server:
-        server.url            # "http://127.0.0.1:PORT" (WANDB_BASE_URL)
+                     features=None, omit_fields=()) as server:
+        server.url            # "http://127.0.0.1:PORT" (WANDB_BASE_URL); also start()/stop()
         server.api_key
         rec = server.add_artifact(entity, project, name, type, files, *, aliases=(), metadata=None,
                                   description="", digest_algorithm="MD5" | "XXH128",
                                   references=None, manifest=None, run=None, used_by=())
         server.set_alias(entity, project, name, alias, version_index)
-        server.delete_version(entity, project, name, version_index)
+        server.delete_version(entity, project, name, version_index)   # soft delete
         server.artifact(entity, project, name, version_index) -> ArtifactRecord
         server.add_team(name); server.add_run(entity, project, run)
+        server.features       # dict name -> enabled, answered by serverInfo { features }
+        server.schema         # the executable schema (build_schema(omit_fields)); may be replaced
+        server.validation_status  # HTTP status for invalid documents (400)
         server.faults         # Faults: see its docstring
         server.requests       # list[Request]: every request, in arrival order
         server.operations(name) -> list[Request]; server.graphql_requests() -> list[Request]
-        server.file_requests() -> list[Request]   # blob/manifest GETs
-        server.reset_log()
-        server.graphql_errors # list[str]: every GraphQL error message sent (validation or execution)
-        server.sign(path, ttl=None) -> str        # a presigned URL path for /files/...
+        server.file_requests() -> list[Request]   # GET/HEAD of blobs and manifests (any layout)
+        server.reset_log()    # clears requests and graphql_errors
+        server.graphql_errors # list[str]: every GraphQL error sent ("<operation>: <message>")
+        server.sign(path, ttl=None) -> str        # "<path>?expires=..&sig=.." for a /files/ path
+
+``features=None`` enables every feature in ``DEFAULT_FEATURES`` (ARTIFACT_DIGEST_ALGORITHM
+included).  ``omit_fields=["Type.field", ...]`` plays an older server: those fields are not in
+the schema (dropping an interface field drops it from ArtifactSequence too).
+
+``Request``: method, path (with query string), operation (``operationName`` or the name in the
+query text; None for GETs), variables, query, status (sent; 0 before headers), range (the Range
+header), authorized (Basic auth matched), time (monotonic), and ``fields``: every selected
+field (any depth) -> its arguments as GraphQL source, e.g. ``{"files": {"names": "$names"}}``.
 
 ``ArtifactRecord``: id (W&B-style base64 of ``Artifact:<n>``), entity, project, name, type,
-version_index, version ("vN"), digest (hex artifact digest), digest_algorithm ("MD5"/"XXH128"),
-manifest (dict, as served), manifest_bytes, files (path -> bytes), metadata (dict), description,
-created_at, run (name of the run that logged it), used_by (run names), deleted, membership_id,
-collection_id, aliases (a property: the aliases now pointing at it, "latest" included).
+version_index, version ("vN"), digest (hex artifact digest of the served manifest's entries),
+digest_algorithm ("MD5"/"XXH128"), manifest (dict, as served), manifest_bytes, files (path ->
+bytes), file_digests (path -> base64 entry digest), metadata (dict), description, created_at,
+run (name of the run that logged it), used_by (run names), deleted, membership_id,
+collection_id, size, aliases (the aliases now pointing at it, "latest" included).
+Manifests: version 1, storageLayout V2, entries with digest, size, birthArtifactID (the version
+that first had that path with that digest) and ``extra: {"alg": "XXH128"}`` for XXH128.
 
-GraphQL root fields: ``viewer``, ``serverInfo``, ``entity(name)``, ``project(name, entityName)``,
-``artifact(id)``, ``artifactCollection(id)``, ``organization(name)`` (always null), and the
-mutation root is absent (read-only server).
-Types: User (id name username email admin flags entity deletedAt apiKeys teams), ServerInfo
-(features, cliVersionInfo, latestLocalVersionInfo), ServerFeature, Entity (id name isTeam
-projects(first after filters order) project(name) organization user), Project (id internalId
-name entityName entity description createdAt updatedAt access allowAllArtifactTypesInRegistry
-artifactTypes(first after includeAll) artifactType(name) artifactCollections(first after
-filters order collectionTypes) artifactCollection(name) artifactCollectionMembership(name)
-artifact(name) run(name) runs(first after)), ArtifactType (id name description createdAt project
-artifactCollections(...) artifactCollection(name) artifactSequences(...) artifactSequence(name)),
-interface ArtifactCollection implemented by ArtifactSequence (id name description state
-createdAt updatedAt project defaultArtifactType tags aliases(first after)
-artifacts(first after order filters) artifactMemberships(first after order filters)
-artifactMembership(aliasName) artifactCollectionMembership... totalCount via connections),
-ArtifactCollectionMembership (id versionIndex createdAt aliases artifactCollection artifact
-files(names first after)), ArtifactAlias (id alias artifactCollection), Artifact (id
-artifactSequence versionIndex artifactType description metadata ttlDurationSeconds
-ttlIsInherited tags historyStep state size digest digestAlgorithm commitHash fileCount createdAt
-updatedAt aliases currentManifest files(names first after) createdBy usedBy
-artifactMemberships), ArtifactManifest (id file), File (id name displayName url directUrl
-sizeBytes storagePath mimetype updatedAt digest md5), union ArtifactCreator = Run | User, Run
-(id name displayName projectId project state tags config ... user historyKeys), Tag, PageInfo,
-and one Connection/Edge pair per list (``edges { cursor node }``, ``pageInfo``, ``totalCount``;
-artifact versions' edges also carry ``version``).  Scalars: JSONString (a JSON text), DateTime,
-Int64 (sizes above 2**31).
+GraphQL (query root only; no mutations: the server is read-only):
+  Query: viewer serverInfo entity(name) project(name entityName) artifact(id)
+    artifactCollection(id) organization(name) [always null]
+  User: id name username email admin flags entity deletedAt apiKeys teams(first after) organizations
+  ServerInfo: features cliVersionInfo latestLocalVersionInfo availableBucketProviders
+  ServerFeature: name isEnabled;  VersionInfo;  Organization: id name orgEntity;  ApiKey
+  Entity: id name isTeam projects(first after filters order) project(name) organization user
+  Project: id internalId name entityName entity description createdAt updatedAt access
+    allowAllArtifactTypesInRegistry artifactTypes(first after includeAll) artifactType(name)
+    artifactCollections(first after filters order collectionTypes) artifactCollection(name)
+    artifactCollectionMembership(name: "coll:alias") artifact(name: "coll:alias") run(name)
+    runs(first after filters order)
+  ArtifactType: id name description createdAt project
+    artifactCollections(first after filters order collectionTypes) artifactCollection(name)
+    artifactSequences(first after filters order) artifactSequence(name)
+  interface ArtifactCollection (implemented by ArtifactSequence, which adds latestArtifact):
+    id name description state createdAt updatedAt project defaultArtifactType tags
+    aliases(first after) artifacts(first after order filters) [edges carry version]
+    artifactMemberships(first after order filters) artifactMembership(aliasName)
+  ArtifactCollectionMembership: id versionIndex createdAt aliases artifactCollection artifact
+    files(names first after)
+  ArtifactAlias: id alias artifactCollection artifact
+  Artifact: id artifactSequence versionIndex artifactType description metadata [JSON string]
+    ttlDurationSeconds ttlIsInherited tags historyStep state size digest digestAlgorithm
+    commitHash fileCount createdAt updatedAt aliases currentManifest files(names first after)
+    createdBy [union ArtifactCreator = Run | User] usedBy(first after) artifactMemberships(first after)
+  ArtifactManifest: id type createdAt file;  File: id name displayName url directUrl sizeBytes
+    storagePath mimetype updatedAt digest md5
+  Run: id name displayName projectId project state tags config summaryMetrics systemMetrics
+    group jobType commit readOnly createdAt heartbeatAt description notes sweepName
+    historyLineCount historyKeys user{name username} inputArtifacts outputArtifacts
+  Tag: id name tagCategoryName attributes;  PageInfo: startCursor endCursor hasNextPage hasPreviousPage
+  Connections (edges{cursor node} pageInfo totalCount): ApiKey, Entity, Project, ArtifactType,
+    ArtifactCollection, ArtifactAlias, ArtifactCollectionMembership, VersionedArtifact
+    (edges also carry version "vN"), File, Run, Tag.
+  Scalars: JSONString (JSON text), DateTime ("2026-01-01T00:00:05"), Int64 (sizes >= 2**31).
+Names resolve as W&B does: "coll:alias", "coll:vN", "coll:<artifact digest>", "coll" (= latest).
+Errors carry ``path`` as a JSON array (graphql-core's formatting).  ``filters`` arguments are
+accepted and ignored (everything stored is COMMITTED).
 
-Pagination: cursors are opaque (base64 of an offset); ``first`` absent means "all the rest";
-``pageInfo.endCursor`` is the last edge's cursor.  Orders: collections by creation, files by
-name, versions newest first (``order: "versionIndex"`` or ``"createdAt"`` for oldest first),
-aliases by name.
+Pagination: cursors are opaque (base64 of an offset); ``first`` absent means "all the rest",
+no server-side cap; ``pageInfo.endCursor`` is the last edge's cursor.  Orders: projects,
+types and collections by creation (``order: "-..."`` reverses, ``"name"`` sorts), files by
+name (``names:`` keeps the asked order, unknown names left out), versions newest first
+(``order: "versionIndex"``/``"createdAt"`` oldest first), aliases by name.
 
 HTTP endpoints:
-- ``POST /graphql``: Basic auth ``api:<api_key>``; a wrong or missing key gets 401.
-- ``GET /files/<hex>/<path>?expires=<unix>&sig=<hmac>``: presigned blob and manifest URLs (no
-  auth), ``Range`` (206, ``Content-Range``), ``ETag``, ``Accept-Ranges``; expired or badly
-  signed: 403 with an S3-like XML body.
-- ``GET /artifactsV2/<region>/<entity>/.../<md5hex>/<name>`` and ``GET /artifacts/<entity>/<md5hex>``:
-  the SDK's authenticated fallbacks (Basic auth), same serving rules.
+- ``POST /graphql``: Basic auth ``api:<api_key>``; a wrong or missing key gets 401
+  (``{"errors": [{"message": "user is not logged in"}]}``); the SDK reports AuthenticationError.
+- ``GET|HEAD /files/<hex>/<quoted path>?expires=<unix>&sig=<hmac>``: presigned blob and manifest
+  (``wandb_manifest.json``) URLs, no auth; ``Range`` (``a-b``, ``a-``, ``-n``: 206 with
+  ``Content-Range``; 416 beyond the end), ``If-Range``, ``ETag`` (quoted MD5 hex),
+  ``Accept-Ranges``, ``Content-Length``.  After ``url_ttl`` seconds, or with a bad signature:
+  403 with an S3-like XML body (``AccessDenied``, "Request has expired").
+- ``GET /artifactsV2/<region>/<entity>/<project>/<coll>/[<artifact id>/]<birth id>/<hex>/<name>``
+  and ``GET /artifacts/<entity>/<hex>``: the SDK's authenticated fallbacks (Basic auth, 401
+  without), same serving rules; 404 for an unknown entity or digest.
+- Anything else: 404.
 HTTP/1.0: every response closes its connection, so no handler thread outlives a test.
 """
 
@@ -80,6 +117,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import dataclasses
 import hashlib
 import hmac
 import json
@@ -96,7 +134,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
-from typing import Any, TypeAlias
+from typing import Any, Protocol, TypeAlias, TypeVar
 
 import graphql
 from graphql import GraphQLError, GraphQLResolveInfo
@@ -740,7 +778,7 @@ class _EntityView:
     ) -> dict[str, Any]:
         srv = _srv(info)
         items = [p for (e, _), p in srv._projects.items() if e == self.name]
-        return _page(items, first, after, _ProjectView)
+        return _page(_ordered(items, order), first, after, _ProjectView)
 
     def project(self, info: Info, name: str | None = None) -> _ProjectView | None:
         proj = _srv(info)._projects.get((self.name, name or ""))
@@ -792,7 +830,7 @@ class _ProjectView:
         if collectionTypes is not None and "SEQUENCE" not in collectionTypes:
             return _page([], first, after)
         colls = [c for c in self.p.collections.values() if c.live()]
-        return _page(_order_collections(colls, order), first, after, _CollectionView)
+        return _page(_ordered(colls, order), first, after, _CollectionView)
 
     def artifactCollection(self, info: Info, name: str) -> _CollectionView | None:
         coll = self.p.collections.get(name)
@@ -825,12 +863,21 @@ class _ProjectView:
         return _page(list(self.p.runs.values()), first, after, lambda r: _RunView(self.p, r))
 
 
-def _order_collections(colls: list[_Collection], order: str | None) -> list[_Collection]:
+def _ordered(items: list[_Named], order: str | None) -> list[_Named]:
+    """Creation order; ``"name"`` sorts by name; a leading ``-`` reverses either."""
     if order and order.lstrip("-+") == "name":
-        return sorted(colls, key=lambda c: c.name, reverse=order.startswith("-"))
+        return sorted(items, key=lambda c: c.name, reverse=order.startswith("-"))
     if order and order.startswith("-"):
-        return list(reversed(colls))
-    return colls
+        return list(reversed(items))
+    return items
+
+
+class _HasName(Protocol):
+    @property
+    def name(self) -> str: ...
+
+
+_Named = TypeVar("_Named", bound=_HasName)
 
 
 def _resolve_name(proj: _Project, name: str) -> ArtifactRecord | None:
@@ -862,7 +909,7 @@ class _TypeView:
     ) -> dict[str, Any]:
         if collectionTypes is not None and "SEQUENCE" not in collectionTypes:
             return _page([], first, after)
-        return _page(_order_collections(self._colls(), order), first, after, _CollectionView)
+        return _page(_ordered(self._colls(), order), first, after, _CollectionView)
 
     def artifactSequences(
         self,
@@ -872,7 +919,7 @@ class _TypeView:
         filters: str | None = None,
         order: str | None = None,
     ) -> dict[str, Any]:
-        return _page(_order_collections(self._colls(), order), first, after, _CollectionView)
+        return _page(_ordered(self._colls(), order), first, after, _CollectionView)
 
     def artifactCollection(self, info: Info, name: str) -> _CollectionView | None:
         coll = self.p.collections.get(name)
@@ -1127,8 +1174,31 @@ def _resolve_creator_type(value: Any, info: Info, abstract: Any) -> str:
     return "Run" if isinstance(value, _RunView) else "User"
 
 
-def _build_schema() -> graphql.GraphQLSchema:
-    schema = graphql.build_schema(SCHEMA_SDL)
+def build_schema(omit_fields: Sequence[str] = ()) -> graphql.GraphQLSchema:
+    """The executable schema, without the fields named in ``omit_fields`` (``"Type.field"``; a
+    field dropped from an interface is dropped from its implementations too), to play an older
+    server that lacks them."""
+    document = graphql.parse(SCHEMA_SDL)
+    drop: dict[str, set[str]] = {}
+    for item in omit_fields:
+        type_name, _, field_name = item.partition(".")
+        drop.setdefault(type_name, set()).add(field_name)
+    for node in document.definitions:
+        if isinstance(node, graphql.ObjectTypeDefinitionNode):
+            for iface in node.interfaces or ():
+                drop.setdefault(node.name.value, set()).update(drop.get(iface.name.value, ()))
+    definitions = []
+    for node in document.definitions:
+        if isinstance(node, graphql.ObjectTypeDefinitionNode | graphql.InterfaceTypeDefinitionNode):
+            gone = drop.pop(node.name.value, set())
+            fields = tuple(f for f in node.fields or () if f.name.value not in gone)
+            if len(fields) != len(node.fields or ()) - len(gone):
+                raise ValueError(f"omit_fields: {node.name.value} lacks some of {sorted(gone)}")
+            node = dataclasses.replace(node, fields=fields)
+        definitions.append(node)
+    if drop:
+        raise ValueError(f"omit_fields: unknown types {sorted(drop)}")
+    schema = graphql.build_ast_schema(dataclasses.replace(document, definitions=tuple(definitions)))
     coll = schema.type_map["ArtifactCollection"]
     creator = schema.type_map["ArtifactCreator"]
     assert isinstance(coll, graphql.GraphQLInterfaceType) and isinstance(creator, graphql.GraphQLUnionType)
@@ -1137,7 +1207,7 @@ def _build_schema() -> graphql.GraphQLSchema:
     return schema
 
 
-SCHEMA = _build_schema()
+SCHEMA = build_schema()
 
 
 # ----------------------------------------------------------------------------- HTTP
@@ -1374,12 +1444,15 @@ class WandbServer:
         teams: Sequence[str] = (),
         url_ttl: float = 3600.0,
         features: Mapping[str, bool] | None = None,
+        omit_fields: Sequence[str] = (),
     ) -> None:
+        self.schema = SCHEMA if not omit_fields else build_schema(omit_fields)
         self.api_key = api_key
         self.viewer_entity = viewer_entity
         self.teams = list(teams)
         self.url_ttl = url_ttl
         self.features = dict(DEFAULT_FEATURES if features is None else features)
+        self.validation_status = 400
         self.faults = Faults()
         self.requests: list[Request] = []
         self.graphql_errors: list[str] = []
@@ -1644,18 +1717,22 @@ class WandbServer:
         except GraphQLError as exc:
             self.graphql_errors.append(exc.message)
             return 400, {"errors": [exc.formatted]}
-        errors = graphql.validate(SCHEMA, document)
+        errors = graphql.validate(self.schema, document)
         if errors:
+            formatted = []
             for err in errors:
-                self.graphql_errors.append(f"{req.operation}: {err.message}")
-                log.warning("wandb test server: %s: %s", req.operation, err.message)
-            return 400, {"errors": [e.formatted for e in errors]}
+                # graphql-js (and W&B's server) quote names with double quotes; clients match the text
+                message = re.sub(r"'([A-Za-z_][A-Za-z0-9_!\[\]]*)'", r'"\1"', err.message)
+                self.graphql_errors.append(f"{req.operation}: {message}")
+                log.warning("wandb test server: %s: %s", req.operation, message)
+                formatted.append({**err.formatted, "message": message})
+            return self.validation_status, {"errors": formatted}
         names = {
             d.name.value for d in document.definitions if isinstance(d, graphql.OperationDefinitionNode) and d.name
         }
         with self._lock:
             result = graphql.execute(
-                SCHEMA,
+                self.schema,
                 document,
                 root_value=_Root(),
                 context_value=self,
