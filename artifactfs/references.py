@@ -24,6 +24,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 import os
+import re
 import urllib.parse
 from typing import TYPE_CHECKING, Any
 
@@ -36,6 +37,9 @@ if TYPE_CHECKING:
     from .http import Policy
 
 HTTP_SCHEMES = ("http", "https")
+#: Set in the copies :func:`content_entry` makes (never stored): the digest is the S3 ETag.
+DIGEST_FROM_ETAG = "artifactfs:digestFromETag"
+_MULTIPART_ETAG = re.compile(r"[0-9a-fA-F]{32}-[0-9]+")
 S3_SCHEME = "s3"
 #: Schemes whose bytes artifactfs can fetch (``file`` only for a registry on this machine).
 SCHEMES = ("file", *HTTP_SCHEMES, S3_SCHEME)
@@ -70,7 +74,8 @@ def content_entry(entry: Entry) -> Entry:
     """The entry as the store verifies it: ``entry`` itself when its digest is a content hash;
     for an ``s3://`` entry whose digest is a single-part ETag (as the wandb SDK logs them), a copy
     whose digest is that ETag read as an MD5 (``extra.etag`` keeps the ETag, so the download
-    still checks it).  FetchError for a reference whose digest proves nothing about its bytes."""
+    still checks it, and ``extra[DIGEST_FROM_ETAG]`` says where the digest came from).
+    FetchError for a reference whose digest proves nothing about its bytes."""
     if _is_content_digest(entry.digest):
         return entry
     shown = redact_uri(entry.ref) if entry.ref else entry.path
@@ -82,12 +87,14 @@ def content_entry(entry: Entry) -> Entry:
         if md5 is not None:
             extra = {k: v for k, v in entry.extra.items() if k != "alg"}
             extra.setdefault("etag", entry.digest)
+            extra[DIGEST_FROM_ETAG] = True
             return dataclasses.replace(entry, digest=base64.b64encode(bytes.fromhex(md5)).decode("ascii"), extra=extra)
-        raise FetchError(
-            f"{entry.path!r} ({shown}): its digest is the multipart S3 ETag {entry.digest!r}, which is not a hash "
-            "of the object's bytes, so they cannot be verified; log the object again with artifactfs "
-            "(Artifact.add_reference records its content MD5)"
-        )
+        if _MULTIPART_ETAG.fullmatch(entry.digest.strip('"')):
+            raise FetchError(
+                f"{entry.path!r} ({shown}): its digest is the multipart S3 ETag {entry.digest!r}, which is not a hash "
+                "of the object's bytes, so they cannot be verified; log the object again with artifactfs "
+                "(Artifact.add_reference records its content MD5)"
+            )
     raise FetchError(
         f"{entry.path!r} ({shown}): its digest {entry.digest[:80]!r} is not a content hash (an ETag, or the URI of a "
         "reference logged with checksum=False), so its bytes cannot be verified; log it again with artifactfs"
@@ -140,15 +147,10 @@ def _s3_source(entry: Entry, policy: Policy | None) -> BlobSource:
     version = _extra_str(entry, "versionID") or obj.version_id
     # The wandb SDK records the ETag both as the digest and in extra.etag; either will do.
     etag = _extra_str(entry, "etag") or (None if _is_content_digest(entry.digest) else entry.digest)
-    md5 = s3.single_part_md5(etag) if etag else None
-    # Is the digest the store checks this ETag read as an MD5 (content_entry)?  That holds only
-    # for objects without SSE-KMS/SSE-C, which the download then checks.
-    if md5 is None or entry.alg != MD5:
-        etag_is_digest = False
-    elif _is_content_digest(entry.digest):
-        etag_is_digest = hex_from_b64(entry.digest) == md5
-    else:
-        etag_is_digest = True
+    # Is the digest the store checks this ETag read as an MD5 (content_entry)?  Only right for
+    # objects without SSE-KMS/SSE-C, which the download checks to say so clearly (the hash
+    # would refuse the bytes anyway).
+    etag_is_digest = entry.extra.get(DIGEST_FROM_ETAG) is True or not _is_content_digest(entry.digest)
     chosen = policy or http.DEFAULT_POLICY
 
     def download(fd: int, what: str, progress: Progress) -> None:

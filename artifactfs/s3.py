@@ -374,7 +374,7 @@ class _Transfer:
         status = int(meta.get("HTTPStatusCode") or 0)
         shown = f"{code or 'error'} (HTTP {status})" if status else code or "error"
         if code == "PreconditionFailed" or status == 412:
-            now = (meta.get("HTTPHeaders") or {}).get("etag")
+            now = (meta.get("HTTPHeaders") or {}).get("etag") or self._current_etag()
             return self.changed(etag_opaque(now) if now else None)
         if code == "NoSuchVersion":
             return SourceChanged(
@@ -391,6 +391,17 @@ class _Transfer:
         if status in (301, 307) or code in ("PermanentRedirect", "AuthorizationHeaderMalformed"):
             return FetchError(self.error(f"{shown}: the bucket is in another region (set AWS_REGION)"))
         return FetchError(self.error(shown))
+
+    def _current_etag(self) -> str | None:
+        """The object's ETag now, for the message of a 412 (S3 sends none): best effort."""
+        kwargs: dict[str, Any] = {"Bucket": self.obj.bucket, "Key": self.obj.key}
+        if self.version_id:
+            kwargs["VersionId"] = self.version_id
+        try:
+            etag = self.client.head_object(**kwargs).get("ETag")
+        except (self.lib.ClientError, self.lib.BotoCoreError):
+            return None
+        return etag if isinstance(etag, str) else None
 
     def check_answer(self, resp: dict[str, Any]) -> None:
         """The answer is the recorded (or pinned) object: ETag, version, encryption."""

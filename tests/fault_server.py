@@ -1,4 +1,6 @@
-"""A real HTTP server on 127.0.0.1 (port 0) that serves objects and injects faults per request.
+"""A real HTTP server on 127.0.0.1 (port 0) that serves objects and injects faults per request,
+and a reverse proxy (:class:`FaultProxy`) that injects the same faults in front of another local
+server (moto's S3 in ``test_s3.py``).
 
 Each GET of a path takes the next :class:`Fault` from that path's plan (none: a correct answer)
 and is recorded as a :class:`Seen` (the Range header asked and the status sent), so tests can
@@ -12,6 +14,7 @@ response closes its connection, so no handler thread outlives a test.
 from __future__ import annotations
 
 import contextlib
+import http.client
 import re
 import socket
 import threading
@@ -33,10 +36,12 @@ class Fault:
     ``length``: the Content-Length to claim.  ``ignore_range``: answer 200 with the whole object.
     ``shift``: answer a Range request with bytes from further on than asked.
     ``change``: once this answer is sent, replace the object's body and ETag (a new upload).
+    ``body``: with ``status``, the body of that answer (an S3 error document, say).
     """
 
     status: int | None = None
     headers: dict[str, str] = field(default_factory=dict)
+    body: bytes = b""
     cut: int | None = None
     stall: float | None = None
     stall_after: int = 0
@@ -161,8 +166,9 @@ class FaultServer:
             h.send_response(fault.status)
             for k, v in fault.headers.items():
                 h.send_header(k, v)
-            h.send_header("Content-Length", "0")
+            h.send_header("Content-Length", str(len(fault.body)))
             h.end_headers()
+            h.wfile.write(fault.body)
             return
         if obj.conditional and seen.if_match is not None and seen.if_match not in ("*", obj.etag):
             seen.status = 412
@@ -219,6 +225,138 @@ class FaultServer:
             if obj.rate is not None:
                 self._closing.wait(max(0.0, t0 + i / obj.rate - time.monotonic()))
             h.wfile.write(view[i : i + (1 << 20)])
+
+
+def s3_error(status: int, code: str) -> Fault:
+    """A fault that answers as S3 does when it refuses a request: ``<Error><Code>`` XML."""
+    body = (
+        f'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>{code}</Code><Message>injected by the test</Message>'
+        "<RequestId>0</RequestId></Error>"
+    ).encode()
+    return Fault(status=status, headers={"Content-Type": "application/xml"}, body=body)
+
+
+@dataclass
+class Proxied:
+    """One request that reached a :class:`FaultProxy`; ``status`` is what the client got."""
+
+    method: str
+    path: str
+    range: str | None
+    status: int = 0
+
+
+class FaultProxy:
+    """A reverse proxy on 127.0.0.1 (port 0) in front of another local server (moto's S3), with
+    the same per-path fault plans as :class:`FaultServer`: ``status`` (+ ``headers``/``body``)
+    answers instead of the upstream, ``cut`` forwards the upstream's headers and that many body
+    bytes and then drops the connection.  Every other request is forwarded as it is.  HTTP/1.0:
+    each answer closes its connection."""
+
+    def __init__(self, upstream_port: int) -> None:
+        self.upstream_port = upstream_port
+        self.plans: dict[str, list[Fault]] = {}
+        self.seen: list[Proxied] = []
+        self.max_in_flight = 0
+        self._in_flight = 0
+        self._lock = threading.Lock()
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                proxy._handle(self)
+
+            do_HEAD = do_PUT = do_POST = do_DELETE = do_GET
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.port = self.httpd.server_address[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+        self._thread.start()
+
+    def plan(self, path: str, *faults: Fault) -> None:
+        with self._lock:
+            self.plans.setdefault(path, []).extend(faults)
+
+    def gets(self, path: str | None = None) -> list[Proxied]:
+        with self._lock:
+            return [s for s in self.seen if s.method == "GET" and (path is None or s.path == path)]
+
+    def reset(self) -> None:
+        with self._lock:
+            self.seen.clear()
+            self.max_in_flight = 0
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        self._thread.join(timeout=10)
+
+    def __enter__(self) -> FaultProxy:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _handle(self, h: BaseHTTPRequestHandler) -> None:
+        path = h.path.split("?", 1)[0]
+        seen = Proxied(h.command, path, h.headers.get("Range"))
+        with self._lock:
+            plan = self.plans.get(path) if h.command == "GET" else None
+            fault = plan.pop(0) if plan else Fault()
+            self.seen.append(seen)
+            self._in_flight += 1
+            self.max_in_flight = max(self.max_in_flight, self._in_flight)
+        try:
+            self._answer(h, fault, seen)
+        except (BrokenPipeError, ConnectionResetError, TimeoutError):
+            pass
+        finally:
+            with self._lock:
+                self._in_flight -= 1
+
+    def _answer(self, h: BaseHTTPRequestHandler, fault: Fault, seen: Proxied) -> None:
+        if fault.status is not None:
+            seen.status = fault.status
+            h.send_response(fault.status)
+            for k, v in fault.headers.items():
+                h.send_header(k, v)
+            h.send_header("Content-Length", str(len(fault.body)))
+            h.end_headers()
+            if h.command != "HEAD":
+                h.wfile.write(fault.body)
+            return
+        length = int(h.headers.get("Content-Length") or 0)
+        body = h.rfile.read(length) if length else None
+        headers = {k: v for k, v in h.headers.items() if k.lower() not in ("connection", "keep-alive")}
+        conn = http.client.HTTPConnection("127.0.0.1", self.upstream_port, timeout=60)
+        try:
+            conn.request(h.command, h.path, body=body, headers=headers)
+            resp = conn.getresponse()
+            payload = resp.read()
+            seen.status = resp.status
+            h.send_response(resp.status)
+            for k, v in resp.getheaders():
+                if k.lower() not in ("connection", "transfer-encoding", "content-length", "server", "date"):
+                    h.send_header(k, v)
+            length_header = resp.getheader("Content-Length") if h.command == "HEAD" else None
+            h.send_header("Content-Length", length_header or str(len(payload)))  # HEAD: the object's size
+            h.end_headers()
+        finally:
+            conn.close()
+        if h.command == "HEAD":
+            return
+        if fault.cut is not None:
+            h.wfile.write(payload[: fault.cut])
+            h.wfile.flush()
+            with contextlib.suppress(OSError):
+                h.connection.shutdown(socket.SHUT_RDWR)
+            return
+        h.wfile.write(payload)
 
 
 def wait_for(cond: Any, timeout: float = 5.0) -> None:
