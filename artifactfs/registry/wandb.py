@@ -31,6 +31,7 @@ from __future__ import annotations
 import base64
 import bisect
 import contextlib
+import dataclasses
 import datetime as _dt
 import hashlib
 import json
@@ -920,7 +921,7 @@ class WandbRegistry(Registry):
                     self._loading.pop(version.id, None)
         log.debug("%s: manifest indexed (%d entries)", version.ref, len(contents.entries))
 
-    def _read_manifest(self, version: VersionInfo) -> _Contents:
+    def _read_manifest(self, version: VersionInfo, depth: int = 0) -> _Contents:
         """The indexed manifest: from disk if kept there, else fetched, checked and kept."""
         path = self._manifest_path(version)
         if path is not None:
@@ -933,16 +934,46 @@ class WandbRegistry(Registry):
                 log.warning("cannot read cached manifest %s: %s", path, exc.strerror or exc)
             else:
                 try:
-                    return _Contents(parse_manifest(data, version))
+                    manifest = parse_manifest(data, version)
                 except ArtifactFSError as exc:  # damaged on disk: fetch it again
                     log.warning("cached manifest of %s is unusable (%s): fetching it again", version.ref, exc)
                     with contextlib.suppress(OSError):
                         os.unlink(path)
+                else:
+                    return _Contents(self._size_artifact_references(version, manifest, depth))
         data = self._fetch_manifest(version)
-        contents = _Contents(parse_manifest(data, version))  # nothing is kept, nor mounted, unless it passes
+        # Nothing is kept, nor mounted, unless it passes every check, the index's included.
+        contents = _Contents(self._size_artifact_references(version, parse_manifest(data, version), depth))
         if path is not None:
             self._save_manifest(path, data)
         return contents
+
+    def _size_artifact_references(self, version: VersionInfo, manifest: Manifest, depth: int) -> Manifest:
+        """W&B writes ``wandb-artifact://<hex id>/<path>`` entries with size 0 and the target
+        entry's digest.  The mount needs their real size (``stat``, and the store checks it), so
+        look each target artifact up once (its manifest is kept on disk like any other) and
+        take the size of the entry with that path and digest.  A target that cannot be had
+        leaves the entry as it is (reading it then fails, with a message)."""
+        targets: dict[str, _Contents | None] = {}
+        for entry in list(manifest.entries.values()):
+            if entry.ref is None or entry.size or not entry.ref.startswith("wandb-artifact://"):
+                continue
+            split = urllib.parse.urlsplit(entry.ref)
+            hex_id, target_path = split.netloc, urllib.parse.unquote(split.path.lstrip("/"))
+            if hex_id not in targets:
+                targets[hex_id] = None
+                if depth < 2:
+                    try:
+                        target = self._version_by_id(base64.b64encode(bytes.fromhex(hex_id)).decode("ascii"))
+                        loaded = self._contents.get(target.id)
+                        targets[hex_id] = loaded if loaded is not None else self._read_manifest(target, depth + 1)
+                    except (ValueError, ArtifactFSError) as exc:
+                        log.warning("%s/%s: reference %s cannot be sized: %s", version.ref, entry.path, entry.ref, exc)
+            found = targets[hex_id]
+            target_entry = found.entries.get(target_path) if found is not None else None
+            if target_entry is not None and target_entry.digest == entry.digest:
+                manifest.entries[entry.path] = dataclasses.replace(entry, size=target_entry.size)
+        return manifest
 
     def _fetch_manifest(self, version: VersionInfo) -> bytes:
         what = f"manifest of {version.ref}"
@@ -1095,16 +1126,12 @@ class WandbRegistry(Registry):
     def _reference_source(self, version: VersionInfo, entry: Entry, depth: int) -> BlobSource:
         assert entry.ref is not None
         scheme = urllib.parse.urlsplit(entry.ref).scheme
-        if scheme == "file":
-            raise FetchError(
-                f"{version.ref}/{entry.path}: refusing file:// reference {redact_uri(entry.ref)}: "
-                "a remote registry's entries never read this machine's disk"
-            )
         if scheme == "wandb-artifact":
             return self._artifact_reference(version, entry, depth)
         from ..references import reference_source
 
-        return reference_source(entry, policy=self._http_policy)
+        # allow_file=False: a remote registry's entries never read this machine's disk.
+        return reference_source(entry, allow_file=False, policy=self._http_policy)
 
     def _artifact_reference(self, version: VersionInfo, entry: Entry, depth: int) -> BlobSource:
         """``wandb-artifact://<hex id>/<path>``: the entry of another artifact, fetched as that
