@@ -30,6 +30,7 @@ import trio
 
 from .errors import ArtifactFSError, DigestMismatch
 from .manifest import Entry
+from .references import content_entry
 from .registry.base import Registry, VersionInfo
 from .store import Blob, BlobStore
 
@@ -80,6 +81,10 @@ class Fetcher:
         return self._limiter
 
     async def get(self, version: VersionInfo, entry: Entry) -> Blob:
+        if entry.ref is not None:
+            # The digest a reference's bytes are verified against: its own, or the MD5 that a
+            # wandb-logged s3 entry's single-part ETag is; FetchError when none proves anything.
+            entry = content_entry(entry)
         key = entry.cache_key
         # Pure (no I/O): where a local registry keeps the blob, when it may be served in place.
         local = self.registry.local_path(entry) if self.serve_local_in_place else None

@@ -27,6 +27,7 @@ import pytest
 from conftest import Mounter
 from fault_server import Fault, FaultProxy, s3_error
 from moto.server import ThreadedMotoServer
+from wandb_server import WandbServer
 
 from artifactfs import s3
 from artifactfs.errors import AuthError, DigestMismatch, FetchError, InvalidReferenceEntry, SourceChanged
@@ -553,3 +554,48 @@ def test_s3_reference_entries_on_a_mount(
     assert "acme/vision/refs:v0/remote/labels.csv" in log and "changed since it was logged" in log
     assert SECRET not in log
     assert m.stats()["fetch_errors"] == 1
+
+
+def test_wandb_logged_s3_entries_on_a_mount(
+    mounter: Mounter,
+    admin: Any,
+    bucket: str,
+    plain_bucket: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Entries as the wandb SDK logs s3 objects (digest = ETag), served by a W&B-compatible test
+    # server on 127.0.0.1 and read through a real mount of the wandb registry.
+    data = os.urandom(2 * MiB + 9)
+    admin.put_object(Bucket=bucket, Key="d/data.bin", Body=data)
+    multipart_put(admin, bucket, "d/mp.bin", [os.urandom(5 * MiB), b"tail"])
+    admin.put_object(Bucket=plain_bucket, Key="labels.csv", Body=b"a,b\n1,2\n")
+    refs = {}
+    for path, (b, key) in {
+        "data.bin": (bucket, "d/data.bin"),
+        "mp.bin": (bucket, "d/mp.bin"),
+        "labels.csv": (plain_bucket, "labels.csv"),
+    }.items():
+        e = wandb_entry(admin, b, key, path)
+        refs[path] = {"ref": e.ref, "digest": e.digest, "size": e.size, "extra": dict(e.extra)}
+    key = "0123456789abcdef0123456789abcdef01234567"
+    for name in ("WANDB_ENTITY",):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("WANDB_API_KEY", key)
+    monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
+    monkeypatch.setenv("WANDB_CACHE_DIR", str(tmp_path / "wandb-cache"))
+    with WandbServer(api_key=key, viewer_entity="acme") as server:
+        server.add_artifact("acme", "vision", "s3refs", "dataset", {"plain.txt": b"plain\n"}, references=refs)
+        monkeypatch.setenv("WANDB_BASE_URL", server.url)
+        admin.put_object(Bucket=plain_bucket, Key="labels.csv", Body=b"a,b\n3,4\n")  # changed since logged
+        m = mounter(Path("wandb"))
+        version = m.path / "acme" / "vision" / "s3refs:v0"
+        assert (version / "data.bin").read_bytes() == data  # verified as the MD5 its ETag is
+        assert (version / "plain.txt").read_bytes() == b"plain\n"
+        for name in ("mp.bin", "labels.csv"):
+            with pytest.raises(OSError) as info:
+                (version / name).read_bytes()
+            assert info.value.errno == errno.EIO
+        log = m.log()
+        assert "multipart S3 ETag" in log and "changed since it was logged" in log
+        assert SECRET not in log and key not in log
