@@ -120,6 +120,7 @@ def server() -> Iterator[WandbServer]:
             digest_algorithm="XXH128",
         )
         yield srv
+        assert not srv.handler_errors, srv.handler_errors[0]
 
 
 # ----------------------------------------------------------------------------- the real SDK
@@ -158,6 +159,8 @@ run = a.logged_by()
 out["logged_by"] = None if run is None else [run.entity, run.project, run.id]
 v0 = api.artifact("acme/vision/ds:v0")
 out["v0"] = [v0.version, sorted(v0.aliases), v0.metadata]
+entry = v0.get_entry("a.txt").download(os.path.abspath("entry"))  # not in the SDK cache yet
+out["entry"] = open(entry, "rb").read().hex()
 fast = api.artifact("acme/vision/fast:latest")
 froot = os.path.abspath("fast")
 fast.download(froot)
@@ -171,6 +174,10 @@ out["versions"] = sorted(x.version for x in api.artifacts("dataset", "acme/visio
 out["collections"] = sorted(c.name for c in api.artifact_collections("acme/vision", "dataset"))
 out["collection_aliases"] = sorted(api.artifact_collection("dataset", "acme/vision/ds").aliases)
 out["used_by"] = sorted(r.id for r in a.used_by())
+out["types"] = [t.name for t in api.artifact_types("acme/vision")]
+out["exists"] = [api.artifact_exists("acme/vision/ds:v0"), api.artifact_exists("acme/vision/ds:v9")]
+out["projects"] = [p.name for p in api.projects("acme")]
+out["files_by_name"] = [f.name for f in a.files(names=["a.txt"])]
 print(json.dumps(out))
 """
 
@@ -198,6 +205,11 @@ def test_real_sdk_reads_what_the_server_serves(server: WandbServer, tmp_path: Pa
     assert out["collections"] == ["ds", "fast"]
     assert out["collection_aliases"] == ["best", "latest"]
     assert out["used_by"] == ["eval-1", "train-2"]
+    assert out["types"] == ["dataset"]
+    assert out["exists"] == [True, False]
+    assert out["projects"] == ["vision"]
+    assert out["files_by_name"] == ["a.txt"]
+    assert out["entry"] == FILES_V0["a.txt"].hex()  # fetched from the authenticated V2 layout
     assert server.graphql_errors == []
     ops = [r.operation for r in server.graphql_requests()]
     for name in (
@@ -213,9 +225,12 @@ def test_real_sdk_reads_what_the_server_serves(server: WandbServer, tmp_path: Pa
         "ArtifactUsedBy",
     ):
         assert name in ops, (name, ops)
-    # Every file the SDK fetched came from a presigned URL and was answered 200.
-    gets = [r for r in server.file_requests() if r.path.startswith("/files/")]
+    # Every file the SDK fetched was answered 200: presigned URLs, and the fallback layout (with
+    # the artifact id) for get_entry().download(), which has no directUrl.
+    gets = server.file_requests()
     assert gets and all(r.status == 200 for r in gets)
+    assert {r.path.split("/")[1] for r in gets} == {"files", "artifactsV2"}
+    assert all(r.authorized for r in gets if r.path.startswith("/artifactsV2/"))
 
 
 SDK_FAULTS = """

@@ -32,6 +32,7 @@ API (a contract other tests rely on)::
         server.file_requests() -> list[Request]   # GET/HEAD of blobs and manifests (any layout)
         server.reset_log()    # clears requests and graphql_errors
         server.graphql_errors # list[str]: every GraphQL error sent ("<operation>: <message>")
+        server.handler_errors # list[str]: tracebacks of request handlers that crashed (bugs)
         server.sign(path, ttl=None) -> str        # "<path>?expires=..&sig=.." for a /files/ path
 
 ``features=None`` enables every feature in ``DEFAULT_FEATURES`` (ARTIFACT_DIGEST_ALGORITHM
@@ -54,13 +55,14 @@ that first had that path with that digest) and ``extra: {"alg": "XXH128"}`` for 
 
 GraphQL (query root only; no mutations: the server is read-only):
   Query: viewer serverInfo entity(name) project(name entityName) artifact(id)
-    artifactCollection(id) organization(name) [always null]
+    artifactCollection(id) organization(name) [always null] models(entityName first after order)
+    [an entity's projects, as Api.projects() asks]
   User: id name username email admin flags entity deletedAt apiKeys teams(first after) organizations
   ServerInfo: features cliVersionInfo latestLocalVersionInfo availableBucketProviders
   ServerFeature: name isEnabled;  VersionInfo;  Organization: id name orgEntity;  ApiKey
   Entity: id name isTeam projects(first after filters order) project(name) organization user
   Project: id internalId name entityName entity description createdAt updatedAt access
-    allowAllArtifactTypesInRegistry artifactTypes(first after includeAll) artifactType(name)
+    allowAllArtifactTypesInRegistry isBenchmark user artifactTypes(first after includeAll) artifactType(name)
     artifactCollections(first after filters order collectionTypes) artifactCollection(name)
     artifactCollectionMembership(name: "coll:alias") artifact(name: "coll:alias") run(name)
     runs(first after filters order)
@@ -126,8 +128,10 @@ import re
 import secrets
 import socket
 import struct
+import sys
 import threading
 import time
+import traceback
 import urllib.parse
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -158,6 +162,7 @@ type Query {
   artifact(id: ID!): Artifact
   artifactCollection(id: ID!): ArtifactCollection
   organization(name: String): Organization
+  models(entityName: String, first: Int, after: String, order: String): ProjectConnection
 }
 
 type PageInfo { startCursor: String endCursor: String hasNextPage: Boolean! hasPreviousPage: Boolean! }
@@ -214,6 +219,8 @@ type Project {
   updatedAt: DateTime
   access: String
   allowAllArtifactTypesInRegistry: Boolean
+  isBenchmark: Boolean
+  user: User
   artifactTypes(first: Int, after: String, includeAll: Boolean): ArtifactTypeConnection!
   artifactType(name: String!): ArtifactType
   artifactCollections(first: Int, after: String, filters: JSONString, order: String,
@@ -759,6 +766,20 @@ class _Root:
     def organization(self, info: Info, name: str | None = None) -> None:
         return None
 
+    def models(
+        self,
+        info: Info,
+        entityName: str | None = None,
+        first: int | None = None,
+        after: str | None = None,
+        order: str | None = None,
+    ) -> dict[str, Any]:
+        """The projects of an entity (what ``Api.projects()`` asks for under this old name)."""
+        srv = _srv(info)
+        entity = entityName or srv.viewer_entity
+        items = [p for (e, _), p in srv._projects.items() if e == entity]
+        return _page(_ordered(items, order), first, after, _ProjectView)
+
 
 class _EntityView:
     def __init__(self, name: str) -> None:
@@ -804,6 +825,10 @@ class _ProjectView:
         self.updatedAt = _iso(proj.created_at)
         self.access = "PRIVATE"
         self.allowAllArtifactTypesInRegistry = True
+        self.isBenchmark = False
+
+    def user(self, info: Info) -> dict[str, Any]:
+        return _srv(info)._viewer()  # every project belongs to the one user there is
 
     def artifactTypes(
         self,
@@ -1218,6 +1243,15 @@ class _Server(ThreadingHTTPServer):
     request_queue_size = 128  # the SDK opens up to 32 connections at once
     owner: WandbServer
 
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A handler crashed: keep it for the test to see (a client hanging up is no bug)."""
+        exc = sys.exc_info()[1]
+        if isinstance(exc, ConnectionError | TimeoutError):
+            return
+        log.warning("wandb test server: handler failed: %r", exc)
+        with self.owner._lock:
+            self.owner.handler_errors.append(traceback.format_exc())
+
 
 class _Handler(BaseHTTPRequestHandler):
     server: _Server
@@ -1456,6 +1490,7 @@ class WandbServer:
         self.faults = Faults()
         self.requests: list[Request] = []
         self.graphql_errors: list[str] = []
+        self.handler_errors: list[str] = []  # tracebacks of handler crashes (server bugs)
         self._lock = threading.RLock()
         self._secret = secrets.token_bytes(16)
         self._counter = 0
