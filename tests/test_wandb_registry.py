@@ -288,7 +288,7 @@ def test_pagination_beyond_1000(env: Path, tmp_path: Path) -> None:
         for i in range(1002):
             server.add_artifact("acme", f"p{i:04d}", "x", "dataset", {"f": b"x"})
         server.set_alias("acme", "big", "many", "best", 3)
-        reg = make(server, page_size=500, versions_per_collection=100)
+        reg = make(server, page_size=500, collections_per_call=100, versions_per_collection=50)
         assert len(reg.projects("acme")) == 1003
         server.reset_log()
         cols = reg.collections("acme", "big")
@@ -305,8 +305,8 @@ def test_pagination_beyond_1000(env: Path, tmp_path: Path) -> None:
         assert by_key[("many", 1004)].aliases == ("latest",)
         assert by_key[("many", 3)].aliases == ("best",)
         assert by_key[("c0500", 0)].aliases == ("latest",)
-        # ceil(1002 / 500) pages of collections, plus ceil((1005 - 100) / 500) for the big one.
-        assert calls <= 3 + 2, calls
+        # ceil(1002 / 100) pages of collections, plus ceil((1005 - 50) / 500) for the big one.
+        assert calls == 11 + 2, calls
         reg.close()
 
 
@@ -881,3 +881,17 @@ def test_file_url_queries_always_name_their_files(
         assert fill(store, registry, v, path) == FILES[path]
     requests_ = [r for r in server.graphql_requests() if "files" in r.fields]
     assert requests_ and all(r.fields["files"].get("names") == "$names" for r in requests_)
+
+
+def test_loaded_manifests_are_bounded(server: WandbServer, tmp_path: Path) -> None:
+    for i in range(5):
+        server.add_artifact("acme", "vision", "small", "dataset", {f"f{j}": b"%d %d" % (i, j) for j in range(10)})
+    reg = make(server, tmp_path / "cache", max_loaded=3, max_loaded_entries=25)
+    versions = reg.versions("acme", "vision", "small")
+    for v in versions:
+        reg.load_contents(v)
+    assert [reg.contents_loaded(v) for v in versions] == [False, False, False, True, True]
+    server.reset_log()
+    assert [d.name for d in reg.list_dir(versions[0], "")][:2] == ["f0", "f1"]  # reloaded from disk
+    assert not server.operations("FetchArtifactManifest") and not server.file_requests()
+    reg.close()

@@ -425,9 +425,11 @@ class WandbRegistry(Registry):
         http_policy: http.Policy = http.DEFAULT_POLICY,
         sdk_cache_dir: str | None = None,
         page_size: int = 500,
-        versions_per_collection: int = 100,
+        collections_per_call: int = 100,
+        versions_per_collection: int = 50,
         url_batch: int = 100,
-        max_loaded: int = 8,
+        max_loaded: int = 16,
+        max_loaded_entries: int = 400_000,
         max_urls: int = 20000,
         url_max_age: float = 45 * 60.0,
         url_refreshes: int = 3,
@@ -443,9 +445,13 @@ class WandbRegistry(Registry):
         self._policy = policy
         self._http_policy = http_policy
         self.page_size = page_size
+        self.collections_per_call = collections_per_call
         self.versions_per_collection = versions_per_collection
         self.url_batch = url_batch
+        # Loaded manifests kept in memory (least recently used dropped first): at most this many,
+        # and at most this many entries in all (~0.5 KB each with the index), but always the newest.
         self.max_loaded = max_loaded
+        self.max_loaded_entries = max_loaded_entries
         self.max_urls = max_urls
         self.url_max_age = url_max_age
         self.url_refreshes = url_refreshes
@@ -801,9 +807,10 @@ class WandbRegistry(Registry):
         return sorted(self._collection_versions(entity, project, name), key=lambda v: v.version_index)
 
     def project_versions(self, entity: str, project: str) -> list[VersionInfo]:
-        """Nested pages: each call brings ``page_size`` collections with the first
-        ``versions_per_collection`` versions of each; only a collection with more versions than
-        that costs further calls (its own pages).  So ``ceil(collections / page_size)`` calls,
+        """Nested pages: each call brings ``collections_per_call`` collections with the first
+        ``versions_per_collection`` versions of each (an answer of at most their product
+        versions); only a collection with more versions than that costs further calls (its own
+        pages of ``page_size``).  So ``ceil(collections / collections_per_call)`` calls,
         plus a few per large collection, never one per collection."""
         out: list[VersionInfo] = []
         cursor: str | None = None
@@ -812,7 +819,7 @@ class WandbRegistry(Registry):
                 "entity": entity,
                 "project": project,
                 "cursor": cursor,
-                "perPage": self.page_size,
+                "perPage": self.collections_per_call,
                 "versionsPerCollection": self.versions_per_collection,
             }
             data = self._query(
@@ -914,8 +921,12 @@ class WandbRegistry(Registry):
                 contents = self._read_manifest(version)
                 with self._lock:
                     self._contents[version.id] = contents
-                    while len(self._contents) > self.max_loaded:
-                        self._contents.popitem(last=False)
+                    total = sum(len(c.entries) for c in self._contents.values())
+                    while len(self._contents) > 1 and (
+                        len(self._contents) > self.max_loaded or total > self.max_loaded_entries
+                    ):
+                        _, dropped = self._contents.popitem(last=False)
+                        total -= len(dropped.entries)
             finally:
                 with self._lock:
                     self._loading.pop(version.id, None)
