@@ -42,7 +42,7 @@ from .errors import (
     ReadOnly,
     SourceError,
 )
-from .fsutil import walk_files
+from .fsutil import claim_cache_dir, walk_files
 from .manifest import MD5, Entry, Manifest, hash_fd
 from .names import LATEST, check_entry_path, check_name, parse_ref
 from .references import HTTP_SCHEMES, checksum_reference, file_path
@@ -50,7 +50,21 @@ from .registry import CollectionInfo, Registry, VersionInfo, open_registry
 from .registry.base import iso_time
 from .store import write_verified
 
-__all__ = ["Api", "Artifact", "VerificationError"]
+__all__ = ["Api", "Artifact", "VerificationError", "open_spec"]
+
+
+def open_spec(spec: str, *, create: bool = False, cache_dir: str | None = None) -> Registry:
+    """:func:`~artifactfs.registry.open_registry`, and the cache directory claimed
+    (:func:`~artifactfs.fsutil.claim_cache_dir`) before a remote backend keeps manifests in it.
+    A local registry keeps nothing there, so nothing is created for it."""
+    registry = open_registry(spec, create=create, cache_dir=cache_dir)
+    if cache_dir is not None and not registry.local:
+        try:
+            claim_cache_dir(os.path.abspath(cache_dir))
+        except BaseException:
+            registry.close()
+            raise
+    return registry
 
 
 class VerificationError(ArtifactFSError, ValueError):
@@ -74,7 +88,7 @@ class Api:
     @property
     def registry(self) -> Registry:
         if self._registry is None:
-            self._registry = open_registry(self._spec, cache_dir=self._cache_dir)
+            self._registry = open_spec(self._spec, cache_dir=self._cache_dir)
         return self._registry
 
     def close(self) -> None:
@@ -122,7 +136,7 @@ class Api:
             raise ReadOnly(f"{artifact.qualified_name} is already logged: a logged artifact is immutable")
         ref = parse_ref(f"{project}/{artifact._name}")
         if self._registry is None:
-            self._registry = open_registry(self._spec, create=True, cache_dir=self._cache_dir)
+            self._registry = open_spec(self._spec, create=True, cache_dir=self._cache_dir)
         registry = self._registry
         result = registry.log_files(
             artifact._files,

@@ -1,28 +1,33 @@
 """The ``artifactfs`` command line.
 
 Every failure the user can cause (a bad reference, an unknown alias, a missing directory,
-invalid JSON) ends in one line on stderr and a non-zero exit status, never a traceback.
+invalid JSON, a registry that cannot be written) ends in one line on stderr and a non-zero exit
+status, never a traceback.
+
+Every command names its registry with a spec (``DIR``, ``wandb``, ``wandb:https://host``) and
+opens it with :func:`artifactfs.registry.open_registry`; the mount's options are declared in
+:mod:`artifactfs.options`.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
-import re
-import sqlite3
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-from . import __version__
-from .defaults import default_cache_dir, default_registry
-from .errors import ArtifactFSError, InvalidReference, SourceError
+from . import __version__, defaults
+from .errors import ArtifactFSError, InvalidMetadata, InvalidReference, SourceError
+from .fsutil import walk_files
 from .manifest import MD5, XXH128
 from .names import check_alias, check_name, parse_prefix, parse_ref
-from .registry.base import VersionInfo, iso_time
-from .registry.local import LocalRegistry
+from .options import REGISTRY_HELP, add_mount_arguments, argparse_type, parse_log_level, registry_spec
+from .registry import Registry, VersionInfo
+from .registry.base import iso_time
 
 log = logging.getLogger("artifactfs")
 
@@ -39,13 +44,13 @@ def _json_object(text: str) -> dict[str, Any]:
     try:
         value = json.loads(text)
     except ValueError as exc:
-        raise InvalidReference(f"--metadata is not valid JSON: {exc}") from exc
+        raise InvalidMetadata(f"--metadata is not valid JSON: {exc}") from exc
     if not isinstance(value, dict):
-        raise InvalidReference("--metadata must be a JSON object")
+        raise InvalidMetadata("--metadata must be a JSON object")
     try:
         json.dumps(value, allow_nan=False)  # NaN, Infinity, 1e999: not JSON, W&B refuses them
     except ValueError as exc:
-        raise InvalidReference(f"--metadata is not valid JSON: {exc}") from exc
+        raise InvalidMetadata(f"--metadata is not valid JSON: {exc}") from exc
     return value
 
 
@@ -74,10 +79,9 @@ def cmd_log(args: argparse.Namespace) -> int:
         check_alias(alias)
     if not os.path.isdir(args.src):
         raise SourceError(f"source directory {args.src!r} does not exist or is not a directory")
-    registry = LocalRegistry(args.registry, create=True)
-    try:
-        result = registry.log_dir(
-            args.src,
+    with _opened(args, create=True) as registry:
+        result = registry.log_files(
+            walk_files(args.src),
             ref,
             type=args.type,
             aliases=args.alias,
@@ -85,8 +89,6 @@ def cmd_log(args: argparse.Namespace) -> int:
             metadata=metadata,
             digest_algorithm=args.digest_algorithm,
         )
-    finally:
-        registry.close()
     v = result.version
     if not result.created:
         print(f"content equals {v.ref} (digest {v.digest}): no new version", file=sys.stderr)
@@ -95,17 +97,23 @@ def cmd_log(args: argparse.Namespace) -> int:
     return 0
 
 
-def _open(args: argparse.Namespace) -> LocalRegistry:
-    return LocalRegistry(args.registry)
+@contextlib.contextmanager
+def _opened(args: argparse.Namespace, *, create: bool = False) -> Iterator[Registry]:
+    """The registry of ``--registry``, closed afterwards.  A write to a registry that is
+    read-only here fails with the backend's one-line :class:`~artifactfs.errors.ReadOnly`."""
+    from .api import open_spec
+
+    registry = open_spec(args.registry, create=create, cache_dir=args.cache_dir)
+    try:
+        yield registry
+    finally:
+        registry.close()
 
 
 def cmd_info(args: argparse.Namespace) -> int:
     ref = parse_ref(args.ref, default_tag="latest")
-    registry = _open(args)
-    try:
+    with _opened(args) as registry:
         v = registry.resolve(ref)
-    finally:
-        registry.close()
     data = v.to_json()
     if args.json:
         print(json.dumps(data, indent=2, ensure_ascii=False))
@@ -119,8 +127,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 def cmd_ls(args: argparse.Namespace) -> int:
     prefix = parse_prefix(args.prefix or "")
-    registry = _open(args)
-    try:
+    with _opened(args) as registry:
         out: list[Any]
         if len(prefix) == 0:
             out = registry.entities()
@@ -141,8 +148,6 @@ def cmd_ls(args: argparse.Namespace) -> int:
                     _print_version(v)
                 return 0
             lines = []
-    finally:
-        registry.close()
     if args.json:
         print(json.dumps(out, indent=2, ensure_ascii=False))
     else:
@@ -153,14 +158,11 @@ def cmd_ls(args: argparse.Namespace) -> int:
 
 def cmd_alias(args: argparse.Namespace) -> int:
     ref = parse_ref(args.ref, require_tag=True)
-    registry = _open(args)
-    try:
+    with _opened(args) as registry:
         if args.action == "add":
             v = registry.add_alias(ref, args.alias)
         else:
             v = registry.remove_alias(ref, args.alias)
-    finally:
-        registry.close()
     print(f"{v.ref}\t{','.join(v.aliases)}")
     return 0
 
@@ -168,7 +170,7 @@ def cmd_alias(args: argparse.Namespace) -> int:
 def cmd_get(args: argparse.Namespace) -> int:
     from .api import Api
 
-    with Api(args.registry) as api:
+    with Api(args.registry, cache_dir=args.cache_dir) as api:
         art = api.artifact(args.ref)
         root = art.download(args.root, path_prefix=args.path_prefix)
     print(root)
@@ -178,7 +180,7 @@ def cmd_get(args: argparse.Namespace) -> int:
 def cmd_verify(args: argparse.Namespace) -> int:
     from .api import Api
 
-    with Api(args.registry) as api:
+    with Api(args.registry, cache_dir=args.cache_dir) as api:
         art = api.artifact(args.ref)
         art.verify(args.root)
     print(f"{args.root}: matches {art.qualified_name}")
@@ -186,36 +188,18 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_gc(args: argparse.Namespace) -> int:
-    registry = _open(args)
-    try:
+    with _opened(args) as registry:
         purged, removed, freed = registry.gc(grace=args.grace)
-    finally:
-        registry.close()
     print(f"purged {purged} deleted versions, removed {removed} unused blobs ({human_size(freed)})")
     return 0
 
 
 def cmd_delete(args: argparse.Namespace) -> int:
     ref = parse_ref(args.ref, require_tag=True)
-    registry = _open(args)
-    try:
+    with _opened(args) as registry:
         v = registry.delete(ref, delete_aliases=args.delete_aliases)
-    finally:
-        registry.close()
     print(f"deleted {v.ref}")
     return 0
-
-
-_SIZE_RE = re.compile(r"(\d+(?:\.\d+)?)\s*([KMGT]?)(i?B?)?", re.IGNORECASE)
-
-
-def parse_size(text: str) -> int:
-    """``"10G"``, ``"512MiB"``, ``"1000000"`` -> bytes (binary units)."""
-    m = _SIZE_RE.fullmatch(text.strip())
-    if not m:
-        raise argparse.ArgumentTypeError(f"invalid size {text!r} (examples: 10G, 512M, 1000000)")
-    factor = 1024 ** " KMGT".index((m.group(2) or " ").upper())
-    return int(float(m.group(1)) * factor)
 
 
 def _mount_command(name: str) -> Callable[[argparse.Namespace], int]:
@@ -230,40 +214,7 @@ def _mount_command(name: str) -> Callable[[argparse.Namespace], int]:
 def add_mount_commands(sub: argparse._SubParsersAction[Any], common: argparse.ArgumentParser) -> None:
     """``mount`` and ``umount``; their module (pyfuse3, trio) is imported only when they run."""
     p = sub.add_parser("mount", help="mount a registry read-only")
-    p.add_argument("registry", help="local registry directory")
-    p.add_argument("mountpoint")
-    p.add_argument(
-        "--cache-dir",
-        default=default_cache_dir(),
-        help="blob cache (default: $ARTIFACTFS_CACHE_DIR or ~/.cache/artifactfs; mode 0700)",
-    )
-    p.add_argument("--cache-size", type=parse_size, default=50 << 30, help="cache size limit (default 50G)")
-    p.add_argument(
-        "--alias-ttl",
-        type=float,
-        default=60.0,
-        help="seconds before an alias symlink or a listing is re-resolved (default 60)",
-    )
-    p.add_argument("--foreground", "-f", action="store_true", help="serve in this process")
-    p.add_argument("--allow-other", action="store_true", help="let other users see the mount")
-    p.add_argument("--log-level", default="INFO", help="DEBUG, INFO (default), WARNING, ERROR")
-    p.add_argument("--log-file", help="daemon log (default: CACHE_DIR/mount.log)")
-    p.add_argument(
-        "--local-blobs",
-        choices=("verify-in-place", "copy"),
-        default="verify-in-place",
-        help="local registry blobs: hash and serve where they lie (default) or copy into the cache",
-    )
-    p.add_argument(
-        "--failure-backoff",
-        type=float,
-        default=5.0,
-        help="seconds a failed or mismatching blob answers EIO before it is fetched again",
-    )
-    p.add_argument("--read-ahead-kb", type=int, default=1024, help="kernel read-ahead for the mount (root only)")
-    p.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
-    # For scripts/bench: serve cached reads from a worker thread instead of inline.
-    p.add_argument("--pread-in-thread", action="store_true", help=argparse.SUPPRESS)
+    add_mount_arguments(p)
     p.set_defaults(func=_mount_command("cmd_mount"))
 
     p = sub.add_parser("umount", parents=[common], help="unmount (also clears the mount of a killed daemon)")
@@ -277,13 +228,23 @@ def build_parser() -> argparse.ArgumentParser:
     common = _Parser(add_help=False)
     common.add_argument(
         "--log-level",
-        default=os.environ.get("ARTIFACTFS_LOG_LEVEL", "WARNING"),
-        help="DEBUG, INFO, WARNING (default) or ERROR",
+        type=argparse_type(parse_log_level),
+        default=defaults.default_log_level(),
+        metavar="LEVEL",
+        help=f"DEBUG, INFO, WARNING or ERROR (default: $ARTIFACTFS_LOG_LEVEL or {defaults.LOG_LEVEL})",
     )
     common.add_argument(
         "--registry",
-        default=default_registry(),
-        help="registry directory (default: $ARTIFACTFS_REGISTRY or ~/.local/share/artifactfs/registry)",
+        type=argparse_type(registry_spec),
+        default=defaults.default_registry(),
+        metavar="SPEC",
+        help=f"{REGISTRY_HELP} (default: $ARTIFACTFS_REGISTRY or ~/.local/share/artifactfs/registry)",
+    )
+    common.add_argument(
+        "--cache-dir",
+        default=defaults.default_cache_dir(),
+        metavar="DIR",
+        help="where a remote registry keeps manifests (default: $ARTIFACTFS_CACHE_DIR or ~/.cache/artifactfs)",
     )
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
@@ -328,8 +289,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--grace",
         type=float,
-        default=3600.0,
-        help="keep unused blobs younger than this many seconds (a log may be running)",
+        default=defaults.GC_GRACE,
+        help=f"keep unused blobs younger than this many seconds: a log may be running (default {defaults.GC_GRACE:g})",
     )
     p.set_defaults(func=cmd_gc)
 
@@ -345,9 +306,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    level = getattr(logging, str(getattr(args, "log_level", "WARNING")).upper(), None)
-    if not isinstance(level, int):
-        parser.error(f"invalid --log-level {args.log_level!r}")
+    level = getattr(logging, args.log_level)  # checked by parse_log_level
     logging.basicConfig(level=level, format="artifactfs: %(levelname)s %(name)s: %(message)s")
     # urllib3's DEBUG lines show request paths with their query strings (presigned URLs carry
     # their signatures there); artifactfs.http logs every request it makes, redacted.
@@ -356,9 +315,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args))
     except ArtifactFSError as exc:
         print(f"artifactfs: error: {exc}", file=sys.stderr)
-        return EXIT_ERROR
-    except sqlite3.Error as exc:
-        print(f"artifactfs: error: registry database: {exc}", file=sys.stderr)
         return EXIT_ERROR
     except OSError as exc:
         print(f"artifactfs: error: {exc.strerror or exc}{f': {exc.filename}' if exc.filename else ''}", file=sys.stderr)

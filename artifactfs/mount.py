@@ -1,14 +1,20 @@
 """Mount lifecycle: checks, daemonising, signals, clean unmount; the ``mount``/``umount`` commands.
 
-Without ``--foreground`` the command starts a daemon (``artifactfs mount --foreground`` with a
-readiness pipe) and returns 0 only once the mount answers requests; any failure before that is
-printed as one line and exits non-zero.  SIGINT/SIGTERM make the daemon unmount and exit.
+Without ``--foreground`` the command checks what it can (FUSE, the mount point, the cache
+directory, the registry: a missing registry, refused credentials or an unreachable server fail
+here, in one line), then starts a daemon (``artifactfs mount --foreground`` with a readiness
+pipe) and returns 0 only once the mount answers requests; any failure before that is printed as
+one line and exits non-zero.  The daemon inherits the environment, so W&B credentials reach it
+without appearing on its command line.  SIGINT/SIGTERM make the daemon unmount and exit.
+
+The options are declared once, in :class:`artifactfs.options.MountConfig`.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import logging
 import os
 import select
@@ -16,35 +22,24 @@ import shutil
 import signal
 import subprocess
 import sys
-from dataclasses import dataclass
 
 import pyfuse3
 import trio
 
 from .errors import ArtifactFSError, MountError
 from .fetcher import Fetcher
+from .fsutil import claim_cache_dir
 from .ops import Operations
-from .registry.local import LocalRegistry
-from .store import BlobStore, _claim_directory
+from .options import MountConfig, daemon_argv
+from .registry import open_registry
+from .store import BlobStore
 from .tree import Tree
+
+__all__ = ["MountConfig", "check_fuse", "check_mountpoint", "cmd_mount", "cmd_umount", "run_foreground", "unmount"]
 
 log = logging.getLogger(__name__)
 
 READY_TIMEOUT = 60.0  # seconds the background mount waits for its daemon to answer
-
-
-@dataclass
-class MountConfig:
-    registry: str
-    mountpoint: str
-    cache_dir: str
-    cache_size: int
-    alias_ttl: float = 60.0
-    allow_other: bool = False
-    local_blobs: str = "verify-in-place"
-    failure_backoff: float = 5.0
-    read_ahead_kb: int = 1024
-    pread_in_thread: bool = False
 
 
 def check_mountpoint(path: str) -> str:
@@ -81,24 +76,24 @@ def _set_read_ahead(mountpoint: str, kb: int) -> None:
         log.debug("read_ahead_kb=%d for %s", kb, mountpoint)
 
 
-async def _serve(config: MountConfig, ops: Operations, ready_fd: int | None) -> None:
+async def _serve(config: MountConfig, ops: Operations) -> None:
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_watch_signals, config.mountpoint)
-        nursery.start_soon(_announce, config, ready_fd)
+        nursery.start_soon(_announce, config)
         await pyfuse3.main()  # returns on pyfuse3.terminate() or an external unmount
         nursery.cancel_scope.cancel()
 
 
-async def _announce(config: MountConfig, ready_fd: int | None) -> None:
+async def _announce(config: MountConfig) -> None:
     # The first requests (INIT, then this stat) go through our own loop: once the stat returns
     # the mount answers, and the kernel has set up the bdi whose read-ahead we raise.
     await trio.to_thread.run_sync(os.stat, config.mountpoint)
     if config.read_ahead_kb > 0:
         _set_read_ahead(config.mountpoint, config.read_ahead_kb)
     log.info("mounted %s on %s", config.registry, config.mountpoint)
-    if ready_fd is not None:
-        os.write(ready_fd, b"ok\n")
-        os.close(ready_fd)
+    if config.ready_fd is not None:
+        os.write(config.ready_fd, b"ok\n")
+        os.close(config.ready_fd)
 
 
 async def _watch_signals(mountpoint: str) -> None:
@@ -109,12 +104,15 @@ async def _watch_signals(mountpoint: str) -> None:
             return
 
 
-def run_foreground(config: MountConfig, ready_fd: int | None = None) -> None:
+def run_foreground(config: MountConfig) -> None:
     """Mount, serve until a signal or an external unmount, then unmount."""
     check_fuse()
     mountpoint = check_mountpoint(config.mountpoint)
     config.mountpoint = mountpoint
-    registry = LocalRegistry(config.registry)
+    config.cache_dir = os.path.abspath(config.cache_dir)
+    # The cache directory is ours before anything writes into it (a remote backend's manifests).
+    claim_cache_dir(config.cache_dir)
+    registry = open_registry(config.registry, cache_dir=config.cache_dir)
     store = BlobStore(config.cache_dir, config.cache_size)
     os.chdir("/")  # keep no directory of the caller's busy
     store.clean_tmp()
@@ -125,7 +123,7 @@ def run_foreground(config: MountConfig, ready_fd: int | None = None) -> None:
         failure_backoff=config.failure_backoff,
     )
     tree = Tree(registry, uid=os.getuid(), gid=os.getgid(), alias_ttl=config.alias_ttl)
-    ops = Operations(tree, fetcher, metadata_inline=registry.kind == "local", pread_in_thread=config.pread_in_thread)
+    ops = Operations(tree, fetcher, metadata_inline=registry.local, pread_in_thread=config.pread_in_thread)
     options = set(pyfuse3.default_options)
     options |= {"fsname=artifactfs", "subtype=artifactfs", "ro", "noatime"}
     if config.allow_other:
@@ -135,7 +133,7 @@ def run_foreground(config: MountConfig, ready_fd: int | None = None) -> None:
     except RuntimeError as exc:
         raise MountError(f"cannot mount on {mountpoint}: {exc}") from exc
     try:
-        trio.run(_serve, config, ops, ready_fd)
+        trio.run(_serve, config, ops)
     except BaseException:
         log.exception("the mount loop failed")
         raise
@@ -146,23 +144,36 @@ def run_foreground(config: MountConfig, ready_fd: int | None = None) -> None:
         store.close()
 
 
-def start_daemon(args: argparse.Namespace) -> int:
+def start_daemon(config: MountConfig) -> int:
     """Start ``mount --foreground`` detached; return once it reports the mount ready."""
     check_fuse()
-    check_mountpoint(args.mountpoint)
-    LocalRegistry(args.registry).close()  # fail here, with a clear message, if it is missing
-    # The daemon works from "/" (so it keeps no directory busy): hand it absolute paths.
-    args.registry, args.mountpoint, args.cache_dir = (
-        os.path.abspath(p) for p in (args.registry, args.mountpoint, args.cache_dir)
-    )
-    if args.log_file:
-        args.log_file = os.path.abspath(args.log_file)
-    # Claim (or refuse) the cache directory before the default log is written into it: a
-    # refused directory (--cache-dir ~ by mistake) must be left as it was, without a mount.log.
-    _claim_directory(args.cache_dir)
+    mountpoint = check_mountpoint(config.mountpoint)
+    cache_dir = os.path.abspath(config.cache_dir)
+    # Claim (or refuse) the cache directory before anything is written into it (the default
+    # log, a remote backend's manifests): a refused directory (--cache-dir ~ by mistake) must be
+    # left as it was, without a mount.log.
+    claim_cache_dir(cache_dir)
+    # Open the registry here, so that a missing registry, refused credentials or an unreachable
+    # server fail now, in one line.  Its spec names it for the daemon, which works from "/": a
+    # local registry's is an absolute path.
+    registry = open_registry(config.registry, cache_dir=cache_dir)
+    try:
+        spec = registry.spec
+    finally:
+        registry.close()
+    log_file = os.path.abspath(config.log_file) if config.log_file else os.path.join(cache_dir, "mount.log")
+    daemon = dataclasses.replace(config, registry=spec, mountpoint=mountpoint, cache_dir=cache_dir, log_file=log_file)
     read_fd, write_fd = os.pipe()
-    cmd = [sys.executable, "-m", "artifactfs", "mount", *_forward(args), "--foreground", "--ready-fd", str(write_fd)]
-    log_file = args.log_file or os.path.join(args.cache_dir, "mount.log")
+    cmd = [
+        sys.executable,
+        "-m",
+        "artifactfs",
+        "mount",
+        *daemon_argv(daemon),
+        "--foreground",
+        "--ready-fd",
+        str(write_fd),
+    ]
     os.makedirs(os.path.dirname(os.path.abspath(log_file)), mode=0o700, exist_ok=True)
     with open(log_file, "ab") as log_out:
         proc = subprocess.Popen(
@@ -182,11 +193,11 @@ def start_daemon(args: argparse.Namespace) -> int:
             proc.kill()
             proc.wait()
             with contextlib.suppress(ArtifactFSError):
-                unmount(args.mountpoint)
+                unmount(mountpoint)
             raise MountError(f"the daemon did not answer within {READY_TIMEOUT:.0f}s (log: {log_file})")
     if status.startswith(b"ok"):
         print(
-            f"artifactfs: mounted {args.registry} on {os.path.abspath(args.mountpoint)} (pid {proc.pid})",
+            f"artifactfs: mounted {spec} on {mountpoint} (pid {proc.pid})",
             file=sys.stderr,
         )
         return 0
@@ -208,55 +219,18 @@ def _last_error(log_file: str) -> str | None:
     return None
 
 
-def _forward(args: argparse.Namespace) -> list[str]:
-    out = [
-        args.registry,
-        args.mountpoint,
-        "--cache-dir",
-        args.cache_dir,
-        "--cache-size",
-        str(args.cache_size),
-        "--alias-ttl",
-        str(args.alias_ttl),
-        "--log-level",
-        args.log_level,
-        "--local-blobs",
-        args.local_blobs,
-        "--failure-backoff",
-        str(args.failure_backoff),
-        "--read-ahead-kb",
-        str(args.read_ahead_kb),
-    ]
-    if args.allow_other:
-        out.append("--allow-other")
-    if args.pread_in_thread:
-        out.append("--pread-in-thread")
-    return out
-
-
 def cmd_mount(args: argparse.Namespace) -> int:
-    if not args.foreground:
-        return start_daemon(args)
-    config = MountConfig(
-        registry=args.registry,
-        mountpoint=args.mountpoint,
-        cache_dir=args.cache_dir,
-        cache_size=args.cache_size,
-        alias_ttl=args.alias_ttl,
-        allow_other=args.allow_other,
-        local_blobs=args.local_blobs,
-        failure_backoff=args.failure_backoff,
-        read_ahead_kb=args.read_ahead_kb,
-        pread_in_thread=args.pread_in_thread,
-    )
+    config = MountConfig.from_namespace(args)
+    if not config.foreground:
+        return start_daemon(config)
     try:
-        run_foreground(config, args.ready_fd)
+        run_foreground(config)
     except ArtifactFSError as exc:
         # The daemon's parent reads this line from the log to report why the mount failed.
         print(f"artifactfs: error: {exc}", file=sys.stderr, flush=True)
-        if args.ready_fd is not None:
+        if config.ready_fd is not None:
             with contextlib.suppress(OSError):
-                os.close(args.ready_fd)
+                os.close(config.ready_fd)
         return 1
     return 0
 

@@ -2,20 +2,29 @@
 
 from __future__ import annotations
 
+import argparse
 import base64
+import dataclasses
 import hashlib
 import json
 import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import b64md5, write_tree
+from conftest import b64md5, corrupt_table, write_tree
 
-from artifactfs.manifest import artifact_digest
+from artifactfs import Api, Artifact, defaults
+from artifactfs.cli import build_parser, main
+from artifactfs.errors import InvalidArgument, ReadOnly
+from artifactfs.manifest import Entry, artifact_digest
+from artifactfs.names import Ref
+from artifactfs.options import MountConfig, daemon_argv, options, parse_mount_options
+from artifactfs.registry import BlobSource, CollectionInfo, DirEntry, Registry, VersionInfo
 from artifactfs.registry.local import LocalRegistry
 
 COLL = "acme/vision/ds"
@@ -494,3 +503,263 @@ def test_corrupt_registry(tmp_path: Path) -> None:
         assert "Traceback" not in proc.stderr
         assert len(proc.stderr.splitlines()) == 1, proc.stderr
         assert "registry" in proc.stderr
+
+
+def test_corrupt_registry_pages(registry: Path) -> None:
+    """The database opens but a table's pages are garbage: ls and info fail in one line that
+    names the registry database (sqlite3 errors are translated by the registry, not the CLI)."""
+    corrupt_table(registry, "entities")
+    for command in (["ls"], ["ls", "acme"], ["info", COLL]):
+        proc = run(*command, registry=registry, check=False)
+        assert proc.returncode == 1
+        assert_one_line_error(proc, "registry")
+        assert "malformed" in proc.stderr
+
+
+# -- registry specs ------------------------------------------------------------------------------
+
+
+class ReadOnlyView(Registry):
+    """A registry that reads a local one and writes nothing: the base class refuses every write."""
+
+    kind = "fake"
+
+    def __init__(self, root: Path) -> None:
+        self.inner = LocalRegistry(root)
+
+    @property
+    def spec(self) -> str:
+        return "fake:" + self.inner.root
+
+    def entities(self) -> list[str]:
+        return self.inner.entities()
+
+    def projects(self, entity: str) -> list[str]:
+        return self.inner.projects(entity)
+
+    def check_entity(self, entity: str) -> None:
+        self.inner.check_entity(entity)
+
+    def check_project(self, entity: str, project: str) -> None:
+        self.inner.check_project(entity, project)
+
+    def collections(self, entity: str, project: str) -> list[CollectionInfo]:
+        return self.inner.collections(entity, project)
+
+    def versions(self, entity: str, project: str, name: str) -> list[VersionInfo]:
+        return self.inner.versions(entity, project, name)
+
+    def project_versions(self, entity: str, project: str) -> list[VersionInfo]:
+        return self.inner.project_versions(entity, project)
+
+    def resolve(self, ref: Ref) -> VersionInfo:
+        return self.inner.resolve(ref)
+
+    def iter_entries(self, version: VersionInfo) -> Iterator[Entry]:
+        return self.inner.iter_entries(version)
+
+    def list_dir(self, version: VersionInfo, path: str) -> list[DirEntry]:
+        return self.inner.list_dir(version, path)
+
+    def get_entry(self, version: VersionInfo, path: str) -> DirEntry:
+        return self.inner.get_entry(version, path)
+
+    def blob_source(self, version: VersionInfo, entry: Entry) -> BlobSource:
+        return self.inner.blob_source(version, entry)
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+@pytest.fixture
+def read_only(registry: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Every registry spec opens a read-only view of ``registry``."""
+    import artifactfs.api
+
+    def fake_open(spec: str, *, create: bool = False, cache_dir: str | None = None) -> Registry:
+        return ReadOnlyView(registry)
+
+    monkeypatch.setattr(artifactfs.api, "open_registry", fake_open)
+    return registry
+
+
+READ_ONLY_WRITES: list[tuple[str, list[str], str]] = [
+    ("log", ["log", SRC, COLL, "--type", "dataset"], "logging a new version"),
+    ("alias-add", ["alias", "add", f"{COLL}:v1", "prod"], "adding an alias"),
+    ("alias-remove", ["alias", "remove", f"{COLL}:v0", "best"], "removing an alias"),
+    ("delete", ["delete", f"{COLL}:v1"], "deleting a version"),
+    ("gc", ["gc", "--grace", "0"], "garbage collection"),
+]
+
+
+@pytest.mark.parametrize(("args", "what"), [pytest.param(a, w, id=i) for i, a, w in READ_ONLY_WRITES])
+def test_writes_to_a_read_only_registry_fail_in_one_line(
+    read_only: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], args: list[str], what: str
+) -> None:
+    before = snapshot(read_only)
+    assert main([*_materialise(args, tmp_path), "--registry", "anything"]) == 1
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err.splitlines() == [f"artifactfs: error: {what}: the fake registry fake:{read_only} is read-only here"]
+    assert snapshot(read_only) == before
+
+
+def test_reads_of_a_read_only_registry(read_only: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["ls", "acme/vision", "--registry", "anything"]) == 0
+    assert capsys.readouterr().out.splitlines() == ["acme/vision/ds\tdataset\t2 versions"]
+    assert main(["get", f"{COLL}:best", "--root", str(tmp_path / "g"), "--registry", "anything"]) == 0
+    assert (tmp_path / "g" / "a.txt").read_bytes() == TREE0["a.txt"]
+
+
+def test_api_writes_to_a_read_only_registry(read_only: Path, tmp_path: Path) -> None:
+    api = Api("anything")
+    art = api.artifact(f"{COLL}:best")
+    art.aliases.append("prod")
+    with pytest.raises(ReadOnly, match="read-only here"):
+        art.save()
+    with pytest.raises(ReadOnly, match="read-only here"):
+        art.delete(delete_aliases=True)
+    new = Artifact("other", type="dataset")
+    new.add_dir(write_tree(tmp_path / "n", {"n": b"n"}))
+    with pytest.raises(ReadOnly, match="logging a new version"):
+        api.log_artifact(new, "acme/vision")
+    api.close()
+
+
+@pytest.mark.parametrize(
+    "spec",
+    ["wandb:https://api:SECRETKEY@wandb.example.com", "wandb:https://wandb.example.com/?api_key=SECRETKEY"],
+    ids=["userinfo", "query"],
+)
+@pytest.mark.parametrize("command", [["ls"], ["mount", "<spec>", "<mnt>"]], ids=["ls", "mount"])
+def test_specs_with_credentials_are_refused(tmp_path: Path, spec: str, command: list[str]) -> None:
+    """A key in the spec would reach the daemon's command line (ps shows it to every user):
+    refused as a usage error that does not repeat it."""
+    (tmp_path / "mnt").mkdir()
+    args = [{"<spec>": spec, "<mnt>": str(tmp_path / "mnt")}.get(a, a) for a in command]
+    argv = args if command[0] == "mount" else [*args, "--registry", spec]
+    proc = run(*argv, check=False)
+    assert proc.returncode == 2
+    assert_one_line_error(proc, "WANDB_API_KEY")
+    assert "SECRETKEY" not in proc.stderr
+
+
+def test_registry_help_describes_the_spec_forms() -> None:
+    for command in (["ls"], ["mount"]):
+        text = " ".join(run(*command, "--help").stdout.split())
+        assert "wandb:https://HOST[:PORT]" in text and "DIR" in text and "WANDB_API_KEY" in text, text
+
+
+# -- mount options: one declaration --------------------------------------------------------------
+
+
+def mount_args(*argv: str) -> argparse.Namespace:
+    return build_parser().parse_args(["mount", *argv])
+
+
+def test_mount_options_come_from_one_declaration() -> None:
+    ns = mount_args("REG", "MNT")
+    names = [f.name for f in dataclasses.fields(MountConfig)]
+    assert set(names) == set(vars(ns)) - {"func", "command"}
+    assert [name for name, _ in options()] == names
+    config = MountConfig.from_namespace(ns)
+    # Defaults are those of defaults.py, as argparse gives them.
+    assert config == MountConfig("REG", "MNT")
+    assert (config.cache_size, config.alias_ttl, config.failure_backoff) == (
+        defaults.CACHE_SIZE,
+        defaults.ALIAS_TTL,
+        defaults.FAILURE_BACKOFF,
+    )
+    assert (config.read_ahead_kb, config.local_blobs, config.log_level) == (
+        defaults.READ_AHEAD_KB,
+        defaults.LOCAL_BLOBS,
+        defaults.MOUNT_LOG_LEVEL,
+    )
+
+
+NON_DEFAULT = [
+    "--cache-dir", "/c", "--cache-size", "3G", "--alias-ttl", "2.5", "--allow-other", "--local-blobs", "copy",
+    "--failure-backoff", "0.25", "--read-ahead-kb", "4096", "--log-level", "debug", "--pread-in-thread",
+]  # fmt: skip
+
+
+def test_daemon_argv_gives_the_daemon_the_same_config() -> None:
+    config = MountConfig.from_namespace(mount_args("/reg", "/mnt", *NON_DEFAULT, "--log-file", "/l", "-f"))
+    assert (config.cache_size, config.log_level, config.foreground) == (3 << 30, "DEBUG", True)
+    argv = daemon_argv(config)
+    again = MountConfig.from_namespace(mount_args(*argv))
+    # Everything is forwarded except what the parent handles itself (its log file, foreground).
+    assert dataclasses.replace(again, log_file="/l", foreground=True) == config
+    assert "--log-file" not in argv and "--foreground" not in argv and "-f" not in argv
+    # Defaults survive the trip too.
+    plain = MountConfig("/reg", "/mnt")
+    assert MountConfig.from_namespace(mount_args(*daemon_argv(plain))) == plain
+
+
+def test_daemon_argv_never_carries_the_api_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The W&B key reaches the daemon through its environment (the backend reads
+    WANDB_API_KEY or netrc), never through argv, which every user can read in ps."""
+    key = "k" * 20 + "0123456789abcdef0123"
+    monkeypatch.setenv("WANDB_API_KEY", key)
+    monkeypatch.setenv("ARTIFACTFS_CACHE_DIR", "/c")
+    for spec in ("wandb", "wandb:https://wandb.example.com:8443"):
+        config = MountConfig.from_namespace(mount_args(spec, "/mnt", *NON_DEFAULT))
+        argv = daemon_argv(config)
+        assert argv[:2] == [spec, "/mnt"]
+        assert not any(key in arg for arg in argv), argv
+
+
+def test_parse_mount_options_gives_what_the_flags_give() -> None:
+    from_o = parse_mount_options("cache_dir=/x,cache_size=10G,allow_other,ro")
+    flags = vars(mount_args("REG", "MNT", "--cache-dir", "/x", "--cache-size", "10G", "--allow-other"))
+    assert from_o == {name: flags[name] for name in from_o}
+    assert from_o["cache_size"] == 10 << 30 and from_o["allow_other"] is True
+    assert from_o["alias_ttl"] == defaults.ALIAS_TTL  # not named: the default
+
+    every = (
+        "cache-dir=/c,cache_size=3G,alias_ttl=2.5,allow_other,local_blobs=copy,failure_backoff=0.25,"
+        "read_ahead_kb=4096,log_level=debug,log_file=/l,noatime,nodev,nosuid,_netdev"
+    )
+    flags = vars(mount_args("REG", "MNT", *NON_DEFAULT, "--log-file", "/l"))
+    parsed = parse_mount_options(every)
+    assert parsed == {name: flags[name] for name in parsed}
+    assert parsed["read_ahead_kb"] == 4096 and parsed["log_level"] == "DEBUG"
+    config = MountConfig.from_mount_options("REG", "MNT", every)
+    assert config == dataclasses.replace(
+        MountConfig.from_namespace(mount_args("REG", "MNT", *NON_DEFAULT, "--log-file", "/l")), pread_in_thread=False
+    )
+    assert parse_mount_options("") == parse_mount_options("ro")
+
+
+@pytest.mark.parametrize(
+    ("text", "word"),
+    [
+        ("rw", "read-only"),
+        ("cache_size=lots", "invalid size"),
+        ("alias_ttl=-1", "alias_ttl"),
+        ("read_ahead_kb=1.5", "read_ahead_kb"),
+        ("local_blobs=move", "choose from"),
+        ("log_level=LOUD", "log level"),
+        ("allow_other=1", "takes no value"),
+        ("cache_dir", "needs a value"),
+        ("foreground", "unknown mount option"),
+        ("ready_fd=3", "unknown mount option"),
+        ("bogus=1", "unknown mount option"),
+    ],
+)
+def test_parse_mount_options_refuses(text: str, word: str) -> None:
+    with pytest.raises(InvalidArgument, match=word):
+        parse_mount_options(f"cache_dir=/x,{text}")
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["--cache-size", "lots"], ["--alias-ttl", "soon"], ["--local-blobs", "move"], ["--log-level", "LOUD"]],
+    ids=["size", "ttl", "choice", "level"],
+)
+def test_bad_mount_flags_are_usage_errors(tmp_path: Path, args: list[str]) -> None:
+    (tmp_path / "mnt").mkdir()
+    proc = run("mount", str(tmp_path / "reg"), str(tmp_path / "mnt"), *args, check=False)
+    assert proc.returncode == 2
+    assert_one_line_error(proc, "error")
+    assert not (tmp_path / "reg").exists()
