@@ -19,7 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from artifactfs.names import parse_ref
-from artifactfs.registry.local import LocalRegistry
+from artifactfs.registry import open_registry
 
 MiB = 1 << 20
 PY = sys.executable
@@ -162,10 +162,10 @@ def bench_small(work: Path, quick: bool) -> None:
     # The same bytes read from the registry's blob files, in the order the mount reads them:
     # content addressing scatters them over 256 directories, which costs on a cold disk.
     blob_list = work / "blobs.txt"
-    reg_api = LocalRegistry(reg)
+    reg_api = open_registry(str(reg))
     try:
         v = reg_api.resolve(parse_ref("bench/small/files:v0"))
-        paths = sorted((e.path, reg_api.blob_path(e.alg, e.digest)) for e in reg_api.iter_entries(v))
+        paths = sorted((e.path, str(reg_api.local_path(e))) for e in reg_api.iter_entries(v))
     finally:
         reg_api.close()
     blob_list.write_text("".join(p + "\0" for _, p in paths))
