@@ -628,6 +628,9 @@ def test_fallback_urls_need_the_key(server: WandbServer) -> None:
     entry = rec.manifest["contents"]["unicodé ✓.txt"]
     md5hex = base64.b64decode(entry["digest"]).hex()
     base = f"{server.url}/artifactsV2/default/acme/vision/ds"
+    sub = rec.manifest["contents"]["sub/dir/b.bin"]
+    sub_url = f"{base}/{rec.id}/{sub['birthArtifactID']}/{base64.b64decode(sub['digest']).hex()}/sub/dir/b.bin"
+    assert requests.get(sub_url, auth=_auth(server), timeout=10).content == FILES["sub/dir/b.bin"]
     for url in (
         f"{base}/{rec.id}/{entry['birthArtifactID']}/{md5hex}/unicodé ✓.txt",
         f"{base}/{entry['birthArtifactID']}/{md5hex}/unicodé ✓.txt",
@@ -784,3 +787,18 @@ def test_real_sdk_reads_from_an_older_server(tmp_path: Path) -> None:
         assert out == [rec.digest, sorted({p.split("/")[0] for p in FILES})]
         assert [r.status for r in srv.operations("ServerFeaturesQuery")] == [400]
         assert all(r.status == 200 for r in srv.requests if r.operation not in ("ServerFeaturesQuery", None))
+
+
+def test_faults_are_used_up_only_by_requests_they_changed(faulty: tuple[WandbServer, str, bytes]) -> None:
+    srv, url, body = faulty
+    srv.faults.expire(match="b.bin")
+    srv.faults.status(503, match="b.bin")
+    srv.faults.corrupt(match="b.bin")
+    assert requests.get(url, timeout=10).status_code == 503  # status first; the expiry waits
+    assert requests.get(url, timeout=10).status_code == 403
+    assert requests.head(url, timeout=10).status_code == 200  # no body: the corruption waits
+    assert requests.get(url, headers={"Range": f"bytes={len(body)}-"}, timeout=10).status_code == 416
+    assert srv.faults.pending() == 1
+    bad = requests.get(url, timeout=10).content
+    assert bad != body and len(bad) == len(body)
+    assert srv.faults.pending() == 0 and requests.get(url, timeout=10).content == body

@@ -628,8 +628,11 @@ class Faults:
 
     Every rule has ``times`` (how many requests it hits; None = until ``clear()``) and ``match``
     (a substring of the unquoted request path, e.g. a file name, or None for any).  For one
-    request, the first live matching rule of each kind is used (and its count decremented), so
-    kinds combine (a slow first byte and a flipped byte on the same request).
+    request, the first live matching rule of each kind is used and its count decremented, and
+    only when it changed that request: a slow first byte combines with anything; a status wins
+    over an expiry (which then stays queued); the body faults (slow body, reset, truncate,
+    corrupt) combine with each other and are left queued by answers without a body (a status,
+    403, 416, HEAD, an empty file).
 
     Blob GETs (presigned files, the manifest, the authenticated fallbacks):
     - ``status(code, times=1, match=None, retry_after=None)``: answer ``code`` (e.g. 503, 500,
@@ -643,7 +646,8 @@ class Faults:
     - ``truncate_after(n_bytes, ...)``: full ``Content-Length``, ``n_bytes`` of body, clean close.
     - ``corrupt(...)``: flip one byte of the body (the middle one), same length.
     /graphql:
-    - ``graphql_status(code, times=1, retry_after=None, match=None)``: ``match`` is an operation name.
+    - ``graphql_status(code, times=1, retry_after=None, match=None)``: ``match`` is a substring
+      of the operation name.  Applied before the key is checked.
     - ``wrong_key``: a bool switch; while True every /graphql request is refused with 401 as if
       the key were wrong (a wrong or missing key gets the same 401 without any switch).
     - ``null_viewer``: a bool switch; while True an authorized request is answered, but
@@ -694,7 +698,6 @@ class Faults:
             self._rules.clear()
             self.wrong_key = False
             self.null_viewer = False
-        self.null_viewer = False
 
     def pending(self) -> int:
         """How many counted hits are left (rules with ``times=None`` count as one)."""
@@ -714,7 +717,7 @@ class Faults:
         return out
 
 
-_BLOB_FAULTS = ("status", "expire", "slow_first_byte", "slow_body", "reset_after", "truncate_after", "corrupt")
+_BODY_FAULTS = ("slow_body", "reset_after", "truncate_after", "corrupt")
 
 
 # ----------------------------------------------------------------------------- GraphQL views
@@ -1300,7 +1303,8 @@ class _Handler(BaseHTTPRequestHandler):
             user, _, password = base64.b64decode(cred).decode().partition(":")
         except ValueError:
             return False
-        return hmac.compare_digest(password, self.server.owner.api_key) and user in ("api", "")
+        good = self.server.owner.api_key.encode()
+        return hmac.compare_digest(password.encode(), good) and user in ("api", "")
 
     def _send_json(self, req: Request, status: int, obj: Any, headers: Mapping[str, str] | None = None) -> None:
         data = json.dumps(obj).encode()
@@ -1344,7 +1348,10 @@ class _Handler(BaseHTTPRequestHandler):
             if not req.authorized:
                 self._send_plain(req, 401, "unauthorized", "text/plain")
                 return
-            key = parts[-2] if parts[0] == "artifactsV2" else parts[-1]
+            if parts[0] == "artifacts":
+                key = parts[2]
+            else:  # the digest is the 32-hex segment after the ids; the name may have slashes
+                key = next((p for p in parts[5:] if re.fullmatch(r"[0-9a-f]{32}", p)), None)
             if parts[2 if parts[0] == "artifactsV2" else 1] not in owner._entities():
                 key = None
         blob = owner._blobs.get(key) if key else None
@@ -1368,15 +1375,18 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.write(data)
 
     def _serve_blob(self, req: Request, path: str, blob: bytes, head: bool) -> None:
-        fault = self.server.owner.faults.take(_BLOB_FAULTS, path)
-        if "slow_first_byte" in fault:
-            time.sleep(fault["slow_first_byte"])
-        if "status" in fault:
-            code, retry_after = fault["status"]
-            headers = _retry_after(retry_after)
-            self._send_plain(req, code, f"injected {code}", "text/plain", headers)
+        # Faults in stages, so a rule is used up only by a request it changed: a slow start
+        # combines with anything; a status wins over an expiry; body faults only meet a body.
+        faults = self.server.owner.faults
+        slow = faults.take(("slow_first_byte",), path)
+        if slow:
+            time.sleep(slow["slow_first_byte"])
+        terminal = faults.take(("status",), path) or faults.take(("expire",), path)
+        if "status" in terminal:
+            code, retry_after = terminal["status"]
+            self._send_plain(req, code, f"injected {code}", "text/plain", _retry_after(retry_after))
             return
-        if "expire" in fault:
+        if "expire" in terminal:
             self._send_plain(req, 403, _S3_DENIED.format(msg="Request has expired"), "application/xml")
             return
         etag = '"' + hashlib.md5(blob, usedforsecurity=False).hexdigest() + '"'
@@ -1394,7 +1404,8 @@ class _Handler(BaseHTTPRequestHandler):
             start, end = parsed
             status = 206
         body = blob[start:end]
-        if "corrupt" in fault and body:
+        fault = {} if head or not body else faults.take(_BODY_FAULTS, path)
+        if "corrupt" in fault:
             mid = len(body) // 2
             body = body[:mid] + bytes([body[mid] ^ 0xFF]) + body[mid + 1 :]
         req.status = status
