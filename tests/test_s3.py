@@ -391,6 +391,23 @@ def test_throttling_and_5xx_are_retried_and_a_cut_body_resumed(
     assert gets[3].range == f"bytes=200000-{len(SMALL) - 1}"  # right after the last byte received
 
 
+def test_cut_part_is_resumed_within_its_range(
+    admin: Any, bucket: str, store: BlobStore, proxy: FaultProxy, big: bytes
+) -> None:
+    admin.put_object(Bucket=bucket, Key="big.bin", Body=big)
+    entry = logged(f"s3://{bucket}/big.bin")
+    proxy.reset()
+    proxy.plan(f"/{bucket}/big.bin", Fault(), s3_error(503, "SlowDown"), Fault(cut=300_000))
+    assert fill(store, entry, PARALLEL) == big
+    gets = proxy.gets()
+    assert len(gets) == 11 + 2  # every part once, one throttled retry, one resume
+    cut = gets[2].range
+    assert cut is not None and gets[2].status == 206
+    first, last = (int(x) for x in cut.removeprefix("bytes=").split("-"))
+    assert f"bytes={first + 300_000}-{last}" in [g.range for g in gets]
+    assert part_threads() == []
+
+
 def test_retries_are_bounded(admin: Any, bucket: str, store: BlobStore, proxy: FaultProxy) -> None:
     admin.put_object(Bucket=bucket, Key="t.bin", Body=SMALL)
     entry = logged(f"s3://{bucket}/t.bin")
