@@ -118,7 +118,6 @@ HTTP/1.0: every response closes its connection, so no handler thread outlives a 
 from __future__ import annotations
 
 import base64
-import contextlib
 import dataclasses
 import hashlib
 import hmac
@@ -133,7 +132,7 @@ import threading
 import time
 import traceback
 import urllib.parse
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -1818,10 +1817,3 @@ def _digest_items(manifest: Any) -> list[tuple[str, str]]:
     if not isinstance(contents, dict):
         return []
     return [(str(p), str(e.get("digest"))) for p, e in contents.items() if isinstance(e, dict)]
-
-
-@contextlib.contextmanager
-def running(**kwargs: Any) -> Iterator[WandbServer]:
-    """``with running(teams=["t"]) as server:``: a started server, stopped afterwards."""
-    with WandbServer(**kwargs) as server:
-        yield server
