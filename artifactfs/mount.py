@@ -22,6 +22,7 @@ import shutil
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator
 
 import pyfuse3
 import trio
@@ -156,7 +157,8 @@ def start_daemon(config: MountConfig) -> int:
     # Open the registry here, so that a missing registry, refused credentials or an unreachable
     # server fail now, in one line.  Its spec names it for the daemon, which works from "/": a
     # local registry's is an absolute path.
-    registry = open_registry(config.registry, cache_dir=cache_dir)
+    with _errors_only():
+        registry = open_registry(config.registry, cache_dir=cache_dir)
     try:
         spec = registry.spec
     finally:
@@ -204,6 +206,23 @@ def start_daemon(config: MountConfig) -> int:
     code = proc.wait()
     reason = _last_error(log_file) or f"the daemon exited with status {code}"
     raise MountError(reason)
+
+
+@contextlib.contextmanager
+def _errors_only() -> Iterator[None]:
+    """Keep a background mount's terminal to its one line: what a backend logs while it is
+    checked (retries of an unreachable server...) is logged again by the daemon, into its log,
+    when it opens the registry itself.  ``--log-level DEBUG`` shows everything."""
+    logger = logging.getLogger("artifactfs")
+    if logger.getEffectiveLevel() <= logging.DEBUG:
+        yield
+        return
+    old = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(old)
 
 
 def _last_error(log_file: str) -> str | None:

@@ -15,6 +15,7 @@ import json
 import mmap
 import os
 import signal
+import socket
 import sqlite3
 import stat
 import subprocess
@@ -733,9 +734,7 @@ def test_sigkill_then_umount_and_mount_again(mounter: Mounter, sample_registry: 
     assert (v1(again) / "README.md").read_bytes() == SAMPLE_FILES["README.md"]
 
 
-@pytest.mark.parametrize(
-    "signum", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP], ids=["SIGTERM", "SIGINT", "SIGHUP"]
-)
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP], ids=["SIGTERM", "SIGINT", "SIGHUP"])
 def test_signal_unmounts_cleanly(mounter: Mounter, sample_registry: tuple[Path, Path], signum: int) -> None:
     reg, _ = sample_registry
     m = mounter(reg)
@@ -887,6 +886,86 @@ def test_check_fuse_without_dev_fuse(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(os.path, "exists", lambda p: False if os.fspath(p) == "/dev/fuse" else real_exists(p))
     with pytest.raises(MountError, match="/dev/fuse"):
         mount.check_fuse()
+
+
+WANDB_KEY = "0123456789abcdef0123456789abcdef01234567"
+
+
+def _wandb_env(tmp_path: Path, key: str | None) -> dict[str, str]:
+    """The environment of a W&B mount: the key (if any) in WANDB_API_KEY, no netrc, no SDK cache."""
+    env = {k: v for k, v in ENV.items() if k not in ("WANDB_API_KEY", "WANDB_BASE_URL", "WANDB_ENTITY")}
+    env.update(NETRC=str(tmp_path / "no-netrc"), WANDB_CACHE_DIR=str(tmp_path / "wandb-cache"))
+    if key is not None:
+        env["WANDB_API_KEY"] = key
+    return env
+
+
+def test_background_wandb_mount_keeps_the_key_off_the_command_line(tmp_path: Path, require_fuse: None) -> None:
+    """``mount wandb:URL``: the daemon gets the spec on its command line and the key only through
+    the environment it inherits (``ps`` shows every user a command line, not an environment)."""
+    from wandb_server import WandbServer
+
+    mnt = tmp_path / "bg-mnt"
+    mnt.mkdir()
+    cache = tmp_path / "bg-cache"
+    with WandbServer(api_key=WANDB_KEY, viewer_entity="acme") as server, _background_cleanup(mnt, tmp_path):
+        server.add_artifact("acme", "vision", "ds", "dataset", {"a.txt": b"hello\n"}, aliases=["best"])
+        proc = subprocess.run(
+            [sys.executable, "-m", "artifactfs", "mount", f"wandb:{server.url}", str(mnt), "--cache-dir", str(cache)],
+            capture_output=True,
+            text=True,
+            env=_wandb_env(tmp_path, WANDB_KEY),
+            timeout=120,
+        )
+        assert proc.returncode == 0, proc.stderr
+        assert WANDB_KEY not in proc.stderr
+        assert (mnt / "acme" / "vision" / "ds:best" / "a.txt").read_bytes() == b"hello\n"
+        [pid] = _daemon_pids(mnt, tmp_path)
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        assert f"wandb:{server.url}".encode() in cmdline
+        assert not any(WANDB_KEY.encode() in arg for arg in cmdline), cmdline
+        assert f"WANDB_API_KEY={WANDB_KEY}".encode() in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        assert WANDB_KEY not in (cache / "mount.log").read_text()
+        assert run_cli("umount", str(mnt), check=False).returncode == 0
+
+
+def _closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.mark.parametrize("case", ["wrong-key", "no-key", "unreachable"])
+def test_background_wandb_mount_failures_are_reported_before_daemonising(
+    tmp_path: Path, require_fuse: None, case: str
+) -> None:
+    """Refused credentials, missing credentials and an unreachable server fail the ``mount``
+    command itself, in one line, before any daemon exists (no daemon log is even written)."""
+    from wandb_server import WandbServer
+
+    mnt = tmp_path / "bg-mnt"
+    mnt.mkdir()
+    cache = tmp_path / "bg-cache"
+    wrong = "f" * 40
+    key = {"wrong-key": wrong, "no-key": None, "unreachable": WANDB_KEY}[case]
+    with WandbServer(api_key=WANDB_KEY, viewer_entity="acme") as server, _background_cleanup(mnt, tmp_path):
+        url = f"http://127.0.0.1:{_closed_port()}" if case == "unreachable" else server.url
+        proc = subprocess.run(
+            [sys.executable, "-m", "artifactfs", "mount", f"wandb:{url}", str(mnt), "--cache-dir", str(cache)],
+            capture_output=True,
+            text=True,
+            env=_wandb_env(tmp_path, key),
+            timeout=120,
+        )
+        assert proc.returncode == 1
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("artifactfs: error: "), proc.stderr
+        assert "Traceback" not in proc.stderr and proc.stdout == ""
+        assert url in lines[0] or "127.0.0.1" in lines[0], lines[0]
+        assert WANDB_KEY not in proc.stderr and wrong not in proc.stderr
+        assert not is_mounted(mnt)
+        assert _daemon_pids(mnt, tmp_path) == []
+        assert not (cache / "mount.log").exists()
 
 
 def test_background_mount_refuses_a_mount_point_in_use(
