@@ -74,11 +74,17 @@ class Blob:
         assert self._fd is not None
         try:
             data = os.pread(self._fd, size, offset)
-            changed = self.identity is not None and _identity(os.fstat(self._fd)) != self.identity
+            if self.identity is not None:
+                st = os.fstat(self._fd)
+                now = _identity(st)
+                if now != self.identity:
+                    if not (st.st_nlink == 0 and now[:4] == self.identity[:4]):
+                        raise BlobChanged("a verified blob changed on disk after it was verified")
+                    # Unlinked (evicted, or a deleted version's blob purged by gc) while we hold
+                    # it: unlinking moves only the ctime, and no one can open it by name again.
+                    self.identity = now
         except OSError as exc:
             raise FetchError(f"reading a cached blob failed: {exc.strerror or exc}") from exc
-        if changed:
-            raise BlobChanged("a verified blob changed on disk after it was verified; verifying it again")
         return data
 
     def close(self) -> None:

@@ -729,3 +729,26 @@ def test_fill_walks_the_source_chain(store: BlobStore, caplog: pytest.LogCapture
     with pytest.raises(DigestMismatch):
         store.fill(other.cache_key, other, only_wrong, "g")
     assert other.cache_key not in store
+
+
+def test_unlinked_blob_held_open_keeps_serving(store: BlobStore) -> None:
+    """Eviction or gc unlinks a file a reader may hold: that moves only its ctime."""
+    data = os.urandom(MiB)
+    entry = entry_for(data)
+    blob = store.fill(entry.cache_key, entry, source(data), "f")
+    os.unlink(cache_file(store, entry.cache_key))
+    assert blob.pread(len(data), 0) == data
+    blob.close()
+
+
+def test_unlinked_and_rewritten_blob_is_refused(store: BlobStore) -> None:
+    data = os.urandom(MiB)
+    entry = entry_for(data)
+    blob = store.fill(entry.cache_key, entry, source(data), "f")
+    path = cache_file(store, entry.cache_key)
+    with open(path, "r+b") as f:
+        os.unlink(path)
+        f.write(b"changed")
+    with pytest.raises(BlobChanged):
+        blob.pread(10, 0)
+    blob.close()
