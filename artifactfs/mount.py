@@ -124,7 +124,7 @@ def run_foreground(config: MountConfig) -> None:
         failure_backoff=config.failure_backoff,
     )
     tree = Tree(registry, uid=os.getuid(), gid=os.getgid(), alias_ttl=config.alias_ttl)
-    ops = Operations(tree, fetcher, metadata_inline=registry.local, pread_in_thread=config.pread_in_thread)
+    ops = Operations(tree, fetcher, pread_in_thread=config.pread_in_thread)
     options = set(pyfuse3.default_options)
     options |= {"fsname=artifactfs", "subtype=artifactfs", "ro", "noatime"}
     if config.allow_other:

@@ -74,11 +74,7 @@ class Operations(pyfuse3.Operations):
     enable_writeback_cache = False
     enable_acl = False
 
-    def __init__(
-        self, tree: Tree, fetcher: Fetcher, *, pread_in_thread: bool = False, metadata_inline: bool | None = None
-    ) -> None:
-        # ``metadata_inline`` is ignored (the tree's Meta decides by ``registry.local``); it is
-        # accepted only until mount.py stops passing it.  TODO: remove with that line.
+    def __init__(self, tree: Tree, fetcher: Fetcher, *, pread_in_thread: bool = False) -> None:
         super().__init__()
         # Verified local blobs are read inline by default: scripts/bench measures both ways.
         self._pread_in_thread = pread_in_thread
