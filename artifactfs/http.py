@@ -85,9 +85,19 @@ class Policy:
     part_size: int = 16 * MiB
     workers: int = 4
     chunk: int = 1 * MiB
+    # False: never let requests add ~/.netrc credentials for the URL's host (presigned URLs
+    # carry their own; an Authorization header would break the signature or leak a key).
+    netrc: bool = True
 
 
 DEFAULT_POLICY = Policy()
+
+
+class _NoCredentials(requests.auth.AuthBase):
+    """An auth that adds nothing: passing it keeps requests from looking in ~/.netrc."""
+
+    def __call__(self, r: requests.PreparedRequest) -> requests.PreparedRequest:
+        return r
 
 
 class _RedactQueries(logging.Filter):
@@ -289,6 +299,7 @@ class _Transfer:
                 headers=headers,
                 stream=True,
                 timeout=(self.policy.connect_timeout, self.policy.read_timeout),
+                auth=None if self.policy.netrc else _NoCredentials(),
             )
         except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError) as exc:
             raise _Transient(type(exc).__name__) from None

@@ -135,8 +135,11 @@ def test_key_from_netrc(server: WandbServer, env: Path, monkeypatch: pytest.Monk
     assert "acme" in reg.entities()
     v = reg.resolve(parse_ref("acme/vision/ds:best"))
     reg.load_contents(v)
-    manifest_gets = [r for r in server.file_requests() if "wandb_manifest.json" in r.path]
-    assert manifest_gets and not any(r.authorized for r in manifest_gets)  # presigned: no credentials
+    store = BlobStore(str(env / "blobs"))
+    assert fill(store, reg, v, "d/b.txt") == b"bee"
+    store.close()
+    gets = server.file_requests()
+    assert len(gets) == 2 and not any(r.authorized for r in gets)  # presigned: never netrc's key
     reg.close()
 
 

@@ -443,7 +443,8 @@ class WandbRegistry(Registry):
         self.base_url = url
         self._endpoint = url + "/graphql"
         self._policy = policy
-        self._http_policy = http_policy
+        # Presigned file URLs are fetched without credentials, whatever ~/.netrc says.
+        self._http_policy = dataclasses.replace(http_policy, netrc=False)
         self.page_size = page_size
         self.collections_per_call = collections_per_call
         self.versions_per_collection = versions_per_collection
@@ -1141,8 +1142,9 @@ class WandbRegistry(Registry):
             return self._artifact_reference(version, entry, depth)
         from ..references import reference_source
 
-        # allow_file=False: a remote registry's entries never read this machine's disk.
-        return reference_source(entry, allow_file=False, policy=self._http_policy)
+        # allow_file=False: a remote registry's entries never read this machine's disk.  A
+        # reference URL is an ordinary one (not presigned): ~/.netrc applies as in the SDK.
+        return reference_source(entry, allow_file=False, policy=dataclasses.replace(self._http_policy, netrc=True))
 
     def _artifact_reference(self, version: VersionInfo, entry: Entry, depth: int) -> BlobSource:
         """``wandb-artifact://<hex id>/<path>``: the entry of another artifact, fetched as that
