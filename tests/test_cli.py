@@ -9,6 +9,7 @@ import hashlib
 import json
 import os
 import shutil
+import stat
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -763,3 +764,46 @@ def test_bad_mount_flags_are_usage_errors(tmp_path: Path, args: list[str]) -> No
     assert proc.returncode == 2
     assert_one_line_error(proc, "error")
     assert not (tmp_path / "reg").exists()
+
+
+# -- wandb: specs (against the W&B-compatible server of tests/wandb_server.py) --------------------
+
+WANDB_KEY = "0123456789abcdef0123456789abcdef01234567"
+
+
+@pytest.fixture
+def wandb_server(tmp_path: Path) -> Iterator[tuple[str, dict[str, str]]]:
+    """``(spec, environment)`` of a W&B server holding acme/vision/ds:v0 (alias best)."""
+    from wandb_server import WandbServer
+
+    env = {k: v for k, v in base_env().items() if not k.startswith("WANDB_")}
+    env.update(WANDB_API_KEY=WANDB_KEY, NETRC=str(tmp_path / "no-netrc"), WANDB_CACHE_DIR=str(tmp_path / "sdk"))
+    with WandbServer(api_key=WANDB_KEY, viewer_entity="acme") as server:
+        server.add_artifact("acme", "vision", "ds", "dataset", TREE0, aliases=["best"])
+        yield f"wandb:{server.url}", env
+
+
+def test_wandb_spec_reads(wandb_server: tuple[str, dict[str, str]], tmp_path: Path) -> None:
+    spec, env = wandb_server
+    assert run("ls", "acme/vision", "--registry", spec, env=env).stdout.splitlines() == [
+        "acme/vision/ds\tdataset\t1 versions"
+    ]
+    info = json.loads(run("info", f"{COLL}:best", "--json", "--registry", spec, env=env).stdout)
+    assert info["digest"] == artifact_digest((p, b64md5(d)) for p, d in TREE0.items())
+    cache = tmp_path / "c"
+    out = tmp_path / "out"
+    run("get", f"{COLL}:best", "--root", str(out), "--registry", spec, "--cache-dir", str(cache), env=env)
+    assert {str(p.relative_to(out)): p.read_bytes() for p in out.rglob("*") if p.is_file()} == TREE0
+    # The remote backend kept its manifest in the cache directory, claimed first (mode 0700).
+    assert (cache / "manifests").is_dir() and stat.S_IMODE(cache.stat().st_mode) == 0o700
+
+
+@pytest.mark.parametrize(("args", "what"), [pytest.param(a, w, id=i) for i, a, w in READ_ONLY_WRITES])
+def test_wandb_spec_writes_fail_in_one_line(
+    wandb_server: tuple[str, dict[str, str]], tmp_path: Path, args: list[str], what: str
+) -> None:
+    spec, env = wandb_server
+    proc = run(*_materialise(args, tmp_path), "--registry", spec, env=env, check=False)
+    assert proc.returncode == 1
+    assert_one_line_error(proc, f"{what}: the wandb registry {spec} is read-only here")
+    assert WANDB_KEY not in proc.stderr
