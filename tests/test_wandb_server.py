@@ -240,23 +240,35 @@ api = wandb.Api()
 a = api.artifact("acme/vision/faulty:latest")
 root = os.path.abspath("root")
 a.download(root)
-print(json.dumps({n: open(os.path.join(root, n), "rb").read().hex() for n in ("a.txt", "b/c.txt", "d.txt")}))
+out = {n: open(os.path.join(root, n), "rb").read().hex() for n in ("a.txt", "b/c.txt", "d.txt", "e.bin")}
+try:
+    a.verify(root)
+    out["verify"] = "passed"
+except ValueError:
+    out["verify"] = "failed"
+print(json.dumps(out))
 """
 
 
 @pytest.mark.slow
 def test_real_sdk_retries_5xx_and_falls_back_when_a_url_expired(server: WandbServer, tmp_path: Path) -> None:
-    files = {"a.txt": b"aaa\n", "b/c.txt": b"ccc\n", "d.txt": b"ddd\n"}
+    """Also what the protocol notes observed: a flipped byte is accepted by download() (only
+    verify() sees it), so the corrupt switch reaches a real client."""
+    files = {"a.txt": b"aaa\n", "b/c.txt": b"ccc\n", "d.txt": b"ddd\n", "e.bin": bytes(range(200))}
     rec = server.add_artifact("acme", "vision", "faulty", "dataset", files)
     server.reset_log()
     server.faults.graphql_status(503, times=2, match="ArtifactMembershipByName", retry_after=0)
     server.faults.status(503, times=2, match="a.txt")
     server.faults.status(429, times=1, match="d.txt", retry_after=0)
     server.faults.expire(match="c.txt")
+    server.faults.corrupt(match="e.bin")
     try:
         out = run_sdk(server, tmp_path, SDK_FAULTS)
     finally:
         server.faults.clear()
+    bad = bytes.fromhex(out.pop("e.bin"))
+    assert len(bad) == 200 and sum(x != y for x, y in zip(bad, files.pop("e.bin"), strict=True)) == 1
+    assert out.pop("verify") == "failed"
     assert out == {p: b.hex() for p, b in files.items()}
     assert [r.status for r in server.operations("ArtifactMembershipByName")] == [503, 503, 200]
     a_gets = [r.status for r in server.file_requests() if "a.txt" in r.path]

@@ -35,6 +35,22 @@ API (a contract other tests rely on)::
         server.handler_errors # list[str]: tracebacks of request handlers that crashed (bugs)
         server.sign(path, ttl=None) -> str        # "<path>?expires=..&sig=.." for a /files/ path
 
+``Faults`` (``server.faults``; each call adds a rule; ``times=None`` = until ``clear()``;
+``match`` = substring of the unquoted path, or of the operation name for GraphQL)::
+
+    faults.status(code, times=1, match=None, retry_after=None)   # blob GET answers code
+    faults.expire(times=1, match=None)                           # blob GET answers 403 (expired)
+    faults.slow_first_byte(seconds, times=1, match=None)         # sleep before the status line
+    faults.slow_body(bytes_per_second, times=1, match=None)      # trickle the body
+    faults.reset_after(n_bytes, times=1, match=None)             # RST after n body bytes
+    faults.truncate_after(n_bytes, times=1, match=None)          # full Content-Length, n bytes, close
+    faults.corrupt(times=1, match=None)                          # flip the middle byte, same length
+    faults.graphql_status(code, times=1, retry_after=None, match=None)  # /graphql answers code
+    faults.wrong_key = True      # /graphql answers 401 (as for a wrong key)
+    faults.null_viewer = True    # viewer resolves null (the SDK: "invalid credentials")
+    faults.clear(); faults.pending() -> int
+A rule is used up only by a request it changed (details in the ``Faults`` docstring).
+
 ``features=None`` enables every feature in ``DEFAULT_FEATURES`` (ARTIFACT_DIGEST_ALGORITHM
 included).  ``omit_fields=["Type.field", ...]`` plays an older server: those fields are not in
 the schema (dropping an interface field drops it from ArtifactSequence too).
