@@ -37,6 +37,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from ..defaults import GC_GRACE
 from ..errors import (
     ArtifactNotFound,
     Conflict,
@@ -823,7 +824,7 @@ class LocalRegistry(Registry):
                 self._move_aliases(db, cid, int(newest[0]), [LATEST], ts)
         return version
 
-    def gc(self, *, grace: float = 3600.0) -> tuple[int, int, int]:
+    def gc(self, *, grace: float = GC_GRACE) -> tuple[int, int, int]:
         """Purge deleted versions, then blobs no entry uses that are older than ``grace`` seconds
         (younger ones may belong to a log that has not committed yet).  Returns
         ``(versions purged, blobs removed, bytes freed)``."""
