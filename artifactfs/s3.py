@@ -22,7 +22,8 @@ seconds of waiting per download; a cut body resumes right after its last written
 Credentials refused are :class:`~artifactfs.errors.AuthError`, a missing object or bucket a
 :class:`~artifactfs.errors.FetchError`, at once.  Messages carry the bucket, key, error code and
 HTTP status, never a botocore message (S3 error documents can echo request details) and never a
-credential.
+credential; botocore's own DEBUG lines, which dump signed requests and session tokens, are kept
+quiet (its logger is set to INFO unless a level was chosen for it).
 
 **The object must be the one that was logged.**  The manifest records the object's ETag
 (``extra.etag``, and for entries the wandb SDK logged also the digest) and, in a versioned bucket,
@@ -174,6 +175,12 @@ class _Boto:
             import botocore.exceptions
         except ImportError as exc:
             raise FetchError(f"s3:// references need boto3, which is not installed: {INSTALL_HINT}") from exc
+        # botocore's DEBUG lines dump signed requests: canonical requests and headers with the
+        # session token (X-Amz-Security-Token).  Unless someone chose a level for botocore
+        # itself, it logs from INFO up, whatever the root level (``--log-level DEBUG``).
+        quiet = logging.getLogger("botocore")
+        if quiet.level == logging.NOTSET:
+            quiet.setLevel(logging.INFO)
         self.boto3 = boto3
         self.Config = botocore.config.Config
         ex = botocore.exceptions
