@@ -116,10 +116,11 @@ CHECK_PROJECT_QUERY = (
     " entity(name: $entity) { id }"
     " project(name: $project, entityName: $entity) { id name } }"
 )
-PROJECTS_QUERY = (
+PROJECTS_QUERY = (  # models(): the SDK's GetProjects; entity(): the existence check, same call
     "query EntityProjects($entity: String!, $cursor: String, $perPage: Int) {"
-    " entity(name: $entity) { id projects(after: $cursor, first: $perPage) {"
-    f" {_PAGE_INFO} edges {{ node {{ name }} }} }} }} }}"
+    " entity(name: $entity) { id }"
+    " models(entityName: $entity, after: $cursor, first: $perPage) {"
+    f" {_PAGE_INFO} edges {{ node {{ name }} }} }} }}"
 )
 COLLECTIONS_QUERY = (
     "query ProjectArtifactCollections($entity: String!, $project: String!, $cursor: String, $perPage: Int) {"
@@ -559,15 +560,13 @@ class WandbRegistry(Registry):
         what is missing)."""
         body = {"query": query, "variables": variables, "operationName": op}
         what = f"W&B {op} at {self.base_url}"
+        chosen = policy or self._policy
         t0 = time.monotonic()
 
         def attempt() -> Any:
             try:
                 resp = self._session().post(
-                    self._endpoint,
-                    json=body,
-                    auth=self._auth,
-                    timeout=(self._policy.connect_timeout, (policy or self._policy).read_timeout),
+                    self._endpoint, json=body, auth=self._auth, timeout=(chosen.connect_timeout, chosen.read_timeout)
                 )
             except (requests.ConnectionError, requests.Timeout) as exc:
                 raise _Transient(f"cannot reach the server ({type(exc).__name__})") from None
@@ -576,7 +575,7 @@ class WandbRegistry(Registry):
             return resp
 
         try:
-            payload = self._retrying(what, policy or self._policy, lambda: self._answer(attempt(), what))
+            payload = self._retrying(what, chosen, lambda: self._answer(attempt(), what))
         except _GaveUp as exc:
             hint = "check WANDB_BASE_URL and the network" if "cannot reach" in str(exc) else "try again later"
             raise RegistryError(f"{exc}: {hint}") from None
@@ -681,10 +680,9 @@ class WandbRegistry(Registry):
             data = self._gql(
                 "EntityProjects", PROJECTS_QUERY, {"entity": entity, "cursor": cursor, "perPage": self.page_size}
             )
-            ent = data.get("entity")
-            if not isinstance(ent, dict):
+            if not isinstance(data.get("entity"), dict):
                 raise EntityNotFound(f"entity {entity!r} not found on {self.base_url}")
-            conn = ent.get("projects")
+            conn = data.get("models")
             names.extend(_str((e.get("node") or {}).get("name")) for e in _edges(conn))
             cursor = _next_cursor(conn)
             if cursor is None:
