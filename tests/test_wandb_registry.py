@@ -189,6 +189,17 @@ def test_unreachable_host(env: Path) -> None:
     assert time.monotonic() - t0 < 30
 
 
+def test_a_server_that_never_answers(env: Path) -> None:
+    with socket.socket() as s:  # listens (the kernel completes the handshake) but never accepts
+        s.bind(("127.0.0.1", 0))
+        s.listen(8)
+        policy = GraphQLPolicy(read_timeout=0.5, attempts=2, backoff=0.05, budget=1.0)
+        t0 = time.monotonic()
+        with pytest.raises(RegistryError, match=r"Timeout.*gave up after 2 tries.*WANDB_BASE_URL"):
+            WandbRegistry(f"http://127.0.0.1:{s.getsockname()[1]}", connect_policy=policy)
+        assert time.monotonic() - t0 < 10
+
+
 class _NotWandb(http.server.BaseHTTPRequestHandler):
     status = 404
 
@@ -809,6 +820,8 @@ def test_the_key_never_appears_in_logs_or_errors(
     assert len(caplog.records) > 5  # DEBUG records were captured (urllib3's and ours)
     for text in texts:
         assert KEY not in text and basic not in text and "w" * 40 not in text
+    ours = [r.getMessage() for r in caplog.records if r.name.startswith(("artifactfs", "urllib3"))]
+    assert ours and not any("sig=" in m or "expires=" in m for m in ours)  # no presigned query strings
 
 
 def test_concurrent_reads(server: WandbServer, registry: WandbRegistry, store: BlobStore) -> None:

@@ -480,9 +480,14 @@ class WandbRegistry(Registry):
             raise AuthError(f"no W&B API key for {url}: {where}; set WANDB_API_KEY or run `wandb login --host {url}`")
         self.__key = key
         self._auth = requests.auth.HTTPBasicAuth("api", key)
-        data = self._gql("Viewer", VIEWER_QUERY, {}, policy=connect_policy)
+        try:
+            data = self._gql("Viewer", VIEWER_QUERY, {}, policy=connect_policy)
+        except BaseException:
+            self.close()
+            raise
         viewer = data.get("viewer")
         if not isinstance(viewer, dict):
+            self.close()
             raise AuthError(
                 f"the W&B server at {url} does not accept the API key from {where}: "
                 "set WANDB_API_KEY or run `wandb login --relogin`"
