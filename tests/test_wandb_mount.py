@@ -1,0 +1,243 @@
+"""A real FUSE mount of a W&B server (tests/wandb_server.py on 127.0.0.1), driven by ordinary
+programs: the same shell-level checks as tests/test_mount.py, then every download fault, then a
+hunt for the API key in everything the daemon shows.
+
+Each fault must end in the right bytes or EIO within a bounded time, with nothing unverified
+cached and the daemon still serving other files.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import SAMPLE_FILES, Mount, Mounter
+from wandb_server import WandbServer
+
+pytestmark = pytest.mark.fuse
+
+KEY = "f00dfeedc0ffee0123456789abcdef0123456789"
+ENV = {**os.environ, "LC_ALL": "C.UTF-8", "LANG": "C.UTF-8"}
+BIG = os.urandom(3 * 1024 * 1024 + 17)
+OTHER = {"a.txt": b"the other artifact\n", "b/c.txt": b"still served\n"}
+
+
+@pytest.fixture
+def wandb_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The key in the environment the daemon inherits; no netrc, an empty SDK cache."""
+    for name in ("WANDB_BASE_URL", "WANDB_ENTITY"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("WANDB_API_KEY", KEY)
+    monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
+    monkeypatch.setenv("WANDB_CACHE_DIR", str(tmp_path / "wandb-cache"))
+    return tmp_path
+
+
+@pytest.fixture
+def server(wandb_env: Path) -> Iterator[WandbServer]:
+    with WandbServer(api_key=KEY, viewer_entity="acme", teams=("team1",)) as srv:
+        srv.add_artifact("acme", "vision", "ds", "dataset", {"README.md": b"# v0\n"}, aliases=["best"])
+        srv.add_artifact("acme", "vision", "ds", "dataset", SAMPLE_FILES, metadata={"rows": 9}, description="full")
+        srv.add_artifact("acme", "vision", "model", "model", {"model.pt": BIG})
+        srv.add_artifact("acme", "vision", "other", "dataset", OTHER)
+        srv.add_artifact("team1", "shared", "tbl", "dataset", {"x.csv": b"a,b\n1,2\n"})
+        yield srv
+
+
+@pytest.fixture
+def mounted(mounter: Mounter, server: WandbServer) -> Mount:
+    return mounter(f"wandb:{server.url}", "--failure-backoff", "0.5")  # type: ignore[arg-type]
+
+
+def sh(*cmd: str | Path, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(c) for c in cmd], capture_output=True, text=True, env=ENV, timeout=timeout)
+
+
+def ok(*cmd: str | Path) -> str:
+    proc = sh(*cmd)
+    assert proc.returncode == 0, f"{cmd}: exit {proc.returncode}: {proc.stderr}"
+    return proc.stdout
+
+
+def project(m: Mount) -> Path:
+    return m.path / "acme" / "vision"
+
+
+def read_uncached(path: Path) -> bytes:
+    with open(path, "rb", buffering=0) as f:
+        os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
+        return b"".join(iter(lambda: f.read(1 << 20), b""))
+
+
+def cached_blob_keys(cache_dir: Path) -> set[str]:
+    conn = sqlite3.connect(f"file:{cache_dir / 'cache.db'}?mode=ro", uri=True)
+    try:
+        return {r[0] for r in conn.execute("SELECT key FROM Cache WHERE filename IS NOT NULL")}
+    finally:
+        conn.close()
+
+
+def md5_key(data: bytes) -> str:
+    return "md5/" + hashlib.md5(data).hexdigest()
+
+
+# -- the namespace and the shell ------------------------------------------------------------------
+
+
+def test_shell_tools_on_a_wandb_mount(mounted: Mount, server: WandbServer, tmp_path: Path) -> None:
+    m = mounted
+    assert sorted(os.listdir(m.path)) == ["acme", "team1"]  # the viewer's entity and its teams
+    assert ok("ls", project(m)).split() == sorted(
+        ["ds:best", "ds:latest", "ds:v0", "ds:v1", "model:latest", "model:v0", "other:latest", "other:v0"]
+    )
+    assert ok("readlink", project(m) / "ds:latest", project(m) / "ds:best").split() == ["ds:v1", "ds:v0"]
+    v1 = project(m) / "ds:v1"
+    found = ok("find", v1, "-type", "f").splitlines()
+    assert sorted(os.path.relpath(p, v1) for p in found) == sorted(SAMPLE_FILES)
+    sizes = ok("stat", "-c", "%s %A", v1 / "train/000002.txt").split()
+    assert sizes == [str(len(SAMPLE_FILES["train/000002.txt"])), "-r--r--r--"]
+    # listing and stat fetched no content and asked no file URL
+    assert server.file_requests() == [] or all("wandb_manifest" in r.path for r in server.file_requests())
+    assert server.operations("GetArtifactMembershipFileUrls") == []
+
+    for rel, data in SAMPLE_FILES.items():
+        assert ok("md5sum", v1 / rel).split()[0] == hashlib.md5(data).hexdigest(), rel
+    ok("cp", "-r", v1, tmp_path / "copy")
+    ok("diff", "-r", v1, tmp_path / "copy")
+    assert (project(m) / "model:v0" / "model.pt").read_bytes() == BIG
+    attrs = ok("getfattr", "-d", "-m", "-", project(m) / "ds:v1")
+    assert "user.artifact.version=" in attrs and "user.artifact.description=" in attrs
+    proc = sh("touch", v1 / "new")
+    assert proc.returncode != 0 and "Read-only file system" in proc.stderr
+    # file URLs were asked for in batches of what was read, never by paging the whole list
+    url_calls = server.operations("GetArtifactMembershipFileUrls")
+    assert url_calls and all(r.variables.get("names") for r in url_calls)
+    assert len(url_calls) < len([d for d in SAMPLE_FILES.values() if d])  # batched: fewer calls than files
+
+
+def test_remount_fetches_no_manifest_and_no_blob_again(mounter: Mounter, server: WandbServer) -> None:
+    spec: Any = f"wandb:{server.url}"
+    first = mounter(spec)
+    v1 = project(first) / "ds:v1"
+    assert (v1 / "README.md").read_bytes() == SAMPLE_FILES["README.md"]
+    first.unmount()
+    server.reset_log()
+    second = mounter(spec, cache_dir=first.cache_dir)
+    assert (project(second) / "ds:v1" / "README.md").read_bytes() == SAMPLE_FILES["README.md"]
+    assert server.file_requests() == []  # neither the manifest nor the blob
+    assert server.operations("GetArtifactMembershipFileUrls") == []
+
+
+# -- faults: right bytes or EIO, bounded, nothing unverified cached, others still served ----------
+
+
+RECOVERS = {
+    "5xx": lambda f: f.status(503, times=2, match="model.pt"),
+    "429": lambda f: f.status(429, times=1, match="model.pt", retry_after=1),
+    "slow-first-byte": lambda f: f.slow_first_byte(1.0, times=1, match="model.pt"),
+    "reset-mid-body": lambda f: f.reset_after(100_000, times=1, match="model.pt"),
+    "truncated": lambda f: f.truncate_after(100_000, times=1, match="model.pt"),
+    "expired-url": lambda f: f.expire(times=1, match="model.pt"),
+}
+
+
+@pytest.mark.parametrize("fault", RECOVERS.values(), ids=RECOVERS.keys())
+def test_transient_faults_end_in_the_right_bytes(mounted: Mount, server: WandbServer, fault: object) -> None:
+    fault(server.faults)  # type: ignore[operator]
+    start = time.monotonic()
+    assert read_uncached(project(mounted) / "model:v0" / "model.pt") == BIG
+    assert time.monotonic() - start < 30
+    assert server.faults.pending() == 0  # the fault really happened
+    assert md5_key(BIG) in cached_blob_keys(mounted.cache_dir)
+
+
+def test_wrong_bytes_are_eio_and_never_cached(mounted: Mount, server: WandbServer) -> None:
+    server.faults.corrupt(times=None, match="model.pt")
+    path = project(mounted) / "model:v0" / "model.pt"
+    start = time.monotonic()
+    with pytest.raises(OSError) as info:
+        read_uncached(path)
+    assert info.value.errno == errno.EIO
+    assert time.monotonic() - start < 30
+    assert md5_key(BIG) not in cached_blob_keys(mounted.cache_dir)
+    assert os.listdir(mounted.cache_dir / "tmp") == []
+    # the daemon still serves other files meanwhile
+    assert (project(mounted) / "other:v0" / "b" / "c.txt").read_bytes() == OTHER["b/c.txt"]
+    assert "digest mismatch" in mounted.log()
+    server.faults.clear()
+    time.sleep(0.6)  # --failure-backoff 0.5
+    assert read_uncached(path) == BIG
+
+
+def test_endless_5xx_is_eio_within_a_bounded_time(mounted: Mount, server: WandbServer) -> None:
+    server.faults.status(500, times=None, match="model.pt")
+    start = time.monotonic()
+    with pytest.raises(OSError) as info:
+        read_uncached(project(mounted) / "model:v0" / "model.pt")
+    assert info.value.errno == errno.EIO
+    assert time.monotonic() - start < 200  # the HTTP retry budget (120 s) plus slack
+    assert md5_key(BIG) not in cached_blob_keys(mounted.cache_dir)
+    assert (project(mounted) / "other:v0" / "a.txt").read_bytes() == OTHER["a.txt"]
+
+
+# -- mount-time failures and secrets --------------------------------------------------------------
+
+
+def test_bad_credentials_fail_at_mount_time_in_one_line(
+    server: WandbServer, wandb_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    mnt = wandb_env / "mnt-bad"
+    mnt.mkdir()
+    wrong = "0" * 40
+    monkeypatch.setenv("WANDB_API_KEY", wrong)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "artifactfs",
+            "mount",
+            f"wandb:{server.url}",
+            str(mnt),
+            "--cache-dir",
+            str(wandb_env / "c"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ},
+    )
+    assert proc.returncode != 0
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert "WANDB_API_KEY" in lines[0] or "wandb login" in lines[0]
+    assert wrong not in proc.stderr and KEY not in proc.stderr
+    assert not os.path.ismount(mnt)
+
+
+def test_the_key_appears_nowhere(mounted: Mount, server: WandbServer) -> None:
+    m = mounted
+    # exercise the daemon: listings, reads, a fault that logs, an unknown name, xattrs
+    server.faults.corrupt(times=1, match="a.txt")
+    with pytest.raises(OSError):
+        read_uncached(project(m) / "other:v0" / "a.txt")
+    sh("ls", "-lR", m.path)
+    sh("cat", project(m) / "nosuch:v9" / "x")
+    for path in (m.path, project(m) / "ds:v1", project(m) / "ds:v1" / "README.md"):
+        attrs = sh("getfattr", "-d", "-m", "-", "--absolute-names", path)
+        assert KEY not in attrs.stdout and KEY not in attrs.stderr
+    assert KEY not in m.log()  # debug-level log (the mounter runs the daemon at DEBUG)
+    with open(f"/proc/{m.proc.pid}/cmdline", "rb") as f:
+        assert KEY.encode() not in f.read()
+    ps = sh("ps", "-eo", "pid,args", "ww")
+    assert KEY not in ps.stdout
+    with open(f"/proc/{m.proc.pid}/comm", "rb") as f:
+        assert KEY.encode() not in f.read()
