@@ -45,7 +45,7 @@ from .errors import (
 from .fsutil import claim_cache_dir, walk_files
 from .manifest import MD5, Entry, Manifest, hash_fd
 from .names import LATEST, check_entry_path, check_name, parse_ref
-from .references import HTTP_SCHEMES, checksum_reference, file_path
+from .references import HTTP_SCHEMES, S3_SCHEME, checksum_reference, file_path
 from .registry import CollectionInfo, Registry, VersionInfo, open_registry
 from .registry.base import iso_time
 from .store import write_verified
@@ -232,12 +232,14 @@ class Artifact:
     def add_reference(
         self, uri: str, name: str | None = None, checksum: bool = True, max_objects: int | None = None
     ) -> list[Entry]:
-        """Add entries whose bytes stay at ``uri`` (``file://``, ``http://``, ``https://``).
+        """Add entries whose bytes stay at ``uri`` (``file://``, ``http://``, ``https://``, ``s3://``).
 
         The content is fetched once, now, and its digest (MD5, or XXH128 for an XXH128
         artifact) and size become the entry's, so reads are verified like any other file.
         An http(s) entry is named after the last segment of the URL path unless ``name`` is
-        given, and keeps the server's ETag in ``extra.etag``.  A ``file://`` directory adds one
+        given, and keeps the server's ETag in ``extra.etag``.  An ``s3://bucket/key`` entry (one
+        object, through boto3: ``pip install artifactfs[s3]``) is named after the key's last
+        segment and keeps the ETag and version in ``extra``.  A ``file://`` directory adds one
         entry per file below it (under ``name/`` if given; at most ``max_objects``).
 
         ``checksum=False`` is refused: such an entry's digest would be the URI or an ETag, not
@@ -264,13 +266,13 @@ class Artifact:
                 items.append((name or os.path.basename(local), uri))
             else:
                 raise SourceError(f"{local!r} is not a file or directory")
-        elif url.scheme in HTTP_SCHEMES:
-            default = os.path.basename(urllib.parse.unquote(url.path))
+        elif url.scheme in (*HTTP_SCHEMES, S3_SCHEME):
+            default = os.path.basename(url.path if url.scheme == S3_SCHEME else urllib.parse.unquote(url.path))
             if not (name or default):
                 raise InvalidPath("the URL path names no file: pass name=")
             items.append((name or default, uri))
         else:
-            raise InvalidReferenceEntry(f"reference scheme {url.scheme!r} is not supported (file, http, https)")
+            raise InvalidReferenceEntry(f"reference scheme {url.scheme!r} is not supported (file, http, https, s3)")
         for path, _ in items:  # every name is checked before anything is fetched
             self._check_new_path(path)
         added: list[Entry] = []

@@ -542,7 +542,7 @@ def test_add_reference_logs_http_entries_once(server: FaultServer, tmp_path: Pat
         with pytest.raises(InvalidReferenceEntry, match="checksum=False"):
             art.add_reference(url, name="other.csv", checksum=False)
         with pytest.raises(InvalidReferenceEntry, match="not supported"):
-            art.add_reference("s3://bucket/key")
+            art.add_reference("gs://bucket/key")
         api.log_artifact(art, "acme/vision")
         assert len(server.gets()) == 1  # fetched once, when added
         logged = api.artifact("acme/vision/ds:latest")

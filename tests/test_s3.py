@@ -29,7 +29,7 @@ from fault_server import Fault, FaultProxy, s3_error
 from moto.server import ThreadedMotoServer
 from wandb_server import WandbServer
 
-from artifactfs import s3
+from artifactfs import Api, Artifact, s3
 from artifactfs.errors import AuthError, DigestMismatch, FetchError, InvalidReferenceEntry, SourceChanged
 from artifactfs.http import Policy
 from artifactfs.manifest import MD5, XXH128, Entry, digest_bytes
@@ -221,6 +221,31 @@ def test_version_in_the_uri_is_read(admin: Any, bucket: str, store: BlobStore) -
     entry = logged(f"s3://{bucket}/k?versionId={v1}")
     assert entry.extra["versionID"] == v1 and entry.digest == digest_bytes(b"first\n")
     assert fill(store, entry) == b"first\n"
+
+
+def test_add_reference_logs_s3_objects(admin: Any, bucket: str, proxy: FaultProxy, tmp_path: Path) -> None:
+    put = admin.put_object(Bucket=bucket, Key="data/labels.csv", Body=SMALL)
+    uri = f"s3://{bucket}/data/labels.csv"
+    proxy.reset()
+    with Api(tmp_path / "reg") as api:
+        art = Artifact("ds", type="dataset")
+        [entry] = art.add_reference(uri)
+        assert (entry.path, entry.digest, entry.size, entry.ref) == ("labels.csv", digest_bytes(SMALL), len(SMALL), uri)
+        assert dict(entry.extra) == {"etag": put["ETag"].strip('"'), "versionID": put["VersionId"]}
+        with pytest.raises(FetchError, match="no such object"):
+            art.add_reference(f"s3://{bucket}/data/missing.csv")
+        api.log_artifact(art, "acme/vision")
+        assert len(proxy.gets()) == 1  # streamed once, when added (the missing one: one HEAD, 404)
+        logged_art = api.artifact("acme/vision/ds:latest")
+        assert logged_art.manifest.to_json()["contents"]["labels.csv"] == {
+            "digest": digest_bytes(SMALL),
+            "ref": uri,
+            "size": len(SMALL),
+            "extra": {"etag": put["ETag"].strip('"'), "versionID": put["VersionId"]},
+        }
+        root = logged_art.download(tmp_path / "dl")  # fetched again, verified
+        assert (Path(root) / "labels.csv").read_bytes() == SMALL
+        logged_art.verify(root)
 
 
 # -- entries logged by the wandb SDK: the digest is the ETag --------------------------------------
