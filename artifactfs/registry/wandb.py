@@ -1196,15 +1196,15 @@ class WandbRegistry(Registry):
                 del self._urls[(version.id, path)]
 
     def _cached_url(self, key: tuple[str, str]) -> str | None:
-        with self._lock:
-            known = self._urls.get(key)
-            if known is None:
-                return None
-            if time.monotonic() - known[1] > self.url_max_age:
-                del self._urls[key]
-                return None
-            self._urls.move_to_end(key)
-            return known[0]
+        """A URL asked for less than ``url_max_age`` ago.  Called with ``_lock`` held."""
+        known = self._urls.get(key)
+        if known is None:
+            return None
+        if time.monotonic() - known[1] > self.url_max_age:
+            del self._urls[key]
+            return None
+        self._urls.move_to_end(key)
+        return known[0]
 
     def _file_url(self, version: VersionInfo, entry: Entry, *, fresh: bool) -> str:
         """A download URL for ``entry``: cached, or asked for in a batch with the next files of
@@ -1212,12 +1212,11 @@ class WandbRegistry(Registry):
         is already asking for is waited for, not asked for twice."""
         key = (version.id, entry.path)
         for _ in range(3):
-            if not fresh:
-                url = self._cached_url(key)
+            event = threading.Event()
+            with self._lock:  # cache, in-flight and batch looked at together: no URL asked twice
+                url = None if fresh else self._cached_url(key)
                 if url is not None:
                     return url
-            event = threading.Event()
-            with self._lock:
                 wait = None if fresh else self._url_waits.get(key)
                 names = [] if wait is not None else [entry.path] if fresh else self._batch(version, entry)
                 for name in names:
