@@ -19,6 +19,7 @@ import re
 import socket
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -37,11 +38,14 @@ class Fault:
     ``shift``: answer a Range request with bytes from further on than asked.
     ``change``: once this answer is sent, replace the object's body and ETag (a new upload).
     ``body``: with ``status``, the body of that answer (an S3 error document, say).
+    ``hook``: :class:`FaultProxy` only: called once the upstream has answered, before the answer
+    is passed on (to change the upstream's state at a precise moment).
     """
 
     status: int | None = None
     headers: dict[str, str] = field(default_factory=dict)
     body: bytes = b""
+    hook: Callable[[], None] | None = None
     cut: int | None = None
     stall: float | None = None
     stall_after: int = 0
@@ -338,6 +342,8 @@ class FaultProxy:
             conn.request(h.command, h.path, body=body, headers=headers)
             resp = conn.getresponse()
             payload = resp.read()
+            if fault.hook is not None:
+                fault.hook()
             seen.status = resp.status
             h.send_response(resp.status)
             for k, v in resp.getheaders():
