@@ -911,3 +911,17 @@ def test_loaded_manifests_are_bounded(server: WandbServer, tmp_path: Path) -> No
     assert [d.name for d in reg.list_dir(versions[0], "")][:2] == ["f0", "f1"]  # reloaded from disk
     assert not server.operations("FetchArtifactManifest") and not server.file_requests()
     reg.close()
+
+
+def test_graphql_error_answers(registry: WandbRegistry) -> None:
+    """How GraphQL ``errors`` are read (W&B answers some missing things with an error, not null)."""
+    data = registry._data(
+        "Op", {"errors": [{"message": "project not found", "path": ["project"]}], "data": {"project": None}}
+    )
+    assert data == {"project": None}  # the caller names what is missing
+    assert registry._data("Op", {"errors": [{"message": "entity does not exist"}]}) == {}
+    with pytest.raises(RegistryError, match="W&B Op failed: internal error") as info:
+        registry._data("Op", {"errors": [{"message": f"internal error near Basic {KEY}"}], "data": None})
+    assert KEY not in str(info.value) and "***" in str(info.value)
+    with pytest.raises(RegistryError, match="no data"):
+        registry._data("Op", {"data": None})

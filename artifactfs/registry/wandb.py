@@ -87,11 +87,12 @@ class GraphQLPolicy:
     backoff_max: float = 10.0
     retry_after_max: float = 30.0  # a longer Retry-After gives up at once
     budget: float = 120.0  # seconds of waiting between tries, per call
+    deadline: float = 300.0  # no new try starts later than this after the first, per call
 
 
 DEFAULT_POLICY = GraphQLPolicy()
 # The construction check fails fast: a wrong URL should not take minutes to report.
-CONNECT_POLICY = GraphQLPolicy(connect_timeout=10.0, read_timeout=30.0, attempts=3, budget=5.0)
+CONNECT_POLICY = GraphQLPolicy(connect_timeout=10.0, read_timeout=20.0, attempts=3, budget=5.0, deadline=30.0)
 
 
 # -- query texts (field names as the W&B schema has them; see the SDK's _generated/operations.py)
@@ -530,6 +531,7 @@ class WandbRegistry(Registry):
         """Run ``attempt`` until it returns, retrying :class:`_Transient` failures with
         exponential back-off and jitter, ``Retry-After`` honoured, within ``policy``'s bounds."""
         waited = 0.0
+        start = time.monotonic()
         problem, n = "no attempt made", 0
         for n in range(1, policy.attempts + 1):
             try:
@@ -539,12 +541,12 @@ class WandbRegistry(Registry):
             if n == policy.attempts:
                 break
             if retry_after is not None and retry_after > policy.retry_after_max:
-                raise RegistryError(f"{what}: {problem}; the server asks to retry after {retry_after:g}s: giving up")
+                raise _GaveUp(f"{what}: {problem}; the server asks to retry after {retry_after:g}s: giving up")
             delay = min(policy.backoff_max, policy.backoff * 2 ** (n - 1))
             delay = delay / 2 + random.uniform(0, delay / 2)
             if retry_after is not None:
                 delay = max(delay, retry_after)
-            if waited + delay > policy.budget:
+            if waited + delay > policy.budget or time.monotonic() - start + delay > policy.deadline:
                 break
             waited += delay
             log.warning("%s: %s; retrying in %.2fs", what, problem, delay)
