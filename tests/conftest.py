@@ -12,12 +12,12 @@ import contextlib
 import hashlib
 import json
 import os
+import select
 import shutil
 import signal
 import sqlite3
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -176,17 +176,27 @@ class Mounter:
             "DEBUG",
             *args,
         ]
-        with open(log_file, "wb") as out:
-            proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        # The daemon's own readiness pipe: "ok" once the mount answers and its read-ahead is set
+        # (a stat that answers comes a little earlier than that).
+        ready_r, ready_w = os.pipe()
+        cmd += ["--ready-fd", str(ready_w)]
+        try:
+            with open(log_file, "wb") as out:
+                proc = subprocess.Popen(
+                    cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, pass_fds=(ready_w,)
+                )
+        finally:
+            os.close(ready_w)
         mount = Mount(path, registry, cache_dir, proc, log_file, tuple(args))
         self.mounts.append(mount)
-        deadline = time.monotonic() + 30
-        while not is_mounted(path) or not _answers(path):
-            if proc.poll() is not None:
-                raise AssertionError(f"mount exited with {proc.returncode}: {log_file.read_text()}")
-            if time.monotonic() > deadline:
+        with os.fdopen(ready_r, "rb") as ready:
+            if not select.select([ready], [], [], 30)[0]:
                 raise AssertionError(f"mount did not come up: {log_file.read_text()}")
-            time.sleep(0.02)
+            status = ready.read()
+        if not status.startswith(b"ok"):
+            proc.wait(timeout=30)
+            raise AssertionError(f"mount exited with {proc.returncode}: {log_file.read_text()}")
+        assert is_mounted(path) and _answers(path)
         return mount
 
     def cleanup(self) -> None:
