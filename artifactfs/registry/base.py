@@ -94,6 +94,40 @@ class VersionInfo:
 
 
 @dataclass(frozen=True, slots=True)
+class RunInfo:
+    """A run, as lineage names it: the run that logged a version, or one that used it.
+
+    ``id`` is the run's unique id inside its project (W&B's GraphQL ``name``, e.g. ``3kx9p2ab``);
+    ``name`` is its display name (W&B's ``displayName``), which need not be unique."""
+
+    entity: str
+    project: str
+    id: str
+    name: str
+    job_type: str
+    state: str
+    created_at_ns: int
+    config: dict[str, Any] = field(hash=False, default_factory=dict)
+
+    @property
+    def path(self) -> str:
+        """``entity/project/id``, as W&B's ``Api().run(path)`` takes it."""
+        return f"{self.entity}/{self.project}/{self.id}"
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "entity": self.entity,
+            "project": self.project,
+            "id": self.id,
+            "name": self.name,
+            "job_type": self.job_type,
+            "state": self.state,
+            "created_at": iso_time(self.created_at_ns),
+            "config": self.config,
+        }
+
+
+@dataclass(frozen=True, slots=True)
 class DirEntry:
     """A name inside a version directory: a file (``entry`` set) or a directory (``entry`` None)."""
 
@@ -291,9 +325,25 @@ class Registry(abc.ABC):
     def delete(self, ref: Ref, *, delete_aliases: bool = False) -> VersionInfo:
         raise self._refuse("deleting a version")
 
+    def link(self, ref: Ref, target: str, aliases: Iterable[str] = ()) -> VersionInfo:
+        """Link ``ref``'s version into the collection ``target`` (``entity/project/name``; W&B
+        calls a collection of links a portfolio) with ``aliases``; the version as the target
+        collection numbers it.  The content is not copied: the link names the same version."""
+        raise self._refuse("linking a version")
+
     def gc(self, *, grace: float = 3600.0) -> tuple[int, int, int]:
         """``(versions purged, blobs removed, bytes freed)``."""
         raise self._refuse("garbage collection")
+
+    # -- lineage (a registry that records no runs knows none) -----------------------------------
+
+    def logged_by(self, version: VersionInfo) -> RunInfo | None:
+        """The run that logged ``version``, or None when none is known."""
+        return None
+
+    def used_by(self, version: VersionInfo) -> list[RunInfo]:
+        """The runs that used ``version`` as an input (none known: an empty list)."""
+        return []
 
     def close(self) -> None:  # noqa: B027 - optional hook
         pass
