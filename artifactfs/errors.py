@@ -91,6 +91,16 @@ class EntryNotFound(NotFound):
     """No such file or directory inside an artifact version."""
 
 
+class RunNotFound(NotFound):
+    """No such run in the project (``Api().run(path)``, a run id given to the registry)."""
+
+
+class RunNotActive(InvalidArgument):
+    """A run was needed and there is none that may still log or use artifacts: the module-level
+    ``log_artifact``/``use_artifact`` before ``init()`` (wandb raises "You must call
+    wandb.init() before ..." there), or a method of a run that has already finished."""
+
+
 class Conflict(ArtifactFSError):
     """The request contradicts the registry's state (a collection's type, a protected alias...)."""
 
