@@ -136,6 +136,12 @@ class FetchError(ArtifactFSError):
     """Content could not be fetched (network fault, missing blob, server error)."""
 
 
+class DiskFull(FetchError):
+    """Verified bytes could not be written: the disk they go to is full (ENOSPC, EDQUOT), or a
+    blob is larger than the whole cache disk.  A read through the mount answers EIO (the blob
+    cannot be served verified without a place to verify it); nothing partial is kept."""
+
+
 class AuthError(ArtifactFSError):
     """Credentials were missing or refused.  The message never contains the secret."""
 

@@ -22,10 +22,11 @@ only its own file descriptors and the diskcache handle, which is thread- and pro
 from __future__ import annotations
 
 import contextlib
-import io
+import errno
 import logging
 import os
 import sqlite3
+import stat
 import threading
 import time
 from dataclasses import dataclass
@@ -33,8 +34,8 @@ from typing import IO, Any
 
 import diskcache
 
-from .errors import BlobChanged, DigestMismatch, FetchError, RegistryError
-from .fsutil import claim_cache_dir, make_temp, remove_stale
+from .errors import BlobChanged, DigestMismatch, DiskFull, FetchError, RegistryError
+from .fsutil import claim_cache_dir, make_temp
 from .manifest import Entry, b64_digest, hash_fd, new_hasher, update_from_fd
 from .registry.base import BlobSource
 
@@ -45,6 +46,9 @@ DEFAULT_SIZE_LIMIT = 50 << 30
 _TRUST_PREFIX = "trust/"  # in-place blobs: key -> (path, *identity)
 _CACHED_PREFIX = "cached/"  # cache files: key -> (path, *identity) taken once the file was adopted
 _TOUCH_INTERVAL = 60.0
+_ROOM_SLACK = 1 << 20  # free space kept beyond a blob's size for SQLite's journal and directories
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+_NOFOLLOW = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW
 
 
 class Blob:
@@ -132,7 +136,8 @@ class BlobStore:
         try:
             claim_cache_dir(self.directory)
             self.tmp = os.path.join(self.directory, "tmp")
-            os.makedirs(self.tmp, mode=0o700, exist_ok=True)
+            _own_dir(self.tmp)
+            _no_symlink(os.path.join(self.directory, "cache.db"))
             self._cache = diskcache.Cache(
                 self.directory,
                 size_limit=size_limit,
@@ -160,6 +165,19 @@ class BlobStore:
     def __contains__(self, key: str) -> bool:
         return key in self._cache
 
+    def _cached_file(self, key: str) -> str | None:
+        """The path of ``key``'s cache file in diskcache's index, marking it recently used; None
+        if there is none.  The file is not opened here: diskcache's ``get(read=True)`` would
+        follow a symlink planted in its place (or block on a FIFO); callers open it themselves
+        with ``O_NOFOLLOW``."""
+        cache = self._cache
+        db_key, raw = cache._disk.put(key)
+        row = cache._sql("SELECT rowid, filename FROM Cache WHERE key = ? AND raw = ?", (db_key, raw)).fetchone()
+        if row is None or row[1] is None:
+            return None
+        cache._sql("UPDATE Cache SET access_time = ? WHERE rowid = ?", (time.time(), row[0]))
+        return os.path.join(cache.directory, str(row[1]))
+
     def open_cached(self, key: str) -> Blob | None:
         """The cached blob for ``key``, opened, if its file is provably the one that was verified
         (same identity as recorded when it was adopted); else None.  Marks it recently used.
@@ -168,29 +186,27 @@ class BlobStore:
         memo = self._memo.get(key)
         now = time.monotonic()
         if memo is not None and now - memo[2] < _TOUCH_INTERVAL:
-            blob = _open_if(memo[0], memo[1])
+            blob = _open_if(memo[0], memo[1], _NOFOLLOW)
             if blob is not None:
                 return blob
             self._memo.pop(key, None)
         try:
-            handle = self._cache.get(key, read=True)
-            if handle is None:
+            path = self._cached_file(key)
+            if path is None:
                 return None
-            if isinstance(handle, io.BytesIO):  # not written by this store: never trusted
-                return None
-            with handle:
-                record = self._cache.get(_CACHED_PREFIX + key)
-                if record is None or record[0] != handle.name:
-                    return None
-                identity = tuple(record[1:])
-                st = os.fstat(handle.fileno())
-                if _identity(st) != identity:
-                    return None
-                fd = os.dup(handle.fileno())
-        except (OSError, sqlite3.Error, diskcache.Timeout):  # evicted meanwhile, or busy: a miss
+            record = self._cache.get(_CACHED_PREFIX + key)
+        except (sqlite3.Error, diskcache.Timeout):  # busy, or a damaged index: a miss
             return None
-        self._memo[key] = (handle.name, _identity(st), now)
-        return Blob(fd=fd, size=st.st_size, identity=_identity(st))
+        if record is None or record[0] != path:
+            return None
+        # O_NOFOLLOW for the file itself; a directory on its path swapped for a symlink leads
+        # to another inode, which the identity refuses.
+        blob = _open_if(path, tuple(record[1:]), _NOFOLLOW)
+        if blob is None:
+            return None
+        assert blob.identity is not None
+        self._memo[key] = (path, blob.identity, now)
+        return blob
 
     def open_verified(self, key: str, entry: Entry, what: str) -> Blob | None:
         """Worker thread: the cached blob for ``key`` after hashing it again, or None.
@@ -198,34 +214,39 @@ class BlobStore:
         For a cached file that :meth:`open_cached` could not prove (its size, inode, mtime or
         ctime moved since it was adopted, or its record was lost in a crash): hash it; on a match
         record its new identity and serve it, on a mismatch evict it (the caller fetches it
-        again)."""
+        again).  A symlink or anything but a regular file in its place is evicted unread."""
         blob = self.open_cached(key)
         if blob is not None:
             return blob
         try:
-            handle = self._cache.get(key, read=True)
-            if handle is None or isinstance(handle, io.BytesIO):
-                return None
-            with handle:
-                fd = os.dup(handle.fileno())
-                path = handle.name
-        except (OSError, sqlite3.Error, diskcache.Timeout):
+            path = self._cached_file(key)
+        except (sqlite3.Error, diskcache.Timeout):
+            return None
+        if path is None:
             return None
         try:
-            before = _identity(os.fstat(fd))
-            if before[2] == entry.size:
+            fd = os.open(path, _NOFOLLOW | os.O_NONBLOCK)
+        except FileNotFoundError:  # evicted meanwhile by another process
+            return None
+        except OSError as exc:  # ELOOP: a symlink planted in its place
+            self._evict(key, f"cached blob of {what} cannot be opened safely ({path}: {exc.strerror or exc})")
+            return None
+        try:
+            st = os.fstat(fd)
+            before = _identity(st)
+            if stat.S_ISREG(st.st_mode) and before[2] == entry.size:
                 actual, size = hash_fd(fd, entry.alg, limit=entry.size)
                 ok = actual == entry.digest and size == entry.size and _identity(os.fstat(fd)) == before
             else:
                 ok = False
             if not ok:
                 os.close(fd)
-                log.warning("cached blob of %s is corrupt (%s): fetching it again", what, path)
-                self._cache.delete(key, retry=True)
-                self._cache.delete(_CACHED_PREFIX + key, retry=True)
-                self._memo.pop(key, None)
+                self._evict(key, f"cached blob of {what} is corrupt ({path})")
                 return None
-            self._cache.set(_CACHED_PREFIX + key, (path, *before), retry=True)
+            try:
+                self._cache.set(_CACHED_PREFIX + key, (path, *before), retry=True)
+            except (OSError, sqlite3.Error) as exc:  # a full disk: the bytes are right all the same
+                log.warning("cannot record the identity of the cached blob of %s (%s): serving it", what, exc)
         except BaseException as exc:
             with contextlib.suppress(OSError):
                 os.close(fd)
@@ -235,6 +256,16 @@ class BlobStore:
         log.info("cached blob of %s changed identity but its bytes are right: trusting it again", what)
         self._memo[key] = (path, before, time.monotonic())
         return Blob(fd=fd, size=before[2], identity=before)
+
+    def _evict(self, key: str, reason: str) -> None:
+        """Drop ``key``'s cache file (unlinked by diskcache: a symlink itself, never its target)."""
+        log.warning("%s: fetching it again", reason)
+        self._memo.pop(key, None)
+        try:
+            self._cache.delete(key, retry=True)
+            self._cache.delete(_CACHED_PREFIX + key, retry=True)
+        except sqlite3.Error as exc:
+            raise FetchError(f"cannot evict a damaged cache entry: {exc}") from exc
 
     def fill(self, key: str, entry: Entry, source: BlobSource, what: str) -> Blob:
         """Write ``source``'s bytes into the cache if they hash to ``entry.digest``; return the blob.
@@ -252,30 +283,119 @@ class BlobStore:
         raise AssertionError("a source chain is never empty")
 
     def _fill(self, key: str, entry: Entry, source: BlobSource, what: str) -> Blob:
+        self._room_for(entry.size, what)
         try:
             fd, path = make_temp(self.tmp, ".part", os.O_RDWR)
         except OSError as exc:
-            raise FetchError(f"caching {what} failed: {exc.strerror or exc}") from exc
+            raise self._write_failed(exc, what, entry.size) from exc
         adopt = _Adopt(path)
         try:
-            size = write_verified(source, fd, entry, what)
-            # Durable before visible: the bytes reach the disk before the rename makes them a
-            # cache entry, and the rename reaches it before the record that vouches for them.
-            os.fsync(fd)
+            try:
+                size = write_verified(source, fd, entry, what)
+                # Durable before visible: the bytes reach the disk before the rename makes them
+                # a cache entry, and the rename reaches it before the record that vouches for them.
+                os.fsync(fd)
+            except DiskFull as exc:
+                raise self._write_failed(exc.__cause__ or exc, what, entry.size) from exc
+            except OSError as exc:
+                raise self._write_failed(exc, what, entry.size) from exc
+        except BaseException:
+            os.close(fd)
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+            raise
+        # Verified and synced: from here on the bytes are served, kept or not.
+        try:
             self._cache.set(key, adopt, read=True)
+        except (OSError, sqlite3.Error, diskcache.Timeout) as exc:
+            return self._serve_unkept(fd, adopt, size, what, exc)
+        except BaseException:
+            os.close(fd)
+            raise
+        try:
             _fsync_dir(os.path.dirname(adopt.final))
             identity = _identity(os.fstat(fd))  # after the rename, which moves the ctime
             self._cache.set(_CACHED_PREFIX + key, (adopt.final, *identity))
-            self._make_room(keep=key)
-            return Blob(fd=fd, size=size, identity=identity)
-        except BaseException as exc:
+        except (OSError, sqlite3.Error, diskcache.Timeout) as exc:
+            # Kept, but with no record vouching for it: the next open hashes it before use.
+            log.warning("cached %s but could not record it (%s): it is hashed again before it is reused", what, exc)
+            try:
+                identity = _identity(os.fstat(fd))
+            except OSError as err:
+                os.close(fd)
+                raise FetchError(f"caching {what} failed: {err.strerror or err}") from err
+        except BaseException:
             os.close(fd)
-            if not adopt.final:
-                with contextlib.suppress(OSError):
-                    os.unlink(path)
-            if isinstance(exc, (OSError, sqlite3.Error, diskcache.Timeout)):
-                raise FetchError(f"caching {what} failed: {exc}") from exc
             raise
+        self._make_room(keep=key)
+        return Blob(fd=fd, size=size, identity=identity)
+
+    def _serve_unkept(self, fd: int, adopt: _Adopt, size: int, what: str, exc: BaseException) -> Blob:
+        """The verified temp file could not be adopted (a full disk refused SQLite's write, the
+        index is busy or damaged): serve it from its descriptor without keeping it.  Its name is
+        removed, so nothing unrecorded stays in the cache directory."""
+        for name in (adopt.final, adopt.path):
+            if name:
+                with contextlib.suppress(OSError):
+                    os.unlink(name)
+        try:
+            identity = _identity(os.fstat(fd))
+        except OSError as err:
+            os.close(fd)
+            raise FetchError(f"caching {what} failed: {err.strerror or err}") from err
+        log.warning("cannot keep %s in the cache (%s): serving it verified, from a file that is not kept", what, exc)
+        return Blob(fd=fd, size=size, identity=identity)
+
+    def _write_failed(self, exc: BaseException, what: str, size: int) -> FetchError:
+        """The error for a failed write into the cache directory: DiskFull when its disk is
+        full (with the free space in the message), else a FetchError."""
+        if isinstance(exc, OSError) and exc.errno in _DISK_FULL:
+            free = _free_bytes(self.tmp)
+            shown = "unknown" if free is None else f"{free:,} bytes"
+            return DiskFull(
+                f"no space left in the cache directory {self.directory} for {what} ({size:,} bytes; "
+                f"{shown} free): nothing of it was kept; free space or lower --cache-size"
+            )
+        if isinstance(exc, OSError):
+            return FetchError(f"caching {what} failed: {exc.strerror or exc}")
+        return FetchError(f"caching {what} failed: {exc}")
+
+    def _room_for(self, size: int, what: str) -> None:
+        """Before a fill: refuse a blob larger than the cache's whole disk (it can never be
+        verified there), and evict least recently used blobs while the disk has less free space
+        than the blob needs.  (The size limit, ``--cache-size``, is kept by :meth:`_make_room`.)
+        Best effort: a blob held open by a reader frees its space only once it is closed."""
+        try:
+            st = os.statvfs(self.tmp)
+        except OSError:
+            return
+        total = st.f_blocks * st.f_frsize
+        if total and size > total:
+            raise DiskFull(
+                f"{what} ({size:,} bytes) is larger than the disk of the cache directory {self.directory} "
+                f"({total:,} bytes): it cannot be verified there, so it is not served; use a larger --cache-dir"
+            )
+        free = _free_bytes(self.tmp)
+        if free is None or free >= size + _ROOM_SLACK:
+            return
+        deficit = size + _ROOM_SLACK - free
+        cache = self._cache
+        evicted = 0
+        try:
+            while deficit > 0:
+                row = cache._sql(
+                    "SELECT key, size FROM Cache WHERE filename IS NOT NULL ORDER BY access_time LIMIT 1"
+                ).fetchone()
+                if row is None or not cache.delete(row[0], retry=True):
+                    break
+                cache.delete(_CACHED_PREFIX + row[0], retry=True)
+                self._memo.pop(row[0], None)
+                deficit -= row[1]
+                evicted += 1
+        except (diskcache.Timeout, sqlite3.Error) as exc:
+            log.warning("cache eviction for free space failed: %s", exc)
+        if evicted:
+            log.info("evicted %d cached blobs to make room for %s (%d bytes)", evicted, what, size)
 
     def _make_room(self, keep: str) -> None:
         """Evict least recently used items, one at a time, until the cache fits its size limit.
@@ -360,8 +480,18 @@ class BlobStore:
         return Blob(fd=fd, size=size, identity=before)
 
     def clean_tmp(self, max_age: float = 3600.0) -> None:
-        """Delete temp files of fills that died (killed daemons) more than ``max_age`` ago."""
-        remove_stale(self.tmp, max_age)
+        """Delete temp files of fills that died: at once when the process named in the file
+        (``<pid>-<random>.part``) is gone, else (a pid reused, another pid namespace) once they
+        are ``max_age`` seconds old.  They were never served: only adopted files are."""
+        cutoff = time.time() - max_age
+        me = os.getpid()
+        with contextlib.suppress(OSError), os.scandir(self.tmp) as it:
+            for item in it:
+                with contextlib.suppress(OSError):
+                    pid_text = item.name.partition("-")[0]
+                    pid = int(pid_text) if pid_text.isdigit() else 0
+                    if (pid and pid != me and not _alive(pid)) or item.stat(follow_symlinks=False).st_mtime < cutoff:
+                        os.unlink(item.path)
 
 
 def write_verified(source: BlobSource, fd: int, entry: Entry, what: str) -> int:
@@ -375,8 +505,12 @@ def write_verified(source: BlobSource, fd: int, entry: Entry, what: str) -> int:
         except OSError as exc:
             raise FetchError(f"reading {what} failed: {exc.strerror or exc}") from exc
     hasher = PrefixHasher(fd, entry.alg)
-    source.download(fd, what, hasher)
-    actual, size = hasher.finish(limit=entry.size)
+    try:
+        # A download translates its own network errors; an OSError out of it is the file's.
+        source.download(fd, what, hasher)
+        actual, size = hasher.finish(limit=entry.size)
+    except OSError as exc:
+        raise _write_error(exc, what) from exc
     _check(entry, actual, size, what)
     return size
 
@@ -395,10 +529,21 @@ def copy_verified(src: IO[bytes], fd: int, entry: Entry, what: str) -> int:
         if size > entry.size:
             break
         view = memoryview(chunk)
-        while view:
-            view = view[os.write(fd, view) :]
+        try:
+            while view:
+                view = view[os.write(fd, view) :]
+        except OSError as exc:
+            raise _write_error(exc, what) from exc
     _check(entry, b64_digest(hasher), size, what)
     return size
+
+
+def _write_error(exc: OSError, what: str) -> FetchError:
+    """A failed write of verified bytes: DiskFull for a full disk, else FetchError (never the
+    source's fault, so never reported as a read error)."""
+    if exc.errno in _DISK_FULL:
+        return DiskFull(f"writing {what} failed: {exc.strerror}")
+    return FetchError(f"writing {what} failed: {exc.strerror or exc}")
 
 
 def _check(entry: Entry, actual: str, size: int, what: str) -> None:
@@ -463,10 +608,10 @@ def _identity(st: os.stat_result) -> Identity:
     return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
-def _open_if(path: str, identity: tuple[int, ...]) -> Blob | None:
+def _open_if(path: str, identity: tuple[int, ...], flags: int = os.O_RDONLY | os.O_CLOEXEC) -> Blob | None:
     """``path`` opened as a blob if the file still has ``identity``; else None."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        fd = os.open(path, flags)
     except OSError:
         return None
     try:
@@ -486,3 +631,46 @@ def _fsync_dir(path: str) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _free_bytes(path: str) -> int | None:
+    try:
+        st = os.statvfs(path)
+    except OSError:
+        return None
+    return st.f_bavail * st.f_frsize
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, someone else's
+        return True
+    return True
+
+
+def _own_dir(path: str) -> None:
+    """Make ``path`` a real directory of ours (0700).  A symlink found in its place (planted in
+    the cache directory) is removed, not followed: temp files must not be written elsewhere."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        os.mkdir(path, 0o700)
+        return
+    if stat.S_ISLNK(st.st_mode):
+        log.warning("%s is a symlink: replacing it with a directory", path)
+        os.unlink(path)
+        os.mkdir(path, 0o700)
+        return
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid():
+        raise RegistryError(f"{path} is not a directory of this user: refusing the cache directory")
+    if stat.S_IMODE(st.st_mode) != 0o700:
+        os.chmod(path, 0o700)
+
+
+def _no_symlink(path: str) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        if stat.S_ISLNK(os.lstat(path).st_mode):
+            raise RegistryError(f"{path} is a symlink: refusing the cache directory")

@@ -7,6 +7,7 @@ import hashlib
 import io
 import os
 import stat
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -505,16 +506,23 @@ def test_xxh128_verify_in_place(store: BlobStore, tmp_path: Path) -> None:
 # -- temp files -------------------------------------------------------------------------------------------
 
 
-def test_clean_tmp_removes_only_old_files(store: BlobStore) -> None:
-    old = os.path.join(store.tmp, "123-old.part")
-    new = os.path.join(store.tmp, "456-new.part")
-    for path in (old, new):
+def test_clean_tmp_removes_files_of_dead_writers_and_old_files(store: BlobStore) -> None:
+    dead = subprocess.Popen(["true"])
+    dead.wait()  # a pid that no process has any more
+    me = os.getpid()
+    files = {
+        "dead": os.path.join(store.tmp, f"{dead.pid}-a.part"),
+        "old": os.path.join(store.tmp, f"{me}-old.part"),
+        "new": os.path.join(store.tmp, f"{me}-new.part"),
+        "unnamed": os.path.join(store.tmp, "no-pid.part"),
+    }
+    for path in files.values():
         with open(path, "wb") as f:
             f.write(b"partial")
     two_hours_ago = time.time() - 7200
-    os.utime(old, (two_hours_ago, two_hours_ago))
+    os.utime(files["old"], (two_hours_ago, two_hours_ago))
     store.clean_tmp(max_age=3600)
-    assert os.listdir(store.tmp) == ["456-new.part"]
+    assert sorted(os.listdir(store.tmp)) == sorted([f"{me}-new.part", "no-pid.part"])
     store.clean_tmp(max_age=0.0)
     assert os.listdir(store.tmp) == []
 
