@@ -2,12 +2,26 @@
 
 Everything that comes from a user, a manifest or the kernel is validated here before any other
 module sees it, so the rest of the code can treat a :class:`Ref` or a validated entry path as safe.
+
+Short paths (the Python API's, as W&B takes them): an artifact path of 1, 2 or 3 parts
+(``name:alias``, ``project/name:alias``, ``entity/project/name:alias``), a project path of 1
+or 2 and a run path of 1, 2 or 3 get their missing entity and project from, in order:
+
+1. the caller's own (the current run's: ``entity=``/``project=`` of the ``resolve_*`` call);
+2. ``$WANDB_ENTITY`` / ``$WANDB_PROJECT`` (empty counts as unset);
+3. the registry's defaults: ``registry.default_entity()`` for the entity (asked only when
+   needed: it may be a server round trip), ``uncategorized`` for the project (as W&B).
+
+A path with more parts, an invalid name in any part (whichever step gave it) or no entity at all
+is an :class:`~artifactfs.errors.InvalidReference` that says which.
 """
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
+from typing import Protocol
 
 from .errors import InvalidPath, InvalidReference
 
@@ -141,3 +155,127 @@ def split_dir(path: str) -> tuple[str, str]:
     """``"a/b/c.txt"`` -> ``("a/b", "c.txt")``; top-level names have dir ``""``."""
     parent, _, leaf = path.rpartition("/")
     return parent, leaf
+
+
+ENTITY_ENV = "WANDB_ENTITY"
+PROJECT_ENV = "WANDB_PROJECT"
+#: The project of a run or path that names none, when $WANDB_PROJECT is unset (as W&B).
+DEFAULT_PROJECT = "uncategorized"
+
+
+class EntityDefaults(Protocol):
+    """What path resolution needs of a registry (:meth:`Registry.default_entity`)."""
+
+    def default_entity(self) -> str | None: ...
+
+
+def _env(name: str) -> str | None:
+    value = os.environ.get(name, "").strip()
+    return value or None
+
+
+def resolve_entity(
+    entity: str | None = None, *, registry_defaults: EntityDefaults | None = None, path: str = ""
+) -> str:
+    """``entity``, else ``$WANDB_ENTITY``, else the registry's default entity, checked."""
+    if entity:
+        return check_name(entity, "entity")
+    env = _env(ENTITY_ENV)
+    if env is not None:
+        return check_name(env, f"entity (from ${ENTITY_ENV})")
+    default = registry_defaults.default_entity() if registry_defaults is not None else None
+    if default:
+        return check_name(default, "entity (the registry's default)")
+    where = f"{path!r} names no entity and" if path else "no entity was given and"
+    raise InvalidReference(
+        f"{where} there is none to fall back to: give ENTITY/PROJECT/..., init(entity=...), or set ${ENTITY_ENV}"
+    )
+
+
+def resolve_project(project: str | None = None) -> str:
+    """``project``, else ``$WANDB_PROJECT``, else ``uncategorized``, checked."""
+    if project:
+        return check_name(project, "project")
+    env = _env(PROJECT_ENV)
+    if env is not None:
+        return check_name(env, f"project (from ${PROJECT_ENV})")
+    return DEFAULT_PROJECT
+
+
+def resolve_artifact_path(
+    text: str,
+    *,
+    entity: str | None = None,
+    project: str | None = None,
+    registry_defaults: EntityDefaults | None = None,
+    default_tag: str | None = None,
+    require_tag: bool = False,
+) -> Ref:
+    """``[[ENTITY/]PROJECT/]NAME[:ALIAS|:vN]`` -> :class:`Ref`, missing parts filled in as the
+    module doc says.  ``default_tag``/``require_tag`` as :func:`parse_ref`."""
+    collection, sep, tag = text.partition(":")
+    parts = collection.split("/")
+    if len(parts) > 3:
+        raise InvalidReference(f"invalid artifact path {text!r}: expected [[ENTITY/]PROJECT/]NAME[:ALIAS]")
+    if len(parts) == 3:
+        return parse_ref(text, require_tag=require_tag, default_tag=default_tag)
+    check_name(parts[-1], "artifact name")
+    if len(parts) == 2:
+        proj = check_name(parts[0], "project")
+    else:
+        proj = resolve_project(project)
+    ent = resolve_entity(entity, registry_defaults=registry_defaults, path=text)
+    return parse_ref(f"{ent}/{proj}/{parts[-1]}{sep}{tag}", require_tag=require_tag, default_tag=default_tag)
+
+
+def resolve_project_path(
+    text: str | None = None,
+    *,
+    entity: str | None = None,
+    project: str | None = None,
+    registry_defaults: EntityDefaults | None = None,
+) -> tuple[str, str]:
+    """``[ENTITY/]PROJECT`` (or nothing: the defaults) -> ``(entity, project)``."""
+    parts = text.strip("/").split("/") if text else []
+    if len(parts) > 2:
+        raise InvalidReference(f"invalid project path {text!r}: expected [ENTITY/]PROJECT")
+    if len(parts) == 2:
+        return check_name(parts[0], "entity"), check_name(parts[1], "project")
+    proj = check_name(parts[0], "project") if parts else resolve_project(project)
+    return resolve_entity(entity, registry_defaults=registry_defaults, path=text or ""), proj
+
+
+def resolve_run_path(
+    text: str,
+    *,
+    entity: str | None = None,
+    project: str | None = None,
+    registry_defaults: EntityDefaults | None = None,
+) -> tuple[str, str, str]:
+    """A run path as ``wandb.Api().run()`` takes it -> ``(entity, project, run id)``:
+    ``ENTITY/PROJECT/ID``, ``ENTITY/PROJECT/runs/ID`` (a URL path), ``ENTITY/PROJECT:ID``,
+    ``PROJECT/ID``, ``PROJECT:ID`` or ``ID``."""
+    parts = text.strip("/ ").replace("/runs/", "/").split("/")
+    ent: str | None = None
+    proj: str | None = None
+    if len(parts) == 3:
+        ent, proj, run_id = parts
+    elif len(parts) == 2 and ":" in parts[1]:
+        ent = parts[0]
+        proj, run_id = parts[1].split(":", 1)
+    elif len(parts) == 2:
+        proj, run_id = parts
+    elif len(parts) == 1 and ":" in parts[0]:
+        proj, run_id = parts[0].split(":", 1)
+    elif len(parts) == 1:
+        run_id = parts[0]
+    else:
+        raise InvalidReference(f"invalid run path {text!r}: expected [[ENTITY/]PROJECT/]RUN_ID")
+    check_name(run_id, "run id")
+    proj = check_name(proj, "project") if proj is not None else resolve_project(project)
+    ent = (
+        check_name(ent, "entity")
+        if ent is not None
+        else resolve_entity(entity, registry_defaults=registry_defaults, path=text)
+    )
+    return ent, proj, run_id

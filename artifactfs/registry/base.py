@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import IO, Any, Protocol
 
-from ..errors import FetchError, ReadOnly
+from ..errors import FetchError, ReadOnly, RunNotFound
 from ..manifest import MD5, Entry, Manifest
 from ..names import Ref
 
@@ -306,8 +306,10 @@ class Registry(abc.ABC):
         digest_algorithm: str = MD5,
         workers: int | None = None,
         references: Iterable[Entry] = (),
+        run_id: str | None = None,
     ) -> LogResult:
-        """Log ``(entry path, local file)`` pairs and reference entries as a new version."""
+        """Log ``(entry path, local file)`` pairs and reference entries as a new version;
+        ``run_id`` names the run that logs it (see :meth:`logged_by`)."""
         raise self._refuse("logging a new version")
 
     def add_alias(self, ref: Ref, alias: str) -> VersionInfo:
@@ -344,6 +346,51 @@ class Registry(abc.ABC):
     def used_by(self, version: VersionInfo) -> list[RunInfo]:
         """The runs that used ``version`` as an input (none known: an empty list)."""
         return []
+
+    def run_outputs(self, run: RunInfo) -> list[VersionInfo]:
+        """The live versions ``run`` logged, in the order it logged them."""
+        return []
+
+    def run_inputs(self, run: RunInfo) -> list[VersionInfo]:
+        """The live versions ``run`` used, in the order it first used them."""
+        return []
+
+    def runs(self, entity: str, project: str) -> list[RunInfo]:
+        """The runs of a project, oldest first."""
+        return []
+
+    def run(self, entity: str, project: str, run_id: str) -> RunInfo:
+        """The run ``run_id`` of ``entity/project``; RunNotFound if there is none."""
+        raise RunNotFound(f"run {entity}/{project}/{run_id} not found")
+
+    def default_entity(self) -> str | None:
+        """The entity a path without one falls back to, after the current run and
+        ``$WANDB_ENTITY`` (W&B: the signed-in user's default entity); None when there is none.
+        May block (a backend may have to ask its server)."""
+        return None
+
+    # -- runs (writes: refused by a registry that cannot record them) ----------------------------
+
+    def create_run(
+        self,
+        entity: str,
+        project: str,
+        *,
+        name: str | None = None,
+        job_type: str | None = None,
+        config: dict[str, Any] | None = None,
+    ) -> RunInfo:
+        """Start a run (state ``running``) in ``entity/project``, creating both if need be."""
+        raise self._refuse("creating a run")
+
+    def finish_run(self, run: RunInfo, state: str = "finished") -> None:
+        """End ``run`` with ``state`` (``finished``, ``failed`` or ``crashed``) and store its
+        ``config`` as it is now.  A run that has already ended keeps its state."""
+        raise self._refuse("finishing a run")
+
+    def record_use(self, run_id: str, version: VersionInfo) -> None:
+        """Record that the run ``run_id`` used ``version`` as an input (once per run and version)."""
+        raise self._refuse("recording an artifact's use")
 
     def close(self) -> None:  # noqa: B027 - optional hook
         pass

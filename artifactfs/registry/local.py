@@ -2,7 +2,8 @@
 
 Layout::
 
-    <root>/registry.sqlite              entities, projects, collections, versions, aliases, entries
+    <root>/registry.sqlite              entities, projects, collections, versions, aliases, entries,
+                                        runs and lineage
     <root>/objects/md5/<hex[:2]>/<hex[2:]>      blobs, named by the hex of their MD5
     <root>/objects/xxh128/...                   blobs of XXH128 artifacts
     <root>/objects/tmp/                         blobs being written (renamed into place when whole)
@@ -15,6 +16,12 @@ numbers and a killed writer leaves no partial version.
 
 Directory listings of a version come from indexed rows (``entries`` and ``dirs`` keyed by
 ``(version, parent, name)``), never from a whole manifest in memory.
+
+Runs and lineage (``runs``, ``version_created_by``, ``version_used_by``) came after the first
+schema.  Opening a registry writes nothing, so a registry made before them gets their tables
+from the first write that needs them (:meth:`LocalRegistry._write` with ``lineage=True``, inside
+that write's transaction; ``PRAGMA user_version`` says they exist), and until then every read
+of lineage answers "none known".
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ import concurrent.futures
 import contextlib
 import ctypes
 import functools
+import getpass
 import inspect
 import json
 import logging
@@ -52,13 +60,14 @@ from ..errors import (
     NotFound,
     ProjectNotFound,
     RegistryError,
+    RunNotFound,
     SourceError,
 )
 from ..fsutil import make_temp, remove_stale, walk_files
 from ..manifest import ALGORITHMS, MANIFEST_ALGORITHM, MD5, Entry, artifact_digest, b64_digest, hex_from_b64, new_hasher
 from ..names import LATEST, Ref, check_alias, check_entry_path, check_name, split_dir
 from ..references import reference_source
-from .base import BlobSource, CollectionInfo, DirEntry, LogResult, Registry, VersionInfo
+from .base import BlobSource, CollectionInfo, DirEntry, LogResult, Registry, RunInfo, VersionInfo
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +110,36 @@ CREATE TABLE IF NOT EXISTS dirs (
     parent TEXT NOT NULL, name TEXT NOT NULL,
     PRIMARY KEY (version_id, parent, name)) WITHOUT ROWID;
 """
+
+#: ``PRAGMA user_version`` of a registry whose lineage tables exist (0: made before them).
+LINEAGE_VERSION = 1
+#: Run ids as W&B makes them: 8 characters of [a-z0-9].
+RUN_ID_ALPHABET = "abcdefghijklmnopqrstuvwxyz0123456789"
+RUN_STATES = ("running", "finished", "failed", "crashed")
+
+# Run ids are unique in the registry (W&B: within a project); the project is the run's own.  A
+# version has one creating run, or several when runs logged identical content (the version is
+# not logged again: ``logged_by`` is the first of them); ``used_by`` keeps a run's first use.
+_LINEAGE_SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+    id TEXT PRIMARY KEY, project_id INTEGER NOT NULL REFERENCES projects(id),
+    name TEXT NOT NULL, job_type TEXT NOT NULL, state TEXT NOT NULL, config TEXT NOT NULL,
+    created_at INTEGER NOT NULL, finished_at INTEGER);
+CREATE INDEX IF NOT EXISTS runs_project ON runs (project_id, created_at);
+CREATE TABLE IF NOT EXISTS version_created_by (
+    version_id INTEGER NOT NULL REFERENCES versions(id) ON DELETE CASCADE,
+    run_id TEXT NOT NULL REFERENCES runs(id), logged_at INTEGER NOT NULL,
+    PRIMARY KEY (version_id, run_id)) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS version_created_by_run ON version_created_by (run_id);
+CREATE TABLE IF NOT EXISTS version_used_by (
+    version_id INTEGER NOT NULL REFERENCES versions(id) ON DELETE CASCADE,
+    run_id TEXT NOT NULL REFERENCES runs(id), used_at INTEGER NOT NULL,
+    PRIMARY KEY (version_id, run_id)) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS version_used_by_run ON version_used_by (run_id);
+"""
+
+_RUN_COLUMNS = "r.id, e.name, p.name, r.name, r.job_type, r.state, r.created_at, r.config"
+_RUN_FROM = "FROM runs r JOIN projects p ON r.project_id = p.id JOIN entities e ON p.entity_id = e.id"
 
 _VERSION_COLUMNS = """
     v.id, v.artifact_id, e.name, p.name, c.name, c.type, v.version_index, v.digest,
@@ -188,6 +227,7 @@ class LocalRegistry(Registry):
         self._connections: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
         self._read_only = False
+        self._lineage = False  # True once the lineage tables are known to exist
         try:
             self._init_schema()
         except sqlite3.Error as exc:
@@ -228,22 +268,49 @@ class LocalRegistry(Registry):
         return sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
 
     @contextlib.contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
-        """One write transaction: ``BEGIN IMMEDIATE`` ... ``COMMIT`` (or ``ROLLBACK``)."""
+    def _write(self, *, lineage: bool = False) -> Iterator[sqlite3.Connection]:
+        """One write transaction: ``BEGIN IMMEDIATE`` ... ``COMMIT`` (or ``ROLLBACK``).
+        ``lineage``: the transaction writes runs or lineage, so their tables are created first
+        if this registry predates them (in the same transaction, so concurrent writers migrate
+        once and a failed write leaves the registry as it was)."""
         db = self._db()
         try:
             db.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as exc:
             raise RegistryError(f"registry {self.root} is busy or unwritable: {exc}") from exc
         try:
+            migrated = lineage and not self._lineage and self._migrate_lineage(db)
             yield db
             db.execute("COMMIT")
+            if lineage:
+                self._lineage = True
+            if migrated:
+                log.info("registry %s: added the runs and lineage tables", self.root)
         except BaseException as exc:
             with contextlib.suppress(sqlite3.Error):
                 db.execute("ROLLBACK")
             if isinstance(exc, sqlite3.Error):
                 raise RegistryError(f"registry {self.root}: {exc}") from exc
             raise
+
+    @staticmethod
+    def _migrate_lineage(db: sqlite3.Connection) -> bool:
+        """Create the lineage tables unless ``user_version`` says they exist.  Idempotent; runs
+        inside the caller's write transaction.  True when it created them."""
+        if int(db.execute("PRAGMA user_version").fetchone()[0]) >= LINEAGE_VERSION:
+            return False
+        for statement in _LINEAGE_SCHEMA.split(";"):
+            if statement.strip():
+                db.execute(statement)
+        db.execute(f"PRAGMA user_version = {LINEAGE_VERSION}")
+        return True
+
+    def _has_lineage(self) -> bool:
+        """Whether the lineage tables exist (another process may have made them since we looked:
+        one pragma read until they do, nothing after)."""
+        if not self._lineage:
+            self._lineage = int(self._db().execute("PRAGMA user_version").fetchone()[0]) >= LINEAGE_VERSION
+        return self._lineage
 
     def _init_schema(self) -> None:
         try:
@@ -255,7 +322,7 @@ class LocalRegistry(Registry):
                 raise RegistryError(f"registry {self.root} has schema {row[0]}, expected {SCHEMA_VERSION}")
             return  # opening an existing registry writes nothing
         self._db().execute("PRAGMA journal_mode = WAL")  # persistent: set once, at creation
-        with self._write() as db:
+        with self._write(lineage=True) as db:
             for statement in _SCHEMA.split(";"):
                 if statement.strip():
                     db.execute(statement)
@@ -553,6 +620,7 @@ class LocalRegistry(Registry):
         metadata: dict[str, Any] | None = None,
         digest_algorithm: str = MD5,
         workers: int | None = None,
+        run_id: str | None = None,
     ) -> LogResult:
         """Log every regular file below ``src`` as a new version of ``ref``'s collection."""
         src = os.fspath(src)
@@ -568,6 +636,7 @@ class LocalRegistry(Registry):
             metadata=metadata,
             digest_algorithm=digest_algorithm,
             workers=workers,
+            run_id=run_id,
         )
 
     def log_files(
@@ -582,11 +651,15 @@ class LocalRegistry(Registry):
         digest_algorithm: str = MD5,
         workers: int | None = None,
         references: Iterable[Entry] = (),
+        run_id: str | None = None,
     ) -> LogResult:
         """Log ``(entry path, local file)`` pairs, and reference entries (``ref`` set, content
         digest and size already computed, e.g. by
         :func:`artifactfs.references.checksum_reference`).  Files are hashed in parallel threads
-        (hashlib releases the GIL), with a bounded number in flight so memory stays flat."""
+        (hashlib releases the GIL), with a bounded number in flight so memory stays flat.
+        ``run_id``: the run that logs the version (RunNotFound, before anything is copied, if
+        there is no such run); it is recorded even when the content equals the latest version's
+        and no new version is made."""
         check_name(type, "type")
         aliases = [check_alias(a) for a in aliases]
         if digest_algorithm not in ALGORITHMS:
@@ -594,6 +667,8 @@ class LocalRegistry(Registry):
         metadata = check_metadata(metadata)
         referenced = [_reference_row(e) for e in references]
         self._check_type(ref, type)  # before copying a whole tree; _commit checks again
+        if run_id is not None:
+            self._check_run(run_id)
         self._clean_tmp()
         extra = {} if digest_algorithm == MD5 else {"alg": digest_algorithm}
         workers = workers or min(8, 2 * (os.cpu_count() or 1))
@@ -624,7 +699,7 @@ class LocalRegistry(Registry):
                 raise
         _syncfs(self.objects)  # the blobs are on disk before a version can name them
         logged.extend(referenced)
-        return self._commit(ref, logged, type, aliases, description, metadata, digest_algorithm, extra)
+        return self._commit(ref, logged, type, aliases, description, metadata, digest_algorithm, extra, run_id)
 
     def _check_type(self, ref: Ref, type: str) -> None:
         try:
@@ -645,6 +720,7 @@ class LocalRegistry(Registry):
         metadata: dict[str, Any],
         alg: str,
         extra: dict[str, Any],
+        run_id: str | None = None,
     ) -> LogResult:
         seen: set[str] = set()
         for f in logged:
@@ -663,7 +739,7 @@ class LocalRegistry(Registry):
             own = extra if f.extra is None else f.extra
             return json.dumps(own) if own else None
 
-        with self._write() as db:
+        with self._write(lineage=run_id is not None) as db:
             cid = self._ensure_collection(db, ref, type, description, ts)
             latest = db.execute(
                 "SELECT v.id, v.digest FROM aliases a JOIN versions v ON a.version_id = v.id "
@@ -718,16 +794,21 @@ class LocalRegistry(Registry):
                 db.executemany("INSERT INTO dirs VALUES (?, ?, ?)", ((pk, *split_dir(d)) for d in dirs))
                 self._move_aliases(db, cid, pk, [LATEST, *aliases], ts)
                 created = True
+            if run_id is not None:
+                if db.execute("SELECT 1 FROM runs WHERE id = ?", (run_id,)).fetchone() is None:
+                    raise RunNotFound(f"run {run_id!r} not found in registry {self.root}")
+                db.execute("INSERT OR IGNORE INTO version_created_by VALUES (?, ?, ?)", (pk, run_id, ts))
         return LogResult(self._version_by_pk(pk), created)
 
+    @staticmethod
+    def _ensure_project(db: sqlite3.Connection, entity: str, project: str, ts: int) -> int:
+        db.execute("INSERT OR IGNORE INTO entities (name, created_at) VALUES (?, ?)", (entity, ts))
+        eid = db.execute("SELECT id FROM entities WHERE name = ?", (entity,)).fetchone()[0]
+        db.execute("INSERT OR IGNORE INTO projects (entity_id, name, created_at) VALUES (?, ?, ?)", (eid, project, ts))
+        return int(db.execute("SELECT id FROM projects WHERE entity_id = ? AND name = ?", (eid, project)).fetchone()[0])
+
     def _ensure_collection(self, db: sqlite3.Connection, ref: Ref, type: str, description: str, ts: int) -> int:
-        db.execute("INSERT OR IGNORE INTO entities (name, created_at) VALUES (?, ?)", (ref.entity, ts))
-        eid = db.execute("SELECT id FROM entities WHERE name = ?", (ref.entity,)).fetchone()[0]
-        db.execute(
-            "INSERT OR IGNORE INTO projects (entity_id, name, created_at) VALUES (?, ?, ?)",
-            (eid, ref.project, ts),
-        )
-        pid = db.execute("SELECT id FROM projects WHERE entity_id = ? AND name = ?", (eid, ref.project)).fetchone()[0]
+        pid = self._ensure_project(db, ref.entity, ref.project, ts)
         row = db.execute(
             "SELECT id, type FROM collections WHERE project_id = ? AND name = ?", (pid, ref.name)
         ).fetchone()
@@ -824,6 +905,172 @@ class LocalRegistry(Registry):
                 self._move_aliases(db, cid, int(newest[0]), [LATEST], ts)
         return version
 
+    # -- runs and lineage -------------------------------------------------------------------------
+
+    def default_entity(self) -> str | None:
+        """The registry's only entity when it has exactly one; otherwise the OS user name (the
+        entity a first run or log creates), or None when that is not a valid entity name."""
+        names = self.entities()
+        if len(names) == 1:
+            return names[0]
+        try:
+            user = getpass.getuser()
+        except (OSError, KeyError):  # no $USER/$LOGNAME and no passwd entry for our uid
+            return None
+        try:
+            return check_name(user, "entity")
+        except InvalidReference:
+            return None
+
+    @staticmethod
+    def _run_from_row(row: Sequence[Any]) -> RunInfo:
+        return RunInfo(
+            entity=row[1],
+            project=row[2],
+            id=row[0],
+            name=row[3],
+            job_type=row[4],
+            state=row[5],
+            created_at_ns=row[6],
+            config=json.loads(row[7]),
+        )
+
+    def _check_run(self, run_id: str) -> None:
+        if (
+            not self._has_lineage()
+            or self._db().execute("SELECT 1 FROM runs WHERE id = ?", (run_id,)).fetchone() is None
+        ):
+            raise RunNotFound(f"run {run_id!r} not found in registry {self.root}")
+
+    def create_run(
+        self,
+        entity: str,
+        project: str,
+        *,
+        name: str | None = None,
+        job_type: str | None = None,
+        config: dict[str, Any] | None = None,
+    ) -> RunInfo:
+        """Start a run: a new id of 8 random base-36 characters (as W&B makes them), state
+        ``running``; ``entity/project`` are created if they do not exist (as ``wandb.init``
+        creates a project).  ``name`` defaults to the id, ``job_type`` to ``""``."""
+        check_name(entity, "entity")
+        check_name(project, "project")
+        config_json = json.dumps(_check_config(config))
+        ts = now_ns()
+        with self._write(lineage=True) as db:
+            pid = self._ensure_project(db, entity, project, ts)
+            while True:
+                run_id = "".join(secrets.choice(RUN_ID_ALPHABET) for _ in range(8))
+                if db.execute("SELECT 1 FROM runs WHERE id = ?", (run_id,)).fetchone() is None:
+                    break
+            db.execute(
+                "INSERT INTO runs VALUES (?, ?, ?, ?, 'running', ?, ?, NULL)",
+                (run_id, pid, name or run_id, job_type or "", config_json, ts),
+            )
+        return RunInfo(entity, project, run_id, name or run_id, job_type or "", "running", ts, json.loads(config_json))
+
+    def finish_run(self, run: RunInfo, state: str = "finished") -> None:
+        if state not in RUN_STATES[1:]:
+            raise InvalidArgument(f"a run ends as {', '.join(RUN_STATES[1:])}, not {state!r}")
+        config_json = json.dumps(_check_config(run.config))
+        with self._write(lineage=True) as db:
+            row = db.execute("SELECT state FROM runs WHERE id = ?", (run.id,)).fetchone()
+            if row is None:
+                raise RunNotFound(f"run {run.path} not found")
+            if row[0] == "running":
+                db.execute(
+                    "UPDATE runs SET state = ?, config = ?, finished_at = ? WHERE id = ?",
+                    (state, config_json, now_ns(), run.id),
+                )
+
+    def record_use(self, run_id: str, version: VersionInfo) -> None:
+        with self._write(lineage=True) as db:
+            pk = self._pk_of(version)
+            if db.execute("SELECT 1 FROM runs WHERE id = ?", (run_id,)).fetchone() is None:
+                raise RunNotFound(f"run {run_id!r} not found in registry {self.root}")
+            db.execute("INSERT OR IGNORE INTO version_used_by VALUES (?, ?, ?)", (pk, run_id, now_ns()))
+
+    def _row_of(self, version: VersionInfo) -> int | None:
+        """The versions row of ``version`` by its id, deleted or not (lineage outlives a soft
+        delete until gc); None once gc purged it."""
+        pk = self._pks.get(version.id)
+        if pk is None:
+            row = self._db().execute("SELECT id FROM versions WHERE artifact_id = ?", (version.id,)).fetchone()
+            pk = None if row is None else int(row[0])
+        return pk
+
+    def logged_by(self, version: VersionInfo) -> RunInfo | None:
+        if not self._has_lineage():
+            return None
+        row = (
+            self._db()
+            .execute(
+                f"SELECT {_RUN_COLUMNS} FROM version_created_by l JOIN runs r ON l.run_id = r.id "
+                "JOIN projects p ON r.project_id = p.id JOIN entities e ON p.entity_id = e.id "
+                "WHERE l.version_id = ? ORDER BY l.logged_at, r.id LIMIT 1",
+                (self._row_of(version),),
+            )
+            .fetchone()
+        )
+        return None if row is None else self._run_from_row(row)
+
+    def used_by(self, version: VersionInfo) -> list[RunInfo]:
+        if not self._has_lineage():
+            return []
+        rows = self._db().execute(
+            f"SELECT {_RUN_COLUMNS} FROM version_used_by u JOIN runs r ON u.run_id = r.id "
+            "JOIN projects p ON r.project_id = p.id JOIN entities e ON p.entity_id = e.id "
+            "WHERE u.version_id = ? ORDER BY u.used_at, r.id",
+            (self._row_of(version),),
+        )
+        return [self._run_from_row(r) for r in rows.fetchall()]
+
+    def _run_versions(self, table: str, at: str, run: RunInfo) -> list[VersionInfo]:
+        if not self._has_lineage():
+            return []
+        self.run(run.entity, run.project, run.id)  # RunNotFound for a run of another project
+        rows = (
+            self._db()
+            .execute(
+                f"SELECT {_VERSION_COLUMNS} {_VERSION_FROM} JOIN {table} l ON l.version_id = v.id "
+                f"WHERE l.run_id = ? AND v.state != 'DELETED' ORDER BY l.{at}, v.id",
+                (run.id,),
+            )
+            .fetchall()
+        )
+        return [self._version_from_row(r) for r in rows]
+
+    def run_outputs(self, run: RunInfo) -> list[VersionInfo]:
+        return self._run_versions("version_created_by", "logged_at", run)
+
+    def run_inputs(self, run: RunInfo) -> list[VersionInfo]:
+        return self._run_versions("version_used_by", "used_at", run)
+
+    def runs(self, entity: str, project: str) -> list[RunInfo]:
+        pid = self._project_id(entity, project)
+        if not self._has_lineage():
+            return []
+        rows = self._db().execute(
+            f"SELECT {_RUN_COLUMNS} {_RUN_FROM} WHERE r.project_id = ? ORDER BY r.created_at, r.id", (pid,)
+        )
+        return [self._run_from_row(r) for r in rows.fetchall()]
+
+    def run(self, entity: str, project: str, run_id: str) -> RunInfo:
+        row = None
+        if self._has_lineage():
+            row = (
+                self._db()
+                .execute(
+                    f"SELECT {_RUN_COLUMNS} {_RUN_FROM} WHERE r.id = ? AND e.name = ? AND p.name = ?",
+                    (run_id, entity, project),
+                )
+                .fetchone()
+            )
+        if row is None:
+            raise RunNotFound(f"run {entity}/{project}/{run_id} not found")
+        return self._run_from_row(row)
+
     def gc(self, *, grace: float = GC_GRACE) -> tuple[int, int, int]:
         """Purge deleted versions, then blobs no entry uses that are older than ``grace`` seconds
         (younger ones may belong to a log that has not committed yet).  Returns
@@ -905,6 +1152,19 @@ def check_metadata(metadata: dict[str, Any] | None) -> dict[str, Any]:
     except (TypeError, ValueError) as exc:
         raise InvalidMetadata(f"metadata is not JSON-serialisable: {exc}") from exc
     return metadata
+
+
+def _check_config(config: dict[str, Any] | None) -> dict[str, Any]:
+    """A run's config: a JSON object (W&B stores it as JSON too)."""
+    if config is None:
+        return {}
+    if not isinstance(config, dict):
+        raise InvalidArgument("a run's config must be a dict")
+    try:
+        json.dumps(config, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise InvalidArgument(f"a run's config is not JSON-serialisable: {exc}") from exc
+    return config
 
 
 def _dirs_of(paths: Iterable[str]) -> set[str]:
