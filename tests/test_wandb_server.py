@@ -814,3 +814,403 @@ def test_faults_are_used_up_only_by_requests_they_changed(faulty: tuple[WandbSer
     bad = requests.get(url, timeout=10).content
     assert bad != body and len(bad) == len(body)
     assert srv.faults.pending() == 0 and requests.get(url, timeout=10).content == body
+
+
+# ----------------------------------------------------------------------------- mutations
+
+SDK_EDITS = """
+import json, os, wandb
+api = wandb.Api()
+out = {}
+art = api.artifact("acme/vision/ds:v0")
+art.description = "edited by the sdk"
+art.metadata["rows"] = 99
+art.aliases.append("golden")
+art.save()
+fresh = api.artifact("acme/vision/ds:v0")
+out["edited"] = [fresh.description, fresh.metadata, sorted(fresh.aliases)]
+out["golden"] = api.artifact("acme/vision/ds:golden").version
+fresh.aliases.remove("golden")
+fresh.save()
+out["unaliased"] = sorted(api.artifact("acme/vision/ds:v0").aliases)
+out["golden_after"] = api.artifact_exists("acme/vision/ds:golden")
+
+l0 = art.link("acme/vision/linked", aliases=["prod"])
+out["link0"] = [l0.qualified_name, l0.version, sorted(l0.aliases), l0.is_link]
+v1 = api.artifact("acme/vision/ds:v1")
+l1 = v1.link("acme/vision/linked")
+out["link1"] = [l1.version, sorted(l1.aliases)]
+prod = api.artifact("acme/vision/linked:prod")
+out["prod"] = [prod.version, prod.source_name, prod.digest == art.digest, prod.is_link]
+root = os.path.abspath("linked")
+prod.download(root)
+out["linked_files"] = sorted(os.path.relpath(os.path.join(d, n), root) for d, _, ns in os.walk(root) for n in ns)
+out["linked_latest"] = api.artifact("acme/vision/linked:latest").source_name
+out["collections"] = sorted(c.name for c in api.artifact_collections("acme/vision", "dataset"))
+l0.delete()  # a link: unlinked, its source stays
+out["unlinked"] = [api.artifact_exists("acme/vision/linked:v0"), api.artifact_exists("acme/vision/ds:v0")]
+
+try:
+    v1.delete()
+    out["delete_with_aliases"] = "deleted"
+except Exception as exc:
+    out["delete_with_aliases"] = str(exc)[:300]
+v1.delete(delete_aliases=True)
+out["deleted"] = [api.artifact_exists("acme/vision/ds:v1"), api.artifact_exists("acme/vision/linked:v1")]
+out["latest_after"] = api.artifact("acme/vision/ds:latest").version
+
+foreign = api.artifact("outsider/public/thing:v0")
+foreign.description = "not mine"
+try:
+    foreign.save()
+    out["foreign"] = "saved"
+except Exception as exc:
+    out["foreign"] = str(exc)[:300]
+
+run = art.logged_by()
+out["logged_by"] = [run.entity, run.project, run.id, run.name, run.job_type, run.config, run.state]
+out["used_by"] = sorted(r.id for r in api.artifact("acme/vision/ds:v0").used_by())
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.slow
+def test_real_sdk_edits_links_and_deletes(tmp_path: Path) -> None:
+    """``Artifact.save()`` of a logged artifact, ``link()``, ``delete()`` of a link and of a
+    version, as the real SDK sends them; each is seen by a fresh lookup and in the server."""
+    with WandbServer() as srv:
+        srv.add_run("acme", "vision", "maker", display_name="brave-sun-1", job_type="train", config={"lr": 0.1})
+        srv.add_artifact("acme", "vision", "ds", "dataset", FILES_V0, metadata={"rows": 1}, run="maker", used_by=["e1"])
+        srv.add_artifact("acme", "vision", "ds", "dataset", FILES, aliases=["best"])
+        srv.add_artifact("outsider", "public", "thing", "dataset", {"t": b"t"})
+        out = run_sdk(srv, tmp_path, SDK_EDITS)
+        v0, v1 = srv.artifact("acme", "vision", "ds", 0), srv.artifact("acme", "vision", "ds", 1)
+        assert out["edited"] == ["edited by the sdk", {"rows": 99}, ["golden"]]
+        assert (v0.description, v0.metadata) == ("edited by the sdk", {"rows": 99})
+        assert out["golden"] == "v0"
+        assert out["unaliased"] == [] and out["golden_after"] is False
+        assert out["link0"] == ["acme/vision/linked:v0", "v0", ["latest", "prod"], True]
+        assert out["link1"] == ["v1", ["latest"]]
+        assert out["prod"] == ["v0", "ds:v0", True, True]
+        assert out["linked_files"] == sorted(FILES_V0)
+        assert out["linked_latest"] == "ds:v1"
+        assert out["collections"] == ["ds", "linked"]
+        assert out["unlinked"] == [False, True]
+        assert "while it has aliases (ds:best)" in out["delete_with_aliases"]
+        assert out["deleted"] == [False, False] and v1.deleted
+        assert out["latest_after"] == "v0"
+        assert "permission denied" in out["foreign"]
+        assert srv.artifact("outsider", "public", "thing", 0).description == ""
+        assert out["logged_by"] == ["acme", "vision", "maker", "brave-sun-1", "train", {"lr": 0.1}, "finished"]
+        assert out["used_by"] == ["e1"]
+        ops = {r.operation for r in srv.graphql_requests()}
+        assert {
+            "AddAliases",
+            "DeleteAliases",
+            "UpdateArtifact",
+            "LinkArtifact",
+            "UnlinkArtifact",
+            "DeleteArtifact",
+        } <= ops
+        assert not srv.handler_errors
+        # The only errors sent were the two refusals the script provoked.
+        assert [e.split(":")[0] for e in srv.graphql_errors] == ["DeleteArtifact", "UpdateArtifact"]
+
+
+ADD_ALIASES = """
+mutation AddAliases($input: AddAliasesInput!) { result: addAliases(input: $input) { success } }
+"""
+DELETE_ALIASES = """
+mutation DeleteAliases($input: DeleteAliasesInput!) { result: deleteAliases(input: $input) { success } }
+"""
+UPDATE = """
+mutation UpdateArtifact($input: UpdateArtifactInput!) {
+  result: updateArtifact(input: $input) {
+    artifact { id description metadata updatedAt tags { name } ttlDurationSeconds ttlIsInherited
+               aliases { alias artifactCollection { __typename name } } }
+  }
+}
+"""
+DELETE = """
+mutation DeleteArtifact($input: DeleteArtifactInput!) {
+  result: deleteArtifact(input: $input) { artifact { id state } }
+}
+"""
+LINK = """
+mutation LinkArtifact($input: LinkArtifactInput!) {
+  result: linkArtifact(input: $input) {
+    versionIndex artifactCollectionID
+    artifactMembership { id versionIndex aliases { alias } artifactCollection { __typename name }
+                         artifact { id versionIndex } }
+  }
+}
+"""
+UNLINK = """
+mutation UnlinkArtifact($input: UnlinkArtifactInput!) { result: unlinkArtifact(input: $input) { success } }
+"""
+
+
+def _alias_input(alias: str, coll: str = "m", project: str = "p", entity: str = "acme") -> dict[str, str]:
+    return {"entityName": entity, "projectName": project, "artifactCollectionName": coll, "alias": alias}
+
+
+def _refused(srv: WandbServer, query: str, variables: dict[str, Any]) -> str:
+    """The one error message of a refused mutation (HTTP 200, null result, path [field])."""
+    resp = gql(srv, query, {"input": variables})
+    assert resp.status_code == 200, resp.text
+    body = resp.json()
+    assert body["data"] == {"result": None}
+    [err] = body["errors"]
+    assert err["path"] == ["result"]
+    message: str = err["message"]
+    return message
+
+
+def _models(srv: WandbServer) -> list[Any]:
+    return [srv.artifact("acme", "p", "m", i) for i in range(3)]
+
+
+@pytest.fixture
+def models() -> Iterator[WandbServer]:
+    with WandbServer(teams=("team",)) as srv:
+        for i in range(3):
+            srv.add_artifact("acme", "p", "m", "model", {"w": bytes([i])}, aliases=["prod"] if i == 0 else ())
+        srv.add_artifact("acme", "p", "other", "dataset", {"d": b"d"})
+        srv.add_artifact("stranger", "p", "m", "model", {"w": b"s"})
+        yield srv
+        assert not srv.handler_errors, srv.handler_errors[0]
+
+
+def test_aliases_are_added_moved_and_deleted(models: WandbServer) -> None:
+    srv = models
+    v0, v1, v2 = _models(srv)
+    got = data(srv, ADD_ALIASES, {"input": {"artifactID": v1.id, "aliases": [_alias_input("prod"), _alias_input("x")]}})
+    assert got == {"result": {"success": True}}
+    assert v0.aliases == [] and v1.aliases == ["prod", "x"]  # prod moved from v0
+    assert v1.updated_at > v1.created_at
+    assert _membership(srv, "m:prod", "p")["versionIndex"] == 1
+    data(srv, DELETE_ALIASES, {"input": {"artifactID": v1.id, "aliases": [_alias_input("x")]}})
+    assert v1.aliases == ["prod"]
+    assert data(srv, MEMBERSHIP, {"e": "acme", "p": "p", "n": "m:x"})["project"]["artifactCollectionMembership"] is None
+    assert v2.aliases == ["latest"]
+
+
+def test_refused_mutations_change_nothing(models: WandbServer) -> None:
+    srv = models
+    v0, v1, _ = _models(srv)
+    before = [(r.aliases, r.description, r.metadata, r.deleted) for r in _models(srv)]
+    # One bad alias among good ones: nothing is added.
+    for bad, says in [
+        ("v3", "names of the form vN are versions"),
+        ("a/b", "invalid alias"),
+        ("latest", "alias 'latest' is reserved"),
+    ]:
+        msg = _refused(srv, ADD_ALIASES, {"artifactID": v1.id, "aliases": [_alias_input("ok"), _alias_input(bad)]})
+        assert says in msg
+    assert "alias 'best' not found on artifact m:v1" in _refused(
+        srv, DELETE_ALIASES, {"artifactID": v1.id, "aliases": [_alias_input("best")]}
+    )
+    assert "artifact collection acme/p/nope not found" in _refused(
+        srv, ADD_ALIASES, {"artifactID": v1.id, "aliases": [_alias_input("ok", coll="nope")]}
+    )
+    assert "not found in collection acme/p/other" in _refused(
+        srv, ADD_ALIASES, {"artifactID": v1.id, "aliases": [_alias_input("ok", coll="other")]}
+    )
+    assert _refused(srv, UPDATE, {"artifactID": "QXJ0aWZhY3Q6OTk5", "description": "x"}) == (
+        "artifact QXJ0aWZhY3Q6OTk5 not found"
+    )
+    assert "expected a JSON object" in _refused(srv, UPDATE, {"artifactID": v1.id, "metadata": "[1]"})
+    assert "not JSON" in _refused(srv, UPDATE, {"artifactID": v1.id, "metadata": "{", "description": "x"})
+    msg = _refused(srv, DELETE, {"artifactID": v0.id})
+    assert msg.startswith("cannot delete artifact m:v0 while it has aliases (m:prod)")
+    assert [(r.aliases, r.description, r.metadata, r.deleted) for r in _models(srv)] == before
+    # Without the key: 401, nothing changed.
+    resp = requests.post(
+        srv.url + "/graphql",
+        json={"query": UPDATE, "variables": {"input": {"artifactID": v1.id, "description": "anon"}}},
+        timeout=10,
+    )
+    assert resp.status_code == 401 and v1.description == ""
+
+
+def test_permission_denied_outside_the_viewers_entities_and_in_read_only_projects(models: WandbServer) -> None:
+    srv = models
+    theirs = srv.artifact("stranger", "p", "m", 0)
+    assert _refused(srv, UPDATE, {"artifactID": theirs.id, "description": "x"}) == "permission denied"
+    assert _refused(srv, DELETE, {"artifactID": theirs.id}) == "permission denied"
+    alias = _alias_input("x", entity="stranger")
+    assert _refused(srv, ADD_ALIASES, {"artifactID": theirs.id, "aliases": [alias]}) == "permission denied"
+    assert theirs.description == "" and not theirs.deleted and theirs.aliases == ["latest"]
+    mine = srv.artifact("acme", "p", "m", 1)
+    srv.set_read_only("acme", "p")
+    assert _refused(srv, UPDATE, {"artifactID": mine.id, "description": "x"}) == "permission denied"
+    q = 'query { project(name: "p", entityName: "acme") { readOnly } }'
+    assert data(srv, q)["project"]["readOnly"] is True
+    srv.set_read_only("acme", "p", False)
+    assert data(srv, q)["project"]["readOnly"] is False
+    # A team's project is writable.
+    team = srv.add_artifact("team", "shared", "m", "model", {"w": b"t"})
+    data(srv, UPDATE, {"input": {"artifactID": team.id, "description": "ours"}})
+    assert team.description == "ours"
+
+
+def test_update_artifact(models: WandbServer) -> None:
+    srv = models
+    v1 = srv.artifact("acme", "p", "m", 1)
+    got = data(
+        srv,
+        UPDATE,
+        {
+            "input": {
+                "artifactID": v1.id,
+                "description": "new",
+                "metadata": json.dumps({"acc": 0.9, "nested": {"a": [1]}}),
+                "tagsToAdd": [{"tagName": "t1"}, {"tagName": "t2"}],
+                "ttlDurationSeconds": 3600,
+            }
+        },
+    )["result"]["artifact"]
+    assert got["description"] == "new" and json.loads(got["metadata"]) == {"acc": 0.9, "nested": {"a": [1]}}
+    assert [t["name"] for t in got["tags"]] == ["t1", "t2"]
+    assert (got["ttlDurationSeconds"], got["ttlIsInherited"]) == (3600, False)
+    assert got["updatedAt"] > "2026-01-01T00:00:"
+    # Absent fields stay; tags are deleted by name; the older aliases input replaces them.
+    got = data(
+        srv,
+        UPDATE,
+        {
+            "input": {
+                "artifactID": v1.id,
+                "tagsToDelete": [{"tagName": "t1"}],
+                "aliases": [
+                    {"artifactCollectionName": "m", "alias": "a1"},
+                    {"artifactCollectionName": "m", "alias": "a2"},
+                ],
+            }
+        },
+    )["result"]["artifact"]
+    assert got["description"] == "new" and [t["name"] for t in got["tags"]] == ["t2"]
+    assert sorted(a["alias"] for a in got["aliases"]) == ["a1", "a2"]
+    assert {a["artifactCollection"]["__typename"] for a in got["aliases"]} == {"ArtifactSequence"}
+    data(srv, UPDATE, {"input": {"artifactID": v1.id, "aliases": [{"artifactCollectionName": "m", "alias": "a3"}]}})
+    assert v1.aliases == ["a3"]
+
+
+def test_delete_artifact(models: WandbServer) -> None:
+    srv = models
+    v0, _, v2 = _models(srv)
+    got = data(srv, DELETE, {"input": {"artifactID": v2.id}})  # only "latest": no deleteAliases needed
+    assert got == {"result": {"artifact": {"id": v2.id, "state": "DELETED"}}}
+    assert v2.deleted and _membership(srv, "m:latest", "p")["versionIndex"] == 1
+    data(srv, DELETE, {"input": {"artifactID": v0.id, "deleteAliases": True}})
+    assert v0.deleted and srv.collection("acme", "p", "m").aliases == {"latest": 1}
+    assert _refused(srv, DELETE, {"artifactID": v0.id}) == f"artifact {v0.id} not found"
+    q = 'query { project(name: "p", entityName: "acme") { artifactCollection(name: "m") { artifacts { edges { version } } } } }'  # noqa: E501
+    assert [e["version"] for e in data(srv, q)["project"]["artifactCollection"]["artifacts"]["edges"]] == ["v1"]
+
+
+def test_link_and_unlink(models: WandbServer) -> None:
+    srv = models
+    v0, v1, v2 = _models(srv)
+    link = {"artifactPortfolioName": "best-models", "entityName": "acme", "projectName": "p"}
+    first = data(
+        srv,
+        LINK,
+        {
+            "input": {
+                **link,
+                "artifactID": v1.id,
+                "aliases": [{"artifactCollectionName": "best-models", "alias": "champion"}],
+            }
+        },
+    )
+    member = first["result"]["artifactMembership"]
+    assert first["result"]["versionIndex"] == 0 and member["versionIndex"] == 0
+    assert member["artifactCollection"] == {"__typename": "ArtifactPortfolio", "name": "best-models"}
+    assert sorted(a["alias"] for a in member["aliases"]) == ["champion", "latest"]
+    assert member["artifact"] == {"id": v1.id, "versionIndex": 1}
+    second = data(srv, LINK, {"input": {**link, "artifactID": v2.id}})["result"]
+    assert second["versionIndex"] == 1
+    again = data(
+        srv, LINK, {"input": {"artifactID": v1.id, "artifactPortfolioID": first["result"]["artifactCollectionID"]}}
+    )
+    assert again["result"]["versionIndex"] == 0  # already linked: same index
+    portfolio = srv.collection("acme", "p", "best-models")
+    assert portfolio.kind == "PORTFOLIO" and portfolio.aliases == {"champion": 0, "latest": 1}
+    assert [(c.name, i) for c, i in srv.memberships(v1)] == [("m", 1), ("best-models", 0)]
+    # Lookups through the portfolio name the source artifact and number by the portfolio.
+    assert _membership(srv, "best-models:champion", "p")["versionIndex"] == 0
+    assert _membership(srv, "best-models:champion", "p")["artifact"]["id"] == v1.id
+    q = """query { project(name: "p", entityName: "acme") {
+      artifactCollections { edges { node { __typename name } } }
+      ss: artifactCollections(collectionTypes: [SEQUENCE]) { edges { node { name } } }
+      artifactType(name: "model") { artifactSequences { edges { node { name } } } }
+      artifactCollection(name: "best-models") { artifacts { edges { version node { id versionIndex } } } } } }"""
+    proj = data(srv, q)["project"]
+    assert [(e["node"]["__typename"], e["node"]["name"]) for e in proj["artifactCollections"]["edges"]] == [
+        ("ArtifactSequence", "m"),
+        ("ArtifactSequence", "other"),
+        ("ArtifactPortfolio", "best-models"),
+    ]
+    assert [e["node"]["name"] for e in proj["ss"]["edges"]] == ["m", "other"]
+    assert [e["node"]["name"] for e in proj["artifactType"]["artifactSequences"]["edges"]] == ["m"]
+    edges = proj["artifactCollection"]["artifacts"]["edges"]
+    assert [(e["version"], e["node"]["id"], e["node"]["versionIndex"]) for e in edges] == [
+        ("v1", v2.id, 2),
+        ("v0", v1.id, 1),
+    ]
+    # The artifact's aliases name their collections.
+    art = data(
+        srv, "query($id: ID!) { artifact(id: $id) { aliases { alias artifactCollection { name } } } }", {"id": v1.id}
+    )
+    got = sorted((a["artifactCollection"]["name"], a["alias"]) for a in art["artifact"]["aliases"])
+    assert got == [("best-models", "champion")]
+    # Refusals.
+    assert "already exists as a sequence" in _refused(
+        srv, LINK, {**link, "artifactPortfolioName": "m", "artifactID": v0.id}
+    )
+    other = srv.artifact("acme", "p", "other", 0)
+    assert "artifact type 'dataset' does not match the type 'model'" in _refused(
+        srv, LINK, {**link, "artifactID": other.id}
+    )
+    assert _refused(srv, LINK, {**link, "projectName": "nope", "artifactID": v0.id}) == "project acme/nope not found"
+    assert _refused(srv, LINK, {**link, "entityName": "stranger", "artifactID": v0.id}) == "permission denied"
+    assert "artifactID is required" in _refused(srv, LINK, {**link, "clientID": "abc"})
+    # Unlink: its aliases there go, latest stays on the newest link; the source is untouched.
+    data(srv, UNLINK, {"input": {"artifactID": v2.id, "artifactPortfolioID": portfolio.id}})
+    assert portfolio.aliases == {"champion": 0, "latest": 0} and not v2.deleted
+    assert "not found in collection best-models" in _refused(
+        srv, UNLINK, {"artifactID": v2.id, "artifactPortfolioID": portfolio.id}
+    )
+    # Deleting a source removes its links (the champion alias is an alias: deleteAliases needed).
+    assert "best-models:champion" in _refused(srv, DELETE, {"artifactID": v1.id})
+    data(srv, DELETE, {"input": {"artifactID": v1.id, "deleteAliases": True}})
+    assert (
+        data(srv, MEMBERSHIP, {"e": "acme", "p": "p", "n": "best-models:latest"})["project"][
+            "artifactCollectionMembership"
+        ]
+        is None
+    )
+
+
+def test_runs_lineage_fields() -> None:
+    with WandbServer() as srv:
+        srv.add_run("acme", "vision", "r1", display_name="brave-sun-1", job_type="train", config={"lr": 0.1})
+        srv.add_run("acme", "vision", "r2", state="crashed")
+        rec = srv.add_artifact("acme", "vision", "ds", "dataset", FILES, run="r1", used_by=["r2", "r3"])
+        q = """query($id: ID!) { artifact(id: $id) {
+          createdBy { __typename ... on Run {
+            name displayName jobType state config createdAt project { name entity { name } } } }
+          usedBy { edges { node { name displayName jobType state config } } } } }"""
+        art = data(srv, q, {"id": rec.id})["artifact"]
+        creator = art["createdBy"]
+        assert creator["__typename"] == "Run" and creator["name"] == "r1" and creator["displayName"] == "brave-sun-1"
+        assert (creator["jobType"], creator["state"]) == ("train", "finished")
+        assert json.loads(creator["config"]) == {"lr": {"value": 0.1, "desc": None}}
+        assert creator["project"] == {"name": "vision", "entity": {"name": "acme"}}
+        used = [e["node"] for e in art["usedBy"]["edges"]]
+        assert [(u["name"], u["displayName"], u["state"], u["jobType"]) for u in used] == [
+            ("r2", "r2", "crashed", None),
+            ("r3", "r3", "finished", None),
+        ]
+        assert json.loads(used[0]["config"]) == {}

@@ -20,9 +20,17 @@ API (a contract other tests rely on)::
                                   description="", digest_algorithm="MD5" | "XXH128",
                                   references=None, manifest=None, run=None, used_by=())
         server.set_alias(entity, project, name, alias, version_index)
-        server.delete_version(entity, project, name, version_index)   # soft delete
+        server.delete_version(entity, project, name, version_index)   # soft delete (links too)
         server.artifact(entity, project, name, version_index) -> ArtifactRecord
-        server.add_team(name); server.add_run(entity, project, run)
+        server.link(rec, entity, project, portfolio, aliases=()) -> (collection, index)
+        server.memberships(rec) -> [(collection, index)]   # its sequence, then portfolios
+        server.collection(entity, project, name) -> its .kind ("SEQUENCE"/"PORTFOLIO"),
+                              .aliases (alias -> index), .versions (index -> ArtifactRecord)
+        server.add_team(name)
+        server.add_run(entity, project, run_id, *, display_name=None, job_type=None,
+                       state="finished", config=None)
+        server.set_read_only(entity, project, read_only=True)  # its mutations: "permission denied"
+        server.can_write(entity, project) -> bool
         server.features       # dict name -> enabled, answered by serverInfo { features }
         server.schema         # the executable schema (build_schema(omit_fields)); may be replaced
         server.validation_status  # HTTP status for invalid documents (400)
@@ -65,11 +73,12 @@ version_index, version ("vN"), digest (hex artifact digest of the served manifes
 digest_algorithm ("MD5"/"XXH128"), manifest (dict, as served), manifest_bytes, files (path ->
 bytes), file_digests (path -> base64 entry digest), metadata (dict), description, created_at,
 run (name of the run that logged it), used_by (run names), deleted, membership_id,
-collection_id, size, aliases (the aliases now pointing at it, "latest" included).
+collection_id, size, aliases (the aliases now pointing at it in its own collection, "latest"
+included), tags, ttl_duration_seconds, updated_at (0 until a mutation touched it).
 Manifests: version 1, storageLayout V2, entries with digest, size, birthArtifactID (the version
 that first had that path with that digest) and ``extra: {"alg": "XXH128"}`` for XXH128.
 
-GraphQL (query root only; no mutations: the server is read-only):
+GraphQL:
   Query: viewer serverInfo entity(name) project(name entityName) artifact(id)
     artifactCollection(id) organization(name) [always null] models(entityName first after order)
     [an entity's projects, as Api.projects() asks]
@@ -85,7 +94,8 @@ GraphQL (query root only; no mutations: the server is read-only):
   ArtifactType: id name description createdAt project
     artifactCollections(first after filters order collectionTypes) artifactCollection(name)
     artifactSequences(first after filters order) artifactSequence(name)
-  interface ArtifactCollection (implemented by ArtifactSequence, which adds latestArtifact):
+  interface ArtifactCollection (implemented by ArtifactSequence, which adds latestArtifact,
+    and ArtifactPortfolio):
     id name description state createdAt updatedAt project defaultArtifactType tags
     aliases(first after) artifacts(first after order filters) [edges carry version]
     artifactMemberships(first after order filters) artifactMembership(aliasName)
@@ -98,10 +108,44 @@ GraphQL (query root only; no mutations: the server is read-only):
     createdBy [union ArtifactCreator = Run | User] usedBy(first after) artifactMemberships(first after)
   ArtifactManifest: id type createdAt file;  File: id name displayName url directUrl sizeBytes
     storagePath mimetype updatedAt digest md5
-  Run: id name displayName projectId project state tags config summaryMetrics systemMetrics
+  Run [name = the run id; config as W&B stores it: {"key": {"value": v, "desc": null}}]:
+    id name displayName projectId project state tags config summaryMetrics systemMetrics
     group jobType commit readOnly createdAt heartbeatAt description notes sweepName
     historyLineCount historyKeys user{name username} inputArtifacts outputArtifacts
   Tag: id name tagCategoryName attributes;  PageInfo: startCursor endCursor hasNextPage hasPreviousPage
+  ArtifactPortfolio implements ArtifactCollection (a collection of links, "linked collection").
+  Project.readOnly (what the SDK's IsProjectReadOnly asks).
+  Mutation, as the SDK 0.31 sends them (``result: <field>(input: $input) {...}``):
+    addAliases(input: {artifactID, aliases: [{entityName projectName artifactCollectionName
+      alias}]}) {success}        -- Artifact.save() with aliases appended; moves an alias
+    deleteAliases(same input) {success}   -- save() with aliases removed; one the artifact does
+      not have is an error
+    updateArtifact(input: {artifactID, description, metadata: JSON text of an object, aliases:
+      [{artifactCollectionName alias}] (replaces them, the older SDKs' way), tagsToAdd,
+      tagsToDelete: [{tagName}], ttlDurationSeconds, labels [ignored]}) {artifact}
+      -- save(); null or absent fields stay as they are
+    deleteArtifact(input: {artifactID, deleteAliases}) {artifact {id}}  -- delete(); refused
+      while aliases other than latest name it (any collection) unless deleteAliases; soft
+    linkArtifact(input: {artifactID, artifactPortfolioName, entityName, projectName, aliases:
+      [{artifactCollectionName alias}]} or {artifactID, artifactPortfolioID, ...})
+      {versionIndex artifactMembership {...}}  -- link("entity/project/name"); the portfolio
+      is made on first use with the artifact's type (its project must exist); linking twice
+      keeps the index; latest moves
+    unlinkArtifact(input: {artifactID, artifactPortfolioID}) {success}  -- delete() of a link
+  Every mutation needs the key (401 without), checks everything before changing anything, and
+  fails as a GraphQL error (HTTP 200, ``data: {field: null}``, ``path: [field]``) with these
+  messages: "permission denied" (an entity that is neither the viewer's nor a team's, or a
+  project made read-only), "artifact <id> not found", "artifact collection e/p/n not found",
+  "... not found in collection ...", "alias 'x' not found on artifact ...", "alias 'latest' is
+  reserved ...", "invalid alias ...", "invalid metadata ...", "cannot delete artifact ... while
+  it has aliases ...", "artifact collection 'x' already exists as a sequence ...", "artifact type
+  'a' does not match the type 'b' of collection ...".  Real W&B's texts may differ; these are
+  this server's.  Not supported: createArtifact/commitArtifact (logging new versions),
+  clientID-only links, registries (organization always resolves null).
+  ``artifactCollections(collectionTypes:)``: absent = sequences and portfolios;
+  ``artifactSequences`` only sequences.  A portfolio numbers its members itself (``versionIndex``
+  of its memberships, ``version`` of its edges); ``Artifact.aliases`` lists aliases of every
+  collection the artifact is in, each with its ``artifactCollection``.
   Connections (edges{cursor node} pageInfo totalCount): ApiKey, Entity, Project, ArtifactType,
     ArtifactCollection, ArtifactAlias, ArtifactCollectionMembership, VersionedArtifact
     (edges also carry version "vN"), File, Run, Tag.
@@ -235,6 +279,7 @@ type Project {
   access: String
   allowAllArtifactTypesInRegistry: Boolean
   isBenchmark: Boolean
+  readOnly: Boolean
   user: User
   artifactTypes(first: Int, after: String, includeAll: Boolean): ArtifactTypeConnection!
   artifactType(name: String!): ArtifactType
@@ -303,6 +348,22 @@ type ArtifactSequence implements ArtifactCollection {
                       filters: JSONString): ArtifactCollectionMembershipConnection!
   artifactMembership(aliasName: String!): ArtifactCollectionMembership
   latestArtifact: Artifact
+}
+type ArtifactPortfolio implements ArtifactCollection {
+  id: ID!
+  name: String!
+  description: String
+  state: String
+  createdAt: DateTime!
+  updatedAt: DateTime
+  project: Project
+  defaultArtifactType: ArtifactType!
+  tags: TagConnection!
+  aliases(first: Int, after: String): ArtifactAliasConnection!
+  artifacts(first: Int, after: String, order: String, filters: JSONString): VersionedArtifactConnection
+  artifactMemberships(first: Int, after: String, order: String,
+                      filters: JSONString): ArtifactCollectionMembershipConnection!
+  artifactMembership(aliasName: String!): ArtifactCollectionMembership
 }
 type ArtifactCollectionEdge { cursor: String! node: ArtifactCollection }
 type ArtifactCollectionConnection { edges: [ArtifactCollectionEdge!]! pageInfo: PageInfo! totalCount: Int! }
@@ -405,6 +466,62 @@ type Run {
 }
 type RunEdge { cursor: String! node: Run }
 type RunConnection { edges: [RunEdge!]! pageInfo: PageInfo! totalCount: Int }
+
+input ArtifactAliasInput { artifactCollectionName: String! alias: String! }
+input ArtifactCollectionAliasInput {
+  artifactCollectionName: String!
+  alias: String!
+  entityName: String!
+  projectName: String!
+}
+input TagInput { tagCategoryName: String tagName: String! attributes: JSONString }
+input AddAliasesInput { artifactID: ID! aliases: [ArtifactCollectionAliasInput!]! clientMutationId: String }
+input DeleteAliasesInput { artifactID: ID! aliases: [ArtifactCollectionAliasInput!]! clientMutationId: String }
+input UpdateArtifactInput {
+  artifactID: ID!
+  description: String
+  metadata: JSONString
+  aliases: [ArtifactAliasInput!]
+  labels: JSONString
+  tagsToAdd: [TagInput!]
+  tagsToDelete: [TagInput!]
+  ttlDurationSeconds: Int64
+  clientMutationId: String
+}
+input DeleteArtifactInput { artifactID: ID! deleteAliases: Boolean = false clientMutationId: String }
+input LinkArtifactInput {
+  artifactID: ID
+  clientID: ID
+  artifactPortfolioID: ID
+  artifactPortfolioName: String
+  entityName: String
+  projectName: String
+  aliases: [ArtifactAliasInput!]
+  clientMutationId: String
+}
+input UnlinkArtifactInput { artifactID: ID! artifactPortfolioID: ID! clientMutationId: String }
+
+type AddAliasesPayload { success: Boolean! clientMutationId: String }
+type DeleteAliasesPayload { success: Boolean! clientMutationId: String }
+type UpdateArtifactPayload { artifact: Artifact! clientMutationId: String }
+type DeleteArtifactPayload { artifact: Artifact! clientMutationId: String }
+type LinkArtifactPayload {
+  versionIndex: Int
+  artifactCollectionID: ID
+  artifactID: ID
+  artifactMembership: ArtifactCollectionMembership
+  clientMutationId: String
+}
+type UnlinkArtifactPayload { artifactID: ID! success: Boolean! clientMutationId: String }
+
+type Mutation {
+  addAliases(input: AddAliasesInput!): AddAliasesPayload
+  deleteAliases(input: DeleteAliasesInput!): DeleteAliasesPayload
+  updateArtifact(input: UpdateArtifactInput!): UpdateArtifactPayload
+  deleteArtifact(input: DeleteArtifactInput!): DeleteArtifactPayload
+  linkArtifact(input: LinkArtifactInput!): LinkArtifactPayload
+  unlinkArtifact(input: UnlinkArtifactInput!): UnlinkArtifactPayload
+}
 """
 
 # Features the SDK probes with ``serverInfo { features }``; all on unless the caller says otherwise.
@@ -418,9 +535,13 @@ DEFAULT_FEATURES = {
     "ARTIFACT_COLLECTIONS_FILTERING_SORTING": True,
     "ARTIFACT_V2_DOWNLOAD_HANDLER_SUPPORTS_ARTIFACT_ID": True,
     "ARTIFACT_DIGEST_ALGORITHM": True,
+    "ARTIFACT_MEMBERSHIP_IN_LINK_ARTIFACT_RESPONSE": True,
 }
 
 _EPOCH = datetime(2026, 1, 1, tzinfo=UTC).timestamp()
+SEQUENCE = "SEQUENCE"
+PORTFOLIO = "PORTFOLIO"
+LATEST = "latest"
 
 
 def _gid(kind: str, number: int | str) -> str:
@@ -508,6 +629,9 @@ class ArtifactRecord:
     used_by: list[str] = field(default_factory=list)
     deleted: bool = False
     file_digests: dict[str, str] = field(default_factory=dict)  # path -> entry digest (b64)
+    tags: list[str] = field(default_factory=list)
+    ttl_duration_seconds: int = -2  # W&B: -2 = inherit the collection's (none), -1 = never expires
+    updated_at: float = 0.0  # moved by every mutation of it (edit, alias, link); 0 = created_at
     _collection: _Collection | None = field(default=None, repr=False)
 
     @property
@@ -537,10 +661,14 @@ class ArtifactRecord:
 @dataclass
 class _Run:
     id: str
-    name: str
+    name: str  # the run id inside its project (W&B's Run.name)
     entity: str
     project: str
     created_at: float
+    display_name: str = ""
+    job_type: str | None = None
+    state: str = "finished"
+    config: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -563,19 +691,43 @@ class _Collection:
     aliases: dict[str, int] = field(default_factory=dict)
     next_index: int = 0
     description: str = ""
+    kind: str = SEQUENCE  # or PORTFOLIO: a collection of links to versions of sequences
+    linked_at: dict[int, float] = field(default_factory=dict)  # portfolio index -> when linked
 
     def live(self) -> list[ArtifactRecord]:
         return [r for r in self.versions.values() if not r.deleted]
 
-    def resolve(self, alias: str) -> ArtifactRecord | None:
-        """A version by alias, ``vN`` or artifact digest (as W&B resolves ``name:<alias>``)."""
+    def live_items(self) -> list[tuple[int, ArtifactRecord]]:
+        """``(index in this collection, version)``, oldest first (a portfolio numbers its own)."""
+        return [(i, r) for i, r in self.versions.items() if not r.deleted]
+
+    def index_of(self, rec: ArtifactRecord) -> int | None:
+        return next((i for i, r in self.versions.items() if r is rec), None)
+
+    def resolve_index(self, alias: str) -> int | None:
+        """The index an alias, ``vN`` or artifact digest names (as W&B resolves ``name:<alias>``)."""
         index = self.aliases.get(alias)
         if index is None and re.fullmatch(r"v\d+", alias):
             index = int(alias[1:])
         rec = self.versions.get(index) if index is not None else None
         if rec is None and re.fullmatch(r"[0-9a-f]{32}", alias):
-            rec = next((r for r in self.versions.values() if r.digest == alias and not r.deleted), None)
-        return None if rec is None or rec.deleted else rec
+            index = next((i for i, r in self.versions.items() if r.digest == alias and not r.deleted), None)
+            rec = self.versions.get(index) if index is not None else None
+        return None if rec is None or rec.deleted else index
+
+    def resolve(self, alias: str) -> ArtifactRecord | None:
+        index = self.resolve_index(alias)
+        return None if index is None else self.versions[index]
+
+    def aliases_at(self, index: int) -> list[str]:
+        return sorted(a for a, i in self.aliases.items() if i == index)
+
+    def move_latest(self) -> None:
+        """After a member went away with its aliases: ``latest``, if it went too, moves to the
+        newest live member."""
+        live = self.live_items()
+        if live and LATEST not in self.aliases:
+            self.aliases[LATEST] = live[-1][0]
 
 
 @dataclass
@@ -744,7 +896,194 @@ def _srv(info: Info) -> WandbServer:
     return info.context
 
 
-class _Root:
+# -- mutations (the root of a mutation operation is a _Root too)
+# Each checks everything before it changes anything, so a refused mutation changes nothing.
+
+
+def _live_artifact(srv: WandbServer, artifact_id: str) -> ArtifactRecord:
+    rec = srv._by_id.get(artifact_id)
+    if rec is None or rec.deleted:
+        raise GraphQLError(f"artifact {artifact_id} not found")
+    return rec
+
+
+def _check_write(srv: WandbServer, entity: str, project: str) -> None:
+    if not srv.can_write(entity, project):
+        raise GraphQLError("permission denied")
+
+
+def _check_alias(alias: str, *, latest_ok: bool = False) -> str:
+    if alias == LATEST and not latest_ok:
+        raise GraphQLError("alias 'latest' is reserved: the server moves it to the newest version itself")
+    if not alias or len(alias) > 128 or "/" in alias or ":" in alias:
+        raise GraphQLError(f"invalid alias {alias!r}: 1-128 characters, no '/' or ':'")
+    if re.fullmatch(r"v\d+", alias):
+        raise GraphQLError(f"invalid alias {alias!r}: names of the form vN are versions")
+    return alias
+
+
+def _member_of(srv: WandbServer, rec: ArtifactRecord, entity: str, project: str, name: str) -> tuple[_Collection, int]:
+    """Where ``rec`` sits in the collection ``entity/project/name`` (its sequence or a portfolio)."""
+    proj = srv._projects.get((entity, project))
+    coll = proj.collections.get(name) if proj is not None else None
+    if coll is None:
+        raise GraphQLError(f"artifact collection {entity}/{project}/{name} not found")
+    index = coll.index_of(rec)
+    if index is None:
+        raise GraphQLError(f"artifact {rec.name}:{rec.version} not found in collection {entity}/{project}/{name}")
+    return coll, index
+
+
+def _alias_targets(srv: WandbServer, inp: dict[str, Any]) -> tuple[ArtifactRecord, list[tuple[_Collection, int, str]]]:
+    rec = _live_artifact(srv, inp["artifactID"])
+    targets = []
+    for a in inp["aliases"]:
+        coll, index = _member_of(srv, rec, a["entityName"], a["projectName"], a["artifactCollectionName"])
+        _check_write(srv, coll.entity, coll.project)
+        targets.append((coll, index, _check_alias(a["alias"])))
+    return rec, targets
+
+
+class _Mutations:
+    def addAliases(self, info: Info, input: dict[str, Any]) -> dict[str, Any]:
+        """Point each alias at the artifact in its collection (moving it from another member)."""
+        srv = _srv(info)
+        rec, targets = _alias_targets(srv, input)
+        for coll, index, alias in targets:
+            coll.aliases[alias] = index
+        if targets:
+            rec.updated_at = srv._now()
+        return {"success": True, "clientMutationId": input.get("clientMutationId")}
+
+    def deleteAliases(self, info: Info, input: dict[str, Any]) -> dict[str, Any]:
+        """Remove aliases of the artifact; one it does not have is an error (nothing changes)."""
+        srv = _srv(info)
+        rec, targets = _alias_targets(srv, input)
+        for coll, index, alias in targets:
+            if coll.aliases.get(alias) != index:
+                raise GraphQLError(f"alias {alias!r} not found on artifact {coll.name}:v{index}")
+        for coll, _, alias in targets:
+            del coll.aliases[alias]
+        if targets:
+            rec.updated_at = srv._now()
+        return {"success": True, "clientMutationId": input.get("clientMutationId")}
+
+    def updateArtifact(self, info: Info, input: dict[str, Any]) -> dict[str, Any]:
+        """Description, metadata (a JSON object as text), tags, TTL; ``aliases`` (the older way)
+        replaces the artifact's aliases in each collection it names.  Absent fields stay."""
+        srv = _srv(info)
+        rec = _live_artifact(srv, input["artifactID"])
+        _check_write(srv, rec.entity, rec.project)
+        metadata: dict[str, Any] | None = None
+        if input.get("metadata") is not None:
+            try:
+                value = json.loads(input["metadata"]) if isinstance(input["metadata"], str) else input["metadata"]
+            except ValueError as exc:
+                raise GraphQLError(f"invalid metadata: not JSON ({exc})") from None
+            if not isinstance(value, dict):
+                raise GraphQLError("invalid metadata: expected a JSON object")
+            metadata = value
+        replace: dict[str, list[str]] = {}
+        for a in input.get("aliases") or []:
+            replace.setdefault(a["artifactCollectionName"], []).append(_check_alias(a["alias"]))
+        members = {
+            c.name: (c, i) for c, i in srv.memberships(rec) if (c.entity, c.project) == (rec.entity, rec.project)
+        }
+        for name in replace:
+            if name not in members:
+                raise GraphQLError(f"artifact {rec.name}:{rec.version} not found in collection {name}")
+        if input.get("description") is not None:
+            rec.description = input["description"]
+        if metadata is not None:
+            rec.metadata = metadata
+        for tag in input.get("tagsToAdd") or []:
+            if tag["tagName"] not in rec.tags:
+                rec.tags.append(tag["tagName"])
+        gone = {t["tagName"] for t in input.get("tagsToDelete") or []}
+        rec.tags = [t for t in rec.tags if t not in gone]
+        if input.get("ttlDurationSeconds") is not None:
+            rec.ttl_duration_seconds = int(input["ttlDurationSeconds"])
+        for name, aliases in replace.items():
+            coll, index = members[name]
+            coll.aliases = {a: i for a, i in coll.aliases.items() if i != index or a == LATEST}
+            coll.aliases.update(dict.fromkeys(aliases, index))
+        rec.updated_at = srv._now()
+        return {"artifact": _ArtifactView(rec), "clientMutationId": input.get("clientMutationId")}
+
+    def deleteArtifact(self, info: Info, input: dict[str, Any]) -> dict[str, Any]:
+        """Soft delete; refused while aliases other than ``latest`` name it (in any collection)
+        unless ``deleteAliases``."""
+        srv = _srv(info)
+        rec = _live_artifact(srv, input["artifactID"])
+        _check_write(srv, rec.entity, rec.project)
+        held = [f"{c.name}:{a}" for c, i in srv.memberships(rec) for a in c.aliases_at(i) if a != LATEST]
+        if held and not input.get("deleteAliases"):
+            raise GraphQLError(
+                f"cannot delete artifact {rec.name}:{rec.version} while it has aliases ({', '.join(held)}): "
+                "set deleteAliases to delete them with it"
+            )
+        srv._soft_delete(rec)
+        return {"artifact": _ArtifactView(rec), "clientMutationId": input.get("clientMutationId")}
+
+    def linkArtifact(self, info: Info, input: dict[str, Any]) -> dict[str, Any]:
+        """Link an artifact into a portfolio, by ``artifactPortfolioID`` or by ``entityName``,
+        ``projectName`` and ``artifactPortfolioName`` (made on first use)."""
+        srv = _srv(info)
+        if not input.get("artifactID"):
+            raise GraphQLError("artifactID is required (this server does not resolve clientID)")
+        rec = _live_artifact(srv, input["artifactID"])
+        if input.get("artifactPortfolioID"):
+            coll = srv._collections_by_id.get(input["artifactPortfolioID"])
+            if coll is None or coll.kind != PORTFOLIO:
+                raise GraphQLError(f"artifact portfolio {input['artifactPortfolioID']} not found")
+            entity, project, name = coll.entity, coll.project, coll.name
+        else:
+            entity, project, name = (
+                str(input.get(k) or "") for k in ("entityName", "projectName", "artifactPortfolioName")
+            )
+            if not (entity and project and name):
+                raise GraphQLError("entityName, projectName and artifactPortfolioName are required")
+        if (entity, project) not in srv._projects:
+            raise GraphQLError(f"project {entity}/{project} not found")
+        _check_write(srv, entity, project)
+        aliases = []
+        for a in input.get("aliases") or []:
+            if a["artifactCollectionName"] != name:
+                raise GraphQLError(
+                    f"alias {a['alias']!r} names collection {a['artifactCollectionName']!r}, not {name!r}"
+                )
+            aliases.append(_check_alias(a["alias"], latest_ok=True))
+        try:
+            coll, index = srv.link(rec, entity, project, name, aliases)
+        except ValueError as exc:
+            raise GraphQLError(str(exc)) from None
+        return {
+            "versionIndex": index,
+            "artifactCollectionID": coll.id,
+            "artifactID": rec.id,
+            "artifactMembership": _MembershipView(coll, index, rec),
+            "clientMutationId": input.get("clientMutationId"),
+        }
+
+    def unlinkArtifact(self, info: Info, input: dict[str, Any]) -> dict[str, Any]:
+        """Remove the artifact from a portfolio (its aliases there go; ``latest`` moves back)."""
+        srv = _srv(info)
+        rec = _live_artifact(srv, input["artifactID"])
+        coll = srv._collections_by_id.get(input["artifactPortfolioID"])
+        if coll is None or coll.kind != PORTFOLIO:
+            raise GraphQLError(f"artifact portfolio {input['artifactPortfolioID']} not found")
+        _check_write(srv, coll.entity, coll.project)
+        index = coll.index_of(rec)
+        if index is None:
+            raise GraphQLError(f"artifact {rec.name}:{rec.version} not found in collection {coll.name}")
+        del coll.versions[index]
+        coll.linked_at.pop(index, None)
+        coll.aliases = {a: i for a, i in coll.aliases.items() if i != index}
+        coll.move_latest()
+        return {"artifactID": rec.id, "success": True, "clientMutationId": input.get("clientMutationId")}
+
+
+class _Root(_Mutations):
     def viewer(self, info: Info) -> dict[str, Any] | None:
         srv = _srv(info)
         return None if srv.faults.null_viewer else srv._viewer()
@@ -845,6 +1184,9 @@ class _ProjectView:
         self.allowAllArtifactTypesInRegistry = True
         self.isBenchmark = False
 
+    def readOnly(self, info: Info) -> bool:
+        return not _srv(info).can_write(self.p.entity, self.p.name)
+
     def user(self, info: Info) -> dict[str, Any]:
         return _srv(info)._viewer()  # every project belongs to the one user there is
 
@@ -870,9 +1212,7 @@ class _ProjectView:
         order: str | None = None,
         collectionTypes: list[str] | None = None,
     ) -> dict[str, Any]:
-        if collectionTypes is not None and "SEQUENCE" not in collectionTypes:
-            return _page([], first, after)
-        colls = [c for c in self.p.collections.values() if c.live()]
+        colls = [c for c in self.p.collections.values() if c.live() and _kind_ok(c, collectionTypes)]
         return _page(_ordered(colls, order), first, after, _CollectionView)
 
     def artifactCollection(self, info: Info, name: str) -> _CollectionView | None:
@@ -884,12 +1224,12 @@ class _ProjectView:
         info: Info,
         name: str,
     ) -> _MembershipView | None:
-        rec = _resolve_name(self.p, name)
-        return _MembershipView(rec) if rec else None
+        found = _resolve_name(self.p, name)
+        return _MembershipView(*found) if found else None
 
     def artifact(self, info: Info, name: str) -> _ArtifactView | None:
-        rec = _resolve_name(self.p, name)
-        return _ArtifactView(rec) if rec else None
+        found = _resolve_name(self.p, name)
+        return _ArtifactView(found[2]) if found else None
 
     def run(self, info: Info, name: str) -> _RunView | None:
         run = self.p.runs.get(name)
@@ -923,10 +1263,15 @@ class _HasName(Protocol):
 _Named = TypeVar("_Named", bound=_HasName)
 
 
-def _resolve_name(proj: _Project, name: str) -> ArtifactRecord | None:
+def _resolve_name(proj: _Project, name: str) -> tuple[_Collection, int, ArtifactRecord] | None:
     coll_name, _, alias = name.partition(":")
     coll = proj.collections.get(coll_name)
-    return coll.resolve(alias or "latest") if coll else None
+    index = coll.resolve_index(alias or LATEST) if coll else None
+    return None if coll is None or index is None else (coll, index, coll.versions[index])
+
+
+def _kind_ok(coll: _Collection, kinds: list[str] | None) -> bool:
+    return kinds is None or coll.kind in kinds
 
 
 class _TypeView:
@@ -938,8 +1283,8 @@ class _TypeView:
         self.createdAt = _iso(t.created_at)
         self.project = _ProjectView(proj)
 
-    def _colls(self) -> list[_Collection]:
-        return [c for c in self.p.collections.values() if c.type == self.name and c.live()]
+    def _colls(self, kinds: list[str] | None) -> list[_Collection]:
+        return [c for c in self.p.collections.values() if c.type == self.name and c.live() and _kind_ok(c, kinds)]
 
     def artifactCollections(
         self,
@@ -950,9 +1295,7 @@ class _TypeView:
         order: str | None = None,
         collectionTypes: list[str] | None = None,
     ) -> dict[str, Any]:
-        if collectionTypes is not None and "SEQUENCE" not in collectionTypes:
-            return _page([], first, after)
-        return _page(_ordered(self._colls(), order), first, after, _CollectionView)
+        return _page(_ordered(self._colls(collectionTypes), order), first, after, _CollectionView)
 
     def artifactSequences(
         self,
@@ -962,13 +1305,15 @@ class _TypeView:
         filters: str | None = None,
         order: str | None = None,
     ) -> dict[str, Any]:
-        return _page(_ordered(self._colls(), order), first, after, _CollectionView)
+        return _page(_ordered(self._colls([SEQUENCE]), order), first, after, _CollectionView)
 
     def artifactCollection(self, info: Info, name: str) -> _CollectionView | None:
         coll = self.p.collections.get(name)
         return _CollectionView(coll) if coll and coll.type == self.name else None
 
-    artifactSequence = artifactCollection
+    def artifactSequence(self, info: Info, name: str) -> _CollectionView | None:
+        coll = self.p.collections.get(name)
+        return _CollectionView(coll) if coll and coll.type == self.name and coll.kind == SEQUENCE else None
 
 
 class _CollectionView:
@@ -993,11 +1338,11 @@ class _CollectionView:
         items = sorted(self.c.aliases.items())
         return _page(items, first, after, lambda kv: _AliasView(self.c, kv[0], kv[1]))
 
-    def _versions(self, order: str | None) -> list[ArtifactRecord]:
-        recs = self.c.live()
+    def _versions(self, order: str | None) -> list[tuple[int, ArtifactRecord]]:
+        items = self.c.live_items()
         if order and order.lstrip("+") in ("versionIndex", "createdAt"):
-            return recs
-        return list(reversed(recs))
+            return items
+        return list(reversed(items))
 
     def artifacts(
         self,
@@ -1007,7 +1352,9 @@ class _CollectionView:
         order: str | None = None,
         filters: str | None = None,
     ) -> dict[str, Any]:
-        return _page(self._versions(order), first, after, _ArtifactView, lambda r: {"version": r.version})
+        return _page(
+            self._versions(order), first, after, lambda ir: _ArtifactView(ir[1]), lambda ir: {"version": f"v{ir[0]}"}
+        )
 
     def artifactMemberships(
         self,
@@ -1017,11 +1364,11 @@ class _CollectionView:
         order: str | None = None,
         filters: str | None = None,
     ) -> dict[str, Any]:
-        return _page(self._versions(order), first, after, _MembershipView)
+        return _page(self._versions(order), first, after, lambda ir: _MembershipView(self.c, *ir))
 
     def artifactMembership(self, info: Info, aliasName: str) -> _MembershipView | None:
-        rec = self.c.resolve(aliasName)
-        return _MembershipView(rec) if rec else None
+        index = self.c.resolve_index(aliasName)
+        return None if index is None else _MembershipView(self.c, index, self.c.versions[index])
 
     def latestArtifact(self, info: Info) -> _ArtifactView | None:
         rec = self.c.resolve("latest")
@@ -1041,10 +1388,9 @@ class _AliasView:
         return _ArtifactView(rec) if rec else None
 
 
-def _alias_views(rec: ArtifactRecord) -> list[_AliasView]:
-    coll = rec._collection
-    assert coll is not None
-    return [_AliasView(coll, a, rec.version_index) for a in rec.aliases]
+def _alias_views(info: Info, rec: ArtifactRecord) -> list[_AliasView]:
+    """Its aliases in every collection it is in (each alias names its collection)."""
+    return [_AliasView(c, a, i) for c, i in _srv(info).memberships(rec) for a in c.aliases_at(i)]
 
 
 class _FilesMixin:
@@ -1067,17 +1413,21 @@ class _FilesMixin:
 
 
 class _MembershipView(_FilesMixin):
-    def __init__(self, rec: ArtifactRecord) -> None:
+    """``rec`` as member ``index`` of ``coll`` (its own sequence, or a portfolio it is linked into)."""
+
+    def __init__(self, coll: _Collection, index: int, rec: ArtifactRecord) -> None:
+        self.c = coll
+        self.index = index
         self.rec = rec
-        self.id = rec.membership_id
-        self.versionIndex = rec.version_index
-        self.createdAt = _iso(rec.created_at)
-        assert rec._collection is not None
-        self.artifactCollection = _CollectionView(rec._collection)
+        linked = coll.kind == PORTFOLIO
+        self.id = _gid("ArtifactCollectionMembership", f"{coll.number}:{index}") if linked else rec.membership_id
+        self.versionIndex = index
+        self.createdAt = _iso(coll.linked_at.get(index, rec.created_at))
+        self.artifactCollection = _CollectionView(coll)
         self.artifact = _ArtifactView(rec)
 
     def aliases(self, info: Info) -> list[_AliasView]:
-        return _alias_views(self.rec)
+        return [_AliasView(self.c, a, self.index) for a in self.c.aliases_at(self.index)]
 
 
 class _ArtifactView(_FilesMixin):
@@ -1087,17 +1437,17 @@ class _ArtifactView(_FilesMixin):
         self.versionIndex = rec.version_index
         self.description = rec.description
         self.metadata = json.dumps(rec.metadata)
-        self.ttlDurationSeconds = -2
-        self.ttlIsInherited = True
-        self.tags: list[Any] = []
+        self.ttlDurationSeconds = rec.ttl_duration_seconds
+        self.ttlIsInherited = rec.ttl_duration_seconds == -2
+        self.tags = [{"id": _gid("Tag", t), "name": t, "tagCategoryName": None, "attributes": None} for t in rec.tags]
         self.historyStep = None
-        self.state = "COMMITTED"
+        self.state = "DELETED" if rec.deleted else "COMMITTED"
         self.size = rec.size
         self.digest = rec.digest
         self.digestAlgorithm = MANIFEST_ALGORITHM[rec.digest_algorithm]
         self.commitHash = rec.digest[:12]
         self.createdAt = _iso(rec.created_at)
-        self.updatedAt = _iso(rec.created_at)
+        self.updatedAt = _iso(rec.updated_at or rec.created_at)
         assert rec._collection is not None
         self.artifactSequence = _CollectionView(rec._collection)
 
@@ -1110,7 +1460,7 @@ class _ArtifactView(_FilesMixin):
         return _TypeView(proj, proj.types[self.rec.type])
 
     def aliases(self, info: Info) -> list[_AliasView]:
-        return _alias_views(self.rec)
+        return _alias_views(info, self.rec)
 
     def currentManifest(self, info: Info) -> dict[str, Any]:
         srv = _srv(info)
@@ -1156,7 +1506,8 @@ class _ArtifactView(_FilesMixin):
         first: int | None = None,
         after: str | None = None,
     ) -> dict[str, Any]:
-        return _page([self.rec], first, after, _MembershipView)
+        items = _srv(info).memberships(self.rec)
+        return _page(items, first, after, lambda ci: _MembershipView(ci[0], ci[1], self.rec))
 
 
 class _RunView:
@@ -1165,16 +1516,17 @@ class _RunView:
         self.r = run
         self.id = run.id
         self.name = run.name
-        self.displayName = run.name
+        self.displayName = run.display_name or run.name
         self.projectId = str(proj.number)
         self.project = _ProjectView(proj)
-        self.state = "finished"
+        self.state = run.state
         self.tags: list[str] = []
-        self.config = "{}"
+        # W&B keeps each config key as {"value": ..., "desc": ...}
+        self.config = json.dumps({k: {"value": v, "desc": None} for k, v in run.config.items()})
         self.summaryMetrics = "{}"
         self.systemMetrics = "{}"
         self.group = None
-        self.jobType = None
+        self.jobType = run.job_type
         self.commit = None
         self.readOnly = False
         self.createdAt = _iso(run.created_at)
@@ -1189,7 +1541,7 @@ class _RunView:
     def _artifacts(
         self, pred: Callable[[ArtifactRecord], bool], first: int | None, after: str | None
     ) -> dict[str, Any]:
-        recs = [r for c in self.p.collections.values() for r in c.live() if pred(r)]
+        recs = [r for c in self.p.collections.values() if c.kind == SEQUENCE for r in c.live() if pred(r)]
         return _page(recs, first, after, _ArtifactView, lambda r: {"version": r.version})
 
     def inputArtifacts(
@@ -1210,7 +1562,9 @@ class _RunView:
 
 
 def _resolve_collection_type(value: Any, info: Info, abstract: Any) -> str:
-    return "ArtifactSequence"
+    return (
+        "ArtifactPortfolio" if isinstance(value, _CollectionView) and value.c.kind == PORTFOLIO else "ArtifactSequence"
+    )
 
 
 def _resolve_creator_type(value: Any, info: Info, abstract: Any) -> str:
@@ -1524,6 +1878,7 @@ class WandbServer:
         self._collections_by_id: dict[str, _Collection] = {}
         self._by_id: dict[str, ArtifactRecord] = {}
         self._blobs: dict[str, bytes] = {}
+        self._read_only: set[tuple[str, str]] = set()
         self._httpd: _Server | None = None
         self._thread: threading.Thread | None = None
         self.url = ""
@@ -1580,12 +1935,46 @@ class WandbServer:
             self._projects[(entity, project)] = proj
         return proj
 
-    def add_run(self, entity: str, project: str, run: str) -> None:
+    def add_run(
+        self,
+        entity: str,
+        project: str,
+        run: str,
+        *,
+        display_name: str | None = None,
+        job_type: str | None = None,
+        state: str = "finished",
+        config: Mapping[str, Any] | None = None,
+    ) -> None:
+        """A run ``run`` (its id: W&B's ``Run.name``) in ``entity/project``; an existing one keeps
+        what it has unless a keyword is given."""
         with self._lock:
             proj = self._project(entity, project)
-            if run not in proj.runs:
+            known = proj.runs.get(run)
+            if known is None:
                 n = self._next()
-                proj.runs[run] = _Run(_gid("Run", f"v1:{run}:{project}:{entity}"), run, entity, project, _EPOCH + n)
+                known = proj.runs[run] = _Run(
+                    _gid("Run", f"v1:{run}:{project}:{entity}"), run, entity, project, _EPOCH + n, display_name=run
+                )
+            if display_name is not None:
+                known.display_name = display_name
+            if job_type is not None:
+                known.job_type = job_type
+            if state != "finished" or known.state == "finished":
+                known.state = state
+            if config is not None:
+                known.config = dict(config)
+
+    def set_read_only(self, entity: str, project: str, read_only: bool = True) -> None:
+        """Make mutations of ``entity/project`` (edits, aliases, deletes, links into it) fail
+        with "permission denied", as for a project the viewer may only read.  Mutations of an
+        entity that is neither the viewer's nor one of its teams fail the same way."""
+        with self._lock:
+            self._project(entity, project)
+            (self._read_only.add if read_only else self._read_only.discard)((entity, project))
+
+    def can_write(self, entity: str, project: str) -> bool:
+        return entity in (self.viewer_entity, *self.teams) and (entity, project) not in self._read_only
 
     def add_artifact(
         self,
@@ -1697,6 +2086,10 @@ class WandbServer:
         with self._lock:
             return self._projects[(entity, project)].collections[name].versions[version_index]
 
+    def collection(self, entity: str, project: str, name: str) -> _Collection:
+        with self._lock:
+            return self._projects[(entity, project)].collections[name]
+
     def set_alias(self, entity: str, project: str, name: str, alias: str, version_index: int) -> None:
         """Point ``alias`` at version ``version_index`` (moving it from wherever it was)."""
         with self._lock:
@@ -1706,15 +2099,75 @@ class WandbServer:
             coll.aliases[alias] = version_index
 
     def delete_version(self, entity: str, project: str, name: str, version_index: int) -> None:
-        """Soft-delete a version: it disappears from listings and lookups; its aliases go away,
-        and ``latest`` moves to the newest live version."""
+        """Soft-delete a version: it disappears from listings and lookups, its links too; its
+        aliases go away, and ``latest`` moves to the newest live version (of each collection)."""
         with self._lock:
-            coll = self._projects[(entity, project)].collections[name]
-            coll.versions[version_index].deleted = True
-            coll.aliases = {a: i for a, i in coll.aliases.items() if i != version_index}
-            live = coll.live()
-            if live and "latest" not in coll.aliases:
-                coll.aliases["latest"] = live[-1].version_index
+            self._soft_delete(self._projects[(entity, project)].collections[name].versions[version_index])
+
+    def _soft_delete(self, rec: ArtifactRecord) -> None:
+        rec.deleted = True
+        rec.updated_at = self._now()
+        for coll, index in self.memberships(rec, live=False):
+            coll.aliases = {a: i for a, i in coll.aliases.items() if i != index}
+            coll.move_latest()
+
+    def memberships(self, rec: ArtifactRecord, *, live: bool = True) -> list[tuple[_Collection, int]]:
+        """Every collection ``rec`` is in (its own sequence first, then the portfolios it is
+        linked into), with its index there."""
+        with self._lock:
+            if live and rec.deleted:
+                return []
+            assert rec._collection is not None
+            out = [(rec._collection, rec.version_index)]
+            for coll in self._collections_by_id.values():
+                if coll.kind == PORTFOLIO:
+                    index = coll.index_of(rec)
+                    if index is not None:
+                        out.append((coll, index))
+            return out
+
+    def link(
+        self, rec: ArtifactRecord, entity: str, project: str, portfolio: str, aliases: Sequence[str] = ()
+    ) -> tuple[_Collection, int]:
+        """Link ``rec`` into the portfolio ``entity/project/portfolio`` (made on first use, with
+        ``rec``'s type); ``latest`` and ``aliases`` move to it.  Linking a version that is
+        already there keeps its index.  What ``linkArtifact`` does, without the permission
+        check; ValueError for a name that is a sequence or a portfolio of another type."""
+        with self._lock:
+            proj = self._project(entity, project)
+            coll = proj.collections.get(portfolio)
+            if coll is None:
+                n = self._next()
+                if rec.type not in proj.types:
+                    proj.types[rec.type] = _Type(_gid("ArtifactType", n), rec.type, _EPOCH + n)
+                coll = _Collection(
+                    _gid("ArtifactPortfolio", n), n, entity, project, portfolio, rec.type, self._now(), kind=PORTFOLIO
+                )
+                proj.collections[portfolio] = coll
+                self._collections_by_id[coll.id] = coll
+            elif coll.kind != PORTFOLIO:
+                raise ValueError(
+                    f"artifact collection {portfolio!r} already exists as a sequence: only portfolios take links"
+                )
+            elif coll.type != rec.type:
+                raise ValueError(
+                    f"artifact type {rec.type!r} does not match the type {coll.type!r} of collection {portfolio!r}"
+                )
+            index = coll.index_of(rec)
+            if index is None:
+                index = coll.next_index
+                coll.next_index += 1
+                coll.versions[index] = rec
+                coll.linked_at[index] = self._now()
+                coll.aliases[LATEST] = index
+            for alias in aliases:
+                coll.aliases[alias] = index
+            rec.updated_at = self._now()
+            return coll, index
+
+    def _now(self) -> float:
+        """A time after every stored one (the epoch-based clock every record uses)."""
+        return _EPOCH + self._next()
 
     # -- URLs
 
