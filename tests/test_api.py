@@ -12,8 +12,10 @@ from conftest import SAMPLE_FILES, run_cli, write_tree
 
 from artifactfs import Api, Artifact, VerificationError
 from artifactfs.errors import (
+    ArtifactFinalizedError,
     ArtifactNotFound,
     ArtifactNotLogged,
+    ArtifactNotLoggedError,
     Conflict,
     DigestMismatch,
     InvalidArgument,
@@ -21,6 +23,7 @@ from artifactfs.errors import (
     InvalidReference,
     ReadOnly,
 )
+from artifactfs.manifest import artifact_digest
 
 
 @pytest.fixture
@@ -56,14 +59,20 @@ def test_add_file_and_names(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
     f.write_bytes(b"weights")
     a = Api(tmp_path / "reg")
     art = Artifact("resnet", type="model")
-    art.add_file(f)
+    first = art.add_file(f)
     art.add_file(f, name="copies/model-again.pt")
-    with pytest.raises(InvalidPath):
-        art.add_file(f)  # same entry path twice
+    assert art.add_file(f) == first  # the same path with the same content: accepted, as W&B
+    other = tmp_path / "other" / "model.pt"
+    other.parent.mkdir()
+    other.write_bytes(b"other weights")
+    with pytest.raises(ValueError, match="same path twice"):
+        art.add_file(other)  # the same path with other content: W&B's ValueError
     with pytest.raises(InvalidPath):
         art.add_file(f, name="../escape.pt")
-    logged = art.save(project="acme/vision")
-    assert logged.qualified_name == "acme/vision/resnet:v0"
+    assert art.digest and art.size == 2 * len(b"weights") and art.state == "PENDING"
+    draft_digest = art.digest
+    art.save(project="acme/vision")
+    assert art.qualified_name == "acme/vision/resnet:v0" and art.digest == draft_digest
     assert [e.path for e in a.artifact("acme/vision/resnet").files()] == ["copies/model-again.pt", "model.pt"]
 
 
@@ -88,7 +97,7 @@ def test_download_default_root_and_prefix(api: Api, tmp_path: Path, monkeypatch:
 def test_download_refuses_a_corrupt_blob(api: Api, tmp_path: Path) -> None:
     art = api.artifact("acme/vision/ds")
     entry = art.get_entry("train/000002.txt")
-    blob = Path(str(api.registry.local_path(entry)))
+    blob = Path(str(api.registry.local_path(entry.plain())))
     os.chmod(blob, 0o644)
     data = bytearray(blob.read_bytes())
     data[0] ^= 0xFF
@@ -113,7 +122,7 @@ def test_download_does_not_write_through_a_symlink(api: Api, tmp_path: Path) -> 
     root.mkdir()
     (root / "train").symlink_to(outside, target_is_directory=True)
     art = api.artifact("acme/vision/ds")
-    with pytest.raises(InvalidPath, match="outside"):
+    with pytest.raises(InvalidPath, match="symlink"):
         art.download(root)
     assert files_below(outside) == ["keep.txt"]
     assert (outside / "keep.txt").read_bytes() == b"not yours\n"
@@ -203,22 +212,32 @@ def test_listing_and_delete(api: Api, tmp_path: Path) -> None:
 
 def test_bad_input(api: Api, tmp_path: Path) -> None:
     with pytest.raises(InvalidReference):
-        api.artifact("not-a-ref")
+        api.artifact("a/b/c/d")  # four parts
+    with pytest.raises(InvalidReference):
+        api.artifact("acme/vision/bad name")
     with pytest.raises(InvalidArgument, match="type"):
         api.artifact("acme/vision/ds", type="model")
     with pytest.raises(InvalidReference):
         Artifact("bad name", type="dataset")
     logged = api.artifact("acme/vision/ds")
-    with pytest.raises(ReadOnly):
+    with pytest.raises(ArtifactFinalizedError):
         logged.add_file(tmp_path / "src" / "README.md")  # logged versions are immutable
-    with pytest.raises(ReadOnly):
+    with pytest.raises(ReadOnly):  # ArtifactFinalizedError is our ReadOnly too
         logged.add_dir(tmp_path / "src")
     with pytest.raises(ReadOnly):
         api.log_artifact(logged, "acme/vision")  # already logged
-    with pytest.raises(InvalidArgument):
-        Artifact("x", type="t").save()  # no project
-    with pytest.raises(ArtifactNotLogged):
-        _ = Artifact("x", type="t").digest
+    draft = Artifact("x", type="t")
+    for attr in ("version", "entity", "project", "qualified_name", "file_count", "aliases", "created_at"):
+        with pytest.raises(ArtifactNotLoggedError):
+            getattr(draft, attr)
+        assert not hasattr(draft, attr)  # W&B's ArtifactNotLoggedError is an AttributeError
+    with pytest.raises(ArtifactNotLogged):  # and ours is still the ArtifactFSError it was
+        draft.get_path("x")
+    for call in (lambda: draft.get("x"), draft.logged_by, draft.used_by, draft.download, draft.wait):
+        with pytest.raises(ArtifactNotLoggedError):
+            call()
+    assert draft.digest == artifact_digest([])  # the digest of an empty manifest, before logging
+    assert draft.id is None and draft.name == "x" and draft.size == 0
 
 
 def test_cli_get_and_verify(api: Api, tmp_path: Path) -> None:
