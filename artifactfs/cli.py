@@ -28,6 +28,7 @@ from .names import check_alias, check_name, parse_prefix, parse_ref
 from .options import REGISTRY_HELP, add_mount_arguments, argparse_type, parse_log_level, registry_spec
 from .registry import Registry, VersionInfo
 from .registry.base import iso_time
+from .tools import add_tool_commands
 
 log = logging.getLogger("artifactfs")
 
@@ -300,6 +301,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_delete)
 
     add_mount_commands(sub, common)
+    add_tool_commands(sub, common)  # status, stats, cache, doctor, pin (artifactfs.tools)
     return parser
 
 

@@ -25,11 +25,13 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from typing import Any
 
 import trio
 
 from .errors import ArtifactFSError, DigestMismatch
 from .manifest import Entry
+from .metrics import Histogram
 from .references import content_entry
 from .registry.base import Registry, VersionInfo
 from .store import Blob, BlobStore
@@ -50,9 +52,20 @@ class Stats:
     trusted_in_place: int = 0  # local blobs whose trust record still matched
     digest_mismatches: int = 0
     fetch_errors: int = 0
+    served_bytes: int = 0  # answered to reads (ops); re-reads from the kernel's page cache never reach us
+    # Per backend (registry kind, or a reference's scheme): seconds from a miss to a verified blob.
+    latency: dict[str, Histogram] = field(default_factory=dict)
 
-    def to_json(self) -> dict[str, int]:
-        return dict(self.__dict__)
+    def observe(self, backend: str, seconds: float) -> None:
+        hist = self.latency.get(backend)
+        if hist is None:
+            hist = self.latency[backend] = Histogram()
+        hist.observe(seconds)
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {k: v for k, v in self.__dict__.items() if k != "latency"}
+        out["latency"] = {backend: hist.to_json() for backend, hist in self.latency.items()}
+        return out
 
 
 @dataclass
@@ -80,7 +93,13 @@ class Fetcher:
     def limiter(self) -> trio.CapacityLimiter:
         return self._limiter
 
+    @property
+    def in_flight(self) -> int:
+        """Fetches (or hashes) running now."""
+        return len(self._inflight)
+
     async def get(self, version: VersionInfo, entry: Entry) -> Blob:
+        backend = self.registry.kind if entry.ref is None else entry.ref.partition("://")[0]
         if entry.ref is not None:
             # The digest a reference's bytes are verified against: its own, or the MD5 that a
             # wandb-logged s3 entry's single-part ETag is; FetchError when none proves anything.
@@ -103,6 +122,7 @@ class Fetcher:
             await event.wait()
         event = trio.Event()
         self._inflight[key] = event
+        started = trio.current_time()
         try:
             verified, fetched = await trio.to_thread.run_sync(
                 self._slow, key, version, entry, local, limiter=self._limiter
@@ -113,6 +133,7 @@ class Fetcher:
         finally:
             del self._inflight[key]
             event.set()
+        self.stats.observe("local" if local is not None else backend, trio.current_time() - started)
         if local is not None:
             self.stats.verified_in_place += 1
         elif fetched:

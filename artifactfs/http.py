@@ -55,6 +55,7 @@ from dataclasses import dataclass, field
 import requests
 import urllib3
 
+from . import metrics
 from .errors import AuthError, FetchError, SourceChanged
 from .fsutil import redact_uri
 from .manifest import MD5, b64_digest, new_hasher
@@ -268,6 +269,7 @@ class _Transfer:
                 raise FetchError(self.error(f"{problem}; gave up after waiting {self._waited:.1f}s for retries"))
             self._waited += delay
         log.warning("%s; retrying in %.2fs", self.error(problem), delay)
+        metrics.RETRIES.add()
         if self.cancel.wait(delay):
             raise _Cancelled
 

@@ -27,6 +27,7 @@ from collections.abc import Iterator
 import pyfuse3
 import trio
 
+from .admin import AdminServer
 from .errors import ArtifactFSError, MountError
 from .fetcher import Fetcher
 from .fsutil import claim_cache_dir
@@ -77,21 +78,23 @@ def _set_read_ahead(mountpoint: str, kb: int) -> None:
         log.debug("read_ahead_kb=%d for %s", kb, mountpoint)
 
 
-async def _serve(config: MountConfig, ops: Operations) -> None:
+async def _serve(config: MountConfig, ops: Operations, admin: AdminServer) -> None:
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_watch_signals, config.mountpoint)
-        nursery.start_soon(_announce, config)
+        nursery.start_soon(admin.serve)  # control socket, --metrics-port (artifactfs.admin)
+        nursery.start_soon(_announce, config, admin)
         await pyfuse3.main()  # returns on pyfuse3.terminate() or an external unmount
         nursery.cancel_scope.cancel()
 
 
-async def _announce(config: MountConfig) -> None:
+async def _announce(config: MountConfig, admin: AdminServer) -> None:
     # The first requests (INIT, then this stat) go through our own loop: once the stat returns
     # the mount answers, and the kernel has set up the bdi whose read-ahead we raise.
     await trio.to_thread.run_sync(os.stat, config.mountpoint)
     if config.read_ahead_kb > 0:
         _set_read_ahead(config.mountpoint, config.read_ahead_kb)
     log.info("mounted %s on %s", config.registry, config.mountpoint)
+    admin.ready()  # the mount record for `artifactfs status`; READY=1 for a systemd Type=notify unit
     if config.ready_fd is not None:
         os.write(config.ready_fd, b"ok\n")
         os.close(config.ready_fd)
@@ -125,6 +128,7 @@ def run_foreground(config: MountConfig) -> None:
     )
     tree = Tree(registry, uid=os.getuid(), gid=os.getgid(), alias_ttl=config.alias_ttl)
     ops = Operations(tree, fetcher, pread_in_thread=config.pread_in_thread)
+    admin = AdminServer.open(config, fetcher, store)  # before the mount: a port in use fails it here
     options = set(pyfuse3.default_options)
     options |= {"fsname=artifactfs", "subtype=artifactfs", "ro", "noatime"}
     if config.allow_other:
@@ -132,15 +136,17 @@ def run_foreground(config: MountConfig) -> None:
     try:
         pyfuse3.init(ops, mountpoint, options)
     except RuntimeError as exc:
+        admin.close()
         raise MountError(f"cannot mount on {mountpoint}: {exc}") from exc
     try:
-        trio.run(_serve, config, ops)
+        trio.run(_serve, config, ops, admin)
     except BaseException:
         log.exception("the mount loop failed")
         raise
     finally:
         with contextlib.suppress(Exception):
             pyfuse3.close(unmount=True)
+        admin.close()
         registry.close()
         store.close()
 

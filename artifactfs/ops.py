@@ -225,8 +225,11 @@ class Operations(pyfuse3.Operations):
     async def _pread(self, blob: Blob, size: int, off: int) -> bytes:
         # Verified and local: pread inline (a thread hop would cost more than the read).
         if self._pread_in_thread:
-            return await trio.to_thread.run_sync(blob.pread, size, off)
-        return blob.pread(size, off)
+            data = await trio.to_thread.run_sync(blob.pread, size, off)
+        else:
+            data = blob.pread(size, off)
+        self.fetcher.stats.served_bytes += len(data)
+        return data
 
     @_errno_boundary
     async def release(self, fh: int) -> None:

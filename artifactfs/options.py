@@ -90,6 +90,16 @@ def _count(text: str) -> int:
     return value
 
 
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise InvalidArgument(f"invalid port {text!r}") from None
+    if not 0 <= value <= 65535:
+        raise InvalidArgument(f"invalid port {text!r}: must be 0-65535 (0: any free port)")
+    return value
+
+
 def _path(text: str) -> str:
     if not text:
         raise InvalidArgument("empty path")
@@ -230,6 +240,13 @@ class MountConfig:
         defaults.MOUNT_LOG_LEVEL,
         metavar="LEVEL",
     )
+    metrics_port: int | None = _value(
+        "--metrics-port",
+        "serve Prometheus metrics on http://127.0.0.1:PORT/metrics (default: off; 0: any free port)",
+        _port,
+        None,
+        metavar="PORT",
+    )
     log_file: str | None = _value(
         "--log-file", "the daemon's log (default: CACHE_DIR/mount.log)", _path, None, forward=False, metavar="FILE"
     )
@@ -335,6 +352,8 @@ def parse_mount_options(text: str) -> dict[str, Any]:
         key, has_value, raw = item.partition("=")
         name = key.replace("-", "_")
         if name in _GENERIC_MOUNT_OPTIONS and not has_value:
+            continue
+        if key.startswith("x-") or key == "comment":  # fstab's notes for systemd and other tools
             continue
         if name == "rw":
             raise InvalidArgument("mount option 'rw': artifactfs mounts are read-only")

@@ -1,0 +1,607 @@
+"""What a running mount tells the rest of the machine: a record, a control socket, readiness.
+
+A mount daemon (``mount --foreground``, the process that serves FUSE) keeps, from the moment it
+answers until it exits:
+
+* a **record**, ``RUNTIME/<id>.json`` (id: a hash of the mount point): mount point, registry
+  spec, cache directory, PID and the process's start time, start time, log file, metrics port;
+* a **control socket**, ``RUNTIME/<id>.sock`` (mode 0600): a client sends ``stats`` or
+  ``metrics`` and reads one answer, a JSON snapshot or Prometheus text;
+* with ``--metrics-port PORT``, an HTTP listener on ``127.0.0.1:PORT`` answering
+  ``GET /metrics`` with the same Prometheus text;
+* readiness for systemd: ``READY=1`` (and ``STOPPING=1`` when it stops) on ``$NOTIFY_SOCKET``,
+  so a ``Type=notify`` unit is started exactly when the mount answers.
+
+``RUNTIME`` is ``$ARTIFACTFS_RUNTIME_DIR``, else ``/run/artifactfs`` for root, else
+``$XDG_RUNTIME_DIR/artifactfs``, else ``/tmp/artifactfs-UID``.
+
+Why a record and a socket, and not only ``/proc/mounts`` and the root's xattr:
+``/proc/mounts`` says *that* an artifactfs mount exists (its type is ``fuse.artifactfs``, for any
+user), but not its registry, cache directory or daemon; and the ``user.artifactfs.stats`` xattr
+needs xattrs on (``--xattrs off`` answers ENOSYS), travels through the FUSE request queue of
+the mount being diagnosed, and cannot be read by other users unless ``allow_other``.  A unix
+socket is answered by the daemon's trio loop directly, works with any mount options, and its
+file mode decides who may read the counters.  Records live in a runtime directory (a tmpfs,
+emptied at boot) rather than the cache directory, which several mounts may share and which
+outlives the daemons.  A record whose daemon has died (SIGKILL) is recognised by its PID and
+start time and ignored (and removed when we may).
+
+Nothing here holds a secret: a registry spec never carries credentials (see options).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import socket
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any
+
+from . import metrics
+from .errors import ArtifactFSError, InvalidArgument, MountError
+
+if TYPE_CHECKING:
+    from .fetcher import Fetcher
+    from .options import MountConfig
+    from .store import BlobStore
+
+log = logging.getLogger(__name__)
+
+RUNTIME_ENV = "ARTIFACTFS_RUNTIME_DIR"
+ROOT_RUNTIME = "/run/artifactfs"
+FSTYPE = "fuse.artifactfs"
+_MAX_REQUEST = 8192
+_CLIENT_TIMEOUT = 5.0  # seconds a client of the control socket or the metrics port may take
+_SUN_PATH_MAX = 107
+
+
+def runtime_dir() -> str:
+    """Where this user's mount daemons keep their records and sockets."""
+    env = os.environ.get(RUNTIME_ENV)
+    if env:
+        return os.path.abspath(env)
+    if os.geteuid() == 0:
+        return ROOT_RUNTIME
+    xdg = os.environ.get("XDG_RUNTIME_DIR")
+    if xdg:
+        return os.path.join(xdg, "artifactfs")
+    return os.path.join(tempfile.gettempdir(), f"artifactfs-{os.getuid()}")
+
+
+def _search_dirs() -> list[str]:
+    """Runtime directories whose records this user may read: its own, and root's (world-readable
+    records; the sockets in it stay root's)."""
+    dirs = [runtime_dir()]
+    if ROOT_RUNTIME not in dirs and os.path.isdir(ROOT_RUNTIME) and RUNTIME_ENV not in os.environ:
+        dirs.append(ROOT_RUNTIME)
+    return dirs
+
+
+def mount_id(mountpoint: str) -> str:
+    return hashlib.sha256(os.fsencode(mountpoint)).hexdigest()[:16]
+
+
+def _process_start(pid: int) -> int | None:
+    """The start time of ``pid`` in clock ticks since boot (field 22 of /proc/PID/stat), which
+    tells a live daemon from a new process that reuses a dead daemon's PID."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            raw = f.read()
+    except OSError:
+        return None
+    fields = raw[raw.rfind(b")") + 2 :].split()
+    try:
+        return int(fields[19])
+    except (IndexError, ValueError):
+        return None
+
+
+@dataclass
+class MountRecord:
+    """What ``RUNTIME/<id>.json`` says about one mount."""
+
+    mountpoint: str
+    registry: str
+    cache_dir: str
+    pid: int
+    process_start: int | None
+    started_at: float  # Unix time the mount began to answer
+    uid: int
+    log_file: str | None
+    metrics_port: int | None
+    socket: str
+
+    def alive(self) -> bool:
+        """Its daemon still runs (same PID and same process start time)."""
+        return self.process_start is not None and _process_start(self.pid) == self.process_start
+
+    @classmethod
+    def load(cls, path: str) -> MountRecord | None:
+        try:
+            with open(path, encoding="utf-8") as f:
+                data = json.load(f)
+            return cls(**{k: data.get(k) for k in cls.__dataclass_fields__})
+        except (OSError, ValueError, TypeError):
+            return None
+
+
+# -- mounts on this machine -----------------------------------------------------------------------
+
+
+@dataclass
+class MountEntry:
+    """An artifactfs mount in /proc/mounts, with its record when one can be read."""
+
+    mountpoint: str
+    user_id: int | None
+    record: MountRecord | None
+
+    @property
+    def state(self) -> str:
+        if self.record is None:
+            return "no record (mounted by another user, or its daemon was killed)"
+        if not self.record.alive():
+            return f"daemon {self.record.pid} is gone: run 'artifactfs umount {self.mountpoint}'"
+        return "serving"
+
+
+def _unescape(field: str) -> str:
+    """/proc/mounts escapes space, tab, newline and backslash as octal (``\\040``)."""
+    out = bytearray()
+    raw = field.encode()
+    i = 0
+    while i < len(raw):
+        if raw[i] == 0x5C and i + 3 < len(raw) + 1 and raw[i + 1 : i + 4].isdigit():
+            out.append(int(raw[i + 1 : i + 4], 8))
+            i += 4
+        else:
+            out.append(raw[i])
+            i += 1
+    return os.fsdecode(bytes(out))
+
+
+def mounted() -> list[tuple[str, dict[str, str]]]:
+    """``(mount point, options)`` of every artifactfs mount in /proc/mounts."""
+    out: list[tuple[str, dict[str, str]]] = []
+    try:
+        with open("/proc/mounts", encoding="utf-8", errors="surrogateescape") as f:
+            lines = f.readlines()
+    except OSError:
+        return out
+    for line in lines:
+        parts = line.split()
+        if len(parts) >= 4 and parts[2] == FSTYPE:
+            opts = dict(o.partition("=")[::2] for o in parts[3].split(","))
+            out.append((_unescape(parts[1]), opts))
+    return out
+
+
+def _records() -> dict[str, MountRecord]:
+    """Every readable record, by mount point; records of dead daemons whose mount is gone are
+    removed when we may."""
+    found: dict[str, MountRecord] = {}
+    live = {path for path, _ in mounted()}
+    for directory in _search_dirs():
+        try:
+            names = os.listdir(directory)
+        except OSError:
+            continue
+        for name in names:
+            if not name.endswith(".json"):
+                continue
+            path = os.path.join(directory, name)
+            record = MountRecord.load(path)
+            if record is None:
+                continue
+            if not record.alive() and record.mountpoint not in live:
+                with contextlib.suppress(OSError):
+                    os.unlink(path)
+                    os.unlink(record.socket)
+                continue
+            if record.mountpoint not in found or record.alive():
+                found[record.mountpoint] = record
+    return found
+
+
+def list_mounts() -> list[MountEntry]:
+    """This machine's artifactfs mounts (from /proc/mounts), each with its record if readable."""
+    records = _records()
+    out = []
+    for path, opts in mounted():
+        uid = opts.get("user_id")
+        out.append(MountEntry(path, int(uid) if uid and uid.isdigit() else None, records.get(path)))
+    return out
+
+
+def find_mount(path: str) -> MountEntry:
+    """The artifactfs mount whose mount point is ``path`` or holds it; InvalidArgument with what
+    to do otherwise."""
+    target = os.path.realpath(path)
+    best: MountEntry | None = None
+    for entry in list_mounts():
+        root = entry.mountpoint
+        if (target == root or target.startswith(root.rstrip("/") + "/")) and (
+            best is None or len(root) > len(best.mountpoint)
+        ):
+            best = entry
+    if best is None:
+        raise InvalidArgument(f"{path} is not on an artifactfs mount (list them with 'artifactfs status')")
+    return best
+
+
+# -- the daemon's side ------------------------------------------------------------------------------
+
+
+def sd_notify(message: str) -> bool:
+    """Send ``message`` to systemd's ``$NOTIFY_SOCKET`` if there is one (``Type=notify``)."""
+    path = os.environ.get("NOTIFY_SOCKET")
+    if not path:
+        return False
+    address = "\0" + path[1:] if path.startswith("@") else path
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+            sock.connect(address)
+            sock.sendall(message.encode())
+    except OSError as exc:
+        log.warning("cannot notify systemd at %s: %s", path, exc.strerror or exc)
+        return False
+    return True
+
+
+def _stderr_file() -> str | None:
+    """The file this process logs to, when its stderr is a regular file (a background mount's
+    daemon: the parent opened the log for it)."""
+    try:
+        target = os.readlink("/proc/self/fd/2")
+    except OSError:
+        return None
+    return target if target.startswith("/") and os.path.isfile(target) else None
+
+
+class AdminServer:
+    """A mount daemon's record, control socket, metrics listener and readiness notices.
+
+    :meth:`open` binds everything before the mount is made, so a port in use fails the mount at
+    once, in one line; :meth:`serve` answers on the trio loop (every counter is touched only
+    there); :meth:`ready` publishes the record and tells systemd once the mount answers;
+    :meth:`close` removes the record and the socket."""
+
+    def __init__(self, config: MountConfig, fetcher: Fetcher, store: BlobStore) -> None:
+        self.config = config
+        self.fetcher = fetcher
+        self.store = store
+        self.directory = runtime_dir()
+        self.id = mount_id(config.mountpoint)
+        self.socket_path = os.path.join(self.directory, f"{self.id}.sock")
+        self.record_path = os.path.join(self.directory, f"{self.id}.json")
+        self.started = time.time()
+        self._unix: socket.socket | None = None
+        self._tcp: socket.socket | None = None
+
+    @classmethod
+    def open(cls, config: MountConfig, fetcher: Fetcher, store: BlobStore) -> AdminServer:
+        server = cls(config, fetcher, store)
+        try:
+            server._bind()
+        except BaseException:
+            server.close()
+            raise
+        return server
+
+    def _bind(self) -> None:
+        try:
+            os.makedirs(self.directory, mode=0o755 if self.directory == ROOT_RUNTIME else 0o700, exist_ok=True)
+        except OSError as exc:
+            raise MountError(
+                f"cannot create the runtime directory {self.directory}: {exc.strerror or exc} "
+                f"(set ${RUNTIME_ENV} to a directory you own)"
+            ) from exc
+        if len(os.fsencode(self.socket_path)) > _SUN_PATH_MAX:
+            raise MountError(f"control socket path {self.socket_path} is too long: set ${RUNTIME_ENV} to a short path")
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.socket_path)  # a killed daemon's, for the same mount point (now unmounted)
+        unix = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        self._unix = unix
+        old = os.umask(0o177)
+        try:
+            unix.bind(self.socket_path)
+        except OSError as exc:
+            raise MountError(f"cannot create the control socket {self.socket_path}: {exc.strerror or exc}") from exc
+        finally:
+            os.umask(old)
+        unix.listen(16)
+        port = self.config.metrics_port
+        if port is not None:
+            tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+            self._tcp = tcp
+            tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                tcp.bind(("127.0.0.1", port))
+            except OSError as exc:
+                raise MountError(
+                    f"--metrics-port {port}: cannot listen on 127.0.0.1:{port}: {exc.strerror or exc} "
+                    "(choose another port, or 0 for any free one)"
+                ) from exc
+            tcp.listen(16)
+
+    @property
+    def metrics_port(self) -> int | None:
+        return None if self._tcp is None else int(self._tcp.getsockname()[1])
+
+    def snapshot(self) -> dict[str, Any]:
+        """Every counter, now (on the trio loop)."""
+        stats = self.fetcher.stats.to_json()
+        try:
+            volume = self.store.volume
+        except Exception:  # a busy SQLite: the counters matter more than the volume
+            volume = -1
+        return {
+            "mountpoint": self.config.mountpoint,
+            "registry": self.config.registry,
+            "cache_dir": self.config.cache_dir,
+            "pid": os.getpid(),
+            "started_at": self.started,
+            "uptime_seconds": round(time.time() - self.started, 3),
+            "counters": metrics.counters(
+                stats, in_flight=self.fetcher.in_flight, volume=volume, size_limit=self.config.cache_size
+            ),
+            "latency": stats["latency"],
+        }
+
+    async def serve(self) -> None:
+        import trio
+
+        listeners = []
+        for sock, handler in ((self._unix, self._control), (self._tcp, self._http)):
+            if sock is not None:
+                listener = trio.SocketListener(trio.socket.from_stdlib_socket(sock))
+                listeners.append((listener, handler))
+        async with trio.open_nursery() as nursery:
+            for listener, handler in listeners:
+                nursery.start_soon(trio.serve_listeners, handler, [listener])
+
+    async def _read(self, stream: Any, end: bytes) -> bytes:
+        import trio
+
+        data = b""
+        with trio.move_on_after(_CLIENT_TIMEOUT):
+            while end not in data and len(data) < _MAX_REQUEST:
+                chunk = await stream.receive_some(1024)
+                if not chunk:
+                    break
+                data += chunk
+        return data
+
+    async def _control(self, stream: Any) -> None:
+        import trio
+
+        try:
+            async with stream:
+                command = (await self._read(stream, b"\n")).strip().decode("ascii", "replace")
+                if command == "metrics":
+                    answer = metrics.prometheus(self.snapshot()).encode()
+                elif command in ("stats", ""):
+                    answer = json.dumps(self.snapshot(), sort_keys=True).encode() + b"\n"
+                else:
+                    answer = json.dumps({"error": f"unknown command {command[:40]!r}"}).encode() + b"\n"
+                with trio.move_on_after(_CLIENT_TIMEOUT):
+                    await stream.send_all(answer)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            pass
+
+    async def _http(self, stream: Any) -> None:
+        import trio
+
+        try:
+            async with stream:
+                request = await self._read(stream, b"\r\n\r\n")
+                line = request.split(b"\r\n", 1)[0].decode("latin-1").split()
+                path = line[1].split("?", 1)[0] if len(line) >= 2 else ""
+                if len(line) >= 2 and line[0] in ("GET", "HEAD") and path == "/metrics":
+                    status, body = "200 OK", metrics.prometheus(self.snapshot()).encode()
+                    kind = "text/plain; version=0.0.4; charset=utf-8"
+                else:
+                    status, body, kind = "404 Not Found", b"artifactfs: try /metrics\n", "text/plain"
+                head = (
+                    f"HTTP/1.1 {status}\r\nContent-Type: {kind}\r\nContent-Length: {len(body)}\r\n"
+                    "Connection: close\r\n\r\n"
+                ).encode()
+                with trio.move_on_after(_CLIENT_TIMEOUT):
+                    await stream.send_all(head + (body if line and line[0] != "HEAD" else b""))
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            pass
+
+    def ready(self) -> None:
+        """The mount answers: publish the record, tell systemd."""
+        record = MountRecord(
+            mountpoint=self.config.mountpoint,
+            registry=self.config.registry,
+            cache_dir=self.config.cache_dir,
+            pid=os.getpid(),
+            process_start=_process_start(os.getpid()),
+            started_at=self.started,
+            uid=os.getuid(),
+            log_file=_stderr_file(),
+            metrics_port=self.metrics_port,
+            socket=self.socket_path,
+        )
+        tmp = f"{self.record_path}.{os.getpid()}.tmp"
+        try:
+            with open(tmp, "w", encoding="utf-8") as f:
+                json.dump(asdict(record), f, sort_keys=True)
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, self.record_path)
+        except OSError as exc:
+            log.warning("cannot write the mount record %s: %s", self.record_path, exc.strerror or exc)
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+        if self.metrics_port is not None:
+            log.info("metrics on http://127.0.0.1:%d/metrics", self.metrics_port)
+        sd_notify(f"READY=1\nSTATUS=serving {self.config.registry} on {self.config.mountpoint}\nMAINPID={os.getpid()}")
+
+    def close(self) -> None:
+        """Stop answering and remove the record and the socket (only our own)."""
+        for sock in (self._unix, self._tcp):
+            if sock is not None:
+                with contextlib.suppress(OSError):
+                    sock.close()
+        if self._unix is not None:
+            record = MountRecord.load(self.record_path)
+            if record is not None and record.pid == os.getpid():
+                with contextlib.suppress(OSError):
+                    os.unlink(self.record_path)
+            with contextlib.suppress(OSError):
+                os.unlink(self.socket_path)
+            sd_notify("STOPPING=1")
+        self._unix = self._tcp = None
+
+
+# -- the client's side ------------------------------------------------------------------------------
+
+
+def query(entry: MountEntry, command: str = "stats", timeout: float = 10.0) -> bytes:
+    """Ask a mount's daemon ``command`` over its control socket."""
+    record = entry.record
+    if record is None:
+        raise InvalidArgument(
+            f"{entry.mountpoint}: no record of its daemon in {' or '.join(_search_dirs())}: it was mounted by "
+            f"another user (uid {entry.user_id}; run this as that user) or its daemon was killed "
+            f"(artifactfs umount {entry.mountpoint})"
+        )
+    if not record.alive():
+        raise InvalidArgument(
+            f"{entry.mountpoint}: its daemon (pid {record.pid}) is gone: unmount it with "
+            f"'artifactfs umount {entry.mountpoint}' and mount again"
+        )
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC) as sock:
+            sock.settimeout(timeout)
+            sock.connect(record.socket)
+            sock.sendall(command.encode() + b"\n")
+            chunks = []
+            while chunk := sock.recv(65536):
+                chunks.append(chunk)
+    except PermissionError as exc:
+        raise InvalidArgument(
+            f"{entry.mountpoint}: its control socket belongs to uid {record.uid}: run this as that user (or root)"
+        ) from exc
+    except OSError as exc:
+        raise InvalidArgument(
+            f"{entry.mountpoint}: its daemon (pid {record.pid}) does not answer on {record.socket}: "
+            f"{exc.strerror or exc} (its log: {record.log_file or 'stderr of its service'})"
+        ) from exc
+    return b"".join(chunks)
+
+
+def stats(path: str) -> dict[str, Any]:
+    """The JSON snapshot of the mount holding ``path``."""
+    entry = find_mount(path)
+    raw = query(entry, "stats")
+    try:
+        data: dict[str, Any] = json.loads(raw)
+    except ValueError as exc:
+        raise ArtifactFSError(f"{entry.mountpoint}: its daemon answered no JSON ({len(raw)} bytes)") from exc
+    if "error" in data:
+        raise ArtifactFSError(f"{entry.mountpoint}: {data['error']}")
+    return data
+
+
+# -- commands ---------------------------------------------------------------------------------------
+
+
+def status_rows() -> list[dict[str, Any]]:
+    rows = []
+    now = time.time()
+    for entry in list_mounts():
+        r = entry.record
+        rows.append(
+            {
+                "mountpoint": entry.mountpoint,
+                "registry": r.registry if r else None,
+                "cache_dir": r.cache_dir if r else None,
+                "pid": r.pid if r else None,
+                "uptime_seconds": round(now - r.started_at, 1) if r else None,
+                "uid": entry.user_id,
+                "log_file": r.log_file if r else None,
+                "metrics_port": r.metrics_port if r else None,
+                "state": entry.state,
+            }
+        )
+    return rows
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    rows = status_rows()
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    if not rows:
+        print("no artifactfs mounts on this machine", file=sys.stderr)
+        return 0
+    head = ("MOUNTPOINT", "REGISTRY", "CACHE DIR", "PID", "UPTIME", "STATE")
+    table = [head]
+    for row in rows:
+        uptime = metrics.duration(row["uptime_seconds"]) if row["uptime_seconds"] is not None else "-"
+        table.append(
+            (
+                row["mountpoint"],
+                row["registry"] or "-",
+                row["cache_dir"] or "-",
+                str(row["pid"] or "-"),
+                uptime,
+                row["state"],
+            )
+        )
+    widths = [max(len(r[i]) for r in table) for i in range(len(head) - 1)]
+    for r in table:
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)) + "  " + r[-1])
+    return 0
+
+
+def cmd_stats(args: argparse.Namespace) -> int:
+    if args.watch is None:
+        snap = stats(args.mountpoint)
+        print(json.dumps(snap, indent=2, sort_keys=True) if args.json else metrics.table(snap))
+        return 0
+    interval = max(0.1, args.watch)
+    previous: dict[str, Any] | None = None
+    tty = sys.stdout.isatty()
+    try:
+        while True:
+            snap = stats(args.mountpoint)
+            if args.json:
+                print(json.dumps(snap, sort_keys=True), flush=True)  # JSON lines
+            else:
+                text = metrics.table(snap) + "\n" + _rates(previous, snap)
+                print(("\x1b[H\x1b[2J" if tty else "\n") + text, flush=True)
+            previous = snap
+            time.sleep(interval)
+    except KeyboardInterrupt:
+        return 0
+
+
+def _rates(previous: dict[str, Any] | None, now: dict[str, Any]) -> str:
+    if previous is None:
+        return "rates: (after the next refresh)"
+    seconds = now["uptime_seconds"] - previous["uptime_seconds"]
+    if seconds <= 0:
+        return "rates: -"
+    a, b = previous["counters"], now["counters"]
+    fetched = (b["fetched_bytes"] - a["fetched_bytes"]) / seconds
+    served = (b["served_bytes"] - a["served_bytes"]) / seconds
+    return f"rates: fetched {metrics.human_bytes(fetched)}/s, served {metrics.human_bytes(served)}/s"
+
+
+def iter_records() -> Iterator[MountRecord]:
+    """Records of live daemons (for ``cache info``: which mounts use a cache directory)."""
+    for record in _records().values():
+        if record.alive():
+            yield record

@@ -1,0 +1,238 @@
+"""A mount's counters as numbers a person or Prometheus reads.
+
+The counters themselves live where they are counted: :class:`artifactfs.fetcher.Stats` (cache
+hits, fetches, bytes, verify failures, per-backend latency as a :class:`Histogram`), and
+:data:`RETRIES` here for the HTTP downloader's retries, which run in worker threads far from any
+fetcher (one daemon serves one mount, so a process-wide counter is the mount's).  This module
+imports nothing from the package, so any module may count into it.
+
+:func:`snapshot` gathers them into one JSON document (what ``artifactfs stats --json`` prints and
+the daemon's control socket answers, see :mod:`artifactfs.admin`); :func:`prometheus` renders a
+snapshot in the Prometheus text exposition format (version 0.0.4) for ``--metrics-port``;
+:func:`table` renders it for a terminal.
+"""
+
+from __future__ import annotations
+
+import bisect
+import threading
+from collections.abc import Mapping
+from typing import Any
+
+#: Upper bounds (seconds) of the latency histogram's buckets: a cached hash of a small file
+#: (milliseconds) up to a multi-gigabyte download with retries (minutes).
+LATENCY_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0)
+
+
+class Histogram:
+    """Cumulative-bucket histogram of durations, Prometheus style.  Touched only on the trio loop."""
+
+    __slots__ = ("buckets", "count", "sum")
+
+    def __init__(self) -> None:
+        self.buckets = [0] * len(LATENCY_BUCKETS)  # per bucket (not cumulative); +Inf is count
+        self.count = 0
+        self.sum = 0.0
+
+    def observe(self, seconds: float) -> None:
+        index = bisect.bisect_left(LATENCY_BUCKETS, seconds)
+        if index < len(self.buckets):
+            self.buckets[index] += 1
+        self.count += 1
+        self.sum += seconds
+
+    def to_json(self) -> dict[str, Any]:
+        cumulative: dict[str, int] = {}
+        running = 0
+        for bound, n in zip(LATENCY_BUCKETS, self.buckets, strict=True):
+            running += n
+            cumulative[f"{bound:g}"] = running
+        cumulative["+Inf"] = self.count
+        return {"count": self.count, "sum": round(self.sum, 6), "buckets": cumulative}
+
+
+class Counter:
+    """A process-wide counter that worker threads increment."""
+
+    __slots__ = ("_lock", "value")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.value = 0
+
+    def add(self, n: int = 1) -> None:
+        with self._lock:
+            self.value += n
+
+
+#: HTTP requests tried again after a transient failure (artifactfs.http).
+RETRIES = Counter()
+
+# name in the snapshot's "counters" -> (Prometheus metric, type, help)
+_METRICS: dict[str, tuple[str, str, str]] = {
+    "cache_hits": ("artifactfs_cache_hits_total", "counter", "Blobs opened from the cache without a fetch."),
+    "cache_misses": (
+        "artifactfs_cache_misses_total",
+        "counter",
+        "Reads that needed a fetch or a hash before a blob could be served.",
+    ),
+    "fetches": ("artifactfs_fetches_total", "counter", "Blobs downloaded or copied into the cache."),
+    "fetched_bytes": ("artifactfs_fetched_bytes_total", "counter", "Bytes downloaded or copied into the cache."),
+    "served_bytes": (
+        "artifactfs_served_bytes_total",
+        "counter",
+        "Bytes answered to read requests (re-reads from the kernel page cache never reach the daemon).",
+    ),
+    "verified_in_place": (
+        "artifactfs_verified_in_place_total",
+        "counter",
+        "Local registry blobs hashed where they lie.",
+    ),
+    "trusted_in_place": (
+        "artifactfs_trusted_in_place_total",
+        "counter",
+        "Local registry blobs served on a matching trust record.",
+    ),
+    "digest_mismatches": (
+        "artifactfs_verify_failures_total",
+        "counter",
+        "Blobs whose bytes did not hash to the manifest digest (answered EIO).",
+    ),
+    "fetch_errors": ("artifactfs_fetch_errors_total", "counter", "Fetches that failed (network, disk, auth)."),
+    "retries": ("artifactfs_retries_total", "counter", "HTTP requests tried again after a transient failure."),
+    "fetches_in_flight": ("artifactfs_fetches_in_flight", "gauge", "Fetches or hashes running now."),
+    "cache_bytes": ("artifactfs_cache_bytes", "gauge", "Bytes held by the blob cache directory."),
+    "cache_limit_bytes": ("artifactfs_cache_limit_bytes", "gauge", "The blob cache's size limit."),
+    "uptime_seconds": ("artifactfs_uptime_seconds", "gauge", "Seconds since the mount started."),
+}
+
+
+def counters(stats: Mapping[str, Any], *, in_flight: int, volume: int, size_limit: int) -> dict[str, Any]:
+    """The flat counters of a snapshot from a fetcher's ``Stats.to_json()`` and live values."""
+    out: dict[str, Any] = {k: v for k, v in stats.items() if k != "latency"}
+    out["cache_misses"] = (
+        out.get("fetches", 0) + out.get("verified_in_place", 0) + out.get("digest_mismatches", 0)
+        + out.get("fetch_errors", 0)
+    )  # fmt: skip
+    out["retries"] = RETRIES.value
+    out["fetches_in_flight"] = in_flight
+    out["cache_bytes"] = volume
+    out["cache_limit_bytes"] = size_limit
+    return out
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def prometheus(snapshot: Mapping[str, Any]) -> str:
+    """Prometheus text format (0.0.4) of a :func:`snapshot`-shaped document."""
+    labels = f'mountpoint="{_escape(str(snapshot.get("mountpoint", "")))}"'
+    lines: list[str] = []
+    values = dict(snapshot.get("counters", {}))
+    values["uptime_seconds"] = snapshot.get("uptime_seconds", 0)
+    for key, (metric, kind, text) in _METRICS.items():
+        if key not in values:
+            continue
+        lines += [f"# HELP {metric} {text}", f"# TYPE {metric} {kind}", f"{metric}{{{labels}}} {values[key]}"]
+    latency = snapshot.get("latency", {})
+    metric = "artifactfs_fetch_seconds"
+    lines += [
+        f"# HELP {metric} Seconds from a cache miss to a verified blob, per backend.",
+        f"# TYPE {metric} histogram",
+    ]
+    for backend, hist in sorted(latency.items()):
+        both = f'{labels},backend="{_escape(backend)}"'
+        for bound, n in sorted(hist["buckets"].items(), key=lambda kv: float(kv[0])):
+            lines.append(f'{metric}_bucket{{{both},le="{bound}"}} {n}')
+        lines.append(f"{metric}_sum{{{both}}} {hist['sum']}")
+        lines.append(f"{metric}_count{{{both}}} {hist['count']}")
+    info = "artifactfs_mount_info"
+    registry = _escape(str(snapshot.get("registry", "")))
+    lines += [
+        f"# HELP {info} The mount's registry and process.",
+        f"# TYPE {info} gauge",
+        f'{info}{{{labels},registry="{registry}",pid="{snapshot.get("pid", "")}"}} 1',
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def human_bytes(n: float) -> str:
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(size) < 1024 or unit == "TiB":
+            return f"{int(size)} B" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    raise AssertionError("unreachable")
+
+
+def quantile(hist: Mapping[str, Any], q: float) -> float | None:
+    """The upper bound of the bucket holding the ``q`` quantile (None when empty or beyond the
+    last bound): what a histogram can honestly say."""
+    count = int(hist.get("count", 0))
+    if count == 0:
+        return None
+    rank = q * count
+    # Keys are bounds as text ("0.005", "+Inf"), in any order once a JSON round trip sorted them.
+    for bound, n in sorted(hist["buckets"].items(), key=lambda kv: float(kv[0])):
+        if n >= rank:
+            return None if bound == "+Inf" else float(bound)
+    return None
+
+
+def table(snapshot: Mapping[str, Any]) -> str:
+    """A terminal table of a snapshot: one counter a line, then latency per backend."""
+    c = snapshot.get("counters", {})
+    hits, misses = c.get("cache_hits", 0), c.get("cache_misses", 0)
+    ratio = f"{100 * hits / (hits + misses):.1f}%" if hits + misses else "-"
+    rows = [
+        ("mount", f"{snapshot.get('mountpoint')} (pid {snapshot.get('pid')}, up {_duration(snapshot)})"),
+        ("registry", str(snapshot.get("registry"))),
+        ("cache", f"{snapshot.get('cache_dir')}: {human_bytes(c.get('cache_bytes', 0))} "
+                  f"of {human_bytes(c.get('cache_limit_bytes', 0))}"),
+        ("cache hits", f"{hits} ({ratio})"),
+        ("cache misses", str(misses)),
+        ("fetches", f"{c.get('fetches', 0)} ({human_bytes(c.get('fetched_bytes', 0))})"),
+        ("fetches in flight", str(c.get("fetches_in_flight", 0))),
+        ("bytes served", human_bytes(c.get("served_bytes", 0))),
+        ("verified in place", f"{c.get('verified_in_place', 0)} (trusted again: {c.get('trusted_in_place', 0)})"),
+        ("verify failures", str(c.get("digest_mismatches", 0))),
+        ("fetch errors", str(c.get("fetch_errors", 0))),
+        ("retries", str(c.get("retries", 0))),
+    ]  # fmt: skip
+    for backend, hist in sorted(snapshot.get("latency", {}).items()):
+        mean = hist["sum"] / hist["count"] if hist["count"] else 0.0
+        p50, p99 = quantile(hist, 0.5), quantile(hist, 0.99)
+        rows.append(
+            (
+                f"latency {backend}",
+                f"{hist['count']} fetches, mean {mean * 1000:.1f} ms, p50 <= {_bound(p50)}, p99 <= {_bound(p99)}",
+            )
+        )
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"{k.ljust(width)}  {v}" for k, v in rows)
+
+
+def _bound(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    return f"{seconds * 1000:g} ms" if seconds < 1 else f"{seconds:g} s"
+
+
+def _duration(snapshot: Mapping[str, Any]) -> str:
+    return duration(float(snapshot.get("uptime_seconds", 0)))
+
+
+def duration(seconds: float) -> str:
+    """``3d 4h``, ``2h 5m``, ``4m 10s``, ``12s``."""
+    s = int(seconds)
+    days, s = divmod(s, 86400)
+    hours, s = divmod(s, 3600)
+    minutes, s = divmod(s, 60)
+    if days:
+        return f"{days}d {hours}h"
+    if hours:
+        return f"{hours}h {minutes}m"
+    if minutes:
+        return f"{minutes}m {s}s"
+    return f"{s}s"
