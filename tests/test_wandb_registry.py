@@ -31,11 +31,15 @@ from artifactfs.errors import (
     ArtifactFSError,
     ArtifactNotFound,
     AuthError,
+    Conflict,
     DigestMismatch,
     EntityNotFound,
     EntryNotFound,
     FetchError,
+    InvalidArgument,
+    InvalidMetadata,
     InvalidPath,
+    InvalidReference,
     ManifestError,
     ProjectNotFound,
     ReadOnly,
@@ -44,7 +48,7 @@ from artifactfs.errors import (
 from artifactfs.manifest import Entry, Manifest, hex_from_b64
 from artifactfs.names import Ref, parse_ref
 from artifactfs.registry import open_registry
-from artifactfs.registry.base import VersionInfo
+from artifactfs.registry.base import RunInfo, VersionInfo
 from artifactfs.registry.wandb import GraphQLPolicy, WandbRegistry, _Contents, parse_manifest
 from artifactfs.store import BlobStore
 
@@ -247,12 +251,19 @@ def test_open_registry_and_base_url_from_environment(server: WandbServer, monkey
     reg.close()
 
 
-def test_writes_are_refused(registry: WandbRegistry) -> None:
+def test_logging_new_versions_is_refused_in_one_clear_message(server: WandbServer, registry: WandbRegistry) -> None:
     ref = parse_ref("acme/vision/ds:v0")
-    with pytest.raises(ReadOnly, match="read-only"):
-        registry.add_alias(ref, "x")
-    with pytest.raises(ReadOnly):
+    server.reset_log()
+    with pytest.raises(ReadOnly) as info:
         registry.log_files([], ref, type="dataset")
+    assert str(info.value) == (
+        f"logging a new version: the wandb registry wandb:{server.url} is read-only here (logging new versions"
+        " to W&B is not supported; use the wandb SDK, or log to a local registry)"
+    )
+    with pytest.raises(ReadOnly, match=r"garbage collection: the wandb registry .* is read-only here$"):
+        registry.gc()
+    assert not registry.writable
+    assert server.graphql_requests() == []  # refused before asking anything
 
 
 # -- namespace ------------------------------------------------------------------------------------
@@ -925,3 +936,287 @@ def test_graphql_error_answers(registry: WandbRegistry) -> None:
     assert KEY not in str(info.value) and "***" in str(info.value)
     with pytest.raises(RegistryError, match="no data"):
         registry._data("Op", {"data": None})
+
+
+# -- edits (W&B's mutations) ------------------------------------------------------------------
+
+
+def test_aliases_are_added_moved_and_removed(server: WandbServer, registry: WandbRegistry) -> None:
+    v0, v1 = server.artifact("acme", "vision", "ds", 0), server.artifact("acme", "vision", "ds", 1)
+    best = parse_ref("acme/vision/ds:best")
+    assert registry.resolve(best).version == "v0"
+    server.reset_log()
+    got = registry.add_alias(parse_ref("acme/vision/ds:latest"), "best")  # moves best from v0
+    assert (got.version, got.aliases) == ("v1", ("latest", "best"))
+    [call] = server.operations("AddAliases")
+    assert call.variables == {
+        "input": {
+            "artifactID": v1.id,
+            "aliases": [
+                {"entityName": "acme", "projectName": "vision", "artifactCollectionName": "ds", "alias": "best"}
+            ],
+        }
+    }
+    assert v0.aliases == [] and v1.aliases == ["best", "latest"]
+    # No resolution is cached: the same registry sees the alias where it is now.
+    assert registry.resolve(best).version == "v1"
+    assert registry.add_alias(parse_ref("acme/vision/ds:v0"), "old").aliases == ("old",)
+    got = registry.remove_alias(best, "best")
+    assert (got.version, got.aliases) == ("v1", ("latest",))
+    with pytest.raises(ArtifactNotFound):
+        registry.resolve(best)
+    assert v1.aliases == ["latest"] and v0.aliases == ["old"]
+    # Refused before anything is sent.
+    server.reset_log()
+    with pytest.raises(ArtifactNotFound, match="has no alias 'nope'"):
+        registry.remove_alias(parse_ref("acme/vision/ds:v0"), "nope")
+    with pytest.raises(Conflict, match="latest"):
+        registry.add_alias(parse_ref("acme/vision/ds:v0"), "latest")
+    with pytest.raises(Conflict, match="latest"):
+        registry.remove_alias(parse_ref("acme/vision/ds:v1"), "latest")
+    with pytest.raises(InvalidReference):
+        registry.add_alias(parse_ref("acme/vision/ds:v0"), "v7")
+    with pytest.raises(ArtifactNotFound):
+        registry.add_alias(parse_ref("acme/vision/ds:v9"), "x")
+    assert not [r for r in server.graphql_requests() if r.query.lstrip().startswith("mutation")]
+
+
+def test_update_description_and_metadata(server: WandbServer, registry: WandbRegistry) -> None:
+    rec = server.artifact("acme", "vision", "ds", 0)
+    ref = parse_ref("acme/vision/ds:best")
+    got = registry.update(ref, description="second thoughts")
+    assert (got.description, got.metadata) == ("second thoughts", {"k": [1, 2]})
+    got = registry.update(ref, metadata={"rows": 10, "nested": {"a": [1.5, None]}})
+    assert (got.description, got.metadata) == ("second thoughts", {"rows": 10, "nested": {"a": [1.5, None]}})
+    assert (rec.description, rec.metadata) == ("second thoughts", {"rows": 10, "nested": {"a": [1.5, None]}})
+    assert got.updated_at_ns > got.created_at_ns and got.version == "v0" and got.aliases == ("best",)
+    inputs = [r.variables["input"] for r in server.operations("UpdateArtifact")]
+    assert inputs == [
+        {"artifactID": rec.id, "description": "second thoughts"},
+        {"artifactID": rec.id, "metadata": json.dumps({"rows": 10, "nested": {"a": [1.5, None]}})},
+    ]
+    server.reset_log()
+    with pytest.raises(InvalidMetadata):
+        registry.update(ref, metadata={"x": float("nan")})
+    with pytest.raises(InvalidMetadata):
+        registry.update(ref, metadata=[1])  # type: ignore[arg-type]
+    assert registry.update(ref) == registry.resolve(ref)  # nothing to change: nothing sent
+    assert not server.operations("UpdateArtifact")
+
+
+def test_delete(server: WandbServer, registry: WandbRegistry) -> None:
+    v0 = server.artifact("acme", "vision", "ds", 0)
+    with pytest.raises(Conflict, match=r"while it has aliases \(ds:best\).*pass delete_aliases"):
+        registry.delete(parse_ref("acme/vision/ds:v0"))
+    assert not v0.deleted
+    gone = registry.delete(parse_ref("acme/vision/ds:latest"))  # only "latest" names it
+    assert gone.version == "v1"
+    assert registry.resolve(parse_ref("acme/vision/ds:latest")).version == "v0"
+    gone = registry.delete(parse_ref("acme/vision/ds:best"), delete_aliases=True)
+    assert (gone.version, gone.aliases) == ("v0", ("latest", "best")) and v0.deleted
+    assert [r.variables["input"] for r in server.operations("DeleteArtifact")][-1] == {
+        "artifactID": v0.id,
+        "deleteAliases": True,
+    }
+    with pytest.raises(ArtifactNotFound):
+        registry.resolve(parse_ref("acme/vision/ds:v0"))
+    with pytest.raises(ArtifactNotFound):
+        registry.delete(parse_ref("acme/vision/ds:v0"))
+    assert [c.name for c in registry.collections("acme", "vision")] == ["model"]
+
+
+def test_link_numbers_its_own_versions_and_unlinks(
+    server: WandbServer, registry: WandbRegistry, store: BlobStore
+) -> None:
+    src = registry.resolve(parse_ref("acme/vision/ds:v0"))
+    linked = registry.link(src.ref, "acme/vision/golden", ["prod"])
+    assert (linked.id, linked.entity, linked.project, linked.name) == (src.id, "acme", "vision", "golden")
+    assert (linked.version, linked.aliases, linked.digest, linked.type) == (
+        "v0",
+        ("latest", "prod"),
+        src.digest,
+        "dataset",
+    )
+    [call] = server.operations("LinkArtifact")
+    assert call.variables == {
+        "input": {
+            "artifactID": src.id,
+            "artifactPortfolioName": "golden",
+            "entityName": "acme",
+            "projectName": "vision",
+            "aliases": [{"artifactCollectionName": "golden", "alias": "prod"}],
+        }
+    }
+    second = registry.link(parse_ref("acme/vision/ds:v1"), "acme/vision/golden")
+    assert (second.version, second.aliases) == ("v1", ("latest",))
+    again = registry.link(src.ref, "acme/vision/golden")  # already linked: same index
+    assert (again.version, again.aliases, again.id) == ("v0", ("prod",), src.id)
+    assert [(c.name, c.version_count) for c in registry.collections("acme", "vision")] == [
+        ("ds", 2),
+        ("golden", 2),
+        ("model", 1),
+    ]
+    assert [(v.version, v.id) for v in registry.versions("acme", "vision", "golden")] == [
+        ("v0", src.id),
+        ("v1", second.id),
+    ]
+    # The link reads like any version, its files through the linked collection.
+    prod = registry.resolve(parse_ref("acme/vision/golden:prod"))
+    registry.load_contents(prod)
+    assert fill(store, registry, prod, "d/b.txt") == b"bee"
+    assert {r.variables["collection"] for r in server.operations("GetArtifactMembershipFileUrls")} == {"golden"}
+    # Aliases and deletes through the link act on the link; the source keeps its own.
+    assert registry.add_alias(prod.ref, "champion").aliases == ("champion", "prod")
+    assert registry.resolve(src.ref).aliases == ("best",)
+    gone = registry.delete(parse_ref("acme/vision/golden:champion"))
+    assert gone.version == "v0" and server.operations("UnlinkArtifact") and not server.operations("DeleteArtifact")
+    with pytest.raises(ArtifactNotFound):
+        registry.resolve(parse_ref("acme/vision/golden:prod"))
+    kept = registry.resolve(src.ref)
+    assert (kept.id, kept.version, kept.aliases, kept.state) == (src.id, "v0", ("best",), "COMMITTED")
+    # Refusals.
+    with pytest.raises(InvalidReference, match="names a version"):
+        registry.link(src.ref, "acme/vision/golden:v0")
+    with pytest.raises(Conflict, match="already exists as a sequence"):
+        registry.link(src.ref, "acme/vision/model")
+    with pytest.raises(Conflict, match="does not match the type"):
+        registry.link(parse_ref("acme/vision/model:v0"), "acme/vision/golden")
+    with pytest.raises(ArtifactNotFound, match="project acme/nowhere not found"):
+        registry.link(src.ref, "acme/nowhere/golden")
+
+
+def test_permission_denied_is_an_auth_error(server: WandbServer, registry: WandbRegistry) -> None:
+    server.set_read_only("acme", "vision")
+    ref = parse_ref("acme/vision/ds:v0")
+    with pytest.raises(AuthError, match="W&B refused editing acme/vision/ds:v0: permission denied"):
+        registry.update(ref, description="x")
+    with pytest.raises(AuthError, match="permission denied"):
+        registry.add_alias(ref, "x")
+    with pytest.raises(AuthError, match="permission denied"):
+        registry.delete(ref, delete_aliases=True)
+    with pytest.raises(AuthError, match="permission denied"):
+        registry.link(parse_ref("team1/shared/ds:v0"), "acme/vision/golden")
+    rec = server.artifact("acme", "vision", "ds", 0)
+    assert (rec.description, rec.aliases, rec.deleted) == ("first", ["best"], False)
+    server.set_read_only("acme", "vision", False)
+    assert registry.update(parse_ref("team1/shared/ds:v0"), description="team edit").description == "team edit"
+    other = server.add_artifact("someone", "theirs", "ds", "dataset", {"x": b"x"})
+    with pytest.raises(AuthError, match="permission denied"):
+        registry.update(parse_ref("someone/theirs/ds:v0"), description="x")
+    assert other.description == "" and KEY not in str(server.graphql_errors)
+
+
+def test_mutations_are_retried_after_a_server_error(server: WandbServer, registry: WandbRegistry) -> None:
+    server.faults.graphql_status(503, times=2, match="AddAliases", retry_after=0)
+    assert registry.add_alias(parse_ref("acme/vision/ds:v1"), "x").aliases == ("latest", "x")
+    assert [r.status for r in server.operations("AddAliases")] == [503, 503, 200]
+
+
+def test_a_server_without_mutations(env: Path, tmp_path: Path) -> None:
+    with WandbServer(api_key=KEY, omit_fields=["Mutation.linkArtifact"]) as srv:
+        srv.add_artifact("acme", "vision", "ds", "dataset", {"a": b"a"})
+        reg = make(srv)
+        with pytest.raises(RegistryError, match="has no 'linkArtifact'"):
+            reg.link(parse_ref("acme/vision/ds:v0"), "acme/vision/golden")
+        reg.close()
+
+
+@pytest.mark.parametrize(
+    ("message", "kind"),
+    [
+        ("permission denied", AuthError),
+        ("User is not authorized to edit this artifact", AuthError),
+        ("artifact QXJ0 not found", ArtifactNotFound),
+        ("cannot delete artifact ds:v1 while it has aliases (ds:best)", Conflict),
+        ("artifact collection 'ds' already exists as a sequence", Conflict),
+        ("invalid alias 'a:b'", InvalidArgument),
+        ("the database is on fire", RegistryError),
+    ],
+)
+def test_refusals_map_to_our_errors(message: str, kind: type[ArtifactFSError]) -> None:
+    err = WandbRegistry._refusal("editing acme/p/ds:v0", [message])
+    assert type(err) is kind and str(err).startswith(f"W&B refused editing acme/p/ds:v0: {message}")
+
+
+# -- lineage --------------------------------------------------------------------------------------
+
+
+def test_logged_by_and_used_by(server: WandbServer, registry: WandbRegistry) -> None:
+    server.add_run("acme", "vision", "3kx9p2ab", display_name="brave-sun-1", job_type="train", config={"lr": 0.1})
+    server.add_run("acme", "vision", "eval1", state="crashed", job_type="eval")
+    server.add_artifact("acme", "vision", "ds", "dataset", {"n": b"n"}, run="3kx9p2ab", used_by=["eval1", "other"])
+    v = registry.resolve(parse_ref("acme/vision/ds:v2"))
+    run = registry.logged_by(v)
+    assert run is not None and run == RunInfo(
+        entity="acme",
+        project="vision",
+        id="3kx9p2ab",
+        name="brave-sun-1",
+        job_type="train",
+        state="finished",
+        created_at_ns=run.created_at_ns,
+        config={"lr": 0.1},
+    )
+    assert run.created_at_ns > 1.7e18 and run.path == "acme/vision/3kx9p2ab"
+    used = registry.used_by(v)
+    assert [(r.id, r.name, r.job_type, r.state, r.config) for r in used] == [
+        ("eval1", "eval1", "eval", "crashed", {}),
+        ("other", "other", "", "finished", {}),
+    ]
+    assert registry.used_by(registry.resolve(parse_ref("acme/vision/model:v0"))) == []
+    # A link has the lineage of its source.
+    linked = registry.link(v.ref, "acme/vision/golden")
+    assert registry.logged_by(linked) == run
+    server.delete_version("acme", "vision", "ds", 2)
+    with pytest.raises(ArtifactNotFound):
+        registry.logged_by(v)
+    assert not server.graphql_errors
+
+
+# -- the real SDK sees our edits, we see its edits ------------------------------------------------
+
+SDK_SEES_AND_EDITS = """
+import json, wandb
+api = wandb.Api()
+out = {}
+a = api.artifact("acme/vision/ds:from-afs")
+out["ours"] = [a.version, a.description, dict(a.metadata), sorted(a.aliases)]
+g = api.artifact("acme/vision/golden:latest")
+out["link"] = [g.version, g.source_name, g.is_link, sorted(g.aliases)]
+a.description = "from the sdk"
+a.metadata["by"] = "sdk"
+a.aliases.remove("from-afs")
+a.aliases.append("from-sdk")
+a.save()
+api.artifact("acme/vision/ds:v1").link("acme/vision/golden", aliases=["sdk-link"])
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.slow
+def test_edits_are_seen_by_the_real_sdk_and_back(server: WandbServer, registry: WandbRegistry, tmp_path: Path) -> None:
+    import test_wandb_server
+
+    ref = parse_ref("acme/vision/ds:v0")
+    registry.update(ref, description="from artifactfs", metadata={"by": "artifactfs"})
+    registry.add_alias(ref, "from-afs")
+    registry.link(ref, "acme/vision/golden", ["ours"])
+    out = test_wandb_server.run_sdk(server, tmp_path / "sdk", SDK_SEES_AND_EDITS)
+    assert out["ours"] == ["v0", "from artifactfs", {"by": "artifactfs"}, ["best", "from-afs"]]
+    assert out["link"] == ["v0", "ds:v0", True, ["latest", "ours"]]
+    v = registry.resolve(parse_ref("acme/vision/ds:from-sdk"))
+    assert (v.version, v.description, v.metadata, v.aliases) == (
+        "v0",
+        "from the sdk",
+        {"by": "sdk"},
+        ("best", "from-sdk"),
+    )
+    with pytest.raises(ArtifactNotFound):
+        registry.resolve(parse_ref("acme/vision/ds:from-afs"))
+    latest = registry.resolve(parse_ref("acme/vision/golden:latest"))
+    assert (latest.version, latest.aliases, latest.id) == (
+        "v1",
+        ("latest", "sdk-link"),
+        server.artifact("acme", "vision", "ds", 1).id,
+    )
+    assert not server.graphql_errors

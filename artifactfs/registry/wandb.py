@@ -1,4 +1,8 @@
-"""The W&B backend: a read-only registry over a W&B server's GraphQL API (cloud or self-hosted).
+"""The W&B backend: a registry over a W&B server's GraphQL API (cloud or self-hosted).
+
+It reads everything, and makes the edits W&B's API offers (the SDK's ``Artifact.save()`` of a
+logged artifact, ``delete()``, ``link()``); it does not log new versions (``writable`` stays
+False: that is the wandb SDK's job, or a local registry's).
 
 What it asks the server, and when (see ``shared/docs/WANDB_PROTOCOL.md`` for the wire facts):
 
@@ -20,6 +24,16 @@ What it asks the server, and when (see ``shared/docs/WANDB_PROTOCOL.md`` for the
 * **Bytes** go through :func:`artifactfs.http.download` (timeouts, retries, resume, parallel
   ranges); the store verifies them.  A copy in the wandb SDK's cache is offered first, as a
   source the store re-verifies and falls back from; the SDK cache is never written.
+* **Edits** are the SDK's mutations, same names and input shapes: ``AddAliases`` /
+  ``DeleteAliases`` (``add_alias``/``remove_alias``), ``UpdateArtifact`` (``update``: description,
+  metadata), ``DeleteArtifact`` (``delete``; ``UnlinkArtifact`` when the reference names a link),
+  ``LinkArtifact`` (``link``).  Each resolves the reference first (for the artifact id) and
+  resolves the version again afterwards, so what it returns is what the server now says; nothing
+  here caches a resolution, so no edit can leave a stale alias behind in this registry.  A
+  refusal becomes AuthError (permission), ArtifactNotFound, Conflict, InvalidArgument or
+  RegistryError by what its message says (W&B's errors carry no codes).
+* **Lineage**: ``logged_by``/``used_by`` ask ``artifact(id) { createdBy / usedBy }`` for the
+  runs' id, display name, job type, state, config and creation time.
 
 Secrets: the API key lives in one attribute and in the requests' ``Authorization`` header; it is
 never logged, never put in an exception message or a repr, and any text a server sends back is
@@ -44,7 +58,7 @@ import threading
 import time
 import urllib.parse
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import IO, Any
 
@@ -56,17 +70,22 @@ from ..errors import (
     ArtifactFSError,
     ArtifactNotFound,
     AuthError,
+    Conflict,
     EntityNotFound,
     EntryNotFound,
     FetchError,
+    InvalidArgument,
+    InvalidMetadata,
+    InvalidReference,
     ManifestError,
     ProjectNotFound,
+    ReadOnly,
     RegistryError,
 )
 from ..fsutil import make_temp, redact_uri
 from ..manifest import MD5, XXH128, Entry, Manifest, hex_from_b64
-from ..names import Ref, check_entry_path, parse_version, split_dir
-from .base import BlobSource, CollectionInfo, DirEntry, Progress, Registry, VersionInfo
+from ..names import LATEST, Ref, check_alias, check_entry_path, parse_ref, parse_version, split_dir
+from .base import BlobSource, CollectionInfo, DirEntry, Progress, Registry, RunInfo, VersionInfo
 
 log = logging.getLogger(__name__)
 
@@ -158,7 +177,7 @@ def _membership_query(alg: bool) -> str:
     return (
         "query ArtifactMembershipByName($entity: String!, $project: String!, $name: String!) {"
         " project(name: $project, entityName: $entity) { artifactCollectionMembership(name: $name) {"
-        " id versionIndex aliases { alias } artifactCollection { name }"
+        " id versionIndex aliases { alias } artifactCollection { __typename id name }"
         f" artifact {{ {_version_fields(alg)} }} }} }} }}"
     )
 
@@ -188,8 +207,45 @@ FILE_URLS_BY_ID_QUERY = (  # servers without collection memberships
     " artifact(id: $id) { files(names: $names, first: $perPage) { edges { node { name directUrl } } } } }"
 )
 
+# -- mutations (as the SDK 0.31 sends them: ``result: <field>(input: $input)``)
+
+ADD_ALIASES_MUTATION = "mutation AddAliases($input: AddAliasesInput!) { result: addAliases(input: $input) { success } }"
+DELETE_ALIASES_MUTATION = (
+    "mutation DeleteAliases($input: DeleteAliasesInput!) { result: deleteAliases(input: $input) { success } }"
+)
+UPDATE_ARTIFACT_MUTATION = (
+    "mutation UpdateArtifact($input: UpdateArtifactInput!) {"
+    " result: updateArtifact(input: $input) { artifact { id } } }"
+)
+DELETE_ARTIFACT_MUTATION = (
+    "mutation DeleteArtifact($input: DeleteArtifactInput!) {"
+    " result: deleteArtifact(input: $input) { artifact { id } } }"
+)
+UNLINK_ARTIFACT_MUTATION = (
+    "mutation UnlinkArtifact($input: UnlinkArtifactInput!) { result: unlinkArtifact(input: $input) { success } }"
+)
+LINK_ARTIFACT_MUTATION = (  # versionIndex only: older servers lack artifactMembership in the answer
+    "mutation LinkArtifact($input: LinkArtifactInput!) { result: linkArtifact(input: $input) { versionIndex } }"
+)
+
+# -- lineage
+
+_RUN_FIELDS = "name displayName jobType state config createdAt project { name entity { name } }"
+CREATED_BY_QUERY = (
+    "query ArtifactCreatedBy($id: ID!) { artifact(id: $id) {"
+    f" createdBy {{ __typename ... on Run {{ {_RUN_FIELDS} }} }} }} }}"
+)
+USED_BY_QUERY = (  # no page arguments, as the SDK asks: the server's page is all there is
+    f"query ArtifactUsedBy($id: ID!) {{ artifact(id: $id) {{ usedBy {{ edges {{ node {{ {_RUN_FIELDS} }} }} }} }} }}"
+)
+_RUN_INTERNAL_KEYS = ("_wandb", "wandb_version")  # what W&B keeps in a config besides the user's
+
 _MISSING_FIELD = re.compile(r"""Cannot query field ["']([A-Za-z_][A-Za-z0-9_]*)["']""")
 _NOT_FOUND = re.compile(r"not found|does not exist|no such", re.IGNORECASE)
+# What a refused mutation's message says, in the order tried (W&B sends no error codes).
+_PERMISSION = re.compile(r"permission|not authori[sz]ed|unauthori[sz]ed|forbidden|access denied", re.IGNORECASE)
+_CONFLICT = re.compile(r"already exists|conflict|has aliases|reserved|does not match|in use|not allowed", re.IGNORECASE)
+_INVALID = re.compile(r"\binvalid\b|must be|expected", re.IGNORECASE)
 
 
 # -- credentials -----------------------------------------------------------------------------
@@ -397,6 +453,39 @@ def _sort_aliases(aliases: set[str]) -> tuple[str, ...]:
     return tuple(sorted(aliases, key=lambda a: (a != "latest", a)))
 
 
+def _metadata_json(metadata: Any) -> str:
+    """Metadata as the JSON text W&B stores: an object, with nothing JSON cannot carry."""
+    if not isinstance(metadata, dict):
+        raise InvalidMetadata("metadata must be a JSON object")
+    try:
+        return json.dumps(metadata, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise InvalidMetadata(f"metadata is not JSON-serialisable: {exc}") from exc
+
+
+def _run_info(node: Any) -> RunInfo | None:
+    """A Run node (``_RUN_FIELDS``) as a RunInfo; W&B's config keeps each key as
+    ``{"value": v, "desc": ...}`` next to its own keys (``_wandb``), which are left out."""
+    if not isinstance(node, dict) or not _str(node.get("name")):
+        return None
+    proj = node.get("project") or {}
+    config = {
+        k: v["value"] if isinstance(v, dict) and "value" in v else v
+        for k, v in _metadata(node.get("config")).items()
+        if k not in _RUN_INTERNAL_KEYS
+    }
+    return RunInfo(
+        entity=_str((proj.get("entity") or {}).get("name")),
+        project=_str(proj.get("name")),
+        id=_str(node.get("name")),
+        name=_str(node.get("displayName")) or _str(node.get("name")),
+        job_type=_str(node.get("jobType")),
+        state=_str(node.get("state")),
+        created_at_ns=parse_time_ns(node.get("createdAt")),
+        config=config,
+    )
+
+
 def _retry_after(value: str | None) -> float | None:
     if not value:
         return None
@@ -411,7 +500,8 @@ def _retry_after(value: str | None) -> float | None:
 
 
 class WandbRegistry(Registry):
-    """A W&B server as a read-only registry.  See the module docstring."""
+    """A W&B server as a registry that reads, edits and links, but logs nothing new.  See the
+    module docstring."""
 
     kind = "wandb"
     local = False
@@ -560,11 +650,13 @@ class WandbRegistry(Registry):
         variables: dict[str, Any],
         *,
         policy: GraphQLPolicy | None = None,
+        change: str | None = None,
     ) -> dict[str, Any]:
         """POST one GraphQL operation; its ``data``.  Retries transient failures; raises
         AuthError (401/403), _MissingField (an older schema), RegistryError otherwise.  Errors
         that mean "no such thing" are returned as data (the caller sees the null and names
-        what is missing)."""
+        what is missing), except for a mutation (``change`` says what it does): then every
+        error is raised as what its message says (see :meth:`_refusal`)."""
         body = {"query": query, "variables": variables, "operationName": op}
         what = f"W&B {op} at {self.base_url}"
         chosen = policy or self._policy
@@ -587,7 +679,7 @@ class WandbRegistry(Registry):
             hint = "check WANDB_BASE_URL and the network" if "cannot reach" in str(exc) else "try again later"
             raise RegistryError(f"{exc}: {hint}") from None
         log.debug("W&B %s %s: %.3fs", op, variables, time.monotonic() - t0)
-        return self._data(op, payload)
+        return self._data(op, payload, change)
 
     def _answer(self, resp: requests.Response, what: str) -> Any:
         """The JSON of a GraphQL answer, or the right exception for its status."""
@@ -615,13 +707,15 @@ class WandbRegistry(Registry):
                 raise RegistryError(f"{what}: HTTP {status}")
             return payload
 
-    def _data(self, op: str, payload: dict[str, Any]) -> dict[str, Any]:
+    def _data(self, op: str, payload: dict[str, Any], change: str | None = None) -> dict[str, Any]:
         errors = payload.get("errors") or []
         messages = [self._scrub(str(e.get("message", e)) if isinstance(e, dict) else str(e)) for e in errors]
         for m in messages:
             match = _MISSING_FIELD.search(m)
             if match:
                 raise _MissingField(match.group(1))
+        if change is not None and messages:
+            raise self._refusal(change, messages)
         data = payload.get("data")
         if messages and not all(_NOT_FOUND.search(m) for m in messages):
             raise RegistryError(f"W&B {op} failed: {'; '.join(m[:300] for m in messages[:3])}")
@@ -630,6 +724,22 @@ class WandbRegistry(Registry):
                 return {}
             raise RegistryError(f"W&B {op}: the answer has no data")
         return data
+
+    @staticmethod
+    def _refusal(change: str, messages: list[str]) -> ArtifactFSError:
+        """A refused mutation as our error: W&B's errors carry no codes, so the message decides
+        (permission, then not found, then conflict, then invalid input; else RegistryError)."""
+        text = "; ".join(m[:300] for m in messages[:3])
+        msg = f"W&B refused {change}: {text}"
+        if any(_PERMISSION.search(m) for m in messages):
+            return AuthError(f"{msg} (the API key's user may not change it)")
+        if any(_NOT_FOUND.search(m) for m in messages):
+            return ArtifactNotFound(msg)
+        if any(_CONFLICT.search(m) for m in messages):
+            return Conflict(msg)
+        if any(_INVALID.search(m) for m in messages):
+            return InvalidArgument(msg)
+        return RegistryError(msg)
 
     def _query(self, op: str, build: Callable[[], str], variables: dict[str, Any]) -> dict[str, Any]:
         """``_gql`` with the query rebuilt without fields the server turns out not to have."""
@@ -848,8 +958,15 @@ class WandbRegistry(Registry):
                 return sorted(out, key=lambda v: (v.name, v.version_index))
 
     def resolve(self, ref: Ref) -> VersionInfo:
+        return self._resolve(ref)[0]
+
+    def _resolve(self, ref: Ref) -> tuple[VersionInfo, dict[str, Any], dict[str, Any]]:
+        """The version, the collection its membership names (``__typename``, ``id``, ``name``;
+        empty on servers without memberships) and the artifact node (its ``artifactSequence``
+        says where it was logged: elsewhere than ``ref`` for a link)."""
         if ref.tag is None:
             raise ArtifactNotFound(f"artifact reference {ref} names no version or alias")
+        coll: dict[str, Any] = {}
         variables = {"entity": ref.entity, "project": ref.project, "name": f"{ref.name}:{ref.tag}"}
         while True:
             if self._has_membership:
@@ -866,6 +983,8 @@ class WandbRegistry(Registry):
                 if not isinstance(member, dict) or not isinstance(node, dict):
                     raise ArtifactNotFound(f"artifact {ref} not found on {self.base_url}")
                 version = member.get("versionIndex")
+                named = member.get("artifactCollection")
+                coll = named if isinstance(named, dict) else {}
                 v = self._version(
                     ref.entity,
                     ref.project,
@@ -884,7 +1003,7 @@ class WandbRegistry(Registry):
                 v = self._version(ref.entity, ref.project, ref.name, node)
             if v is None or v.state == "DELETED":
                 raise ArtifactNotFound(f"artifact {ref} not found on {self.base_url}")
-            return v
+            return v, coll, node
 
     def _version_by_id(self, artifact_id: str) -> VersionInfo:
         data = self._query(
@@ -900,6 +1019,157 @@ class WandbRegistry(Registry):
         if v is None or not (v.entity and v.project and v.name):
             raise ArtifactNotFound(f"artifact id {artifact_id}: the server does not say where it lives")
         return v
+
+    # -- edits: W&B's mutations (new versions are logged with the wandb SDK) ---------------------
+
+    def _refuse(self, what: str) -> ReadOnly:
+        refusal = super()._refuse(what)
+        if what == "logging a new version":
+            return ReadOnly(
+                f"{refusal} (logging new versions to W&B is not supported; use the wandb SDK, "
+                "or log to a local registry)"
+            )
+        return refusal
+
+    def _mutate(self, op: str, query: str, variables: dict[str, Any], change: str) -> dict[str, Any]:
+        """Send one mutation; its ``result``.  Refusals are raised as what they say
+        (:meth:`_refusal`).  Transient failures are retried like any call: every mutation used
+        here is idempotent, except that a retried delete whose first try did land reports the
+        version as not found."""
+        try:
+            data = self._gql(op, query, variables, change=change)
+        except _MissingField as exc:
+            raise RegistryError(
+                f"W&B refused {change}: the server at {self.base_url} has no {exc.name!r} (too old for this edit)"
+            ) from None
+        result = data.get("result")
+        if not isinstance(result, dict):
+            raise RegistryError(f"W&B {op}: the answer to {change} has no result")
+        log.info("W&B %s: %s", op, change)
+        return result
+
+    @staticmethod
+    def _alias_input(v: VersionInfo, alias: str) -> dict[str, Any]:
+        """An alias of ``v`` in the collection ``v`` was resolved in (a link's aliases are its
+        portfolio's)."""
+        target = {"entityName": v.entity, "projectName": v.project, "artifactCollectionName": v.name}
+        return {"input": {"artifactID": v.id, "aliases": [{**target, "alias": alias}]}}
+
+    def add_alias(self, ref: Ref, alias: str) -> VersionInfo:
+        """Point ``alias`` at ``ref``'s version (W&B moves it from another version)."""
+        check_alias(alias)
+        if alias == LATEST:
+            raise Conflict("alias 'latest' is managed by W&B: it always names the newest version")
+        v = self.resolve(ref)
+        self._mutate(
+            "AddAliases", ADD_ALIASES_MUTATION, self._alias_input(v, alias), f"adding alias {alias!r} to {v.ref}"
+        )
+        return self.resolve(v.ref)
+
+    def remove_alias(self, ref: Ref, alias: str) -> VersionInfo:
+        check_alias(alias)
+        if alias == LATEST:
+            raise Conflict("alias 'latest' is managed by W&B and cannot be removed")
+        v = self.resolve(ref)
+        if alias not in v.aliases:
+            raise ArtifactNotFound(f"artifact {v.ref} has no alias {alias!r}")
+        change = f"removing alias {alias!r} from {v.ref}"
+        self._mutate("DeleteAliases", DELETE_ALIASES_MUTATION, self._alias_input(v, alias), change)
+        return self.resolve(v.ref)
+
+    def update(
+        self, ref: Ref, *, description: str | None = None, metadata: dict[str, Any] | None = None
+    ) -> VersionInfo:
+        """Change the description and/or metadata of ``ref``'s artifact (W&B keeps them per
+        artifact, so a link and its source show the same)."""
+        text = None if metadata is None else _metadata_json(metadata)
+        v = self.resolve(ref)
+        if description is None and text is None:
+            return v
+        inp: dict[str, Any] = {"artifactID": v.id}
+        if description is not None:
+            inp["description"] = description
+        if text is not None:
+            inp["metadata"] = text
+        self._mutate("UpdateArtifact", UPDATE_ARTIFACT_MUTATION, {"input": inp}, f"editing {v.ref}")
+        return self.resolve(v.ref)
+
+    def delete(self, ref: Ref, *, delete_aliases: bool = False) -> VersionInfo:
+        """Delete ``ref``'s version (W&B's soft delete), or, when ``ref`` names it through a
+        linked collection, remove just that link (as the SDK's ``delete()`` of a link does; the
+        source stays).  W&B refuses to delete a version that aliases other than ``latest``
+        name, in any collection, unless ``delete_aliases``.  Returns the version as it was."""
+        v, coll, node = self._resolve(ref)
+        if self._is_link(v, coll, node):
+            portfolio = _str(coll.get("id"))
+            if not portfolio:
+                raise RegistryError(f"cannot unlink {v.ref}: the server does not say which collection it is in")
+            unlink = {"input": {"artifactID": v.id, "artifactPortfolioID": portfolio}}
+            self._mutate("UnlinkArtifact", UNLINK_ARTIFACT_MUTATION, unlink, f"unlinking {v.ref}")
+            return v
+        variables: dict[str, Any] = {"input": {"artifactID": v.id, "deleteAliases": delete_aliases}}
+        try:
+            self._mutate("DeleteArtifact", DELETE_ARTIFACT_MUTATION, variables, f"deleting {v.ref}")
+        except Conflict as exc:
+            if delete_aliases:
+                raise
+            raise Conflict(f"{exc} (pass delete_aliases, or --delete-aliases, to delete them with it)") from exc
+        return v
+
+    @staticmethod
+    def _is_link(v: VersionInfo, coll: dict[str, Any], node: dict[str, Any]) -> bool:
+        kind = _str(coll.get("__typename"))
+        if kind:
+            return kind == "ArtifactPortfolio"
+        seq = node.get("artifactSequence") or {}
+        proj = seq.get("project") or {}
+        source = (_str((proj.get("entity") or {}).get("name")), _str(proj.get("name")), _str(seq.get("name")))
+        return bool(source[2]) and source != (v.entity, v.project, v.name)
+
+    def link(self, ref: Ref, target: str, aliases: Iterable[str] = ()) -> VersionInfo:
+        """Link ``ref``'s version into the collection ``target`` (``entity/project/name``; W&B
+        makes it, a portfolio, on first use) with ``aliases``; ``latest`` there moves to it.
+        Linking a link links its source.  Returns the version as ``target`` numbers it.
+        Registries (``wandb-registry-*`` projects of an organization) are not resolved here:
+        ``target`` must name the entity that holds the project."""
+        to = parse_ref(target)
+        if to.tag is not None:
+            raise InvalidReference(f"link target {target!r} names a version: expected ENTITY/PROJECT/NAME")
+        names = [check_alias(a) for a in aliases if a != LATEST]
+        v = self.resolve(ref)
+        inp = {
+            "artifactID": v.id,
+            "artifactPortfolioName": to.name,
+            "entityName": to.entity,
+            "projectName": to.project,
+            "aliases": [{"artifactCollectionName": to.name, "alias": a} for a in names],
+        }
+        result = self._mutate("LinkArtifact", LINK_ARTIFACT_MUTATION, {"input": inp}, f"linking {v.ref} into {to}")
+        index = result.get("versionIndex")
+        if not isinstance(index, int):
+            raise RegistryError(f"W&B LinkArtifact: the answer names no version of {to}")
+        return self.resolve(to.with_tag(f"v{index}"))
+
+    # -- lineage --------------------------------------------------------------------------------
+
+    def logged_by(self, version: VersionInfo) -> RunInfo | None:
+        """The run that logged ``version`` (None when a user logged it without a run)."""
+        data = self._gql("ArtifactCreatedBy", CREATED_BY_QUERY, {"id": version.id})
+        node = data.get("artifact")
+        if not isinstance(node, dict):
+            raise ArtifactNotFound(f"artifact {version.ref} (id {version.id}) not found on {self.base_url}")
+        creator = node.get("createdBy")
+        if not isinstance(creator, dict) or creator.get("__typename") != "Run":
+            return None
+        return _run_info(creator)
+
+    def used_by(self, version: VersionInfo) -> list[RunInfo]:
+        data = self._gql("ArtifactUsedBy", USED_BY_QUERY, {"id": version.id})
+        node = data.get("artifact")
+        if not isinstance(node, dict):
+            raise ArtifactNotFound(f"artifact {version.ref} (id {version.id}) not found on {self.base_url}")
+        runs = (_run_info(e.get("node")) for e in _edges(node.get("usedBy")))
+        return [r for r in runs if r is not None]
 
     # -- manifests ------------------------------------------------------------------------------
 
