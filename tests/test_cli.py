@@ -798,7 +798,10 @@ def test_wandb_spec_reads(wandb_server: tuple[str, dict[str, str]], tmp_path: Pa
     assert (cache / "manifests").is_dir() and stat.S_IMODE(cache.stat().st_mode) == 0o700
 
 
-@pytest.mark.parametrize(("args", "what"), [pytest.param(a, w, id=i) for i, a, w in READ_ONLY_WRITES])
+# W&B takes alias edits and deletes (its mutations); it refuses only what it has no API for here.
+@pytest.mark.parametrize(
+    ("args", "what"), [pytest.param(a, w, id=i) for i, a, w in READ_ONLY_WRITES if i in ("log", "gc")]
+)
 def test_wandb_spec_writes_fail_in_one_line(
     wandb_server: tuple[str, dict[str, str]], tmp_path: Path, args: list[str], what: str
 ) -> None:
