@@ -1006,7 +1006,9 @@ def test_update_description_and_metadata(server: WandbServer, registry: WandbReg
 
 def test_delete(server: WandbServer, registry: WandbRegistry) -> None:
     v0 = server.artifact("acme", "vision", "ds", 0)
-    with pytest.raises(Conflict, match=r"while it has aliases \(ds:best\).*pass delete_aliases"):
+    with pytest.raises(
+        Conflict, match=r"while it has aliases \(ds:best\).*\(here: --delete-aliases, or delete_aliases=True\)$"
+    ):
         registry.delete(parse_ref("acme/vision/ds:v0"))
     assert not v0.deleted
     gone = registry.delete(parse_ref("acme/vision/ds:latest"))  # only "latest" names it

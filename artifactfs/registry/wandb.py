@@ -1113,7 +1113,7 @@ class WandbRegistry(Registry):
         except Conflict as exc:
             if delete_aliases:
                 raise
-            raise Conflict(f"{exc} (pass delete_aliases, or --delete-aliases, to delete them with it)") from exc
+            raise Conflict(f"{exc} (here: --delete-aliases, or delete_aliases=True)") from exc
         return v
 
     @staticmethod
