@@ -35,7 +35,15 @@ from .artifact import Artifact, ArtifactFile, ArtifactManifestEntry, Verificatio
 from .defaults import CACHE_SIZE, default_cache_dir, default_registry
 from .errors import ArtifactFSError, InvalidArgument, InvalidReference, NotFound, ReadOnly
 from .fsutil import claim_cache_dir
-from .names import LATEST, Ref, check_name, parse_ref
+from .names import (
+    LATEST,
+    Ref,
+    parse_ref,
+    resolve_artifact_path,
+    resolve_entity,
+    resolve_project_path,
+    resolve_run_path,
+)
 from .registry import CollectionInfo, Registry, VersionInfo, open_registry
 from .registry.base import RunInfo
 from .store import BlobStore
@@ -50,9 +58,6 @@ __all__ = [
     "VerificationError",
     "open_spec",
 ]
-
-#: W&B's project for runs and artifacts logged without one.
-DEFAULT_PROJECT = "uncategorized"
 
 
 def open_spec(spec: str, *, create: bool = False, cache_dir: str | None = None) -> Registry:
@@ -134,48 +139,30 @@ class Api:
 
     @property
     def default_entity(self) -> str | None:
-        return self._entity(None)
+        try:
+            return resolve_entity(self._given()[0], registry_defaults=self.registry)
+        except InvalidReference:
+            return None
 
-    def _entity(self, given: str | None) -> str | None:
-        if given:
-            return given
+    def _given(self) -> tuple[str | None, str | None]:
+        """The entity and project that come before the environment: ``Api(overrides=...)``,
+        then the current run's."""
         run = _current_run()
-        for value in (self._overrides.get("entity"), getattr(run, "entity", None), os.environ.get("WANDB_ENTITY")):
-            if value:
-                return str(value)
-        default = getattr(self.registry, "default_entity", None)
-        return default() if callable(default) else None
-
-    def _project(self, given: str | None) -> str:
-        if given:
-            return given
-        run = _current_run()
-        for value in (self._overrides.get("project"), getattr(run, "project", None), os.environ.get("WANDB_PROJECT")):
-            if value:
-                return str(value)
-        return DEFAULT_PROJECT
+        entity = self._overrides.get("entity") or getattr(run, "entity", None)
+        project = self._overrides.get("project") or getattr(run, "project", None)
+        return entity, project
 
     def _entity_project(self, path: str | None) -> tuple[str, str]:
         """``entity/project``, ``project`` or None/"" -> (entity, project), defaults filled in."""
-        parts = [p for p in (path or "").split("/")] if path else []
-        if len(parts) > 2:
-            raise InvalidReference(f"invalid project path {path!r}: expected [ENTITY/]PROJECT")
-        entity = self._entity(parts[0] if len(parts) == 2 else None)
-        project = self._project(parts[-1] if parts else None)
-        if entity is None:
-            raise InvalidReference(
-                f"no entity for {path or 'the default project'!r}: write ENTITY/PROJECT, set WANDB_ENTITY, "
-                "or pass Api(overrides={'entity': ...})"
-            )
-        return check_name(entity, "entity"), check_name(project, "project")
+        entity, project = self._given()
+        return resolve_project_path(path, entity=entity, project=project, registry_defaults=self.registry)
 
     def _ref(self, path: str, default_tag: str | None = LATEST) -> Ref:
         """An artifact path of 1, 2 or 3 parts, as W&B takes it."""
-        parts = path.split("/")
-        if not 1 <= len(parts) <= 3 or not all(parts):
-            raise InvalidReference(f"invalid artifact path {path!r}: expected [[ENTITY/]PROJECT/]NAME[:ALIAS]")
-        entity, project = self._entity_project("/".join(parts[:-1]) or None)
-        return parse_ref(f"{entity}/{project}/{parts[-1]}", default_tag=default_tag)
+        entity, project = self._given()
+        return resolve_artifact_path(
+            path, entity=entity, project=project, registry_defaults=self.registry, default_tag=default_tag
+        )
 
     # -- artifacts -------------------------------------------------------------------------------
 
@@ -304,9 +291,7 @@ class Api:
         return [self._run_obj(info) for info in self.registry.runs(entity, project)]
 
     def run(self, path: str = "") -> Any:
-        """The run ``[[entity/]project/]run_id``."""
-        parts = path.split("/")
-        if not 1 <= len(parts) <= 3 or not all(parts):
-            raise InvalidReference(f"invalid run path {path!r}: expected [[ENTITY/]PROJECT/]RUN_ID")
-        entity, project = self._entity_project("/".join(parts[:-1]) or None)
-        return self._run_obj(self.registry.run(entity, project, parts[-1]))
+        """The run ``[[entity/]project/]run_id`` (also W&B's ``entity/project/runs/id`` and ``project:id``)."""
+        entity, project = self._given()
+        ent, proj, run_id = resolve_run_path(path, entity=entity, project=project, registry_defaults=self.registry)
+        return self._run_obj(self.registry.run(ent, proj, run_id))
