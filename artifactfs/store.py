@@ -131,7 +131,9 @@ class _AdoptingDisk(diskcache.Disk):  # type: ignore[misc]
 class BlobStore:
     """The cache directory (mode 0700) and the rules for what may enter it."""
 
-    def __init__(self, directory: str, size_limit: int = DEFAULT_SIZE_LIMIT) -> None:
+    def __init__(self, directory: str, size_limit: int | None = DEFAULT_SIZE_LIMIT) -> None:
+        """``size_limit`` None keeps the limit the directory last had (``artifactfs cache``
+        opens a directory that mounts are using without changing it)."""
         self.directory = os.path.abspath(directory)
         try:
             claim_cache_dir(self.directory)
@@ -140,7 +142,7 @@ class BlobStore:
             _no_symlink(os.path.join(self.directory, "cache.db"))
             self._cache = diskcache.Cache(
                 self.directory,
-                size_limit=size_limit,
+                **({} if size_limit is None else {"size_limit": size_limit}),
                 eviction_policy="least-recently-used",
                 disk=_AdoptingDisk,
                 cull_limit=0,  # no batch culls on set: _make_room evicts what is needed
@@ -478,6 +480,61 @@ class BlobStore:
             self._make_room(keep=trust_key)
         self._trusted[key] = (path, before, time.monotonic())  # only once the record is stored
         return Blob(fd=fd, size=size, identity=before)
+
+    def usage(self) -> dict[str, int]:
+        """What the directory holds: ``blobs`` (cached files) and their ``blob_bytes``,
+        ``records`` (trust and identity records), ``size_limit``, ``volume`` (all of it)."""
+        try:
+            blobs, blob_bytes = self._cache._sql(
+                "SELECT COUNT(*), COALESCE(SUM(size), 0) FROM Cache WHERE filename IS NOT NULL"
+            ).fetchone()
+            (records,) = self._cache._sql("SELECT COUNT(*) FROM Cache WHERE filename IS NULL").fetchone()
+            volume = self.volume
+        except (sqlite3.Error, diskcache.Timeout) as exc:
+            raise RegistryError(f"cannot read the cache index in {self.directory}: {exc}") from exc
+        limit = int(self._cache.size_limit)
+        return {"blobs": blobs, "blob_bytes": blob_bytes, "records": records, "size_limit": limit, "volume": volume}
+
+    def prune(self, max_size: int) -> tuple[int, int]:
+        """Evict least recently used blobs until the cached files hold at most ``max_size``
+        bytes; ``(blobs evicted, bytes freed)``.
+
+        Safe while mounts use the directory: eviction unlinks a file and deletes its rows, and a
+        reader holding the blob open keeps reading it through its descriptor (an unlinked file
+        stays readable, and :meth:`Blob.pread` accepts an unlink, which moves only the ctime);
+        the next open of that content is a miss and fetches it again, verified."""
+        cache = self._cache
+        evicted = freed = 0
+        try:
+            while True:
+                (total,) = cache._sql("SELECT COALESCE(SUM(size), 0) FROM Cache WHERE filename IS NOT NULL").fetchone()
+                if total <= max_size:
+                    break
+                row = cache._sql(
+                    "SELECT key, size FROM Cache WHERE filename IS NOT NULL ORDER BY access_time LIMIT 1"
+                ).fetchone()
+                if row is None or not cache.delete(row[0], retry=True):
+                    break
+                cache.delete(_CACHED_PREFIX + row[0], retry=True)
+                self._memo.pop(row[0], None)
+                evicted += 1
+                freed += row[1]
+        except (sqlite3.Error, diskcache.Timeout) as exc:
+            raise RegistryError(f"pruning the cache in {self.directory} failed: {exc}") from exc
+        return evicted, freed
+
+    def clear(self) -> tuple[int, int]:
+        """Evict every blob (as :meth:`prune` to 0) and forget every trust record, so local
+        registry blobs are hashed again on their next open; ``(blobs evicted, bytes freed)``."""
+        evicted, freed = self.prune(0)
+        try:
+            for key in list(self._cache.iterkeys()):
+                if isinstance(key, str) and key.startswith((_TRUST_PREFIX, _CACHED_PREFIX)):
+                    self._cache.delete(key, retry=True)
+        except (sqlite3.Error, diskcache.Timeout) as exc:
+            raise RegistryError(f"clearing the cache in {self.directory} failed: {exc}") from exc
+        self._trusted.clear()
+        return evicted, freed
 
     def clean_tmp(self, max_age: float = 3600.0) -> None:
         """Delete temp files of fills that died: at once when the process named in the file
