@@ -131,6 +131,9 @@ def run_foreground(config: MountConfig) -> None:
     admin = AdminServer.open(config, fetcher, store)  # before the mount: a port in use fails it here
     options = set(pyfuse3.default_options)
     options |= {"fsname=artifactfs", "subtype=artifactfs", "ro", "noatime"}
+    # default_permissions always (pyfuse3's default, kept explicit): the kernel checks the 0444/0555
+    # modes, which is what makes allow_other safe to offer.
+    options.add("default_permissions")
     if config.allow_other:
         options.add("allow_other")
     try:
@@ -183,7 +186,9 @@ def start_daemon(config: MountConfig) -> int:
         str(write_fd),
     ]
     os.makedirs(os.path.dirname(os.path.abspath(log_file)), mode=0o700, exist_ok=True)
-    with open(log_file, "ab") as log_out:
+    # O_NOFOLLOW: a symlink planted as CACHE_DIR/mount.log must not aim the daemon's output elsewhere.
+    log_fd = os.open(log_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    with open(log_fd, "ab") as log_out:
         proc = subprocess.Popen(
             cmd,
             stdin=subprocess.DEVNULL,

@@ -48,7 +48,7 @@ _CACHED_PREFIX = "cached/"  # cache files: key -> (path, *identity) taken once t
 _TOUCH_INTERVAL = 60.0
 _ROOM_SLACK = 1 << 20  # free space kept beyond a blob's size for SQLite's journal and directories
 _DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
-_NOFOLLOW = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW
+_NOFOLLOW = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK  # a FIFO planted there must not block
 
 
 class Blob:
@@ -91,6 +91,12 @@ class Blob:
             raise FetchError(f"reading a cached blob failed: {exc.strerror or exc}") from exc
         return data
 
+    def fileno(self) -> int | None:
+        """The open file's descriptor (None for bytes held in memory): for copying it whole
+        (``Artifact.download`` reflinks it); check :meth:`pread` afterwards, which proves the
+        file still has its verified identity."""
+        return self._fd
+
     def close(self) -> None:
         if self._fd is not None:
             with contextlib.suppress(OSError):
@@ -116,16 +122,32 @@ class _AdoptingDisk(diskcache.Disk):  # type: ignore[misc]
     Stock ``set(key, file, read=True)`` copies the file into the cache directory: a second full
     write of every blob.  The temp file already lives inside the cache directory, so a rename
     gives diskcache the same on-disk state (a ``.val`` file it owns, counted in its size) for free.
+
+    ``store`` only names the file (``_Adopt.final``); the caller renames the temp file there
+    once ``set`` has committed the row (:func:`_place`).  Row first, file second: a crash between
+    the two leaves a row whose file is missing (a miss: fetched again), never a file no row
+    names (which nothing would ever delete).
     """
 
     def store(self, value: Any, read: bool, key: Any = diskcache.core.UNKNOWN) -> Any:
         if isinstance(value, _Adopt):
             filename, full_path = self.filename(key, value)
-            os.makedirs(os.path.dirname(full_path), exist_ok=True)
-            os.rename(value.path, full_path)
             value.final = full_path
-            return os.path.getsize(full_path), diskcache.core.MODE_BINARY, filename, None
+            return os.stat(value.path).st_size, diskcache.core.MODE_BINARY, filename, None
         return super().store(value, read, key)
+
+
+def _place(adopt: _Adopt) -> None:
+    """Rename the adopted temp file to the name its committed row gives it.  diskcache removes a
+    sub-directory once it is empty (eviction of a neighbour), so it is made again if needed."""
+    for attempt in (1, 2):
+        os.makedirs(os.path.dirname(adopt.final), mode=0o700, exist_ok=True)
+        try:
+            os.rename(adopt.path, adopt.final)
+            return
+        except FileNotFoundError:
+            if attempt == 2 or not os.path.exists(adopt.path):
+                raise
 
 
 class BlobStore:
@@ -227,7 +249,7 @@ class BlobStore:
         if path is None:
             return None
         try:
-            fd = os.open(path, _NOFOLLOW | os.O_NONBLOCK)
+            fd = os.open(path, _NOFOLLOW)
         except FileNotFoundError:  # evicted meanwhile by another process
             return None
         except OSError as exc:  # ELOOP: a symlink planted in its place
@@ -307,10 +329,13 @@ class BlobStore:
                 os.unlink(path)
             raise
         # Verified and synced: from here on the bytes are served, kept or not.
+        committed = False
         try:
-            self._cache.set(key, adopt, read=True)
+            self._cache.set(key, adopt, read=True)  # the row, naming a file that is not there yet
+            committed = True
+            _place(adopt)
         except (OSError, sqlite3.Error, diskcache.Timeout) as exc:
-            return self._serve_unkept(fd, adopt, size, what, exc)
+            return self._serve_unkept(fd, adopt, key if committed else None, size, what, exc)
         except BaseException:
             os.close(fd)
             raise
@@ -332,14 +357,18 @@ class BlobStore:
         self._make_room(keep=key)
         return Blob(fd=fd, size=size, identity=identity)
 
-    def _serve_unkept(self, fd: int, adopt: _Adopt, size: int, what: str, exc: BaseException) -> Blob:
+    def _serve_unkept(
+        self, fd: int, adopt: _Adopt, committed: str | None, size: int, what: str, exc: BaseException
+    ) -> Blob:
         """The verified temp file could not be adopted (a full disk refused SQLite's write, the
-        index is busy or damaged): serve it from its descriptor without keeping it.  Its name is
-        removed, so nothing unrecorded stays in the cache directory."""
-        for name in (adopt.final, adopt.path):
-            if name:
-                with contextlib.suppress(OSError):
-                    os.unlink(name)
+        index is busy or damaged, the rename failed): serve it from its descriptor without
+        keeping it.  Its name is removed, and so is a row committed for it (``committed``), so
+        nothing unrecorded stays in the cache directory."""
+        with contextlib.suppress(OSError):
+            os.unlink(adopt.path)
+        if committed is not None:
+            with contextlib.suppress(sqlite3.Error, diskcache.Timeout):
+                self._cache.delete(committed)
         try:
             identity = _identity(os.fstat(fd))
         except OSError as err:
