@@ -115,14 +115,20 @@ def cmd_info(args: argparse.Namespace) -> int:
     ref = parse_ref(args.ref, default_tag="latest")
     with _opened(args) as registry:
         v = registry.resolve(ref)
+        creator, users = registry.logged_by(v), registry.used_by(v)
     data = v.to_json()
     if args.json:
+        data["logged_by"] = None if creator is None else creator.to_json()
+        data["used_by"] = [run.to_json() for run in users]
         print(json.dumps(data, indent=2, ensure_ascii=False))
     else:
         for key, value in data.items():
             if isinstance(value, (dict, list)):
                 value = json.dumps(value, ensure_ascii=False)
             print(f"{key}: {value}")
+        # Runs as ENTITY/PROJECT/RUN_ID (what Api().run() takes); "-" when none is known.
+        print(f"logged_by: {'-' if creator is None else creator.path}")
+        print(f"used_by: {', '.join(run.path for run in users) or '-'}")
     return 0
 
 

@@ -31,7 +31,7 @@ from typing import Any
 
 import trio
 
-from .errors import ArtifactNotFound, EntryNotFound, InvalidReference, NotFound
+from .errors import ArtifactFSError, ArtifactNotFound, EntryNotFound, InvalidReference, NotFound
 from .fsutil import redact_uri
 from .manifest import Entry
 from .meta import Meta
@@ -337,6 +337,24 @@ class Tree:
                 node.expires = max(node.expires, answer.expires)
         return node.version
 
+    async def _lineage(self, v: VersionInfo) -> dict[str, str]:
+        """``logged_by`` (``entity/project/run_id``) and ``used_by`` (comma-separated) of a
+        version, each left out when no run is known; asked through Meta, so a remote registry's
+        answer is kept for alias_ttl.  A failure to ask leaves them out (logged) rather than
+        failing every attribute of the version."""
+        try:
+            creator = await self._meta.cached(("logged_by", v.id), self.registry.logged_by, v)
+            users = await self._meta.cached(("used_by", v.id), self.registry.used_by, v)
+        except ArtifactFSError as exc:
+            log.warning("lineage of %s is unknown: %s", v.ref, exc)
+            return {}
+        out = {}
+        if creator.value is not None:
+            out["logged_by"] = creator.value.path
+        if users.value:
+            out["used_by"] = ",".join(run.path for run in users.value)
+        return out
+
     async def xattrs(self, node: Node, stats: Callable[[], dict[str, int]] | None = None) -> dict[str, bytes]:
         """Extended attributes of a node (``user.`` namespace).  Never contains secrets."""
         if node.kind is Kind.VERSION:
@@ -357,6 +375,7 @@ class Tree:
                 "source_version": v.version,
                 "file_count": str(v.file_count),
             }
+            attrs.update(await self._lineage(v))
             return {f"user.artifact.{k}": val.encode() for k, val in attrs.items()}
         if node.kind is Kind.FILE:
             assert node.entry is not None
