@@ -252,6 +252,7 @@ class Progress:
 
     def close(self) -> None:
         if self._bar is not None:
+            self._bar.refresh()  # the final counts, whatever the last redraw showed
             self._bar.close()
 
 
