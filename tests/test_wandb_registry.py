@@ -44,6 +44,7 @@ from artifactfs.errors import (
     ProjectNotFound,
     ReadOnly,
     RegistryError,
+    RunNotFound,
 )
 from artifactfs.manifest import Entry, Manifest, hex_from_b64
 from artifactfs.names import Ref, parse_ref
@@ -1172,6 +1173,35 @@ def test_logged_by_and_used_by(server: WandbServer, registry: WandbRegistry) -> 
     server.delete_version("acme", "vision", "ds", 2)
     with pytest.raises(ArtifactNotFound):
         registry.logged_by(v)
+    assert not server.graphql_errors
+
+
+def test_runs_and_their_artifacts(server: WandbServer, registry: WandbRegistry) -> None:
+    server.add_run("acme", "vision", "r1", display_name="first", job_type="train", config={"lr": 0.1})
+    a = server.add_artifact("acme", "vision", "ds", "dataset", {"n": b"n"}, run="r1", used_by=["r2"])
+    b = server.add_artifact("acme", "vision", "model", "model", {"w": b"w"}, run="r1")
+    server.add_artifact("acme", "vision", "ds", "dataset", {"m": b"m"}, run="r2", used_by=["r1"])
+    assert registry.default_entity() == "acme"
+    r1 = registry.run("acme", "vision", "r1")
+    assert (r1.id, r1.name, r1.job_type, r1.config, r1.path) == ("r1", "first", "train", {"lr": 0.1}, "acme/vision/r1")
+    with pytest.raises(RunNotFound):
+        registry.run("acme", "vision", "nope")
+    with pytest.raises(ProjectNotFound):
+        registry.run("acme", "nowhere", "r1")
+    runs = registry.runs("acme", "vision")
+    assert r1 in runs and "r2" in [r.id for r in runs]
+    assert [r.created_at_ns for r in runs] == sorted(r.created_at_ns for r in runs)
+    outputs = registry.run_outputs(r1)
+    assert [(v.id, v.name, v.version, v.entity) for v in outputs] == [
+        (a.id, "ds", "v2", "acme"),
+        (b.id, "model", "v1", "acme"),
+    ]
+    assert [v.ref for v in registry.run_inputs(r1)] == [parse_ref("acme/vision/ds:v3")]
+    server.delete_version("acme", "vision", "model", 1)
+    assert [v.id for v in registry.run_outputs(r1)] == [a.id]
+    small = make(server, page_size=1)  # every page followed
+    assert len(small.runs("acme", "vision")) == len(runs) and [v.id for v in small.run_outputs(r1)] == [a.id]
+    small.close()
     assert not server.graphql_errors
 
 

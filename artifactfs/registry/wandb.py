@@ -33,7 +33,10 @@ What it asks the server, and when (see ``shared/docs/WANDB_PROTOCOL.md`` for the
   refusal becomes AuthError (permission), ArtifactNotFound, Conflict, InvalidArgument or
   RegistryError by what its message says (W&B's errors carry no codes).
 * **Lineage**: ``logged_by``/``used_by`` ask ``artifact(id) { createdBy / usedBy }`` for the
-  runs' id, display name, job type, state, config and creation time.
+  runs' id, display name, job type, state, config and creation time; ``run``/``runs`` ask
+  ``project { run(name) / runs }``, ``run_outputs``/``run_inputs`` the run's
+  ``outputArtifacts``/``inputArtifacts`` (paged); ``default_entity`` is the viewer's entity.
+  Runs are never created here (``create_run``, ``record_use`` stay refused).
 
 Secrets: the API key lives in one attribute and in the requests' ``Authorization`` header; it is
 never logged, never put in an exception message or a repr, and any text a server sends back is
@@ -81,6 +84,7 @@ from ..errors import (
     ProjectNotFound,
     ReadOnly,
     RegistryError,
+    RunNotFound,
 )
 from ..fsutil import make_temp, redact_uri
 from ..manifest import MD5, XXH128, Entry, Manifest, hex_from_b64
@@ -239,6 +243,26 @@ USED_BY_QUERY = (  # no page arguments, as the SDK asks: the server's page is al
     f"query ArtifactUsedBy($id: ID!) {{ artifact(id: $id) {{ usedBy {{ edges {{ node {{ {_RUN_FIELDS} }} }} }} }} }}"
 )
 _RUN_INTERNAL_KEYS = ("_wandb", "wandb_version")  # what W&B keeps in a config besides the user's
+RUN_QUERY = (
+    "query Run($entity: String!, $project: String!, $run: String!) {"
+    f" project(name: $project, entityName: $entity) {{ run(name: $run) {{ {_RUN_FIELDS} }} }} }}"
+)
+RUNS_QUERY = (
+    "query ProjectRuns($entity: String!, $project: String!, $cursor: String, $perPage: Int, $order: String) {"
+    " project(name: $project, entityName: $entity) { runs(after: $cursor, first: $perPage, order: $order) {"
+    f" {_PAGE_INFO} edges {{ node {{ {_RUN_FIELDS} }} }} }} }} }}"
+)
+
+
+def _run_artifacts_query(op: str, field: str, alg: bool) -> str:
+    """A run's ``outputArtifacts``/``inputArtifacts``, paged (as the SDK's RunOutputArtifacts)."""
+    return (
+        f"query {op}($entity: String!, $project: String!, $run: String!, $cursor: String, $perPage: Int) {{"
+        " project(name: $project, entityName: $entity) { run(name: $run) {"
+        f" artifacts: {field}(after: $cursor, first: $perPage) {{"
+        f" {_PAGE_INFO} edges {{ node {{ {_version_fields(alg)} }} }} }} }} }} }}"
+    )
+
 
 _MISSING_FIELD = re.compile(r"""Cannot query field ["']([A-Za-z_][A-Za-z0-9_]*)["']""")
 _NOT_FOUND = re.compile(r"not found|does not exist|no such", re.IGNORECASE)
@@ -1012,13 +1036,19 @@ class WandbRegistry(Registry):
         node = data.get("artifact")
         if not isinstance(node, dict):
             raise ArtifactNotFound(f"artifact id {artifact_id} not found on {self.base_url}")
+        v = self._version_from_node(node)
+        if v is None:
+            raise ArtifactNotFound(f"artifact id {artifact_id}: the server does not say where it lives")
+        return v
+
+    def _version_from_node(self, node: dict[str, Any]) -> VersionInfo | None:
+        """An Artifact node as the version of the sequence it was logged to (None if the node
+        does not say which)."""
         seq = node.get("artifactSequence") or {}
         proj = seq.get("project") or {}
         entity = _str((proj.get("entity") or {}).get("name"))
         v = self._version(entity, _str(proj.get("name")), _str(seq.get("name")), node)
-        if v is None or not (v.entity and v.project and v.name):
-            raise ArtifactNotFound(f"artifact id {artifact_id}: the server does not say where it lives")
-        return v
+        return v if v is not None and v.entity and v.project and v.name else None
 
     # -- edits: W&B's mutations (new versions are logged with the wandb SDK) ---------------------
 
@@ -1170,6 +1200,71 @@ class WandbRegistry(Registry):
             raise ArtifactNotFound(f"artifact {version.ref} (id {version.id}) not found on {self.base_url}")
         runs = (_run_info(e.get("node")) for e in _edges(node.get("usedBy")))
         return [r for r in runs if r is not None]
+
+    def default_entity(self) -> str | None:
+        """The signed-in user's entity (asked once, at construction), as W&B defaults to it."""
+        return self.viewer_entity or None
+
+    def run(self, entity: str, project: str, run_id: str) -> RunInfo:
+        data = self._gql("Run", RUN_QUERY, {"entity": entity, "project": project, "run": run_id})
+        run = _run_info(self._project_data(data, entity, project).get("run"))
+        if run is None:
+            raise RunNotFound(f"run {entity}/{project}/{run_id} not found on {self.base_url}")
+        return run
+
+    def runs(self, entity: str, project: str) -> list[RunInfo]:
+        """The project's runs, oldest first (every page: a project with many runs costs one call
+        per ``page_size`` of them)."""
+        out: list[RunInfo] = []
+        cursor: str | None = None
+        while True:
+            variables = {
+                "entity": entity,
+                "project": project,
+                "cursor": cursor,
+                "perPage": self.page_size,
+                "order": "+created_at",
+            }
+            data = self._gql("ProjectRuns", RUNS_QUERY, variables)
+            conn = self._project_data(data, entity, project).get("runs")
+            out.extend(r for r in (_run_info(e.get("node")) for e in _edges(conn)) if r is not None)
+            cursor = _next_cursor(conn)
+            if cursor is None:
+                return sorted(out, key=lambda r: r.created_at_ns)
+
+    def run_outputs(self, run: RunInfo) -> list[VersionInfo]:
+        """The live versions ``run`` logged, oldest first."""
+        return sorted(self._run_artifacts(run, "RunOutputArtifacts", "outputArtifacts"), key=lambda v: v.created_at_ns)
+
+    def run_inputs(self, run: RunInfo) -> list[VersionInfo]:
+        """The live versions ``run`` used, in the server's order (W&B does not say when a run used one)."""
+        return self._run_artifacts(run, "RunInputArtifacts", "inputArtifacts")
+
+    def _run_artifacts(self, run: RunInfo, op: str, field: str) -> list[VersionInfo]:
+        out: list[VersionInfo] = []
+        cursor: str | None = None
+        while True:
+            variables = {
+                "entity": run.entity,
+                "project": run.project,
+                "run": run.id,
+                "cursor": cursor,
+                "perPage": self.page_size,
+            }
+            data = self._query(op, lambda: _run_artifacts_query(op, field, self._has_digest_algorithm), variables)
+            node = self._project_data(data, run.entity, run.project).get("run")
+            if not isinstance(node, dict):
+                raise RunNotFound(f"run {run.path} not found on {self.base_url}")
+            conn = node.get("artifacts")
+            for edge in _edges(conn):
+                art = edge.get("node")
+                if isinstance(art, dict) and _str(art.get("state")) != "DELETED":
+                    v = self._version_from_node(art)
+                    if v is not None:
+                        out.append(v)
+            cursor = _next_cursor(conn)
+            if cursor is None:
+                return out
 
     # -- manifests ------------------------------------------------------------------------------
 
