@@ -248,7 +248,7 @@ def test_opening_old_registry_writes_nothing(tmp_path: Path, src: Path) -> None:
         r.close()
     after = {p.name: p.read_bytes() for p in root.iterdir() if p.is_file() and p.name in files}
     assert after == files
-    assert user_version(root / "registry.sqlite") == 0
+    assert user_version(root / "registry.sqlite") == 0 and not tables(root / "registry.sqlite") & LINEAGE_TABLES
 
 
 def test_read_only_old_registry_has_no_lineage(tmp_path: Path, src: Path) -> None:
@@ -701,3 +701,32 @@ def test_mount_lineage_xattrs(mounter: Mounter, lineage_registry: tuple[Path, st
     with runs.init("acme", "vision", job_type="late", registry=registry) as late:
         late.use_artifact("ds:v1")
     assert getfattr(v1, "user.artifact.used_by").stdout == f"acme/vision/{late.id}"
+
+
+@pytest.mark.fuse
+def test_wandb_mount_lineage_xattrs(mounter: Mounter, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Over W&B the attributes come from the backend's lineage queries, asked in a worker thread
+    and kept for --alias-ttl: a second getfattr asks the server nothing."""
+    from wandb_server import WandbServer
+
+    key = "f00dfeedc0ffee0123456789abcdef0123456789"
+    monkeypatch.delenv("WANDB_BASE_URL", raising=False)
+    monkeypatch.setenv("WANDB_API_KEY", key)
+    monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
+    monkeypatch.setenv("WANDB_CACHE_DIR", str(tmp_path / "wandb-cache"))
+    with WandbServer(api_key=key, viewer_entity="acme") as server:
+        server.add_run("acme", "vision", "maker001", job_type="train")
+        for user in ("user0001", "user0002"):
+            server.add_run("acme", "vision", user, job_type="eval")
+        server.add_artifact(
+            "acme", "vision", "ds", "dataset", {"a.txt": b"a\n"}, run="maker001", used_by=["user0001", "user0002"]
+        )
+        mount = mounter(f"wandb:{server.url}", "--alias-ttl", "600")  # type: ignore[arg-type]
+        v0 = mount.path / "acme" / "vision" / "ds:v0"
+        assert os.getxattr(v0, "user.artifact.logged_by") == b"acme/vision/maker001"
+        assert os.getxattr(v0, "user.artifact.used_by") == b"acme/vision/user0001,acme/vision/user0002"
+        asked = len(server.operations("ArtifactCreatedBy")), len(server.operations("ArtifactUsedBy"))
+        assert asked == (1, 1)
+        assert "user.artifact.logged_by" in os.listxattr(v0)
+        assert os.getxattr(v0, "user.artifact.version") == b"v0"
+        assert (len(server.operations("ArtifactCreatedBy")), len(server.operations("ArtifactUsedBy"))) == asked
