@@ -115,6 +115,9 @@ def cmd_info(args: argparse.Namespace) -> int:
     ref = parse_ref(args.ref, default_tag="latest")
     with _opened(args) as registry:
         v = registry.resolve(ref)
+        if args.pin:  # the exact version and its digest, for a run to record (artifactfs.pin)
+            print(f"{v.ref}\t{v.digest}")
+            return 0
         creator, users = registry.logged_by(v), registry.used_by(v)
     data = v.to_json()
     if args.json:
@@ -268,6 +271,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("info", parents=[common], help="show one artifact version")
     p.add_argument("ref", help="ENTITY/PROJECT/NAME[:ALIAS|:vN] (default alias: latest)")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--pin", action="store_true", help="print only ENTITY/PROJECT/NAME:vN and its digest")
     p.set_defaults(func=cmd_info)
 
     p = sub.add_parser("ls", parents=[common], help="list entities, projects, artifacts or versions")
