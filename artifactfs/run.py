@@ -25,6 +25,8 @@ another one without making it current); the module-level :func:`log_artifact`,
 two raise :class:`~artifactfs.errors.RunNotActive` when there is none (wandb: "You must call
 wandb.init() before wandb.log_artifact()").  A run still active when the interpreter exits is
 finished then: ``failed`` if an uncaught exception ended the program, else ``finished``.
+Arguments wandb refuses with ``ValueError`` (a type that does not match, a path that is no file)
+raise :class:`~artifactfs.errors.InvalidValue`, which is one.
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ from typing import Any, Literal
 
 from .api import Api, Artifact
 from .defaults import default_registry
-from .errors import ArtifactFSError, InvalidArgument, RunNotActive
+from .errors import ArtifactFSError, InvalidArgument, InvalidValue, RunNotActive
 from .names import LATEST, parse_ref, resolve_artifact_path, resolve_entity, resolve_project
 from .registry import is_wandb_spec, open_registry
 from .registry.base import RunInfo, iso_time
@@ -142,7 +144,7 @@ class Run:
         elif isinstance(artifact_or_path, (str, os.PathLike)):
             artifact = self._artifact_of_path(os.fspath(artifact_or_path), name, type)
         else:
-            raise InvalidArgument("log_artifact takes an Artifact or a path (a file, a directory or a reference URI)")
+            raise InvalidValue("log_artifact takes an Artifact or a path (a file, a directory or a reference URI)")
         return self._api.log_artifact(artifact, f"{self.entity}/{self.project}", aliases or (), run=self._info)
 
     def _artifact_of_path(self, path: str, name: str | None, type: str | None) -> Artifact:
@@ -155,7 +157,7 @@ class Run:
         elif os.path.isfile(path):
             artifact.add_file(path)
         else:
-            raise InvalidArgument(f"{path!r} is not a file, a directory or a reference URI")
+            raise InvalidValue(f"{path!r} is not a file, a directory or a reference URI")
         return artifact
 
     def use_artifact(
@@ -178,7 +180,7 @@ class Run:
             )
             version = registry.resolve(ref)
             if type is not None and version.type != type:
-                raise InvalidArgument(f"artifact {version.ref} has type {version.type!r}, not {type!r}")
+                raise InvalidValue(f"artifact {version.ref} has type {version.type!r}, not {type!r}")
         elif isinstance(artifact_or_name, Artifact):
             artifact = artifact_or_name
             if artifact.id is None:
@@ -186,12 +188,12 @@ class Run:
             version = registry.resolve(parse_ref(artifact.qualified_name))
             # Ids are only unique within a registry (a local one numbers its rows): the digest too.
             if (version.id, version.digest) != (artifact.id, artifact.digest):
-                raise InvalidArgument(
+                raise InvalidValue(
                     f"artifact {artifact.qualified_name} (id {artifact.id}) is not in the run's registry "
                     f"{registry.spec}: that name is another version there"
                 )
         else:
-            raise InvalidArgument('use_artifact takes an artifact name ("ds:latest") or an Artifact')
+            raise InvalidValue('use_artifact takes an artifact name ("ds:latest") or an Artifact')
         registry.record_use(self.id, version)
         return Artifact._logged(self._api, version)
 
@@ -256,7 +258,7 @@ def init(
     :class:`Api` whose registry to use."""
     global run
     if reinit not in ("default", "return_previous", "finish_previous", "create_new"):
-        raise InvalidArgument(f"reinit must be return_previous, finish_previous or create_new, not {reinit!r}")
+        raise InvalidValue(f"reinit must be return_previous, finish_previous or create_new, not {reinit!r}")
     if reinit in ("default", "return_previous"):
         with _lock:
             previous = _active[-1] if _active else None

@@ -488,8 +488,10 @@ def test_use_a_new_artifact_logs_it_first(tmp_path: Path, src: Path) -> None:
         used = run.use_artifact(art, aliases=["input"])
         assert used.qualified_name == "acme/vision/ds:v0" and "input" in used.aliases
         assert [a.id for a in run.logged_artifacts()] == [a.id for a in run.used_artifacts()] == [used.id]
-        with pytest.raises(InvalidArgument, match="type"):
+        with pytest.raises(ValueError, match="type 'dataset', not 'model'"):  # as wandb
             run.use_artifact("ds:v0", type="model")
+        with pytest.raises(ValueError, match="not a file, a directory"):
+            run.log_artifact(str(tmp_path / "missing"), type="dataset")
         with pytest.raises(ArtifactNotFound):
             run.use_artifact("ds:v9")
 
