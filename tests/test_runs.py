@@ -573,11 +573,15 @@ def test_run_left_active_finishes_at_exit(tmp_path: Path) -> None:
     assert states == {ok.stdout.strip(): "finished", bad.stdout.strip(): "failed"}
 
 
-def test_concurrent_runs_log_into_one_collection(tmp_path: Path) -> None:
+@pytest.mark.parametrize("old_schema", [False, True], ids=["fresh", "old-schema"])
+def test_concurrent_runs_log_into_one_collection(tmp_path: Path, old_schema: bool) -> None:
     """Processes with a run each log into the same collection at once: every version gets its
-    own number and its own run, and each run lists exactly what it logged."""
+    own number and its own run, and each run lists exactly what it logged.  On a registry made
+    before runs, the processes race to add the lineage tables: one does, in its transaction."""
     registry = tmp_path / "registry"
     LocalRegistry(registry, create=True).close()
+    if old_schema:
+        make_old_schema(registry)
     script = textwrap.dedent(
         """
         import os, sys
@@ -622,6 +626,7 @@ def test_concurrent_runs_log_into_one_collection(tmp_path: Path) -> None:
             assert len(outputs) == 4 and all(r.logged_by(v) == run for v in outputs)
             assert run.state == "finished" and len(r.run_inputs(run)) >= 1
         assert {r.logged_by(v).id for v in versions} == set(ids.values())  # type: ignore[union-attr]
+        assert user_version(registry / "registry.sqlite") == LINEAGE_VERSION
     finally:
         r.close()
 
