@@ -1040,6 +1040,9 @@ def test_link_numbers_its_own_versions_and_unlinks(
         src.digest,
         "dataset",
     )
+    # A link says where its artifact was logged; a version of its own sequence says nothing.
+    assert getattr(linked, "source", None) == Ref("acme", "vision", "ds", "v0")
+    assert getattr(src, "source", "absent") is None
     [call] = server.operations("LinkArtifact")
     assert call.variables == {
         "input": {

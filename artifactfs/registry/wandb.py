@@ -118,6 +118,16 @@ DEFAULT_POLICY = GraphQLPolicy()
 CONNECT_POLICY = GraphQLPolicy(connect_timeout=10.0, read_timeout=20.0, attempts=3, budget=5.0, deadline=30.0)
 
 
+@dataclass(frozen=True, slots=True)
+class WandbVersionInfo(VersionInfo):
+    """A version as W&B names it.  ``source`` is set when it is a link (a member of a linked
+    collection, W&B's portfolio): where its artifact was logged, ``entity/project/name:vN``
+    (read as ``getattr(version, "source", None)``; every other registry has no links of its own
+    to tell apart yet)."""
+
+    source: Ref | None = None
+
+
 # -- query texts (field names as the W&B schema has them; see the SDK's _generated/operations.py)
 
 _PAGE_INFO = "pageInfo { endCursor hasNextPage }"
@@ -890,7 +900,13 @@ class WandbRegistry(Registry):
             if alias and parse_version(alias) is None:
                 names.add(alias)
         loaded = self._contents.get(artifact_id)
-        return VersionInfo(
+        seq = node.get("artifactSequence") or {}
+        seq_proj = seq.get("project") or {}
+        logged = (_str((seq_proj.get("entity") or {}).get("name")), _str(seq_proj.get("name")), _str(seq.get("name")))
+        source = None
+        if logged[2] and logged != (entity, project, collection):
+            source = Ref(*logged, f"v{_int(node.get('versionIndex'))}")
+        return WandbVersionInfo(
             id=artifact_id,
             entity=entity,
             project=project,
@@ -909,6 +925,7 @@ class WandbRegistry(Registry):
             state=_str(node.get("state")) or "COMMITTED",
             file_count=_int(node.get("fileCount")),
             storage_policy_config=dict(loaded.storage_policy_config) if loaded is not None else {},
+            source=source,
         )
 
     def _versions_from(self, entity: str, project: str, collection: str, conn: Any) -> list[VersionInfo]:
@@ -1679,4 +1696,4 @@ def _opener(path: str) -> Callable[[], IO[bytes]]:
     return open_
 
 
-__all__ = ["DEFAULT_BASE_URL", "GraphQLPolicy", "WandbRegistry", "find_api_key", "parse_manifest"]
+__all__ = ["DEFAULT_BASE_URL", "GraphQLPolicy", "WandbRegistry", "WandbVersionInfo", "find_api_key", "parse_manifest"]
