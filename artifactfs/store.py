@@ -140,8 +140,11 @@ class _AdoptingDisk(diskcache.Disk):  # type: ignore[misc]
 def _place(adopt: _Adopt) -> None:
     """Rename the adopted temp file to the name its committed row gives it.  diskcache removes a
     sub-directory once it is empty (eviction of a neighbour), so it is made again if needed."""
+    sub = os.path.dirname(adopt.final)
     for attempt in (1, 2):
-        os.makedirs(os.path.dirname(adopt.final), mode=0o700, exist_ok=True)
+        for d in (os.path.dirname(sub), sub):  # both levels 0700 (makedirs gives parents the umask's mode)
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(d, 0o700)
         try:
             os.rename(adopt.path, adopt.final)
             return
@@ -169,6 +172,12 @@ class BlobStore:
                 disk=_AdoptingDisk,
                 cull_limit=0,  # no batch culls on set: _make_room evicts what is needed
             )
+            # SQLite creates its files 0644 (less the umask); its -wal and -shm files copy the
+            # database's mode, so one chmod keeps them all 0600.
+            for name in ("cache.db", "cache.db-wal", "cache.db-shm"):
+                _no_symlink(os.path.join(self.directory, name))
+                with contextlib.suppress(FileNotFoundError):
+                    os.chmod(os.path.join(self.directory, name), 0o600)
         except (OSError, sqlite3.Error) as exc:
             raise RegistryError(f"cannot use cache directory {self.directory}: {exc}") from exc
         # Per-process memo of what this store has already found and proven: key -> (file path,
