@@ -1,0 +1,775 @@
+"""W&B figures (issue 6): a FUSE mount of a W&B server against curl and the wandb SDK.
+
+Three comparisons, every figure measured in this run against the same server, ratios between
+figures of this run (the machine drifts between runs):
+
+1. ``cat`` of one big file (1 GiB; 256 MiB with ``--quick``) through a fresh mount, against
+   ``curl`` of the same presigned URL with the mount's parallelism (``artifactfs.http``: 16 MiB
+   ranges, 4 at a time, for objects of 64 MiB or more), against one curl stream, against the
+   SDK's ``Artifact.download()``, and against ``md5sum`` of the same bytes on local disk: the
+   mount hashes every byte before serving it, so its bound is the slower of the download and
+   the hash.
+2. ``cat`` of 10,000 small files (1-64 KiB, nested directories; 2,000 with ``--quick``) through
+   a fresh mount, one reader and 8 (the mount fetches under a limiter of 8 threads), against
+   curl of the same URLs with the same parallelism and against ``download()``.
+3. From ``artifactfs mount`` (background mode: the command returns once the mount answers) to
+   the first byte of one file of a 100,000-entry artifact (20,000 with ``--quick``), cold
+   cache (the manifest must be fetched), against ``download()`` of the whole artifact, capped.
+
+The server is tests/wandb_server.py, in this process, with every file in memory.  It is pure
+Python (a ThreadingHTTPServer) sharing this machine's cores with the clients, so curl's figures
+are also the server's ceiling: nothing can read faster than curl does here.  Two of its
+per-request costs that a real server does not have are memoised below (see ``_MemoMd5``).
+
+Each table line: the median of N runs (3; 1 with ``--quick``) with min-max, the throughput, the
+median's ratio to the section's reference line (time / reference time: above 1 is slower), and
+the median CPU seconds of the client (the commands run, plus the mount's daemon; the SDK's whole
+process) and of the server (this process).  The machine is shared: the load average is printed
+before each part, and CPU seconds are the steadier figures when it is high.
+
+Each run uses a fresh mount with an empty cache directory and an empty SDK cache, and (as
+root) drops the page cache before each timed command.  Mounts are unmounted with
+``fusermount3 -u`` (``-z`` if that fails) and their daemons waited for; only processes started
+here are ever killed.
+
+Run: ``.venv/bin/python scripts/bench_wandb.py [--quick] [--runs N] [--json PATH]`` (as root),
+or ``scripts/bench --only wandb``; about 40 minutes on 2 cores (the SDK's download of the
+100,000 files is most of it), 5 with ``--quick``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import json
+import os
+import platform
+import random
+import re
+import resource
+import shlex
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+import urllib.parse
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+
+import wandb_server  # noqa: E402  (tests/ is put on sys.path just above)
+from wandb_server import ArtifactRecord, WandbServer  # noqa: E402
+
+from artifactfs.manifest import digest_bytes, hex_from_b64  # noqa: E402
+
+MiB = 1 << 20
+KiB = 1 << 10
+PY = sys.executable
+KEY = "b3nch" * 8  # 40 characters: the SDK checks the length
+ENTITY, PROJECT = "acme", "bench"
+PART = 16 * MiB  # artifactfs.http.Policy: part_size, workers, parallel_threshold
+STREAMS = 4
+READERS = 8  # artifactfs.meta.DEFAULT_THREADS: the mount's fetch limiter
+
+
+# ----------------------------------------------------------------------------- the server
+
+
+class _MemoMd5:
+    """Stands in for ``hashlib`` and ``digest_bytes`` inside tests/wandb_server.py.
+
+    The test server hashes a whole blob on every request (the ETag of a range request, the
+    ``md5`` field of every file URL it lists): 2 s of its one GIL per request for a 1 GiB blob,
+    a cost no real server has, which would make it the bottleneck of every big-file figure.
+    Digests of large objects are computed once per object (the object is kept, so its id is not
+    reused); small objects are hashed as before.
+    """
+
+    MIN = 1 * MiB
+
+    def __init__(self) -> None:
+        self._md5: dict[int, tuple[bytes, Any]] = {}
+        self._digest: dict[tuple[int, str], tuple[bytes, str]] = {}
+
+    def md5(self, data: bytes = b"", *, usedforsecurity: bool = True) -> Any:
+        if len(data) < self.MIN:
+            return hashlib.md5(data, usedforsecurity=usedforsecurity)
+        hit = self._md5.get(id(data))
+        if hit is None or hit[0] is not data:
+            hit = (data, hashlib.md5(data, usedforsecurity=False))
+            self._md5[id(data)] = hit
+        return hit[1].copy()
+
+    def digest_bytes(self, data: bytes, alg: str = "MD5") -> str:
+        if len(data) < self.MIN:
+            return digest_bytes(data, alg)
+        hit = self._digest.get((id(data), alg))
+        if hit is None or hit[0] is not data:
+            hit = (data, digest_bytes(data, alg))
+            self._digest[(id(data), alg)] = hit
+        return hit[1]
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(hashlib, name)
+
+
+def start_server() -> WandbServer:
+    memo = _MemoMd5()
+    setattr(wandb_server, "hashlib", memo)  # noqa: B010  (patching a module, on purpose)
+    setattr(wandb_server, "digest_bytes", memo.digest_bytes)  # noqa: B010
+    return WandbServer(api_key=KEY, viewer_entity=ENTITY, url_ttl=24 * 3600.0).start()
+
+
+def file_url(server: WandbServer, rec: ArtifactRecord, path: str) -> str:
+    """The presigned URL the server hands out for ``path`` (as in ``WandbServer._file_node``)."""
+    hexkey = hex_from_b64(rec.file_digests[path])
+    return server.url + server.sign(f"/files/{hexkey}/{urllib.parse.quote(path)}")
+
+
+def small_files(n: int, seed: int) -> dict[str, bytes]:
+    """``n`` files of 1-64 KiB, 100 per directory, two levels deep; distinct contents."""
+    rng = random.Random(seed)
+    pool = os.urandom(64 * KiB + 4096)
+    files = {}
+    for i in range(n):
+        size = rng.randint(1 * KiB, 64 * KiB)
+        off = rng.randrange(4096)
+        files[f"d{i // 1000:02d}/s{(i // 100) % 10}/f{i:06d}.bin"] = (
+            i.to_bytes(8, "little") + pool[off : off + size - 8]
+        )
+    return files
+
+
+def tiny_files(n: int, seed: int) -> dict[str, bytes]:
+    """``n`` files of 16-512 bytes, 100 per directory, two levels deep; distinct contents."""
+    rng = random.Random(seed)
+    return {
+        f"d{i // 10000:02d}/s{(i // 100) % 100:02d}/f{i:06d}.txt": f"{i}\n".encode() * rng.randint(2, 64)
+        for i in range(n)
+    }
+
+
+# ----------------------------------------------------------------------------- measuring
+
+
+def can_drop() -> bool:
+    return os.geteuid() == 0
+
+
+def drop_caches() -> None:
+    if not can_drop():
+        return
+    os.sync()
+    with open("/proc/sys/vm/drop_caches", "w") as f:
+        f.write("3\n")
+
+
+def sh(cmd: str) -> None:
+    """``cmd`` in bash, its output discarded (what is timed is reading, not a terminal)."""
+    subprocess.run(["bash", "-c", "set -o pipefail; " + cmd], check=True, stdout=subprocess.DEVNULL)
+
+
+def proc_cpu(pid: int | None) -> float:
+    """CPU seconds (user + system, all threads) of a running process, 0 if it is gone."""
+    if pid is None:
+        return 0.0
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@dataclass
+class Sample:
+    """One timed command: wall seconds, the client's CPU seconds (the children waited for, plus
+    the mount's daemon when there is one) and the server's (this process: the test server)."""
+
+    seconds: float
+    client_cpu: float | None = None
+    server_cpu: float | None = None
+
+
+@contextlib.contextmanager
+def measuring(daemon: int | None = None, drop: bool = True) -> Iterator[list[Sample]]:
+    """Time the ``with`` body; the Sample is appended to the yielded list when it ends."""
+    out: list[Sample] = []
+    if drop:
+        drop_caches()
+    d0 = proc_cpu(daemon)
+    s0, c0 = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    start = time.perf_counter()
+    yield out
+    seconds = time.perf_counter() - start
+    s1, c1 = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    client = c1.ru_utime + c1.ru_stime - c0.ru_utime - c0.ru_stime + proc_cpu(daemon) - d0
+    out.append(Sample(seconds, client, s1.ru_utime + s1.ru_stime - s0.ru_utime - s0.ru_stime))
+
+
+def timed_sh(cmd: str, daemon: int | None = None, drop: bool = True) -> Sample:
+    """Run ``cmd`` (page cache dropped first when ``drop`` and root) and measure it."""
+    with measuring(daemon, drop) as got:
+        sh(cmd)
+    return got[0]
+
+
+@dataclass
+class Figure:
+    key: str
+    label: str
+    nbytes: int | None = None
+    samples: list[Sample] = field(default_factory=list)
+    capped: bool = False  # the samples hold the cap: the real time is longer
+
+    @property
+    def runs(self) -> list[float]:
+        return [s.seconds for s in self.samples]
+
+    def median(self) -> float:
+        return statistics.median(self.runs)
+
+    def cpu(self, which: str) -> float | None:
+        values = [getattr(s, which) for s in self.samples if getattr(s, which) is not None]
+        return statistics.median(values) if values else None
+
+
+class Figures:
+    def __init__(self) -> None:
+        self.all: dict[str, Figure] = {}
+        self.info: dict[str, Any] = {}
+
+    def add(
+        self, key: str, label: str, sample: Sample | float, nbytes: int | None = None, capped: bool = False
+    ) -> None:
+        fig = self.all.setdefault(key, Figure(key, label, nbytes))
+        fig.samples.append(sample if isinstance(sample, Sample) else Sample(sample))
+        fig.capped = fig.capped or capped
+
+    def table(self, keys: list[str], ref: str) -> None:
+        """One line per figure: median (min-max), throughput, time / the reference's time, and
+        the medians of the client's and the server's CPU seconds."""
+        base = self.all.get(ref)
+        head = "/ " + ref.rsplit(".", 1)[-1]
+        print(
+            f"{'':58s} {'median':>9s} {'(min - max)':>15s} {'MiB/s':>6s} {head:>13s}",
+            f"{'CPU: client':>11s} {'server':>6s}",
+        )
+        for key in keys:
+            fig = self.all.get(key)
+            if fig is None:
+                continue
+            med = fig.median()
+            gt = ">" if fig.capped else " "
+            spread = f"({min(fig.runs):.2f}-{max(fig.runs):.2f})"
+            rate = f"{fig.nbytes / MiB / med:6.0f}" if fig.nbytes else ""
+            ratio = f"{gt}{med / base.median():.2f}x" if base is not None and key != ref else ""
+            client, server = fig.cpu("client_cpu"), fig.cpu("server_cpu")
+            cpu = f"{client:11.2f}" if client is not None else " " * 11
+            cpu += f" {server:6.2f}" if server is not None else ""
+            print(f"{fig.label:58s} {gt}{med:7.2f} s {spread:>15s} {rate:>6s} {ratio:>13s} {cpu}")
+
+    def to_json(self) -> dict[str, Any]:
+        """``name: median seconds`` (None when capped), with ``name.runs``, ``name.capped_at``
+        and the CPU medians as ``name.client_cpu_s`` / ``name.server_cpu_s``."""
+        out: dict[str, Any] = dict(self.info)
+        for key, fig in self.all.items():
+            out[key] = None if fig.capped else round(fig.median(), 4)
+            out[key + ".runs"] = [round(r, 4) for r in fig.runs]
+            if fig.capped:
+                out[key + ".capped_at"] = round(fig.median(), 1)
+            for which in ("client_cpu", "server_cpu"):
+                value = fig.cpu(which)
+                if value is not None:
+                    out[f"{key}.{which}_s"] = round(value, 3)
+        return out
+
+
+# ----------------------------------------------------------------------------- clients
+
+
+def base_env(work: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
+    env.update(LC_ALL="C.UTF-8", LANG="C.UTF-8", NETRC=str(work / "no-netrc"), WANDB_API_KEY=KEY)
+    return env
+
+
+class Mount:
+    """``artifactfs mount wandb:URL`` in background mode, fresh cache and empty SDK cache."""
+
+    def __init__(self, server: WandbServer, work: Path, name: str, log_level: str = "WARNING") -> None:
+        self.mnt = work / f"{name}-mnt"
+        self.cache = work / f"{name}-cache"
+        self.sdk_cache = work / f"{name}-wandb-cache"
+        for d in (self.mnt, self.sdk_cache):
+            d.mkdir()
+        env = base_env(work)
+        env["WANDB_CACHE_DIR"] = str(self.sdk_cache)
+        cmd = [PY, "-m", "artifactfs", "mount", f"wandb:{server.url}", str(self.mnt), "--cache-dir", str(self.cache)]
+        start = time.perf_counter()
+        proc = subprocess.run([*cmd, "--log-level", log_level], env=env, capture_output=True, text=True)
+        self.mount_s = time.perf_counter() - start
+        if proc.returncode != 0:
+            raise RuntimeError(f"artifactfs mount failed ({proc.returncode}): {proc.stderr.strip()}")
+        match = re.search(r"\(pid (\d+)\)", proc.stderr)
+        self.pid = int(match.group(1)) if match else None
+        self.log_file = self.cache / "mount.log"
+
+    def stats(self) -> dict[str, Any]:
+        return json.loads(os.getxattr(self.mnt, "user.artifactfs.stats"))  # type: ignore[no-any-return]
+
+    def close(self) -> None:
+        if subprocess.run(["fusermount3", "-u", str(self.mnt)], capture_output=True).returncode != 0:
+            subprocess.run(["fusermount3", "-u", "-z", str(self.mnt)], capture_output=True)
+        if self.pid is not None:  # the daemon this mount started: wait for it, kill it if it lingers
+            deadline = time.monotonic() + 30
+            while _alive(self.pid, str(self.mnt)) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            if _alive(self.pid, str(self.mnt)):
+                os.kill(self.pid, signal.SIGKILL)
+        shutil.rmtree(self.cache, ignore_errors=True)
+        shutil.rmtree(self.sdk_cache, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            self.mnt.rmdir()
+
+
+def _alive(pid: int, mnt: str) -> bool:
+    """Whether ``pid`` is still our daemon (its command line names the mount point)."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return mnt.encode() in f.read()
+    except OSError:
+        return False
+
+
+@contextlib.contextmanager
+def mounted(server: WandbServer, work: Path, name: str) -> Iterator[Mount]:
+    m = Mount(server, work, name)
+    try:
+        yield m
+    finally:
+        m.close()
+
+
+SDK_DOWNLOAD = textwrap.dedent(
+    """
+    import json, sys, time
+    t0 = time.perf_counter()
+    import wandb
+    api = wandb.Api()
+    art = api.artifact(sys.argv[1])
+    t1 = time.perf_counter()
+    print(json.dumps({"setup_s": t1 - t0}), flush=True)
+    art.download(sys.argv[2])
+    t2 = time.perf_counter()
+    print(json.dumps({"download_s": t2 - t1}), flush=True)
+    """
+)
+
+
+@dataclass
+class SdkResult:
+    download: Sample  # the download() call, timed inside the process (the cap when capped)
+    process: Sample  # the whole process: interpreter, import, Api(), artifact(), download()
+    capped: bool
+
+
+def sdk_download(server: WandbServer, work: Path, name: str, root: Path, cap: float) -> SdkResult:
+    """``wandb.Api().artifact(name).download(root)`` in a subprocess with an empty SDK cache.
+
+    ``download()`` gets ``cap`` seconds from its start; after that the process group (the
+    process and anything it started, all in a session of their own) is killed and the result
+    is capped.  CPU seconds are the whole process's."""
+    tmp = work / "sdk-home"
+    tmp.mkdir()
+    env = base_env(work)
+    env.update(
+        WANDB_BASE_URL=server.url,
+        WANDB_CACHE_DIR=str(tmp / "cache"),
+        WANDB_DATA_DIR=str(tmp / "data"),
+        WANDB_CONFIG_DIR=str(tmp / "config"),
+        WANDB_ARTIFACT_DIR=str(tmp / "artifacts"),
+        HOME=str(tmp / "home"),
+        NETRC=str(tmp / "home" / ".netrc"),
+        WANDB_SILENT="true",
+        WANDB_MODE="online",
+        WANDB_DISABLE_CODE="true",
+    )
+    capped = False
+    inside: float | None = None
+    try:
+        with measuring() as got:
+            proc = subprocess.Popen(
+                [PY, "-c", SDK_DOWNLOAD, name, str(root)],
+                env=env,
+                cwd=tmp,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                start_new_session=True,
+            )
+            try:
+                assert proc.stdout is not None and proc.stderr is not None
+                if not proc.stdout.readline():  # set up (import, Api, artifact): the cap starts now
+                    proc.wait(timeout=60)
+                    raise RuntimeError(f"SDK failed ({proc.returncode}): {proc.stderr.read()[-3000:]}")
+                try:
+                    out, err = proc.communicate(timeout=cap)
+                except subprocess.TimeoutExpired:
+                    capped = True
+                    _kill_group(proc.pid)
+                    proc.communicate()
+                else:
+                    if proc.returncode != 0:
+                        raise RuntimeError(f"SDK failed ({proc.returncode}): {err[-3000:]}")
+                    lines = [ln for ln in out.splitlines() if ln.startswith("{")]
+                    inside = float(json.loads(lines[-1])["download_s"])
+            finally:
+                if proc.poll() is None:
+                    _kill_group(proc.pid)
+                    proc.wait()
+                _kill_group(proc.pid)  # anything the SDK left behind in its session
+        whole = got[0]
+        download = Sample(cap if capped or inside is None else inside, whole.client_cpu, whole.server_cpu)
+        return SdkResult(download, whole, capped)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _kill_group(pgid: int) -> None:
+    """SIGKILL every process of process group ``pgid`` (one we made with start_new_session)."""
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            if int(fields[2]) == pgid:
+                os.kill(int(entry), signal.SIGKILL)
+        except (OSError, ValueError, IndexError):
+            continue
+
+
+def curl_config(path: Path, items: list[tuple[str, str, str | None]], create_dirs: bool = False) -> None:
+    """A curl config: one group per (url, output, range).  (In parallel mode the progress meter
+    obeys the groups' ``no-progress-meter``; ``silent`` there would turn it on again.)"""
+    lines = []
+    for url, out, rng in items:
+        lines += ["no-progress-meter", "fail", f'url = "{url}"', f'output = "{out}"']
+        if rng:
+            lines.append(f'range = "{rng}"')
+        if create_dirs:  # per group, like every option but the global ones
+            lines.append("create-dirs")
+        lines.append("next")
+    path.write_text("\n".join(lines[:-1]) + "\n")
+
+
+def parallel(n: int) -> str:
+    return f"--parallel --parallel-max {n} " if n > 1 else ""
+
+
+# ----------------------------------------------------------------------------- 1. one big file
+
+
+def bench_big(server: WandbServer, work: Path, figs: Figures, runs: int, quick: bool, cap: float) -> None:
+    size = (256 if quick else 1024) * MiB
+    data = os.urandom(size)
+    rec = server.add_artifact(ENTITY, PROJECT, "big", "model", {"big.bin": data})
+    url = file_url(server, rec, "big.bin")
+    expect = hashlib.md5(data).hexdigest()
+    local = work / "big.bin"
+    local.write_bytes(data)
+    del data
+    parts = [(a, min(a + PART, size) - 1) for a in range(0, size, PART)]
+    null_cfg, files_cfg, one_cfg = work / "big-null.curl", work / "big-files.curl", work / "big-one.curl"
+    partdir, one = work / "big-parts", work / "big-one.bin"
+    curl_config(null_cfg, [(url, "/dev/null", f"{a}-{b}") for a, b in parts])
+    curl_config(files_cfg, [(url, str(partdir / f"p{i:04d}"), f"{a}-{b}") for i, (a, b) in enumerate(parts)])
+    curl_config(one_cfg, [(url, str(one), None)])
+    ranges = f"curl, {len(parts)} ranges of 16 MiB, {STREAMS} at a time"
+    figs.info["wandb.cat_1g.bytes"] = size
+    print(f"\n## 1. cold cat of one {size // MiB} MiB file ({runs} run(s))", flush=True)
+    k = "wandb.cat_1g."
+    for run in range(runs):
+        figs.add(k + "md5sum_cold_s", "md5sum of the file on local disk, cold", timed_sh(f"md5sum {local}"), size)
+        warm = timed_sh(f"md5sum {local}", drop=False)
+        figs.add(k + "md5sum_warm_s", "md5sum of the file on local disk, page-cached", warm, size)
+        figs.add(k + "curl_null_s", ranges + " -> /dev/null", timed_sh(f"curl {parallel(STREAMS)}-K {null_cfg}"), size)
+        partdir.mkdir()
+        figs.add(k + "curl_files_s", ranges + " -> files", timed_sh(f"curl {parallel(STREAMS)}-K {files_cfg}"), size)
+        if run == 0:
+            got = subprocess.run(f"cat {partdir}/p* | md5sum", shell=True, capture_output=True, text=True).stdout
+            assert got.split()[0] == expect, "curl ranges: wrong bytes"
+        shutil.rmtree(partdir)
+        figs.add(k + "curl_one_s", "curl, one stream -> file", timed_sh(f"curl -K {one_cfg}"), size)
+        one.unlink()
+
+        with mounted(server, work, "big") as m:
+            figs.add(k + "mount_cmd_s", "artifactfs mount (the command, background mode)", m.mount_s)
+            path = m.mnt / ENTITY / PROJECT / "big:v0" / "big.bin"
+            figs.add(k + "mount_s", "artifactfs mount: cat, fresh cache", timed_sh(f"cat {path}", m.pid), size)
+            if run == 0:
+                got = subprocess.run(["md5sum", str(path)], capture_output=True, text=True, check=True).stdout
+                assert got.split()[0] == expect, "mount: wrong bytes"
+                print(f"mount stats after run 1: {m.stats()}")
+
+        root = work / "big-sdk"
+        res = sdk_download(server, work, f"{ENTITY}/{PROJECT}/big:v0", root, cap)
+        figs.add(
+            k + "sdk_download_s", "SDK download() (timed inside; CPU: whole process)", res.download, size, res.capped
+        )
+        figs.add(k + "sdk_process_s", "SDK whole process (python -c: import, Api, download)", res.process)
+        if run == 0 and not res.capped:
+            got = subprocess.run(["md5sum", str(root / "big.bin")], capture_output=True, text=True).stdout
+            assert got.split()[0] == expect, "SDK: wrong bytes"
+        shutil.rmtree(root, ignore_errors=True)
+        print(f"run {run + 1}/{runs} done", flush=True)
+    local.unlink()
+
+    bound = max(figs.all[k + "curl_files_s"].median(), figs.all[k + "md5sum_warm_s"].median())
+    figs.add(k + "bound_s", "bound: the slower of curl -> files and md5sum (warm)", bound, size)
+    keys = ["mount_cmd_s", "mount_s", "bound_s", "curl_null_s", "curl_files_s", "curl_one_s"]
+    keys += ["md5sum_cold_s", "md5sum_warm_s", "sdk_download_s", "sdk_process_s"]
+    print()
+    figs.table([k + x for x in keys], k + "mount_s")
+    print(f"server ceiling (curl -> /dev/null): {size / MiB / figs.all[k + 'curl_null_s'].median():.0f} MiB/s")
+
+
+# ----------------------------------------------------------------------------- 2. small files
+
+
+def bench_small(server: WandbServer, work: Path, figs: Figures, runs: int, quick: bool, cap: float) -> None:
+    n = 2000 if quick else 10000
+    files = small_files(n, seed=6)
+    total = sum(len(b) for b in files.values())
+    rec = server.add_artifact(ENTITY, PROJECT, "small", "dataset", files)
+    del files
+    out = work / "small-curl"
+    cfg = work / "small.curl"
+    curl_config(cfg, [(file_url(server, rec, p), str(out / p), None) for p in sorted(rec.files)], create_dirs=True)
+    figs.info["wandb.small_10k.files"] = n
+    figs.info["wandb.small_10k.bytes"] = total
+    print(
+        f"\n## 2. cat of {n} files of 1-64 KiB ({total / MiB:.0f} MiB, 100 per directory) ({runs} run(s))", flush=True
+    )
+    k = "wandb.small_10k."
+    for run in range(runs):
+        for readers in (1, READERS):
+            out.mkdir()
+            sample = timed_sh(f"curl {parallel(readers)}-K {cfg}")
+            figs.add(k + f"curl_p{readers}_s", f"curl, {readers} at a time -> files", sample, total)
+            if run == 0:
+                got = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
+                assert got == total, f"curl: {got} bytes, not {total}"
+            shutil.rmtree(out)
+        for readers in (1, READERS):
+            with mounted(server, work, "small") as m:
+                root = m.mnt / ENTITY / PROJECT / "small:v0"
+                xargs = "xargs -0 cat" if readers == 1 else f"xargs -0 -P{readers} -n 64 cat"
+                sample = timed_sh(f"find {root} -type f -print0 | {xargs}", m.pid)
+                figs.add(k + f"mount_p{readers}_s", f"artifactfs mount: find | {xargs}, fresh cache", sample, total)
+                if run == 0 and readers == READERS:
+                    print(f"mount stats after run 1 (-P{readers}): {m.stats()}")
+        root = work / "small-sdk"
+        res = sdk_download(server, work, f"{ENTITY}/{PROJECT}/small:v0", root, cap)
+        figs.add(
+            k + "sdk_download_s", "SDK download() (timed inside; CPU: whole process)", res.download, total, res.capped
+        )
+        figs.add(k + "sdk_process_s", "SDK whole process", res.process)
+        if run == 0 and not res.capped:
+            got = sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
+            assert got == total, f"SDK: {got} bytes, not {total}"
+        shutil.rmtree(root, ignore_errors=True)
+        print(f"run {run + 1}/{runs} done", flush=True)
+    keys = ["mount_p1_s", f"mount_p{READERS}_s", "curl_p1_s", f"curl_p{READERS}_s", "sdk_download_s", "sdk_process_s"]
+    print()
+    figs.table([k + x for x in keys], k + f"mount_p{READERS}_s")
+    best = min(figs.all[k + f"curl_p{r}_s"].median() for r in (1, READERS))
+    print(f"server ceiling (curl, the faster of 1 and {READERS} at a time): {n / best:.0f} files/s")
+
+
+# ----------------------------------------------------------------------------- 3. first byte
+
+
+def bench_many(server: WandbServer, work: Path, figs: Figures, runs: int, quick: bool, cap: float) -> None:
+    n = 20000 if quick else 100000
+    rec = server.add_artifact(ENTITY, PROJECT, "many", "dataset", tiny_files(n, seed=7))
+    first = sorted(rec.files)[0]
+    figs.info["wandb.first_byte_100k.entries"] = n
+    figs.info["wandb.first_byte_100k.manifest_bytes"] = len(rec.manifest_bytes)
+    print(
+        f"\n## 3. first byte of one file of a {n}-entry artifact (manifest {len(rec.manifest_bytes) / MiB:.1f} MiB), "
+        f"from the mount command, cold; SDK capped at {cap:.0f} s ({runs} run(s))",
+        flush=True,
+    )
+    k = "wandb.first_byte_100k."
+    sdk_capped = False
+    for run in range(runs):
+        m: Mount | None = None
+        try:
+            with measuring() as got:  # the page cache dropped, then the mount command starts
+                m = Mount(server, work, "many")
+                start = time.perf_counter()
+                sh(f"head -c1 {m.mnt / ENTITY / PROJECT / 'many:v0' / first} >/dev/null")
+                head_s = time.perf_counter() - start
+                daemon_cpu = proc_cpu(m.pid)
+        finally:
+            if m is not None:
+                m.close()
+        total = got[0]
+        client = (total.client_cpu or 0.0) + daemon_cpu  # the daemon is no child of ours
+        label = "artifactfs mount + head -c1 of one file (total)"
+        figs.add(k + "first_byte_s", label, Sample(total.seconds, client, total.server_cpu))
+        figs.add(k + "mount_cmd_s", "  of which the mount command (background mode)", m.mount_s)
+        figs.add(k + "after_mount_s", "  of which head -c1 after the mount returned", head_s)
+        if sdk_capped:
+            print(f"run {run + 1}/{runs}: SDK skipped (capped in an earlier run)")
+        else:
+            root = work / "many-sdk"
+            res = sdk_download(server, work, f"{ENTITY}/{PROJECT}/many:v0", root, cap)
+            figs.add(k + "sdk_download_s", f"SDK download() of all {n} files", res.download, None, res.capped)
+            if not res.capped:
+                figs.add(k + "sdk_process_s", "SDK whole process", res.process)
+            sdk_capped = res.capped
+            shutil.rmtree(root, ignore_errors=True)
+        print(f"run {run + 1}/{runs} done", flush=True)
+    print()
+    keys = ["first_byte_s", "mount_cmd_s", "after_mount_s", "sdk_download_s", "sdk_process_s"]
+    figs.table([k + x for x in keys], k + "first_byte_s")
+
+
+# ----------------------------------------------------------------------------- main
+
+PARTS: dict[str, Callable[[WandbServer, Path, Figures, int, bool, float], None]] = {
+    "big": bench_big,
+    "small": bench_small,
+    "many": bench_many,
+}
+
+
+def run(
+    work: Path,
+    quick: bool,
+    *,
+    runs: int | None = None,
+    parts: str = "big,small,many",
+    sdk_cap: float = 600.0,
+    json_path: str | None = None,
+) -> dict[str, Any]:
+    """Run the chosen parts in ``work`` (a directory on a real disk); returns the figures."""
+    runs = runs if runs is not None else (1 if quick else 3)
+    print(f"\n# W&B: artifactfs mount vs curl vs wandb SDK {_sdk_version()}, {runs} run(s) per figure")
+    print(
+        f"date {time.strftime('%Y-%m-%d %H:%M:%S %Z')}, {os.cpu_count()} cores, kernel {platform.release()}, "
+        f"curl {_curl_version()}"
+    )
+    print(f"command: cd {ROOT} && {shlex.join([PY, *sys.argv])}")
+    print(f"source: {_source()}")
+    if not can_drop():
+        print("(not root: the page cache is NOT dropped between runs)")
+    print("(server: tests/wandb_server.py in this process, files in memory; pure Python, shares the 2 cores)")
+    figs = Figures()
+    load_before = os.getloadavg()[0]
+    server = start_server()
+    try:
+        for name in parts.split(","):
+            print(f"\n(load average {_load()} before {name!r}: other work here skews wall times more than CPU times)")
+            PARTS[name](server, work, figs, runs, quick, sdk_cap)
+            figs.info[f"wandb.load_after_{name}"] = os.getloadavg()[0]
+        if server.handler_errors:
+            print(f"server handler errors: {server.handler_errors[0]}")
+    finally:
+        server.stop()
+        _unmount_all(work)
+    result = {
+        "machine": {
+            "nproc": os.cpu_count(),
+            "kernel": platform.release(),
+            "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "load_before": load_before,
+        },
+        "quick": quick,
+        "runs": runs,
+        "command": shlex.join([PY, *sys.argv]),
+        "source": _source(),
+        "figures": figs.to_json(),
+    }
+    if json_path:
+        Path(json_path).write_text(json.dumps(result, indent=2) + "\n")
+        print(f"figures written to {json_path}")
+    return result
+
+
+def bench(work: Path, quick: bool, runs: int | None = None) -> dict[str, Any]:
+    """scripts/bench.py's ``--only wandb``: every part; returns what ``--json`` would write."""
+    return run(work, quick, runs=runs)
+
+
+def _unmount_all(work: Path) -> None:
+    with open("/proc/mounts") as f:
+        for line in f:
+            mnt = line.split()[1]
+            if mnt.startswith(str(work)) and subprocess.run(["fusermount3", "-u", mnt]).returncode != 0:
+                subprocess.run(["fusermount3", "-u", "-z", mnt], check=False)
+
+
+def _load() -> str:
+    return ", ".join(f"{x:.1f}" for x in os.getloadavg())
+
+
+def _source() -> str:
+    """The commit measured, and whether artifactfs/ has changes not committed."""
+    try:
+        head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+        dirty = subprocess.run(
+            ["git", "-C", str(ROOT), "status", "--porcelain", "--", "artifactfs"], capture_output=True, text=True
+        )
+    except OSError:
+        return "unknown (no git)"
+    if head.returncode != 0:
+        return f"{ROOT} (not a git checkout)"
+    changed = len(dirty.stdout.splitlines())
+    return f"commit {head.stdout.strip()}" + (f", {changed} uncommitted file(s) under artifactfs/" if changed else "")
+
+
+def _sdk_version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("wandb")
+    except Exception:
+        return "?"
+
+
+def _curl_version() -> str:
+    out = subprocess.run(["curl", "--version"], capture_output=True, text=True).stdout.split()
+    return out[1] if len(out) > 1 else "?"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="256 MiB, 2,000 and 20,000 files, 1 run")
+    parser.add_argument("--runs", type=int, help="runs per figure (default 3, 1 with --quick)")
+    parser.add_argument("--only", default="big,small,many", help="comma-separated: big,small,many")
+    parser.add_argument("--sdk-cap", type=float, default=600.0, help="seconds the SDK's download() may take")
+    parser.add_argument("--json", help="also write the figures to this file")
+    parser.add_argument("--dir", default="/var/tmp", help="where to put the data (a real disk, not tmpfs)")
+    args = parser.parse_args()
+    for name in args.only.split(","):
+        if name not in PARTS:
+            parser.error(f"unknown part {name!r} (choose from {','.join(PARTS)})")
+    with tempfile.TemporaryDirectory(prefix="artifactfs-bench-wandb.", dir=args.dir) as tmp:
+        run(Path(tmp), args.quick, runs=args.runs, parts=args.only, sdk_cap=args.sdk_cap, json_path=args.json)
+
+
+if __name__ == "__main__":
+    main()
