@@ -737,3 +737,40 @@ def test_wandb_mount_lineage_xattrs(mounter: Mounter, tmp_path: Path, monkeypatc
         assert "user.artifact.logged_by" in os.listxattr(v0)
         assert os.getxattr(v0, "user.artifact.version") == b"v0"
         assert (len(server.operations("ArtifactCreatedBy")), len(server.operations("ArtifactUsedBy"))) == asked
+
+
+def test_tree_leaves_lineage_out_when_it_cannot_be_read(
+    tmp_path: Path, src: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A lineage table that cannot be read (a corrupt page) costs the two lineage attributes,
+    logged, not every attribute of the version."""
+    import trio
+    from conftest import corrupt_table
+
+    from artifactfs.tree import Tree
+
+    registry = tmp_path / "registry"
+    with runs.init("acme", "vision", registry=registry) as run:
+        run.log_artifact(str(src), name="ds", type="dataset")
+    reg = LocalRegistry(registry)
+
+    async def version_attrs() -> dict[str, bytes]:
+        tree = Tree(reg, uid=0, gid=0)
+        node = tree.node(1)
+        for name in ("acme", "vision", "ds:v0"):
+            node = await tree.lookup(node.inode, name)
+        return await tree.xattrs(node)
+
+    try:
+        assert trio.run(version_attrs)["user.artifact.logged_by"] == f"acme/vision/{run.id}".encode()
+    finally:
+        reg.close()
+    corrupt_table(registry, "version_created_by")
+    reg = LocalRegistry(registry)
+    try:
+        attrs = trio.run(version_attrs)
+    finally:
+        reg.close()
+    assert attrs["user.artifact.version"] == b"v0"
+    assert "user.artifact.logged_by" not in attrs and "user.artifact.used_by" not in attrs
+    assert any("lineage of acme/vision/ds:v0 is unknown" in r.getMessage() for r in caplog.records)
