@@ -840,6 +840,14 @@ out["link0"] = [l0.qualified_name, l0.version, sorted(l0.aliases), l0.is_link]
 v1 = api.artifact("acme/vision/ds:v1")
 l1 = v1.link("acme/vision/linked")
 out["link1"] = [l1.version, sorted(l1.aliases)]
+l1.aliases.append("staging")  # an alias of the link, in the linked collection
+l1.description = "edited through the link"
+l1.save()
+out["via_link"] = [
+    api.artifact("acme/vision/linked:staging").version,
+    api.artifact("acme/vision/ds:v1").description,
+    sorted(api.artifact("acme/vision/ds:v1").aliases),
+]
 prod = api.artifact("acme/vision/linked:prod")
 out["prod"] = [prod.version, prod.source_name, prod.digest == art.digest, prod.is_link]
 root = os.path.abspath("linked")
@@ -891,12 +899,14 @@ def test_real_sdk_edits_links_and_deletes(tmp_path: Path) -> None:
         assert out["unaliased"] == [] and out["golden_after"] is False
         assert out["link0"] == ["acme/vision/linked:v0", "v0", ["latest", "prod"], True]
         assert out["link1"] == ["v1", ["latest"]]
+        assert out["via_link"] == ["v1", "edited through the link", ["best", "latest"]]
+        assert srv.operations("IsProjectReadOnly")  # the SDK asks before editing through a link
         assert out["prod"] == ["v0", "ds:v0", True, True]
         assert out["linked_files"] == sorted(FILES_V0)
         assert out["linked_latest"] == "ds:v1"
         assert out["collections"] == ["ds", "linked"]
         assert out["unlinked"] == [False, True]
-        assert "while it has aliases (ds:best)" in out["delete_with_aliases"]
+        assert "while it has aliases (ds:best, linked:staging)" in out["delete_with_aliases"]
         assert out["deleted"] == [False, False] and v1.deleted
         assert out["latest_after"] == "v0"
         assert "permission denied" in out["foreign"]
