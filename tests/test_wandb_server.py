@@ -1,5 +1,6 @@
-"""The W&B test server speaks W&B: the real wandb SDK (0.31.0) reads artifacts from it, and its
-pagination, Range support, URL expiry and fault switches behave as documented.
+"""The W&B test server speaks W&B: the real wandb SDK (0.31.0) reads artifacts from it and edits,
+links, unlinks and deletes them through its mutations; its pagination, Range support, URL expiry,
+fault switches, mutations and their refusals behave as documented.
 
 The SDK runs in one subprocess per scenario (its Go sidecar makes in-process use awkward and
 slow to tear down); each scenario prints a JSON report that the test checks against the server's
