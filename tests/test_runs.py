@@ -5,7 +5,6 @@ run API (``init``, ``log_artifact``, ``use_artifact``), ``artifactfs info`` and 
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import json
 import os
 import re
@@ -19,6 +18,8 @@ from pathlib import Path
 import pytest
 from conftest import Mounter, run_cli, write_tree
 
+import artifactfs
+import artifactfs.run as runs
 from artifactfs.api import Api
 from artifactfs.artifact import Artifact
 from artifactfs.errors import (
@@ -40,9 +41,6 @@ from artifactfs.names import (
 from artifactfs.registry.base import RunInfo
 from artifactfs.registry.local import LINEAGE_VERSION, LocalRegistry
 
-# ``import artifactfs.run`` would give the current run (artifactfs.run is wandb.run's twin): the module
-# is fetched by name.
-runs = importlib.import_module("artifactfs.run")
 LINEAGE_TABLES = {"runs", "version_created_by", "version_used_by"}
 RUN_ID = re.compile(r"[a-z0-9]{8}")
 
@@ -460,12 +458,14 @@ def test_module_level_functions(tmp_path: Path, src: Path) -> None:
         runs.log_artifact(str(src), type="dataset")
     with pytest.raises(RunNotActive, match=r"init\(\) before artifactfs.use_artifact"):
         runs.use_artifact("ds:latest")
-    current = runs.init("acme", "vision", registry=tmp_path / "registry")
-    logged = runs.log_artifact(str(src), name="ds", type="dataset")
-    assert runs.use_artifact("ds:v0").id == logged.id
+    current = artifactfs.init("acme", "vision", registry=tmp_path / "registry")
+    assert artifactfs.current_run() is current is runs.run
+    logged = artifactfs.log_artifact(str(src), name="ds", type="dataset")
+    assert artifactfs.use_artifact("ds:v0").id == logged.id
     assert [a.id for a in current.logged_artifacts()] == [logged.id]
     assert [a.id for a in current.used_artifacts()] == [logged.id]
-    runs.finish()
+    artifactfs.finish()
+    assert artifactfs.current_run() is None and current.state == "finished"
 
 
 def test_reinit(tmp_path: Path) -> None:
