@@ -274,7 +274,7 @@ class Api:
             description=artifact.description or "",
             metadata=artifact.metadata,
             digest_algorithm=artifact._digest_algorithm,
-            references=artifact._references(),
+            references=artifact._references,
             **extra,
         )
         artifact._attach(self, result.version)

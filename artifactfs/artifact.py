@@ -745,7 +745,9 @@ class Artifact:
     def _files(self) -> list[tuple[str, str]]:
         return [(p, a.local) for p, a in sorted(self._added.items()) if a.local is not None]
 
+    @property
     def _references(self) -> list[Entry]:
+        """The reference entries added so far (the ``references=`` of ``log_files``)."""
         return [a.entry for _, a in sorted(self._added.items()) if a.local is None]
 
     def save(self, project: str | None = None, settings: Any = None) -> None:

@@ -30,6 +30,13 @@ from artifactfs.registry.local import LocalRegistry
 PY = sys.executable
 
 
+@pytest.fixture(autouse=True)
+def _own_cache_dir(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``Artifact.download`` shares the mount's cache, ``$ARTIFACTFS_CACHE_DIR`` (default
+    ``~/.cache/artifactfs``): every test gets a fresh one of its own (a test may set another)."""
+    monkeypatch.setenv("ARTIFACTFS_CACHE_DIR", str(tmp_path_factory.mktemp("cache") / "artifactfs"))
+
+
 def fuse_available() -> str | None:
     """None when FUSE mounts can be made here, else the reason they cannot."""
     if not os.path.exists("/dev/fuse"):
