@@ -22,7 +22,6 @@ from typing import Any
 
 from . import __version__, defaults
 from .errors import ArtifactFSError, InvalidMetadata, InvalidReference, SourceError
-from .fsutil import walk_files
 from .manifest import MD5, XXH128
 from .names import check_alias, check_name, parse_prefix, parse_ref
 from .options import REGISTRY_HELP, add_mount_arguments, argparse_type, parse_log_level, registry_spec
@@ -80,9 +79,12 @@ def cmd_log(args: argparse.Namespace) -> int:
         check_alias(alias)
     if not os.path.isdir(args.src):
         raise SourceError(f"source directory {args.src!r} does not exist or is not a directory")
+    from .progress import set_quiet, tracked_files
+
+    set_quiet(args.quiet)
     with _opened(args, create=True) as registry:
         result = registry.log_files(
-            walk_files(args.src),
+            tracked_files(args.src, ref.name),  # a progress bar at a terminal
             ref,
             type=args.type,
             aliases=args.alias,
@@ -179,7 +181,9 @@ def cmd_alias(args: argparse.Namespace) -> int:
 
 def cmd_get(args: argparse.Namespace) -> int:
     from .api import Api
+    from .progress import set_quiet
 
+    set_quiet(args.quiet)
     with Api(args.registry, cache_dir=args.cache_dir) as api:
         art = api.artifact(args.ref)
         root = art.download(args.root, path_prefix=args.path_prefix)
@@ -266,6 +270,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--description")
     p.add_argument("--metadata", help="JSON object")
     p.add_argument("--digest-algorithm", choices=(MD5, XXH128), default=MD5, type=str.upper)
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress bar (there is none unless stderr is a tty)")
     p.set_defaults(func=cmd_log)
 
     p = sub.add_parser("info", parents=[common], help="show one artifact version")
@@ -289,6 +294,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("ref", help="ENTITY/PROJECT/NAME[:ALIAS|:vN] (default alias: latest)")
     p.add_argument("--root", help="destination (default: ./artifacts/NAME:vN)")
     p.add_argument("--path-prefix", help="only entries whose path starts with this")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress bar (there is none unless stderr is a tty)")
     p.set_defaults(func=cmd_get)
 
     p = sub.add_parser("verify", parents=[common], help="check a directory against an artifact version")

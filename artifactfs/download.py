@@ -227,13 +227,15 @@ def _check_entry(entry: Entry) -> Entry:
 class Progress:
     """A tqdm bar (bytes, files, rate) when stderr is a terminal; nothing otherwise."""
 
+    quiet = False  # the CLI's --quiet (artifactfs.progress.set_quiet): no bar even at a terminal
+
     def __init__(self, total_bytes: int, total_files: int, desc: str, enabled: bool | None = None) -> None:
         self._bar: Any = None
         self._files = 0
         self._total_files = total_files
         self._lock = threading.Lock()
         if enabled is None:
-            enabled = _stderr_is_tty()
+            enabled = _stderr_is_tty() and not Progress.quiet
         if enabled and total_files:
             import tqdm
 
