@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import sqlite3
 from pathlib import Path
 
 import pytest
-from conftest import SAMPLE_FILES, run_cli, write_tree
+from conftest import SAMPLE_FILES, b64md5, run_cli, write_tree
 
-from artifactfs import Api, Artifact, VerificationError
+from artifactfs import Api, Artifact, Table, VerificationError
 from artifactfs.errors import (
     ArtifactFinalizedError,
     ArtifactNotFound,
@@ -21,6 +22,7 @@ from artifactfs.errors import (
     InvalidArgument,
     InvalidPath,
     InvalidReference,
+    NotFound,
     ReadOnly,
 )
 from artifactfs.manifest import artifact_digest
@@ -250,3 +252,89 @@ def test_cli_get_and_verify(api: Api, tmp_path: Path) -> None:
     (tmp_path / "g" / "latest").write_bytes(b"tampered")
     bad = run_cli("verify", "acme/vision/ds:best", str(tmp_path / "g"), "--registry", reg, check=False)
     assert bad.returncode == 1 and "latest" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
+
+
+def test_all_documented_attributes(api: Api) -> None:
+    art = api.artifact("acme/vision/ds:best")
+    v = art._logged_version()
+    assert (art.source_entity, art.source_project, art.source_name, art.source_version) == (
+        "acme",
+        "vision",
+        "ds:v0",
+        "v0",
+    )
+    assert art.source_qualified_name == "acme/vision/ds:v0" and not art.is_link and art.source_artifact is art
+    assert art.collection.name == "ds" and art.collection.type == "dataset"
+    assert art.updated_at.endswith("Z") and art.commit_hash == v.commit_hash and art.digest == v.digest
+    assert art.ttl is None and art.tags == [] and art.url == "" and art.linked_artifacts == []
+    assert art.manifest.digest() == art.digest  # the manifest's W&B digest is the version's
+
+
+def test_manifest_cannot_change_after_logging(api: Api, tmp_path: Path) -> None:
+    art = api.artifact("acme/vision/ds")
+    art.manifest.entries.pop("README.md")  # a copy: the version is untouched
+    assert "README.md" in art.manifest.entries
+    with pytest.raises(AttributeError):
+        art.manifest = art.manifest  # type: ignore[misc]
+    with pytest.raises(ArtifactFinalizedError):
+        art.add_reference(f"file://{tmp_path}/src/README.md")
+    with pytest.raises(ArtifactFinalizedError), art.new_file("x.txt") as f:
+        f.write("x")
+    with pytest.raises(ArtifactFinalizedError):
+        art["t"] = Table(columns=["a"], data=[[1]])
+
+
+def test_table_is_stored_as_wandb_stores_it(tmp_path: Path) -> None:
+    """``name.table.json`` with W&B's keys: the wandb SDK reads ours, and ours reads the SDK's."""
+    import wandb
+    from wandb.sdk.data_types.table import Table as WandbTable
+
+    api = Api(tmp_path / "reg")
+    art = Artifact("tables", type="dataset")
+    entry = art.add(Table(columns=["n", "s", "b"], data=[[1, "one", True], [2.5, "two", None]]), "scores")
+    assert entry.path == "scores.table.json"
+    api.log_artifact(art, "acme/vision")
+    logged = api.artifact("acme/vision/tables")
+    raw = json.loads(Path(logged.get_path("scores.table.json").download(tmp_path / "dl")).read_text())
+    sdk_keys = WandbTable(columns=["n"], data=[[1]]).to_json(wandb.Artifact("x", type="dataset"))
+    assert sorted(raw) == sorted(sdk_keys)
+    theirs = WandbTable.from_json(raw, None)
+    assert theirs.columns == ["n", "s", "b"] and theirs.data == [[1, "one", True], [2.5, "two", None]]
+    assert logged.get("scores") == Table(columns=["n", "s", "b"], data=[[1, "one", True], [2.5, "two", None]])
+    with pytest.raises(TypeError, match="not supported"):
+        Artifact("x", type="t").add({"an": "image"}, "img")
+
+
+def test_paths_of_one_two_or_three_parts(api: Api, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("WANDB_ENTITY", raising=False)
+    monkeypatch.delenv("WANDB_PROJECT", raising=False)
+    assert api.artifact("vision/ds:best").qualified_name == "acme/vision/ds:v0"  # the registry's only entity
+    monkeypatch.setenv("WANDB_PROJECT", "vision")
+    assert api.artifact("ds").qualified_name == "acme/vision/ds:v0"
+    monkeypatch.setenv("WANDB_ENTITY", "nobody")
+    with pytest.raises(NotFound, match="nobody"):
+        api.artifact("ds")
+    overridden = Api(tmp_path / "registry", overrides={"entity": "acme", "project": "vision"})
+    assert overridden.artifact("ds:v0").version == "v0"
+    assert [c.name for c in overridden.artifact_collections()] == ["ds"]
+    assert Api({"entity": "acme"}).default_entity == "acme"  # wandb.Api(overrides) positional
+
+
+def test_same_content_twice_and_conflicts(tmp_path: Path) -> None:
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "x.txt").write_bytes(b"1")
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "x.txt").write_bytes(b"2")
+    art = Artifact("m", type="t")
+    art.add_dir(tmp_path / "a")
+    art.add_dir(tmp_path / "a")  # same files again: accepted
+    with pytest.raises(ValueError):
+        art.add_dir(tmp_path / "b")
+    art.add_dir(tmp_path / "b", merge=True)  # W&B's merge: the new content wins
+    assert art.manifest.entries["x.txt"].digest == b64md5(b"2")
+    with pytest.raises(ValueError):
+        art.add_file(tmp_path / "a" / "x.txt", name="x.txt/inner")  # a file cannot also be a directory
+    tmp_entry = art.add_file(tmp_path / "a" / "x.txt", name="dir/model.ckpt.pt", is_tmp=True)
+    assert tmp_entry.path == "dir/" + hashlib.md5(b"1").hexdigest()[:20] + ".ckpt.pt"
+    with pytest.raises(ValueError):
+        art.add_file(tmp_path / "a" / "x.txt", policy="sometimes")
