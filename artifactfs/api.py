@@ -256,6 +256,7 @@ class Api:
             raise ReadOnly(f"{artifact.qualified_name} is already logged: a logged artifact is immutable")
         if isinstance(aliases, str):
             aliases = [aliases]
+        artifact._check_unchanged()
         if run is not None and project is None:
             project = f"{run.entity}/{run.project}"
         if self._registry is None:

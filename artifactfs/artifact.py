@@ -182,6 +182,11 @@ class ArtifactFile:
 class _Added:
     entry: Entry
     local: str | None  # the file to log; None for a reference
+    identity: tuple[int, ...] = ()  # the file's (dev, ino, size, mtime, ctime) when it was hashed
+
+
+def _file_identity(st: os.stat_result) -> tuple[int, ...]:
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
 class Artifact:
@@ -592,7 +597,10 @@ class Artifact:
         except OSError as exc:
             raise SourceError(f"cannot read {local!r}: {exc.strerror or exc}") from exc
         try:
+            before = _file_identity(os.fstat(fd))
             digest, size = hash_fd(fd, self._digest_algorithm)
+            if _file_identity(os.fstat(fd)) != before:
+                raise SourceError(f"{local!r} changed while it was hashed")
         finally:
             os.close(fd)
         path = name if name is not None else os.path.basename(local)
@@ -602,7 +610,7 @@ class Artifact:
             parts = leaf.split(".")
             parts[0] = hex_from_b64(digest)[:20]
             path = (head + "/" if head else "") + ".".join(parts)
-        return self._put(_Added(self._entry_for(path, digest, size), local), overwrite)
+        return self._put(_Added(self._entry_for(path, digest, size), local, before), overwrite)
 
     def add_dir(
         self,
@@ -741,6 +749,22 @@ class Artifact:
         return None
 
     # -- logging and editing ---------------------------------------------------------------------
+
+    def _check_unchanged(self) -> None:
+        """SourceError if a file changed since it was added: W&B would log the content it had
+        then (it copies every file to a staging area); here files are read when logged, so a
+        changed one is refused rather than logged with other bytes than ``digest`` promised."""
+        for path, added in sorted(self._added.items()):
+            if added.local is None or not added.identity:
+                continue
+            try:
+                now = _file_identity(os.stat(added.local))
+            except OSError as exc:
+                raise SourceError(f"{added.local!r} (entry {path}) is gone since it was added: {exc.strerror}") from exc
+            if now != added.identity:
+                raise SourceError(
+                    f"{added.local!r} (entry {path}) changed since it was added to the artifact: add it again"
+                )
 
     def _files(self) -> list[tuple[str, str]]:
         return [(p, a.local) for p, a in sorted(self._added.items()) if a.local is not None]

@@ -24,6 +24,7 @@ from artifactfs.errors import (
     InvalidReference,
     NotFound,
     ReadOnly,
+    SourceError,
 )
 from artifactfs.manifest import artifact_digest
 
@@ -338,3 +339,17 @@ def test_same_content_twice_and_conflicts(tmp_path: Path) -> None:
     assert tmp_entry.path == "dir/" + hashlib.md5(b"1").hexdigest()[:20] + ".ckpt.pt"
     with pytest.raises(ValueError):
         art.add_file(tmp_path / "a" / "x.txt", policy="sometimes")
+
+
+def test_a_file_changed_after_it_was_added_is_not_logged(tmp_path: Path) -> None:
+    f = tmp_path / "data.bin"
+    f.write_bytes(b"as added")
+    art = Artifact("d", type="t")
+    art.add_file(f)
+    f.write_bytes(b"edited later")
+    api = Api(tmp_path / "reg")
+    with pytest.raises(SourceError, match="changed since it was added"):
+        api.log_artifact(art, "acme/p")
+    art.add_file(f, overwrite=True)  # added again: its new content is what is logged
+    api.log_artifact(art, "acme/p")
+    assert api.artifact("acme/p/d").files()[0].size == len(b"edited later")
