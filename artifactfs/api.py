@@ -118,7 +118,10 @@ class Api:
         """The mount's verified cache, opened once (thread-safe: download workers call it)."""
         with self._lock:
             if self._store is None:
-                self._store = BlobStore(self.cache_dir, CACHE_SIZE)
+                # An existing cache keeps the limit its mount (or `artifactfs cache`) gave it; a new
+                # one gets the mount's default.
+                known = os.path.exists(os.path.join(self.cache_dir, "cache.db"))
+                self._store = BlobStore(self.cache_dir, None if known else CACHE_SIZE)
             return self._store
 
     def close(self) -> None:

@@ -326,3 +326,14 @@ def test_progress_disabled_does_nothing(capfd: pytest.CaptureFixture[str]) -> No
     bar.done(50)
     bar.close()
     assert capfd.readouterr().err == ""
+
+
+def test_download_keeps_the_cache_size_limit_the_mount_chose(wapi: Api, env: Path) -> None:
+    store = BlobStore(str(env / "cache"), size_limit=123 << 20)  # as `mount --cache-size 123M` made it
+    store.close()
+    wapi.artifact("acme/vision/ds").download(env / "dl")
+    again = BlobStore(str(env / "cache"), size_limit=None)
+    try:
+        assert again._cache.size_limit == 123 << 20
+    finally:
+        again.close()
