@@ -40,6 +40,7 @@ from .errors import (
     InvalidPath,
     InvalidReferenceEntry,
     InvalidValue,
+    NotFound,
     PathConflict,
     SourceError,
     UnsupportedMediaType,
@@ -268,9 +269,7 @@ class Artifact:
         ref = name if ":" in name else f"{name}:{LATEST}"
         try:
             return api.artifact(f"{entity_name}/{project_name}/{ref}").type
-        except (EntryNotFound, ArtifactFSError) as exc:
-            if isinstance(exc, InvalidArgument):
-                raise
+        except NotFound:
             return None
 
     # -- state -----------------------------------------------------------------------------------
@@ -938,10 +937,10 @@ class Artifact:
         base = env if env else os.path.join(".", "artifacts")
         return os.path.abspath(os.path.join(base, self.name))
 
-    def _download_entries(self, root: str, entries: Iterable[Entry]) -> None:
+    def _download_entries(self, root: str, entries: Iterable[Entry], *, use_cache: bool = True) -> None:
         reg, version = self._contents()
         assert self._api is not None
-        Downloader(reg, version, self._api._blob_store).run(root, list(entries))
+        Downloader(reg, version, self._api._blob_store, use_cache=use_cache).run(root, list(entries))
 
     def download(
         self,
@@ -955,13 +954,17 @@ class Artifact:
 
         Files already in ``root`` with the right content are kept; others in the way are
         replaced; files not in the artifact are left alone (``checkout`` removes them).  Blobs
-        come from, and go into, the mount's cache (:mod:`artifactfs.download`)."""
+        come from, and go into, the mount's cache (:mod:`artifactfs.download`); with
+        ``skip_cache`` they are fetched straight into ``root`` (verified) and not cached.
+        ``allow_missing_references`` and ``multipart`` are accepted and ignored: a reference that
+        cannot be fetched fails the download, and large files are fetched in parallel ranges
+        whatever ``multipart`` says."""
         root_path = self._root(root)
         self._logged_version("download")
         entries = [
             e.entry for e in self.files() if path_prefix is None or e.entry.path.startswith(path_prefix.lstrip("/"))
         ]
-        self._download_entries(root_path, entries)
+        self._download_entries(root_path, entries, use_cache=not skip_cache)
         return root_path
 
     def checkout(self, root: str | None = None) -> str:

@@ -44,7 +44,7 @@ from .manifest import Entry, hash_fd
 from .names import check_entry_path
 from .references import content_entry
 from .registry.base import Registry, VersionInfo
-from .store import Blob, BlobStore
+from .store import Blob, BlobStore, write_verified
 
 log = logging.getLogger(__name__)
 
@@ -276,8 +276,10 @@ class Downloader:
         *,
         workers: int = DEFAULT_WORKERS,
         progress: bool | None = None,
+        use_cache: bool = True,
     ) -> None:
         self.registry = registry
+        self.use_cache = use_cache
         self.version = version
         self._open_store = open_store
         self.workers = max(1, workers)
@@ -343,6 +345,11 @@ class Downloader:
                     self._place_local(local, dir_fd, leaf, job.check, f"{self.version.ref}/{path}")
                     bar.done(job.check.size)
                 return
+            if not self.use_cache:  # skip_cache=True: straight from the source, verified, into root
+                for dir_fd, leaf, path in pending:
+                    self._place_uncached(job, dir_fd, leaf, f"{self.version.ref}/{path}")
+                    bar.done(job.check.size)
+                return
             blob = self._blob(job, what)
             try:
                 for dir_fd, leaf, path in pending:
@@ -405,6 +412,24 @@ class Downloader:
                 raise _fail(what, exc) from exc
             blob.pread(0, 0)  # BlobChanged unless the cached file still is the one verified
             self._count(how)
+
+        self._write(dir_fd, leaf, what, fill)
+
+    def _place_uncached(self, job: Job, dir_fd: int, leaf: str, what: str) -> None:
+        source = self.registry.blob_source(self.version, job.entry)
+
+        def fill(fd: int) -> None:
+            sources = list(source.chain())
+            for index, candidate in enumerate(sources):
+                try:
+                    write_verified(candidate, fd, job.check, what)
+                    break
+                except (FetchError, DigestMismatch):
+                    if index == len(sources) - 1:
+                        raise
+                    os.ftruncate(fd, 0)
+                    os.lseek(fd, 0, os.SEEK_SET)
+            self._count("copy")
 
         self._write(dir_fd, leaf, what, fill)
 

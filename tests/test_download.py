@@ -337,3 +337,14 @@ def test_download_keeps_the_cache_size_limit_the_mount_chose(wapi: Api, env: Pat
         assert again._cache.size_limit == 123 << 20
     finally:
         again.close()
+
+
+def test_skip_cache_downloads_verified_without_caching(wapi: Api, server: WandbServer, env: Path) -> None:
+    art = wapi.artifact("acme/vision/ds")
+    root = Path(art.download(env / "dl", skip_cache=True))
+    assert tree(root) == FILES
+    assert not list((env / "cache").rglob("*.val"))
+    server.faults.corrupt(times=None, match="b.txt")
+    with pytest.raises(DigestMismatch):
+        art.download(env / "bad", skip_cache=True)
+    assert not (env / "bad" / "d" / "b.txt").exists()
