@@ -348,3 +348,15 @@ def test_skip_cache_downloads_verified_without_caching(wapi: Api, server: WandbS
     with pytest.raises(DigestMismatch):
         art.download(env / "bad", skip_cache=True)
     assert not (env / "bad" / "d" / "b.txt").exists()
+
+
+def test_blobs_are_fetched_in_parallel(wapi: Api, server: WandbServer, env: Path) -> None:
+    """Each blob GET waits 2 s for its first byte: fetched one after another, the third would
+    start 4 s after the first; in parallel all three start together."""
+    art = wapi.artifact("acme/vision/ds")
+    art.files()  # the manifest first
+    server.reset_log()
+    server.faults.slow_first_byte(2.0, times=None, match="/files/")
+    art.download(env / "dl")
+    starts = sorted(r.time for r in server.file_requests() if r.method == "GET" and "manifest" not in r.path)
+    assert len(starts) == 3 and starts[-1] - starts[0] < 1.5, starts
