@@ -33,6 +33,7 @@ from .errors import (
     ArtifactFinalizedError,
     ArtifactFSError,
     ArtifactNotLoggedError,
+    EntryFileNotFound,
     EntryKeyError,
     EntryNotFound,
     InvalidArgument,
@@ -737,7 +738,7 @@ class Artifact:
         path = item.path if isinstance(item, Entry) else os.fspath(item).strip("/")
         gone = [p for p in self._added if p == path or p.startswith(path + "/")]
         if not gone:
-            raise EntryKeyError(f"FileNotFoundError: no such file or directory in the artifact: {path!r}")
+            raise EntryFileNotFound(f"no such file or directory in the artifact: {path!r}")
         for p in gone:
             del self._added[p]
 

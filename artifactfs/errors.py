@@ -208,3 +208,11 @@ class EntryKeyError(EntryNotFound, KeyError):
 
     def __str__(self) -> str:  # KeyError's own __str__ would quote the message
         return str(self.args[0]) if self.args else ""
+
+
+class EntryFileNotFound(EntryNotFound, FileNotFoundError):  # type: ignore[misc]  # errno: ours (ENOENT) wins
+    """``Artifact.remove`` of a path the new artifact does not hold (W&B raises
+    ``FileNotFoundError``)."""
+
+    def __str__(self) -> str:  # OSError's own __str__ would show "None"-filled fields
+        return str(self.args[0]) if self.args else ""

@@ -353,3 +353,15 @@ def test_a_file_changed_after_it_was_added_is_not_logged(tmp_path: Path) -> None
     art.add_file(f, overwrite=True)  # added again: its new content is what is logged
     api.log_artifact(art, "acme/p")
     assert api.artifact("acme/p/d").files()[0].size == len(b"edited later")
+
+
+def test_remove_from_a_new_artifact(tmp_path: Path) -> None:
+    src = write_tree(tmp_path / "src", {"a/x.txt": b"x", "a/y.txt": b"y", "b.txt": b"b"})
+    art = Artifact("r", type="t")
+    art.add_dir(src)
+    art.remove("a")  # a directory: everything below it
+    assert sorted(art.manifest.entries) == ["b.txt"]
+    with pytest.raises(FileNotFoundError):
+        art.remove("a/x.txt")
+    art.remove(art.manifest.entries["b.txt"])
+    assert art.manifest.entries == {}
