@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import IO, Any, Protocol
 
-from ..errors import FetchError, ReadOnly, RunNotFound
+from ..errors import ArtifactNotFound, FetchError, ReadOnly, RunNotFound
 from ..manifest import MD5, Entry, Manifest
 from ..names import Ref
 
@@ -57,6 +57,9 @@ class VersionInfo:
     state: str
     file_count: int
     storage_policy_config: dict[str, Any] = field(hash=False, default_factory=dict)
+    #: Set when this version is a link (a member of a linked collection, W&B's portfolio): the
+    #: version it links, as ``entity/project/name:vN`` where that was logged.  None otherwise.
+    source: Ref | None = None
 
     @property
     def version(self) -> str:
@@ -90,6 +93,7 @@ class VersionInfo:
             "size": self.size,
             "state": self.state,
             "file_count": self.file_count,
+            "source": None if self.source is None else str(self.source),
         }
 
 
@@ -251,6 +255,17 @@ class Registry(abc.ABC):
     @abc.abstractmethod
     def resolve(self, ref: Ref) -> VersionInfo:
         """The version that ``ref`` (``name:vN`` or ``name:alias``) names now."""
+
+    def version_by_id(self, artifact_id: str) -> VersionInfo:
+        """The live version whose ``id`` is ``artifact_id``; ArtifactNotFound if there is none.
+        This fallback walks every listed project (one ``project_versions`` call each): a backend
+        that can look an id up directly overrides it."""
+        for entity in self.entities():
+            for project in self.projects(entity):
+                for version in self.project_versions(entity, project):
+                    if version.id == artifact_id:
+                        return version
+        raise ArtifactNotFound(f"no artifact version with id {artifact_id!r} in the {self.kind} registry {self.spec}")
 
     # -- version content ------------------------------------------------------------------------
 

@@ -1046,6 +1046,9 @@ class WandbRegistry(Registry):
                 raise ArtifactNotFound(f"artifact {ref} not found on {self.base_url}")
             return v, coll, node
 
+    def version_by_id(self, artifact_id: str) -> VersionInfo:
+        return self._version_by_id(artifact_id)  # one ArtifactByID query, not the base class's walk
+
     def _version_by_id(self, artifact_id: str) -> VersionInfo:
         data = self._query(
             "ArtifactByID", lambda: _artifact_by_id_query(self._has_digest_algorithm), {"id": artifact_id}
