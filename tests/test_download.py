@@ -16,6 +16,7 @@ import termios
 import textwrap
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -360,3 +361,30 @@ def test_blobs_are_fetched_in_parallel(wapi: Api, server: WandbServer, env: Path
     art.download(env / "dl")
     starts = sorted(r.time for r in server.file_requests() if r.method == "GET" and "manifest" not in r.path)
     assert len(starts) == 3 and starts[-1] - starts[0] < 1.5, starts
+
+
+@pytest.mark.parametrize("works", ["copy_file_range", "sendfile", "pread"])
+def test_copy_falls_back(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, works: str) -> None:
+    """No FICLONE (EOPNOTSUPP), then no copy_file_range (EXDEV), then no sendfile (EINVAL):
+    each fallback still makes an exact copy."""
+    import errno
+
+    import artifactfs.download as dl
+
+    def refuse(code: int) -> Any:
+        def call(*_: Any, **__: Any) -> Any:
+            raise OSError(code, os.strerror(code))
+
+        return call
+
+    monkeypatch.setattr(dl.fcntl, "ioctl", refuse(errno.EOPNOTSUPP))
+    if works in ("sendfile", "pread"):
+        monkeypatch.setattr(dl.os, "copy_file_range", refuse(errno.EXDEV))
+    if works == "pread":
+        monkeypatch.setattr(dl.os, "sendfile", refuse(errno.EINVAL))
+    src = tmp_path / "src"
+    src.write_bytes(os.urandom((2 << 20) + 123))
+    dst = tmp_path / "dst"
+    with open(src, "rb") as s, open(dst, "wb") as d:
+        assert clone_or_copy(s.fileno(), d.fileno(), (2 << 20) + 123) == "copy"
+    assert dst.read_bytes() == src.read_bytes()
