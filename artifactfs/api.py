@@ -228,22 +228,11 @@ class Api:
         return type_name
 
     def _version_by_id(self, artifact_id: str) -> VersionInfo | None:
-        """The version with ``id``, or None.  A registry's ``version_by_id`` when it has one; else
-        a scan of its projects (fine for a local registry)."""
-        reg = self.registry
-        lookup = getattr(reg, "version_by_id", None) or getattr(reg, "_version_by_id", None)
-        if callable(lookup):
-            try:
-                found = lookup(artifact_id)
-            except NotFound:
-                return None
-            return found if isinstance(found, VersionInfo) else None
-        for entity in reg.entities():
-            for project in reg.projects(entity):
-                for version in reg.project_versions(entity, project):
-                    if version.id == artifact_id:
-                        return version
-        return None
+        """The version with ``id``, or None (the registry's ``version_by_id``)."""
+        try:
+            return self.registry.version_by_id(artifact_id)
+        except NotFound:
+            return None
 
     def log_artifact(
         self,

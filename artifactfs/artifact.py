@@ -358,13 +358,12 @@ class Artifact:
         return self._name
 
     # A link (Registry.link) is reported by the registry as a version of the target collection;
-    # the version that was logged is the source.  VersionInfo carries no separate source yet, so a
-    # version is its own source (see the report of issue 7).
+    # ``VersionInfo.source`` names the version that was logged (None: this is that version).
     def _source(self) -> tuple[str, str, str, str]:
         v = self._logged_version("source_entity")
-        src = getattr(v, "source", None)
+        src = v.source
         if src is not None:
-            return src.entity, src.project, src.name, src.tag
+            return src.entity, src.project, src.name, src.tag or v.version
         return v.entity, v.project, v.name, v.version
 
     @property

@@ -125,6 +125,8 @@ def test_delete_and_link(server: WandbServer) -> None:
     api = wandb.Api()
     linked = api.artifact("ds:best").link("acme/vision/portfolio", aliases=["prod"])
     assert linked.qualified_name == "acme/vision/portfolio:v0" and "prod" in linked.aliases
+    assert linked.is_link and linked.source_qualified_name == "acme/vision/ds:v0" and linked.source_version == "v0"
+    assert linked.source_artifact.qualified_name == "acme/vision/ds:v0"
     assert [m[1] for m in server.memberships(server.artifact("acme", "vision", "ds", 0))] == [0, 0]
 
     with pytest.raises(Conflict):

@@ -331,6 +331,8 @@ def test_link() -> None:
 
     assert linked.qualified_name.startswith("acme/model-registry/my-collection:")
     assert "production" in linked.aliases
+    assert linked.is_link and linked.source_qualified_name == "acme/project/artifact:v0"
+    assert not artifact.is_link
 
 
 def test_errors_named_as_wandb() -> None:
