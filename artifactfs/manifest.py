@@ -30,6 +30,10 @@ DIGEST_HEADER = b"wandb-artifact-manifest-v1\n"
 # The artifact-level algorithm names used by the W&B server (``digestAlgorithm``).
 MANIFEST_ALGORITHM = {MD5: "MANIFEST_MD5", XXH128: "MANIFEST_XXH128"}
 EMPTY_MD5_B64 = "1B2M2Y8AsgTpgAmY7PhCfg=="
+# The largest entry size accepted: JSON's largest exact integer (2**53 - 1; W&B's own clients
+# parse manifests as JavaScript numbers).  Sizes become st_size and st_blocks; anything larger
+# is a hostile or broken manifest, not a file.
+MAX_ENTRY_SIZE = 2**53 - 1
 
 
 class Hasher(Protocol):
@@ -141,8 +145,9 @@ class Entry:
         size = obj.get("size", 0)
         if size is None:
             size = 0
-        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
-            raise ManifestError(f"manifest entry {path!r}: invalid size {size!r}")
+        if not isinstance(size, int) or isinstance(size, bool) or size < 0 or size > MAX_ENTRY_SIZE:
+            shown = repr(size) if len(repr(size)) <= 40 else repr(size)[:40] + "..."
+            raise ManifestError(f"manifest entry {path!r}: invalid size {shown}")
         ref = obj.get("ref")
         if ref is not None and not isinstance(ref, str):
             raise ManifestError(f"manifest entry {path!r}: invalid ref")
@@ -221,12 +226,33 @@ class Manifest:
         manifest = cls({}, policy, config)
         for path, entry in contents.items():
             manifest.entries[path] = Entry.from_json(path, entry)
+        for path in manifest.entries:  # a path that is also another path's directory
+            parent = path.rpartition("/")[0]
+            while parent:
+                if parent in manifest.entries:
+                    raise ManifestError(f"manifest: {parent!r} is both a file and a directory")
+                parent = parent.rpartition("/")[0]
         return manifest
 
     @classmethod
     def loads(cls, data: str | bytes) -> Manifest:
+        """Parse a manifest document.  Duplicate keys are refused (``json.loads`` would keep the
+        last one silently, so a manifest could show one entry and verify another)."""
         try:
-            obj = json.loads(data)
+            obj = json.loads(data, object_pairs_hook=_refuse_duplicates)
         except (ValueError, UnicodeDecodeError) as exc:
-            raise ManifestError(f"manifest: not valid JSON ({exc})") from exc
+            raise ManifestError(f"manifest: not valid JSON ({str(exc)[:200]})") from exc
+        except RecursionError:
+            raise ManifestError("manifest: nested too deeply") from None
         return cls.from_json(obj)
+
+
+def _refuse_duplicates(items: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj = dict(items)
+    if len(obj) != len(items):
+        seen: set[str] = set()
+        for key, _ in items:
+            if key in seen:
+                raise ManifestError(f"manifest: duplicate key {key[:300]!r}")
+            seen.add(key)
+    return obj
