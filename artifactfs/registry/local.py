@@ -17,11 +17,20 @@ numbers and a killed writer leaves no partial version.
 Directory listings of a version come from indexed rows (``entries`` and ``dirs`` keyed by
 ``(version, parent, name)``), never from a whole manifest in memory.
 
-Runs and lineage (``runs``, ``version_created_by``, ``version_used_by``) came after the first
-schema.  Opening a registry writes nothing, so a registry made before them gets their tables
-from the first write that needs them (:meth:`LocalRegistry._write` with ``lineage=True``, inside
-that write's transaction; ``PRAGMA user_version`` says they exist), and until then every read
-of lineage answers "none known".
+Runs and lineage (``runs``, ``version_created_by``, ``version_used_by``; ``PRAGMA user_version``
+1) and links (``portfolios``, ``version_links``; user_version 2) came after the first schema.
+Opening a registry writes nothing, so a registry made before them gets their tables from the
+first write that needs them (:meth:`LocalRegistry._write` with ``lineage=True`` or
+``links=True``, inside that write's transaction; user_version says which exist), and until then
+every read of lineage answers "none known" and every version "no source".
+
+A link (:meth:`LocalRegistry.link`, W&B's ``Artifact.link``) is a version of a linked
+collection (a portfolio, which numbers its own members) whose content is the source version's:
+its ``versions`` row and its ``entries`` and ``dirs`` rows are copies of the source's, made in
+the link's transaction, and ``version_links`` names the source.  Copying the rows (one
+``INSERT ... SELECT`` per table, no blob is touched) keeps every read, listing and gc query
+exactly as it is for any version, and lets the source's rows be purged without the link's going
+with them; the price is the rows' size again per link (about 100 bytes an entry).
 """
 
 from __future__ import annotations
@@ -113,6 +122,8 @@ CREATE TABLE IF NOT EXISTS dirs (
 
 #: ``PRAGMA user_version`` of a registry whose lineage tables exist (0: made before them).
 LINEAGE_VERSION = 1
+#: ``PRAGMA user_version`` of a registry whose link tables exist (as well as the lineage tables).
+LINKS_VERSION = 2
 #: Run ids as W&B makes them: 8 characters of [a-z0-9].
 RUN_ID_ALPHABET = "abcdefghijklmnopqrstuvwxyz0123456789"
 RUN_STATES = ("running", "finished", "failed", "crashed")
@@ -138,6 +149,24 @@ CREATE TABLE IF NOT EXISTS version_used_by (
 CREATE INDEX IF NOT EXISTS version_used_by_run ON version_used_by (run_id);
 """
 
+# A portfolio (W&B's linked collection) takes links and nothing else; a version in
+# ``version_links`` is a link, a membership of its portfolio whose content is the source's.
+_LINKS_SCHEMA = """
+CREATE TABLE IF NOT EXISTS portfolios (
+    collection_id INTEGER PRIMARY KEY REFERENCES collections(id), created_at INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS version_links (
+    version_id INTEGER PRIMARY KEY REFERENCES versions(id) ON DELETE CASCADE,
+    source_version_id INTEGER NOT NULL REFERENCES versions(id) ON DELETE CASCADE,
+    linked_at INTEGER NOT NULL);
+CREATE INDEX IF NOT EXISTS version_links_source ON version_links (source_version_id);
+"""
+
+#: The tables each ``PRAGMA user_version`` brings, in order (each level has the ones below it).
+_MIGRATIONS = (
+    (LINEAGE_VERSION, _LINEAGE_SCHEMA, "the runs and lineage tables"),
+    (LINKS_VERSION, _LINKS_SCHEMA, "the link tables"),
+)
+
 _RUN_COLUMNS = "r.id, e.name, p.name, r.name, r.job_type, r.state, r.created_at, r.config"
 _RUN_FROM = "FROM runs r JOIN projects p ON r.project_id = p.id JOIN entities e ON p.entity_id = e.id"
 
@@ -150,6 +179,11 @@ _VERSION_FROM = """
     FROM versions v JOIN collections c ON v.collection_id = c.id
     JOIN projects p ON c.project_id = p.id JOIN entities e ON p.entity_id = e.id
 """
+# Every version read, with the row id of its source as the last column (NULL: not a link).
+_SELECT_VERSIONS = f"""SELECT {_VERSION_COLUMNS}, lk.source_version_id {_VERSION_FROM}
+    LEFT JOIN version_links lk ON lk.version_id = v.id"""
+# The same on a registry that has no link tables yet.
+_SELECT_VERSIONS_UNLINKED = f"SELECT {_VERSION_COLUMNS}, NULL {_VERSION_FROM}"
 
 
 def now_ns() -> int:
@@ -227,7 +261,8 @@ class LocalRegistry(Registry):
         self._connections: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
         self._read_only = False
-        self._lineage = False  # True once the lineage tables are known to exist
+        self._level = 0  # the PRAGMA user_version known to be reached (it never goes down)
+        self._sources: dict[int, Ref] = {}  # versions row id -> its ref (never changes)
         try:
             self._init_schema()
         except sqlite3.Error as exc:
@@ -268,24 +303,24 @@ class LocalRegistry(Registry):
         return sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
 
     @contextlib.contextmanager
-    def _write(self, *, lineage: bool = False) -> Iterator[sqlite3.Connection]:
+    def _write(self, *, lineage: bool = False, links: bool = False) -> Iterator[sqlite3.Connection]:
         """One write transaction: ``BEGIN IMMEDIATE`` ... ``COMMIT`` (or ``ROLLBACK``).
-        ``lineage``: the transaction writes runs or lineage, so their tables are created first
-        if this registry predates them (in the same transaction, so concurrent writers migrate
-        once and a failed write leaves the registry as it was)."""
+        ``lineage``/``links``: the transaction writes runs or lineage / links, so their tables
+        are created first if this registry predates them (in the same transaction, so concurrent
+        writers migrate once and a failed write leaves the registry as it was)."""
+        need = LINKS_VERSION if links else LINEAGE_VERSION if lineage else 0
         db = self._db()
         try:
             db.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as exc:
             raise RegistryError(f"registry {self.root} is busy or unwritable: {exc}") from exc
         try:
-            migrated = lineage and not self._lineage and self._migrate_lineage(db)
+            migrated = self._migrate(db, need) if need > self._level else []
             yield db
             db.execute("COMMIT")
-            if lineage:
-                self._lineage = True
-            if migrated:
-                log.info("registry %s: added the runs and lineage tables", self.root)
+            self._level = max(self._level, need)
+            for what in migrated:
+                log.info("registry %s: added %s", self.root, what)
         except BaseException as exc:
             with contextlib.suppress(sqlite3.Error):
                 db.execute("ROLLBACK")
@@ -294,23 +329,43 @@ class LocalRegistry(Registry):
             raise
 
     @staticmethod
-    def _migrate_lineage(db: sqlite3.Connection) -> bool:
-        """Create the lineage tables unless ``user_version`` says they exist.  Idempotent; runs
-        inside the caller's write transaction.  True when it created them."""
-        if int(db.execute("PRAGMA user_version").fetchone()[0]) >= LINEAGE_VERSION:
-            return False
-        for statement in _LINEAGE_SCHEMA.split(";"):
-            if statement.strip():
-                db.execute(statement)
-        db.execute(f"PRAGMA user_version = {LINEAGE_VERSION}")
-        return True
+    def _migrate(db: sqlite3.Connection, need: int) -> list[str]:
+        """Create the tables of every ``user_version`` level up to ``need`` that the registry
+        has not reached.  Idempotent; runs inside the caller's write transaction.  What it
+        added, for the log."""
+        level = int(db.execute("PRAGMA user_version").fetchone()[0])
+        added = []
+        for version, schema, what in _MIGRATIONS:
+            if level < version <= need:
+                for statement in schema.split(";"):
+                    if statement.strip():
+                        db.execute(statement)
+                db.execute(f"PRAGMA user_version = {version}")
+                added.append(what)
+        return added
+
+    def _reached(self, level: int) -> bool:
+        """Whether the tables of ``user_version`` ``level`` exist (another process may have made
+        them since we looked: one pragma read until they do, nothing after).  Inside a write
+        transaction the answer is that transaction's and is not kept: its migration may still
+        roll back, and other threads' connections do not see it yet."""
+        if self._level >= level:
+            return True
+        db = self._db()
+        found = int(db.execute("PRAGMA user_version").fetchone()[0])
+        if not db.in_transaction:
+            self._level = max(self._level, found)
+        return found >= level
 
     def _has_lineage(self) -> bool:
-        """Whether the lineage tables exist (another process may have made them since we looked:
-        one pragma read until they do, nothing after)."""
-        if not self._lineage:
-            self._lineage = int(self._db().execute("PRAGMA user_version").fetchone()[0]) >= LINEAGE_VERSION
-        return self._lineage
+        return self._reached(LINEAGE_VERSION)
+
+    def _has_links(self) -> bool:
+        return self._reached(LINKS_VERSION)
+
+    def _select_versions(self) -> str:
+        """``SELECT <version columns, source row id> FROM ...`` for this registry's schema."""
+        return _SELECT_VERSIONS if self._has_links() else _SELECT_VERSIONS_UNLINKED
 
     def _init_schema(self) -> None:
         try:
@@ -379,7 +434,7 @@ class LocalRegistry(Registry):
         rows = (
             self._db()
             .execute(
-                f"SELECT {_VERSION_COLUMNS} {_VERSION_FROM} "
+                f"{self._select_versions()} "
                 "WHERE c.project_id = ? AND v.state != 'DELETED' ORDER BY c.name, v.version_index",
                 (pid,),
             )
@@ -430,14 +485,30 @@ class LocalRegistry(Registry):
             state=row[15],
             file_count=row[16],
             storage_policy_config=json.loads(row[17]),
+            source=None if row[18] is None else self._ref_of_pk(int(row[18])),
         )
+
+    def _ref_of_pk(self, pk: int) -> Ref:
+        """``entity/project/name:vN`` of the versions row ``pk`` (deleted or not; names and
+        indexes never change, so the answer is kept)."""
+        ref = self._sources.get(pk)
+        if ref is None:
+            row = (
+                self._db()
+                .execute(f"SELECT e.name, p.name, c.name, v.version_index {_VERSION_FROM} WHERE v.id = ?", (pk,))
+                .fetchone()
+            )
+            if row is None:
+                raise ArtifactNotFound(f"artifact version {pk} vanished")
+            ref = self._sources[pk] = Ref(row[0], row[1], row[2], f"v{row[3]}")
+        return ref
 
     def versions(self, entity: str, project: str, name: str) -> list[VersionInfo]:
         cid = self._collection_id(entity, project, name)
         rows = (
             self._db()
             .execute(
-                f"SELECT {_VERSION_COLUMNS} {_VERSION_FROM} "
+                f"{self._select_versions()} "
                 "WHERE v.collection_id = ? AND v.state != 'DELETED' ORDER BY v.version_index",
                 (cid,),
             )
@@ -467,13 +538,52 @@ class LocalRegistry(Registry):
         return int(row[0])
 
     def _version_by_pk(self, pk: int) -> VersionInfo:
-        row = self._db().execute(f"SELECT {_VERSION_COLUMNS} {_VERSION_FROM} WHERE v.id = ?", (pk,)).fetchone()
+        row = self._db().execute(f"{self._select_versions()} WHERE v.id = ?", (pk,)).fetchone()
         if row is None:
             raise ArtifactNotFound(f"artifact version {pk} vanished")
         return self._version_from_row(row)
 
     def resolve(self, ref: Ref) -> VersionInfo:
         return self._version_by_pk(self._version_pk(ref))
+
+    def version_by_id(self, artifact_id: str) -> VersionInfo:
+        """The live version whose ``id`` is ``artifact_id`` (one lookup in the unique index of
+        ``versions.artifact_id``); ArtifactNotFound for an unknown or deleted one.  A link has
+        an id of its own here (W&B gives a link its source's id)."""
+        row = (
+            self._db()
+            .execute(f"{self._select_versions()} WHERE v.artifact_id = ? AND v.state != 'DELETED'", (artifact_id,))
+            .fetchone()
+        )
+        if row is None:
+            raise ArtifactNotFound(f"no artifact version with id {artifact_id!r} in registry {self.root}")
+        return self._version_from_row(row)
+
+    def _source_pk(self, pk: int) -> int | None:
+        """The row id of the version that the version ``pk`` links, or None when it is no link."""
+        if not self._has_links():
+            return None
+        row = self._db().execute("SELECT source_version_id FROM version_links WHERE version_id = ?", (pk,)).fetchone()
+        return None if row is None else int(row[0])
+
+    def _is_portfolio(self, cid: int) -> bool:
+        if not self._has_links():
+            return False
+        return self._db().execute("SELECT 1 FROM portfolios WHERE collection_id = ?", (cid,)).fetchone() is not None
+
+    def _artifact_pks(self, pk: int, *, live: bool = True) -> list[int]:
+        """The rows that are one artifact as W&B sees it: the logged version ``pk`` (or the
+        source of the link ``pk``) first, then its links, oldest first (only live ones with
+        ``live``)."""
+        source = self._source_pk(pk) or pk
+        if not self._has_links():
+            return [source]
+        rows = self._db().execute(
+            "SELECT l.version_id FROM version_links l JOIN versions v ON l.version_id = v.id "
+            "WHERE l.source_version_id = ? AND (v.state != 'DELETED' OR NOT ?) ORDER BY l.version_id",
+            (source, live),
+        )
+        return [source, *(int(r[0]) for r in rows)]
 
     def aliases(self, entity: str, project: str) -> dict[tuple[str, str], int]:
         """Every alias of a project: ``(collection, alias) -> version index``."""
@@ -706,9 +816,14 @@ class LocalRegistry(Registry):
             cid = self._collection_id(ref.entity, ref.project, ref.name)
         except NotFound:
             return
+        self._check_loggable(ref, cid)
         existing = self._db().execute("SELECT type FROM collections WHERE id = ?", (cid,)).fetchone()[0]
         if existing != type:
             raise Conflict(f"artifact {ref.collection} has type {existing!r}, not {type!r}")
+
+    def _check_loggable(self, ref: Ref, cid: int) -> None:
+        if self._is_portfolio(cid):
+            raise Conflict(f"artifact {ref.collection} is a linked collection: versions are linked into it, not logged")
 
     def _commit(
         self,
@@ -818,6 +933,7 @@ class LocalRegistry(Registry):
                 (pid, ref.name, type, description, ts),
             )
             return int(cur.lastrowid or 0)
+        self._check_loggable(ref, int(row[0]))
         if row[1] != type:
             raise Conflict(f"artifact {ref.collection} has type {row[1]!r}, not {type!r}")
         return int(row[0])
@@ -869,11 +985,15 @@ class LocalRegistry(Registry):
             metadata = check_metadata(metadata)
         with self._write() as db:
             pk = self._version_pk(ref)
+            # W&B keeps them per artifact: a link and its source show the same, so both change.
+            group = self._artifact_pks(pk)
             if description is not None:
-                db.execute("UPDATE versions SET description = ? WHERE id = ?", (description, pk))
+                db.executemany("UPDATE versions SET description = ? WHERE id = ?", ((description, p) for p in group))
             if metadata is not None:
-                db.execute("UPDATE versions SET metadata = ? WHERE id = ?", (json.dumps(metadata), pk))
-            db.execute("UPDATE versions SET updated_at = ? WHERE id = ?", (now_ns(), pk))
+                text = json.dumps(metadata)
+                db.executemany("UPDATE versions SET metadata = ? WHERE id = ?", ((text, p) for p in group))
+            ts = now_ns()
+            db.executemany("UPDATE versions SET updated_at = ? WHERE id = ?", ((ts, p) for p in group))
         return self._version_by_pk(pk)
 
     def delete(self, ref: Ref, *, delete_aliases: bool = False) -> VersionInfo:
@@ -882,28 +1002,131 @@ class LocalRegistry(Registry):
 
         Like W&B, this is a soft delete: the version disappears from every lookup and listing
         (state ``DELETED``), but its entries and blobs stay until :meth:`gc`, so a mount that
-        is reading it keeps reading it."""
+        is reading it keeps reading it.
+
+        As W&B does with links: deleting a link (``ref`` names a member of a linked collection)
+        only unlinks it, with its aliases whatever ``delete_aliases`` says; the source and its
+        other links stay.  Deleting a logged version deletes the artifact, so its links go with
+        it, and their aliases count as its own."""
         with self._write() as db:
             pk = self._version_pk(ref)
             version = self._version_by_pk(pk)
-            others = [a for a in version.aliases if a != LATEST]
-            if others and not delete_aliases:
+            ts = now_ns()
+            if version.source is not None:
+                self._drop(db, pk, ts)
+                return version
+            group = self._artifact_pks(pk)
+            held = [a for a in version.aliases if a != LATEST]
+            for link_pk in group[1:]:
+                link = self._version_by_pk(link_pk)
+                held.extend(f"{link.ref.collection}:{a}" for a in link.aliases if a != LATEST)
+            if held and not delete_aliases:
                 raise Conflict(
-                    f"artifact {version.ref} still has aliases {', '.join(others)}: "
+                    f"artifact {version.ref} still has aliases {', '.join(held)}: "
                     "remove them first or pass --delete-aliases"
                 )
-            cid = db.execute("SELECT collection_id FROM versions WHERE id = ?", (pk,)).fetchone()[0]
-            ts = now_ns()
-            db.execute("UPDATE versions SET state = 'DELETED', updated_at = ? WHERE id = ?", (ts, pk))
-            db.execute("DELETE FROM aliases WHERE version_id = ?", (pk,))
-            newest = db.execute(
-                "SELECT id FROM versions WHERE collection_id = ? AND state != 'DELETED' "
-                "ORDER BY version_index DESC LIMIT 1",
-                (cid,),
-            ).fetchone()
-            if newest is not None:
-                self._move_aliases(db, cid, int(newest[0]), [LATEST], ts)
+            for member in group:
+                self._drop(db, member, ts)
         return version
+
+    def _drop(self, db: sqlite3.Connection, pk: int, ts: int) -> None:
+        """Soft-delete the version ``pk`` and its aliases; ``latest`` of its collection moves to
+        the newest live version left."""
+        cid = db.execute("SELECT collection_id FROM versions WHERE id = ?", (pk,)).fetchone()[0]
+        db.execute("UPDATE versions SET state = 'DELETED', updated_at = ? WHERE id = ?", (ts, pk))
+        db.execute("DELETE FROM aliases WHERE version_id = ?", (pk,))
+        newest = db.execute(
+            "SELECT id FROM versions WHERE collection_id = ? AND state != 'DELETED' "
+            "ORDER BY version_index DESC LIMIT 1",
+            (cid,),
+        ).fetchone()
+        if newest is not None:
+            self._move_aliases(db, cid, int(newest[0]), [LATEST], ts)
+
+    def link(self, ref: Ref, target: str, aliases: Iterable[str] = ()) -> VersionInfo:
+        """Link ``ref``'s version into the linked collection ``target`` (``entity/project/name``;
+        ``project/name`` and ``name`` take the rest from the version), as W&B's
+        ``Artifact.link``: the collection (a portfolio, with the version's type) is made on
+        first use, with its entity and project if need be, and numbers its members itself; a
+        new member gets the next index there, ``latest`` moves to it, and ``aliases`` are set.
+        Linking a version that is already a member returns that member, with ``aliases`` set
+        (``latest`` stays where it is).  Linking a link links its source.  Conflict for a
+        collection of logged versions or a linked collection of another type.
+
+        The member's content is the source's: its rows are copied in this transaction (see the
+        module's docstring), so it reads, mounts and verifies like any version."""
+        names = [check_alias(a) for a in aliases if a != LATEST]
+        _link_parts(target)  # a malformed target fails before anything else
+        ts = now_ns()
+        with self._write(links=True) as db:
+            source_pk = self._version_pk(ref)
+            source_pk = self._source_pk(source_pk) or source_pk
+            source = self._version_by_pk(source_pk)
+            to = _link_target(target, source)
+            pid = self._ensure_project(db, to.entity, to.project, ts)
+            row = db.execute("SELECT id, type FROM collections WHERE project_id = ? AND name = ?", (pid, to.name))
+            found = row.fetchone()
+            if found is None:
+                cur = db.execute(
+                    "INSERT INTO collections (project_id, name, type, description, created_at) VALUES (?, ?, ?, '', ?)",
+                    (pid, to.name, source.type, ts),
+                )
+                cid = int(cur.lastrowid or 0)
+                db.execute("INSERT INTO portfolios VALUES (?, ?)", (cid, ts))
+            else:
+                cid = int(found[0])
+                if not self._is_portfolio(cid):
+                    raise Conflict(
+                        f"artifact {to} holds logged versions: only a linked collection takes links "
+                        "(link into a new name)"
+                    )
+                if found[1] != source.type:
+                    raise Conflict(f"linked collection {to} has type {found[1]!r}; {source.ref} is a {source.type!r}")
+            member = db.execute(
+                "SELECT v.id FROM version_links l JOIN versions v ON l.version_id = v.id "
+                "WHERE l.source_version_id = ? AND v.collection_id = ? AND v.state != 'DELETED'",
+                (source_pk, cid),
+            ).fetchone()
+            if member is not None:
+                pk = int(member[0])
+                self._move_aliases(db, cid, pk, names, ts)
+            else:
+                pk = self._copy_version(db, source_pk, cid, ts)
+                self._move_aliases(db, cid, pk, [LATEST, *names], ts)
+                db.execute("UPDATE versions SET updated_at = ? WHERE id = ?", (ts, source_pk))
+        return self._version_by_pk(pk)
+
+    @staticmethod
+    def _copy_version(db: sqlite3.Connection, source_pk: int, cid: int, ts: int) -> int:
+        """A new version of collection ``cid`` (its next index) whose row, entries and directories
+        are copies of ``source_pk``'s, recorded as its link; its row id.  Everything that says what
+        the content is (digest, commit hash, sizes, description, metadata, creation time) is
+        the source's: it is the same artifact."""
+        index = db.execute("SELECT next_index FROM collections WHERE id = ?", (cid,)).fetchone()[0]
+        db.execute("UPDATE collections SET next_index = ? WHERE id = ?", (index + 1, cid))
+        cur = db.execute(
+            """INSERT INTO versions (collection_id, version_index, artifact_id, digest,
+               digest_algorithm, commit_hash, description, metadata, state, size, file_count,
+               storage_policy_config, created_at, updated_at)
+               SELECT ?, ?, ?, digest, digest_algorithm, commit_hash, description, metadata, state,
+                      size, file_count, storage_policy_config, created_at, ?
+               FROM versions WHERE id = ?""",
+            (cid, index, "pending-" + secrets.token_hex(8), ts, source_pk),
+        )
+        pk = int(cur.lastrowid or 0)
+        artifact_id = base64.b64encode(f"Artifact:{pk}".encode()).decode()
+        db.execute("UPDATE versions SET artifact_id = ? WHERE id = ?", (artifact_id, pk))
+        db.execute(
+            "INSERT INTO entries (version_id, parent, name, digest, size, ref, birth_artifact_id, extra) "
+            "SELECT ?, parent, name, digest, size, ref, birth_artifact_id, extra FROM entries WHERE version_id = ?",
+            (pk, source_pk),
+        )
+        db.execute(
+            "INSERT INTO dirs (version_id, parent, name) SELECT ?, parent, name FROM dirs WHERE version_id = ?",
+            (pk, source_pk),
+        )
+        db.execute("INSERT INTO version_links VALUES (?, ?, ?)", (pk, source_pk, ts))
+        return pk
 
     # -- runs and lineage -------------------------------------------------------------------------
 
@@ -985,19 +1208,24 @@ class LocalRegistry(Registry):
                 )
 
     def record_use(self, run_id: str, version: VersionInfo) -> None:
+        """Recorded for the artifact: using a link records a use of its source (as W&B, where a
+        link is the same artifact)."""
         with self._write(lineage=True) as db:
             pk = self._pk_of(version)
+            pk = self._source_pk(pk) or pk
             if db.execute("SELECT 1 FROM runs WHERE id = ?", (run_id,)).fetchone() is None:
                 raise RunNotFound(f"run {run_id!r} not found in registry {self.root}")
             db.execute("INSERT OR IGNORE INTO version_used_by VALUES (?, ?, ?)", (pk, run_id, now_ns()))
 
     def _row_of(self, version: VersionInfo) -> int | None:
-        """The versions row of ``version`` by its id, deleted or not (lineage outlives a soft
-        delete until gc); None once gc purged it."""
+        """The versions row that holds the lineage of ``version`` (the source's, for a link), by
+        its id, deleted or not (lineage outlives a soft delete until gc); None once gc purged it."""
         pk = self._pks.get(version.id)
         if pk is None:
             row = self._db().execute("SELECT id FROM versions WHERE artifact_id = ?", (version.id,)).fetchone()
             pk = None if row is None else int(row[0])
+        if pk is not None and version.source is not None:
+            pk = self._source_pk(pk) or pk
         return pk
 
     def logged_by(self, version: VersionInfo) -> RunInfo | None:
@@ -1033,7 +1261,7 @@ class LocalRegistry(Registry):
         rows = (
             self._db()
             .execute(
-                f"SELECT {_VERSION_COLUMNS} {_VERSION_FROM} JOIN {table} l ON l.version_id = v.id "
+                f"{self._select_versions()} JOIN {table} l ON l.version_id = v.id "
                 f"WHERE l.run_id = ? AND v.state != 'DELETED' ORDER BY l.{at}, v.id",
                 (run.id,),
             )
@@ -1098,6 +1326,25 @@ class LocalRegistry(Registry):
                             removed += 1
                             freed += st.st_size
         return purged, removed, freed
+
+
+def _link_parts(target: str) -> list[str]:
+    parts = target.split("/")
+    if not 1 <= len(parts) <= 3 or not all(parts):
+        raise InvalidReference(f"invalid link target {target!r}: expected [[ENTITY/]PROJECT/]NAME")
+    if ":" in parts[-1]:
+        raise InvalidReference(f"link target {target!r} names a version: expected [[ENTITY/]PROJECT/]NAME")
+    return parts
+
+
+def _link_target(target: str, source: VersionInfo) -> Ref:
+    """The collection ``target`` names, its missing entity and project taken from ``source``
+    (as W&B takes the entity from the artifact being linked)."""
+    parts = _link_parts(target)
+    full = [source.entity, source.project][: 3 - len(parts)] + parts
+    for part, what in zip(full, ("entity", "project", "artifact name"), strict=True):
+        check_name(part, what)
+    return Ref(full[0], full[1], full[2])
 
 
 def _reference_row(entry: Entry) -> LoggedFile:
