@@ -216,6 +216,18 @@ def cmd_delete(args: argparse.Namespace) -> int:
     return 0
 
 
+def _prefetch_arguments(parser: argparse.ArgumentParser) -> None:
+    from .prefetch import add_arguments
+
+    add_arguments(parser)
+
+
+def _prefetch(args: argparse.Namespace) -> int:
+    from .prefetch import cmd_prefetch  # trio is imported only when it runs
+
+    return cmd_prefetch(args)
+
+
 def _mount_command(name: str) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
         from . import mount
@@ -315,6 +327,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("ref", help="ENTITY/PROJECT/NAME:ALIAS_OR_VERSION")
     p.add_argument("--delete-aliases", action="store_true", help="also drop its aliases")
     p.set_defaults(func=cmd_delete)
+
+    p = sub.add_parser("prefetch", parents=[common], help="warm the blob cache of a version (or a path prefix)")
+    _prefetch_arguments(p)
+    p.set_defaults(func=_prefetch)
 
     add_mount_commands(sub, common)
     add_tool_commands(sub, common)  # status, stats, cache, doctor, pin (artifactfs.tools)

@@ -24,6 +24,8 @@ points interleave):
 from __future__ import annotations
 
 import logging
+import os
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -143,6 +145,56 @@ class Fetcher:
             self.stats.cache_hits += 1
         return verified
 
+    async def prefetch(self, version: VersionInfo, entry: Entry) -> bool:
+        """Make ``entry``'s blob ready before anyone reads it, entirely in a worker thread: a
+        local blob verified (or its trust checked) and its bytes asked into the page cache; a
+        remote one fetched and verified into the cache.  Readers that come meanwhile wait for it
+        (single flight) and then take the fast path.  False if it was already being fetched or
+        recently failed; a failure is remembered as a read's would be."""
+        if entry.ref is not None:
+            entry = content_entry(entry)
+        key = entry.cache_key
+        if key in self._inflight or key in self._failures:
+            return False
+        local = self.registry.local_path(entry) if self.serve_local_in_place else None
+        event = trio.Event()
+        self._inflight[key] = event
+        try:
+            outcome = await trio.to_thread.run_sync(self._ahead, key, version, entry, local, limiter=self._limiter)
+        except ArtifactFSError as exc:
+            self._remember_failure(key, exc, version, entry)
+            raise
+        finally:
+            del self._inflight[key]
+            event.set()
+        if outcome == "verified":
+            self.stats.verified_in_place += 1
+        elif outcome == "trusted":
+            self.stats.trusted_in_place += 1
+        elif outcome == "fetched":
+            self.stats.fetches += 1
+            self.stats.fetched_bytes += entry.size
+        else:
+            self.stats.cache_hits += 1
+        return True
+
+    def _ahead(self, key: str, version: VersionInfo, entry: Entry, local: str | None) -> str:
+        """Worker thread of :meth:`prefetch`: what it did (verified, trusted, fetched, cached)."""
+        if local is not None:
+            small = entry.size <= INLINE_VERIFY_MAX
+            blob = self.store.open_trusted(key, local, persisted=not small)
+            outcome = "trusted"
+            if blob is None:  # hashing reads it: its bytes are in the page cache afterwards
+                blob = self.store.verify_in_place(key, entry, local, f"{version.ref}/{entry.path}", persist=not small)
+                outcome = "verified"
+            else:
+                _will_need(local, entry.size)
+            blob.close()
+            return outcome
+        blob, fetched = self._slow(key, version, entry, None)
+        blob.close()
+        return "fetched" if fetched else "cached"
+
     def _fast(self, key: str, version: VersionInfo, entry: Entry, local: str | None) -> Blob | None:
         """Inline: a blob that needs no download and no long hash, or None."""
         if local is not None:
@@ -193,3 +245,101 @@ class Fetcher:
         if blob is not None:
             return blob, False
         return self.store.fill(key, entry, self.registry.blob_source(version, entry), what), True
+
+
+def _will_need(path: str, size: int) -> None:
+    """Ask the kernel to read ``path`` into the page cache in the background (a hint: errors
+    are ignored)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return
+    try:
+        os.posix_fadvise(fd, 0, size, os.POSIX_FADV_WILLNEED)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+PREFETCH_WORKERS = 2  # prefetches in flight at once (they share the fetcher's limiter with readers)
+PREFETCH_MAX_SIZE = 64 << 20  # a file bigger than this is fetched when it is read, not ahead
+
+
+Lister = Callable[[Any, int], Awaitable[list[tuple[VersionInfo, Entry]]]]
+
+
+class Prefetcher:
+    """Fetches the files a reader walking a directory is about to read (``--prefetch N``).
+
+    ``after(node)`` is called on the loop when a file's first read got its blob; it only queues
+    the node (dropped if the queue is full: a reader far ahead needs no more hints).  ``run``
+    turns each queued node into the next ``count`` files of its directory (``lister``, i.e.
+    :meth:`artifactfs.tree.Tree.files_after`) and fetches them with ``workers`` tasks through
+    the fetcher, so single flight, verification and failure back-off are the fetcher's.
+
+    Bounded memory: at most ``2 * count`` entries wait, plus 16 hints; files over ``max_size``
+    are skipped, and a digest is offered once per ``2 * count`` recent ones.  Bounded bandwidth:
+    ``workers`` fetches at once, inside the fetcher's own thread limiter, which readers share.
+    """
+
+    def __init__(
+        self,
+        fetcher: Fetcher,
+        lister: Lister,
+        count: int,
+        *,
+        workers: int = PREFETCH_WORKERS,
+        max_size: int = PREFETCH_MAX_SIZE,
+    ) -> None:
+        self.fetcher = fetcher
+        self.lister = lister
+        self.count = count
+        self.workers = max(1, min(workers, count))
+        self.max_size = max_size
+        self.started = 0  # prefetches begun (for tests and the stats)
+        self.failed = 0
+        self.active = 0
+        self.max_active = 0
+        self._hints_in, self._hints_out = trio.open_memory_channel[Any](16)
+        self._work_in, self._work_out = trio.open_memory_channel[tuple[VersionInfo, Entry]](2 * count)
+        self._recent: dict[str, None] = {}  # insertion-ordered: the newest 2 * count digests offered
+
+    def after(self, node: Any) -> None:
+        try:
+            self._hints_in.send_nowait(node)
+        except trio.WouldBlock:
+            pass
+
+    async def run(self) -> None:
+        """Serve hints until cancelled."""
+        async with trio.open_nursery() as nursery:
+            for _ in range(self.workers):
+                nursery.start_soon(self._worker)
+            async for node in self._hints_out:
+                try:
+                    upcoming = await self.lister(node, self.count)
+                except ArtifactFSError as exc:
+                    log.debug("prefetch: no listing after %s: %s", getattr(node, "path", node), exc)
+                    continue
+                for version, entry in upcoming:
+                    key = entry.cache_key
+                    if entry.size > self.max_size or key in self._recent:
+                        continue
+                    self._recent[key] = None
+                    if len(self._recent) > 2 * self.count:
+                        del self._recent[next(iter(self._recent))]
+                    await self._work_in.send((version, entry))
+
+    async def _worker(self) -> None:
+        async for version, entry in self._work_out:
+            self.started += 1
+            self.active += 1
+            self.max_active = max(self.max_active, self.active)
+            try:
+                await self.fetcher.prefetch(version, entry)
+            except ArtifactFSError as exc:  # the reader gets the error when it reads the file
+                self.failed += 1
+                log.debug("prefetch of %s/%s failed: %s", version.ref, entry.path, exc)
+            finally:
+                self.active -= 1

@@ -23,13 +23,14 @@ import signal
 import subprocess
 import sys
 from collections.abc import Iterator
+from typing import Any
 
 import pyfuse3
 import trio
 
 from .admin import AdminServer
 from .errors import ArtifactFSError, MountError
-from .fetcher import Fetcher
+from .fetcher import Fetcher, Prefetcher
 from .fsutil import claim_cache_dir
 from .ops import Operations
 from .options import MountConfig, daemon_argv
@@ -83,6 +84,8 @@ async def _serve(config: MountConfig, ops: Operations, admin: AdminServer) -> No
         nursery.start_soon(_watch_signals, config.mountpoint)
         nursery.start_soon(admin.serve)  # control socket, --metrics-port (artifactfs.admin)
         nursery.start_soon(_announce, config, admin)
+        if ops.prefetcher is not None:
+            nursery.start_soon(ops.prefetcher.run)
         await pyfuse3.main()  # returns on pyfuse3.terminate() or an external unmount
         nursery.cancel_scope.cancel()
 
@@ -127,7 +130,10 @@ def run_foreground(config: MountConfig) -> None:
         failure_backoff=config.failure_backoff,
     )
     tree = Tree(registry, uid=os.getuid(), gid=os.getgid(), alias_ttl=config.alias_ttl)
-    ops = Operations(tree, fetcher, pread_in_thread=config.pread_in_thread)
+    prefetcher = Prefetcher(fetcher, tree.files_after, config.prefetch) if config.prefetch > 0 else None
+    ops = Operations(
+        tree, fetcher, pread_in_thread=config.pread_in_thread, xattrs=config.xattrs == "on", prefetch=prefetcher
+    )
     admin = AdminServer.open(config, fetcher, store)  # before the mount: a port in use fails it here
     options = set(pyfuse3.default_options)
     options |= {"fsname=artifactfs", "subtype=artifactfs", "ro", "noatime"}
@@ -142,7 +148,10 @@ def run_foreground(config: MountConfig) -> None:
         admin.close()
         raise MountError(f"cannot mount on {mountpoint}: {exc}") from exc
     try:
-        trio.run(_serve, config, ops, admin)
+        if config.profile:
+            _profiled(config.profile, _serve, config, ops, admin)
+        else:
+            trio.run(_serve, config, ops, admin)
     except BaseException:
         log.exception("the mount loop failed")
         raise
@@ -152,6 +161,17 @@ def run_foreground(config: MountConfig) -> None:
         admin.close()
         registry.close()
         store.close()
+
+
+def _profiled(path: str, *args: Any) -> None:
+    """``trio.run(*args)`` under cProfile, its stats written to ``path`` at the end (``--profile``)."""
+    import cProfile
+
+    profiler = cProfile.Profile()
+    try:
+        profiler.runcall(trio.run, *args)  # type: ignore[arg-type]
+    finally:
+        profiler.dump_stats(path)
 
 
 def start_daemon(config: MountConfig) -> int:

@@ -8,6 +8,13 @@ This is the one place where exceptions become errnos: every handler runs under
 Metadata handlers await the tree, which asks the registry through :class:`~artifactfs.meta.Meta`
 (inline for a local registry, worker threads for a remote one); nothing here blocks the loop on
 a registry call.
+
+Per-request cost is what limits a listing or a walk over many small files (each request costs
+~25-30 us of Python here; see docs/PERFORMANCE.md), so the hot handlers avoid work per request:
+an immutable node keeps its ready-made ``EntryAttributes`` (``node.attrs``), xattr names outside
+``user.`` (``ls -l`` asks ``security.selinux`` and ``system.posix_acl_access`` for every file)
+are refused before anything else is looked at, and ``--xattrs off`` answers ENOSYS, after which
+the kernel asks no more.
 """
 
 from __future__ import annotations
@@ -24,7 +31,7 @@ import pyfuse3
 import trio
 
 from .errors import ArtifactFSError, BlobChanged, NotFound, ReadOnly
-from .fetcher import Fetcher
+from .fetcher import Fetcher, Prefetcher
 from .manifest import Entry
 from .registry.base import VersionInfo
 from .store import Blob
@@ -57,7 +64,8 @@ def _errno_boundary(fn: Callable[P, Coroutine[Any, Any, R]]) -> Callable[P, Coro
 @dataclass(slots=True)
 class _OpenFile:
     version: VersionInfo
-    entry: Entry
+    entry: Entry | None  # None: a view file, whose bytes are in ``blob`` from the start
+    node: Node
     blob: Blob | None = None
 
 
@@ -74,10 +82,20 @@ class Operations(pyfuse3.Operations):
     enable_writeback_cache = False
     enable_acl = False
 
-    def __init__(self, tree: Tree, fetcher: Fetcher, *, pread_in_thread: bool = False) -> None:
+    def __init__(
+        self,
+        tree: Tree,
+        fetcher: Fetcher,
+        *,
+        pread_in_thread: bool = False,
+        xattrs: bool = True,
+        prefetch: Prefetcher | None = None,
+    ) -> None:
         super().__init__()
         # Verified local blobs are read inline by default: scripts/bench measures both ways.
         self._pread_in_thread = pread_in_thread
+        self.xattrs = xattrs
+        self.prefetcher = prefetch
         self.tree = tree  # owns the Meta that asks the registry (inline or in threads)
         self.fetcher = fetcher
         self._files: dict[int, _OpenFile] = {}
@@ -88,6 +106,16 @@ class Operations(pyfuse3.Operations):
         fh = self._next_fh
         self._next_fh += 1
         return fh
+
+    def _attributes(self, node: Node) -> pyfuse3.EntryAttributes:
+        """The node's attributes as pyfuse3 wants them; made once for immutable nodes (their
+        attributes never change), afresh for the others (aliases move, listings expire)."""
+        out: pyfuse3.EntryAttributes | None = node.attrs
+        if out is None:
+            out = self._entry_attributes(self.tree.getattr(node))
+            if node.kind.immutable:
+                node.attrs = out
+        return out
 
     def _entry_attributes(self, attr: Attr) -> pyfuse3.EntryAttributes:
         out = pyfuse3.EntryAttributes()
@@ -125,7 +153,7 @@ class Operations(pyfuse3.Operations):
             negative.entry_timeout = self.tree.negative_timeout(parent_inode)
             return negative
         self.tree.remember(node)
-        return self._entry_attributes(self.tree.getattr(node))
+        return self._attributes(node)
 
     async def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
         # pyfuse3: forget must not raise at all.
@@ -137,7 +165,7 @@ class Operations(pyfuse3.Operations):
 
     @_errno_boundary
     async def getattr(self, inode: int, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
-        return self._entry_attributes(self.tree.getattr(self.tree.node(inode)))
+        return self._attributes(self.tree.node(inode))
 
     @_errno_boundary
     async def readlink(self, inode: int, ctx: pyfuse3.RequestContext) -> bytes:
@@ -158,12 +186,14 @@ class Operations(pyfuse3.Operations):
             handle.children = children
         else:
             children = handle.children
+        reply = pyfuse3.readdir_reply
+        remember = self.tree.remember
+        attributes = self._attributes
         for index in range(start_id, len(children)):
             name, node = children[index]
-            attrs = self._entry_attributes(self.tree.getattr(node))
-            if not pyfuse3.readdir_reply(token, name.encode(), attrs, index + 1):
+            if not reply(token, name.encode(), attributes(node), index + 1):
                 break
-            self.tree.remember(node)
+            remember(node)
 
     @_errno_boundary
     async def releasedir(self, fh: int) -> None:
@@ -179,13 +209,26 @@ class Operations(pyfuse3.Operations):
         if flags & _WRITE_FLAGS:
             raise ReadOnly("artifact versions are read-only")
         node = self.tree.node(inode)
+        if node.kind is Kind.VIEW_FILE:
+            return await self._open_view_file(node)
         if node.kind is not Kind.FILE:
             raise pyfuse3.FUSEError(errno.EISDIR)
         assert node.version is not None and node.entry is not None
         fh = self._fh()
-        self._files[fh] = _OpenFile(node.version, node.entry)
+        self._files[fh] = _OpenFile(node.version, node.entry, node)
         # Version content never changes: let the kernel keep its page cache across opens.
         return pyfuse3.FileInfo(fh=fh, keep_cache=True, direct_io=False)
+
+    async def _open_view_file(self, node: Node) -> pyfuse3.FileInfo:
+        """``.artifactfs/<name>:vN/info.json`` or ``manifest.json``: bytes made by the tree.
+        ``info.json`` is made again (aliases move) and read with direct I/O, so a reader sees
+        its whole new content even if its size changed since the kernel last asked."""
+        await self.tree.refresh_view_file(node)
+        assert node.version is not None
+        fh = self._fh()
+        self._files[fh] = _OpenFile(node.version, None, node, Blob(data=node.data, size=len(node.data)))
+        fixed = node.path == "manifest.json"
+        return pyfuse3.FileInfo(fh=fh, keep_cache=fixed, direct_io=not fixed)
 
     @_errno_boundary
     async def read(self, fh: int, off: int, size: int) -> bytes:
@@ -193,6 +236,7 @@ class Operations(pyfuse3.Operations):
         for attempt in (1, 2):
             blob = handle.blob
             if blob is None:
+                assert handle.entry is not None
                 blob = await self.fetcher.get(handle.version, handle.entry)
                 if self._files.get(fh) is not handle:  # released meanwhile (an interrupted reader)
                     try:
@@ -206,6 +250,8 @@ class Operations(pyfuse3.Operations):
                         blob.close()
                 if handle.blob is None:
                     handle.blob = blob
+                    if self.prefetcher is not None:
+                        self.prefetcher.after(handle.node)
                 else:  # another read on this handle got there first
                     blob.close()
                     blob = handle.blob
@@ -219,7 +265,7 @@ class Operations(pyfuse3.Operations):
                 blob.close()
                 if attempt == 2:
                     raise
-                log.info("%s/%s changed under us; fetching it again", handle.version.ref, handle.entry.path)
+                log.info("%s/%s changed under us; fetching it again", handle.version.ref, handle.node.path)
         raise AssertionError("unreachable")
 
     async def _pread(self, blob: Blob, size: int, off: int) -> bytes:
@@ -242,8 +288,17 @@ class Operations(pyfuse3.Operations):
     async def _xattrs(self, inode: int) -> dict[str, bytes]:
         return await self.tree.xattrs(self.tree.node(inode), self.fetcher.stats.to_json)
 
-    @_errno_boundary
     async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
+        # Not under _errno_boundary, and no lookup before the answer: ``ls -l`` asks two names
+        # outside ``user.`` of every file, and those answers are most of a listing's requests.
+        if not self.xattrs:
+            raise pyfuse3.FUSEError(errno.ENOSYS)  # the kernel stops asking for this mount
+        if not name.startswith(b"user."):
+            raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
+        return await self._user_xattr(inode, name)
+
+    @_errno_boundary
+    async def _user_xattr(self, inode: int, name: bytes) -> bytes:
         value = (await self._xattrs(inode)).get(name.decode("utf-8", "replace"))
         if value is None:
             raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
@@ -251,6 +306,8 @@ class Operations(pyfuse3.Operations):
 
     @_errno_boundary
     async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> Sequence[bytes]:
+        if not self.xattrs:
+            raise pyfuse3.FUSEError(errno.ENOSYS)
         return [name.encode() for name in await self._xattrs(inode)]
 
     @_errno_boundary

@@ -233,6 +233,24 @@ class MountConfig:
         defaults.READ_AHEAD_KB,
         metavar="KB",
     )
+    xattrs: str = _value(
+        "--xattrs",
+        "on: every file and version carries its provenance as user.artifact.* xattrs (ls -l then asks the "
+        "daemon two xattrs per file); off: the mount answers xattr requests ENOSYS, so the kernel stops "
+        "asking and ls -l, cp -a and shutil.copy2 run at listing speed; provenance then comes from "
+        "'artifactfs info' and ENTITY/PROJECT/.artifactfs/NAME:vN/ (default on)",
+        str,
+        "on",
+        choices=("on", "off"),
+    )
+    prefetch: int = _value(
+        "--prefetch",
+        "when a file is read, fetch and verify the next N files of its directory (in listing order) in the "
+        "background (bounded memory and bandwidth; 0: off; default 0)",
+        _count,
+        0,
+        metavar="N",
+    )
     log_level: str = _value(
         "--log-level",
         f"DEBUG, INFO, WARNING or ERROR (default {defaults.MOUNT_LOG_LEVEL})",
@@ -257,6 +275,8 @@ class MountConfig:
     ready_fd: int | None = _value("--ready-fd", "", _count, None, forward=False, fstab=False, hidden=True)
     # For scripts/bench: serve cached reads from a worker thread instead of inline.
     pread_in_thread: bool = _switch("--pread-in-thread", help="", fstab=False, hidden=True)
+    # For scripts/bench --profile: run the daemon under cProfile and write its stats here at exit.
+    profile: str | None = _value("--profile", "", _path, None, fstab=False, hidden=True, metavar="FILE")
 
     @classmethod
     def from_namespace(cls, args: argparse.Namespace) -> MountConfig:

@@ -53,10 +53,18 @@ class Kind(enum.Enum):
     DIR = "dir"  # a directory inside a version
     FILE = "file"
     ALIAS = "alias"  # symlink name:alias -> name:vN
+    VIEW = "view"  # <project>/.artifactfs: one directory per version of the project
+    VIEW_VERSION = "view_version"  # <project>/.artifactfs/<name>:vN: info.json, manifest.json
+    VIEW_FILE = "view_file"  # info.json (moves with aliases) or manifest.json (never changes)
 
     @property
     def immutable(self) -> bool:
-        return self in (Kind.VERSION, Kind.DIR, Kind.FILE)
+        return self in _IMMUTABLE
+
+
+_IMMUTABLE = frozenset((Kind.VERSION, Kind.DIR, Kind.FILE, Kind.VIEW_VERSION))
+VIEW_DIR = ".artifactfs"  # in every project directory; not listed, like a snapshot directory
+VIEW_FILES = ("info.json", "manifest.json")
 
 
 @dataclass(eq=False, slots=True)
@@ -74,6 +82,12 @@ class Node:
     lookups: int = 0
     target: str = ""  # alias symlinks: "name:vN"
     expires: float = 0.0  # alias symlinks: when to re-resolve; versions: when to refresh aliases
+    # The FUSE layer's ready-made attributes of an immutable node (opaque here: no pyfuse3).
+    attrs: Any = None
+    # A version directory's listing, kept once asked (a version's content never changes): the
+    # registry's answer, not nodes, so a forgotten child is made afresh like any lookup's.
+    listing: list[DirEntry] | None = None
+    data: bytes = b""  # view files: their content as last made
 
 
 @dataclass(frozen=True, slots=True)
@@ -220,6 +234,21 @@ class Tree:
             self._check_name(name)
             await self._meta.check_project(parent.entity, name)  # raises ProjectNotFound
             return self._project(parent.entity, name)
+        if kind is Kind.PROJECT and name == VIEW_DIR:
+            await self._meta.check_project(parent.entity, parent.project)
+            view: tuple[object, ...] = ("view", parent.entity, parent.project)
+            return self._intern(view, lambda i: Node(i, Kind.VIEW, view, parent.entity, parent.project))
+        if kind is Kind.VIEW:
+            collection, sep, tag = name.partition(":")
+            if not sep or parse_version(tag) is None:
+                raise ArtifactNotFound(f"{name!r}: {VIEW_DIR} entries are NAME:vN")
+            self._check_name(collection)
+            v = (await self._meta.resolve(Ref(parent.entity, parent.project, collection, tag))).value
+            return self._view_version(v)
+        if kind is Kind.VIEW_VERSION:
+            if name not in VIEW_FILES:
+                raise EntryNotFound(f"{name!r}: {VIEW_DIR} version directories hold {' and '.join(VIEW_FILES)}")
+            return await self._view_file(parent, name)
         if kind is Kind.PROJECT:
             collection, sep, tag = name.partition(":")
             if not sep:
@@ -279,10 +308,109 @@ class Tree:
             out.sort(key=lambda item: item[0])
             return out
         if kind in (Kind.VERSION, Kind.DIR):
-            assert node.version is not None
-            children: list[DirEntry] = await self._contents(node.version, self.registry.list_dir, node.path)
-            return [(d.name, self._content(node, d.name, d.entry)) for d in children]
+            children = await self._listing(node)
+            content = self._content
+            return [(d.name, content(node, d.name, d.entry)) for d in children]
+        if kind is Kind.VIEW:
+            versions = (await self._meta.project_versions(node.entity, node.project)).value
+            out = []
+            for v in versions:
+                out.append((f"{v.name}:{v.version}", self._view_version(v)))
+            out.sort(key=lambda item: item[0])
+            return out
+        if kind is Kind.VIEW_VERSION:
+            return [(name, await self._view_file(node, name)) for name in VIEW_FILES]
         raise EntryNotFound("not a directory")
+
+    def _view_version(self, v: VersionInfo) -> Node:
+        key: tuple[object, ...] = ("vv", v.id)
+        return self._intern(key, lambda i: Node(i, Kind.VIEW_VERSION, key, v.entity, v.project, v.name, version=v))
+
+    async def _view_file(self, parent: Node, name: str) -> Node:
+        """``info.json`` or ``manifest.json`` of ``parent``'s version, its content made now
+        (``manifest.json`` once: a version's manifest never changes)."""
+        assert parent.version is not None
+        key: tuple[object, ...] = ("vf", parent.version.id, name)
+        v = parent.version
+        node = self._intern(key, lambda i: Node(i, Kind.VIEW_FILE, key, v.entity, v.project, version=v, path=name))
+        if name == "manifest.json":
+            if not node.data:
+                node.data = await self._manifest_json(node.version or parent.version)
+        else:
+            await self.refresh_view_file(node)
+        return node
+
+    async def refresh_view_file(self, node: Node) -> None:
+        """Make ``info.json`` again from the version as the registry has it now (aliases,
+        description and metadata move), at most once per ``alias_ttl``."""
+        if node.path != "info.json" or (node.data and trio.current_time() < node.expires):
+            return
+        assert node.version is not None
+        v = node.version
+        try:
+            v = (await self._meta.resolve(v.ref)).value
+        except ArtifactNotFound:
+            log.info("%s was deleted from the registry; %s shows what was mounted", v.ref, VIEW_DIR)
+        else:
+            if v.id == node.version.id:
+                node.version = v
+        info = node.version.to_json()
+        info.update(await self.provenance(node.version))
+        node.data = (json.dumps(info, indent=2, ensure_ascii=False, sort_keys=False) + "\n").encode()
+        node.expires = trio.current_time() + self.alias_ttl
+
+    async def provenance(self, v: VersionInfo) -> dict[str, Any]:
+        """What ``info.json`` says beyond the version itself: the run that logged it and the
+        runs that used it, where the registry keeps lineage (none known otherwise)."""
+        logged = await self._meta.call(("logged_by", v.id), self.registry.logged_by, v)
+        used = await self._meta.call(("used_by", v.id), self.registry.used_by, v)
+        return {
+            "logged_by": None if logged is None else logged.to_json(),
+            "used_by": [run.to_json() for run in used],
+        }
+
+    async def _manifest_json(self, v: VersionInfo) -> bytes:
+        if not self.registry.contents_loaded(v):
+            await self._meta.load_contents(v)
+        manifest = await self._meta.call(("manifest", v.id), self.registry.manifest, v)
+        return (manifest.dumps() + "\n").encode()
+
+    async def _listing(self, node: Node) -> list[DirEntry]:
+        """The registry's listing of a version directory, asked once per node."""
+        if node.listing is None:
+            assert node.version is not None
+            node.listing = await self._contents(node.version, self.registry.list_dir, node.path)
+        return node.listing
+
+    async def files_after(self, node: Node, count: int) -> list[tuple[VersionInfo, Entry]]:
+        """Up to ``count`` files that follow ``node`` in its directory's listing (the order a
+        reader walking the directory takes): what a prefetcher fetches next."""
+        if node.version is None or node.kind is not Kind.FILE:
+            return []
+        parent_path, _, name = node.path.rpartition("/")
+        parent = self._by_key.get(("c", node.version.id, parent_path)) if parent_path else None
+        if parent is None:
+            parent = self._by_key.get(("v", node.version.id)) if not parent_path else None
+        if parent is None or parent.listing is None:
+            listing = await self._contents(node.version, self.registry.list_dir, parent_path)
+            if parent is not None:
+                parent.listing = listing
+        else:
+            listing = parent.listing
+        out: list[tuple[VersionInfo, Entry]] = []
+        lo, hi = 0, len(listing)
+        while lo < hi:  # listings are sorted by name
+            mid = (lo + hi) // 2
+            if listing[mid].name <= name:
+                lo = mid + 1
+            else:
+                hi = mid
+        for d in listing[lo:]:
+            if len(out) >= count:
+                break
+            if d.entry is not None:
+                out.append((node.version, d.entry))
+        return out
 
     async def readlink(self, inode: int) -> str:
         node = self.node(inode)
@@ -310,6 +438,15 @@ class Tree:
             return Attr(
                 node.inode, stat.S_IFLNK | 0o777, len(node.target.encode()), 1, self.mount_time_ns, self.alias_ttl
             )
+        if kind is Kind.VIEW_VERSION:
+            assert node.version is not None
+            return Attr(node.inode, stat.S_IFDIR | 0o555, 0, 2, node.version.created_at_ns, FOREVER)
+        if kind is Kind.VIEW_FILE:
+            assert node.version is not None
+            fixed = node.path == "manifest.json"
+            timeout = FOREVER if fixed else self.alias_ttl
+            mtime = node.version.created_at_ns if fixed else node.version.updated_at_ns
+            return Attr(node.inode, stat.S_IFREG | 0o444, len(node.data), 1, mtime, timeout)
         return Attr(node.inode, stat.S_IFDIR | 0o555, 0, 2, self.mount_time_ns, self.alias_ttl)
 
     def negative_timeout(self, parent_inode: int) -> float:

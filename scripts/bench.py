@@ -1,28 +1,53 @@
-"""Benchmarks behind the figures quoted in the issues' closing notes.
+"""The measuring stick: artifactfs against a plain directory and the pyfuse3 ceiling, same run.
 
-Every figure is measured in this run; ratios compare figures of the same run (the machine
-drifts).  Needs root for dropping the page cache (``/proc/sys/vm/drop_caches``).
+Every case runs several times and reports the median with min-max; every ratio compares
+figures of this run (the machine drifts 20-30% over an hour).  Baselines:
+
+* ``plain``: the same files in an ordinary directory;
+* ``ceiling``: ``scripts/ceiling.py``, a minimal pyfuse3 filesystem over that directory
+  (precomputed attributes, inline ``pread``, ``keep_cache``, year-long timeouts, getxattr
+  answered ENOATTR, or ENOSYS for the ``xattrs off`` comparison), started and stopped here.
+
+Ratios are speed ratios, ``baseline time / artifactfs time`` (1.0 = as fast as the baseline;
+for throughput and IOPS the same thing).  Data is built once per run under ``--dir`` (a real
+disk): one 1 GiB file (MD5 and XXH128 artifacts), 10,000 files of 1-64 KiB in nested
+directories, and a 100,000-entry artifact of tiny files (its ``log`` is a case).  ``--quick``
+uses smaller data and fewer runs.  Needs root (drops the page cache, raises read-ahead).
+
+``--json PATH`` writes ``{"machine": ..., "figures": {name: {median, min, max, runs, unit}},
+"ratios": {name: {value, baseline, target, met}}}`` under stable names.  ``--profile DIR``
+runs each artifactfs daemon under cProfile (``mount --profile``) and leaves one ``.prof`` per
+mount in DIR.  The W&B cases (``--only wandb``) are ``scripts/bench_wandb.py``'s.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import platform
 import random
+import re
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from artifactfs.names import parse_ref
-from artifactfs.registry import open_registry
-
+ROOT = Path(__file__).resolve().parent.parent
 MiB = 1 << 20
+KiB = 1 << 10
 PY = sys.executable
+CEILING = str(ROOT / "scripts" / "ceiling.py")
+
+
+# -- helpers -----------------------------------------------------------------------------------
 
 
 def drop_caches() -> None:
@@ -31,276 +56,549 @@ def drop_caches() -> None:
         f.write("3\n")
 
 
-def timed(fn: Callable[[], object]) -> float:
+def sh(cmd: str) -> None:
+    subprocess.run(["bash", "-c", cmd], check=True)
+
+
+def timed_sh(cmd: str) -> float:
     start = time.perf_counter()
-    fn()
+    sh(cmd)
     return time.perf_counter() - start
 
 
-def sh(cmd: str, **kw: object) -> None:
-    subprocess.run(["bash", "-c", cmd], check=True, **kw)  # type: ignore[call-overload]
+def afs(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([PY, "-m", "artifactfs", *args], check=True, capture_output=True, text=True, cwd=ROOT)
 
 
-def afs(*args: str) -> str:
-    return subprocess.run([PY, "-m", "artifactfs", *args], check=True, capture_output=True, text=True).stdout
-
-
-def make_tree(root: Path, files: int, size: int) -> None:
-    root.mkdir(parents=True)
-    block = os.urandom(size)
-    for i in range(files):
-        sub = root / f"d{i % 16:02d}"
-        sub.mkdir(exist_ok=True)
-        # distinct content per file: a counter prefix changes the digest
-        (sub / f"f{i:06d}.bin").write_bytes(i.to_bytes(8, "little") + block[8:])
-
-
-class Mounted:
-    def __init__(self, registry: Path, mnt: Path, cache: Path, *extra: str) -> None:
-        self.mnt = mnt
-        mnt.mkdir(exist_ok=True)
-        afs("mount", str(registry), str(mnt), "--cache-dir", str(cache), "--log-level", "WARNING", *extra)
-
-    def stats(self) -> dict[str, int]:
-        return json.loads(os.getxattr(self.mnt, "user.artifactfs.stats"))  # type: ignore[no-any-return]
-
-    def close(self) -> None:
-        afs("umount", str(self.mnt))
-        time.sleep(0.3)
-
-
-def mbps(nbytes: int, seconds: float) -> str:
-    return f"{nbytes / MiB / seconds:8.0f} MiB/s ({seconds:6.2f} s)"
-
-
-def bench_log(work: Path, quick: bool) -> None:
-    total = (256 if quick else 1024) * MiB
-    n = 256
-    src = work / "logsrc"
-    make_tree(src, n, total // n)
-    print(f"\n## log of a {total // MiB} MiB tree ({n} files of {total // n // MiB} MiB)")
-    print("(page cache dropped before each run)")
-    reg = work / "logreg"
-    drop_caches()
-    t_log = timed(lambda: afs("log", str(src), "bench/log/tree", "--type", "dataset", "--registry", str(reg)))
-    dst = work / "cpdst"
-    drop_caches()
-    t_cp = timed(lambda: sh(f"cp -r {src} {dst} && find {dst} -type f -print0 | xargs -0 md5sum -b > /dev/null"))
-    print(f"artifactfs log                 {mbps(total, t_log)}")
-    print(f"cp -r + md5sum -b              {mbps(total, t_cp)}")
-    print(f"ratio log / (cp + md5sum)      {t_log / t_cp:.2f}x the time")
-    drop_caches()
-    t_relog = timed(lambda: afs("log", str(src), "bench/log/tree", "--type", "dataset", "--registry", str(reg)))
-    print(f"re-log of unchanged tree       {mbps(total, t_relog)} (hash only, no new version)")
-    shutil.rmtree(dst)
-    shutil.rmtree(src)
-
-
-def read_file(path: Path) -> None:
-    sh(f"cat '{path}' > /dev/null")
-
-
-def bench_seq(work: Path, quick: bool) -> None:
-    size = (256 if quick else 1024) * MiB
-    src = work / "seqsrc"
-    src.mkdir()
-    with open(src / "big.bin", "wb") as f:
-        for _ in range(size // (16 * MiB)):
-            f.write(os.urandom(16 * MiB))
-    reg = work / "seqreg"
-    afs("log", str(src), "bench/seq/big", "--type", "model", "--registry", str(reg))
-    blob = next((reg / "objects" / "md5").rglob("*"), None)
-    blobs = [p for p in (reg / "objects" / "md5").rglob("*") if p.is_file()]
-    assert blob is not None and len(blobs) == 1
-    print(f"\n## sequential read of a {size // MiB} MiB file (cat > /dev/null)")
-    raw_cold = raw_warm = 0.0
-    drop_caches()
-    raw_cold = timed(lambda: read_file(blobs[0]))
-    raw_warm = timed(lambda: read_file(blobs[0]))
-    print(f"cat of the blob on disk, cold  {mbps(size, raw_cold)}")
-    print(f"cat of the blob on disk, warm  {mbps(size, raw_warm)}")
-    for mode in ("verify-in-place", "copy"):
-        cache = work / f"seqcache-{mode}"
-        m = Mounted(reg, work / "seqmnt", cache, "--local-blobs", mode)
-        path = m.mnt / "bench/seq/big:v0/big.bin"
+def _gone(pid: int, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while os.path.exists(f"/proc/{pid}") and time.monotonic() < deadline:
         try:
-            drop_caches()
-            first = timed(lambda path=path: read_file(path))
-            drop_caches()
-            cached_cold = timed(lambda path=path: read_file(path))
-            warm = timed(lambda path=path: read_file(path))
-            stats = m.stats()
+            with open(f"/proc/{pid}/stat") as f:
+                if f.read().split(") ", 1)[1].startswith("Z"):
+                    return
+        except OSError:
+            return
+        time.sleep(0.05)
+
+
+def rss_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no VmRSS for {pid}")
+
+
+@dataclass
+class Figure:
+    values: list[float]
+    unit: str
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.values)
+
+    def text(self) -> str:
+        med, lo, hi = self.median, min(self.values), max(self.values)
+        fmt = "{:.3g}" if self.unit not in ("files/s", "IOPS", "MB") else "{:,.0f}"
+        spread = "" if len(self.values) == 1 else f" ({fmt.format(lo)}-{fmt.format(hi)})"
+        return f"{fmt.format(med)} {self.unit}{spread}"
+
+
+@dataclass
+class Ratio:
+    value: float
+    afs: str
+    baseline: str
+    target: float | None  # a speed ratio to reach (>=), or for "max" ratios a bound (<=)
+    higher_is_better: bool = True
+    absolute: bool = False  # value is a figure (files/s, MB), not a ratio
+
+    @property
+    def met(self) -> bool | None:
+        if self.target is None:
+            return None
+        return self.value >= self.target if self.higher_is_better else self.value <= self.target
+
+
+@dataclass
+class Results:
+    figures: dict[str, Figure] = field(default_factory=dict)
+    ratios: dict[str, Ratio] = field(default_factory=dict)
+
+    def add(self, name: str, values: list[float], unit: str = "s") -> None:
+        self.figures[name] = Figure(values, unit)
+        print(f"  {name:<40} {self.figures[name].text()}", flush=True)
+
+    def ratio(self, name: str, afs_name: str, base_name: str, target: float | None) -> None:
+        a, b = self.figures.get(afs_name), self.figures.get(base_name)
+        if a is None or b is None:
+            return
+        # Times: baseline / ours.  Rates: ours / baseline.  Either way >1 means faster than it.
+        value = b.median / a.median if a.unit == "s" else a.median / b.median
+        self.ratios[name] = Ratio(value, afs_name, base_name, target)
+
+    def bound(self, name: str, afs_name: str, limit: float) -> None:
+        a = self.figures.get(afs_name)
+        if a is not None:
+            self.ratios[name] = Ratio(a.median, afs_name, "", limit, higher_is_better=False)
+
+    def table(self) -> str:
+        lines = ["| ratio | value | artifactfs | baseline | target | met |", "|---|---|---|---|---|---|"]
+        for name, r in self.ratios.items():
+            a = self.figures[r.afs].text()
+            b = self.figures[r.baseline].text() if r.baseline else ""
+            unit = "" if r.absolute or not r.higher_is_better else " x"
+            op = ">=" if r.higher_is_better else "<="
+            target = "" if r.target is None else f"{op} {r.target:g}{unit}"
+            value = f"{r.value:,.0f}" if r.absolute or not r.higher_is_better else f"{r.value:.2f} x"
+            met = "" if r.met is None else ("yes" if r.met else "no")
+            lines.append(f"| {name} | {value} | {a} | {b} | {target} | {met} |")
+        return "\n".join(lines)
+
+    def to_json(self, machine: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "machine": machine,
+            "figures": {
+                n: {
+                    "median": f.median,
+                    "min": min(f.values),
+                    "max": max(f.values),
+                    "runs": len(f.values),
+                    "unit": f.unit,
+                }
+                for n, f in self.figures.items()
+            },
+            "ratios": {
+                n: {"value": r.value, "artifactfs": r.afs, "baseline": r.baseline, "target": r.target, "met": r.met}
+                for n, r in self.ratios.items()
+            },
+        }
+
+
+# -- mounts ------------------------------------------------------------------------------------
+
+
+@dataclass
+class Bench:
+    work: Path
+    runs: int
+    quick: bool
+    profile: Path | None
+    res: Results = field(default_factory=Results)
+    _n: int = 0
+
+    def mountpoint(self) -> Path:
+        self._n += 1
+        path = self.work / f"mnt{self._n}"
+        path.mkdir()
+        return path
+
+    @contextlib.contextmanager
+    def artifactfs(self, registry: Path, *extra: str, cache: Path | None = None) -> Iterator[tuple[Path, int]]:
+        """A background ``artifactfs mount`` (fresh cache unless given): ``(mountpoint, pid)``."""
+        mnt = self.mountpoint()
+        cache = cache or self.work / f"cache{self._n}"
+        args = ["mount", str(registry), str(mnt), "--cache-dir", str(cache), "--log-level", "WARNING", *extra]
+        if self.profile is not None:
+            args += ["--profile", str(self.profile / f"mount{self._n}-{'_'.join(extra) or 'default'}.prof")]
+        out = afs(*args)
+        m = re.search(r"\(pid (\d+)\)", out.stderr)
+        assert m, out.stderr
+        pid = int(m.group(1))
+        try:
+            yield mnt, pid
         finally:
-            m.close()
-        print(f"[{mode}] first read (verify)      {mbps(size, first)}")
-        print(f"[{mode}] cached, kernel cache dropped {mbps(size, cached_cold)}")
-        print(f"[{mode}] kernel-cached re-read    {mbps(size, warm)}")
-        if mode == "copy":
-            cached = [p for p in cache.rglob("*.val")]
-            drop_caches()
-            c_cold = timed(lambda cached=cached: read_file(cached[0]))
-            c_warm = timed(lambda cached=cached: read_file(cached[0]))
-            print(f"[copy] cat of the cache file, cold {mbps(size, c_cold)}")
-            print(f"[copy] cat of the cache file, warm {mbps(size, c_warm)}")
-        print(f"[{mode}] stats {stats}")
-    shutil.rmtree(src)
+            subprocess.run(["fusermount3", "-u", str(mnt)], check=False)
+            _gone(pid)
+            subprocess.run(["fusermount3", "-u", "-z", str(mnt)], check=False, capture_output=True)
+
+    @contextlib.contextmanager
+    def ceiling(self, src: Path, xattrs: str = "enoattr") -> Iterator[Path]:
+        mnt = self.mountpoint()
+        proc = subprocess.Popen(
+            [PY, CEILING, str(src), str(mnt), "--xattrs", xattrs], stdout=subprocess.PIPE, text=True
+        )
+        try:
+            assert proc.stdout is not None
+            assert proc.stdout.readline().strip() == "ok"
+            os.stat(mnt)
+            yield mnt
+        finally:
+            subprocess.run(["fusermount3", "-u", str(mnt)], check=False)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            subprocess.run(["fusermount3", "-u", "-z", str(mnt)], check=False, capture_output=True)
+
+    def interleaved(self, case: str, cmds: dict[str, str], cold: bool = False) -> None:
+        """Each of ``cmds`` once per run, in turn (page cache dropped before each if ``cold``);
+        the figures are ``case.<variant>``."""
+        times: dict[str, list[float]] = {k: [] for k in cmds}
+        for _ in range(self.runs):
+            for variant, cmd in cmds.items():
+                if cold:
+                    drop_caches()
+                times[variant].append(timed_sh(cmd))
+        for variant, values in times.items():
+            self.res.add(f"{case}.{variant}", values)
+
+    def repeat(self, cmd: str, cold: bool = False, runs: int | None = None) -> list[float]:
+        out = []
+        for _ in range(runs or self.runs):
+            if cold:
+                drop_caches()
+            out.append(timed_sh(cmd))
+        return out
 
 
-def bench_small(work: Path, quick: bool) -> None:
-    n = 2000 if quick else 10000
-    src = work / "smallsrc"
-    make_tree(src, n, 4096)
-    reg = work / "smallreg"
-    afs("log", str(src), "bench/small/files", "--type", "dataset", "--registry", str(reg))
-    print(f"\n## cat of {n} files of 4 KiB (find | xargs cat > /dev/null)")
-    cat_all = "find {} -type f -print0 | xargs -0 cat > /dev/null"
-    drop_caches()
-    raw_cold = timed(lambda: sh(cat_all.format(src)))
-    raw_warm = timed(lambda: sh(cat_all.format(src)))
-    print(f"raw directory, cold            {raw_cold:6.2f} s")
-    print(f"raw directory, warm            {raw_warm:6.2f} s")
-    # The same bytes read from the registry's blob files, in the order the mount reads them:
-    # content addressing scatters them over 256 directories, which costs on a cold disk.
-    blob_list = work / "blobs.txt"
-    reg_api = open_registry(str(reg))
+# -- data --------------------------------------------------------------------------------------
+
+
+def make_small(root: Path, n: int) -> None:
+    """``n`` files of 1-64 KiB, distinct content, in nested directories (a/b, 100 per leaf)."""
+    rnd = random.Random(8)
+    block = os.urandom(64 * KiB)
+    for i in range(n):
+        d = root / f"part{i // 2000:02d}" / f"shard{(i // 100) % 20:02d}"
+        if i % 100 == 0:
+            d.mkdir(parents=True, exist_ok=True)
+        size = rnd.randint(1, 64) * KiB
+        (d / f"{i:06d}.bin").write_bytes(i.to_bytes(8, "little") + block[8:size])
+
+
+def make_many(root: Path, dirs: int, per_dir: int) -> None:
+    """``dirs * per_dir`` tiny files (16-24 bytes, distinct)."""
+    for d in range(dirs):
+        sub = root / f"d{d:04d}"
+        sub.mkdir(parents=True)
+        for f in range(per_dir):
+            (sub / f"f{f:03d}.txt").write_bytes(b"%d/%d\n" % (d, f))
+
+
+def make_big(path: Path, size: int) -> None:
+    path.parent.mkdir(parents=True)
+    with open(path, "wb") as f:
+        chunk = os.urandom(16 * MiB)
+        for i in range(size // len(chunk)):
+            f.write(i.to_bytes(8, "little") + chunk[8:])
+
+
+def log(src: Path, ref: str, registry: Path, *extra: str) -> float:
+    start = time.perf_counter()
+    afs("log", str(src), ref, "--type", "dataset", "--registry", str(registry), *extra)
+    return time.perf_counter() - start
+
+
+# -- cases ---------------------------------------------------------------------------------------
+
+PREFETCH = 16  # --prefetch of the prefetching variants
+FIND = "find {} -type f | wc -l > /dev/null"
+LSR = "ls -lR {} > /dev/null"
+CAT = "find {} -type f -print0 | xargs -0 cat > /dev/null"
+
+
+def case_tree(b: Bench) -> None:
+    """find and ls -lR of the 100,000-entry artifact; log of it; RSS after find + stat."""
+    dirs = 200 if b.quick else 1000
+    src = b.work / "many"
+    make_many(src, dirs, 100)
+    n = dirs * 100
+    reg = b.work / "reg-many"
+    print(f"\n## {n:,} tiny files: log, find, ls -lR, RSS", flush=True)
+    t = log(src, "bench/tree/many", reg)
+    b.res.add("log.tiny_files_per_s", [n / t], "files/s")
     try:
-        v = reg_api.resolve(parse_ref("bench/small/files:v0"))
-        paths = sorted((e.path, str(reg_api.local_path(e))) for e in reg_api.iter_entries(v))
-    finally:
-        reg_api.close()
-    blob_list.write_text("".join(p + "\0" for _, p in paths))
-    drop_caches()
-    blobs_cold = timed(lambda: sh(f"xargs -0 cat < {blob_list} > /dev/null"))
-    print(f"registry blobs in path order, cold {blobs_cold:6.2f} s")
-    for mode in ("verify-in-place", "copy"):
-        m = Mounted(reg, work / "smallmnt", work / f"smallcache-{mode}", "--local-blobs", mode)
-        root = m.mnt / "bench/small/files:v0"
-        try:
-            drop_caches()
-            first = timed(lambda root=root: sh(cat_all.format(root)))
-            drop_caches()
-            second = timed(lambda root=root: sh(cat_all.format(root)))
-            third = timed(lambda root=root: sh(cat_all.format(root)))
-        finally:
-            m.close()
-        print(f"[{mode}] mount, first read (verify)     {first:6.2f} s  ({first / raw_cold:.1f}x raw cold)")
-        print(f"[{mode}] mount, cached, kernel dropped  {second:6.2f} s  ({second / raw_cold:.1f}x raw cold)")
-        print(f"[{mode}] mount, kernel-cached           {third:6.2f} s  ({third / raw_warm:.1f}x raw warm)")
+        t_sdk = _wandb_add_dir(src, 5000 if b.quick else 20000)
+    except Exception as exc:  # the SDK is a test dependency; the case is skipped without it
+        print(f"  (wandb add_dir skipped: {exc})")
+    else:
+        b.res.add("log.wandb_add_dir_files_per_s", [t_sdk], "files/s")
+    with contextlib.ExitStack() as stack:
+        # Every variant mounted at once and measured in turn within each run: the machine is
+        # shared and drifts, so neighbours in time are what compare fairly.
+        roots = {
+            "plain": src,
+            "ceiling": stack.enter_context(b.ceiling(src, "enoattr")),
+            "ceiling_noxattr": stack.enter_context(b.ceiling(src, "enosys")),
+            "artifactfs": stack.enter_context(b.artifactfs(reg, "--xattrs", "on"))[0] / "bench/tree/many:v0",
+            "artifactfs_noxattr": stack.enter_context(b.artifactfs(reg, "--xattrs", "off"))[0] / "bench/tree/many:v0",
+        }
+        for root in roots.values():
+            sh(FIND.format(root))  # warm: the kernel's entries, the daemon's nodes
+        b.interleaved("find", {k: FIND.format(v) for k, v in roots.items() if not k.endswith("noxattr")})
+        b.interleaved("lsR", {k: LSR.format(v) for k, v in roots.items()})
+    # A fresh daemon: walk and stat every entry once, then its resident memory.
+    with b.artifactfs(reg) as (mnt, pid):
+        root = mnt / "bench/tree/many:v0"
+        sh(f"find {root} -printf '%s\\n' > /dev/null")
+        b.res.add("rss.after_find_stat_mb", [rss_mb(pid)], "MB")
     shutil.rmtree(src)
 
 
-def bench_rand(work: Path, quick: bool) -> None:
-    """4 KiB random reads that reach the daemon (page cache dropped, distinct blocks)."""
+def _wandb_add_dir(src: Path, limit: int) -> float:
+    """Files/s of the wandb SDK's ``Artifact.add_dir`` on the first ``limit`` files of ``src``
+    (offline: it hashes and stages, as ``log`` does)."""
+    sub = src.parent / "many-sdk"
+    sub.mkdir()
+    count = 0
+    for d in sorted(src.iterdir()):
+        if count >= limit:
+            break
+        shutil.copytree(d, sub / d.name)
+        count += sum(1 for _ in d.iterdir())
+    code = (
+        "import sys, time, wandb\n"
+        "a = wandb.Artifact('bench', type='dataset')\n"
+        "t = time.perf_counter(); a.add_dir(sys.argv[1]); print(time.perf_counter() - t)\n"
+    )
+    env = dict(os.environ, WANDB_MODE="offline", WANDB_SILENT="true", WANDB_CACHE_DIR=str(src.parent / "wandb-cache"))
+    env["WANDB_DATA_DIR"] = str(src.parent / "wandb-data")
+    out = subprocess.run(
+        [PY, "-c", code, str(sub)], check=True, capture_output=True, text=True, env=env, cwd=src.parent
+    )
+    shutil.rmtree(sub)
+    return count / float(out.stdout.strip().splitlines()[-1])
+
+
+def case_small(b: Bench) -> None:
+    n = 2000 if b.quick else 10000
+    src = b.work / "small"
+    make_small(src, n)
+    reg = b.work / "reg-small"
+    log(src, "bench/small/files", reg)
+    print(f"\n## cat of {n:,} files of 1-64 KiB (find | xargs cat)", flush=True)
+    with contextlib.ExitStack() as stack:
+        roots: dict[str, Path] = {"plain": src, "ceiling": stack.enter_context(b.ceiling(src))}
+        for name, extra in (("artifactfs", ()), ("artifactfs_prefetch", ("--prefetch", str(PREFETCH)))):
+            mnt, _pid = stack.enter_context(b.artifactfs(reg, *extra))
+            roots[name] = mnt / "bench/small/files:v0"
+            drop_caches()
+            b.res.add(f"small_first.{name}", [timed_sh(CAT.format(roots[name]))])
+        cmds = {k: CAT.format(v) for k, v in roots.items()}
+        # The registry's blob files themselves, cat in the order the mount serves them: content
+        # addressing scatters them over 256 directories, which a cold disk feels.
+        cmds["blobs"] = f"xargs -0 cat < {_blob_list(reg, 'bench/small/files:v0', b.work / 'blobs.txt')} > /dev/null"
+        b.interleaved("small_cold", cmds, cold=True)
+        b.interleaved("small_warm", {k: CAT.format(v) for k, v in roots.items()})
+
+
+def _blob_list(reg: Path, ref: str, out: Path) -> Path:
+    """A NUL-separated list of the blob files of ``ref``'s entries, in path order."""
+    from artifactfs.names import parse_ref
+    from artifactfs.registry import open_registry
+
+    registry = open_registry(str(reg))
+    try:
+        v = registry.resolve(parse_ref(ref))
+        paths = sorted((e.path, str(registry.local_path(e))) for e in registry.iter_entries(v))
+    finally:
+        registry.close()
+    out.write_text("".join(p + "\0" for _, p in paths))
+    return out
+
+
+def case_big(b: Bench) -> None:
+    size = (256 if b.quick else 1024) * MiB
+    src = b.work / "big" / "big.bin"
+    make_big(src, size)
+    reg = b.work / "reg-big"
+    log(src.parent, "bench/big/file", reg)
+    log(src.parent, "bench/big/filex", reg, "--digest-algorithm", "XXH128")
+    print(f"\n## one file of {size // MiB} MiB (cat > /dev/null; md5sum)", flush=True)
+    cat = "cat {} > /dev/null"
+    # First reads: a fresh mount (fresh cache) each time, page cache dropped, against md5sum.
+    firsts: dict[str, list[float]] = {
+        "big_first.artifactfs": [],
+        "big_first_xxh128.artifactfs": [],
+        "big_md5sum.plain": [],
+    }
+    for _ in range(b.runs):
+        for ref, name in (("bench/big/file:v0", "big_first"), ("bench/big/filex:v0", "big_first_xxh128")):
+            with b.artifactfs(reg) as (mnt, _pid):
+                drop_caches()
+                firsts[f"{name}.artifactfs"].append(timed_sh(cat.format(mnt / ref / "big.bin")))
+        drop_caches()
+        firsts["big_md5sum.plain"].append(timed_sh(f"md5sum {src} > /dev/null"))
+    for name, values in firsts.items():
+        b.res.add(name, values)
+    with contextlib.ExitStack() as stack:
+        mnt, _pid = stack.enter_context(b.artifactfs(reg))
+        paths = {
+            "plain": src,
+            "ceiling": stack.enter_context(b.ceiling(src.parent)) / "big.bin",
+            "artifactfs": mnt / "bench/big/file:v0/big.bin",
+        }
+        sh(cat.format(paths["artifactfs"]))  # verified: from now on served from the trusted blob
+        b.interleaved("big_cold", {k: cat.format(v) for k, v in paths.items()}, cold=True)
+        for path in paths.values():
+            sh(cat.format(path))
+        b.interleaved("big_warm", {k: cat.format(v) for k, v in paths.items()})
+    os.unlink(src)
+
+
+def _preads(path: Path, blocks: list[int]) -> float:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)
+        start = time.perf_counter()
+        for blk in blocks:
+            os.pread(fd, 4096, blk * 4096)
+        return len(blocks) / (time.perf_counter() - start)
+    finally:
+        os.close(fd)
+
+
+def case_rand(b: Bench) -> None:
+    """4 KiB random reads: through the daemon (mount's page cache dropped, blob warm) and of a
+    kernel-cached file, against the plain file warm and the ceiling."""
     size = 256 * MiB
-    src = work / "randsrc"
-    src.mkdir()
-    (src / "r.bin").write_bytes(os.urandom(size))
-    reg = work / "randreg"
-    afs("log", str(src), "bench/rand/r", "--type", "dataset", "--registry", str(reg))
-    count = 5000 if quick else 20000
-    blocks = random.Random(1).sample(range(size // 4096), count)
+    src = b.work / "rand" / "r.bin"
+    make_big(src, size)
+    reg = b.work / "reg-rand"
+    log(src.parent, "bench/rand/r", reg)
+    count = 5000 if b.quick else 20000
+    rnd = random.Random(1)
+    print(f"\n## {count:,} random 4 KiB preads in a {size // MiB} MiB file", flush=True)
     blob = next(p for p in (reg / "objects" / "md5").rglob("*") if p.is_file())
-    print(f"\n## {count} random 4 KiB preads on distinct blocks: mount's page cache dropped, blob warm")
-    for label, extra in (("inline pread", ()), ("pread in a thread", ("--pread-in-thread",))):
-        m = Mounted(reg, work / "randmnt", work / "randcache", *extra)
-        path = m.mnt / "bench/rand/r:v0/r.bin"
-        try:
-            read_file(path)  # verify once; the blob is then trusted
-            drop_caches()
-            read_file(blob)  # the backing blob in the page cache: measure the daemon, not the disk
-            fd = os.open(path, os.O_RDONLY)
-            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)
-            start = time.perf_counter()
-            for b in blocks:
-                os.pread(fd, 4096, b * 4096)
-            elapsed = time.perf_counter() - start
-            os.close(fd)
-        finally:
-            m.close()
-        print(f"{label:20s} {count / elapsed:8.0f} IOPS ({elapsed:.2f} s)")
-    shutil.rmtree(src)
+    with contextlib.ExitStack() as stack:
+        mnt, _pid = stack.enter_context(b.artifactfs(reg))
+        paths = {
+            "plain": src,
+            "ceiling": stack.enter_context(b.ceiling(src.parent)) / "r.bin",
+            "artifactfs": mnt / "bench/rand/r:v0/r.bin",
+        }
+        sh(f"cat {paths['artifactfs']} > /dev/null")  # verified once, then trusted
+        daemon: dict[str, list[float]] = {"ceiling": [], "artifactfs": []}
+        for _ in range(b.runs):
+            for name in daemon:
+                drop_caches()
+                sh(f"cat {blob} {src} > /dev/null")  # the backing files warm: the daemon, not the disk
+                daemon[name].append(_preads(paths[name], rnd.sample(range(size // 4096), count)))
+        for name, values in daemon.items():
+            b.res.add(f"rand_daemon.{name}", values, "IOPS")
+        for path in paths.values():
+            sh(f"cat {path} > /dev/null")
+        warm: dict[str, list[float]] = {k: [] for k in paths}
+        for _ in range(b.runs):
+            for name, path in paths.items():
+                warm[name].append(_preads(path, rnd.sample(range(size // 4096), count)))
+        for name, values in warm.items():
+            b.res.add(f"rand_warm.{name}", values, "IOPS")
+    os.unlink(src)
 
 
-HTTP_SERVER = """
-import sys
-sys.path.insert(0, "tests")
-from fault_server import FaultServer
-server = FaultServer()
-with open(sys.argv[1], "rb") as f:
-    data = f.read()
-server.add("/blob", data)
-server.add("/throttled", data, rate=float(sys.argv[2]))
-print(server.port, flush=True)
-sys.stdin.read()  # until the parent closes our stdin
-server.close()
-"""
+def case_wandb(b: Bench) -> None:
+    """The W&B cases, measured by scripts/bench_wandb.py (its own figures and ratios)."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import bench_wandb  # type: ignore[import-not-found]
+
+    bench_wandb.bench(b.work, b.quick)
 
 
-def bench_http(work: Path, quick: bool) -> None:
-    """A blob from an HTTP server on 127.0.0.1 (another process) into the verified cache: one
-    stream against parallel ranges (default policy: 16 MiB parts, 4 workers), from an unlimited
-    server and from one that sends each response at most at ``rate`` (as object stores limit
-    each connection)."""
-    from artifactfs.http import DEFAULT_POLICY, Policy
-    from artifactfs.manifest import Entry, digest_bytes
-    from artifactfs.references import reference_source
-    from artifactfs.store import BlobStore
+CASES: dict[str, Callable[[Bench], None]] = {
+    "tree": case_tree,
+    "small": case_small,
+    "big": case_big,
+    "rand": case_rand,
+    "wandb": case_wandb,
+}
 
-    size = (64 if quick else 256) * MiB
-    rate = 64 * MiB
-    data = os.urandom(size)
-    (work / "http-blob").write_bytes(data)
-    server = [PY, "-c", HTTP_SERVER, str(work / "http-blob"), str(rate)]
-    proc = subprocess.Popen(server, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    single = Policy(parallel_threshold=1 << 62)
-    ranged = Policy(parallel_threshold=min(DEFAULT_POLICY.parallel_threshold, size))
 
-    def fill(entry: Entry, policy: Policy) -> float:
-        cache = work / "http-cache"
-        store = BlobStore(str(cache))
-        try:
-            source = reference_source(entry, policy=policy)
-            return timed(lambda: store.fill(entry.cache_key, entry, source, "blob").close())
-        finally:
-            store.close()
-            shutil.rmtree(cache)
+def ratios(r: Results) -> None:
+    r.ratio("find vs ceiling", "find.artifactfs", "find.ceiling", 0.8)
+    r.ratio("ls -lR vs ceiling (xattrs on)", "lsR.artifactfs", "lsR.ceiling", 0.9)
+    r.ratio("ls -lR xattrs off vs ceiling ENOSYS", "lsR.artifactfs_noxattr", "lsR.ceiling_noxattr", 0.8)
+    r.ratio("find vs plain", "find.artifactfs", "find.plain", None)
+    r.ratio("ls -lR vs plain (xattrs on)", "lsR.artifactfs", "lsR.plain", None)
+    r.ratio("ls -lR xattrs off vs plain", "lsR.artifactfs_noxattr", "lsR.plain", None)
+    r.ratio("small cat, page cache dropped, vs ceiling", "small_cold.artifactfs", "small_cold.ceiling", 0.9)
+    r.ratio("small cat, kernel warm, vs ceiling", "small_warm.artifactfs", "small_warm.ceiling", 0.9)
+    r.ratio("small cat, dropped, --prefetch, vs ceiling", "small_cold.artifactfs_prefetch", "small_cold.ceiling", 0.9)
+    r.ratio("small cat, warm, --prefetch, vs ceiling", "small_warm.artifactfs_prefetch", "small_warm.ceiling", 0.9)
+    r.ratio("small cat, first read, vs ceiling dropped", "small_first.artifactfs", "small_cold.ceiling", None)
+    r.ratio(
+        "small cat, first read, --prefetch, vs ceiling dropped",
+        "small_first.artifactfs_prefetch",
+        "small_cold.ceiling",
+        None,
+    )
+    r.ratio("small cat, page cache dropped, vs plain", "small_cold.artifactfs", "small_cold.plain", None)
+    r.ratio(
+        "small cat, page cache dropped, vs cat of the blob files", "small_cold.artifactfs", "small_cold.blobs", None
+    )
+    r.ratio("small cat, kernel warm, vs plain", "small_warm.artifactfs", "small_warm.plain", None)
+    r.ratio("1 GiB page cache dropped vs cold cat", "big_cold.artifactfs", "big_cold.plain", 0.9)
+    r.ratio("1 GiB kernel warm vs warm cat", "big_warm.artifactfs", "big_warm.plain", 0.85)
+    r.ratio("1 GiB first read vs md5sum", "big_first.artifactfs", "big_md5sum.plain", 0.9)
+    r.ratio("1 GiB XXH128 first read vs cold cat", "big_first_xxh128.artifactfs", "big_cold.plain", 0.8)
+    r.ratio("4 KiB random, kernel-cached, vs plain warm", "rand_warm.artifactfs", "rand_warm.plain", 0.8)
+    r.ratio("4 KiB random, kernel-cached, vs ceiling", "rand_warm.artifactfs", "rand_warm.ceiling", None)
+    r.ratio("4 KiB random through the daemon vs ceiling", "rand_daemon.artifactfs", "rand_daemon.ceiling", None)
+    r.ratio("1 GiB page cache dropped vs ceiling", "big_cold.artifactfs", "big_cold.ceiling", None)
+    r.ratio("1 GiB kernel warm vs ceiling", "big_warm.artifactfs", "big_warm.ceiling", None)
+    r.bound("daemon RSS after find+stat (MB)", "rss.after_find_stat_mb", 300)
+    r.ratio("log of tiny files vs wandb add_dir", "log.tiny_files_per_s", "log.wandb_add_dir_files_per_s", None)
+    if "log.tiny_files_per_s" in r.figures:
+        f = r.figures["log.tiny_files_per_s"]
+        r.ratios["log of tiny files (files/s)"] = Ratio(f.median, "log.tiny_files_per_s", "", 5000, absolute=True)
 
-    try:
-        assert proc.stdout is not None
-        port = int(proc.stdout.readline())
-        print(f"\n## http: a {size // MiB} MiB reference from a server on 127.0.0.1 into the verified cache")
-        for path, label in (("blob", "unlimited"), ("throttled", f"{rate // MiB} MiB/s per connection")):
-            entry = Entry("blob", digest_bytes(data), size, ref=f"http://127.0.0.1:{port}/{path}")
-            for name, policy in (("one stream", single), ("parallel ranges", ranged)):
-                best = min(fill(entry, policy) for _ in range(2))
-                print(f"{label:<28} {name:<16} {mbps(size, best)}")
-    finally:
-        assert proc.stdin is not None
-        proc.stdin.close()
-        proc.wait(timeout=30)
+
+def machine() -> dict[str, Any]:
+    with open("/proc/cpuinfo") as f:
+        model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "?")
+    fuse = subprocess.run(["fusermount3", "-V"], capture_output=True, text=True).stdout.strip()
+    import pyfuse3
+
+    return {
+        "cores": os.cpu_count(),
+        "cpu": model,
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "pyfuse3": pyfuse3.__version__,
+        "fusermount3": fuse,
+        "load_before": os.getloadavg()[0],
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+    }
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--quick", action="store_true", help="smaller data (for a smoke run)")
-    parser.add_argument("--only", default="log,seq,small,rand,http")
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="smaller data and fewer runs (under 90 s)")
+    parser.add_argument("--only", default="tree,small,big,rand", help=f"comma-separated cases: {', '.join(CASES)}")
+    parser.add_argument("--runs", type=int, help="runs per case (default 3; --quick 2)")
     parser.add_argument("--dir", default="/var/tmp", help="where to put the data (a real disk, not tmpfs)")
+    parser.add_argument("--json", metavar="PATH", help="write the figures and ratios as JSON")
+    parser.add_argument("--profile", metavar="DIR", help="cProfile every artifactfs daemon into DIR")
     args = parser.parse_args()
-    benches = {"log": bench_log, "seq": bench_seq, "small": bench_small, "rand": bench_rand, "http": bench_http}
-    if os.geteuid() != 0 and args.only != "http":
+    if os.geteuid() != 0:
         sys.exit("scripts/bench needs root (it drops the page cache)")
+    profile = Path(args.profile).resolve() if args.profile else None
+    if profile is not None:
+        profile.mkdir(parents=True, exist_ok=True)
+    info = machine()
+    started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="artifactfs-bench.", dir=args.dir) as tmp:
-        work = Path(tmp)
-        print(f"# artifactfs bench, {time.strftime('%Y-%m-%d %H:%M')}, {os.cpu_count()} cores, data in {work}")
+        b = Bench(Path(tmp), args.runs or (2 if args.quick else 3), args.quick, profile)
+        print(f"# artifactfs bench, {info['date']}, {info['cores']} cores, {info['kernel']}, data in {tmp}")
         try:
             for name in args.only.split(","):
-                benches[name](work, args.quick)
+                CASES[name](b)
         finally:
             with open("/proc/mounts") as f:
                 for line in f:
                     mnt = line.split()[1]
-                    if mnt.startswith(str(work)):
+                    if mnt.startswith(tmp):
                         subprocess.run(["fusermount3", "-u", "-z", mnt], check=False)
+    ratios(b.res)
+    info["seconds"] = round(time.perf_counter() - started, 1)
+    print(f"\n# ratios (speed: baseline time / artifactfs time), {info['seconds']} s\n")
+    print(b.res.table())
+    if args.json:
+        Path(args.json).write_text(json.dumps(b.res.to_json(info), indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -649,3 +649,156 @@ def test_concurrent_gets_of_a_slow_http_blob_share_one_download(store: BlobStore
         assert len(server.gets()) == 1
     assert fetcher.stats.fetches == 1
     assert fetcher.stats.cache_hits == 9
+
+
+# -- prefetch --------------------------------------------------------------------------------------------
+
+
+def test_prefetch_fetches_once_and_readers_wait_for_it(store: BlobStore, src: FaultySource) -> None:
+    fetcher = Fetcher(FakeRemote(src), store)
+    src.gate = threading.Event()
+
+    async def main() -> list[bytes]:
+        got: list[bytes] = []
+
+        async def reader() -> None:
+            got.append(content(await fetcher.get(VERSION, ENTRY)))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(fetcher.prefetch, VERSION, ENTRY)
+            await trio.to_thread.run_sync(src.entered.wait)
+            nursery.start_soon(reader)
+            nursery.start_soon(reader)
+            await trio.testing.wait_all_tasks_blocked()
+            assert got == [] and fetcher.in_flight == 1
+            assert not await fetcher.prefetch(VERSION, ENTRY)  # already under way: nothing more
+            assert src.gate is not None
+            src.gate.set()
+        return got
+
+    assert run(main) == [DATA, DATA]
+    assert src.opens == 1
+    assert (fetcher.stats.fetches, fetcher.stats.cache_hits) == (1, 2)
+    assert run(fetcher.prefetch, VERSION, ENTRY)  # cached: checked, nothing fetched
+    assert (src.opens, fetcher.stats.cache_hits) == (1, 3)
+
+
+def test_prefetch_failure_is_remembered_like_a_read(store: BlobStore, src: FaultySource) -> None:
+    fetcher = Fetcher(FakeRemote(src), store)
+    src.mode = "corrupt"
+
+    async def main() -> None:
+        with pytest.raises(DigestMismatch):
+            await fetcher.prefetch(VERSION, ENTRY)
+        with pytest.raises(DigestMismatch):  # the reader gets the same error, without a new fetch
+            await fetcher.get(VERSION, ENTRY)
+        assert not await fetcher.prefetch(VERSION, ENTRY)
+
+    run(main)
+    assert src.opens == 1
+    assert ENTRY.cache_key not in store
+
+
+def test_prefetch_verifies_local_blobs_off_the_loop(sample_registry: tuple[Path, Path], tmp_path: Path) -> None:
+    """A small local blob is hashed in a worker thread ahead of its reader, who then only opens it."""
+    registry = LocalRegistry(sample_registry[0])
+    store = BlobStore(str(tmp_path / "cache"))
+    try:
+        version = registry.resolve(parse_ref("acme/vision/ds:v1"))
+        entry = registry.get_entry(version, "train/000002.txt").entry
+        assert entry is not None and entry.size <= INLINE_VERIFY_MAX
+        fetcher = Fetcher(registry, store)
+        threads: list[str] = []
+        verify = store.verify_in_place
+
+        def spy(*args: Any, **kwargs: Any) -> Blob:
+            threads.append(threading.current_thread().name)
+            return verify(*args, **kwargs)
+
+        store.verify_in_place = spy  # type: ignore[method-assign]
+        assert run(fetcher.prefetch, version, entry)
+        assert threads and threads[0] != threading.main_thread().name
+        assert content(run(fetcher.get, version, entry)) == (sample_registry[1] / "train/000002.txt").read_bytes()
+        assert (fetcher.stats.verified_in_place, fetcher.stats.trusted_in_place) == (1, 1)
+        assert len(threads) == 1
+    finally:
+        store.close()
+        registry.close()
+
+
+class CountingRemote(FakeRemote):
+    """Many distinct blobs; each download takes a while and the most at once is recorded."""
+
+    def __init__(self, blobs: dict[str, bytes]) -> None:
+        super().__init__(FaultySource(b""))
+        self.blobs = blobs
+        self.active = 0
+        self.most = 0
+        self.opened: list[str] = []
+        self._lock = threading.Lock()
+
+    def blob_source(self, version: VersionInfo, entry: Entry) -> BlobSource:
+        def open_() -> IO[bytes]:
+            with self._lock:
+                self.active += 1
+                self.most = max(self.most, self.active)
+                self.opened.append(entry.path)
+            time.sleep(0.05)
+            with self._lock:
+                self.active -= 1
+            return io.BytesIO(self.blobs[entry.path])
+
+        return BlobSource(f"{version.ref}/{entry.path}", open=open_)
+
+
+def test_prefetcher_fetches_the_next_files_with_bounded_concurrency(store: BlobStore) -> None:
+    from artifactfs.fetcher import Prefetcher
+
+    blobs = {f"d/{i:02d}": os.urandom(1000) + bytes([i]) for i in range(12)}
+    entries = [Entry(path, digest_bytes(data), len(data)) for path, data in blobs.items()]
+    big = Entry("d/zz-big", digest_bytes(b"x"), 1 << 30)  # over the size bound: never fetched ahead
+    remote = CountingRemote(blobs)
+    fetcher = Fetcher(remote, store)
+    asked: list[tuple[object, int]] = []
+
+    async def lister(node: object, count: int) -> list[tuple[VersionInfo, Entry]]:
+        asked.append((node, count))
+        start = entries.index(node) + 1  # type: ignore[arg-type]
+        return [(VERSION, e) for e in [*entries, big][start : start + count]]
+
+    prefetcher = Prefetcher(fetcher, lister, 8, workers=3, max_size=1 << 20)
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(prefetcher.run)
+            prefetcher.after(entries[0])
+            prefetcher.after(entries[1])  # overlaps the first hint: nothing is offered twice
+            with trio.fail_after(30):
+                while prefetcher.started < 9 or prefetcher.active:
+                    await trio.sleep(0.01)
+            nursery.cancel_scope.cancel()
+
+    run(main)
+    assert asked == [(entries[0], 8), (entries[1], 8)]
+    assert sorted(remote.opened) == [e.path for e in entries[1:10]]  # 1..8, then 9; each once
+    assert remote.most <= 3 and prefetcher.max_active <= 3
+    assert prefetcher.failed == 0
+    for e in entries[1:10]:
+        assert e.cache_key in store
+
+
+def test_prefetcher_hints_are_dropped_when_its_queue_is_full(store: BlobStore) -> None:
+    from artifactfs.fetcher import Prefetcher
+
+    async def lister(node: object, count: int) -> list[tuple[VersionInfo, Entry]]:
+        return []
+
+    prefetcher = Prefetcher(Fetcher(FakeRemote(FaultySource(DATA)), store), lister, 4)
+
+    async def main() -> None:
+        for i in range(1000):  # nobody serves the queue: after() must neither block nor grow
+            prefetcher.after(i)
+        stats = prefetcher._hints_in.statistics()
+        assert stats.current_buffer_used == stats.max_buffer_size == 16
+
+    run(main)

@@ -520,3 +520,93 @@ async def test_node_of_an_open_listing_survives_forget(tree: Tree) -> None:
     tree.forget(readme.inode, 1)
     with pytest.raises(NotFound):
         tree.node(readme.inode)
+
+
+# -- version listings and prefetch order -------------------------------------------------------------
+
+
+@trio_test
+async def test_version_directory_listing_is_asked_once(tree: Tree, registry: LocalRegistry) -> None:
+    """A version's content never changes: its directories are listed by the registry once."""
+    calls: list[str] = []
+    list_dir = registry.list_dir
+
+    def counting(version: Any, path: str) -> Any:
+        calls.append(path)
+        return list_dir(version, path)
+
+    registry.list_dir = counting  # type: ignore[method-assign]
+    version = await walk(tree, "acme", "vision", "ds:v1")
+    first = await names(tree, version)
+    assert await names(tree, version) == first
+    train = await tree.lookup(version.inode, "train")
+    assert await names(tree, train) == ["000001.txt", "000002.txt", "deep"]
+    await names(tree, train)
+    assert calls == ["", "train"]
+
+
+@trio_test
+async def test_files_after_follow_the_listing_and_skip_directories(tree: Tree) -> None:
+    version = await walk(tree, "acme", "vision", "ds:v1")
+    readme = await tree.lookup(version.inode, "README.md")
+    after = [entry.path for _, entry in await tree.files_after(readme, 10)]
+    assert after == ["colon:inside.txt", "empty", "latest"]  # "train" and "with space" are directories
+    assert [e.path for _, e in await tree.files_after(readme, 2)] == ["colon:inside.txt", "empty"]
+    first = await walk(tree, "acme", "vision", "ds:v1", "train", "000001.txt")
+    assert [e.path for _, e in await tree.files_after(first, 5)] == ["train/000002.txt"]
+    last = await walk(tree, "acme", "vision", "ds:v1", "train", "deep", "er", "still", "x.bin")
+    assert await tree.files_after(last, 5) == []
+    assert await tree.files_after(version, 5) == []  # not a file
+
+
+# -- the .artifactfs view ---------------------------------------------------------------------------
+
+
+@trio_test
+async def test_view_holds_info_and_manifest_of_every_version(tree: Tree, registry: LocalRegistry) -> None:
+    project = await walk(tree, "acme", "vision")
+    assert ".artifactfs" not in await names(tree, project)  # reachable, never listed
+    view = await tree.lookup(project.inode, ".artifactfs")
+    assert view.kind is Kind.VIEW
+    assert await names(tree, view) == ["ds:v0", "ds:v1", "model:v0"]
+    v1 = await tree.lookup(view.inode, "ds:v1")
+    assert v1.kind is Kind.VIEW_VERSION
+    assert await names(tree, v1) == ["info.json", "manifest.json"]
+    version = registry.resolve(parse_ref("acme/vision/ds:v1"))
+    info_node = await tree.lookup(v1.inode, "info.json")
+    info = json.loads(info_node.data)
+    assert info == {**version.to_json(), "logged_by": None, "used_by": []}
+    manifest_node = await tree.lookup(v1.inode, "manifest.json")
+    assert json.loads(manifest_node.data) == registry.manifest(version).to_json()
+    for node in (info_node, manifest_node):
+        attr = tree.getattr(node)
+        assert attr.mode == stat.S_IFREG | 0o444
+        assert attr.size == len(node.data)
+    assert tree.getattr(manifest_node).timeout == FOREVER
+    assert tree.getattr(info_node).timeout == TTL
+    assert tree.getattr(v1).mode == stat.S_IFDIR | 0o555
+    assert await tree.xattrs(info_node) == {}
+
+
+@trio_test
+async def test_view_names_versions_only(tree: Tree) -> None:
+    view = await walk(tree, "acme", "vision", ".artifactfs")
+    for name in ("ds:latest", "ds", "nope:v0", "ds:v9"):
+        with pytest.raises(NotFound):
+            await tree.lookup(view.inode, name)
+    v0 = await tree.lookup(view.inode, "ds:v0")
+    with pytest.raises(EntryNotFound):
+        await tree.lookup(v0.inode, "README.md")
+
+
+@trio_test
+async def test_view_info_follows_aliases_after_ttl(tree: Tree, registry: LocalRegistry, clock: MockClock) -> None:
+    info = await walk(tree, "acme", "vision", ".artifactfs", "ds:v1", "info.json")
+    assert json.loads(info.data)["aliases"] == ["latest"]
+    registry.add_alias(parse_ref("acme/vision/ds:v1"), "prod")
+    await tree.refresh_view_file(info)
+    assert json.loads(info.data)["aliases"] == ["latest"]  # the kernel was told this until the TTL
+    clock.jump(TTL + 1)
+    await tree.refresh_view_file(info)
+    assert json.loads(info.data)["aliases"] == ["latest", "prod"]
+    assert tree.getattr(info).size == len(info.data)

@@ -258,6 +258,7 @@ class LocalRegistry(Registry):
             os.makedirs(os.path.join(self.objects, "tmp"), exist_ok=True)
         self._local = threading.local()
         self._pks: dict[str, int] = {}  # artifact id -> versions row id
+        self._blob_dirs: set[str] = set()  # objects/<alg>/<xx> directories known to exist
         self._connections: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
         self._read_only = False
@@ -699,20 +700,37 @@ class LocalRegistry(Registry):
         """
         hasher = new_hasher(alg)
         size = 0
-        fd, tmp = make_temp(self._tmp_dir())
+        # Per file only what must be: a log of many tiny files is bound by syscalls, so plain
+        # descriptors instead of file objects, fchmod, and each blob directory made once.
+        fd, tmp = make_temp(os.path.join(self.objects, "tmp"))
         try:
-            with open(fd, "wb", closefd=True) as out, open(src, "rb") as f:
-                while chunk := f.read(CHUNK):
-                    hasher.update(chunk)
-                    out.write(chunk)
-                    size += len(chunk)
+            try:
+                src_fd = os.open(src, os.O_RDONLY | os.O_CLOEXEC)
+                try:
+                    while chunk := os.read(src_fd, CHUNK):
+                        hasher.update(chunk)
+                        view = memoryview(chunk)
+                        while view:
+                            view = view[os.write(fd, view) :]
+                        size += len(chunk)
+                finally:
+                    os.close(src_fd)
+                os.fchmod(fd, 0o444)
+            finally:
+                os.close(fd)
             digest = b64_digest(hasher)
             final = self.blob_path(alg, digest)
-            os.makedirs(os.path.dirname(final), exist_ok=True)
-            os.chmod(tmp, 0o444)
+            parent = os.path.dirname(final)
+            if parent not in self._blob_dirs:
+                os.makedirs(parent, exist_ok=True)
+                self._blob_dirs.add(parent)
             # Replace even an existing blob: ours is known good, the old one may have rotted, and
             # the fresh mtime tells gc() that a log is using it.
-            os.replace(tmp, final)
+            try:
+                os.replace(tmp, final)
+            except FileNotFoundError:  # its directory was removed since we made it
+                os.makedirs(parent, exist_ok=True)
+                os.replace(tmp, final)
         except BaseException:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
