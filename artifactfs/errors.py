@@ -16,10 +16,13 @@ import logging
 
 
 class ArtifactFSError(Exception):
-    """Base class.  ``errno`` is what a FUSE request fails with; ``log_level`` how loud it is."""
+    """Base class.  ``errno`` is what a FUSE request fails with; ``log_level`` how loud it is;
+    ``exit_status`` what the CLI exits with after printing the one-line message (1 for every
+    class; 2 is argparse's, for a command line it cannot parse)."""
 
     errno: int = _errno.EIO
     log_level: int = logging.ERROR
+    exit_status: int = 1
 
 
 class InvalidReference(ArtifactFSError):

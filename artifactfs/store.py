@@ -193,10 +193,16 @@ class BlobStore:
 
     @property
     def volume(self) -> int:
-        return int(self._cache.volume())
+        try:
+            return int(self._cache.volume())
+        except (sqlite3.Error, diskcache.Timeout) as exc:
+            raise RegistryError(f"cannot read the size of the cache {self.directory}: {exc}") from exc
 
     def __contains__(self, key: str) -> bool:
-        return key in self._cache
+        try:
+            return key in self._cache
+        except (sqlite3.Error, diskcache.Timeout) as exc:
+            raise RegistryError(f"cannot read the cache index {self.directory}: {exc}") from exc
 
     def _cached_file(self, key: str) -> str | None:
         """The path of ``key``'s cache file in diskcache's index, marking it recently used; None
@@ -297,8 +303,8 @@ class BlobStore:
         try:
             self._cache.delete(key, retry=True)
             self._cache.delete(_CACHED_PREFIX + key, retry=True)
-        except sqlite3.Error as exc:
-            raise FetchError(f"cannot evict a damaged cache entry: {exc}") from exc
+        except (sqlite3.Error, diskcache.Timeout) as exc:
+            raise FetchError(f"cannot evict a damaged cache entry: {exc or type(exc).__name__}") from exc
 
     def fill(self, key: str, entry: Entry, source: BlobSource, what: str) -> Blob:
         """Write ``source``'s bytes into the cache if they hash to ``entry.digest``; return the blob.

@@ -96,6 +96,28 @@ def force_unmount(path: Path) -> None:
         subprocess.run(["fusermount3", "-u", "-z", str(path)], capture_output=True)
 
 
+@contextlib.contextmanager
+def tmpfs_mount(path: Path, size: str = "8m", *, read_only: bool = False) -> Iterator[Path]:
+    """A small tmpfs on ``path`` (created; a full or read-only disk for a test), always
+    unmounted afterwards.  Needs root: skips without it, except in CI, where it fails."""
+    if os.geteuid() != 0:
+        if os.environ.get("CI") == "true":
+            pytest.fail("mounting a tmpfs needs root")
+        pytest.skip("mounting a tmpfs needs root")
+    path.mkdir(parents=True, exist_ok=True)
+    opts = f"size={size},mode=0700" + (",ro" if read_only else "")
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", opts, "tmpfs", str(path)], capture_output=True, text=True)
+    if proc.returncode != 0:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"cannot mount a tmpfs: {proc.stderr}")
+        pytest.skip(f"cannot mount a tmpfs: {proc.stderr}")
+    try:
+        yield path
+    finally:
+        if subprocess.run(["umount", str(path)], capture_output=True).returncode != 0:
+            subprocess.run(["umount", "-l", str(path)], capture_output=True)
+
+
 def corrupt_table(registry: Path, table: str) -> None:
     """Write garbage over the root pages of ``table`` and its indexes in the database of a
     registry nobody has open: the database still opens, but the first read of the table fails."""

@@ -25,12 +25,11 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Mount, Mounter, force_unmount, is_mounted, run_cli, write_tree
+from conftest import Mount, Mounter, force_unmount, is_mounted, run_cli, tmpfs_mount, write_tree
 
 from artifactfs.errors import DiskFull, RegistryError
 from artifactfs.manifest import Entry, digest_bytes
@@ -46,26 +45,8 @@ ENV = {**os.environ, "LC_ALL": "C.UTF-8", "LANG": "C.UTF-8"}
 # -- helpers ----------------------------------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def tmpfs(path: Path, size: str = "8m") -> Iterator[Path]:
-    """A small tmpfs mounted on ``path`` (created), always unmounted afterwards."""
-    if os.geteuid() != 0:
-        if os.environ.get("CI") == "true":
-            pytest.fail("the full-disk tests need root (they mount a tmpfs)")
-        pytest.skip("mounting a tmpfs needs root")
-    path.mkdir(parents=True, exist_ok=True)
-    proc = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs", str(path)], capture_output=True
-    )
-    if proc.returncode != 0:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"cannot mount a tmpfs: {proc.stderr.decode()}")
-        pytest.skip(f"cannot mount a tmpfs: {proc.stderr.decode()}")
-    try:
-        yield path
-    finally:
-        if subprocess.run(["umount", str(path)], capture_output=True).returncode != 0:
-            subprocess.run(["umount", "-l", str(path)], capture_output=True)
+def tmpfs(path: Path, size: str = "8m") -> contextlib.AbstractContextManager[Path]:
+    return tmpfs_mount(path, size)
 
 
 def entry_for(data: bytes, path: str = "f.bin") -> Entry:
