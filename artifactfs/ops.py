@@ -200,7 +200,7 @@ class Operations(pyfuse3.Operations):
         handle = self._dirs.pop(fh, None)
         if handle is not None and handle.children:
             # Nodes made for entries the reader never got (``ls | head``) are unknown to the kernel.
-            self.tree.drop_unreferenced(node for _, node in handle.children)
+            self.tree.drop_unreferenced(handle.children)
 
     # -- content --------------------------------------------------------------------------------
 

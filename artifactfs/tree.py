@@ -87,6 +87,9 @@ class Node:
     # A version directory's listing, kept once asked (a version's content never changes): the
     # registry's answer, not nodes, so a forgotten child is made afresh like any lookup's.
     listing: list[DirEntry] | None = None
+    # ... and its nodes, valid while ``Tree._dropped`` is ``children_at`` (no node was dropped).
+    children: list[tuple[str, Node]] | None = None
+    children_at: int = -1
     data: bytes = b""  # view files: their content as last made
 
 
@@ -118,6 +121,9 @@ class Tree:
     _nodes: dict[int, Node] = field(default_factory=dict)
     _by_key: dict[tuple[object, ...], Node] = field(default_factory=dict)
     _next_inode: int = ROOT_INODE + 1
+    # Nodes dropped from the key index so far: a kept listing of nodes (``Node.children``) made
+    # when this was the same still names the current node of every key.
+    _dropped: int = 0
 
     def __post_init__(self) -> None:
         if self.meta is None:
@@ -156,13 +162,14 @@ class Tree:
             self._nodes[node.inode] = node
             self._by_key.setdefault(node.key, node)
 
-    def drop_unreferenced(self, nodes: Iterable[Node]) -> None:
-        """Forget nodes made by a listing that the kernel holds no reference to."""
-        for node in nodes:
+    def drop_unreferenced(self, children: Iterable[tuple[str, Node]]) -> None:
+        """Forget nodes of a listing (``(name, node)``) that the kernel holds no reference to."""
+        for _, node in children:
             if node.lookups <= 0 and node.inode != ROOT_INODE and self._nodes.get(node.inode) is node:
                 del self._nodes[node.inode]
                 if self._by_key.get(node.key) is node:
                     del self._by_key[node.key]
+                    self._dropped += 1
 
     def forget(self, inode: int, nlookup: int) -> None:
         node = self._nodes.get(inode)
@@ -173,6 +180,7 @@ class Tree:
             del self._nodes[inode]
             if self._by_key.get(node.key) is node:
                 del self._by_key[node.key]
+                self._dropped += 1
 
     # -- children -------------------------------------------------------------------------------
 
@@ -308,9 +316,13 @@ class Tree:
             out.sort(key=lambda item: item[0])
             return out
         if kind in (Kind.VERSION, Kind.DIR):
-            children = await self._listing(node)
+            if node.children is not None and node.children_at == self._dropped:
+                return node.children  # the common case of a repeated walk: no node was forgotten
+            listing = await self._listing(node)
             content = self._content
-            return [(d.name, content(node, d.name, d.entry)) for d in children]
+            node.children = [(d.name, content(node, d.name, d.entry)) for d in listing]
+            node.children_at = self._dropped
+            return node.children
         if kind is Kind.VIEW:
             versions = (await self._meta.project_versions(node.entity, node.project)).value
             out = []

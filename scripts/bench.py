@@ -24,12 +24,14 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import os
 import platform
 import random
 import re
 import shutil
+import socket
 import statistics
 import subprocess
 import sys
@@ -101,7 +103,7 @@ class Figure:
 
     def text(self) -> str:
         med, lo, hi = self.median, min(self.values), max(self.values)
-        fmt = "{:.3g}" if self.unit not in ("files/s", "IOPS", "MB") else "{:,.0f}"
+        fmt = "{:,.0f}" if self.unit in ("files/s", "IOPS", "MB", "B") else "{:.3g}"
         spread = "" if len(self.values) == 1 else f" ({fmt.format(lo)}-{fmt.format(hi)})"
         return f"{fmt.format(med)} {self.unit}{spread}"
 
@@ -126,6 +128,7 @@ class Ratio:
 class Results:
     figures: dict[str, Figure] = field(default_factory=dict)
     ratios: dict[str, Ratio] = field(default_factory=dict)
+    info: dict[str, Any] = field(default_factory=dict)
 
     def add(self, name: str, values: list[float], unit: str = "s") -> None:
         self.figures[name] = Figure(values, unit)
@@ -152,7 +155,10 @@ class Results:
             unit = "" if r.absolute or not r.higher_is_better else " x"
             op = ">=" if r.higher_is_better else "<="
             target = "" if r.target is None else f"{op} {r.target:g}{unit}"
-            value = f"{r.value:,.0f}" if r.absolute or not r.higher_is_better else f"{r.value:.2f} x"
+            if r.absolute or not r.higher_is_better:
+                value = f"{r.value:,.0f}" if r.value >= 100 else f"{r.value:.3g}"
+            else:
+                value = f"{r.value:.2f} x"
             met = "" if r.met is None else ("yes" if r.met else "no")
             lines.append(f"| {name} | {value} | {a} | {b} | {target} | {met} |")
         return "\n".join(lines)
@@ -160,6 +166,7 @@ class Results:
     def to_json(self, machine: dict[str, Any]) -> dict[str, Any]:
         return {
             "machine": machine,
+            "info": self.info,
             "figures": {
                 n: {
                     "median": f.median,
@@ -491,12 +498,151 @@ def case_rand(b: Bench) -> None:
     os.unlink(src)
 
 
-def case_wandb(b: Bench) -> None:
-    """The W&B cases, measured by scripts/bench_wandb.py (its own figures and ratios)."""
-    sys.path.insert(0, str(ROOT / "scripts"))
-    import bench_wandb  # type: ignore[import-not-found]
+NGINX_CONF = """
+daemon off; master_process off; worker_processes 1;
+pid {work}/nginx.pid; error_log {work}/nginx-error.log warn;
+events {{ worker_connections 1024; }}
+http {{
+    access_log off; sendfile on; tcp_nopush on; keepalive_requests 1000000;
+    default_type application/octet-stream;
+    client_body_temp_path {work}/tmp; proxy_temp_path {work}/tmp; fastcgi_temp_path {work}/tmp;
+    uwsgi_temp_path {work}/tmp; scgi_temp_path {work}/tmp;
+    server {{ listen 127.0.0.1:{port}; root {root}; location /files/ {{ }} }}
+}}
+"""
 
-    bench_wandb.bench(b.work, b.quick)
+
+class Nginx:
+    """nginx from Debian serving blob files from disk on 127.0.0.1 (started and stopped here):
+    a real static server, so the W&B test server (pure Python) only answers GraphQL and the
+    transfer figures are the mount's, not the test server's."""
+
+    def __init__(self, work: Path) -> None:
+        self.work = work / "nginx"
+        self.root = self.work / "www"
+        (self.work / "tmp").mkdir(parents=True)
+        self.root.mkdir()
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        conf = self.work / "nginx.conf"
+        conf.write_text(NGINX_CONF.format(work=self.work, port=port, root=self.root))
+        self.proc = subprocess.Popen(["nginx", "-c", str(conf), "-p", str(self.work)])
+        self.url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline or self.proc.poll() is not None:
+                    raise RuntimeError(f"nginx did not start: {(self.work / 'nginx-error.log').read_text()}") from None
+                time.sleep(0.05)
+
+    def put(self, rec: Any) -> None:
+        """Every file of an artifact record under ``/files/<hex>/<path>``, as the server names them."""
+        from artifactfs.manifest import hex_from_b64
+
+        for path, data in rec.files.items():
+            target = self.root / "files" / hex_from_b64(rec.file_digests[path]) / path
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(data)
+
+    def close(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+@contextlib.contextmanager
+def blobs_from_nginx(bw: Any, work: Path) -> Iterator[Nginx | None]:
+    """scripts/bench_wandb.py as it is, with its server's file URLs (what the mount, the SDK and
+    curl download) pointing at nginx; without nginx, as it is."""
+    if shutil.which("nginx") is None:
+        print("  (nginx is not installed: blobs come from the Python test server; apt-get install nginx-light)")
+        yield None
+        return
+    nginx = Nginx(work)
+    start_server, file_url = bw.start_server, bw.file_url
+
+    def start() -> Any:
+        server = start_server()
+        add, node = server.add_artifact, server._file_node
+
+        def add_artifact(*args: Any, **kwargs: Any) -> Any:
+            rec = add(*args, **kwargs)
+            nginx.put(rec)
+            return rec
+
+        def file_node(rec: Any, path: str) -> dict[str, Any]:
+            out: dict[str, Any] = node(rec, path)
+            out["url"] = out["directUrl"] = nginx.url + out["url"][len(server.url) :]
+            return out
+
+        server.add_artifact, server._file_node = add_artifact, file_node
+        return server
+
+    bw.start_server = start
+    bw.file_url = lambda server, rec, path: nginx.url + file_url(server, rec, path)[len(server.url) :]
+    try:
+        yield nginx
+    finally:
+        bw.start_server, bw.file_url = start_server, file_url
+        nginx.close()
+
+
+def bench_delta(bw: Any, server: Any, work: Path, figs: Any, runs: int, quick: bool, cap: float) -> None:
+    """v1 after v0: the bytes a mount fetches for v1 of an artifact whose v0 it has read, when
+    1% of the files changed (content addressing: the other 99% are cache hits)."""
+    n = 2000 if quick else 10000
+    v0 = bw.small_files(n, seed=11)
+    paths = sorted(v0)
+    changed = paths[:: max(1, n // (n // 100))][: n // 100]
+    v1 = dict(v0)
+    for path in changed:
+        v1[path] = os.urandom(len(v0[path]))
+    server.add_artifact(bw.ENTITY, bw.PROJECT, "delta", "dataset", v0)
+    server.add_artifact(bw.ENTITY, bw.PROJECT, "delta", "dataset", v1)
+    changed_bytes = sum(len(v1[p]) for p in changed)
+    print(f"\n## v1 after v0: {n} files, {len(changed)} changed ({changed_bytes} bytes)", flush=True)
+    k = "wandb.delta."
+    for _ in range(runs):
+        m = bw.Mount(server, work, "delta")
+        try:
+            base = m.mnt / bw.ENTITY / bw.PROJECT
+            sh(CAT.format(base / "delta:v0"))
+            before = m.stats()["fetched_bytes"]
+            start = time.perf_counter()
+            sh(CAT.format(base / "delta:v1"))
+            figs.add(k + "v1_read_s", "read all of v1 after v0", time.perf_counter() - start)
+            figs.add(k + "v1_fetched_bytes", "bytes fetched for v1", float(m.stats()["fetched_bytes"] - before))
+        finally:
+            m.close()
+    figs.info[k + "changed_bytes"] = changed_bytes
+
+
+def case_wandb(b: Bench) -> None:
+    """The remote cases: scripts/bench_wandb.py's (first read of 1 GiB against curl and md5sum,
+    10,000 small files against the SDK's download(), first byte in a 100,000-entry artifact),
+    with the blobs served by nginx, plus v1-after-v0; their figures and ratios join this run's."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import bench_wandb as bw  # type: ignore[import-not-found]
+
+    bw.PARTS.setdefault("delta", functools.partial(bench_delta, bw))
+    with blobs_from_nginx(bw, b.work) as nginx:
+        result = bw.run(b.work, b.quick, runs=b.runs, parts="big,small,many,delta")
+    figures = result["figures"]
+    b.res.info["wandb.blob_server"] = "nginx" if nginx is not None else "python"
+    for key, value in figures.items():
+        if key.endswith(".runs") and isinstance(value, list) and value:
+            name = key[: -len(".runs")]
+            unit = "B" if name.endswith("_bytes") else "s"
+            b.res.add(name, [float(v) for v in value], unit)
+        elif not isinstance(value, list) and key.startswith("wandb.") and key.count(".") == 2:
+            b.res.info.setdefault(key, value)
 
 
 CASES: dict[str, Callable[[Bench], None]] = {
@@ -547,6 +693,22 @@ def ratios(r: Results) -> None:
         r.ratios["log of tiny files (files/s)"] = Ratio(f.median, "log.tiny_files_per_s", "", 5000, absolute=True)
 
 
+def remote_ratios(r: Results) -> None:
+    k = "wandb.cat_1g."
+    r.ratio("W&B 1 GiB first read vs the slower of curl and md5sum", k + "mount_s", k + "bound_s", 0.9)
+    r.ratio("W&B 1 GiB first read vs SDK download()", k + "mount_s", k + "sdk_download_s", None)
+    k = "wandb.small_10k."
+    r.ratio("W&B whole artifact, 8 readers, vs SDK download() (>= 2 x: <= 0.5 x its time)", k + "mount_p8_s",
+            k + "sdk_download_s", 2.0)  # fmt: skip
+    r.ratio("W&B whole artifact, 1 reader, vs SDK download()", k + "mount_p1_s", k + "sdk_download_s", None)
+    r.bound("W&B first byte in a 100,000-entry artifact (s)", "wandb.first_byte_100k.first_byte_s", 1.0)
+    fetched = r.figures.get("wandb.delta.v1_fetched_bytes")
+    changed = r.info.get("wandb.delta.changed_bytes")
+    if fetched is not None and changed:
+        r.figures["wandb.delta.v1_fetched_per_changed"] = Figure([v / changed for v in fetched.values], "x")
+        r.bound("W&B v1 after v0: bytes fetched / bytes changed", "wandb.delta.v1_fetched_per_changed", 1.05)
+
+
 def machine() -> dict[str, Any]:
     with open("/proc/cpuinfo") as f:
         model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "?")
@@ -568,7 +730,9 @@ def machine() -> dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="smaller data and fewer runs (under 90 s)")
-    parser.add_argument("--only", default="tree,small,big,rand", help=f"comma-separated cases: {', '.join(CASES)}")
+    parser.add_argument(
+        "--only", help=f"comma-separated cases: {', '.join(CASES)} (default: all but wandb, which takes ~40 min)"
+    )
     parser.add_argument("--runs", type=int, help="runs per case (default 3; --quick 2)")
     parser.add_argument("--dir", default="/var/tmp", help="where to put the data (a real disk, not tmpfs)")
     parser.add_argument("--json", metavar="PATH", help="write the figures and ratios as JSON")
@@ -585,7 +749,8 @@ def main() -> None:
         b = Bench(Path(tmp), args.runs or (2 if args.quick else 3), args.quick, profile)
         print(f"# artifactfs bench, {info['date']}, {info['cores']} cores, {info['kernel']}, data in {tmp}")
         try:
-            for name in args.only.split(","):
+            only = args.only or "tree,small,big,rand"
+            for name in only.split(","):
                 CASES[name](b)
         finally:
             with open("/proc/mounts") as f:
@@ -594,6 +759,7 @@ def main() -> None:
                     if mnt.startswith(tmp):
                         subprocess.run(["fusermount3", "-u", "-z", mnt], check=False)
     ratios(b.res)
+    remote_ratios(b.res)
     info["seconds"] = round(time.perf_counter() - started, 1)
     print(f"\n# ratios (speed: baseline time / artifactfs time), {info['seconds']} s\n")
     print(b.res.table())

@@ -360,17 +360,18 @@ async def test_drop_unreferenced_keeps_referenced_nodes_and_the_root(tree: Tree)
     dropped = [node for node in listing.values() if node is not kept]
     assert dropped and all(node.lookups == 0 for node in dropped)
     before = len(tree)
-    tree.drop_unreferenced([*listing.values(), tree.node(ROOT_INODE)])
+    tree.drop_unreferenced([*listing.items(), ("", tree.node(ROOT_INODE))])
     assert len(tree) == before - len(dropped)
     assert tree.node(kept.inode) is kept
     assert tree.node(ROOT_INODE).kind is Kind.ROOT
     for node in dropped:
         with pytest.raises(NotFound):
             tree.node(node.inode)
-    # the name resolves again, to a new node
+    # the name resolves again, to a new node, and so does a new listing
     again = await tree.lookup(version.inode, "train")
     assert again is not listing["train"]
     assert again.path == "train"
+    assert dict(await tree.listdir(version.inode))["train"] is again
 
 
 @trio_test
@@ -379,7 +380,7 @@ async def test_dropped_node_handed_out_later_is_known_again(tree: Tree) -> None:
     version = await walk(tree, "acme", "vision", "ds:v1")
     listing = dict(await tree.listdir(version.inode))
     node = listing["train"]
-    tree.drop_unreferenced([node])
+    tree.drop_unreferenced([("train", node)])
     with pytest.raises(NotFound):
         tree.node(node.inode)
     tree.remember(node)
@@ -543,6 +544,8 @@ async def test_version_directory_listing_is_asked_once(tree: Tree, registry: Loc
     assert await names(tree, train) == ["000001.txt", "000002.txt", "deep"]
     await names(tree, train)
     assert calls == ["", "train"]
+    # a repeated walk gets the same nodes without making anything
+    assert await tree.listdir(train.inode) is await tree.listdir(train.inode)
 
 
 @trio_test
