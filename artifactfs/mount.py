@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import errno
 import logging
 import os
 import select
@@ -47,16 +48,34 @@ READY_TIMEOUT = 60.0  # seconds the background mount waits for its daemon to ans
 
 def check_mountpoint(path: str) -> str:
     path = os.path.abspath(path)
+    if _dead_mount(path):
+        raise MountError(
+            f"{path} is the dead mount of a daemon that is gone: run 'artifactfs umount {path}', then mount again"
+        )
     if not os.path.isdir(path):
-        raise MountError(f"mount point {path} does not exist or is not a directory")
+        raise MountError(f"mount point {path} does not exist or is not a directory: mkdir -p {path}")
     if os.path.ismount(path):
-        raise MountError(f"{path} is already a mount point")
+        raise MountError(
+            f"{path} is already a mount point (see 'artifactfs status'; 'artifactfs umount {path}' frees it)"
+        )
     try:
         if os.listdir(path):
-            raise MountError(f"mount point {path} is not empty")
+            raise MountError(f"mount point {path} is not empty: mount on an empty directory")
     except PermissionError as exc:
         raise MountError(f"cannot read mount point {path}: {exc.strerror}") from exc
     return path
+
+
+def _dead_mount(path: str) -> bool:
+    """A FUSE mount whose daemon died (SIGKILL, OOM): its requests fail with ENOTCONN (a stat
+    may still succeed from the kernel's attribute cache, a listing does not)."""
+    for probe in (os.stat, os.listdir):
+        try:
+            probe(path)
+        except OSError as exc:
+            if exc.errno == errno.ENOTCONN:
+                return True
+    return False
 
 
 def check_fuse() -> None:

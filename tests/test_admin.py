@@ -117,6 +117,12 @@ def test_status_tells_a_killed_daemon_and_forgets_it_once_unmounted(
         f"artifactfs: error: {m.path}: its daemon (pid {m.proc.pid}) is gone: unmount it with "
         f"'artifactfs umount {m.path}' and mount again"
     )
+    again = run_cli("mount", str(reg), str(m.path), "--cache-dir", str(m.cache_dir), check=False)
+    assert (again.returncode, again.stderr) == (
+        1,
+        f"artifactfs: error: {m.path} is the dead mount of a daemon that is gone: run 'artifactfs umount {m.path}', "
+        "then mount again\n",
+    )
     run_cli("umount", str(m.path))
     assert row_of(m.path) is None
     assert list(runtime.glob("*.json")) == []  # status removed the dead daemon's record
@@ -231,6 +237,7 @@ def test_metrics_port_serves_prometheus_on_localhost(
     with pytest.raises(urllib.error.HTTPError) as info:
         urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=10)
     assert info.value.code == 404
+    info.value.close()  # an HTTPError holds the response (and its socket) open
     # Only on 127.0.0.1.
     listening = [line.split() for line in Path("/proc/net/tcp").read_text().splitlines()[1:]]
     ours = [p for p in listening if int(p[1].split(":")[1], 16) == port and p[3] == "0A"]
