@@ -171,3 +171,32 @@ def test_symlink_planted_in_the_cache_is_not_followed_by_the_daemon(
     assert not val.is_symlink()
     assert elsewhere.read_bytes() == before
     assert "cannot be opened safely" in again.log()
+
+
+def test_symlink_planted_as_the_mount_log_is_not_followed(sample_registry: tuple[Path, Path], tmp_path: Path) -> None:
+    """The background mount appends the daemon's output to CACHE_DIR/mount.log: a symlink there
+    (to a file the daemon, often root, could write) fails the mount in one line instead."""
+    reg, _ = sample_registry
+    cache = tmp_path / "cache"
+    cache.mkdir(mode=0o700)
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"untouched\n")
+    (cache / "mount.log").symlink_to(victim)
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    proc = subprocess.run(
+        [sys.executable, "-m", "artifactfs", "mount", str(reg), str(mnt), "--cache-dir", str(cache)],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=60,
+    )
+    try:
+        assert proc.returncode == 1, proc
+        assert proc.stderr.count("artifactfs: error:") == 1 and "symbolic links" in proc.stderr, proc.stderr
+        assert "Traceback" not in proc.stderr
+        assert victim.read_bytes() == b"untouched\n"
+        assert not os.path.ismount(mnt)
+    finally:
+        if os.path.ismount(mnt):
+            subprocess.run(["fusermount3", "-u", "-z", str(mnt)], capture_output=True)
