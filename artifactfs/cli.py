@@ -349,7 +349,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args))
     except ArtifactFSError as exc:
         print(f"artifactfs: error: {exc}", file=sys.stderr)
-        return EXIT_ERROR
+        return exc.exit_status
     except OSError as exc:
         print(f"artifactfs: error: {exc.strerror or exc}{f': {exc.filename}' if exc.filename else ''}", file=sys.stderr)
         return EXIT_ERROR
