@@ -304,6 +304,14 @@ class AdminServer:
                 f"cannot create the runtime directory {self.directory}: {exc.strerror or exc} "
                 f"(set ${RUNTIME_ENV} to a directory you own)"
             ) from exc
+        st = os.stat(self.directory)
+        if st.st_uid != os.geteuid() or st.st_mode & 0o022:
+            # Someone else's directory (a /tmp/artifactfs-UID made by another user) could
+            # impersonate our daemons to `artifactfs stats`.
+            raise MountError(
+                f"runtime directory {self.directory} is not this user's own (owner uid {st.st_uid}, mode "
+                f"{st.st_mode & 0o777:o}): remove it, or set ${RUNTIME_ENV} to a directory only you can write"
+            )
         if len(os.fsencode(self.socket_path)) > _SUN_PATH_MAX:
             raise MountError(f"control socket path {self.socket_path} is too long: set ${RUNTIME_ENV} to a short path")
         with contextlib.suppress(FileNotFoundError):

@@ -476,3 +476,22 @@ def test_systemd_exec_start_notifies_readiness_and_stops_on_sigterm(
     assert not is_mounted(mnt)
     # Foreground: the log goes to stderr (the journal, under systemd).
     assert f"mounted {reg} on {mnt}" in err
+
+
+def test_a_runtime_dir_others_can_write_is_refused(
+    sample_registry: tuple[Path, Path], tmp_path: Path, runtime: Path, require_fuse: None
+) -> None:
+    reg, _ = sample_registry
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    runtime.chmod(0o777)
+    proc = run_cli("mount", str(reg), str(mnt), "--cache-dir", str(tmp_path / "c"), check=False)
+    try:
+        assert (proc.returncode, proc.stderr) == (
+            1,
+            f"artifactfs: error: runtime directory {runtime} is not this user's own (owner uid {os.getuid()}, "
+            "mode 777): remove it, or set $ARTIFACTFS_RUNTIME_DIR to a directory only you can write\n",
+        )
+        assert not is_mounted(mnt)
+    finally:
+        force_unmount(mnt)
