@@ -23,11 +23,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from log_hygiene import _log_hygiene  # noqa: F401  (autouse: undeclared warnings and tracebacks fail a test)
+from log_hygiene import configure as _configure_log_hygiene
 
 from artifactfs.names import parse_ref
 from artifactfs.registry.local import LocalRegistry
 
 PY = sys.executable
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    _configure_log_hygiene(config)
 
 
 @pytest.fixture(autouse=True)

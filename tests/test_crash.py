@@ -322,6 +322,7 @@ def test_planted_symlink_for_the_index_is_refused(tmp_path: Path) -> None:
 
 
 @pytest.mark.fuse
+@pytest.mark.allow_log(r"larger than the disk of the cache directory")
 def test_full_cache_disk_through_a_copy_mode_mount(mounter: Mounter, tmp_path: Path) -> None:
     """A cache directory on an 8 MiB tmpfs: a file larger than the disk is EIO with one clear
     line; files that fit, together four times the disk, read right (LRU blobs evicted for room);

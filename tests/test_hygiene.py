@@ -132,6 +132,7 @@ def _store_with_blob(tmp_path: Path) -> tuple[BlobStore, Entry]:
     return store, entry
 
 
+@pytest.mark.allow_log(r"test: fetching it again")
 @pytest.mark.parametrize("error", [sqlite3.OperationalError("disk I/O error"), diskcache.Timeout()])
 def test_store_index_failures_become_artifactfs_errors(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, error: Exception

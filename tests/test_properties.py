@@ -276,6 +276,7 @@ def test_hostile_manifest_from_a_wandb_server_writes_nothing(wandb_server: Any, 
 
 
 @pytest.mark.fuse
+@pytest.mark.allow_log(r"ERROR artifactfs\.ops: (readdir|lookup|opendir|getattr): (invalid entry path|manifest)")
 @pytest.mark.parametrize(
     "case", ["dotdot", "absolute", "duplicate path", "file and directory", "huge size", "non-JSON"]
 )

@@ -600,6 +600,7 @@ def rewrite(path: Path, data: bytes, *, keep_mtime: bool = False) -> None:
     "damage",
     ["truncate", "extend", "overwrite", "overwrite-keep-mtime"],
 )
+@pytest.mark.allow_log(r"cached blob of f is corrupt")
 def test_damaged_cache_file_is_never_served_between_mounts(tmp_path: Path, damage: str) -> None:
     data = os.urandom(3 * MiB)
     entry = entry_for(data)
@@ -628,6 +629,7 @@ def test_damaged_cache_file_is_never_served_between_mounts(tmp_path: Path, damag
         second.close()
 
 
+@pytest.mark.allow_log(r"cached blob of f is corrupt")
 def test_overwrite_behind_an_open_blob_is_refused_then_refetched(store: BlobStore) -> None:
     data = os.urandom(MiB)
     entry = entry_for(data)
