@@ -11,8 +11,10 @@ from pathlib import Path
 import pytest
 from conftest import Mounter, run_cli, write_tree
 
+from artifactfs.names import parse_ref
 from artifactfs.options import MountConfig
 from artifactfs.pin import pin
+from artifactfs.registry.local import LocalRegistry
 
 pytestmark = pytest.mark.fuse
 
@@ -28,7 +30,13 @@ def runtime(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
 
 
 def info_pin(registry: Path, ref: str) -> list[str]:
-    return run_cli("info", ref, "--pin", "--registry", str(registry)).stdout.rstrip("\n").split("\t")
+    """What ``artifactfs info REF --pin`` prints (tested once below), asked in this process."""
+    reg = LocalRegistry(registry)
+    try:
+        v = reg.resolve(parse_ref(ref))
+    finally:
+        reg.close()
+    return [str(v.ref), v.digest]
 
 
 def test_pin_through_an_alias_survives_the_alias_moving(
@@ -39,6 +47,8 @@ def test_pin_through_an_alias_survives_the_alias_moving(
     latest = m.path / "acme" / "vision" / "ds:latest"
     v1_ref, v1_digest = info_pin(reg, "acme/vision/ds:latest")
     assert v1_ref == "acme/vision/ds:v1"
+    cli = run_cli("info", "acme/vision/ds:latest", "--pin", "--registry", str(reg)).stdout
+    assert cli == f"acme/vision/ds:v1\t{v1_digest}\n"
 
     out = run_cli("pin", str(latest / "train" / "000002.txt"), str(latest)).stdout.splitlines()
     assert out == [f"acme/vision/ds:v1\t{v1_digest}\ttrain/000002.txt", f"acme/vision/ds:v1\t{v1_digest}"]
@@ -55,7 +65,11 @@ def test_pin_through_an_alias_survives_the_alias_moving(
 
     # A new version moves "latest"; the recorded pin still names the bytes that were read.
     src = write_tree(tmp_path / "v2", {"README.md": b"# v2\n"})
-    run_cli("log", str(src), "acme/vision/ds", "--type", "dataset", "--registry", str(reg))
+    registry = LocalRegistry(reg)
+    try:
+        registry.log_dir(src, parse_ref("acme/vision/ds"), type="dataset")
+    finally:
+        registry.close()
     v2_ref, v2_digest = info_pin(reg, "acme/vision/ds:latest")
     assert v2_ref == "acme/vision/ds:v2" and v2_digest != v1_digest
     pinned = m.path / recorded.artifact
