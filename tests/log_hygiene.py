@@ -87,10 +87,15 @@ def _log_hygiene(request: pytest.FixtureRequest) -> Iterator[None]:
     handler = _Records()
     root = logging.getLogger()
     root.addHandler(handler)
+    # A test that runs the CLI in process (cli.main) sets logger levels (urllib3 to WARNING):
+    # put every level back, so that no test depends on the ones before it.
+    levels = {n: lg.level for n, lg in logging.root.manager.loggerDict.items() if isinstance(lg, logging.Logger)}
     try:
         yield
     finally:
         root.removeHandler(handler)
+        for name, level in levels.items():
+            logging.getLogger(name).setLevel(level)
     if mode == "off":
         return
     patterns = [re.compile(p) for m in request.node.iter_markers(MARKER) for p in m.args]
