@@ -510,8 +510,14 @@ def query(entry: MountEntry, command: str = "stats", timeout: float = 10.0) -> b
 
 
 def stats(path: str) -> dict[str, Any]:
-    """The JSON snapshot of the mount holding ``path``."""
+    """The JSON snapshot of the mount holding ``path``.  A mount whose record is not readable
+    here (its daemon keeps it in another runtime directory) is asked through the root's
+    ``user.artifactfs.stats`` xattr instead, which has the counters but not the process."""
     entry = find_mount(path)
+    if entry.record is None:
+        fallback = _xattr_stats(entry)
+        if fallback is not None:
+            return fallback
     raw = query(entry, "stats")
     try:
         data: dict[str, Any] = json.loads(raw)
@@ -520,6 +526,30 @@ def stats(path: str) -> dict[str, Any]:
     if "error" in data:
         raise ArtifactFSError(f"{entry.mountpoint}: {data['error']}")
     return data
+
+
+def _xattr_stats(entry: MountEntry) -> dict[str, Any] | None:
+    try:
+        stats = json.loads(os.getxattr(entry.mountpoint, "user.artifactfs.stats"))
+    except (OSError, ValueError):  # xattrs off, another user's mount, a dead daemon
+        return None
+    if not isinstance(stats, dict):
+        return None
+    latency = stats.get("latency", {})
+    return {
+        "mountpoint": entry.mountpoint,
+        "registry": None,
+        "cache_dir": None,
+        "pid": None,
+        "source": "xattr",
+        # Only what the xattr carries: not the daemon's retries, fetches in flight or cache size.
+        "counters": {
+            k: v
+            for k, v in metrics.counters(stats, in_flight=0, volume=0, size_limit=0).items()
+            if k in stats or k == "cache_misses"
+        },
+        "latency": latency if isinstance(latency, dict) else {},
+    }
 
 
 # -- commands ---------------------------------------------------------------------------------------

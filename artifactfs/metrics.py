@@ -185,20 +185,25 @@ def table(snapshot: Mapping[str, Any]) -> str:
     c = snapshot.get("counters", {})
     hits, misses = c.get("cache_hits", 0), c.get("cache_misses", 0)
     ratio = f"{100 * hits / (hits + misses):.1f}%" if hits + misses else "-"
-    rows = [
-        ("mount", f"{snapshot.get('mountpoint')} (pid {snapshot.get('pid')}, up {_duration(snapshot)})"),
-        ("registry", str(snapshot.get("registry"))),
-        ("cache", f"{snapshot.get('cache_dir')}: {human_bytes(c.get('cache_bytes', 0))} "
-                  f"of {human_bytes(c.get('cache_limit_bytes', 0))}"),
+    if snapshot.get("pid") is None:  # counters read through the xattr: no daemon record
+        rows = [("mount", f"{snapshot.get('mountpoint')} (counters from its xattr: its daemon's record is not here)")]
+    else:
+        rows = [
+            ("mount", f"{snapshot.get('mountpoint')} (pid {snapshot.get('pid')}, up {_duration(snapshot)})"),
+            ("registry", str(snapshot.get("registry"))),
+            ("cache", f"{snapshot.get('cache_dir')}: {human_bytes(c.get('cache_bytes', 0))} "
+                      f"of {human_bytes(c.get('cache_limit_bytes', 0))}"),
+        ]  # fmt: skip
+    rows += [
         ("cache hits", f"{hits} ({ratio})"),
         ("cache misses", str(misses)),
         ("fetches", f"{c.get('fetches', 0)} ({human_bytes(c.get('fetched_bytes', 0))})"),
-        ("fetches in flight", str(c.get("fetches_in_flight", 0))),
+        ("fetches in flight", str(c.get("fetches_in_flight", "-"))),
         ("bytes served", human_bytes(c.get("served_bytes", 0))),
         ("verified in place", f"{c.get('verified_in_place', 0)} (trusted again: {c.get('trusted_in_place', 0)})"),
         ("verify failures", str(c.get("digest_mismatches", 0))),
         ("fetch errors", str(c.get("fetch_errors", 0))),
-        ("retries", str(c.get("retries", 0))),
+        ("retries", str(c.get("retries", "-"))),
     ]  # fmt: skip
     for backend, hist in sorted(snapshot.get("latency", {}).items()):
         mean = hist["sum"] / hist["count"] if hist["count"] else 0.0

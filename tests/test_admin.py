@@ -495,3 +495,23 @@ def test_a_runtime_dir_others_can_write_is_refused(
         assert not is_mounted(mnt)
     finally:
         force_unmount(mnt)
+
+
+def test_stats_of_a_mount_without_a_readable_record_come_from_its_xattr(
+    mounter: Mounter, sample_registry: tuple[Path, Path], runtime: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    reg, _ = sample_registry
+    m = mounter(reg)
+    data = read_file(m, "model:v0/model.pt")
+    elsewhere = Path(tempfile.mkdtemp(prefix="afs-other-"))
+    try:
+        monkeypatch.setenv("ARTIFACTFS_RUNTIME_DIR", str(elsewhere))  # the CLI looks where there is no record
+        snap = json.loads(run_cli("stats", str(m.path), "--json").stdout)
+        assert snap["source"] == "xattr" and snap["pid"] is None
+        assert snap["counters"]["served_bytes"] == len(data) and snap["counters"]["cache_misses"] == 1
+        assert "retries" not in snap["counters"]  # the daemon's, which the xattr does not carry
+        table = run_cli("stats", str(m.path)).stdout.splitlines()
+        assert table[0] == f"mount              {m.path} (counters from its xattr: its daemon's record is not here)"
+        assert "retries            -" in table
+    finally:
+        shutil.rmtree(elsewhere, ignore_errors=True)
