@@ -235,6 +235,7 @@ def test_mounted_tree_follows_random_registry_operations(mounter: Mounter, tmp_p
             max_examples=12,
             stateful_step_count=8,
             deadline=None,
+            database=None,  # no .hypothesis directory in the checkout
             suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
             # no shrinking: each step waits for the TTL, and the failing sequence is printed anyway
             phases=[Phase.explicit, Phase.reuse, Phase.generate],

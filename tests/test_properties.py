@@ -30,7 +30,7 @@ from artifactfs.errors import ArtifactFSError, InvalidPath, InvalidReference, Ma
 from artifactfs.manifest import MAX_ENTRY_SIZE, Entry, Manifest, digest_bytes
 from artifactfs.names import NAME_MAX, Ref, check_entry_path, parse_ref
 
-FAST = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+FAST = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow], database=None)
 
 # -- references -----------------------------------------------------------------------------------
 
