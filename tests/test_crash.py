@@ -428,6 +428,7 @@ def test_sigkill_during_a_large_download(mounter: Mounter, tmp_path: Path, monke
             path.parent / "small.txt": hashlib.md5(b"small\n").hexdigest(),
         }
         assert again.stats()["fetches"] == 2 and again.stats()["digest_mismatches"] == 0
+        assert "is corrupt" not in again.log() and "Traceback" not in again.log()
         assert any("model.pt" in r.path for r in server.file_requests())  # fetched again, whole
         assert_cache_is_sound(m.cache_dir)
         again.unmount()
