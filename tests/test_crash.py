@@ -388,9 +388,13 @@ def test_sigkill_during_a_burst_of_small_fills(mounter: Mounter, tmp_path: Path)
 
 
 @pytest.mark.fuse
-def test_sigkill_during_a_large_download(mounter: Mounter, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A W&B test server trickles an 8 MiB file; the daemon is killed with part of it written.
-    The remount never serves the part: it fetches the file again and it reads right."""
+@pytest.mark.parametrize("mib", [8, 80], ids=["one-stream", "parallel-ranges"])
+def test_sigkill_during_a_large_download(
+    mounter: Mounter, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mib: int
+) -> None:
+    """A W&B test server trickles a file (8 MiB: one stream; 80 MiB: 16 MiB ranges written at
+    their offsets by four threads, the first one trickled); the daemon is killed with part of it
+    written.  The remount never serves the part: it fetches the file again and it reads right."""
     from wandb_server import WandbServer
 
     key = "c0ffee" + "0" * 34
@@ -399,7 +403,7 @@ def test_sigkill_during_a_large_download(mounter: Mounter, tmp_path: Path, monke
     monkeypatch.setenv("WANDB_CACHE_DIR", str(tmp_path / "wandb-cache"))
     for name in ("WANDB_BASE_URL", "WANDB_ENTITY"):
         monkeypatch.delenv(name, raising=False)
-    big = os.urandom(8 * MiB)
+    big = os.urandom(mib * MiB)
     with WandbServer(api_key=key, viewer_entity="acme") as server:
         server.add_artifact("acme", "vision", "model", "model", {"model.pt": big, "small.txt": b"small\n"})
         server.faults.slow_body(1 * MiB, times=1, match="model.pt")
