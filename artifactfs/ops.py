@@ -72,7 +72,8 @@ class _OpenFile:
 @dataclass(slots=True)
 class _OpenDir:
     inode: int
-    children: list[tuple[str, Node]] | None = None
+    children: list[tuple[bytes, Node]] | None = None
+    dropped: int = -1  # Tree.dropped when ``children`` was asked
 
 
 class Operations(pyfuse3.Operations):
@@ -181,19 +182,31 @@ class Operations(pyfuse3.Operations):
     @_errno_boundary
     async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
         handle = self._dirs[fh]
+        tree = self.tree
         if handle.children is None or start_id == 0:
-            children = await self.tree.listdir(handle.inode)
+            children = await tree.listdir_encoded(handle.inode)
             handle.children = children
+            handle.dropped = tree.dropped
         else:
             children = handle.children
+        # The per-entry loop is most of a listing's cost: nothing here but the reply.  While no
+        # node was dropped since the listing was asked, counting a reference is one addition
+        # (every node is still in the table); otherwise remember() puts it back if need be.
         reply = pyfuse3.readdir_reply
-        remember = self.tree.remember
         attributes = self._attributes
-        for index in range(start_id, len(children)):
-            name, node = children[index]
-            if not reply(token, name.encode(), attributes(node), index + 1):
-                break
-            remember(node)
+        if tree.dropped == handle.dropped:
+            for index in range(start_id, len(children)):
+                name, node = children[index]
+                if not reply(token, name, node.attrs or attributes(node), index + 1):
+                    break
+                node.lookups += 1
+        else:
+            remember = tree.remember
+            for index in range(start_id, len(children)):
+                name, node = children[index]
+                if not reply(token, name, attributes(node), index + 1):
+                    break
+                remember(node)
 
     @_errno_boundary
     async def releasedir(self, fh: int) -> None:

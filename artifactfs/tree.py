@@ -87,9 +87,11 @@ class Node:
     # A version directory's listing, kept once asked (a version's content never changes): the
     # registry's answer, not nodes, so a forgotten child is made afresh like any lookup's.
     listing: list[DirEntry] | None = None
-    # ... and its nodes, valid while ``Tree._dropped`` is ``children_at`` (no node was dropped).
+    # ... and its nodes, valid while ``Tree.dropped`` is ``children_at`` (no node was dropped),
+    # also with the names encoded as the kernel gets them.
     children: list[tuple[str, Node]] | None = None
     children_at: int = -1
+    encoded: list[tuple[bytes, Node]] | None = None
     data: bytes = b""  # view files: their content as last made
 
 
@@ -162,7 +164,7 @@ class Tree:
             self._nodes[node.inode] = node
             self._by_key.setdefault(node.key, node)
 
-    def drop_unreferenced(self, children: Iterable[tuple[str, Node]]) -> None:
+    def drop_unreferenced(self, children: Iterable[tuple[object, Node]]) -> None:
         """Forget nodes of a listing (``(name, node)``) that the kernel holds no reference to."""
         for _, node in children:
             if node.lookups <= 0 and node.inode != ROOT_INODE and self._nodes.get(node.inode) is node:
@@ -294,6 +296,22 @@ class Tree:
                 return await self._meta.call((fn.__name__, version.id, path), fn, version, path)
         return fn(version, path)
 
+    @property
+    def dropped(self) -> int:
+        """How many nodes were dropped from the table so far: while it has not moved, every
+        node of a listing is still the table's node of its name."""
+        return self._dropped
+
+    async def listdir_encoded(self, inode: int) -> list[tuple[bytes, Node]]:
+        """:meth:`listdir` with the names as bytes; kept with a version directory's nodes."""
+        children = await self.listdir(inode)
+        node = self._nodes.get(inode)
+        if node is not None and node.children is children:
+            if node.encoded is None:  # made again whenever ``children`` is
+                node.encoded = [(name.encode(), child) for name, child in children]
+            return node.encoded
+        return [(name.encode(), child) for name, child in children]
+
     async def listdir(self, inode: int) -> list[tuple[str, Node]]:
         """``(name, node)`` for every child, sorted by name.  Does not count references."""
         node = self.node(inode)
@@ -322,6 +340,7 @@ class Tree:
             content = self._content
             node.children = [(d.name, content(node, d.name, d.entry)) for d in listing]
             node.children_at = self._dropped
+            node.encoded = None
             return node.children
         if kind is Kind.VIEW:
             versions = (await self._meta.project_versions(node.entity, node.project)).value
