@@ -72,7 +72,7 @@ from ..errors import (
     RunNotFound,
     SourceError,
 )
-from ..fsutil import make_temp, remove_stale, walk_files
+from ..fsutil import remove_stale, walk_files
 from ..manifest import ALGORITHMS, MANIFEST_ALGORITHM, MD5, Entry, artifact_digest, b64_digest, hex_from_b64, new_hasher
 from ..names import LATEST, Ref, check_alias, check_entry_path, check_name, split_dir
 from ..references import reference_source
@@ -702,7 +702,12 @@ class LocalRegistry(Registry):
         size = 0
         # Per file only what must be: a log of many tiny files is bound by syscalls, so plain
         # descriptors instead of file objects, fchmod, and each blob directory made once.
-        fd, tmp = make_temp(os.path.join(self.objects, "tmp"))
+        tmp_dir = os.path.join(self.objects, "tmp")
+        if tmp_dir not in self._blob_dirs:
+            os.makedirs(tmp_dir, exist_ok=True)
+            self._blob_dirs.add(tmp_dir)
+        tmp = os.path.join(tmp_dir, f"{os.getpid()}-{secrets.token_hex(8)}.tmp")  # as fsutil.make_temp names them
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         try:
             try:
                 src_fd = os.open(src, os.O_RDONLY | os.O_CLOEXEC)
@@ -819,7 +824,10 @@ class LocalRegistry(Registry):
                 for path, local in files:
                     check_entry_path(path)
                     pending[pool.submit(self.store_file, local, digest_algorithm)] = path
-                    drain(4 * workers)
+                    if len(pending) >= 8 * workers:
+                        # Collect in batches: a wait() per file over the whole window (a lock per
+                        # future) made a log of tiny files mostly lock traffic between threads.
+                        drain(4 * workers)
                 drain(0)
             except BaseException:
                 for fut in pending:
