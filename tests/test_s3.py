@@ -486,7 +486,9 @@ def test_errors_never_show_the_secret_key(
     throttled = logged(f"s3://{bucket}/t.bin")
     proxy.plan(f"/{bucket}/t.bin", *[s3_error(503, "SlowDown")] * 10)
     messages = []
-    with caplog.at_level(logging.DEBUG):  # botocore's DEBUG request lines too
+    # botocore's and urllib3's DEBUG request lines too (an in-process CLI run earlier in the
+    # session may have raised the urllib3 logger's own level: set it here, restored after)
+    with caplog.at_level(logging.DEBUG), caplog.at_level(logging.DEBUG, logger="urllib3"):
         for entry in (changed, missing, throttled):
             with pytest.raises(FetchError) as info:
                 fill(store, entry)
