@@ -79,6 +79,22 @@ from .registry.base import Progress
 
 log = logging.getLogger(__name__)
 
+#: botocore loggers whose DEBUG records carry signed requests, headers or credentials.
+_REQUEST_LOGGERS = (
+    "botocore.auth",
+    "botocore.endpoint",
+    "botocore.awsrequest",
+    "botocore.httpsession",
+    "botocore.parsers",
+    "botocore.credentials",
+    "botocore.utils",
+)
+
+
+def _below_info(record: logging.LogRecord) -> bool:
+    return record.levelno >= logging.INFO
+
+
 INSTALL_HINT = "pip install artifactfs[s3]"
 #: Error codes and HTTP statuses worth another try.
 _TRANSIENT_CODES = frozenset(
@@ -177,10 +193,16 @@ class _Boto:
             raise FetchError(f"s3:// references need boto3, which is not installed: {INSTALL_HINT}") from exc
         # botocore's DEBUG lines dump signed requests: canonical requests and headers with the
         # session token (X-Amz-Security-Token).  Unless someone chose a level for botocore
-        # itself, it logs from INFO up, whatever the root level (``--log-level DEBUG``).
+        # itself, it logs from INFO up, whatever the root level (``--log-level DEBUG``).  The
+        # loggers that write requests drop their DEBUG records even when a level was chosen
+        # (a filter on the logger that makes a record holds whatever the levels say).
         quiet = logging.getLogger("botocore")
         if quiet.level == logging.NOTSET:
             quiet.setLevel(logging.INFO)
+        for name in _REQUEST_LOGGERS:
+            logger = logging.getLogger(name)
+            if _below_info not in logger.filters:
+                logger.addFilter(_below_info)
         self.boto3 = boto3
         self.Config = botocore.config.Config
         ex = botocore.exceptions

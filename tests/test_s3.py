@@ -488,7 +488,12 @@ def test_errors_never_show_the_secret_key(
     messages = []
     # botocore's and urllib3's DEBUG request lines too (an in-process CLI run earlier in the
     # session may have raised the urllib3 logger's own level: set it here, restored after)
-    with caplog.at_level(logging.DEBUG), caplog.at_level(logging.DEBUG, logger="urllib3"):
+    # botocore at DEBUG on purpose: its request loggers must still keep signed requests out
+    with (
+        caplog.at_level(logging.DEBUG),
+        caplog.at_level(logging.DEBUG, logger="urllib3"),
+        caplog.at_level(logging.DEBUG, logger="botocore"),
+    ):
         for entry in (changed, missing, throttled):
             with pytest.raises(FetchError) as info:
                 fill(store, entry)
