@@ -128,7 +128,9 @@ def cmd_info(args: argparse.Namespace) -> int:
         print(json.dumps(data, indent=2, ensure_ascii=False))
     else:
         for key, value in data.items():
-            if isinstance(value, (dict, list)):
+            if value is None:
+                value = "-"  # as logged_by/used_by below (a version that is no link has no source)
+            elif isinstance(value, (dict, list)):
                 value = json.dumps(value, ensure_ascii=False)
             print(f"{key}: {value}")
         # Runs as ENTITY/PROJECT/RUN_ID (what Api().run() takes); "-" when none is known.

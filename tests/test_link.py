@@ -322,6 +322,8 @@ def test_info_shows_the_source(root: Path) -> None:
     assert json.loads(run_cli("info", "acme/vision/ds:v0", "--json", "--registry", str(root)).stdout)["source"] is None
     text = run_cli("info", "acme/vision/golden:prod", "--registry", str(root)).stdout.splitlines()
     assert "source: acme/vision/ds:v0" in text
+    plain = run_cli("info", "acme/vision/ds:v0", "--registry", str(root)).stdout.splitlines()
+    assert "source: -" in plain and not any(line.endswith(": None") for line in plain)
 
 
 def test_mount_shows_the_members_with_the_sources_files(root: Path, mounter: Mounter) -> None:
