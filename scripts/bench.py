@@ -310,7 +310,7 @@ CAT = "find {} -type f -print0 | xargs -0 cat > /dev/null"
 
 def case_tree(b: Bench) -> None:
     """find and ls -lR of the 100,000-entry artifact; log of it; RSS after find + stat."""
-    dirs = 200 if b.quick else 1000
+    dirs = 100 if b.quick else 1000
     src = b.work / "many"
     make_many(src, dirs, 100)
     n = dirs * 100
@@ -319,7 +319,7 @@ def case_tree(b: Bench) -> None:
     t = log(src, "bench/tree/many", reg)
     b.res.add("log.tiny_files_per_s", [n / t], "files/s")
     try:
-        t_sdk = _wandb_add_dir(src, 5000 if b.quick else 20000)
+        t_sdk = _wandb_add_dir(src, 2000 if b.quick else 20000)
     except Exception as exc:  # the SDK is a test dependency; the case is skipped without it
         print(f"  (wandb add_dir skipped: {exc})")
     else:
@@ -372,7 +372,7 @@ def _wandb_add_dir(src: Path, limit: int) -> float:
 
 
 def case_small(b: Bench) -> None:
-    n = 2000 if b.quick else 10000
+    n = 1000 if b.quick else 10000
     src = b.work / "small"
     make_small(src, n)
     reg = b.work / "reg-small"
@@ -409,7 +409,7 @@ def _blob_list(reg: Path, ref: str, out: Path) -> Path:
 
 
 def case_big(b: Bench) -> None:
-    size = (256 if b.quick else 1024) * MiB
+    size = (128 if b.quick else 1024) * MiB
     src = b.work / "big" / "big.bin"
     make_big(src, size)
     reg = b.work / "reg-big"
@@ -462,7 +462,7 @@ def _preads(path: Path, blocks: list[int]) -> float:
 def case_rand(b: Bench) -> None:
     """4 KiB random reads: through the daemon (mount's page cache dropped, blob warm) and of a
     kernel-cached file, against the plain file warm and the ceiling."""
-    size = 256 * MiB
+    size = (64 if b.quick else 256) * MiB
     src = b.work / "rand" / "r.bin"
     make_big(src, size)
     reg = b.work / "reg-rand"
