@@ -83,7 +83,7 @@ def _daemon_problems(log_file: Path) -> list[str]:
 
 @pytest.fixture(autouse=True)
 def _log_hygiene(request: pytest.FixtureRequest) -> Iterator[None]:
-    mode = os.environ.get("ARTIFACTFS_LOG_HYGIENE", "off")
+    mode = os.environ.get("ARTIFACTFS_LOG_HYGIENE", "on")
     handler = _Records()
     root = logging.getLogger()
     root.addHandler(handler)

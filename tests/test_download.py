@@ -260,6 +260,7 @@ def test_safe_root_refuses_a_file_in_the_way(tmp_path: Path) -> None:
                 root.split(bad)
 
 
+@pytest.mark.allow_log(r"is corrupt")
 def test_corrupt_cached_blob_is_fetched_again(wapi: Api, server: WandbServer, env: Path) -> None:
     art = wapi.artifact("acme/vision/ds")
     art.download(env / "one")

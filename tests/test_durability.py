@@ -89,6 +89,7 @@ def md5sum(path: Path) -> str:
 
 
 @pytest.mark.parametrize("how", ["truncate", "extend", "overwrite"])
+@pytest.mark.allow_log(r"is corrupt")
 def test_damaged_cache_file_between_mounts_is_refetched(mounter: Mounter, big: tuple[Path, bytes], how: str) -> None:
     reg, data = big
     first = mounter(reg, "--local-blobs", "copy")
@@ -105,6 +106,7 @@ def test_damaged_cache_file_between_mounts_is_refetched(mounter: Mounter, big: t
 
 
 @pytest.mark.parametrize("how", ["truncate", "extend", "overwrite"])
+@pytest.mark.allow_log(r"is corrupt")
 def test_damaged_cache_file_behind_a_running_mount_is_refetched(
     mounter: Mounter, big: tuple[Path, bytes], how: str
 ) -> None:
@@ -123,6 +125,7 @@ def test_damaged_cache_file_behind_a_running_mount_is_refetched(
 
 
 @pytest.mark.parametrize("how", ["truncate", "extend", "overwrite"])
+@pytest.mark.allow_log(r"digest mismatch")
 def test_damaged_trusted_local_blob_is_eio_never_wrong(mounter: Mounter, big: tuple[Path, bytes], how: str) -> None:
     """In place, the registry's blob is the only copy: damaged, it can only be refused."""
     reg, data = big

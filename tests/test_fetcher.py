@@ -253,6 +253,7 @@ def test_same_content_in_another_version_is_not_fetched_again(store: BlobStore, 
 # -- failures and backoff -----------------------------------------------------------------------------
 
 
+@pytest.mark.allow_log(r"digest mismatch")
 def test_digest_mismatch_reaches_all_waiters_then_backs_off(store: BlobStore, src: FaultySource) -> None:
     fetcher = Fetcher(FakeRemote(src), store, failure_backoff=5.0)
     src.mode = "corrupt"
@@ -286,6 +287,7 @@ def test_digest_mismatch_reaches_all_waiters_then_backs_off(store: BlobStore, sr
     assert ENTRY.cache_key in store
 
 
+@pytest.mark.allow_log(r"fetch failed: ")
 def test_fetch_error_reaches_all_waiters_then_backs_off(store: BlobStore, src: FaultySource) -> None:
     fetcher = Fetcher(FakeRemote(src), store, failure_backoff=2.0)
     src.mode = "error"
@@ -319,6 +321,7 @@ def test_fetch_error_reaches_all_waiters_then_backs_off(store: BlobStore, src: F
     assert fetcher.stats.fetches == 1
 
 
+@pytest.mark.allow_log(r"fetch failed: ")
 def test_read_error_mid_stream_is_a_fetch_error(store: BlobStore) -> None:
     class Reset(io.RawIOBase):
         def readable(self) -> bool:
@@ -399,6 +402,7 @@ def test_store_fault_during_adoption_serves_the_verified_bytes_unkept(
 
 
 @pytest.mark.parametrize("fault", STORE_FAULTS.values(), ids=STORE_FAULTS.keys())
+@pytest.mark.allow_log(r"fetch failed: ")
 def test_store_fault_while_recording_trust_is_a_fetch_error_with_backoff(
     sample_registry: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fault: Callable[[], Exception]
 ) -> None:
@@ -433,6 +437,7 @@ def test_store_fault_while_recording_trust_is_a_fetch_error_with_backoff(
         registry.close()
 
 
+@pytest.mark.allow_log(r"digest mismatch")
 def test_failure_of_one_key_does_not_block_others(store: BlobStore, src: FaultySource) -> None:
     good = b"fine\n"
     good_entry = Entry("good.txt", digest_bytes(good), len(good))
@@ -457,6 +462,7 @@ def test_failure_of_one_key_does_not_block_others(store: BlobStore, src: FaultyS
 # -- local registry: verify in place -----------------------------------------------------------------------
 
 
+@pytest.mark.allow_log(r"digest mismatch")
 def test_local_blobs_are_verified_in_place_then_trusted(sample_registry: tuple[Path, Path], tmp_path: Path) -> None:
     reg_dir, src1 = sample_registry
     registry = LocalRegistry(reg_dir)
@@ -505,6 +511,7 @@ def test_local_blobs_are_verified_in_place_then_trusted(sample_registry: tuple[P
         registry.close()
 
 
+@pytest.mark.allow_log(r"digest mismatch")
 def test_small_local_blobs_are_verified_inline_once_per_process(
     sample_registry: tuple[Path, Path], tmp_path: Path
 ) -> None:
@@ -567,6 +574,7 @@ def test_local_blobs_copy_mode(sample_registry: tuple[Path, Path], tmp_path: Pat
         registry.close()
 
 
+@pytest.mark.allow_log(r"fetch failed: ")
 def test_missing_local_blob_is_a_fetch_error(sample_registry: tuple[Path, Path], tmp_path: Path) -> None:
     reg_dir, _ = sample_registry
     registry = LocalRegistry(reg_dir)
@@ -602,6 +610,7 @@ class HttpReferences(FakeRemote):
         return reference_source(entry, policy=FAST_HTTP)
 
 
+@pytest.mark.allow_log(r"gave up", r"retrying in")
 def test_http_reference_cut_short_is_a_fetch_error_with_backoff(store: BlobStore) -> None:
     with FaultServer() as server:
         url = server.add("/bucket/blob.bin", DATA, ranges=False)
@@ -682,6 +691,7 @@ def test_prefetch_fetches_once_and_readers_wait_for_it(store: BlobStore, src: Fa
     assert (src.opens, fetcher.stats.cache_hits) == (1, 3)
 
 
+@pytest.mark.allow_log(r"digest mismatch")
 def test_prefetch_failure_is_remembered_like_a_read(store: BlobStore, src: FaultySource) -> None:
     fetcher = Fetcher(FakeRemote(src), store)
     src.mode = "corrupt"

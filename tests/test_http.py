@@ -95,6 +95,7 @@ def statuses(server: FaultServer) -> list[int]:
 # -- retries ----------------------------------------------------------------------------------------
 
 
+@pytest.mark.allow_log(r"retrying in")
 def test_5xx_and_429_are_retried(server: FaultServer, store: BlobStore) -> None:
     url = server.add("/b", DATA)
     server.plan("/b", Fault(status=500), Fault(status=429), Fault(status=503))
@@ -102,6 +103,7 @@ def test_5xx_and_429_are_retried(server: FaultServer, store: BlobStore) -> None:
     assert statuses(server) == [500, 429, 503, 200]
 
 
+@pytest.mark.allow_log(r"retrying in")
 def test_retries_are_bounded(server: FaultServer, store: BlobStore) -> None:
     url = server.add("/b", DATA)
     server.plan("/b", *[Fault(status=503)] * 10)
@@ -112,6 +114,7 @@ def test_retries_are_bounded(server: FaultServer, store: BlobStore) -> None:
     assert nothing_cached(store, entry)
 
 
+@pytest.mark.allow_log(r"retrying in")
 def test_retry_after_is_honoured(server: FaultServer, store: BlobStore) -> None:
     url = server.add("/b", DATA)
     server.plan("/b", Fault(status=503, headers={"Retry-After": "1"}))
@@ -148,6 +151,7 @@ def test_auth_failures_are_auth_errors_not_retried(server: FaultServer, store: B
     assert statuses(server) == [status]
 
 
+@pytest.mark.allow_log(r"retrying in")
 def test_connection_refused_is_retried_then_fails(store: BlobStore) -> None:
     with FaultServer() as gone:
         url = gone.add("/b", DATA)
@@ -160,6 +164,7 @@ def test_connection_refused_is_retried_then_fails(store: BlobStore) -> None:
 # -- cut bodies: resume or restart ----------------------------------------------------------------
 
 
+@pytest.mark.allow_log(r"retrying in")
 def test_cut_body_is_resumed_with_range(server: FaultServer, store: BlobStore) -> None:
     url = server.add("/b", DATA, etag='"v1"')
     server.plan("/b", Fault(cut=100_000), Fault(cut=50_000))
@@ -169,6 +174,7 @@ def test_cut_body_is_resumed_with_range(server: FaultServer, store: BlobStore) -
     assert statuses(server) == [200, 206, 206]
 
 
+@pytest.mark.allow_log(r"retrying in")
 def test_object_changed_before_the_resume_is_read_again_and_refused(server: FaultServer, store: BlobStore) -> None:
     # If-Range carries the first answer's ETag: the server sends the new object whole, the
     # download starts again from byte 0, and the new bytes fail the entry's digest.
@@ -184,6 +190,7 @@ def test_object_changed_before_the_resume_is_read_again_and_refused(server: Faul
     assert nothing_cached(store, entry)
 
 
+@pytest.mark.allow_log(r"retrying in")
 def test_cut_body_without_range_support_restarts(server: FaultServer, store: BlobStore) -> None:
     url = server.add("/b", DATA, ranges=False)
     server.plan("/b", Fault(cut=100_000))
@@ -192,6 +199,7 @@ def test_cut_body_without_range_support_restarts(server: FaultServer, store: Blo
     assert statuses(server) == [200, 200]
 
 
+@pytest.mark.allow_log(r"retrying in")
 def test_resume_answered_with_200_restarts_from_zero(server: FaultServer, store: BlobStore) -> None:
     # Accept-Ranges was promised, but the resume gets the whole object: the file is truncated
     # and the hash started again, so the result is still exactly the object.
@@ -203,6 +211,7 @@ def test_resume_answered_with_200_restarts_from_zero(server: FaultServer, store:
     assert statuses(server) == [200, 200, 200]
 
 
+@pytest.mark.allow_log(r"retrying in")
 def test_resume_from_the_wrong_offset_is_refused(server: FaultServer, store: BlobStore) -> None:
     url = server.add("/b", DATA)
     server.plan("/b", Fault(cut=100_000), Fault(shift=10))
@@ -212,6 +221,7 @@ def test_resume_from_the_wrong_offset_is_refused(server: FaultServer, store: Blo
     assert nothing_cached(store, entry)
 
 
+@pytest.mark.allow_log(r"retrying in")
 def test_restarts_without_progress_are_bounded(server: FaultServer, store: BlobStore) -> None:
     url = server.add("/b", DATA, ranges=False)
     server.plan("/b", *[Fault(cut=10)] * 10)
@@ -223,6 +233,7 @@ def test_restarts_without_progress_are_bounded(server: FaultServer, store: BlobS
 # -- timeouts ---------------------------------------------------------------------------------------
 
 
+@pytest.mark.allow_log(r"retrying in")
 def test_stalled_body_fails_in_bounded_time(server: FaultServer, store: BlobStore) -> None:
     url = server.add("/b", DATA)
     server.plan("/b", *[Fault(stall=30, stall_after=0)] * 5)
@@ -236,6 +247,7 @@ def test_stalled_body_fails_in_bounded_time(server: FaultServer, store: BlobStor
     assert nothing_cached(store, entry)
 
 
+@pytest.mark.allow_log(r"retrying in")
 def test_stall_mid_body_is_resumed(server: FaultServer, store: BlobStore) -> None:
     url = server.add("/b", DATA)
     server.plan("/b", Fault(stall=30, stall_after=120_000))
@@ -318,6 +330,7 @@ def test_large_blob_is_fetched_in_parallel_ranges(server: FaultServer, store: Bl
     assert part_threads() == []  # every part thread was joined
 
 
+@pytest.mark.allow_log(r"retrying in")
 def test_cut_part_is_resumed_within_its_range(server: FaultServer, store: BlobStore) -> None:
     url = server.add("/big", BIG)
     server.plan("/big", Fault(), Fault(cut=1000))  # the second request: some part other than 0
@@ -356,6 +369,7 @@ def etag_entry(url: str, data: bytes, etag: str) -> Entry:
 
 
 @pytest.mark.parametrize("policy", [FAST, PARALLEL], ids=["stream", "parallel"])
+@pytest.mark.allow_log(r"retrying in")
 def test_recorded_etag_is_sent_with_every_request(server: FaultServer, store: BlobStore, policy: Policy) -> None:
     url = server.add("/b", BIG, etag='"v1"')
     # a resume too: of the stream, or of a part other than the first
@@ -405,6 +419,7 @@ def test_server_ignoring_if_match_is_caught_by_the_etag_header(server: FaultServ
 
 
 @pytest.mark.parametrize("conditional", [True, False], ids=["412", "etag-header"])
+@pytest.mark.allow_log(r"retrying in")
 def test_object_replaced_during_the_download(server: FaultServer, store: BlobStore, conditional: bool) -> None:
     # The stream is cut, then the object is replaced: the resume must not splice new bytes in.
     new = os.urandom(len(DATA))
@@ -518,6 +533,7 @@ def test_a_file_reference_on_another_host_is_refused(store: BlobStore, tmp_path:
 # -- logging references -----------------------------------------------------------------------------
 
 
+@pytest.mark.allow_log(r"retrying in")
 def test_checksum_resumes_a_cut_body(server: FaultServer) -> None:
     url = server.add("/b", DATA, etag='"e1"')
     server.plan("/b", Fault(cut=1234))

@@ -446,6 +446,7 @@ def test_unknown_names_are_enoent(mounted: tuple[Mount, Path], rel: str) -> None
 
 
 @pytest.mark.parametrize("mode", ["verify-in-place", "copy"])
+@pytest.mark.allow_log(r"digest mismatch")
 def test_corrupted_blob_gives_eio_until_repaired(
     mounter: Mounter, sample_registry: tuple[Path, Path], mode: str
 ) -> None:
@@ -661,6 +662,7 @@ def test_existing_cache_dir_is_made_private(
 # -- http(s) reference entries --------------------------------------------------------------------
 
 
+@pytest.mark.allow_log(r"digest mismatch")
 def test_http_reference_entries(mounter: Mounter, tmp_path: Path) -> None:
     data = os.urandom(3 * MiB + 77)
     other = os.urandom(200_000)
@@ -1059,6 +1061,7 @@ def _read_error(path: Path) -> int | None:
     return None
 
 
+@pytest.mark.allow_log(r"artifactfs\.ops: read: ", r"fetch failed: ")
 def test_deleted_version_under_a_mount(mounter: Mounter, sample_registry: tuple[Path, Path]) -> None:
     """``artifactfs delete`` is soft: an open file keeps reading, the version leaves the
     listing after --alias-ttl; ``gc`` then removes its content, and new reads of it fail

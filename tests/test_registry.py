@@ -459,6 +459,7 @@ def test_listing_is_per_version(reg: LocalRegistry, tmp_path: Path) -> None:
         reg.get_entry(v1, "x/1")
 
 
+@pytest.mark.allow_log(r"skipping ")
 def test_walk_skips_special_files_and_follows_symlinks(reg: LocalRegistry, tmp_path: Path) -> None:
     src = write_tree(tmp_path / "special", {"real/file": b"data", "other": b"o"})
     os.mkfifo(src / "fifo")  # would hang a naive reader

@@ -349,6 +349,7 @@ def test_deleted_version_is_source_changed(admin: Any, bucket: str, store: BlobS
     assert nothing_cached(store, entry)
 
 
+@pytest.mark.allow_log(r"retrying in")
 def test_object_replaced_during_a_parallel_download(
     admin: Any, plain_bucket: str, store: BlobStore, proxy: FaultProxy, big: bytes
 ) -> None:
@@ -394,6 +395,7 @@ def test_wrong_size_is_refused(admin: Any, bucket: str, store: BlobStore) -> Non
     assert nothing_cached(store, longer)
 
 
+@pytest.mark.allow_log(r"retrying in")
 def test_throttling_and_5xx_are_retried_and_a_cut_body_resumed(
     admin: Any, bucket: str, store: BlobStore, proxy: FaultProxy
 ) -> None:
@@ -409,6 +411,7 @@ def test_throttling_and_5xx_are_retried_and_a_cut_body_resumed(
     assert gets[3].range == f"bytes=200000-{len(SMALL) - 1}"  # right after the last byte received
 
 
+@pytest.mark.allow_log(r"retrying in")
 def test_cut_part_is_resumed_within_its_range(
     admin: Any, bucket: str, store: BlobStore, proxy: FaultProxy, big: bytes
 ) -> None:
@@ -426,6 +429,7 @@ def test_cut_part_is_resumed_within_its_range(
     assert part_threads() == []
 
 
+@pytest.mark.allow_log(r"retrying in")
 def test_retries_are_bounded(admin: Any, bucket: str, store: BlobStore, proxy: FaultProxy) -> None:
     admin.put_object(Bucket=bucket, Key="t.bin", Body=SMALL)
     entry = logged(f"s3://{bucket}/t.bin")
@@ -437,6 +441,7 @@ def test_retries_are_bounded(admin: Any, bucket: str, store: BlobStore, proxy: F
     assert nothing_cached(store, entry)
 
 
+@pytest.mark.allow_log(r"retrying in")
 def test_connection_refused_is_retried_then_fails(
     store: BlobStore, monkeypatch: pytest.MonkeyPatch, aws: None, proxy: FaultProxy
 ) -> None:
@@ -575,6 +580,7 @@ def test_content_entry() -> None:
 # -- a real mount -----------------------------------------------------------------------------------
 
 
+@pytest.mark.allow_log(r"artifactfs\.ops: read: ", r"fetch failed: ")
 def test_s3_reference_entries_on_a_mount(
     mounter: Mounter, admin: Any, bucket: str, plain_bucket: str, proxy: FaultProxy, tmp_path: Path
 ) -> None:
@@ -607,6 +613,7 @@ def test_s3_reference_entries_on_a_mount(
     assert m.stats()["fetch_errors"] == 1
 
 
+@pytest.mark.allow_log(r"artifactfs\.ops: read: ", r"fetch failed: ")
 def test_wandb_logged_s3_entries_on_a_mount(
     mounter: Mounter,
     admin: Any,

@@ -151,6 +151,7 @@ RECOVERS = {
 
 
 @pytest.mark.parametrize("fault", RECOVERS.values(), ids=RECOVERS.keys())
+@pytest.mark.allow_log(r"retrying in")
 def test_transient_faults_end_in_the_right_bytes(mounted: Mount, server: WandbServer, fault: object) -> None:
     fault(server.faults)  # type: ignore[operator]
     start = time.monotonic()
@@ -160,6 +161,7 @@ def test_transient_faults_end_in_the_right_bytes(mounted: Mount, server: WandbSe
     assert md5_key(BIG) in cached_blob_keys(mounted.cache_dir)
 
 
+@pytest.mark.allow_log(r"digest mismatch")
 def test_wrong_bytes_are_eio_and_never_cached(mounted: Mount, server: WandbServer) -> None:
     server.faults.corrupt(times=None, match="model.pt")
     path = project(mounted) / "model:v0" / "model.pt"
@@ -178,6 +180,7 @@ def test_wrong_bytes_are_eio_and_never_cached(mounted: Mount, server: WandbServe
     assert read_uncached(path) == BIG
 
 
+@pytest.mark.allow_log(r"gave up", r"retrying in")
 def test_endless_5xx_is_eio_within_a_bounded_time(mounted: Mount, server: WandbServer) -> None:
     server.faults.status(500, times=None, match="model.pt")
     start = time.monotonic()
@@ -223,6 +226,7 @@ def test_bad_credentials_fail_at_mount_time_in_one_line(
     assert not os.path.ismount(mnt)
 
 
+@pytest.mark.allow_log(r"digest mismatch")
 def test_the_key_appears_nowhere(mounted: Mount, server: WandbServer) -> None:
     m = mounted
     # exercise the daemon: listings, reads, a fault that logs, an unknown name, xattrs

@@ -184,6 +184,7 @@ def test_key_revoked_later_is_an_auth_error_without_retries(server: WandbServer,
     assert len(server.graphql_requests()) == 1
 
 
+@pytest.mark.allow_log(r"retrying in")
 def test_unreachable_host(env: Path) -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -194,6 +195,7 @@ def test_unreachable_host(env: Path) -> None:
     assert time.monotonic() - t0 < 30
 
 
+@pytest.mark.allow_log(r"retrying in")
 def test_a_server_that_never_answers(env: Path) -> None:
     with socket.socket() as s:  # listens (the kernel completes the handshake) but never accepts
         s.bind(("127.0.0.1", 0))
@@ -411,6 +413,7 @@ def test_contents(server: WandbServer, registry: WandbRegistry) -> None:
     assert registry.resolve(v.ref).storage_policy_config == {"storageLayout": "V2"}
 
 
+@pytest.mark.allow_log(r"is unusable")
 def test_manifest_is_fetched_once_then_read_from_disk(server: WandbServer, tmp_path: Path) -> None:
     cache = tmp_path / "cache"
     first = make(server, cache)
@@ -448,6 +451,7 @@ def test_manifest_url_expired_is_asked_for_again(server: WandbServer, registry: 
     assert registry.get_entry(v, "a.txt").entry is not None
 
 
+@pytest.mark.allow_log(r"retrying in")
 def test_manifest_get_is_retried(server: WandbServer, registry: WandbRegistry) -> None:
     v = registry.resolve(parse_ref("acme/vision/ds:v0"))
     server.faults.status(503, times=2, match="wandb_manifest.json")
@@ -644,6 +648,7 @@ def test_corrupt_body_is_a_digest_mismatch_and_nothing_is_cached(
 
 
 @pytest.mark.parametrize("fault", ["truncate_after", "reset_after"])
+@pytest.mark.allow_log(r"retrying in")
 def test_cut_bodies_are_resumed(server: WandbServer, registry: WandbRegistry, store: BlobStore, fault: str) -> None:
     v = registry.resolve(parse_ref("acme/vision/ds:v0"))
     getattr(server.faults, fault)(5000, times=2, match="f.bin")
@@ -651,6 +656,7 @@ def test_cut_bodies_are_resumed(server: WandbServer, registry: WandbRegistry, st
     assert any(r.range for r in server.file_requests())
 
 
+@pytest.mark.allow_log(r"retrying in")
 def test_persistent_blob_failure_is_a_fetch_error_in_bounded_time(
     server: WandbServer, registry: WandbRegistry, store: BlobStore
 ) -> None:
@@ -682,6 +688,7 @@ def test_xxh128_artifact(server: WandbServer, registry: WandbRegistry, store: Bl
 
 
 @pytest.mark.parametrize("status", [500, 502, 503, 408])
+@pytest.mark.allow_log(r"retrying in")
 def test_graphql_server_errors_are_retried(server: WandbServer, registry: WandbRegistry, status: int) -> None:
     server.reset_log()
     server.faults.graphql_status(status, times=2, match="ArtifactMembershipByName")
@@ -689,6 +696,7 @@ def test_graphql_server_errors_are_retried(server: WandbServer, registry: WandbR
     assert [r.status for r in server.operations("ArtifactMembershipByName")] == [status, status, 200]
 
 
+@pytest.mark.allow_log(r"retrying in")
 def test_graphql_429_honours_retry_after(server: WandbServer, registry: WandbRegistry) -> None:
     server.faults.graphql_status(429, times=1, retry_after=1, match="CheckEntity")
     t0 = time.monotonic()
@@ -697,6 +705,7 @@ def test_graphql_429_honours_retry_after(server: WandbServer, registry: WandbReg
     assert [r.status for r in server.operations("CheckEntity")] == [429, 200]
 
 
+@pytest.mark.allow_log(r"retrying in")
 def test_graphql_retries_are_bounded(server: WandbServer, registry: WandbRegistry) -> None:
     server.faults.graphql_status(503, times=None, match="CheckProject")
     t0 = time.monotonic()
@@ -710,6 +719,7 @@ def test_graphql_retries_are_bounded(server: WandbServer, registry: WandbRegistr
         registry.check_project("acme", "vision")
 
 
+@pytest.mark.allow_log(r"retrying in")
 def test_graphql_url_urls_5xx_during_download(server: WandbServer, registry: WandbRegistry, store: BlobStore) -> None:
     v = registry.resolve(parse_ref("acme/vision/ds:v0"))
     server.faults.graphql_status(502, times=1, match="GetArtifactMembershipFileUrls")
@@ -727,6 +737,7 @@ def _plant(env: Path, entry: Entry, data: bytes) -> Path:
     return path
 
 
+@pytest.mark.allow_log(r"digest mismatch")
 def test_sdk_cache_is_a_verified_first_source(server: WandbServer, env: Path, store: BlobStore) -> None:
     reg = make(server)
     v = reg.resolve(parse_ref("acme/vision/ds:v0"))
@@ -753,6 +764,7 @@ def test_sdk_cache_is_a_verified_first_source(server: WandbServer, env: Path, st
     reg.close()
 
 
+@pytest.mark.allow_log(r"cannot be sized")
 def test_references(server: WandbServer, registry: WandbRegistry, store: BlobStore) -> None:
     target = server.artifact("acme", "vision", "ds", 0)
     digest_b = target.file_digests["d/b.txt"]
@@ -1112,6 +1124,7 @@ def test_permission_denied_is_an_auth_error(server: WandbServer, registry: Wandb
     assert other.description == "" and KEY not in str(server.graphql_errors)
 
 
+@pytest.mark.allow_log(r"retrying in")
 def test_mutations_are_retried_after_a_server_error(server: WandbServer, registry: WandbRegistry) -> None:
     server.faults.graphql_status(503, times=2, match="AddAliases", retry_after=0)
     assert registry.add_alias(parse_ref("acme/vision/ds:v1"), "x").aliases == ("latest", "x")
