@@ -31,6 +31,7 @@ from typing import Any
 
 import trio
 
+from . import defaults
 from .errors import ArtifactFSError, DigestMismatch
 from .manifest import Entry
 from .metrics import Histogram
@@ -81,7 +82,7 @@ class Fetcher:
     registry: Registry
     store: BlobStore
     serve_local_in_place: bool = True
-    failure_backoff: float = 5.0
+    failure_backoff: float = defaults.FAILURE_BACKOFF
     max_threads: int = 8
     stats: Stats = field(default_factory=Stats)
     _limiter: trio.CapacityLimiter = field(init=False)

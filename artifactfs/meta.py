@@ -30,6 +30,7 @@ from typing import Any, Generic, TypeVar, cast
 
 import trio
 
+from . import defaults
 from .names import Ref
 from .registry.base import Registry, VersionInfo
 
@@ -71,7 +72,9 @@ class MetaStats:
 class Meta:
     """Asks a :class:`Registry` for metadata on behalf of the trio loop.  See the module doc."""
 
-    def __init__(self, registry: Registry, *, alias_ttl: float = 60.0, max_threads: int = DEFAULT_THREADS) -> None:
+    def __init__(
+        self, registry: Registry, *, alias_ttl: float = defaults.ALIAS_TTL, max_threads: int = DEFAULT_THREADS
+    ) -> None:
         self.registry = registry
         self.alias_ttl = alias_ttl
         self.inline = registry.local

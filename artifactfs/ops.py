@@ -245,7 +245,9 @@ class Operations(pyfuse3.Operations):
 
     @_errno_boundary
     async def read(self, fh: int, off: int, size: int) -> bytes:
-        handle = self._files[fh]
+        handle = self._files.get(fh)
+        if handle is None:  # a handle the kernel never got from open (or already released)
+            raise pyfuse3.FUSEError(errno.EBADF)
         for attempt in (1, 2):
             blob = handle.blob
             if blob is None:

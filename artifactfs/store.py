@@ -34,6 +34,7 @@ from typing import IO, Any
 
 import diskcache
 
+from . import defaults
 from .errors import BlobChanged, DigestMismatch, DiskFull, FetchError, RegistryError
 from .fsutil import claim_cache_dir, make_temp
 from .manifest import Entry, b64_digest, hash_fd, new_hasher, update_from_fd
@@ -42,7 +43,7 @@ from .registry.base import BlobSource
 log = logging.getLogger(__name__)
 
 CHUNK = 1 << 20
-DEFAULT_SIZE_LIMIT = 50 << 30
+DEFAULT_SIZE_LIMIT = defaults.CACHE_SIZE
 _TRUST_PREFIX = "trust/"  # in-place blobs: key -> (path, *identity)
 _CACHED_PREFIX = "cached/"  # cache files: key -> (path, *identity) taken once the file was adopted
 _TOUCH_INTERVAL = 60.0

@@ -64,9 +64,7 @@ def add_tool_commands(sub: argparse._SubParsersAction[Any], common: argparse.Arg
     p.add_argument("--mountpoint", help="also check that this directory can be mounted on")
     p.set_defaults(func=_lazy("doctor", "cmd_doctor"))
 
-    p = sub.add_parser(
-        "pin", parents=[common], help="the exact entity/project/name:vN and digest of a path on a mount"
-    )
+    p = sub.add_parser("pin", parents=[common], help="the exact entity/project/name:vN and digest of a path on a mount")
     p.add_argument("paths", nargs="+", metavar="PATH", help="a path on an artifactfs mount (through aliases too)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_lazy("pin", "cmd_pin"))

@@ -31,6 +31,7 @@ from typing import Any
 
 import trio
 
+from . import defaults
 from .errors import ArtifactFSError, ArtifactNotFound, EntryNotFound, InvalidReference, NotFound
 from .fsutil import redact_uri
 from .manifest import Entry
@@ -117,7 +118,7 @@ class Tree:
     registry: Registry
     uid: int
     gid: int
-    alias_ttl: float = 60.0
+    alias_ttl: float = defaults.ALIAS_TTL
     mount_time_ns: int = field(default_factory=time.time_ns)
     meta: Meta | None = None
     _nodes: dict[int, Node] = field(default_factory=dict)
@@ -195,7 +196,7 @@ class Tree:
 
     def _version_node(self, v: VersionInfo, expires: float) -> Node:
         """The node of version ``v`` (by id), from an answer current until ``expires``."""
-        key = ("v", v.id)
+        key = _version_key(v)
         node = self._intern(key, lambda i: Node(i, Kind.VERSION, key, v.entity, v.project, v.name, version=v))
         if expires >= node.expires:
             node.version = v  # aliases, description and updated_at may have moved
@@ -421,7 +422,7 @@ class Tree:
         parent_path, _, name = node.path.rpartition("/")
         parent = self._by_key.get(("c", node.version.id, parent_path)) if parent_path else None
         if parent is None:
-            parent = self._by_key.get(("v", node.version.id)) if not parent_path else None
+            parent = self._by_key.get(_version_key(node.version)) if not parent_path else None
         if parent is None or parent.listing is None:
             listing = await self._contents(node.version, self.registry.list_dir, parent_path)
             if parent is not None:
@@ -540,7 +541,7 @@ class Tree:
                 "description": v.description,
                 "metadata": json.dumps(v.metadata, ensure_ascii=False, sort_keys=True),
                 "commit_hash": v.commit_hash,
-                "source_version": v.version,
+                "source_version": v.source.tag if v.source is not None and v.source.tag else v.version,
                 "file_count": str(v.file_count),
             }
             attrs.update(await self._lineage(v))
@@ -557,3 +558,10 @@ class Tree:
         if node.kind is Kind.ROOT and stats is not None:
             return {"user.artifactfs.stats": json.dumps(stats(), sort_keys=True).encode()}
         return {}
+
+
+def _version_key(v: VersionInfo) -> tuple[object, ...]:
+    """A version directory's node key: its id and the name it is shown under.  On W&B a linked
+    membership shares its source's id, yet ``golden:v0`` and ``ds:v3`` are two directories with
+    their own version attributes (their content nodes, keyed by id and path, are shared)."""
+    return ("v", v.id, v.entity, v.project, v.name, v.version_index)

@@ -351,6 +351,10 @@ def test_mount_shows_the_members_with_the_sources_files(root: Path, mounter: Mou
     assert os.getxattr(project / "golden:v0", "user.artifact.digest") == os.getxattr(
         project / "ds:v1", "user.artifact.digest"
     )
+    # Each directory keeps its own version; a member's source_version names its source's.
+    assert os.getxattr(project / "golden:v0", "user.artifact.version") == b"v0"
+    assert os.getxattr(project / "golden:v0", "user.artifact.source_version") == b"v1"
+    assert os.getxattr(project / "ds:v1", "user.artifact.source_version") == b"v1"
 
 
 def test_concurrent_links_on_an_older_registry(root: Path, tmp_path: Path) -> None:

@@ -245,3 +245,25 @@ def test_the_key_appears_nowhere(mounted: Mount, server: WandbServer) -> None:
     assert KEY not in ps.stdout
     with open(f"/proc/{m.proc.pid}/comm", "rb") as f:
         assert KEY.encode() not in f.read()
+
+
+def test_a_linked_membership_is_its_own_directory(mounter: Mounter, server: WandbServer) -> None:
+    """On W&B a link shares its source's artifact id; on the mount it is still a directory of its
+    own, with its own version attributes and the source's bytes."""
+    from artifactfs.names import parse_ref
+    from artifactfs.registry import open_registry
+
+    registry = open_registry(f"wandb:{server.url}")
+    try:
+        registry.link(parse_ref("acme/vision/ds:v1"), "acme/vision/golden", ["prod"])
+    finally:
+        registry.close()
+    m = mounter(f"wandb:{server.url}")  # type: ignore[arg-type]
+    golden, source = project(m) / "golden:v0", project(m) / "ds:v1"
+    assert os.readlink(project(m) / "golden:prod") == "golden:v0"
+    assert os.getxattr(golden, "user.artifact.id") == os.getxattr(source, "user.artifact.id")
+    assert os.getxattr(golden, "user.artifact.version") == b"v0"
+    assert os.getxattr(source, "user.artifact.version") == b"v1"
+    assert os.getxattr(golden, "user.artifact.source_version") == b"v1"
+    for rel, data in SAMPLE_FILES.items():
+        assert (golden / rel).read_bytes() == data == (source / rel).read_bytes()

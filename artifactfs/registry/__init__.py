@@ -35,9 +35,7 @@ def is_wandb_spec(spec: str | os.PathLike[str]) -> bool:
     return text == WANDB or text.startswith(WANDB + ":")
 
 
-def open_registry(
-    spec: str | os.PathLike[str], *, create: bool = False, cache_dir: str | None = None
-) -> Registry:
+def open_registry(spec: str | os.PathLike[str], *, create: bool = False, cache_dir: str | None = None) -> Registry:
     """The registry that ``spec`` names.
 
     ``create``: make a local registry that does not exist yet (``log``).  ``cache_dir``: where

@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import IO, Any, Protocol
 
+from .. import defaults
 from ..errors import ArtifactNotFound, FetchError, ReadOnly, RunNotFound
 from ..manifest import MD5, Entry, Manifest
 from ..names import Ref
@@ -348,7 +349,7 @@ class Registry(abc.ABC):
         collection numbers it.  The content is not copied: the link names the same version."""
         raise self._refuse("linking a version")
 
-    def gc(self, *, grace: float = 3600.0) -> tuple[int, int, int]:
+    def gc(self, *, grace: float = defaults.GC_GRACE) -> tuple[int, int, int]:
         """``(versions purged, blobs removed, bytes freed)``."""
         raise self._refuse("garbage collection")
 
