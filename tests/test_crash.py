@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
-import io
 import logging
 import os
 import signal
@@ -30,11 +29,11 @@ from typing import Any
 
 import pytest
 from conftest import Mount, Mounter, force_unmount, is_mounted, run_cli, tmpfs_mount, write_tree
+from test_store import entry_for, source
+from test_store import read_all as blob_bytes
 
 from artifactfs.errors import DiskFull, RegistryError
-from artifactfs.manifest import Entry, digest_bytes
 from artifactfs.names import parse_ref
-from artifactfs.registry.base import BlobSource
 from artifactfs.registry.local import LocalRegistry
 from artifactfs.store import BlobStore
 
@@ -49,24 +48,6 @@ def tmpfs(path: Path, size: str = "8m") -> contextlib.AbstractContextManager[Pat
     return tmpfs_mount(path, size)
 
 
-def entry_for(data: bytes, path: str = "f.bin") -> Entry:
-    return Entry(path, digest_bytes(data), len(data))
-
-
-def source(data: bytes) -> BlobSource:
-    return BlobSource("test bytes", open=lambda: io.BytesIO(data))
-
-
-def blob_bytes(store: BlobStore, key: str) -> bytes | None:
-    blob = store.open_cached(key)
-    if blob is None:
-        return None
-    try:
-        return blob.pread(blob.size + 1, 0)
-    finally:
-        blob.close()
-
-
 def cache_rows(cache_dir: Path) -> list[tuple[str, str]]:
     """``(key, file)`` of every blob row in a cache directory (diskcache's index, read-only)."""
     conn = sqlite3.connect(f"file:{cache_dir / 'cache.db'}?mode=ro", uri=True)
@@ -79,14 +60,19 @@ def cache_rows(cache_dir: Path) -> list[tuple[str, str]]:
 
 def assert_cache_is_sound(cache_dir: Path) -> int:
     """Every blob the cache holds hashes to its key, and no file under the cache directory is
-    outside the index (temp files excepted: those are never served).  Returns the blob count."""
+    outside the index (temp files excepted: those are never served).  A row whose file never
+    arrived (killed between the row's commit and the rename) is a miss, not a blob: the store
+    commits the row first on purpose.  Returns the count of blobs present."""
     rows = cache_rows(cache_dir)
     indexed = set()
     for key, path in rows:
         alg, _, hexd = key.partition("/")
         assert alg == "md5", key
-        with open(path, "rb") as f:
-            assert hashlib.md5(f.read()).hexdigest() == hexd, f"{path} does not hash to {key}"
+        try:
+            with open(path, "rb") as f:
+                assert hashlib.md5(f.read()).hexdigest() == hexd, f"{path} does not hash to {key}"
+        except FileNotFoundError:
+            continue
         indexed.add(path)
     for dirpath, _, names in os.walk(cache_dir):
         if os.path.basename(dirpath) in ("tmp", "manifests"):
@@ -94,7 +80,7 @@ def assert_cache_is_sound(cache_dir: Path) -> int:
         for name in names:
             if name.endswith(".val"):
                 assert os.path.join(dirpath, name) in indexed, f"an unindexed blob file {name}"
-    return len(rows)
+    return len(indexed)
 
 
 def md5sums(paths: list[Path], timeout: float = 120) -> dict[Path, str | None]:
@@ -374,7 +360,7 @@ def test_sigkill_during_a_burst_of_small_fills(mounter: Mounter, tmp_path: Path)
     finally:
         readers.wait(timeout=60)
     kept = assert_cache_is_sound(m.cache_dir)
-    assert 300 <= kept <= 2000
+    assert 300 - 8 <= kept <= 2000  # up to 8 fills (one per worker thread) were between row and rename
     again = mounter(tmp_path / "reg", "--local-blobs", "copy", cache_dir=m.cache_dir, mountpoint=m.path)
     assert [n for n in os.listdir(m.cache_dir / "tmp") if n.startswith(f"{m.proc.pid}-")] == []  # dead writer's
     v0 = again.path / "acme" / "vision" / "many:v0"
