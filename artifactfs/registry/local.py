@@ -1415,29 +1415,27 @@ def _syncfs(path: str) -> None:
     os.sync()
 
 
-def check_metadata(metadata: dict[str, Any] | None) -> dict[str, Any]:
-    if metadata is None:
+def _json_object(value: dict[str, Any] | None, what: str, error: type[InvalidArgument]) -> dict[str, Any]:
+    """``value`` (None: empty) if it is a dict that JSON can hold (no NaN, no Infinity); else
+    ``error`` naming ``what``."""
+    if value is None:
         return {}
-    if not isinstance(metadata, dict):
-        raise InvalidMetadata("metadata must be a JSON object")
+    if not isinstance(value, dict):
+        raise error(f"{what} must be a JSON object")
     try:
-        json.dumps(metadata, allow_nan=False)
+        json.dumps(value, allow_nan=False)
     except (TypeError, ValueError) as exc:
-        raise InvalidMetadata(f"metadata is not JSON-serialisable: {exc}") from exc
-    return metadata
+        raise error(f"{what} is not JSON-serialisable: {exc}") from exc
+    return value
+
+
+def check_metadata(metadata: dict[str, Any] | None) -> dict[str, Any]:
+    return _json_object(metadata, "metadata", InvalidMetadata)
 
 
 def _check_config(config: dict[str, Any] | None) -> dict[str, Any]:
     """A run's config: a JSON object (W&B stores it as JSON too)."""
-    if config is None:
-        return {}
-    if not isinstance(config, dict):
-        raise InvalidArgument("a run's config must be a dict")
-    try:
-        json.dumps(config, allow_nan=False)
-    except (TypeError, ValueError) as exc:
-        raise InvalidArgument(f"a run's config is not JSON-serialisable: {exc}") from exc
-    return config
+    return _json_object(config, "a run's config", InvalidArgument)
 
 
 def _dirs_of(paths: Iterable[str]) -> set[str]:
