@@ -323,6 +323,9 @@ class Prefetcher:
                 except ArtifactFSError as exc:
                     log.debug("prefetch: no listing after %s: %s", getattr(node, "path", node), exc)
                     continue
+                except Exception:  # a hint is only a hint: a bug here must not end the mount
+                    log.exception("prefetch: listing after %s failed", getattr(node, "path", node))
+                    continue
                 for version, entry in upcoming:
                     key = entry.cache_key
                     if entry.size > self.max_size or key in self._recent:
@@ -342,5 +345,8 @@ class Prefetcher:
             except ArtifactFSError as exc:  # the reader gets the error when it reads the file
                 self.failed += 1
                 log.debug("prefetch of %s/%s failed: %s", version.ref, entry.path, exc)
+            except Exception:  # never let a prefetch bug cancel the nursery that serves the mount
+                self.failed += 1
+                log.exception("prefetch of %s/%s failed unexpectedly", version.ref, entry.path)
             finally:
                 self.active -= 1

@@ -181,7 +181,9 @@ class Operations(pyfuse3.Operations):
 
     @_errno_boundary
     async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
-        handle = self._dirs[fh]
+        handle = self._dirs.get(fh)
+        if handle is None:  # a handle the kernel never got from opendir (or already released)
+            raise pyfuse3.FUSEError(errno.EBADF)
         tree = self.tree
         if handle.children is None or start_id == 0:
             children = await tree.listdir_encoded(handle.inode)

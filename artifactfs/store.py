@@ -518,7 +518,8 @@ class BlobStore:
                 raise FetchError(f"blob of {what} changed while it was verified")
         if actual != entry.digest or size != entry.size:
             self._trusted.pop(key, None)
-            self._cache.delete(trust_key)
+            if persist:  # inline (small blobs, on the trio loop) no record was ever written
+                self._cache.delete(trust_key)
             raise DigestMismatch(what, f"{entry.digest} ({entry.size} bytes)", f"{actual} ({size} bytes)")
         if persist:
             self._cache.set(trust_key, (path, *before))

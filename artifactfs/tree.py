@@ -394,8 +394,9 @@ class Tree:
     async def provenance(self, v: VersionInfo) -> dict[str, Any]:
         """What ``info.json`` says beyond the version itself: the run that logged it and the
         runs that used it, where the registry keeps lineage (none known otherwise)."""
-        logged = await self._meta.call(("logged_by", v.id), self.registry.logged_by, v)
-        used = await self._meta.call(("used_by", v.id), self.registry.used_by, v)
+        # The same questions as the lineage xattrs, so a remote answer is kept and shared.
+        logged = (await self._meta.cached(("logged_by", v.id), self.registry.logged_by, v)).value
+        used = (await self._meta.cached(("used_by", v.id), self.registry.used_by, v)).value
         return {
             "logged_by": None if logged is None else logged.to_json(),
             "used_by": [run.to_json() for run in used],
@@ -404,8 +405,14 @@ class Tree:
     async def _manifest_json(self, v: VersionInfo) -> bytes:
         if not self.registry.contents_loaded(v):
             await self._meta.load_contents(v)
-        manifest = await self._meta.call(("manifest", v.id), self.registry.manifest, v)
-        return (manifest.dumps() + "\n").encode()
+        registry = self.registry
+
+        def build() -> bytes:
+            return (registry.manifest(v).dumps() + "\n").encode()
+
+        # Every entry walked and serialised: seconds for a huge manifest, so never on the loop
+        # (whatever the registry); the node keeps the bytes.
+        return await trio.to_thread.run_sync(build)
 
     async def _listing(self, node: Node) -> list[DirEntry]:
         """The registry's listing of a version directory, asked once per node."""

@@ -811,3 +811,56 @@ def test_prefetcher_hints_are_dropped_when_its_queue_is_full(store: BlobStore) -
         assert stats.current_buffer_used == stats.max_buffer_size == 16
 
     run(main)
+
+
+@pytest.mark.allow_log(r"prefetch: listing after .* failed|prefetch of .* failed unexpectedly")
+def test_a_prefetch_bug_is_logged_and_the_prefetcher_keeps_going(store: BlobStore) -> None:
+    """The prefetcher runs in the nursery that serves the mount: an unexpected exception in a
+    listing or a fetch is logged and skipped, never allowed to cancel that nursery."""
+    from artifactfs.fetcher import Prefetcher
+
+    blobs = {f"d/{i}": os.urandom(500) + bytes([i]) for i in range(3)}
+    entries = [Entry(path, digest_bytes(data), len(data)) for path, data in blobs.items()]
+    fetcher = Fetcher(CountingRemote(blobs), store)
+    calls: list[object] = []
+
+    async def lister(node: object, count: int) -> list[tuple[VersionInfo, Entry]]:
+        calls.append(node)
+        if node is entries[0]:
+            raise RuntimeError("a bug in the lister")
+        return [(VERSION, entries[2])]
+
+    class Buggy(Fetcher):
+        async def prefetch(self, version: VersionInfo, entry: Entry) -> None:
+            raise KeyError("a bug in a fetch")
+
+    prefetcher = Prefetcher(fetcher, lister, 2)
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(prefetcher.run)
+            prefetcher.after(entries[0])  # the lister raises: logged, skipped
+            prefetcher.after(entries[1])  # lists entries[2], fetched
+            with trio.fail_after(30):
+                while entries[2].cache_key not in store:
+                    await trio.sleep(0.01)
+            prefetcher.fetcher = Buggy(CountingRemote(blobs), store)
+            prefetcher.after(entries[1])  # already offered: nothing new to fetch
+            nursery.cancel_scope.cancel()
+
+    run(main)
+    assert calls == [entries[0], entries[1], entries[1]]
+
+    buggy = Prefetcher(Buggy(CountingRemote(blobs), store), lister, 2)
+
+    async def second() -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(buggy.run)
+            buggy.after(entries[1])
+            with trio.fail_after(30):
+                while buggy.failed < 1:
+                    await trio.sleep(0.01)
+            nursery.cancel_scope.cancel()  # reached only because the bug did not end run()
+
+    run(second)
+    assert buggy.failed == 1

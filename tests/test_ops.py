@@ -408,12 +408,16 @@ def test_unexpected_exception_becomes_eio(
     assert "a bug in a registry" in caplog.text
 
 
-def test_read_of_unknown_handle_is_ebadf(ops: Operations) -> None:
-    """A handle the kernel never got from open: EBADF, no traceback (the log check would fail)."""
+def test_read_or_readdir_of_unknown_handle_is_ebadf(ops: Operations) -> None:
+    """A handle the kernel never got from open/opendir: EBADF, no traceback (the log check
+    would fail the test on one)."""
 
     async def main() -> None:
         with pytest.raises(pyfuse3.FUSEError) as info:
             await ops.read(999, 0, 10)
+        assert fuse_errno(info) == errno.EBADF
+        with pytest.raises(pyfuse3.FUSEError) as info:
+            await ops.readdir(999, 0, None)  # type: ignore[arg-type]
         assert fuse_errno(info) == errno.EBADF
 
     run(main)
