@@ -216,6 +216,11 @@ def test_alias_moves(reg: LocalRegistry, trees: list[Path]) -> None:
     assert pairs == {("ds", "latest"): 2, ("ds", "best"): 2, ("ds", "candidate"): 2, ("ds", "prod"): 0}
     all_aliases = [a for v in reg.versions("acme", "vision", "ds") for a in v.aliases]
     assert len(all_aliases) == len(set(all_aliases))
+    # A project listing (its aliases asked in one query) says what each version says alone.
+    log(reg, trees[0], ref="acme/vision/other", aliases=["best"])
+    listed = reg.project_versions("acme", "vision")
+    assert [str(v.ref) for v in listed] == [*(f"{COLL}:v{i}" for i in range(3)), "acme/vision/other:v0"]
+    assert listed == [reg.resolve(v.ref) for v in listed]
 
 
 def test_alias_updates_timestamps(reg: LocalRegistry, trees: list[Path]) -> None:

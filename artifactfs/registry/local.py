@@ -441,7 +441,16 @@ class LocalRegistry(Registry):
             )
             .fetchall()
         )
-        return [self._version_from_row(r) for r in rows]
+        # Every alias of the project in one query, not one per version: a project listing is
+        # asked inline, on the mount's loop.
+        aliases: dict[int, list[str]] = {}
+        for version_pk, alias in self._db().execute(
+            "SELECT a.version_id, a.alias FROM aliases a JOIN collections c ON a.collection_id = c.id "
+            "WHERE c.project_id = ? ORDER BY a.alias = 'latest' DESC, a.alias",
+            (pid,),
+        ):
+            aliases.setdefault(version_pk, []).append(alias)
+        return [self._version_from_row(r, tuple(aliases.get(r[0], ()))) for r in rows]
 
     def projects(self, entity: str) -> list[str]:
         eid = self._entity_id(entity)
@@ -465,7 +474,7 @@ class LocalRegistry(Registry):
         )
         return tuple(r[0] for r in rows)
 
-    def _version_from_row(self, row: Sequence[Any]) -> VersionInfo:
+    def _version_from_row(self, row: Sequence[Any], aliases: tuple[str, ...] | None = None) -> VersionInfo:
         self._pks[row[1]] = row[0]
         return VersionInfo(
             id=row[1],
@@ -474,7 +483,7 @@ class LocalRegistry(Registry):
             name=row[4],
             type=row[5],
             version_index=row[6],
-            aliases=self._aliases_of(row[0]),
+            aliases=self._aliases_of(row[0]) if aliases is None else aliases,
             digest=row[7],
             digest_algorithm=row[8],
             commit_hash=row[9],
