@@ -161,7 +161,7 @@ class _Cancelled(Exception):
 
 
 @dataclass(slots=True)
-class _Range:
+class ByteRange:
     """Bytes ``[start, end)`` of the object; ``pos`` is the next byte wanted.  ``end`` is None
     while the size is unknown (``checksum``).  ``part``: asked for with a closed Range."""
 
@@ -220,10 +220,10 @@ class _Transfer:
     def fetch(
         self,
         session: requests.Session,
-        rng: _Range,
+        rng: ByteRange,
         write: Write,
         restart: Callable[[], None] | None = None,
-        advanced: Callable[[_Range], None] | None = None,
+        advanced: Callable[[ByteRange], None] | None = None,
         on_ranged: Callable[[], None] | None = None,
     ) -> None:
         """Fetch ``rng`` into ``write(offset, data)``, in order, retrying and resuming.
@@ -278,10 +278,10 @@ class _Transfer:
     def _request(
         self,
         session: requests.Session,
-        rng: _Range,
+        rng: ByteRange,
         write: Write,
         restart: Callable[[], None] | None,
-        advanced: Callable[[_Range], None] | None,
+        advanced: Callable[[ByteRange], None] | None,
         on_ranged: Callable[[], None] | None,
     ) -> None:
         headers = {"Accept-Encoding": "identity"}
@@ -373,7 +373,7 @@ class _Transfer:
         if expected is not None and length is not None and length != expected:
             raise FetchError(self.error(f"the server sends {length} bytes, expected {expected}"))
 
-    def _check_content_range(self, resp: requests.Response, rng: _Range) -> None:
+    def _check_content_range(self, resp: requests.Response, rng: ByteRange) -> None:
         header = resp.headers.get("Content-Range", "")
         m = _CONTENT_RANGE.fullmatch(header.strip())
         if m is None:
@@ -391,7 +391,7 @@ class _Transfer:
         self._check_length(resp, end - rng.pos)
 
     def _read_body(
-        self, resp: requests.Response, rng: _Range, write: Write, advanced: Callable[[_Range], None] | None
+        self, resp: requests.Response, rng: ByteRange, write: Write, advanced: Callable[[ByteRange], None] | None
     ) -> None:
         """Read the body into ``write`` in pieces of up to ``chunk`` bytes.  Whatever arrived is
         written before a failure is raised, so a resume starts right after the last byte."""
@@ -509,7 +509,7 @@ def download(
     )
 
 
-def _writer(fd: int) -> Write:
+def offset_writer(fd: int) -> Write:
     def write(offset: int, data: bytes) -> None:
         view = memoryview(data)
         while view:
@@ -529,23 +529,23 @@ def _restarter(fd: int, progress: Progress) -> Callable[[], None]:
 
 
 def _download_stream(transfer: _Transfer, fd: int, size: int, progress: Progress) -> None:
-    def advanced(rng: _Range) -> None:
+    def advanced(rng: ByteRange) -> None:
         progress.advance(rng.pos)
 
-    transfer.fetch(_session(), _Range(0, size), _writer(fd), _restarter(fd, progress), advanced)
+    transfer.fetch(_session(), ByteRange(0, size), offset_writer(fd), _restarter(fd, progress), advanced)
 
 
-class _Parts:
+class Parts:
     """The parts of a parallel download, and the contiguous prefix they have written."""
 
     def __init__(self, size: int, part_size: int) -> None:
-        self.ranges = [_Range(a, min(a + part_size, size), part=True) for a in range(0, size, part_size)]
+        self.ranges = [ByteRange(a, min(a + part_size, size), part=True) for a in range(0, size, part_size)]
         self.size = size
         self._next = 1  # part 0 is the probe, fetched first by the calling thread
         self._first_open = 0  # parts before this one are complete
         self._lock = threading.Lock()
 
-    def take(self) -> _Range | None:
+    def take(self) -> ByteRange | None:
         with self._lock:
             if self._next >= len(self.ranges):
                 return None
@@ -563,13 +563,13 @@ class _Parts:
 
 
 def _download_parts(transfer: _Transfer, fd: int, size: int, progress: Progress) -> None:
-    parts = _Parts(size, transfer.policy.part_size)
+    parts = Parts(size, transfer.policy.part_size)
     probe = parts.ranges[0]
-    write = _writer(fd)
+    write = offset_writer(fd)
     errors: list[BaseException] = []
     threads: list[threading.Thread] = []
 
-    def advanced(rng: _Range) -> None:
+    def advanced(rng: ByteRange) -> None:
         progress.advance(parts.prefix() if rng.part else rng.pos)
 
     def work(session: requests.Session) -> None:
@@ -628,6 +628,6 @@ def checksum(
         hasher[0] = new_hasher(alg)
 
     transfer = _Transfer(url, None, what or redact_uri(url), policy)
-    rng = _Range(0, None)
+    rng = ByteRange(0, None)
     transfer.fetch(_session(), rng, write, restart)
     return b64_digest(hasher[0]), rng.pos, transfer.etag

@@ -73,7 +73,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .errors import AuthError, FetchError, InvalidReferenceEntry, SourceChanged
-from .http import DEFAULT_POLICY, Policy, _Parts, _Range, _writer, etag_opaque
+from .http import DEFAULT_POLICY, ByteRange, Parts, Policy, etag_opaque, offset_writer
 from .manifest import MD5, b64_digest, new_hasher
 from .registry.base import Progress
 
@@ -311,9 +311,9 @@ class _Transfer:
 
     def fetch(
         self,
-        rng: _Range,
+        rng: ByteRange,
         write: Callable[[int, bytes], None],
-        advanced: Callable[[_Range], None] | None = None,
+        advanced: Callable[[ByteRange], None] | None = None,
         on_headers: Callable[[], None] | None = None,
     ) -> None:
         """Fetch ``rng`` into ``write``, retrying and resuming after its last written byte."""
@@ -364,7 +364,7 @@ class _Transfer:
 
     # -- one request ---------------------------------------------------------------------------
 
-    def get(self, rng: _Range | None) -> dict[str, Any]:
+    def get(self, rng: ByteRange | None) -> dict[str, Any]:
         """``GetObject`` of ``rng`` (None: the whole object), for the pinned version and ETag."""
         kwargs: dict[str, Any] = {"Bucket": self.obj.bucket, "Key": self.obj.key}
         if self.version_id:
@@ -454,9 +454,9 @@ class _Transfer:
 
     def _request(
         self,
-        rng: _Range,
+        rng: ByteRange,
         write: Callable[[int, bytes], None],
-        advanced: Callable[[_Range], None] | None,
+        advanced: Callable[[ByteRange], None] | None,
         on_headers: Callable[[], None] | None,
     ) -> None:
         # An empty object has no byte range to ask for (S3 answers 416): ask for all of it.
@@ -471,7 +471,7 @@ class _Transfer:
         finally:
             body.close()
 
-    def _check_range(self, resp: dict[str, Any], rng: _Range) -> None:
+    def _check_range(self, resp: dict[str, Any], rng: ByteRange) -> None:
         length = resp.get("ContentLength")
         header = resp.get("ContentRange")
         if header is None:  # the whole object
@@ -498,9 +498,9 @@ class _Transfer:
     def _read_body(
         self,
         body: Any,
-        rng: _Range,
+        rng: ByteRange,
         write: Callable[[int, bytes], None],
-        advanced: Callable[[_Range], None] | None,
+        advanced: Callable[[ByteRange], None] | None,
     ) -> None:
         assert rng.end is not None
         lib = self.lib
@@ -558,26 +558,26 @@ def download(
         obj = S3Object(obj.bucket, obj.key, version_id)
     transfer = _Transfer(obj, size, what, policy, etag, etag_is_digest)
     t0 = time.monotonic()
-    write = _writer(fd)
+    write = offset_writer(fd)
     if size >= policy.parallel_threshold and size > policy.part_size and policy.workers > 1:
         _download_parts(transfer, size, write, progress)
     else:
 
-        def advanced(rng: _Range) -> None:
+        def advanced(rng: ByteRange) -> None:
             progress.advance(rng.pos)
 
-        transfer.fetch(_Range(0, size), write, advanced)
+        transfer.fetch(ByteRange(0, size), write, advanced)
     log.debug(
         "GET %s (%s): %d bytes in %d requests, %.3fs", obj.uri, what, size, transfer.requests, time.monotonic() - t0
     )
 
 
 def _download_parts(transfer: _Transfer, size: int, write: Callable[[int, bytes], None], progress: Progress) -> None:
-    parts = _Parts(size, transfer.policy.part_size)
+    parts = Parts(size, transfer.policy.part_size)
     errors: list[BaseException] = []
     threads: list[threading.Thread] = []
 
-    def advanced(rng: _Range) -> None:
+    def advanced(rng: ByteRange) -> None:
         progress.advance(parts.prefix())
 
     def work() -> None:
@@ -637,7 +637,7 @@ def checksum(uri: str, alg: str = MD5, *, policy: Policy = DEFAULT_POLICY) -> tu
     def write(offset: int, data: bytes) -> None:
         hasher.update(data)  # in order: one stream, each byte once (a resume starts after the last)
 
-    rng = _Range(0, size)
+    rng = ByteRange(0, size)
     transfer.fetch(rng, write)
     extra: dict[str, Any] = {}
     if transfer.etag:

@@ -71,6 +71,24 @@ def run_cli(
     return proc
 
 
+def tables(db: Path) -> set[str]:
+    """The table names of a SQLite database (a registry's schema, as an upgrade left it)."""
+    conn = sqlite3.connect(db)
+    try:
+        return {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    finally:
+        conn.close()
+
+
+def user_version(db: Path) -> int:
+    """``PRAGMA user_version`` of a SQLite database (a registry's schema version)."""
+    conn = sqlite3.connect(db)
+    try:
+        return int(conn.execute("PRAGMA user_version").fetchone()[0])
+    finally:
+        conn.close()
+
+
 def b64md5(data: bytes) -> str:
     """W&B's entry digest, computed independently of artifactfs."""
     return base64.b64encode(hashlib.md5(data).digest()).decode()

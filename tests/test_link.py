@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import Mounter, run_cli, write_tree
+from conftest import Mounter, run_cli, tables, user_version, write_tree
 
 from artifactfs.api import Api
 from artifactfs.errors import ArtifactNotFound, Conflict, InvalidReference
@@ -29,22 +29,6 @@ LINEAGE_TABLES = {"runs", "version_created_by", "version_used_by"}
 
 V0_FILES = {"a.txt": b"alpha\n", "d/b.txt": b"beta\n"}
 V1_FILES = {"a.txt": b"alpha, again\n", "d/b.txt": b"beta\n", "d/e/c.bin": bytes(range(256)) * 40}
-
-
-def tables(db: Path) -> set[str]:
-    conn = sqlite3.connect(db)
-    try:
-        return {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-    finally:
-        conn.close()
-
-
-def user_version(db: Path) -> int:
-    conn = sqlite3.connect(db)
-    try:
-        return int(conn.execute("PRAGMA user_version").fetchone()[0])
-    finally:
-        conn.close()
 
 
 def contents(reg: LocalRegistry, ref: str) -> dict[str, bytes]:

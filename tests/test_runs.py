@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import Mounter, run_cli, write_tree
+from conftest import Mounter, run_cli, tables, user_version, write_tree
 
 import artifactfs
 import artifactfs.run as runs
@@ -54,22 +54,6 @@ def clean_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     for active in list(runs._active):
         active.finish()
     assert runs.run is None
-
-
-def tables(db: Path) -> set[str]:
-    conn = sqlite3.connect(db)
-    try:
-        return {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-    finally:
-        conn.close()
-
-
-def user_version(db: Path) -> int:
-    conn = sqlite3.connect(db)
-    try:
-        return int(conn.execute("PRAGMA user_version").fetchone()[0])
-    finally:
-        conn.close()
 
 
 def make_old_schema(root: Path) -> None:
