@@ -267,3 +267,18 @@ def test_a_linked_membership_is_its_own_directory(mounter: Mounter, server: Wand
     assert os.getxattr(golden, "user.artifact.source_version") == b"v1"
     for rel, data in SAMPLE_FILES.items():
         assert (golden / rel).read_bytes() == data == (source / rel).read_bytes()
+
+
+def test_a_moved_alias_shows_after_the_alias_ttl(mounter: Mounter, server: WandbServer) -> None:
+    """SEMANTICS, W&B registries: a moved alias shows on a running mount after at most
+    --alias-ttl; until then the kept answer is served (no GraphQL call per readlink)."""
+    m = mounter(f"wandb:{server.url}", "--alias-ttl", "5")  # type: ignore[arg-type]
+    best = project(m) / "ds:best"
+    assert os.readlink(best) == "ds:v0"
+    server.set_alias("acme", "vision", "ds", "best", 1)
+    assert os.readlink(best) == "ds:v0"  # within the TTL: the kept answer
+    deadline = time.monotonic() + 20
+    while os.readlink(best) != "ds:v1":
+        assert time.monotonic() < deadline, "the moved alias never showed"
+        time.sleep(0.2)
+    assert (best / "README.md").read_bytes() == SAMPLE_FILES["README.md"]
