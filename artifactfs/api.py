@@ -74,6 +74,14 @@ def open_spec(spec: str, *, create: bool = False, cache_dir: str | None = None) 
     return registry
 
 
+def open_cache(cache_dir: str) -> BlobStore:
+    """The mount's verified blob cache at ``cache_dir``, for a reader that is not a mount: an
+    existing cache keeps the limit its mount (or ``artifactfs cache``) gave it; a new one gets
+    the mount's default."""
+    known = os.path.exists(os.path.join(cache_dir, "cache.db"))
+    return BlobStore(cache_dir, None if known else CACHE_SIZE)
+
+
 class Api:
     """Entry point, as ``wandb.Api``: look up, list and log artifacts; runs of a registry.
 
@@ -118,10 +126,7 @@ class Api:
         """The mount's verified cache, opened once (thread-safe: download workers call it)."""
         with self._lock:
             if self._store is None:
-                # An existing cache keeps the limit its mount (or `artifactfs cache`) gave it; a new
-                # one gets the mount's default.
-                known = os.path.exists(os.path.join(self.cache_dir, "cache.db"))
-                self._store = BlobStore(self.cache_dir, None if known else CACHE_SIZE)
+                self._store = open_cache(self.cache_dir)
             return self._store
 
     def close(self) -> None:

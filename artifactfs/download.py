@@ -40,6 +40,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .errors import ArtifactFSError, DigestMismatch, FetchError, InvalidPath
+from .fetcher import INLINE_VERIFY_MAX
 from .manifest import Entry, hash_fd
 from .names import check_entry_path
 from .references import content_entry
@@ -118,6 +119,38 @@ def _copy_blob(blob: Blob, fd: int, size: int) -> None:
         while view:
             written = os.pwrite(fd, view, offset)
             view, offset = view[written:], offset + written
+
+
+def cached_blob(
+    store: BlobStore, registry: Registry, version: VersionInfo, entry: Entry, check: Entry, what: str
+) -> Blob:
+    """The verified blob of ``entry`` (checked against ``check``: the entry, or a reference's
+    content entry) out of the cache ``store``: opened if its file is provably the verified one,
+    hashed again if its identity moved, else fetched from the registry's source into the cache,
+    verified on the way.  Blocks (hashing, network): call it from a worker thread."""
+    key = check.cache_key
+    blob = store.open_cached(key) or store.open_verified(key, check, what)
+    if blob is None:
+        blob = store.fill(key, check, registry.blob_source(version, entry), what)
+    return blob
+
+
+def open_verified_blob(store: BlobStore, registry: Registry, version: VersionInfo, entry: Entry) -> Blob:
+    """The verified blob of ``entry``, as the mount serves it: a local registry's blob verified
+    where it lies (trusted again while its identity holds; blobs of up to
+    :data:`~artifactfs.fetcher.INLINE_VERIFY_MAX` bytes hashed once per process, with no record),
+    anything else through :func:`cached_blob`.  Blocks: call it from a worker thread."""
+    check = _check_entry(entry)
+    key = check.cache_key
+    what = f"{version.ref}/{entry.path}"
+    local = registry.local_path(check)
+    if local is None:
+        return cached_blob(store, registry, version, entry, check, what)
+    small = check.size <= INLINE_VERIFY_MAX
+    blob = store.open_trusted(key, local, persisted=not small)
+    if blob is None:
+        blob = store.verify_in_place(key, check, local, what, persist=not small)
+    return blob
 
 
 class SafeRoot:
@@ -367,12 +400,7 @@ class Downloader:
             self.placed[how] += 1
 
     def _blob(self, job: Job, what: str) -> Blob:
-        store = self._open_store()
-        key = job.check.cache_key
-        blob = store.open_cached(key) or store.open_verified(key, job.check, what)
-        if blob is None:
-            blob = store.fill(key, job.check, self.registry.blob_source(self.version, job.entry), what)
-        return blob
+        return cached_blob(self._open_store(), self.registry, self.version, job.entry, job.check, what)
 
     def _write(self, dir_fd: int, leaf: str, what: str, fill: Callable[[int], None]) -> None:
         tmp = f".{secrets.token_hex(8)}{TMP_SUFFIX}"

@@ -1,0 +1,620 @@
+"""``artifactfs://``: the verified cache as an fsspec filesystem, for Python without FUSE.
+
+``fsspec.open("artifactfs://acme/vision/ds:v1/train/000001.txt")`` and every library that reads
+through fsspec (pandas, pyarrow, HF ``datasets``, Dask, universal-pathlib) read artifact files
+with no mount, no root and no ``/dev/fuse``.  The protocol is registered through the
+``fsspec.specs`` entry point (``pyproject.toml``) and, once this module is imported, in-process
+too (:func:`register`).
+
+URL grammar (``docs/FSSPEC.md``)::
+
+    artifactfs://                                   entities
+    artifactfs://ENTITY                             projects
+    artifactfs://ENTITY/PROJECT                     NAME:vN and NAME:ALIAS of every artifact
+    artifactfs://ENTITY/PROJECT/NAME:vN[/PATH]      a version (immutable), and a path inside it
+    artifactfs://ENTITY/PROJECT/NAME:ALIAS[/PATH]   the version the alias names (see below)
+
+Storage options: ``registry`` (a spec: ``DIR``, ``wandb``, ``wandb:URL``; default
+``$ARTIFACTFS_REGISTRY``), ``cache_dir`` (default ``$ARTIFACTFS_CACHE_DIR``), ``alias_ttl``
+(seconds an alias's answer is kept, default the mount's ``--alias-ttl``).
+
+Bytes: the same verified cache as the mount and ``Artifact.download``
+(:func:`artifactfs.download.open_verified_blob`): a local registry's blob is hashed where it
+lies and trusted while its identity holds; a remote blob is fetched once into the cache,
+verified before it is adopted, and opened from there afterwards.  An open file is the verified
+cache file's descriptor: reads are ``pread`` plus the one ``fstat`` that proves the file is still
+the one verified.
+
+Aliases: a filesystem instance resolves ``NAME:ALIAS`` on first use and keeps the answer for
+``alias_ttl`` seconds (``invalidate_cache()`` forgets it); an open file reads the version it was
+opened in for as long as it is open; a pickled instance (a Dask task) carries its answers, so the
+workers read the version the client resolved.  Errors are Python's: ``FileNotFoundError``,
+``PermissionError`` for every write, ``OSError(EIO)`` for a digest mismatch.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import errno
+import importlib.util
+import io
+import os
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from fsspec import AbstractFileSystem, register_implementation
+
+from . import defaults
+from .api import open_cache, open_spec
+from .download import open_verified_blob
+from .errors import (
+    ArtifactFSError,
+    AuthError,
+    DigestMismatch,
+    InvalidArgument,
+    InvalidPath,
+    InvalidReference,
+    NotFound,
+    ReadOnly,
+)
+from .manifest import Entry
+from .names import Ref, check_alias, check_name, parse_version
+from .registry.base import DirEntry, Registry, VersionInfo
+from .store import Blob, BlobStore
+
+PROTOCOL = "artifactfs"
+_ENTRY_MEMO_MAX = 200_000  # entries remembered per filesystem instance (cleared past it)
+
+
+def _translate(exc: ArtifactFSError, path: str) -> OSError:
+    """The one conversion of artifactfs's errors into Python's for ``artifactfs://``."""
+    text = str(exc)
+    if isinstance(exc, (NotFound, InvalidReference, InvalidPath)):
+        # A name that cannot exist does not exist: the mount answers ENOENT for it too.
+        return FileNotFoundError(errno.ENOENT, text, path)
+    if isinstance(exc, ReadOnly):
+        return PermissionError(errno.EROFS, text, path)
+    if isinstance(exc, AuthError):
+        return PermissionError(errno.EACCES, text, path)
+    if isinstance(exc, DigestMismatch):
+        return OSError(errno.EIO, text, path)
+    if isinstance(exc, InvalidArgument):
+        return OSError(errno.EINVAL, text, path)
+    return OSError(exc.errno, text, path)
+
+
+@contextmanager
+def _errors(path: str) -> Iterator[None]:
+    try:
+        yield
+    except ArtifactFSError as exc:
+        raise _translate(exc, path) from exc
+
+
+def _refuse(path: str = "") -> PermissionError:
+    return PermissionError(errno.EROFS, "artifactfs:// is read-only", path)
+
+
+def _seconds(ns: int) -> float:
+    return ns / 1e9
+
+
+class ArtifactFile(io.RawIOBase):
+    """A read-only, seekable file over a verified blob (its open cache or registry file)."""
+
+    def __init__(self, blob: Blob, path: str, version: VersionInfo) -> None:
+        super().__init__()
+        self._blob = blob
+        self.size = blob.size
+        self.path = path
+        self.name = path
+        self.mode = "rb"
+        self.version = version
+        self._pos = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def writable(self) -> bool:
+        return False
+
+    def tell(self) -> int:
+        self._checkClosed()
+        return self._pos
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        self._checkClosed()
+        if whence == os.SEEK_SET:
+            pos = offset
+        elif whence == os.SEEK_CUR:
+            pos = self._pos + offset
+        elif whence == os.SEEK_END:
+            pos = self.size + offset
+        else:
+            raise ValueError(f"invalid whence ({whence})")
+        if pos < 0:
+            raise OSError(errno.EINVAL, "negative seek position", self.path)
+        self._pos = pos
+        return pos
+
+    def read(self, size: int | None = -1) -> bytes:
+        self._checkClosed()
+        left = self.size - self._pos
+        if size is None or size < 0 or size > left:
+            size = left
+        if size <= 0:
+            return b""
+        with _errors(self.path):
+            data = self._blob.pread(size, self._pos)
+        self._pos += len(data)
+        return data
+
+    def readall(self) -> bytes:
+        return self.read()
+
+    def read1(self, size: int = -1) -> bytes:
+        return self.read(size)
+
+    def readinto(self, buffer: Any) -> int:
+        self._checkClosed()
+        view = memoryview(buffer).cast("B")
+        count = max(0, min(len(view), self.size - self._pos))
+        if count == 0:
+            return 0
+        with _errors(self.path):
+            got = self._blob.preadinto(view[:count], self._pos)
+        self._pos += got
+        return got
+
+    def write(self, data: Any) -> int:
+        raise _refuse(self.path)
+
+    def truncate(self, size: int | None = None) -> int:
+        raise _refuse(self.path)
+
+    def close(self) -> None:
+        if not self.closed:
+            self._blob.close()
+        super().close()
+
+
+class ArtifactFileSystem(AbstractFileSystem):  # type: ignore[misc]  # fsspec has no type hints
+    """fsspec's view of a registry: see the module docstring."""
+
+    protocol = PROTOCOL
+    root_marker = ""
+    cachable = True
+
+    def __init__(
+        self,
+        registry: str | os.PathLike[str] | None = None,
+        cache_dir: str | os.PathLike[str] | None = None,
+        alias_ttl: float = defaults.ALIAS_TTL,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(registry=registry, cache_dir=cache_dir, alias_ttl=alias_ttl, **kwargs)
+        self.spec = os.fspath(registry) if registry is not None else defaults.default_registry()
+        self.cache_dir = os.path.abspath(
+            os.fspath(cache_dir) if cache_dir is not None else defaults.default_cache_dir()
+        )
+        self.alias_ttl = float(alias_ttl)
+        self._registry: Registry | None = None
+        self._store: BlobStore | None = None
+        self._lock = threading.Lock()
+        # (entity, project, name, tag) -> (version, wall-clock time resolved); versions for ever
+        self._versions: dict[tuple[str, str, str, str], tuple[VersionInfo, float]] = {}
+        # (version id, path) -> DirEntry: a version's content never changes
+        self._entries: dict[tuple[str, str], DirEntry] = {}
+        self._namespace: dict[tuple[str, ...], tuple[list[dict[str, Any]], float]] = {}
+        self._flights: dict[str, list[Any]] = {}  # cache key -> [lock, users]: one fetch per blob
+
+    # -- lifetime --------------------------------------------------------------------------------
+
+    @property
+    def registry(self) -> Registry:
+        if self._registry is None:
+            with self._lock:
+                if self._registry is None:
+                    with _errors(self.spec):
+                        self._registry = open_spec(self.spec, cache_dir=self.cache_dir)
+        return self._registry
+
+    @property
+    def store(self) -> BlobStore:
+        if self._store is None:
+            with self._lock:
+                if self._store is None:
+                    with _errors(self.cache_dir):
+                        self._store = open_cache(self.cache_dir)
+        return self._store
+
+    def close(self) -> None:
+        """Close the registry and the cache handle (reopened on next use)."""
+        with self._lock:
+            if self._store is not None:
+                self._store.close()
+                self._store = None
+            if self._registry is not None:
+                self._registry.close()
+                self._registry = None
+
+    def __reduce__(self) -> Any:
+        # Workers get the alias answers this instance has, so they read the same versions.
+        with self._lock:
+            pins = {k: v for k, v in self._versions.items() if parse_version(k[3]) is None}
+        return _restore, (type(self), self.storage_args, self.storage_options, pins)
+
+    def _adopt(self, pins: dict[tuple[str, str, str, str], tuple[VersionInfo, float]]) -> None:
+        with self._lock:
+            for key, (version, at) in pins.items():
+                known = self._versions.get(key)
+                if known is None or known[1] < at:
+                    self._versions[key] = (version, at)
+
+    def invalidate_cache(self, path: str | None = None) -> None:
+        """Forget alias answers and namespace listings (versions' contents never change)."""
+        with self._lock:
+            self._versions = {k: v for k, v in self._versions.items() if parse_version(k[3]) is not None}
+            self._namespace.clear()
+        super().invalidate_cache(path)
+
+    # -- paths -----------------------------------------------------------------------------------
+
+    @classmethod
+    def _strip_protocol(cls, path: Any) -> Any:
+        if isinstance(path, list):
+            return [cls._strip_protocol(p) for p in path]
+        text = str(super()._strip_protocol(path))
+        return text.strip("/")
+
+    @staticmethod
+    def _split(path: str) -> list[str]:
+        parts = path.split("/") if path else []
+        if any(part in ("", ".", "..") for part in parts):
+            raise FileNotFoundError(errno.ENOENT, "no such path", path)
+        return parts
+
+    def _version(self, entity: str, project: str, spec: str, path: str) -> VersionInfo:
+        """The version ``NAME:vN`` or ``NAME:ALIAS`` names (an alias: kept ``alias_ttl`` s)."""
+        name, sep, tag = spec.partition(":")
+        if not sep:
+            raise FileNotFoundError(errno.ENOENT, "expected NAME:vN or NAME:ALIAS", path)
+        key = (entity, project, name, tag)
+        known = self._versions.get(key)
+        pinned = parse_version(tag) is not None
+        now = time.time()
+        if known is not None and (pinned or now - known[1] < self.alias_ttl):
+            return known[0]
+        with _errors(path):
+            for part, what in ((entity, "entity"), (project, "project"), (name, "artifact name")):
+                check_name(part, what)
+            if not pinned:
+                check_alias(tag)
+            version = self.registry.resolve(Ref(entity, project, name, tag))
+        with self._lock:
+            self._versions[key] = (version, now)
+        return version
+
+    def _locate(self, path: str) -> tuple[VersionInfo, str] | None:
+        """``(version, path inside it)``, or None for a path above every version."""
+        parts = self._split(path)
+        if len(parts) < 3:
+            return None
+        return self._version(parts[0], parts[1], parts[2], path), "/".join(parts[3:])
+
+    def _entry(self, version: VersionInfo, inner: str, path: str) -> DirEntry:
+        key = (version.id, inner)
+        found = self._entries.get(key)
+        if found is None:
+            with _errors(path):
+                registry = self.registry
+                if not registry.contents_loaded(version):
+                    registry.load_contents(version)
+                found = registry.get_entry(version, inner)
+            with self._lock:
+                if len(self._entries) >= _ENTRY_MEMO_MAX:
+                    self._entries.clear()
+                self._entries[key] = found
+        return found
+
+    # -- metadata --------------------------------------------------------------------------------
+
+    @staticmethod
+    def _file_info(name: str, entry: Entry, version: VersionInfo) -> dict[str, Any]:
+        info: dict[str, Any] = {
+            "name": name,
+            "size": entry.size,
+            "type": "file",
+            "mtime": _seconds(version.created_at_ns),
+            "created": _seconds(version.created_at_ns),
+            "digest": entry.digest,
+            "digest_algorithm": entry.alg,
+            "version": str(version.ref),
+        }
+        if entry.ref is not None:
+            info["ref"] = entry.ref
+        return info
+
+    @staticmethod
+    def _dir_info(name: str, version: VersionInfo | None = None, **extra: Any) -> dict[str, Any]:
+        info: dict[str, Any] = {"name": name, "size": 0, "type": "directory", **extra}
+        if version is not None:
+            info["mtime"] = info["created"] = _seconds(version.created_at_ns)
+            info["version"] = str(version.ref)
+        return info
+
+    def _namespace_listing(self, parts: list[str], path: str) -> list[dict[str, Any]]:
+        key = tuple(parts)
+        known = self._namespace.get(key)
+        now = time.time()
+        if known is not None and now - known[1] < self.alias_ttl:
+            return known[0]
+        registry = self.registry
+        with _errors(path):
+            if not parts:
+                out = [self._dir_info(entity) for entity in registry.entities()]
+            elif len(parts) == 1:
+                check_name(parts[0], "entity")
+                registry.check_entity(parts[0])
+                out = [self._dir_info(f"{parts[0]}/{p}") for p in registry.projects(parts[0])]
+            else:
+                check_name(parts[0], "entity")
+                check_name(parts[1], "project")
+                out = self._project_listing(parts[0], parts[1], now)
+        with self._lock:
+            self._namespace[key] = (out, now)
+        return out
+
+    def _project_listing(self, entity: str, project: str, now: float) -> list[dict[str, Any]]:
+        """``NAME:vN`` and ``NAME:ALIAS`` of every artifact, as the mount's project directory; an
+        alias is a directory marked ``islink`` whose ``destination`` is its version."""
+        versions = self.registry.project_versions(entity, project)
+        out: dict[str, dict[str, Any]] = {}
+        base = f"{entity}/{project}"
+        for v in versions:
+            out[f"{v.name}:{v.version}"] = self._dir_info(f"{base}/{v.name}:{v.version}", v)
+        answers: dict[tuple[str, str, str, str], tuple[VersionInfo, float]] = {}
+        for v in versions:
+            for alias in v.aliases:
+                if f"{v.name}:{alias}" in out or parse_version(alias) is not None:
+                    continue
+                destination = f"{base}/{v.name}:{v.version}"
+                out[f"{v.name}:{alias}"] = self._dir_info(
+                    f"{base}/{v.name}:{alias}", v, islink=True, destination=destination
+                )
+                answers[(entity, project, v.name, alias)] = (v, now)
+        with self._lock:  # the listing answered them: the same answer for a path through them
+            self._versions.update(answers)
+        return [out[name] for name in sorted(out)]
+
+    def ls(self, path: str, detail: bool = True, **kwargs: Any) -> list[Any]:
+        path = self._strip_protocol(path)
+        located = self._locate(path)
+        if located is None:
+            listing = self._namespace_listing(self._split(path), path)
+        else:
+            version, inner = located
+            found = self._entry(version, inner, path)
+            if found.entry is not None:
+                listing = [self._file_info(path, found.entry, version)]
+            else:
+                with _errors(path):
+                    children = self.registry.list_dir(version, inner)
+                listing = []
+                for child in children:
+                    name = f"{path}/{child.name}"
+                    if child.entry is None:
+                        listing.append(self._dir_info(name, version))
+                    else:
+                        listing.append(self._file_info(name, child.entry, version))
+                    with self._lock:
+                        self._entries.setdefault((version.id, f"{inner}/{child.name}" if inner else child.name), child)
+        if detail:
+            return listing
+        return [info["name"] for info in listing]
+
+    def info(self, path: str, **kwargs: Any) -> dict[str, Any]:
+        path = self._strip_protocol(path)
+        parts = self._split(path)
+        registry = self.registry
+        if not parts:
+            return self._dir_info("")
+        if len(parts) == 1:
+            with _errors(path):
+                check_name(parts[0], "entity")
+                registry.check_entity(parts[0])
+            return self._dir_info(path)
+        if len(parts) == 2:
+            with _errors(path):
+                check_name(parts[0], "entity")
+                check_name(parts[1], "project")
+                registry.check_project(parts[0], parts[1])
+            return self._dir_info(path)
+        version = self._version(parts[0], parts[1], parts[2], path)
+        if len(parts) == 3:
+            tag = parts[2].partition(":")[2]
+            if parse_version(tag) is None:
+                destination = f"{parts[0]}/{parts[1]}/{version.name}:{version.version}"
+                return self._dir_info(path, version, islink=True, destination=destination)
+            return self._dir_info(path, version)
+        found = self._entry(version, "/".join(parts[3:]), path)
+        if found.entry is None:
+            return self._dir_info(path, version)
+        return self._file_info(path, found.entry, version)
+
+    def walk(
+        self, path: str, maxdepth: int | None = None, topdown: bool = True, on_error: Any = "omit", **kwargs: Any
+    ) -> Any:
+        """As fsspec's, but an alias (``islink``) is listed and never descended into, as
+        ``find`` on the mount does not follow its symlinks: a version is walked once."""
+        if maxdepth is not None and maxdepth < 1:
+            raise ValueError("maxdepth must be at least 1")
+        path = self._strip_protocol(path)
+        detail = kwargs.pop("detail", False)
+        try:
+            listing = self.ls(path, detail=True, **kwargs)
+        except OSError as exc:
+            if on_error == "raise":
+                raise
+            if callable(on_error):
+                on_error(exc)
+            return
+        dirs: dict[str, dict[str, Any]] = {}
+        files: dict[str, dict[str, Any]] = {}
+        descend: list[str] = []
+        for info in listing:
+            name = info["name"].rsplit("/", 1)[-1]
+            if info["name"] == path:
+                files[""] = info
+            elif info["type"] == "directory":
+                dirs[name] = info
+                if not info.get("islink"):
+                    descend.append(name)
+            else:
+                files[name] = info
+        shown_dirs: Any = dirs if detail else list(dirs)
+        shown_files: Any = files if detail else list(files)
+        if topdown:
+            yield path, shown_dirs, shown_files
+            names = [d for d in (shown_dirs if isinstance(shown_dirs, list) else list(shown_dirs)) if d in descend]
+        else:
+            names = descend
+        if maxdepth is not None:
+            maxdepth -= 1
+            if maxdepth < 1:
+                if not topdown:
+                    yield path, shown_dirs, shown_files
+                return
+        for name in names:
+            yield from self.walk(
+                f"{path}/{name}" if path else name, maxdepth, topdown, on_error, detail=detail, **kwargs
+            )
+        if not topdown:
+            yield path, shown_dirs, shown_files
+
+    def created(self, path: str) -> _dt.datetime:
+        return _dt.datetime.fromtimestamp(self.info(path).get("created", 0.0), tz=_dt.UTC)
+
+    def modified(self, path: str) -> _dt.datetime:
+        return _dt.datetime.fromtimestamp(self.info(path).get("mtime", 0.0), tz=_dt.UTC)
+
+    def ukey(self, path: str) -> str:
+        info = self.info(path)
+        return str(info.get("digest") or info.get("destination") or info["name"])
+
+    # -- bytes -----------------------------------------------------------------------------------
+
+    def _blob(self, version: VersionInfo, entry: Entry, path: str) -> Blob:
+        """The verified blob: at once if the cache (or a trust record) proves it, else fetched or
+        hashed by one thread while the others that want it wait."""
+        key = entry.cache_key
+        with self._lock:
+            flight = self._flights.get(key)
+            if flight is None:
+                flight = self._flights[key] = [threading.Lock(), 0]
+            flight[1] += 1
+        try:
+            with flight[0], _errors(path):
+                return open_verified_blob(self.store, self.registry, version, entry)
+        finally:
+            with self._lock:
+                flight[1] -= 1
+                if flight[1] == 0:
+                    del self._flights[key]
+
+    def _open(
+        self,
+        path: str,
+        mode: str = "rb",
+        block_size: Any = None,
+        autocommit: bool = True,
+        cache_options: Any = None,
+        **kwargs: Any,
+    ) -> ArtifactFile:
+        path = self._strip_protocol(path)
+        if any(c in mode for c in "wax+"):
+            raise _refuse(path)
+        located = self._locate(path)
+        if located is None:
+            self.info(path)  # FileNotFoundError for a name that does not exist
+            raise IsADirectoryError(errno.EISDIR, "is a directory", path)
+        version, inner = located
+        found = self._entry(version, inner, path)
+        if found.entry is None:
+            raise IsADirectoryError(errno.EISDIR, "is a directory", path)
+        return ArtifactFile(self._blob(version, found.entry, path), path, version)
+
+    def cat_file(self, path: str, start: int | None = None, end: int | None = None, **kwargs: Any) -> bytes:
+        with self._open(path) as f:
+            size = f.size
+            begin = 0 if start is None else (start if start >= 0 else max(0, size + start))
+            stop = size if end is None else (end if end >= 0 else max(0, size + end))
+            if stop <= begin:
+                return b""
+            f.seek(begin)
+            return f.read(stop - begin)
+
+    # -- writes: refused ---------------------------------------------------------------------------
+
+    def mkdir(self, path: str, create_parents: bool = True, **kwargs: Any) -> None:
+        raise _refuse(path)
+
+    def makedirs(self, path: str, exist_ok: bool = False) -> None:
+        raise _refuse(path)
+
+    def rmdir(self, path: str) -> None:
+        raise _refuse(path)
+
+    def rm_file(self, path: str) -> None:
+        raise _refuse(path)
+
+    def _rm(self, path: str) -> None:
+        raise _refuse(path)
+
+    def rm(self, path: Any, recursive: bool = False, maxdepth: int | None = None) -> None:
+        raise _refuse(str(path))
+
+    def cp_file(self, path1: str, path2: str, **kwargs: Any) -> None:
+        raise _refuse(path2)
+
+    def mv(self, path1: Any, path2: Any, recursive: bool = False, maxdepth: int | None = None, **kwargs: Any) -> None:
+        raise _refuse(str(path1))
+
+    def pipe_file(self, path: str, value: bytes, mode: str = "overwrite", **kwargs: Any) -> None:
+        raise _refuse(path)
+
+    def put_file(self, lpath: str, rpath: str, callback: Any = None, mode: str = "overwrite", **kwargs: Any) -> None:
+        raise _refuse(rpath)
+
+    def touch(self, path: str, truncate: bool = True, **kwargs: Any) -> None:
+        raise _refuse(path)
+
+
+def _restore(
+    cls: type[ArtifactFileSystem],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    pins: dict[tuple[str, str, str, str], tuple[VersionInfo, float]],
+) -> ArtifactFileSystem:
+    fs = cls(*args, **kwargs)
+    fs._adopt(pins)
+    return fs
+
+
+def register() -> None:
+    """Register ``artifactfs://`` with fsspec in this process (the entry point does it for an
+    installed package; this covers a source checkout)."""
+    register_implementation(PROTOCOL, ArtifactFileSystem, clobber=True)
+    if importlib.util.find_spec("upath") is not None:  # universal-pathlib is optional
+        from upath.registry import register_implementation as register_path
+
+        register_path(PROTOCOL, "artifactfs.fsspec_upath.ArtifactPath", clobber=True)
+
+
+register()
