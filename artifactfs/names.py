@@ -31,13 +31,41 @@ _NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
 _ALIAS_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+-]{0,127}")
 _VERSION_RE = re.compile(r"v(0|[1-9][0-9]{0,17})")
 _DRIVE_RE = re.compile(r"[A-Za-z]:")
+#: A W&B Registry is the project ``wandb-registry-<name>`` of an organization's entity; its name may
+#: hold spaces and capitals ("RAG Chat Models").  W&B refuses ``/ \\ # ? % :`` and line breaks in
+#: project names and caps them at 128 characters; control characters are refused here too.
+REGISTRY_PREFIX = "wandb-registry-"
+_REGISTRY_NAME_RE = re.compile(r"[^\x00-\x1f\x7f/\\#?%:]+")
+PROJECT_MAX = 128
 NAME_MAX = 255  # bytes, per path segment (Linux NAME_MAX)
 
 LATEST = "latest"
 
 
+def is_registry_project(project: str) -> bool:
+    """True for a W&B Registry's project name (``wandb-registry-<name>``), as the SDK tells them."""
+    return project.startswith(REGISTRY_PREFIX) and project != REGISTRY_PREFIX
+
+
+def check_project(name: str, what: str = "project") -> str:
+    """Return ``name`` if it is a valid project name: an ordinary name (:func:`check_name`), or a
+    registry's ``wandb-registry-<name>`` whose name may also hold spaces (not at either end)."""
+    if not is_registry_project(name):
+        return check_name(name, what)
+    registry = name[len(REGISTRY_PREFIX) :]
+    if len(name) > PROJECT_MAX or not _REGISTRY_NAME_RE.fullmatch(registry) or registry != registry.strip():
+        raise InvalidReference(
+            f"invalid registry name {registry!r} in {what} {name!r}: no '/', '\\', '#', '?', '%', ':', "
+            f"control characters or surrounding spaces, {PROJECT_MAX - len(REGISTRY_PREFIX)} characters at most"
+        )
+    return name
+
+
 def check_name(name: str, what: str = "name") -> str:
-    """Return ``name`` if it is a valid entity, project or artifact collection name."""
+    """Return ``name`` if it is a valid entity, project or artifact collection name.  When
+    ``what`` names a project (``"project..."``) the project rules apply (:func:`check_project`)."""
+    if what.startswith("project") and is_registry_project(name):
+        return check_project(name, what)
     if not _NAME_RE.fullmatch(name):
         raise InvalidReference(f"invalid {what} {name!r}: use letters, digits, '_', '-', '.' (1-128 characters)")
     return name

@@ -36,7 +36,7 @@ from .errors import ArtifactFSError, ArtifactNotFound, EntryNotFound, InvalidRef
 from .fsutil import redact_uri
 from .manifest import Entry
 from .meta import Meta
-from .names import Ref, check_name, parse_version
+from .names import Ref, check_name, check_project, parse_version
 from .registry.base import DirEntry, Registry, VersionInfo, iso_time
 
 log = logging.getLogger(__name__)
@@ -206,7 +206,7 @@ class Tree:
     def _content(self, parent: Node, name: str, entry: Entry | None) -> Node:
         assert parent.version is not None
         path = f"{parent.path}/{name}" if parent.path else name
-        key = ("c", parent.version.id, path)
+        key = _content_key(parent.version, path)
         kind = Kind.DIR if entry is None else Kind.FILE
         return self._intern(
             key,
@@ -242,7 +242,7 @@ class Tree:
             await self._meta.check_entity(name)  # raises EntityNotFound
             return self._entity(name)
         if kind is Kind.ENTITY:
-            self._check_name(name)
+            self._check_name(name, project=True)  # a registry's name may hold spaces
             await self._meta.check_project(parent.entity, name)  # raises ProjectNotFound
             return self._project(parent.entity, name)
         if kind is Kind.PROJECT and name == VIEW_DIR:
@@ -280,9 +280,9 @@ class Tree:
         raise EntryNotFound(f"{name!r}: not a directory")
 
     @staticmethod
-    def _check_name(name: str) -> None:
+    def _check_name(name: str, *, project: bool = False) -> None:
         try:
-            check_name(name)
+            check_project(name) if project else check_name(name)
         except InvalidReference as exc:
             raise NotFound(str(exc)) from exc
 
@@ -355,14 +355,14 @@ class Tree:
         raise EntryNotFound("not a directory")
 
     def _view_version(self, v: VersionInfo) -> Node:
-        key: tuple[object, ...] = ("vv", v.id)
+        key: tuple[object, ...] = ("vv", *_version_key(v)[1:])
         return self._intern(key, lambda i: Node(i, Kind.VIEW_VERSION, key, v.entity, v.project, v.name, version=v))
 
     async def _view_file(self, parent: Node, name: str) -> Node:
         """``info.json`` or ``manifest.json`` of ``parent``'s version, its content made now
         (``manifest.json`` once: a version's manifest never changes)."""
         assert parent.version is not None
-        key: tuple[object, ...] = ("vf", parent.version.id, name)
+        key: tuple[object, ...] = ("vf", *_version_key(parent.version)[1:], name)
         v = parent.version
         node = self._intern(key, lambda i: Node(i, Kind.VIEW_FILE, key, v.entity, v.project, version=v, path=name))
         if name == "manifest.json":
@@ -427,7 +427,7 @@ class Tree:
         if node.version is None or node.kind is not Kind.FILE:
             return []
         parent_path, _, name = node.path.rpartition("/")
-        parent = self._by_key.get(("c", node.version.id, parent_path)) if parent_path else None
+        parent = self._by_key.get(_content_key(node.version, parent_path)) if parent_path else None
         if parent is None:
             parent = self._by_key.get(_version_key(node.version)) if not parent_path else None
         if parent is None or parent.listing is None:
@@ -548,7 +548,9 @@ class Tree:
                 "description": v.description,
                 "metadata": json.dumps(v.metadata, ensure_ascii=False, sort_keys=True),
                 "commit_hash": v.commit_hash,
-                "source_version": v.source.tag if v.source is not None and v.source.tag else v.version,
+                "qualified_name": str(v.ref),
+                "source_version": v.source_version,
+                "source_qualified_name": v.source_qualified_name,
                 "file_count": str(v.file_count),
             }
             attrs.update(await self._lineage(v))
@@ -569,6 +571,12 @@ class Tree:
 
 def _version_key(v: VersionInfo) -> tuple[object, ...]:
     """A version directory's node key: its id and the name it is shown under.  On W&B a linked
-    membership shares its source's id, yet ``golden:v0`` and ``ds:v3`` are two directories with
-    their own version attributes (their content nodes, keyed by id and path, are shared)."""
+    membership (a registry's member too) shares its source's id, yet ``golden:v0`` and ``ds:v3``
+    are two directories with their own version attributes, ``.artifactfs`` views and content
+    nodes: a content node carries the version it is read through, and a registry member's files
+    are read through the registry (its source may be invisible to the reader)."""
     return ("v", v.id, v.entity, v.project, v.name, v.version_index)
+
+
+def _content_key(v: VersionInfo, path: str) -> tuple[object, ...]:
+    return ("c", *_version_key(v)[1:], path)

@@ -43,7 +43,9 @@ VERSION_XATTRS = {
     "description",
     "metadata",
     "commit_hash",
+    "qualified_name",
     "source_version",
+    "source_qualified_name",
     "file_count",
 }
 

@@ -27,6 +27,10 @@ API (a contract other tests rely on)::
         server.collection(entity, project, name) -> its .kind ("SEQUENCE"/"PORTFOLIO"),
                               .aliases (alias -> index), .versions (index -> ArtifactRecord)
         server.add_team(name)
+        server.add_organization(name, entity, *, teams=(), member=True)  # "Acme Corp", "acme-org"
+        server.add_registry(org_entity, name) -> "wandb-registry-<name>"  # a project of the org entity
+        server.hide_project(entity, project, hidden=True)  # the viewer may not see it (see below)
+        server.visible(entity, project) -> bool
         server.add_run(entity, project, run_id, *, display_name=None, job_type=None,
                        state="finished", config=None)
         server.set_read_only(entity, project, read_only=True)  # its mutations: "permission denied"
@@ -80,13 +84,18 @@ that first had that path with that digest) and ``extra: {"alg": "XXH128"}`` for 
 
 GraphQL:
   Query: viewer serverInfo entity(name) project(name entityName) artifact(id)
-    artifactCollection(id) organization(name) [always null] models(entityName first after order)
-    [an entity's projects, as Api.projects() asks]
+    artifactCollection(id) organization(name) [by display name, if the viewer is a member]
+    models(entityName first after order) [an entity's projects, as Api.projects() asks]
   User: id name username email admin flags entity deletedAt apiKeys teams(first after) organizations
   ServerInfo: features cliVersionInfo latestLocalVersionInfo availableBucketProviders
-  ServerFeature: name isEnabled;  VersionInfo;  Organization: id name orgEntity;  ApiKey
-  Entity: id name isTeam projects(first after filters order) project(name) organization user
-  Project: id internalId name entityName entity description createdAt updatedAt access
+  ServerFeature: name isEnabled;  VersionInfo;  ApiKey
+  Organization: id name orgEntity advancedRegistryFeatures{advancedSearch [false]}
+  Entity: id name isTeam entityType ("user"/"team"/"organization") projects(first after filters
+    order) project(name) organization [an org entity's, or a team's org] user
+    artifactCollections(projectFilters filters collectionTypes after first order) and
+    artifactMemberships(projectFilters collectionFilters filters after first order) [the SDK's
+    RegistryCollections / RegistryVersions over the entity's projects]
+  Project: id internalId [base64 "ProjectInternalId:n"] name entityName entity description createdAt updatedAt access
     allowAllArtifactTypesInRegistry isBenchmark user artifactTypes(first after includeAll) artifactType(name)
     artifactCollections(first after filters order collectionTypes) artifactCollection(name)
     artifactCollectionMembership(name: "coll:alias") artifact(name: "coll:alias") run(name)
@@ -141,7 +150,18 @@ GraphQL:
   it has aliases ...", "artifact collection 'x' already exists as a sequence ...", "artifact type
   'a' does not match the type 'b' of collection ...".  Real W&B's texts may differ; these are
   this server's.  Not supported: createArtifact/commitArtifact (logging new versions),
-  clientID-only links, registries (organization always resolves null).
+  clientID-only links, creating or editing registries.
+Organizations and registries (what the SDK's FetchOrgInfoFromEntity, FetchOrganization,
+FetchRegistries, FetchRegistry, RegistryCollections, RegistryVersions and linkArtifact into a
+registry need; ARTIFACT_REGISTRY_SEARCH is advertised): the viewer belongs to each organization
+added with ``member=True``, whose entity is then its to write (links into registries) and is
+listed in ``User.organizations``; ``Entity.organization`` is set for the org entity and its
+teams, null for the personal entity.  ``filters``/``projectFilters``/``collectionFilters`` of
+those queries are MongoDB-style JSON: ``name``/``id`` of projects, ``name`` of collections,
+``alias``/``version`` of members, with ``$and $or $eq $in $regex``; anything else is ignored.
+A hidden project (``hide_project``) is not found or listed; its artifacts still resolve by id
+and through a link (a registry member), with ``artifactSequence.project`` null (as W&B shows a
+source the reader may not see) and no ``createdBy``/``usedBy``.
   ``artifactCollections(collectionTypes:)``: absent = sequences and portfolios;
   ``artifactSequences`` only sequences.  A portfolio numbers its members itself (``versionIndex``
   of its memberships, ``version`` of its edges); ``Artifact.aliases`` lists aliases of every
@@ -253,16 +273,27 @@ type ServerInfo {
   availableBucketProviders: [String!]
 }
 
-type Organization { id: ID! name: String! orgEntity: Entity }
+type AdvancedRegistryFeatures { advancedSearch: Boolean! }
+type Organization {
+  id: ID!
+  name: String!
+  orgEntity: Entity
+  advancedRegistryFeatures: AdvancedRegistryFeatures
+}
 
 type Entity {
   id: ID!
   name: String!
   isTeam: Boolean
+  entityType: String
   projects(first: Int, after: String, filters: JSONString, order: String): ProjectConnection
   project(name: String): Project
   organization: Organization
   user: User
+  artifactCollections(projectFilters: JSONString, filters: JSONString, collectionTypes: [ArtifactCollectionType!],
+                      after: String, first: Int, order: String): ArtifactCollectionConnection
+  artifactMemberships(projectFilters: JSONString, collectionFilters: JSONString, filters: JSONString,
+                      after: String, first: Int, order: String): ArtifactCollectionMembershipConnection
 }
 type EntityEdge { cursor: String! node: Entity }
 type EntityConnection { edges: [EntityEdge!]! pageInfo: PageInfo! totalCount: Int }
@@ -536,6 +567,7 @@ DEFAULT_FEATURES = {
     "ARTIFACT_V2_DOWNLOAD_HANDLER_SUPPORTS_ARTIFACT_ID": True,
     "ARTIFACT_DIGEST_ALGORITHM": True,
     "ARTIFACT_MEMBERSHIP_IN_LINK_ARTIFACT_RESPONSE": True,
+    "ARTIFACT_REGISTRY_SEARCH": True,  # organization { orgEntity { projects / artifactCollections / ... } }
 }
 
 _EPOCH = datetime(2026, 1, 1, tzinfo=UTC).timestamp()
@@ -740,6 +772,29 @@ class _Project:
     collections: dict[str, _Collection] = field(default_factory=dict)
     types: dict[str, _Type] = field(default_factory=dict)
     runs: dict[str, _Run] = field(default_factory=dict)
+
+
+@dataclass
+class _Org:
+    """An organization: its display name, its own entity (registries live there), the teams in
+    it, and whether the viewer belongs to it."""
+
+    id: str
+    name: str
+    entity: str
+    teams: list[str] = field(default_factory=list)
+    member: bool = True
+
+    def view(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "name": self.name,
+            "orgEntity": _EntityView(self.entity),
+            "advancedRegistryFeatures": {"advancedSearch": False},
+        }
+
+
+REGISTRY_PREFIX = "wandb-registry-"
 
 
 @dataclass
@@ -1110,7 +1165,7 @@ class _Root(_Mutations):
     ) -> _ProjectView | None:
         srv = _srv(info)
         proj = srv._projects.get((entityName or srv.viewer_entity, name or ""))
-        return _ProjectView(proj) if proj else None
+        return _ProjectView(proj) if proj and srv.visible(proj.entity, proj.name) else None
 
     def artifact(self, info: Info, id: str) -> _ArtifactView | None:
         rec = _srv(info)._by_id.get(id)
@@ -1120,8 +1175,10 @@ class _Root(_Mutations):
         coll = _srv(info)._collections_by_id.get(id)
         return _CollectionView(coll) if coll else None
 
-    def organization(self, info: Info, name: str | None = None) -> None:
-        return None
+    def organization(self, info: Info, name: str | None = None) -> dict[str, Any] | None:
+        """An organization the viewer belongs to, by its display name (null otherwise)."""
+        org = _srv(info)._orgs.get(name or "")
+        return org.view() if org is not None and org.member else None
 
     def models(
         self,
@@ -1134,7 +1191,7 @@ class _Root(_Mutations):
         """The projects of an entity (what ``Api.projects()`` asks for under this old name)."""
         srv = _srv(info)
         entity = entityName or srv.viewer_entity
-        items = [p for (e, _), p in srv._projects.items() if e == entity]
+        items = [p for (e, _), p in srv._projects.items() if e == entity and srv.visible(e, p.name)]
         return _page(_ordered(items, order), first, after, _ProjectView)
 
 
@@ -1146,6 +1203,12 @@ class _EntityView:
     def isTeam(self, info: Info) -> bool:
         return self.name != _srv(info).viewer_entity
 
+    def entityType(self, info: Info) -> str:
+        srv = _srv(info)
+        if self.name == srv.viewer_entity:
+            return "user"
+        return "organization" if srv._org_of_entity(self.name, own=True) else "team"
+
     def projects(
         self,
         info: Info,
@@ -1155,14 +1218,66 @@ class _EntityView:
         order: str | None = None,
     ) -> dict[str, Any]:
         srv = _srv(info)
-        items = [p for (e, _), p in srv._projects.items() if e == self.name]
+        items = [
+            p
+            for (e, _), p in srv._projects.items()
+            if e == self.name and srv.visible(e, p.name) and _matches(filters, _project_fields(p))
+        ]
         return _page(_ordered(items, order), first, after, _ProjectView)
 
     def project(self, info: Info, name: str | None = None) -> _ProjectView | None:
-        proj = _srv(info)._projects.get((self.name, name or ""))
-        return _ProjectView(proj) if proj else None
+        srv = _srv(info)
+        proj = srv._projects.get((self.name, name or ""))
+        return _ProjectView(proj) if proj and srv.visible(proj.entity, proj.name) else None
 
-    organization = None
+    def organization(self, info: Info) -> dict[str, Any] | None:
+        """An organization's own entity, or a team of one: that organization (a personal
+        entity has none: its user's ``organizations`` list them)."""
+        org = _srv(info)._org_of_entity(self.name)
+        return org.view() if org is not None else None
+
+    def _registry_collections(self, info: Info, projectFilters: str | None, filters: str | None) -> list[_Collection]:
+        srv = _srv(info)
+        out = []
+        for (e, _), p in srv._projects.items():
+            if e != self.name or not srv.visible(e, p.name) or not _matches(projectFilters, _project_fields(p)):
+                continue
+            out.extend(c for c in p.collections.values() if c.live() and _matches(filters, _collection_fields(c)))
+        return out
+
+    def artifactCollections(
+        self,
+        info: Info,
+        projectFilters: str | None = None,
+        filters: str | None = None,
+        collectionTypes: list[str] | None = None,
+        after: str | None = None,
+        first: int | None = None,
+        order: str | None = None,
+    ) -> dict[str, Any]:
+        """Collections of the entity's projects (for an organization's entity: its registries'),
+        as the SDK's RegistryCollections asks."""
+        colls = [c for c in self._registry_collections(info, projectFilters, filters) if _kind_ok(c, collectionTypes)]
+        return _page(_ordered(colls, order), first, after, _CollectionView)
+
+    def artifactMemberships(
+        self,
+        info: Info,
+        projectFilters: str | None = None,
+        collectionFilters: str | None = None,
+        filters: str | None = None,
+        after: str | None = None,
+        first: int | None = None,
+        order: str | None = None,
+    ) -> dict[str, Any]:
+        """Every live member of those collections (newest first within each), as RegistryVersions asks."""
+        items = [
+            (c, i, r)
+            for c in self._registry_collections(info, projectFilters, collectionFilters)
+            for i, r in reversed(c.live_items())
+            if _matches(filters, {"alias": c.aliases_at(i), "version": f"v{i}"})
+        ]
+        return _page(items, first, after, lambda cir: _MembershipView(*cir))
 
     def user(self, info: Info) -> dict[str, Any] | None:
         srv = _srv(info)
@@ -1173,7 +1288,7 @@ class _ProjectView:
     def __init__(self, proj: _Project) -> None:
         self.p = proj
         self.id = proj.id
-        self.internalId = str(proj.number)
+        self.internalId = _gid("ProjectInternalId", proj.number)
         self.name = proj.name
         self.entityName = proj.entity
         self.entity = _EntityView(proj.entity)
@@ -1244,6 +1359,56 @@ class _ProjectView:
         order: str | None = None,
     ) -> dict[str, Any]:
         return _page(list(self.p.runs.values()), first, after, lambda r: _RunView(self.p, r))
+
+
+def _project_fields(p: _Project) -> dict[str, Any]:
+    return {"name": p.name, "id": p.number, "entity_id": p.entity}
+
+
+def _collection_fields(c: _Collection) -> dict[str, Any]:
+    return {"name": c.name, "id": c.id, "description": c.description}
+
+
+def _matches(filters: Any, fields: Mapping[str, Any]) -> bool:
+    """A MongoDB-style filter (JSON text or a dict, as the SDK's registry searches send) against
+    ``fields``: ``$and``, ``$or``, ``$eq``, ``$in``, ``$regex`` on the fields named; a field
+    ``fields`` lacks, or another operator, is accepted and ignored.  A list-valued field (aliases)
+    matches when any of its items does."""
+    if filters is None or filters == "":
+        return True
+    if isinstance(filters, str):
+        try:
+            filters = json.loads(filters)
+        except ValueError as exc:
+            raise GraphQLError(f"invalid filters: {exc}") from None
+    if not isinstance(filters, dict):
+        return True
+    for key, cond in filters.items():
+        if key == "$and":
+            if not all(_matches(c, fields) for c in cond):
+                return False
+        elif key == "$or":
+            if not any(_matches(c, fields) for c in cond):
+                return False
+        elif key in fields:
+            value = fields[key]
+            values = value if isinstance(value, list) else [value]
+            if not any(_match_one(cond, v) for v in values):
+                return False
+    return True
+
+
+def _match_one(cond: Any, value: Any) -> bool:
+    if not isinstance(cond, dict):
+        return bool(cond == value)
+    for op, arg in cond.items():
+        if op == "$eq" and arg != value:
+            return False
+        if op == "$in" and value not in arg:
+            return False
+        if op == "$regex" and not re.search(str(arg), str(value)):
+            return False
+    return True
 
 
 def _ordered(items: list[_Named], order: str | None) -> list[_Named]:
@@ -1327,8 +1492,11 @@ class _CollectionView:
         self.updatedAt = _iso(coll.created_at)
         self.tags = _page([], None, None)
 
-    def project(self, info: Info) -> _ProjectView:
-        return _ProjectView(_srv(info)._projects[(self.c.entity, self.c.project)])
+    def project(self, info: Info) -> _ProjectView | None:
+        srv = _srv(info)
+        if not srv.visible(self.c.entity, self.c.project):
+            return None  # the reader may see a link's artifact, not where it was logged
+        return _ProjectView(srv._projects[(self.c.entity, self.c.project)])
 
     def defaultArtifactType(self, info: Info) -> _TypeView:
         proj = _srv(info)._projects[(self.c.entity, self.c.project)]
@@ -1486,7 +1654,7 @@ class _ArtifactView(_FilesMixin):
         }
 
     def createdBy(self, info: Info) -> _RunView | None:
-        if self.rec.run is None:
+        if self.rec.run is None or not _srv(info).visible(self.rec.entity, self.rec.project):
             return None
         proj = _srv(info)._projects[(self.rec.entity, self.rec.project)]
         return _RunView(proj, proj.runs[self.rec.run])
@@ -1497,8 +1665,10 @@ class _ArtifactView(_FilesMixin):
         first: int | None = None,
         after: str | None = None,
     ) -> dict[str, Any]:
-        proj = _srv(info)._projects[(self.rec.entity, self.rec.project)]
-        return _page([proj.runs[r] for r in self.rec.used_by], first, after, lambda r: _RunView(proj, r))
+        srv = _srv(info)
+        proj = srv._projects[(self.rec.entity, self.rec.project)]
+        runs = [proj.runs[r] for r in self.rec.used_by] if srv.visible(proj.entity, proj.name) else []
+        return _page(runs, first, after, lambda r: _RunView(proj, r))
 
     def artifactMemberships(
         self,
@@ -1879,6 +2049,8 @@ class WandbServer:
         self._by_id: dict[str, ArtifactRecord] = {}
         self._blobs: dict[str, bytes] = {}
         self._read_only: set[tuple[str, str]] = set()
+        self._hidden: set[tuple[str, str]] = set()
+        self._orgs: dict[str, _Org] = {}  # display name -> organization
         self._httpd: _Server | None = None
         self._thread: threading.Thread | None = None
         self.url = ""
@@ -1920,7 +2092,43 @@ class WandbServer:
         return self._counter
 
     def _entities(self) -> set[str]:
-        return {self.viewer_entity, *self.teams, *(e for e, _ in self._projects)}
+        orgs = (o.entity for o in self._orgs.values())
+        return {self.viewer_entity, *self.teams, *orgs, *(e for e, _ in self._projects)}
+
+    def add_organization(self, name: str, entity: str, *, teams: Sequence[str] = (), member: bool = True) -> None:
+        """An organization with display name ``name`` and its own entity ``entity``; ``teams``
+        belong to it; the viewer is a member unless ``member`` is False (then the server
+        answers as if it did not exist)."""
+        with self._lock:
+            self._orgs[name] = _Org(_gid("Organization", self._next()), name, entity, list(teams), member)
+
+    def add_registry(self, org_entity: str, name: str) -> str:
+        """The registry ``name`` (spaces and capitals allowed) of the organization whose entity is
+        ``org_entity``: the project ``wandb-registry-<name>`` there.  Returns the project name."""
+        with self._lock:
+            if self._org_of_entity(org_entity, own=True) is None:
+                raise KeyError(f"no organization has the entity {org_entity!r}")
+            project = REGISTRY_PREFIX + name
+            self._project(org_entity, project)
+            return project
+
+    def hide_project(self, entity: str, project: str, hidden: bool = True) -> None:
+        """Make ``entity/project`` invisible to the viewer: it is not found or listed, and where
+        one of its artifacts shows through a link (a registry member) the artifact's sequence has
+        no project and its runs are not told; the artifact itself and its files still are."""
+        with self._lock:
+            self._project(entity, project)
+            (self._hidden.add if hidden else self._hidden.discard)((entity, project))
+
+    def visible(self, entity: str, project: str) -> bool:
+        return (entity, project) not in self._hidden
+
+    def _org_of_entity(self, entity: str, *, own: bool = False) -> _Org | None:
+        """The organization whose own entity ``entity`` is (or, unless ``own``, a team of)."""
+        for org in self._orgs.values():
+            if org.member and (entity == org.entity or (not own and entity in org.teams)):
+                return org
+        return None
 
     def add_team(self, name: str) -> None:
         with self._lock:
@@ -1974,7 +2182,8 @@ class WandbServer:
             (self._read_only.add if read_only else self._read_only.discard)((entity, project))
 
     def can_write(self, entity: str, project: str) -> bool:
-        return entity in (self.viewer_entity, *self.teams) and (entity, project) not in self._read_only
+        orgs = (o.entity for o in self._orgs.values() if o.member)
+        return entity in (self.viewer_entity, *self.teams, *orgs) and (entity, project) not in self._read_only
 
     def add_artifact(
         self,
@@ -2216,7 +2425,7 @@ class WandbServer:
             "deletedAt": None,
             "apiKeys": _page([], None, None),
             "teams": lambda info, first=None, after=None: _page([_EntityView(t) for t in self.teams], first, after),
-            "organizations": [],
+            "organizations": [o.view() for o in self._orgs.values() if o.member],
         }
 
     # -- requests

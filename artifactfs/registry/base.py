@@ -26,6 +26,18 @@ def iso_time(ns: int) -> str:
 
 
 @dataclass(frozen=True, slots=True)
+class OrgInfo:
+    """An organization (W&B): its display name and the entity that holds its registries (the
+    ``wandb-registry-<name>`` projects); the two may differ (``Acme Corp`` / ``acme-org``)."""
+
+    name: str
+    entity: str
+
+    def __contains__(self, name: object) -> bool:
+        return name in (self.name, self.entity)
+
+
+@dataclass(frozen=True, slots=True)
 class CollectionInfo:
     entity: str
     project: str
@@ -71,6 +83,17 @@ class VersionInfo:
         return Ref(self.entity, self.project, self.name, self.version)
 
     @property
+    def source_version(self) -> str:
+        """The version as its source collection numbers it (its own for a version that is no link)."""
+        return self.source.tag if self.source is not None and self.source.tag else self.version
+
+    @property
+    def source_qualified_name(self) -> str:
+        """``entity/project/name:vN`` where the version was logged (W&B's ``source_qualified_name``;
+        entity and project are empty when the reader may not see the source project, as W&B's)."""
+        return str(self.source) if self.source is not None else str(self.ref)
+
+    @property
     def key(self) -> tuple[str, str, str, int]:
         return (self.entity, self.project, self.name, self.version_index)
 
@@ -95,6 +118,8 @@ class VersionInfo:
             "state": self.state,
             "file_count": self.file_count,
             "source": None if self.source is None else str(self.source),
+            "source_version": self.source_version,
+            "source_qualified_name": self.source_qualified_name,
         }
 
 
@@ -233,6 +258,19 @@ class Registry(abc.ABC):
 
     @abc.abstractmethod
     def projects(self, entity: str) -> list[str]: ...
+
+    def organizations(self) -> list[OrgInfo]:
+        """The organizations the signed-in user belongs to (none where the registry has none)."""
+        return []
+
+    def org_entity(self, org_or_entity: str | None, entity: str) -> str | None:
+        """The entity of the organization that holds registries for a path (W&B's
+        ``resolve_org_entity_name``): ``org_or_entity`` is the organization's display name or
+        entity name, or None (then the one organization of ``entity``, a team's or the user's);
+        ``entity`` is the user's or a team's entity.  InvalidReference when none or several
+        fit.  None where the registry has no organizations: a registry path is then an ordinary
+        ``entity/project`` path."""
+        return None
 
     @abc.abstractmethod
     def check_entity(self, entity: str) -> None:

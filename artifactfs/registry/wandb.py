@@ -88,8 +88,17 @@ from ..errors import (
 )
 from ..fsutil import make_temp, redact_uri
 from ..manifest import MD5, XXH128, Entry, Manifest, hex_from_b64
-from ..names import LATEST, Ref, check_alias, check_entry_path, parse_ref, parse_version, split_dir
-from .base import BlobSource, CollectionInfo, DirEntry, Progress, Registry, RunInfo, VersionInfo
+from ..names import (
+    LATEST,
+    Ref,
+    check_alias,
+    check_entry_path,
+    is_registry_project,
+    parse_ref,
+    parse_version,
+    split_dir,
+)
+from .base import BlobSource, CollectionInfo, DirEntry, OrgInfo, Progress, Registry, RunInfo, VersionInfo
 
 log = logging.getLogger(__name__)
 
@@ -139,7 +148,7 @@ def _version_fields(digest_algorithm: bool) -> str:
         "id versionIndex description metadata state size digest" + alg + " commitHash fileCount"
         " createdAt updatedAt artifactType { name }"
         " artifactSequence { name project { name entity { name } } }"
-        " aliases { alias artifactCollection { name } }"
+        " aliases { alias artifactCollection { name project { name entity { name } } } }"
     )
 
 
@@ -162,6 +171,19 @@ COLLECTIONS_QUERY = (
     f" {_PAGE_INFO} edges {{ node {{ id name description createdAt"
     " defaultArtifactType { name } artifacts(first: 0) { totalCount } } } } } }"
 )
+FEATURES_QUERY = "query ServerFeaturesQuery { serverInfo { features { name isEnabled } } }"
+# The SDK's FetchOrgInfoFromEntity: a team's organization, or the organizations of the user whose
+# entity it is (asked of the viewer's own entity for the mount root).
+ORG_INFO_QUERY = (
+    "query FetchOrgInfoFromEntity($entity: String!) { entity(name: $entity) {"
+    " organization { name orgEntity { name } } user { organizations { name orgEntity { name } } } } }"
+)
+REGISTRIES_QUERY = (  # the SDK's FetchRegistries, asking only names; needs ARTIFACT_REGISTRY_SEARCH
+    "query FetchRegistries($organization: String!, $cursor: String, $perPage: Int) {"
+    " organization(name: $organization) { orgEntity { name projects(after: $cursor, first: $perPage) {"
+    f" {_PAGE_INFO} edges {{ node {{ name }} }} }} }} }} }}"
+)
+REGISTRY_SEARCH = "ARTIFACT_REGISTRY_SEARCH"
 MANIFEST_QUERY = (
     "query FetchArtifactManifest($id: ID!) { artifact(id: $id) { currentManifest { file { directUrl } } } }"
 )
@@ -483,6 +505,25 @@ def _next_cursor(connection: Any) -> str | None:
     return None
 
 
+def _alias_of(alias: Any, entity: str, project: str, collection: str) -> bool:
+    """Whether an Artifact's alias (``{alias artifactCollection {name project {name entity
+    {name}}}}``) is one of the collection ``entity/project/collection``.  An artifact is in its
+    source collection and in every collection it is linked into (a registry's, often of the same
+    name), so the name alone is not enough; a collection whose project is not shown (null: the
+    reader may not see it) is never the one being listed."""
+    if not isinstance(alias, dict):
+        return False
+    coll = alias.get("artifactCollection") or {}
+    if _str(coll.get("name")) not in ("", collection):
+        return False
+    if "project" not in coll:  # not asked for
+        return True
+    proj = coll.get("project")
+    if not isinstance(proj, dict):
+        return False
+    return (_str((proj.get("entity") or {}).get("name")), _str(proj.get("name"))) == (entity, project)
+
+
 def _sort_aliases(aliases: set[str]) -> tuple[str, ...]:
     return tuple(sorted(aliases, key=lambda a: (a != "latest", a)))
 
@@ -595,6 +636,8 @@ class WandbRegistry(Registry):
         self._has_digest_algorithm = True
         self._has_membership = True
         self._has_file_membership = True
+        self._features: dict[str, bool] | None = None  # serverInfo.features, asked once
+        self._orgs: list[OrgInfo] | None = None  # the viewer's organizations, asked when needed
         self._contents: OrderedDict[str, _Contents] = OrderedDict()  # artifact id -> index (LRU)
         self._loading: dict[str, threading.Lock] = {}
         self._urls: OrderedDict[tuple[str, str], tuple[str, float]] = OrderedDict()
@@ -809,8 +852,103 @@ class WandbRegistry(Registry):
             node = edge.get("node")
             if isinstance(node, dict):
                 names.add(_str(node.get("name")))
+        names.update(org.entity for org in self._organizations(fresh=True))
         names.discard("")
         return sorted(names)
+
+    # -- organizations and their registries (W&B Registry) -------------------------------------
+
+    def _feature(self, name: str) -> bool:
+        """Whether the server advertises ``name`` (``serverInfo { features }``, asked once)."""
+        if self._features is None:
+            try:
+                data = self._gql("ServerFeaturesQuery", FEATURES_QUERY, {})
+            except _MissingField:
+                data = {}
+            info = data.get("serverInfo")
+            found = {}
+            for f in (info.get("features") if isinstance(info, dict) else None) or []:
+                if isinstance(f, dict) and _str(f.get("name")):
+                    found[_str(f.get("name"))] = bool(f.get("isEnabled"))
+            self._features = found
+        return self._features.get(name, False)
+
+    def _org_info(self, entity: str) -> tuple[OrgInfo | None, list[OrgInfo]]:
+        """FetchOrgInfoFromEntity: ``entity``'s own organization (a team's or an organization's
+        entity) and its user's organizations (a personal entity).  An older server that knows no
+        organizations answers neither."""
+        try:
+            data = self._gql("FetchOrgInfoFromEntity", ORG_INFO_QUERY, {"entity": entity})
+        except _MissingField as exc:
+            log.debug("W&B server %s has no organizations (%s)", self.base_url, exc.name)
+            return None, []
+        node = data.get("entity")
+        if not isinstance(node, dict):
+            raise EntityNotFound(f"entity {entity!r} not found on {self.base_url}")
+
+        def org(value: Any) -> OrgInfo | None:
+            if not isinstance(value, dict):
+                return None
+            name, ent = _str(value.get("name")), _str((value.get("orgEntity") or {}).get("name"))
+            return OrgInfo(name, ent) if name and ent else None
+
+        user = node.get("user")
+        orgs = [o for o in map(org, (user.get("organizations") if isinstance(user, dict) else None) or []) if o]
+        return org(node.get("organization")), orgs
+
+    def _organizations(self, *, fresh: bool = False) -> list[OrgInfo]:
+        if self._orgs is None or fresh:
+            _, orgs = self._org_info(self.viewer_entity) if self.viewer_entity else (None, [])
+            self._orgs = orgs
+        return self._orgs
+
+    def organizations(self) -> list[OrgInfo]:
+        return list(self._organizations(fresh=True))
+
+    def org_entity(self, org_or_entity: str | None, entity: str) -> str | None:
+        """As the SDK's ``resolve_org_entity_name``: a team's organization, else one of the
+        organizations of the user whose entity ``entity`` is (the one named, or the only one)."""
+        own, orgs = self._org_info(entity)
+        if own is not None and (not org_or_entity or org_or_entity in own):
+            return own.entity
+        if orgs:
+            if org_or_entity:
+                for o in orgs:
+                    if org_or_entity in o:
+                        return o.entity
+                names = ", ".join(repr(o.name) for o in orgs)
+                raise InvalidReference(
+                    f"organization {org_or_entity!r} is none of {entity!r}'s ({names}): "
+                    "name one of them (its display name or its entity) in the registry path"
+                )
+            if len(orgs) == 1:
+                return orgs[0].entity
+            raise InvalidReference(
+                f"entity {entity!r} belongs to {len(orgs)} organizations: name one in the registry path "
+                "(ORG/wandb-registry-NAME/...) or set WANDB_ORGANIZATION"
+            )
+        raise InvalidReference(
+            f"no organization found for entity {entity!r} on {self.base_url}: "
+            "name it in the registry path (ORG/wandb-registry-NAME/...) or set WANDB_ORGANIZATION"
+        )
+
+    def _registries(self, org: OrgInfo) -> list[str]:
+        """The registries (``wandb-registry-*`` projects) of ``org`` that the viewer may see.  A
+        page may come back empty (permissions): the walk goes on while the server says there is more."""
+        names: list[str] = []
+        cursor: str | None = None
+        while True:
+            variables = {"organization": org.name, "cursor": cursor, "perPage": self.page_size}
+            data = self._gql("FetchRegistries", REGISTRIES_QUERY, variables)
+            node = data.get("organization")
+            ent = node.get("orgEntity") if isinstance(node, dict) else None
+            if not isinstance(ent, dict):
+                raise EntityNotFound(f"organization {org.name!r} ({org.entity}) not found on {self.base_url}")
+            conn = ent.get("projects")
+            names.extend(_str((e.get("node") or {}).get("name")) for e in _edges(conn))
+            cursor = _next_cursor(conn)
+            if cursor is None:
+                return sorted(n for n in names if is_registry_project(n))
 
     def check_entity(self, entity: str) -> None:
         data = self._gql("CheckEntity", CHECK_ENTITY_QUERY, {"entity": entity})
@@ -825,6 +963,11 @@ class WandbRegistry(Registry):
             raise ProjectNotFound(f"project {entity}/{project} not found on {self.base_url}")
 
     def projects(self, entity: str) -> list[str]:
+        """An entity's projects; an organization's entity lists its registries (as the SDK's
+        ``Api.registries()`` finds them), where the server offers registry search."""
+        org = next((o for o in self._organizations() if o.entity == entity), None)
+        if org is not None and self._feature(REGISTRY_SEARCH):
+            return self._registries(org)
         names: list[str] = []
         cursor: str | None = None
         while True:
@@ -890,11 +1033,7 @@ class WandbRegistry(Registry):
             index = _int(node.get("versionIndex"))
         names: set[str] = set()
         if aliases is None:
-            aliases = [
-                a
-                for a in node.get("aliases") or []
-                if isinstance(a, dict) and _str((a.get("artifactCollection") or {}).get("name")) in ("", collection)
-            ]
+            aliases = [a for a in node.get("aliases") or [] if _alias_of(a, entity, project, collection)]
         for a in aliases:
             alias = _str(a.get("alias")) if isinstance(a, dict) else ""
             if alias and parse_version(alias) is None:
