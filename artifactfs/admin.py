@@ -283,6 +283,7 @@ class AdminServer:
         self.socket_path = os.path.join(self.directory, f"{self.id}.sock")
         self.record_path = os.path.join(self.directory, f"{self.id}.json")
         self.started = time.time()
+        self.loop = metrics.LoopMonitor()  # run by the daemon's nursery (mount._serve)
         self._unix: socket.socket | None = None
         self._tcp: socket.socket | None = None
 
@@ -347,10 +348,8 @@ class AdminServer:
     def snapshot(self) -> dict[str, Any]:
         """Every counter, now (on the trio loop)."""
         stats = self.fetcher.stats.to_json()
-        try:
-            volume = self.store.volume
-        except Exception:  # a busy SQLite: the counters matter more than the volume
-            volume = -1
+        quick = self.store.quick_volume()  # never waits for a cache.db another process holds
+        volume = -1 if quick is None else quick
         return {
             "mountpoint": self.config.mountpoint,
             "registry": self.config.registry,
@@ -362,6 +361,7 @@ class AdminServer:
                 stats, in_flight=self.fetcher.in_flight, volume=volume, size_limit=self.config.cache_size
             ),
             "latency": stats["latency"],
+            "loop": self.loop.to_json(),
         }
 
     async def serve(self) -> None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import bisect
 import threading
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -67,6 +68,48 @@ class Counter:
 
 #: HTTP requests tried again after a transient failure (artifactfs.http).
 RETRIES = Counter()
+
+#: Seconds the loop monitor asks to sleep between checkpoints.
+LOOP_INTERVAL = 0.01
+
+
+class LoopMonitor:
+    """How long the mount's trio loop keeps a task waiting: a checkpoint task asks to wake every
+    ``interval`` seconds, and each time it runs records how much later than that it ran (its
+    *stall*; the gap between two checkpoints is ``interval`` plus the stall).  A handler that
+    blocks the loop (a lock, a busy SQLite, a long hash) shows as a stall of its length, and so
+    does a process the kernel did not schedule.  Touched only on the loop."""
+
+    __slots__ = ("interval", "max_stall", "stalls")
+
+    def __init__(self, interval: float = LOOP_INTERVAL) -> None:
+        self.interval = interval
+        self.max_stall = 0.0
+        self.stalls = Histogram()
+
+    def observe(self, stall: float) -> None:
+        self.stalls.observe(stall)
+        self.max_stall = max(self.max_stall, stall)
+
+    async def run(self) -> None:
+        """Checkpoint until cancelled (a task in the daemon's nursery)."""
+        import trio  # only the daemon needs it
+
+        interval, clock = self.interval, time.perf_counter
+        last = clock()
+        while True:
+            await trio.sleep(interval)
+            now = clock()
+            self.observe(max(0.0, now - last - interval))
+            last = now
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "interval_seconds": self.interval,
+            "max_stall_seconds": round(self.max_stall, 6),
+            "stalls": self.stalls.to_json(),
+        }
+
 
 # name in the snapshot's "counters" -> (Prometheus metric, type, help)
 _METRICS: dict[str, tuple[str, str, str]] = {
@@ -147,6 +190,23 @@ def prometheus(snapshot: Mapping[str, Any]) -> str:
             lines.append(f'{metric}_bucket{{{both},le="{bound}"}} {n}')
         lines.append(f"{metric}_sum{{{both}}} {hist['sum']}")
         lines.append(f"{metric}_count{{{both}}} {hist['count']}")
+    loop = snapshot.get("loop")
+    if loop:
+        metric = "artifactfs_loop_max_stall_seconds"
+        lines += [
+            f"# HELP {metric} The longest time the mount's event loop kept a 10 ms timer waiting.",
+            f"# TYPE {metric} gauge",
+            f"{metric}{{{labels}}} {loop['max_stall_seconds']}",
+        ]
+        metric, hist = "artifactfs_loop_stall_seconds", loop["stalls"]
+        lines += [
+            f"# HELP {metric} How late the event loop ran a task that asked to run every 10 ms.",
+            f"# TYPE {metric} histogram",
+        ]
+        for bound, n in sorted(hist["buckets"].items(), key=lambda kv: float(kv[0])):
+            lines.append(f'{metric}_bucket{{{labels},le="{bound}"}} {n}')
+        lines.append(f"{metric}_sum{{{labels}}} {hist['sum']}")
+        lines.append(f"{metric}_count{{{labels}}} {hist['count']}")
     info = "artifactfs_mount_info"
     registry = _escape(str(snapshot.get("registry", "")))
     lines += [
@@ -212,6 +272,17 @@ def table(snapshot: Mapping[str, Any]) -> str:
             (
                 f"latency {backend}",
                 f"{hist['count']} fetches, mean {mean * 1000:.1f} ms, p50 <= {_bound(p50)}, p99 <= {_bound(p99)}",
+            )
+        )
+    loop = snapshot.get("loop")
+    if loop:
+        hist = loop["stalls"]
+        over = int(hist["count"]) - int(hist["buckets"].get("0.1", 0))
+        rows.append(
+            (
+                "loop stalls",
+                f"max {loop['max_stall_seconds'] * 1000:.1f} ms, p99 <= {_bound(quantile(hist, 0.99))}, "
+                f"{over} of {hist['count']} checkpoints late by 100 ms or more",
             )
         )
     width = max(len(k) for k, _ in rows)

@@ -36,7 +36,7 @@ from .fsutil import claim_cache_dir
 from .ops import Operations
 from .options import MountConfig, daemon_argv
 from .registry import open_registry
-from .store import BlobStore
+from .store import USE_FLUSH_INTERVAL, BlobStore
 from .tree import Tree
 
 __all__ = ["MountConfig", "check_fuse", "check_mountpoint", "cmd_mount", "cmd_umount", "run_foreground", "unmount"]
@@ -102,11 +102,22 @@ async def _serve(config: MountConfig, ops: Operations, admin: AdminServer) -> No
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_watch_signals, config.mountpoint)
         nursery.start_soon(admin.serve)  # control socket, --metrics-port (artifactfs.admin)
+        nursery.start_soon(admin.loop.run)  # the loop's own stall figures, for `stats`
+        nursery.start_soon(_flush_uses, ops.fetcher.store)
         nursery.start_soon(_announce, config, admin)
         if ops.prefetcher is not None:
             nursery.start_soon(ops.prefetcher.run)
         await pyfuse3.main()  # returns on pyfuse3.terminate() or an external unmount
         nursery.cancel_scope.cancel()
+
+
+async def _flush_uses(store: BlobStore) -> None:
+    """Write the blobs this mount used into cache.db's LRU order, batched, from a worker thread:
+    the loop only notes uses in memory (it never waits for a cache.db another process holds)."""
+    while True:
+        await trio.sleep(USE_FLUSH_INTERVAL)
+        # Abandoned at unmount: store.close() flushes what is left.
+        await trio.to_thread.run_sync(store.flush_uses, abandon_on_cancel=True)
 
 
 async def _announce(config: MountConfig, admin: AdminServer) -> None:

@@ -15,7 +15,13 @@ bytes have hashed to the digest the manifest promises:
   identity (device, inode, size, mtime, ctime) in the cache.  The record is trusted only while
   that identity is unchanged: any write to the file changes its ctime and forces a new hash.
 
-All methods block (disk I/O, hashing); the fetcher runs them in worker threads.  A worker touches
+All methods block (disk I/O, hashing); the fetcher runs them in worker threads, except the two
+it calls on the trio loop, :meth:`BlobStore.open_cached` and :meth:`BlobStore.open_trusted`.
+Those never write SQLite and never wait for it: they read ``cache.db`` on a connection whose
+busy timeout is :data:`QUICK_TIMEOUT` and take "busy" as a miss (the caller's worker thread then
+asks again, and may wait), and they only *note* a use of a blob in memory; the uses reach
+``cache.db`` in one transaction per :meth:`BlobStore.flush_uses`, which the daemon runs in a worker
+thread every :data:`USE_FLUSH_INTERVAL` seconds and every eviction runs first.  A worker touches
 only its own file descriptors and the diskcache handle, which is thread- and process-safe.
 """
 
@@ -25,6 +31,7 @@ import contextlib
 import errno
 import logging
 import os
+import pickle
 import sqlite3
 import stat
 import threading
@@ -46,7 +53,12 @@ CHUNK = 1 << 20
 DEFAULT_SIZE_LIMIT = defaults.CACHE_SIZE
 _TRUST_PREFIX = "trust/"  # in-place blobs: key -> (path, *identity)
 _CACHED_PREFIX = "cached/"  # cache files: key -> (path, *identity) taken once the file was adopted
-_TOUCH_INTERVAL = 60.0
+#: Seconds a read of cache.db made on the trio loop may wait for a lock another process holds;
+#: past that the answer is "busy", taken as a miss.  (In WAL mode a reader waits only in rare
+#: cases, e.g. a connection in exclusive locking mode; a write transaction never blocks it.)
+QUICK_TIMEOUT = 0.01
+#: Seconds between the daemon's writes of blob uses (access times) into cache.db.
+USE_FLUSH_INTERVAL = 10.0
 _ROOM_SLACK = 1 << 20  # free space kept beyond a blob's size for SQLite's journal and directories
 _DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 _NOFOLLOW = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK  # a FIFO planted there must not block
@@ -203,15 +215,120 @@ class BlobStore:
         except (OSError, sqlite3.Error) as exc:
             raise RegistryError(f"cannot use cache directory {self.directory}: {exc}") from exc
         # Per-process memo of what this store has already found and proven: key -> (file path,
-        # its verified identity, monotonic time diskcache was last told of a use).  It spares
-        # SQLite transactions per open (diskcache's LRU get writes an access time); diskcache
-        # still hears of every blob in use at least every _TOUCH_INTERVAL seconds.
+        # its verified identity, monotonic time it was proven).  An open it answers asks no
+        # SQLite at all.  Cache file names are random and never reused, so a memo path that
+        # still opens with the same identity is still the verified blob.
         # Cache files and in-place blobs are remembered apart (a key may be both).
         self._memo: dict[str, tuple[str, Identity, float]] = {}
         self._trusted: dict[str, tuple[str, Identity, float]] = {}
+        # Blobs used since the last flush_uses: key -> time.time() of the latest use.  Written by
+        # single assignments (the loop, workers); flush_uses swaps it for a new dict.
+        self._uses: dict[str, float] = {}
+        self._readers = threading.local()  # per thread: a read-only connection, short busy timeout
+        self._reader_connections: list[sqlite3.Connection] = []
+        self._readers_lock = threading.Lock()
+        self.busy_misses = 0  # quick reads that found cache.db locked (answered as misses)
 
     def close(self) -> None:
+        with contextlib.suppress(Exception):  # bookkeeping: never a reason to fail a close
+            self.flush_uses()
+        with self._readers_lock:
+            for con in self._reader_connections:
+                with contextlib.suppress(sqlite3.Error):
+                    con.close()
+            self._reader_connections.clear()
+        self._readers = threading.local()
         self._cache.close()
+
+    # -- quick reads (safe on the trio loop) ----------------------------------------------------------
+
+    def _reader(self) -> sqlite3.Connection:
+        con: sqlite3.Connection | None = getattr(self._readers, "con", None)
+        if con is None:
+            con = sqlite3.connect(
+                os.path.join(self.directory, "cache.db"),
+                timeout=QUICK_TIMEOUT,
+                isolation_level=None,
+                check_same_thread=False,  # closed by close(), from whichever thread
+            )
+            con.execute("PRAGMA query_only = ON")
+            self._readers.con = con
+            with self._readers_lock:
+                self._reader_connections.append(con)
+        return con
+
+    def _quick_rows(self, *keys: str) -> dict[str, tuple[str | None, Any]]:
+        """``key -> (filename, value)`` of the rows of ``keys`` that exist, read without writing
+        (no access time) and without waiting more than :data:`QUICK_TIMEOUT` for a lock;
+        ``value`` is a record (a tuple) or None.  sqlite3.Error when cache.db is busy."""
+        disk = self._cache._disk
+        wanted: dict[object, str] = {}
+        params: list[object] = []
+        for key in keys:
+            db_key, raw = disk.put(key)
+            wanted[db_key] = key
+            params += [db_key, raw]
+        where = " OR ".join(["(key = ? AND raw = ?)"] * len(keys))
+        rows = (
+            self._reader()
+            .execute(
+                f"SELECT key, filename, mode, value FROM Cache WHERE ({where}) "
+                "AND (expire_time IS NULL OR expire_time > ?)",
+                (*params, time.time()),
+            )
+            .fetchall()
+        )
+        out: dict[str, tuple[str | None, Any]] = {}
+        for db_key, filename, mode, value in rows:
+            record = None
+            if filename is None and mode == diskcache.core.MODE_PICKLE and value is not None:
+                try:  # our records: tuples pickled by diskcache into the row itself
+                    record = pickle.loads(value)
+                except Exception:  # a damaged row: no record
+                    record = None
+            if db_key in wanted:
+                out[wanted[db_key]] = (filename, record)
+        return out
+
+    def _used(self, key: str) -> None:
+        """Note a use of ``key``'s blob (its LRU position); written by :meth:`flush_uses`."""
+        self._uses[key] = time.time()
+
+    def flush_uses(self) -> int:
+        """Write the blobs used since the last flush into cache.db (their access times, which
+        order eviction and ``cache prune`` in every process), in one transaction; how many.
+        Blocks, up to diskcache's timeout, while another process holds cache.db: a worker
+        thread's job (the daemon's, every :data:`USE_FLUSH_INTERVAL` s), and every eviction's
+        first step.  Uses that could not be written are kept for the next flush."""
+        uses, self._uses = self._uses, {}
+        items = list(uses.items())  # one C-level copy: a late use noted in the old dict is lost
+        if not items:
+            return 0
+        cache = self._cache
+        try:
+            with cache.transact():
+                for key, at in items:
+                    db_key, raw = cache._disk.put(key)
+                    cache._sql(
+                        "UPDATE Cache SET access_time = MAX(access_time, ?) WHERE key = ? AND raw = ?",
+                        (at, db_key, raw),
+                    )
+        except (sqlite3.Error, diskcache.Timeout) as exc:
+            for key, at in items:
+                self._uses.setdefault(key, at)
+            log.info("cannot record %d blob uses in the cache index yet: %s", len(items), exc or type(exc).__name__)
+            return 0
+        return len(items)
+
+    def quick_volume(self) -> int | None:
+        """:attr:`volume` as a quick read (None when cache.db is busy): safe on the trio loop."""
+        try:
+            con = self._reader()
+            ((pages,),) = con.execute("PRAGMA page_count").fetchall()
+            ((size,),) = con.execute("SELECT value FROM Settings WHERE key = 'size'").fetchall()
+        except (sqlite3.Error, ValueError):
+            return None
+        return int(pages) * int(self._cache._page_size) + int(size)
 
     @property
     def volume(self) -> int:
@@ -227,38 +344,42 @@ class BlobStore:
             raise RegistryError(f"cannot read the cache index {self.directory}: {exc}") from exc
 
     def _cached_file(self, key: str) -> str | None:
-        """The path of ``key``'s cache file in diskcache's index, marking it recently used; None
-        if there is none.  The file is not opened here: diskcache's ``get(read=True)`` would
-        follow a symlink planted in its place (or block on a FIFO); callers open it themselves
-        with ``O_NOFOLLOW``."""
+        """Worker thread: the path of ``key``'s cache file in diskcache's index (a read, which
+        may wait for a busy cache.db), noting a use of it; None if there is none.  The file is
+        not opened here: diskcache's ``get(read=True)`` would follow a symlink planted in its
+        place (or block on a FIFO); callers open it themselves with ``O_NOFOLLOW``."""
         cache = self._cache
         db_key, raw = cache._disk.put(key)
-        row = cache._sql("SELECT rowid, filename FROM Cache WHERE key = ? AND raw = ?", (db_key, raw)).fetchone()
-        if row is None or row[1] is None:
+        row = cache._sql("SELECT filename FROM Cache WHERE key = ? AND raw = ?", (db_key, raw)).fetchone()
+        if row is None or row[0] is None:
             return None
-        cache._sql("UPDATE Cache SET access_time = ? WHERE rowid = ?", (time.time(), row[0]))
-        return os.path.join(cache.directory, str(row[1]))
+        self._used(key)
+        return os.path.join(cache.directory, str(row[0]))
 
     def open_cached(self, key: str) -> Blob | None:
         """The cached blob for ``key``, opened, if its file is provably the one that was verified
-        (same identity as recorded when it was adopted); else None.  Marks it recently used.
-        Cheap (an ``open``, an ``fstat``, at most two SQLite reads): the fetcher calls it inline.
-        A cached file whose identity does not match is left for :meth:`open_verified`."""
+        (same identity as recorded when it was adopted); else None.  Notes a use of it.
+        Cheap and never waiting (an ``open``, an ``fstat``, at most one quick SQLite read, no
+        write): the fetcher calls it on the trio loop.  A busy cache.db is a miss.  A cached
+        file whose identity does not match is left for :meth:`open_verified`."""
         memo = self._memo.get(key)
-        now = time.monotonic()
-        if memo is not None and now - memo[2] < _TOUCH_INTERVAL:
+        if memo is not None:
             blob = _open_if(memo[0], memo[1], _NOFOLLOW)
             if blob is not None:
+                self._used(key)
                 return blob
             self._memo.pop(key, None)
         try:
-            path = self._cached_file(key)
-            if path is None:
-                return None
-            record = self._cache.get(_CACHED_PREFIX + key)
-        except (sqlite3.Error, diskcache.Timeout):  # busy, or a damaged index: a miss
+            rows = self._quick_rows(key, _CACHED_PREFIX + key)
+        except sqlite3.Error:  # busy, or a damaged index: a miss
+            self.busy_misses += 1
             return None
-        if record is None or record[0] != path:
+        filename = rows.get(key, (None, None))[0]
+        record = rows.get(_CACHED_PREFIX + key, (None, None))[1]
+        if filename is None or not isinstance(record, tuple):
+            return None
+        path = os.path.join(self._cache.directory, filename)
+        if record[0] != path:
             return None
         # O_NOFOLLOW for the file itself; a directory on its path swapped for a symlink leads
         # to another inode, which the identity refuses.
@@ -266,7 +387,8 @@ class BlobStore:
         if blob is None:
             return None
         assert blob.identity is not None
-        self._memo[key] = (path, blob.identity, now)
+        self._memo[key] = (path, blob.identity, time.monotonic())
+        self._used(key)
         return blob
 
     def open_verified(self, key: str, entry: Entry, what: str) -> Blob | None:
@@ -447,6 +569,7 @@ class BlobStore:
         if free is None or free >= size + _ROOM_SLACK:
             return
         deficit = size + _ROOM_SLACK - free
+        self.flush_uses()  # evict by the latest uses, ours included
         cache = self._cache
         evicted = 0
         try:
@@ -474,6 +597,9 @@ class BlobStore:
         """
         cache = self._cache
         try:
+            if cache.volume() <= cache.size_limit:
+                return
+            self.flush_uses()  # evict by the latest uses, ours included
             while cache.volume() > cache.size_limit:
                 row = cache._sql(
                     "SELECT key FROM Cache WHERE filename IS NOT NULL AND key != ? ORDER BY access_time LIMIT 1",
@@ -496,11 +622,12 @@ class BlobStore:
         elif not persisted:
             return None
         else:
-            try:
-                record = self._cache.get(_TRUST_PREFIX + key)
-            except (sqlite3.Error, diskcache.Timeout):
+            try:  # a quick read: asked on the trio loop; a busy cache.db is a miss
+                record = self._quick_rows(_TRUST_PREFIX + key).get(_TRUST_PREFIX + key, (None, None))[1]
+            except sqlite3.Error:
+                self.busy_misses += 1
                 return None
-            if record is None or record[0] != path:
+            if not isinstance(record, tuple) or record[0] != path:
                 return None
             identity = tuple(record[1:])
         blob = _open_if(path, identity)
@@ -572,6 +699,7 @@ class BlobStore:
         the next open of that content is a miss and fetches it again, verified."""
         cache = self._cache
         evicted = freed = 0
+        self.flush_uses()
         try:
             while True:
                 (total,) = cache._sql("SELECT COALESCE(SUM(size), 0) FROM Cache WHERE filename IS NOT NULL").fetchone()

@@ -275,7 +275,8 @@ class Tree:
         if kind in (Kind.VERSION, Kind.DIR):
             assert parent.version is not None
             path = f"{parent.path}/{name}" if parent.path else name
-            found: DirEntry = await self._contents(parent.version, self.registry.get_entry, path)  # EntryNotFound
+            reg = self.registry
+            found: DirEntry = await self._contents(parent.version, reg.get_entry, reg.get_entry_now, path)
             return self._content(parent, name, found.entry)
         raise EntryNotFound(f"{name!r}: not a directory")
 
@@ -286,16 +287,25 @@ class Tree:
         except InvalidReference as exc:
             raise NotFound(str(exc)) from exc
 
-    async def _contents(self, version: VersionInfo, fn: Callable[[VersionInfo, str], Any], path: str) -> Any:
-        """``fn(version, path)`` (``list_dir``/``get_entry``): inline once the version's contents
-        are loaded (one load per version id, shared by concurrent askers)."""
-        if not self.registry.contents_loaded(version):
+    async def _contents(
+        self,
+        version: VersionInfo,
+        fn: Callable[[VersionInfo, str], Any],
+        now: Callable[[VersionInfo, str], Any],
+        path: str,
+    ) -> Any:
+        """``fn(version, path)`` (``list_dir``/``get_entry``): answered inline by ``now`` (its
+        ``_now`` form: from memory, no I/O, no lock waited for) once the version's contents are
+        loaded (one load per version id, shared by concurrent askers)."""
+        answer = now(version, path)
+        if answer is None:
             await self._meta.load_contents(version)
-            if not self.registry.contents_loaded(version):
+            answer = now(version, path)
+            if answer is None:
                 # Loaded and already evicted again (a registry's bounded manifest cache under
-                # pressure): ask in a thread rather than block the loop.
+                # pressure): ask in a thread rather than reload it on the loop.
                 return await self._meta.call((fn.__name__, version.id, path), fn, version, path)
-        return fn(version, path)
+        return answer
 
     @property
     def dropped(self) -> int:
@@ -418,7 +428,8 @@ class Tree:
         """The registry's listing of a version directory, asked once per node."""
         if node.listing is None:
             assert node.version is not None
-            node.listing = await self._contents(node.version, self.registry.list_dir, node.path)
+            reg = self.registry
+            node.listing = await self._contents(node.version, reg.list_dir, reg.list_dir_now, node.path)
         return node.listing
 
     async def files_after(self, node: Node, count: int) -> list[tuple[VersionInfo, Entry]]:
@@ -431,7 +442,8 @@ class Tree:
         if parent is None:
             parent = self._by_key.get(_version_key(node.version)) if not parent_path else None
         if parent is None or parent.listing is None:
-            listing = await self._contents(node.version, self.registry.list_dir, parent_path)
+            reg = self.registry
+            listing = await self._contents(node.version, reg.list_dir, reg.list_dir_now, parent_path)
             if parent is not None:
                 parent.listing = listing
         else:

@@ -327,6 +327,17 @@ class Registry(abc.ABC):
     def get_entry(self, version: VersionInfo, path: str) -> DirEntry:
         """The file or directory at ``path`` inside ``version``; EntryNotFound if none."""
 
+    def list_dir_now(self, version: VersionInfo, path: str) -> list[DirEntry] | None:
+        """``list_dir``, if it can be answered at once (no I/O, no wait for a lock another
+        thread may hold); None when it cannot (contents not loaded).  Asked on the trio loop.
+        This default trusts :meth:`contents_loaded`; a backend whose loaded contents another
+        thread may evict between the two calls answers from one look at its memory instead."""
+        return self.list_dir(version, path) if self.contents_loaded(version) else None
+
+    def get_entry_now(self, version: VersionInfo, path: str) -> DirEntry | None:
+        """``get_entry`` answered at once, or None: as :meth:`list_dir_now`."""
+        return self.get_entry(version, path) if self.contents_loaded(version) else None
+
     def local_path(self, entry: Entry) -> str | None:
         """Where ``entry``'s bytes already lie on this machine, if the registry keeps them in a
         file that may be verified and served in place.  Pure: no I/O (asked on the trio loop)."""

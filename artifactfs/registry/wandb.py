@@ -1623,17 +1623,32 @@ class WandbRegistry(Registry):
     def iter_entries(self, version: VersionInfo) -> Iterator[Entry]:
         return iter(list(self._index(version).entries.values()))
 
+    def _in_memory(self, version: VersionInfo) -> _Contents | None:
+        """The indexed manifest if it is in memory, from one look (a load in another thread may
+        evict it any time); its LRU position is moved only if ``_lock`` is free at once.  No I/O
+        and no waiting: the mount asks this on its trio loop."""
+        contents = self._contents.get(version.id)
+        if contents is not None and self._lock.acquire(blocking=False):
+            try:
+                if version.id in self._contents:
+                    self._contents.move_to_end(version.id)
+            finally:
+                self._lock.release()
+        return contents
+
     def list_dir(self, version: VersionInfo, path: str) -> list[DirEntry]:
-        listing = self._index(version).listing.get(path)
-        if listing is None:
-            raise EntryNotFound(f"{version.ref}: no directory {path!r}")
-        return list(listing)
+        return _list_dir(self._index(version), version, path)
 
     def get_entry(self, version: VersionInfo, path: str) -> DirEntry:
-        try:
-            return self._index(version).get(path)
-        except KeyError:
-            raise EntryNotFound(f"{version.ref}: no entry {path!r}") from None
+        return _get_entry(self._index(version), version, path)
+
+    def list_dir_now(self, version: VersionInfo, path: str) -> list[DirEntry] | None:
+        contents = self._in_memory(version)
+        return None if contents is None else _list_dir(contents, version, path)
+
+    def get_entry_now(self, version: VersionInfo, path: str) -> DirEntry | None:
+        contents = self._in_memory(version)
+        return None if contents is None else _get_entry(contents, version, path)
 
     # -- blobs ----------------------------------------------------------------------------------
 
@@ -1839,3 +1854,17 @@ def _opener(path: str) -> Callable[[], IO[bytes]]:
 
 
 __all__ = ["DEFAULT_BASE_URL", "GraphQLPolicy", "WandbRegistry", "WandbVersionInfo", "find_api_key", "parse_manifest"]
+
+
+def _list_dir(contents: _Contents, version: VersionInfo, path: str) -> list[DirEntry]:
+    listing = contents.listing.get(path)
+    if listing is None:
+        raise EntryNotFound(f"{version.ref}: no directory {path!r}")
+    return list(listing)
+
+
+def _get_entry(contents: _Contents, version: VersionInfo, path: str) -> DirEntry:
+    try:
+        return contents.get(path)
+    except KeyError:
+        raise EntryNotFound(f"{version.ref}: no entry {path!r}") from None
