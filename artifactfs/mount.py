@@ -150,7 +150,7 @@ def run_foreground(config: MountConfig) -> None:
     # The cache directory is ours before anything writes into it (a remote backend's manifests).
     claim_cache_dir(config.cache_dir)
     registry = open_registry(config.registry, cache_dir=config.cache_dir)
-    store = BlobStore(config.cache_dir, config.cache_size)
+    store = BlobStore(config.cache_dir, config.cache_size, defer_uses=True)  # flushed by _flush_uses
     os.chdir("/")  # keep no directory of the caller's busy
     store.clean_tmp()
     fetcher = Fetcher(

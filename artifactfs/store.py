@@ -190,10 +190,17 @@ def _place(adopt: _Adopt) -> None:
 class BlobStore:
     """The cache directory (mode 0700) and the rules for what may enter it."""
 
-    def __init__(self, directory: str, size_limit: int | None = DEFAULT_SIZE_LIMIT) -> None:
+    def __init__(
+        self, directory: str, size_limit: int | None = DEFAULT_SIZE_LIMIT, *, defer_uses: bool = False
+    ) -> None:
         """``size_limit`` None keeps the limit the directory last had (``artifactfs cache``
-        opens a directory that mounts are using without changing it)."""
+        opens a directory that mounts are using without changing it).  ``defer_uses``: the
+        owner runs :meth:`flush_uses` itself, off the trio loop (the mount daemon); otherwise a
+        use noted :data:`USE_FLUSH_INTERVAL` s after the last flush flushes them in the caller's
+        thread (an API or fsspec reader, which may wait)."""
         self.directory = os.path.abspath(directory)
+        self.defer_uses = defer_uses
+        self._flushed_at = time.monotonic()
         try:
             claim_cache_dir(self.directory)
             self.tmp = os.path.join(self.directory, "tmp")
@@ -293,6 +300,8 @@ class BlobStore:
     def _used(self, key: str) -> None:
         """Note a use of ``key``'s blob (its LRU position); written by :meth:`flush_uses`."""
         self._uses[key] = time.time()
+        if not self.defer_uses and time.monotonic() - self._flushed_at >= USE_FLUSH_INTERVAL:
+            self.flush_uses()
 
     def flush_uses(self) -> int:
         """Write the blobs used since the last flush into cache.db (their access times, which
@@ -300,6 +309,7 @@ class BlobStore:
         Blocks, up to diskcache's timeout, while another process holds cache.db: a worker
         thread's job (the daemon's, every :data:`USE_FLUSH_INTERVAL` s), and every eviction's
         first step.  Uses that could not be written are kept for the next flush."""
+        self._flushed_at = time.monotonic()
         uses, self._uses = self._uses, {}
         items = list(uses.items())  # one C-level copy: a late use noted in the old dict is lost
         if not items:
