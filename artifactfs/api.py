@@ -82,6 +82,17 @@ def open_cache(cache_dir: str) -> BlobStore:
     return BlobStore(cache_dir, None if known else CACHE_SIZE)
 
 
+class _RegistryDefaults:
+    """The registry's default entity for path resolution, asked (and the registry opened) only
+    when a path leaves the entity out and neither the caller nor ``$WANDB_ENTITY`` gives one."""
+
+    def __init__(self, api: Api) -> None:
+        self._api = api
+
+    def default_entity(self) -> str | None:
+        return self._api.registry.default_entity()
+
+
 class Api:
     """Entry point, as ``wandb.Api``: look up, list and log artifacts; runs of a registry.
 
@@ -148,7 +159,7 @@ class Api:
     @property
     def default_entity(self) -> str | None:
         try:
-            return resolve_entity(self._given()[0], registry_defaults=self.registry)
+            return resolve_entity(self._given()[0], registry_defaults=_RegistryDefaults(self))
         except InvalidReference:
             return None
 
@@ -163,13 +174,13 @@ class Api:
     def _entity_project(self, path: str | None) -> tuple[str, str]:
         """``entity/project``, ``project`` or None/"" -> (entity, project), defaults filled in."""
         entity, project = self._given()
-        return resolve_project_path(path, entity=entity, project=project, registry_defaults=self.registry)
+        return resolve_project_path(path, entity=entity, project=project, registry_defaults=_RegistryDefaults(self))
 
     def _ref(self, path: str, default_tag: str | None = LATEST) -> Ref:
         """An artifact path of 1, 2 or 3 parts, as W&B takes it."""
         entity, project = self._given()
         return resolve_artifact_path(
-            path, entity=entity, project=project, registry_defaults=self.registry, default_tag=default_tag
+            path, entity=entity, project=project, registry_defaults=_RegistryDefaults(self), default_tag=default_tag
         )
 
     # -- artifacts -------------------------------------------------------------------------------
@@ -291,5 +302,7 @@ class Api:
     def run(self, path: str = "") -> Any:
         """The run ``[[entity/]project/]run_id`` (also W&B's ``entity/project/runs/id`` and ``project:id``)."""
         entity, project = self._given()
-        ent, proj, run_id = resolve_run_path(path, entity=entity, project=project, registry_defaults=self.registry)
+        ent, proj, run_id = resolve_run_path(
+            path, entity=entity, project=project, registry_defaults=_RegistryDefaults(self)
+        )
         return self._run_obj(self.registry.run(ent, proj, run_id))

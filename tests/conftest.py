@@ -22,7 +22,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import home_guard
 import pytest
+from home_guard import _isolated_home  # noqa: F401  (autouse: fresh HOME, XDG dirs, runtime and cache dirs)
 from log_hygiene import _log_hygiene  # noqa: F401  (autouse: undeclared warnings and tracebacks fail a test)
 from log_hygiene import configure as _configure_log_hygiene
 
@@ -34,13 +36,11 @@ PY = sys.executable
 
 def pytest_configure(config: pytest.Config) -> None:
     _configure_log_hygiene(config)
+    home_guard.configure(config)
 
 
-@pytest.fixture(autouse=True)
-def _own_cache_dir(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
-    """``Artifact.download`` shares the mount's cache, ``$ARTIFACTFS_CACHE_DIR`` (default
-    ``~/.cache/artifactfs``): every test gets a fresh one of its own (a test may set another)."""
-    monkeypatch.setenv("ARTIFACTFS_CACHE_DIR", str(tmp_path_factory.mktemp("cache") / "artifactfs"))
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    home_guard.sessionfinish(session)
 
 
 def fuse_available() -> str | None:

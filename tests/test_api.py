@@ -24,6 +24,7 @@ from artifactfs.errors import (
     InvalidReference,
     NotFound,
     ReadOnly,
+    RegistryError,
     SourceError,
 )
 from artifactfs.manifest import artifact_digest
@@ -319,6 +320,23 @@ def test_paths_of_one_two_or_three_parts(api: Api, tmp_path: Path, monkeypatch: 
     assert overridden.artifact("ds:v0").version == "v0"
     assert [c.name for c in overridden.artifact_collections()] == ["ds"]
     assert Api({"entity": "acme"}).default_entity == "acme"  # wandb.Api(overrides) positional
+
+
+def test_an_api_that_is_given_its_entity_opens_no_registry(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A fresh home (the suite's): the default registry does not exist, and is not needed.
+    default = Path(os.path.expanduser("~/.local/share/artifactfs/registry"))
+    monkeypatch.delenv("WANDB_ENTITY", raising=False)
+    api = Api({"entity": "acme", "project": "vision"})
+    assert api.default_entity == "acme"
+    assert api._entity_project(None) == ("acme", "vision")
+    assert str(api._ref("ds:v1")) == "acme/vision/ds:v1"
+    monkeypatch.setenv("WANDB_ENTITY", "fromenv")
+    assert Api().default_entity == "fromenv"
+    assert not default.parent.exists()
+    monkeypatch.delenv("WANDB_ENTITY")
+    with pytest.raises(RegistryError, match="no registry at"):  # now only the registry can say
+        Api().default_entity  # noqa: B018
+    assert not default.parent.exists()
 
 
 def test_same_content_twice_and_conflicts(tmp_path: Path) -> None:
