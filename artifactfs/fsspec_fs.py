@@ -38,11 +38,13 @@ import datetime as _dt
 import errno
 import importlib.util
 import io
+import math
 import os
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 from fsspec import AbstractFileSystem, register_implementation
@@ -60,8 +62,10 @@ from .errors import (
     NotFound,
     ReadOnly,
 )
+from .fetcher import INLINE_VERIFY_MAX
 from .manifest import Entry
 from .names import Ref, check_alias, check_name, parse_version
+from .references import content_entry
 from .registry.base import DirEntry, Registry, VersionInfo
 from .store import Blob, BlobStore
 
@@ -100,6 +104,17 @@ def _refuse(path: str = "") -> PermissionError:
 
 def _seconds(ns: int) -> float:
     return ns / 1e9
+
+
+@dataclass(frozen=True, slots=True)
+class _Target:
+    """A file of a version, ready to open: its entry, content address, local blob (a local
+    registry's, verified in place) and whether its trust record is kept on disk."""
+
+    entry: Entry
+    key: str
+    local: str | None
+    persisted: bool
 
 
 class ArtifactFile(io.RawIOBase):
@@ -144,14 +159,17 @@ class ArtifactFile(io.RawIOBase):
         return pos
 
     def read(self, size: int | None = -1) -> bytes:
-        self._checkClosed()
+        if self.closed:
+            raise ValueError("I/O operation on closed file.")
         left = self.size - self._pos
         if size is None or size < 0 or size > left:
             size = left
         if size <= 0:
             return b""
-        with _errors(self.path):
+        try:
             data = self._blob.pread(size, self._pos)
+        except ArtifactFSError as exc:
+            raise _translate(exc, self.path) from exc
         self._pos += len(data)
         return data
 
@@ -167,8 +185,10 @@ class ArtifactFile(io.RawIOBase):
         count = max(0, min(len(view), self.size - self._pos))
         if count == 0:
             return 0
-        with _errors(self.path):
+        try:
             got = self._blob.preadinto(view[:count], self._pos)
+        except ArtifactFSError as exc:
+            raise _translate(exc, self.path) from exc
         self._pos += got
         return got
 
@@ -212,6 +232,7 @@ class ArtifactFileSystem(AbstractFileSystem):  # type: ignore[misc]  # fsspec ha
         # (version id, path) -> DirEntry: a version's content never changes
         self._entries: dict[tuple[str, str], DirEntry] = {}
         self._namespace: dict[tuple[str, ...], tuple[list[dict[str, Any]], float]] = {}
+        self._targets: dict[tuple[str, str], _Target] = {}
         self._flights: dict[str, list[Any]] = {}  # cache key -> [lock, users]: one fetch per blob
 
     # -- lifetime --------------------------------------------------------------------------------
@@ -268,6 +289,8 @@ class ArtifactFileSystem(AbstractFileSystem):  # type: ignore[misc]  # fsspec ha
 
     @classmethod
     def _strip_protocol(cls, path: Any) -> Any:
+        if isinstance(path, str) and path[:1] != "/" and path[-1:] != "/" and not path.startswith(PROTOCOL):
+            return path  # already bare (the common case: fsspec strips before it calls us)
         if isinstance(path, list):
             return [cls._strip_protocol(p) for p in path]
         text = str(super()._strip_protocol(path))
@@ -276,7 +299,8 @@ class ArtifactFileSystem(AbstractFileSystem):  # type: ignore[misc]  # fsspec ha
     @staticmethod
     def _split(path: str) -> list[str]:
         parts = path.split("/") if path else []
-        if any(part in ("", ".", "..") for part in parts):
+        suspect = "//" in path or "/." in path or path[:1] == "."  # else no part is "", "." or ".."
+        if suspect and any(part in ("", ".", "..") for part in parts):
             raise FileNotFoundError(errno.ENOENT, "no such path", path)
         return parts
 
@@ -287,10 +311,10 @@ class ArtifactFileSystem(AbstractFileSystem):  # type: ignore[misc]  # fsspec ha
             raise FileNotFoundError(errno.ENOENT, "expected NAME:vN or NAME:ALIAS", path)
         key = (entity, project, name, tag)
         known = self._versions.get(key)
-        pinned = parse_version(tag) is not None
         now = time.time()
-        if known is not None and (pinned or now - known[1] < self.alias_ttl):
+        if known is not None and now - known[1] < self.alias_ttl:  # a version's time is +inf
             return known[0]
+        pinned = parse_version(tag) is not None
         with _errors(path):
             for part, what in ((entity, "entity"), (project, "project"), (name, "artifact name")):
                 check_name(part, what)
@@ -298,7 +322,7 @@ class ArtifactFileSystem(AbstractFileSystem):  # type: ignore[misc]  # fsspec ha
                 check_alias(tag)
             version = self.registry.resolve(Ref(entity, project, name, tag))
         with self._lock:
-            self._versions[key] = (version, now)
+            self._versions[key] = (version, math.inf if pinned else now)
         return version
 
     def _locate(self, path: str) -> tuple[VersionInfo, str] | None:
@@ -347,6 +371,7 @@ class ArtifactFileSystem(AbstractFileSystem):  # type: ignore[misc]  # fsspec ha
         if version is not None:
             info["mtime"] = info["created"] = _seconds(version.created_at_ns)
             info["version"] = str(version.ref)
+            info["artifact_digest"] = version.digest
         return info
 
     def _namespace_listing(self, parts: list[str], path: str) -> list[dict[str, Any]]:
@@ -510,10 +535,39 @@ class ArtifactFileSystem(AbstractFileSystem):  # type: ignore[misc]  # fsspec ha
 
     # -- bytes -----------------------------------------------------------------------------------
 
-    def _blob(self, version: VersionInfo, entry: Entry, path: str) -> Blob:
-        """The verified blob: at once if the cache (or a trust record) proves it, else fetched or
-        hashed by one thread while the others that want it wait."""
-        key = entry.cache_key
+    def _target(self, version: VersionInfo, inner: str, path: str) -> _Target:
+        """What opening ``inner`` needs, worked out once per version and path."""
+        memo = (version.id, inner)
+        target = self._targets.get(memo)
+        if target is None:
+            found = self._entry(version, inner, path)
+            if found.entry is None:
+                raise IsADirectoryError(errno.EISDIR, "is a directory", path)
+            with _errors(path):
+                check = content_entry(found.entry) if found.entry.ref is not None else found.entry
+                local = self.registry.local_path(check)
+            target = _Target(found.entry, check.cache_key, local, check.size > INLINE_VERIFY_MAX)
+            with self._lock:
+                if len(self._targets) >= _ENTRY_MEMO_MAX:
+                    self._targets.clear()
+                self._targets[memo] = target
+        return target
+
+    def _blob(self, version: VersionInfo, target: _Target, path: str) -> Blob:
+        """The verified blob: at once if the cache (or a trust record) proves it (the fast path:
+        an ``open`` and an ``fstat``), else fetched or hashed by one thread while the others that
+        want it wait (:func:`~artifactfs.download.open_verified_blob`)."""
+        store = self.store
+        try:
+            if target.local is not None:
+                blob = store.open_trusted(target.key, target.local, persisted=target.persisted)
+            else:
+                blob = store.open_cached(target.key)
+        except ArtifactFSError as exc:
+            raise _translate(exc, path) from exc
+        if blob is not None:
+            return blob
+        key = target.key
         with self._lock:
             flight = self._flights.get(key)
             if flight is None:
@@ -521,12 +575,25 @@ class ArtifactFileSystem(AbstractFileSystem):  # type: ignore[misc]  # fsspec ha
             flight[1] += 1
         try:
             with flight[0], _errors(path):
-                return open_verified_blob(self.store, self.registry, version, entry)
+                return open_verified_blob(store, self.registry, version, target.entry)
         finally:
             with self._lock:
                 flight[1] -= 1
                 if flight[1] == 0:
                     del self._flights[key]
+
+    def open(
+        self,
+        path: Any,
+        mode: str = "rb",
+        block_size: Any = None,
+        cache_options: Any = None,
+        compression: Any = None,
+        **kwargs: Any,
+    ) -> Any:
+        if mode == "rb" and compression is None and not kwargs and isinstance(path, str):
+            return self._open(path)  # fsspec's open adds nothing to a plain binary read
+        return super().open(path, mode, block_size, cache_options, compression, **kwargs)
 
     def _open(
         self,
@@ -538,17 +605,15 @@ class ArtifactFileSystem(AbstractFileSystem):  # type: ignore[misc]  # fsspec ha
         **kwargs: Any,
     ) -> ArtifactFile:
         path = self._strip_protocol(path)
-        if any(c in mode for c in "wax+"):
+        if mode != "rb" and any(c in mode for c in "wax+"):
             raise _refuse(path)
         located = self._locate(path)
         if located is None:
             self.info(path)  # FileNotFoundError for a name that does not exist
             raise IsADirectoryError(errno.EISDIR, "is a directory", path)
         version, inner = located
-        found = self._entry(version, inner, path)
-        if found.entry is None:
-            raise IsADirectoryError(errno.EISDIR, "is a directory", path)
-        return ArtifactFile(self._blob(version, found.entry, path), path, version)
+        target = self._target(version, inner, path)
+        return ArtifactFile(self._blob(version, target, path), path, version)
 
     def cat_file(self, path: str, start: int | None = None, end: int | None = None, **kwargs: Any) -> bytes:
         with self._open(path) as f:

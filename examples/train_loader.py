@@ -2,6 +2,12 @@
 
     python examples/train_loader.py /mnt/a/acme/vision/imagenet-mini:best --record pin.json
     python examples/train_loader.py /mnt/a/acme/vision/imagenet-mini:v3 --expect pin.json
+    python examples/train_loader.py artifactfs://acme/vision/imagenet-mini:best --record pin.json
+
+The same reading works with no mount: an ``artifactfs://ENTITY/PROJECT/NAME:ALIAS`` URL reads
+through fsspec (``$ARTIFACTFS_REGISTRY``, ``$ARTIFACTFS_CACHE_DIR``; docs/FSSPEC.md), from the
+same verified cache, with no FUSE and no root.  The alias is resolved once, at the pin, and the
+epochs read the pinned ``NAME:vN``: a new version logged meanwhile does not change what is read.
 
 First the pin: the alias in the path is resolved to the exact ``entity/project/name:vN`` and its
 digest (``artifactfs.pin.pin``), printed and, with ``--record``, written to a JSON file to keep
@@ -46,6 +52,36 @@ class FileDataset:
             return path, f.read()
 
 
+class URLDataset(FileDataset):
+    """The same dataset over ``artifactfs://`` (fsspec): ``root`` is ``ENTITY/PROJECT/NAME:vN[/DIR]``
+    of filesystem ``fs``, which pickles into DataLoader workers with its storage options."""
+
+    def __init__(self, fs: Any, root: str) -> None:
+        self.fs = fs
+        self.root = root
+        self.paths = sorted(p[len(root) + 1 :] for p in fs.find(root))
+
+    def __getitem__(self, index: int) -> tuple[str, bytes]:
+        path = self.paths[index]
+        with self.fs.open(f"{self.root}/{path}") as f:
+            return path, f.read()
+
+
+def pin_url(url: str) -> tuple[dict[str, str | None], Any, str]:
+    """``(pin, filesystem, pinned root)`` of an ``artifactfs://`` URL: its alias resolved once."""
+    import fsspec
+
+    import artifactfs.fsspec_fs  # noqa: F401  # registers artifactfs:// where the entry point is not installed
+
+    fs, path = fsspec.core.url_to_fs(url)
+    parts = path.split("/")
+    if len(parts) < 3 or ":" not in parts[2]:
+        raise SystemExit(f"error: {url} does not name an artifact version (artifactfs://ENTITY/PROJECT/NAME:ALIAS)")
+    info = fs.info("/".join(parts[:3]))
+    root = "/".join([info["version"], *parts[3:]])
+    return {"artifact": info["version"], "digest": info["artifact_digest"], "url": url}, fs, root
+
+
 def _as_list(batch: list[tuple[str, bytes]]) -> list[tuple[str, bytes]]:
     return batch  # keep (path, bytes) pairs as they are: no tensors needed to show the reading
 
@@ -67,7 +103,9 @@ def batches(dataset: FileDataset, batch_size: int, workers: int) -> tuple[str, I
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("root", help="MOUNT/ENTITY/PROJECT/NAME:ALIAS (or :vN)")
+    parser.add_argument(
+        "root", help="MOUNT/ENTITY/PROJECT/NAME:ALIAS (or :vN), or artifactfs://ENTITY/PROJECT/NAME:ALIAS"
+    )
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--workers", type=int, default=2)
@@ -75,23 +113,31 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--expect", metavar="FILE", help="refuse unless ROOT is exactly the version pinned in FILE")
     args = parser.parse_args(argv)
 
-    pinned = pin(args.root)
-    print(f"pin: {pinned.artifact} digest {pinned.digest}")
+    dataset: FileDataset
+    if args.root.startswith("artifactfs://"):
+        record, fs, root = pin_url(args.root)
+        dataset = URLDataset(fs, root)
+        prefix = "artifactfs://"
+    else:
+        pinned = pin(args.root)
+        record = pinned.to_json()
+        dataset = FileDataset(args.root)
+        prefix = "MOUNT/"
+    print(f"pin: {record['artifact']} digest {record['digest']}")
     if args.record:
         with open(args.record, "w") as f:
-            json.dump(pinned.to_json(), f, indent=2)
+            json.dump(record, f, indent=2)
     if args.expect:
         with open(args.expect) as f:
             expected = json.load(f)
-        if (expected["artifact"], expected["digest"]) != (pinned.artifact, pinned.digest):
+        if (expected["artifact"], expected["digest"]) != (record["artifact"], record["digest"]):
             print(
-                f"error: {args.root} is {pinned.artifact} ({pinned.digest}), not the pinned "
-                f"{expected['artifact']} ({expected['digest']}): mount or name MOUNT/{expected['artifact']}",
+                f"error: {args.root} is {record['artifact']} ({record['digest']}), not the pinned "
+                f"{expected['artifact']} ({expected['digest']}): mount or name {prefix}{expected['artifact']}",
                 file=sys.stderr,
             )
             return 1
 
-    dataset = FileDataset(args.root)
     for epoch in range(args.epochs):
         what, it = batches(dataset, args.batch_size, args.workers)
         started = time.monotonic()

@@ -645,12 +645,126 @@ def case_wandb(b: Bench) -> None:
             b.res.info.setdefault(key, value)
 
 
+def _epoch(read: Callable[[str], int], paths: list[str], seed: int) -> float:
+    """Seconds to read every path once, shuffled, with 8 threads (a data loader's epoch)."""
+    import concurrent.futures
+
+    order = list(paths)
+    random.Random(seed).shuffle(order)
+    start = time.perf_counter()
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        total = sum(pool.map(read, order, chunksize=32))
+    elapsed = time.perf_counter() - start
+    assert total > 0
+    return elapsed
+
+
+def _read_plain(path: str) -> int:
+    with open(path, "rb") as f:
+        return len(f.read())
+
+
+def case_fsspec(b: Bench) -> None:
+    """``artifactfs://`` (fsspec, no FUSE), in this process, against the same files read with
+    ``open`` from local disk: an epoch over the small files (8 threads, shuffled) once their blobs
+    are verified; a first epoch (fresh cache, page cache dropped) against the mount's; random
+    range reads of a big file after its verification against ``os.pread``."""
+    sys.path.insert(0, str(ROOT))
+    from artifactfs.fsspec_fs import ArtifactFileSystem
+
+    n = 1000 if b.quick else 10000
+    src = b.work / "small"
+    reg = b.work / "reg-small"
+    if not reg.exists():  # made by case_small when it ran first
+        make_small(src, n)
+        log(src, "bench/small/files", reg)
+    rel = sorted(p.relative_to(src).as_posix() for p in src.rglob("*") if p.is_file())
+    plain = [str(src / r) for r in rel]
+    urls = [f"bench/small/files:v0/{r}" for r in rel]
+    runs = max(b.runs, 5)
+    print(f"\n## artifactfs:// epoch over {n:,} files of 1-64 KiB (8 threads, shuffled)", flush=True)
+
+    def fresh() -> ArtifactFileSystem:
+        ArtifactFileSystem.clear_instance_cache()
+        b._n += 1
+        return ArtifactFileSystem(registry=str(reg), cache_dir=str(b.work / f"cache{b._n}"))
+
+    firsts: dict[str, list[float]] = {"fsspec_first.artifactfs": [], "fsspec_first.mount": []}
+    for i in range(b.runs):
+        fs = fresh()
+
+        def read_afs(path: str, fs: ArtifactFileSystem = fs) -> int:
+            with fs.open(path) as f:
+                return len(f.read())
+
+        drop_caches()
+        firsts["fsspec_first.artifactfs"].append(_epoch(read_afs, urls, i))
+        fs.close()
+        with b.artifactfs(reg) as (mnt, _pid):
+            drop_caches()
+            firsts["fsspec_first.mount"].append(_epoch(_read_plain, [str(mnt / u) for u in urls], i))
+    for name, values in firsts.items():
+        b.res.add(name, values)
+
+    fs = fresh()
+
+    def read(path: str) -> int:
+        with fs.open(path) as f:
+            return len(f.read())
+
+    _epoch(read, urls, 0)  # verified (and in the page cache), as after a first epoch
+    _epoch(_read_plain, plain, 0)
+    times: dict[str, list[float]] = {"fsspec_epoch.artifactfs": [], "fsspec_epoch.plain": []}
+    for i in range(runs):
+        times["fsspec_epoch.plain"].append(_epoch(_read_plain, plain, i))
+        times["fsspec_epoch.artifactfs"].append(_epoch(read, urls, i))
+    for name, values in times.items():
+        b.res.add(name, values)
+    fs.close()
+
+    size = (64 if b.quick else 256) * MiB
+    big = b.work / "fsbig" / "big.bin"
+    make_big(big, size)
+    log(big.parent, "bench/fsbig/file", reg)
+    print(f"\n## artifactfs:// random range reads of one file of {size // MiB} MiB, after verification", flush=True)
+    fs = fresh()
+    rnd = random.Random(3)
+    fd = os.open(big, os.O_RDONLY)
+    try:
+        with fs.open("bench/fsbig/file:v0/big.bin") as f:
+            assert len(f.read()) == size  # the first read verifies it; the page cache is warm
+            for label, length, count in (("4k", 4 * KiB, 20000), ("1m", MiB, 400)):
+                offsets = [rnd.randrange(0, size - length) for _ in range(count)]
+                rates: dict[str, list[float]] = {"artifactfs": [], "plain": [], "cat_file": []}
+                for _ in range(runs):
+                    start = time.perf_counter()
+                    for off in offsets:
+                        os.pread(fd, length, off)
+                    rates["plain"].append(count / (time.perf_counter() - start))
+                    start = time.perf_counter()
+                    for off in offsets:
+                        f.seek(off)
+                        f.read(length)
+                    rates["artifactfs"].append(count / (time.perf_counter() - start))
+                    start = time.perf_counter()
+                    for off in offsets[: count // 4]:
+                        fs.cat_file("bench/fsbig/file:v0/big.bin", off, off + length)
+                    rates["cat_file"].append(count // 4 / (time.perf_counter() - start))
+                for variant, values in rates.items():
+                    b.res.add(f"fsspec_range_{label}.{variant}", values, "IOPS")
+    finally:
+        os.close(fd)
+        fs.close()
+        os.unlink(big)
+
+
 CASES: dict[str, Callable[[Bench], None]] = {
     "tree": case_tree,
     "small": case_small,
     "big": case_big,
     "rand": case_rand,
     "wandb": case_wandb,
+    "fsspec": case_fsspec,
 }
 
 
@@ -686,6 +800,11 @@ def ratios(r: Results) -> None:
     r.ratio("4 KiB random through the daemon vs ceiling", "rand_daemon.artifactfs", "rand_daemon.ceiling", None)
     r.ratio("1 GiB page cache dropped vs ceiling", "big_cold.artifactfs", "big_cold.ceiling", None)
     r.ratio("1 GiB kernel warm vs ceiling", "big_warm.artifactfs", "big_warm.ceiling", None)
+    r.ratio("artifactfs:// epoch of small files vs local disk", "fsspec_epoch.artifactfs", "fsspec_epoch.plain", 0.8)
+    r.ratio("artifactfs:// first epoch vs the mount's", "fsspec_first.artifactfs", "fsspec_first.mount", 0.9)
+    r.ratio("artifactfs:// 1 MiB range reads vs pread", "fsspec_range_1m.artifactfs", "fsspec_range_1m.plain", 0.9)
+    r.ratio("artifactfs:// 4 KiB range reads vs pread", "fsspec_range_4k.artifactfs", "fsspec_range_4k.plain", None)
+    r.ratio("artifactfs:// cat_file 1 MiB ranges vs pread", "fsspec_range_1m.cat_file", "fsspec_range_1m.plain", None)
     r.bound("daemon RSS after find+stat (MB)", "rss.after_find_stat_mb", 300)
     r.ratio("log of tiny files vs wandb add_dir", "log.tiny_files_per_s", "log.wandb_add_dir_files_per_s", None)
     if "log.tiny_files_per_s" in r.figures:
@@ -749,7 +868,7 @@ def main() -> None:
         b = Bench(Path(tmp), args.runs or (2 if args.quick else 3), args.quick, profile)
         print(f"# artifactfs bench, {info['date']}, {info['cores']} cores, {info['kernel']}, data in {tmp}")
         try:
-            only = args.only or "tree,small,big,rand"
+            only = args.only or "tree,small,big,rand,fsspec"
             for name in only.split(","):
                 CASES[name](b)
         finally:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import importlib.metadata
 import io
+import json
 import os
 import pickle
 import shutil
@@ -26,7 +27,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import build_sample_registry, write_tree
+from conftest import SAMPLE_FILES, build_sample_registry, write_tree
 from wandb_server import WandbServer
 
 import artifactfs as wandb
@@ -453,3 +454,29 @@ def test_runs_unprivileged_without_fuse(tmp_path: Path) -> None:
         assert (home / ".cache" / "artifactfs" / "cache.db").exists()  # its own verified cache, in its HOME
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def test_train_loader_example_over_the_url(
+    sample_registry: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    reg = sample_registry[0]
+    example = Path(__file__).resolve().parent.parent / "examples" / "train_loader.py"
+    env = {**os.environ, "ARTIFACTFS_REGISTRY": str(reg), "PYTHONPATH": str(example.parent.parent)}
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, str(example), *args], capture_output=True, text=True, timeout=120, env=env
+        )
+
+    record = tmp_path / "pin.json"
+    first = run("artifactfs://acme/vision/ds:latest", "--record", str(record), "--workers", "0")
+    assert first.returncode == 0, first.stderr
+    lines = first.stdout.splitlines()
+    pinned = json.loads(record.read_text())
+    assert pinned["artifact"] == "acme/vision/ds:v1" and lines[0] == f"pin: acme/vision/ds:v1 digest {pinned['digest']}"
+    assert lines[1].startswith(f"epoch 0: {len(SAMPLE_FILES)} files,"), lines
+    again = run("artifactfs://acme/vision/ds:v1", "--expect", str(record), "--workers", "0")
+    assert again.returncode == 0, again.stderr
+    other = run("artifactfs://acme/vision/ds:best", "--expect", str(record), "--workers", "0")
+    assert other.returncode == 1
+    assert other.stderr.endswith("mount or name artifactfs://acme/vision/ds:v1\n"), other.stderr
