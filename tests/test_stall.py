@@ -9,9 +9,12 @@ process on the same cache, so each first open asks ``cache.db`` (no memo of its 
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import shutil
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -24,10 +27,11 @@ from pathlib import Path
 import pytest
 from conftest import Mount, Mounter, run_cli, write_tree
 
+from artifactfs.manifest import Entry, digest_bytes
 from artifactfs.names import parse_ref
+from artifactfs.registry.base import BlobSource
 from artifactfs.registry.local import LocalRegistry
-
-pytestmark = pytest.mark.fuse
+from artifactfs.store import BlobStore
 
 HOLD = 5.0  # seconds the other process holds cache.db
 ANSWER = 0.5  # each request must answer within this while it does
@@ -60,10 +64,13 @@ def content(i: int) -> bytes:
     return (f"file {i}\n".encode() * (SIZE // 8 + 1))[:SIZE]
 
 
+FILES = {f"d{i % 4}/f{i:03d}.bin": content(i) for i in range(N_FILES)} | {
+    f"other/g{i:03d}.txt": f"other {i}\n".encode() for i in range(N_FILES)
+}
+
+
 def build_registry(tmp: Path) -> Path:
-    files = {f"d{i % 4}/f{i:03d}.bin": content(i) for i in range(N_FILES)}
-    files.update({f"other/g{i:03d}.txt": f"other {i}\n".encode() for i in range(N_FILES)})
-    src = write_tree(tmp / "src", files)
+    src = write_tree(tmp / "src", FILES)
     reg_dir = tmp / "registry"
     reg = LocalRegistry(reg_dir, create=True)
     try:
@@ -121,19 +128,49 @@ def hold(db: Path, seconds: float) -> subprocess.Popen[str]:
     return proc
 
 
-@pytest.mark.parametrize("local_blobs", ["copy", "verify-in-place"])
+KEY = "f00dfeedc0ffee0123456789abcdef0123456789"
+
+
+@contextlib.contextmanager
+def wandb_registry(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """A W&B server (tests/wandb_server.py) with the same versions; its spec."""
+    from wandb_server import WandbServer
+
+    for name in ("WANDB_BASE_URL", "WANDB_ENTITY"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("WANDB_API_KEY", KEY)
+    monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
+    monkeypatch.setenv("WANDB_CACHE_DIR", str(tmp_path / "wandb-cache"))
+    with WandbServer(api_key=KEY, viewer_entity="acme") as server:
+        for n in range(3):
+            server.add_artifact("acme", "stall", f"ds{n}", "dataset", FILES)
+        yield f"wandb:{server.url}"
+
+
+@pytest.mark.fuse
+@pytest.mark.parametrize("backend", ["local copy", "local verify-in-place", "wandb"])
 def test_a_held_cache_db_stalls_no_request_and_not_the_loop(
-    mounter: Mounter, tmp_path: Path, runtime: Path, local_blobs: str
+    mounter: Mounter, tmp_path: Path, runtime: Path, monkeypatch: pytest.MonkeyPatch, backend: str
 ) -> None:
-    reg = build_registry(tmp_path)
+    with contextlib.ExitStack() as stack:
+        if backend == "wandb":
+            reg: str | Path = stack.enter_context(wandb_registry(tmp_path, monkeypatch))
+            args: tuple[str, ...] = ()
+        else:
+            reg = build_registry(tmp_path)
+            args = ("--local-blobs", backend.split()[1])
+        _held_cache_db(mounter, tmp_path, reg, args, backend)
+
+
+def _held_cache_db(mounter: Mounter, tmp_path: Path, reg: str | Path, args: tuple[str, ...], backend: str) -> None:
     cache = tmp_path / "shared-cache"
     files = [f"d{i % 4}/f{i:03d}.bin" for i in range(N_FILES)]
-    first = mounter(reg, "--local-blobs", local_blobs, cache_dir=cache)
-    for rel in files:  # cached (copy) or trusted (verify-in-place) in cache.db
+    first = mounter(reg, *args, cache_dir=cache)  # type: ignore[arg-type]
+    for rel in files:  # cached (copy, W&B) or trusted (verify-in-place) in cache.db
         assert read_uncached(first.path / "acme/stall/ds0:v0" / rel) == content(int(rel[-7:-4]))
     first.unmount()
 
-    m = mounter(reg, "--local-blobs", local_blobs, cache_dir=cache)
+    m = mounter(reg, *args, cache_dir=cache)  # type: ignore[arg-type]
     before = snapshot(m)
     timed = Timed()
     holder = hold(cache / "cache.db", HOLD)
@@ -169,7 +206,7 @@ def test_a_held_cache_db_stalls_no_request_and_not_the_loop(
         assert holder.stdout is not None
         holder.stdout.close()
     after = snapshot(m)
-    print(f"slowest answers while cache.db was held ({local_blobs}): {timed.slowest()}")
+    print(f"slowest answers while cache.db was held ({backend}): {timed.slowest()}")
     assert not timed.problems, timed.problems
     assert still_held, "the requests outlasted the hold: make the hold longer"
     assert set(timed.times) == {"cat cached", "stat", "ls"}
@@ -177,8 +214,10 @@ def test_a_held_cache_db_stalls_no_request_and_not_the_loop(
     assert stall_over(after, STALL) == stall_over(before, STALL), after["loop"]
     # The uses were counted without writing cache.db while it was held; the daemon still serves.
     assert read_uncached(version / files[0]) == content(0)
+    m.unmount()
 
 
+@pytest.mark.fuse
 def test_loop_stalls_show_in_stats_table_json_and_prometheus(
     mounter: Mounter, sample_registry: tuple[Path, Path], runtime: Path
 ) -> None:
@@ -206,3 +245,98 @@ def test_loop_stalls_show_in_stats_table_json_and_prometheus(
     count = float(samples[f"artifactfs_loop_stall_seconds_count{{{label}}}"])
     assert count >= stalls["count"]
     assert float(samples[f'artifactfs_loop_stall_seconds_bucket{{{label},le="+Inf"}}']) == count
+
+
+# -- the store's side: what the loop calls reads only, and "busy" is a miss -------------------------
+
+
+def _access_time(cache: Path, key: str) -> float:
+    con = sqlite3.connect(cache / "cache.db")
+    try:
+        ((at,),) = con.execute("SELECT access_time FROM Cache WHERE key = ?", (key,)).fetchall()
+        return float(at)
+    finally:
+        con.close()
+
+
+def _filled(tmp_path: Path, name: str = "cache") -> tuple[Path, Entry, bytes]:
+    data = os.urandom(100_000)
+    entry = Entry("f.bin", digest_bytes(data), len(data))
+    cache = tmp_path / name
+    store = BlobStore(str(cache))
+    try:
+        store.fill(entry.cache_key, entry, BlobSource("t", open=lambda: io.BytesIO(data)), "f").close()
+    finally:
+        store.close()
+    return cache, entry, data
+
+
+def test_cached_opens_write_nothing_while_cache_db_is_held_and_uses_are_flushed_later(tmp_path: Path) -> None:
+    cache, entry, data = _filled(tmp_path)
+    before = _access_time(cache, entry.cache_key)
+    store = BlobStore(str(cache), defer_uses=True)  # a new process's store: no memo
+    holder = hold(cache / "cache.db", 60)  # a writer's lock: WAL readers go on
+    try:
+        for _ in range(3):
+            blob = store.open_cached(entry.cache_key)
+            assert blob is not None and blob.pread(len(data) + 1, 0) == data
+            blob.close()
+        assert store.busy_misses == 0
+        assert _access_time(cache, entry.cache_key) == before  # noted, not written
+    finally:
+        holder.kill()
+        holder.wait()
+        assert holder.stdout is not None
+        holder.stdout.close()
+    assert store.flush_uses() == 1  # one transaction for every use since the last flush
+    assert _access_time(cache, entry.cache_key) > before
+    assert store.flush_uses() == 0
+    store.close()
+
+
+def test_a_cache_db_that_refuses_readers_is_a_miss_at_once(tmp_path: Path) -> None:
+    """In WAL mode (diskcache's) a writer never keeps a reader waiting; a cache.db switched to a
+    rollback journal does, while another connection holds it exclusively.  Then the quick read
+    gives up after its short busy timeout and the open is a miss (the worker thread asks again)."""
+    cache, entry, _ = _filled(tmp_path)
+    store = BlobStore(str(cache), defer_uses=True)
+    volume = store.volume
+    store._cache.close()  # this thread's connection: reopened (in WAL mode again) when next used
+    other = sqlite3.connect(cache / "cache.db", isolation_level=None)
+    try:
+        assert other.execute("PRAGMA journal_mode = DELETE").fetchone() == ("delete",)
+        other.execute("BEGIN EXCLUSIVE")
+        other.execute("UPDATE Settings SET value = value WHERE key = 'count'")
+        assert store.open_cached(entry.cache_key) is None
+        assert store.open_trusted(entry.cache_key, "/nonexistent") is None
+        assert store.quick_volume() is None
+        assert store.busy_misses == 2
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    blob = store.open_cached(entry.cache_key)
+    assert blob is not None
+    blob.close()
+    assert store.quick_volume() == volume
+    store.close()
+
+
+def test_evictions_see_this_process_uses_first(tmp_path: Path) -> None:
+    """Uses noted but not yet flushed still order this process's evictions (LRU stays exact)."""
+    cache = tmp_path / "cache"
+    store = BlobStore(str(cache), size_limit=250_000, defer_uses=True)
+    blobs = [bytes([i]) * 100_000 for i in range(3)]
+    entries = [Entry(f"f{i}", digest_bytes(b), len(b)) for i, b in enumerate(blobs)]
+    try:
+        for i in (0, 1):
+            store.fill(entries[i].cache_key, entries[i], BlobSource("t", open=lambda b=blobs[i]: io.BytesIO(b)), "f")
+            time.sleep(0.01)
+        store._memo.clear()
+        blob = store.open_cached(entries[0].cache_key)  # 0 is now more recent than 1: noted only
+        assert blob is not None
+        blob.close()
+        time.sleep(0.01)
+        store.fill(entries[2].cache_key, entries[2], BlobSource("t", open=lambda: io.BytesIO(blobs[2])), "f")
+        assert entries[1].cache_key not in store and entries[0].cache_key in store
+    finally:
+        store.close()
