@@ -15,8 +15,9 @@ What it asks the server, and when (see ``shared/docs/WANDB_PROTOCOL.md`` for the
 * **Manifests** are fetched once per artifact (``FetchArtifactManifest``, then a plain GET of
   the presigned URL), checked (entry paths, duplicate keys, file/directory clashes, the
   artifact digest) and kept on disk under ``cache_dir/manifests`` keyed by artifact id and
-  digest, so a remount asks for none of them again.  In memory a bounded number of manifests
-  are indexed as directories (``list_dir``/``get_entry`` are dict lookups).
+  digest, so a remount asks for none of them again.  Each is indexed on disk as it is kept
+  (``registry/remote.py``, ``index.py``): ``list_dir``/``get_entry`` are SQLite lookups in
+  place, and no manifest is held in memory.
 * **File URLs** are asked for only for files being read (``files(names: [...])``), in batches:
   the wanted file plus the next files of its directory that have no URL yet, in the order a
   directory walk reads them (name order).  The whole file list is never paged (W&B #7006).  An
@@ -46,11 +47,9 @@ scrubbed of it before it is shown.
 from __future__ import annotations
 
 import base64
-import bisect
 import contextlib
 import dataclasses
 import datetime as _dt
-import hashlib
 import json
 import logging
 import netrc
@@ -60,7 +59,6 @@ import re
 import threading
 import time
 import urllib.parse
-from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import IO, Any
@@ -75,7 +73,6 @@ from ..errors import (
     AuthError,
     Conflict,
     EntityNotFound,
-    EntryNotFound,
     FetchError,
     InvalidArgument,
     InvalidMetadata,
@@ -86,7 +83,8 @@ from ..errors import (
     RegistryError,
     RunNotFound,
 )
-from ..fsutil import make_temp, redact_uri
+from ..fsutil import redact_uri
+from ..index import ManifestIndex
 from ..manifest import MD5, XXH128, Entry, Manifest, hex_from_b64
 from ..names import (
     LATEST,
@@ -96,16 +94,15 @@ from ..names import (
     is_registry_project,
     parse_ref,
     parse_version,
-    split_dir,
 )
 from .base import BlobSource, CollectionInfo, DirEntry, OrgInfo, Progress, Registry, RunInfo, VersionInfo
+from .remote import MAX_MANIFEST_BYTES, ManifestKeeper
 
 log = logging.getLogger(__name__)
 
 DEFAULT_BASE_URL = "https://api.wandb.ai"
 MANIFEST_MD5 = "MANIFEST_MD5"
 MANIFEST_XXH128 = "MANIFEST_XXH128"
-MAX_MANIFEST_BYTES = 1 << 30  # a 100k-entry manifest is ~20 MB; refuse anything absurd
 
 
 @dataclass(frozen=True, slots=True)
@@ -362,59 +359,6 @@ class _MissingField(Exception):
         self.name = name
 
 
-# -- the content index of one loaded manifest ------------------------------------------------
-
-
-class _Contents:
-    """A manifest indexed as directories: ``listing`` maps each directory ('' is the root) to
-    its children sorted by name; ``entries`` is the manifest's own path -> Entry dict."""
-
-    __slots__ = ("entries", "listing", "storage_policy", "storage_policy_config")
-
-    def __init__(self, manifest: Manifest) -> None:
-        self.entries = manifest.entries
-        self.storage_policy = manifest.storage_policy
-        self.storage_policy_config = manifest.storage_policy_config
-        children: dict[str, dict[str, Entry | None]] = {"": {}}
-        for path, entry in self.entries.items():
-            parent, name = split_dir(path)
-            missing = []
-            d = parent
-            while d not in children:
-                missing.append(d)
-                d = split_dir(d)[0]
-            for d in reversed(missing):
-                up, leaf = split_dir(d)
-                if children[up].get(leaf) is not None:
-                    raise ManifestError(f"manifest: {d!r} is both a file and a directory")
-                children[up][leaf] = None
-                children[d] = {}
-            kids = children[parent]
-            if name in kids:
-                raise ManifestError(f"manifest: {path!r} is both a file and a directory")
-            kids[name] = entry
-        self.listing = {d: [DirEntry(n, kids[n]) for n in sorted(kids)] for d, kids in children.items()}
-
-    def get(self, path: str) -> DirEntry:
-        if path == "":
-            return DirEntry("", None)
-        entry = self.entries.get(path)
-        if entry is not None:
-            return DirEntry(split_dir(path)[1], entry)
-        if path in self.listing:
-            return DirEntry(split_dir(path)[1], None)
-        raise KeyError(path)
-
-    def following(self, path: str) -> Iterator[Entry]:
-        """The files after ``path`` in its directory, in name order (a directory walk's order)."""
-        parent, name = split_dir(path)
-        kids = self.listing.get(parent, [])
-        i = bisect.bisect_right(kids, name, key=lambda d: d.name)
-        for d in kids[i:]:
-            if d.entry is not None:
-                yield d.entry
-
-
 def _load_json(data: bytes) -> Any:
     """JSON with duplicate keys refused (``json.loads`` would silently keep the last one, so a
     manifest could show one entry and verify another)."""
@@ -596,7 +540,6 @@ class WandbRegistry(Registry):
         versions_per_collection: int = 50,
         url_batch: int = 100,
         max_loaded: int = 16,
-        max_loaded_entries: int = 400_000,
         max_urls: int = 20000,
         url_max_age: float = 45 * 60.0,
         url_refreshes: int = 3,
@@ -615,15 +558,7 @@ class WandbRegistry(Registry):
         self.page_size = page_size
         self.collections_per_call = collections_per_call
         self.versions_per_collection = versions_per_collection
-        self.url_batch = url_batch
-        # Loaded manifests kept in memory (least recently used dropped first): at most this many,
-        # and at most this many entries in all (~0.5 KB each with the index), but always the newest.
-        self.max_loaded = max_loaded
-        self.max_loaded_entries = max_loaded_entries
-        self.max_urls = max_urls
-        self.url_max_age = url_max_age
         self.url_refreshes = url_refreshes
-        self._manifest_dir = os.path.join(cache_dir, "manifests") if cache_dir else None
         if sdk_cache_dir is None:
             wandb_cache = os.environ.get("WANDB_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "wandb")
             sdk_cache_dir = os.path.join(wandb_cache, "artifacts")
@@ -638,10 +573,17 @@ class WandbRegistry(Registry):
         self._has_file_membership = True
         self._features: dict[str, bool] | None = None  # serverInfo.features, asked once
         self._orgs: list[OrgInfo] | None = None  # the viewer's organizations, asked when needed
-        self._contents: OrderedDict[str, _Contents] = OrderedDict()  # artifact id -> index (LRU)
-        self._loading: dict[str, threading.Lock] = {}
-        self._urls: OrderedDict[tuple[str, str], tuple[str, float]] = OrderedDict()
-        self._url_waits: dict[tuple[str, str], threading.Event] = {}
+        self._manifests = ManifestKeeper(
+            cache_dir,
+            self._fetch_manifest,
+            self._fetch_urls,
+            sizer=self._sizer,
+            max_loaded=max_loaded,
+            url_batch=url_batch,
+            max_urls=max_urls,
+            url_max_age=url_max_age,
+            url_wait=policy.budget + policy.read_timeout,
+        )
 
         key, where = find_api_key(url)
         if not key:
@@ -676,6 +618,8 @@ class WandbRegistry(Registry):
         for s in sessions:
             s.close()
         self._local = threading.local()
+        with contextlib.suppress(AttributeError):  # a constructor that failed made none
+            self._manifests.close()
 
     # -- HTTP -----------------------------------------------------------------------------------
 
@@ -1038,7 +982,7 @@ class WandbRegistry(Registry):
             alias = _str(a.get("alias")) if isinstance(a, dict) else ""
             if alias and parse_version(alias) is None:
                 names.add(alias)
-        loaded = self._contents.get(artifact_id)
+        loaded = self._manifests.loaded_index(artifact_id)
         seq = node.get("artifactSequence") or {}
         seq_proj = seq.get("project") or {}
         logged = (_str((seq_proj.get("entity") or {}).get("name")), _str(seq_proj.get("name")), _str(seq.get("name")))
@@ -1425,96 +1369,46 @@ class WandbRegistry(Registry):
             if cursor is None:
                 return out
 
-    # -- manifests ------------------------------------------------------------------------------
+    # -- manifests (kept on disk and indexed by remote.ManifestKeeper) ----------------------------
 
     def contents_loaded(self, version: VersionInfo) -> bool:
-        return version.id in self._contents
-
-    def _manifest_path(self, version: VersionInfo) -> str | None:
-        if self._manifest_dir is None:
-            return None
-        key = hashlib.sha256(f"{version.id}\n{version.digest}".encode()).hexdigest()[:40]
-        return os.path.join(self._manifest_dir, key + ".json")
+        return self._manifests.loaded(version)
 
     def load_contents(self, version: VersionInfo) -> None:
-        """Fetch, check and index ``version``'s manifest, unless it is in memory.  On disk it is
-        kept under ``cache_dir/manifests`` (named by artifact id and digest), so a later
-        registry with the same ``cache_dir`` fetches no manifest again."""
-        if version.id in self._contents:
-            return
-        with self._lock:
-            gate = self._loading.setdefault(version.id, threading.Lock())
-        with gate:  # one fetch per artifact, however many ask at once
-            if version.id in self._contents:
-                return
-            try:
-                contents = self._read_manifest(version)
-                with self._lock:
-                    self._contents[version.id] = contents
-                    total = sum(len(c.entries) for c in self._contents.values())
-                    while len(self._contents) > 1 and (
-                        len(self._contents) > self.max_loaded or total > self.max_loaded_entries
-                    ):
-                        _, dropped = self._contents.popitem(last=False)
-                        total -= len(dropped.entries)
-            finally:
-                with self._lock:
-                    self._loading.pop(version.id, None)
-        log.debug("%s: manifest indexed (%d entries)", version.ref, len(contents.entries))
+        """Open ``version``'s manifest index: checked from ``cache_dir/manifests``, or built
+        (streaming) from the manifest kept there, or from a fresh fetch."""
+        self._manifests.load(version)
 
-    def _read_manifest(self, version: VersionInfo, depth: int = 0) -> _Contents:
-        """The indexed manifest: from disk if kept there, else fetched, checked and kept."""
-        path = self._manifest_path(version)
-        if path is not None:
-            try:
-                with open(path, "rb") as f:
-                    data = f.read(MAX_MANIFEST_BYTES + 1)
-            except FileNotFoundError:
-                pass
-            except OSError as exc:
-                log.warning("cannot read cached manifest %s: %s", path, exc.strerror or exc)
-            else:
-                try:
-                    manifest = parse_manifest(data, version)
-                except ArtifactFSError as exc:  # damaged on disk: fetch it again
-                    log.warning("cached manifest of %s is unusable (%s): fetching it again", version.ref, exc)
-                    with contextlib.suppress(OSError):
-                        os.unlink(path)
-                else:
-                    return _Contents(self._size_artifact_references(version, manifest, depth))
-        data = self._fetch_manifest(version)
-        # Nothing is kept, nor mounted, unless it passes every check, the index's included.
-        contents = _Contents(self._size_artifact_references(version, parse_manifest(data, version), depth))
-        if path is not None:
-            self._save_manifest(path, data)
-        return contents
-
-    def _size_artifact_references(self, version: VersionInfo, manifest: Manifest, depth: int) -> Manifest:
+    def _sizer(self, version: VersionInfo, depth: int) -> Callable[[str, str, str], int | None] | None:
         """W&B writes ``wandb-artifact://<hex id>/<path>`` entries with size 0 and the target
         entry's digest.  The mount needs their real size (``stat``, and the store checks it), so
-        look each target artifact up once (its manifest is kept on disk like any other) and
-        take the size of the entry with that path and digest.  A target that cannot be had
+        each target artifact is looked up once (its manifest is kept and indexed like any other)
+        and the entry with that path and digest gives the size.  A target that cannot be had
         leaves the entry as it is (reading it then fails, with a message)."""
-        targets: dict[str, _Contents | None] = {}
-        for entry in list(manifest.entries.values()):
-            if entry.ref is None or entry.size or not entry.ref.startswith("wandb-artifact://"):
-                continue
-            split = urllib.parse.urlsplit(entry.ref)
+        if depth >= 2:
+            return None
+        targets: dict[str, ManifestIndex | None] = {}
+
+        def size(path: str, ref: str, digest: str) -> int | None:
+            if not ref.startswith("wandb-artifact://"):
+                return None
+            split = urllib.parse.urlsplit(ref)
             hex_id, target_path = split.netloc, urllib.parse.unquote(split.path.lstrip("/"))
             if hex_id not in targets:
                 targets[hex_id] = None
-                if depth < 2:
-                    try:
-                        target = self._version_by_id(base64.b64encode(bytes.fromhex(hex_id)).decode("ascii"))
-                        loaded = self._contents.get(target.id)
-                        targets[hex_id] = loaded if loaded is not None else self._read_manifest(target, depth + 1)
-                    except (ValueError, ArtifactFSError) as exc:
-                        log.warning("%s/%s: reference %s cannot be sized: %s", version.ref, entry.path, entry.ref, exc)
+                try:
+                    target = self._version_by_id(base64.b64encode(bytes.fromhex(hex_id)).decode("ascii"))
+                    loaded = self._manifests.loaded_index(target.id)
+                    targets[hex_id] = loaded or self._manifests.open_or_build(target, depth + 1)
+                except (ValueError, ArtifactFSError) as exc:
+                    log.warning("%s/%s: reference %s cannot be sized: %s", version.ref, path, ref, exc)
             found = targets[hex_id]
-            target_entry = found.entries.get(target_path) if found is not None else None
-            if target_entry is not None and target_entry.digest == entry.digest:
-                manifest.entries[entry.path] = dataclasses.replace(entry, size=target_entry.size)
-        return manifest
+            child = found.get(target_path) if found is not None else None
+            if child is not None and child.entry is not None and child.entry.digest == digest:
+                return child.entry.size
+            return None
+
+        return size
 
     def _fetch_manifest(self, version: VersionInfo) -> bytes:
         what = f"manifest of {version.ref}"
@@ -1581,74 +1475,23 @@ class WandbRegistry(Registry):
             raise FetchError(str(exc)) from None
         return result
 
-    def _save_manifest(self, path: str, data: bytes) -> None:
-        """Atomically: temp file (0600, in a 0700 directory), fsync, rename, fsync the directory."""
-        directory = os.path.dirname(path)
-        try:
-            fd, tmp = make_temp(directory, ".tmp")
-            try:
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view) :]
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.replace(tmp, path)
-            dfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-            try:
-                os.fsync(dfd)
-            finally:
-                os.close(dfd)
-        except OSError as exc:  # the mount works without the disk copy: say so and go on
-            log.warning("cannot keep manifest in %s: %s", directory, exc.strerror or exc)
-            with contextlib.suppress(OSError, UnboundLocalError):
-                os.unlink(tmp)
-
-    def _index(self, version: VersionInfo) -> _Contents:
-        contents = self._contents.get(version.id)
-        if contents is None:
-            self.load_contents(version)
-            contents = self._contents.get(version.id)
-            if contents is None:  # evicted at once by other loads: keep this one for the call
-                contents = self._read_manifest(version)
-        else:
-            with self._lock, contextlib.suppress(KeyError):
-                self._contents.move_to_end(version.id)
-        return contents
-
     def manifest(self, version: VersionInfo) -> Manifest:
-        contents = self._index(version)
-        return Manifest(dict(contents.entries), contents.storage_policy, dict(contents.storage_policy_config))
+        return self._manifests.manifest(version)
 
     def iter_entries(self, version: VersionInfo) -> Iterator[Entry]:
-        return iter(list(self._index(version).entries.values()))
-
-    def _in_memory(self, version: VersionInfo) -> _Contents | None:
-        """The indexed manifest if it is in memory, from one look (a load in another thread may
-        evict it any time); its LRU position is moved only if ``_lock`` is free at once.  No I/O
-        and no waiting: the mount asks this on its trio loop."""
-        contents = self._contents.get(version.id)
-        if contents is not None and self._lock.acquire(blocking=False):
-            try:
-                if version.id in self._contents:
-                    self._contents.move_to_end(version.id)
-            finally:
-                self._lock.release()
-        return contents
+        return self._manifests.iter_entries(version)
 
     def list_dir(self, version: VersionInfo, path: str) -> list[DirEntry]:
-        return _list_dir(self._index(version), version, path)
+        return self._manifests.list_dir(version, path)
 
     def get_entry(self, version: VersionInfo, path: str) -> DirEntry:
-        return _get_entry(self._index(version), version, path)
+        return self._manifests.get_entry(version, path)
 
     def list_dir_now(self, version: VersionInfo, path: str) -> list[DirEntry] | None:
-        contents = self._in_memory(version)
-        return None if contents is None else _list_dir(contents, version, path)
+        return self._manifests.list_dir_now(version, path)
 
     def get_entry_now(self, version: VersionInfo, path: str) -> DirEntry | None:
-        contents = self._in_memory(version)
-        return None if contents is None else _get_entry(contents, version, path)
+        return self._manifests.get_entry_now(version, path)
 
     # -- blobs ----------------------------------------------------------------------------------
 
@@ -1718,89 +1561,17 @@ class WandbRegistry(Registry):
         by a fresh one for this file only, a bounded number of times."""
         last: AuthError | None = None
         for n in range(self.url_refreshes + 1):
-            url = self._file_url(version, entry, fresh=n > 0)
+            url = self._manifests.url(version, entry, fresh=n > 0)
             try:
                 http.download(url, fd, entry.size, what, progress, policy=self._http_policy)
                 return
             except AuthError as exc:
                 last = exc
-                self._forget_url(version, entry.path, url)
+                self._manifests.forget_url(version, entry.path, url)
                 os.ftruncate(fd, 0)
                 progress.restart()
                 log.info("%s: file URL refused (expired?); asking for a fresh one", what)
         raise FetchError(f"{what}: the server refused {self.url_refreshes + 1} URLs for it ({last})")
-
-    def _forget_url(self, version: VersionInfo, path: str, url: str) -> None:
-        with self._lock:
-            known = self._urls.get((version.id, path))
-            if known is not None and known[0] == url:
-                del self._urls[(version.id, path)]
-
-    def _cached_url(self, key: tuple[str, str]) -> str | None:
-        """A URL asked for less than ``url_max_age`` ago.  Called with ``_lock`` held."""
-        known = self._urls.get(key)
-        if known is None:
-            return None
-        if time.monotonic() - known[1] > self.url_max_age:
-            del self._urls[key]
-            return None
-        self._urls.move_to_end(key)
-        return known[0]
-
-    def _file_url(self, version: VersionInfo, entry: Entry, *, fresh: bool) -> str:
-        """A download URL for ``entry``: cached, or asked for in a batch with the next files of
-        its directory that have none yet (``fresh``: for this file alone).  A URL another thread
-        is already asking for is waited for, not asked for twice."""
-        key = (version.id, entry.path)
-        for _ in range(3):
-            event = threading.Event()
-            with self._lock:  # cache, in-flight and batch looked at together: no URL asked twice
-                url = None if fresh else self._cached_url(key)
-                if url is not None:
-                    return url
-                wait = None if fresh else self._url_waits.get(key)
-                names = [] if wait is not None else [entry.path] if fresh else self._batch(version, entry)
-                for name in names:
-                    self._url_waits.setdefault((version.id, name), event)
-            if wait is not None:
-                wait.wait(self._policy.budget + self._policy.read_timeout)
-                continue
-            try:
-                urls = self._fetch_urls(version, names)
-                now = time.monotonic()
-                with self._lock:
-                    for name, url in urls.items():
-                        self._urls[(version.id, name)] = (url, now)
-                        self._urls.move_to_end((version.id, name))
-                    while len(self._urls) > self.max_urls:
-                        self._urls.popitem(last=False)
-            finally:
-                with self._lock:
-                    for name in names:
-                        if self._url_waits.get((version.id, name)) is event:
-                            del self._url_waits[(version.id, name)]
-                event.set()
-            found = urls.get(entry.path)
-            if found is None:
-                raise FetchError(f"{version.ref}/{entry.path}: the server lists no file {entry.path!r} in it")
-            return found
-        raise FetchError(f"{version.ref}/{entry.path}: no download URL (waited for another request)")
-
-    def _batch(self, version: VersionInfo, entry: Entry) -> list[str]:
-        """``entry`` and up to ``url_batch - 1`` next files of its directory (name order: the
-        order ``ls``, ``find`` and data loaders walk it) that have no URL yet.  Called with
-        ``_lock`` held; no I/O (the manifest is loaded, or only ``entry`` is asked for)."""
-        names = [entry.path]
-        contents = self._contents.get(version.id)
-        if contents is None or self.url_batch <= 1:
-            return names
-        for e in contents.following(entry.path):
-            if len(names) >= self.url_batch:
-                break
-            key = (version.id, e.path)
-            if e.ref is None and key not in self._urls and key not in self._url_waits:
-                names.append(e.path)
-        return names
 
     def _fetch_urls(self, version: VersionInfo, names: list[str]) -> dict[str, str]:
         variables: dict[str, Any] = {"names": names, "perPage": len(names)}
@@ -1855,16 +1626,3 @@ def _opener(path: str) -> Callable[[], IO[bytes]]:
 
 __all__ = ["DEFAULT_BASE_URL", "GraphQLPolicy", "WandbRegistry", "WandbVersionInfo", "find_api_key", "parse_manifest"]
 
-
-def _list_dir(contents: _Contents, version: VersionInfo, path: str) -> list[DirEntry]:
-    listing = contents.listing.get(path)
-    if listing is None:
-        raise EntryNotFound(f"{version.ref}: no directory {path!r}")
-    return list(listing)
-
-
-def _get_entry(contents: _Contents, version: VersionInfo, path: str) -> DirEntry:
-    try:
-        return contents.get(path)
-    except KeyError:
-        raise EntryNotFound(f"{version.ref}: no entry {path!r}") from None

@@ -1,0 +1,226 @@
+"""The on-disk manifest index (artifactfs/index.py): built streaming, checked before use,
+answered in place; and what a remote registry keeps (registry/remote.py)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from artifactfs.errors import InvalidPath, ManifestError
+from artifactfs.index import ManifestIndex, build_index, find_index, index_key, open_index
+from artifactfs.manifest import XXH128, Entry, Manifest, digest_bytes
+
+D1 = digest_bytes(b"one")
+D2 = digest_bytes(b"two")
+
+
+def write_manifest(path: Path, contents: dict[str, Any], **top: Any) -> Path:
+    doc = {"version": 1, "storagePolicy": "wandb-storage-policy-v1", "storagePolicyConfig": {"storageLayout": "V2"}}
+    doc.update(top)
+    doc["contents"] = contents
+    path.write_text(json.dumps(doc))
+    return path
+
+
+def build(tmp_path: Path, contents: dict[str, Any], digest: str | None = None, **kw: Any) -> ManifestIndex:
+    src = write_manifest(tmp_path / "m.json", contents)
+    out = tmp_path / "idx"
+    out.mkdir(exist_ok=True)
+    if digest is None:
+        digest = Manifest.from_json(json.loads(src.read_text())).digest()
+    build_index(str(src), str(out), "k", expect_digest=digest, **kw)
+    index = open_index(str(out), "k", digest)
+    assert index is not None
+    return index
+
+
+def listing(index: ManifestIndex, path: str) -> list[tuple[str, bool]]:
+    children = index.list_dir(path)
+    assert children is not None
+    return [(c.name, c.entry is None) for c in children]
+
+
+def test_lookups_listings_and_stat(tmp_path: Path) -> None:
+    contents = {
+        "b.txt": {"digest": D1, "size": 3},
+        "a/x.bin": {"digest": D2, "size": 3, "extra": {"k": [1, 2]}},
+        "a/y/z.txt": {"digest": D1, "size": 3, "birthArtifactID": "QXJ0aWZhY3Q6MQ=="},
+        "ref.csv": {"digest": "etag-1", "ref": "s3://bucket/ref.csv", "size": 10},
+    }
+    index = build(tmp_path, contents)
+    assert index.count == 4 and index.size == 19
+    assert listing(index, "") == [("a", True), ("b.txt", False), ("ref.csv", False)]
+    assert listing(index, "a") == [("x.bin", False), ("y", True)]
+    got = index.get("a/y/z.txt")
+    assert got is not None and got.entry == Entry("a/y/z.txt", D1, 3, None, "QXJ0aWZhY3Q6MQ==", {})
+    x = index.get("a/x.bin")
+    assert x is not None and x.entry is not None and x.entry.extra == {"k": [1, 2]}
+    ref = index.get("ref.csv")
+    assert ref is not None and ref.entry is not None and ref.entry.ref == "s3://bucket/ref.csv"
+    assert index.get("a") is not None and index.get("a").entry is None  # type: ignore[union-attr]
+    for missing in ("nope", "a/nope", "/b.txt", "a/", "a//x.bin", "../b.txt", "b.txt/c"):
+        assert index.get(missing) is None, missing
+    assert index.list_dir("b.txt") is None and index.list_dir("nope") is None
+    # readdir offsets: the children after a name, a page at a time
+    assert [c.name for c in index.list_dir("", after="a", limit=1) or []] == ["b.txt"]
+    assert [c.name for c in index.list_dir("", after="b.txt") or []] == ["ref.csv"]
+    assert [e.path for e in index.following("a/x.bin", 5)] == []  # y is a directory
+    assert sorted(e.path for e in index.iter_entries()) == sorted(contents)
+    assert index.storage_policy_config == {"storageLayout": "V2"}
+
+
+def test_a_digest_that_does_not_match_is_refused_and_nothing_kept(tmp_path: Path) -> None:
+    src = write_manifest(tmp_path / "m.json", {"a": {"digest": D1, "size": 3}})
+    (tmp_path / "idx").mkdir()
+    with pytest.raises(ManifestError, match="does not match the artifact digest"):
+        build_index(str(src), str(tmp_path / "idx"), "k", expect_digest="0" * 32)
+    assert os.listdir(tmp_path / "idx") == []
+
+
+def doc(contents: dict[str, Any]) -> str:
+    return json.dumps({"version": 1, "contents": contents})
+
+
+HOSTILE: dict[str, tuple[str, str]] = {
+    "duplicate path": (doc({"a": {"digest": D1}}).replace("}}}", f'}}, "a": {{"digest": "{D2}"}}}}}}'), "twice"),
+    "file and directory": (doc({"a": {"digest": D1}, "a/b": {"digest": D1}}), "both"),
+    "directory then file": (doc({"a/b": {"digest": D1}, "a": {"digest": D1}}), "both"),
+    "dotdot": (json.dumps({"version": 1, "contents": {"../evil": {"digest": D1}}}), "'..' segment"),
+    "absolute": (json.dumps({"version": 1, "contents": {"/etc/passwd": {"digest": D1}}}), "absolute"),
+    "nul": (json.dumps({"version": 1, "contents": {"a\x00b": {"digest": D1}}}), "NUL"),
+    "long name": (json.dumps({"version": 1, "contents": {"x" * 256: {"digest": D1}}}), "over 255"),
+    "bad digest": (json.dumps({"version": 1, "contents": {"a": {"digest": "not base64!"}}}), "digest"),
+    "short digest": (json.dumps({"version": 1, "contents": {"a": {"digest": "AAAA"}}}), "not 16 bytes"),
+    "negative size": (json.dumps({"version": 1, "contents": {"a": {"digest": D1, "size": -1}}}), "invalid size"),
+    "float size": (json.dumps({"version": 1, "contents": {"a": {"digest": D1, "size": 1.5}}}), "invalid size"),
+    "huge size": (doc({"a": {"digest": D1, "size": 2**64}}), "invalid size|overflow"),
+    "bad alg": (json.dumps({"version": 1, "contents": {"a": {"digest": D1, "extra": {"alg": "SHA1"}}}}), "algorithm"),
+    "version 2": (json.dumps({"version": 2, "contents": {}}), "unsupported version"),
+    "no contents": (json.dumps({"version": 1}), "contents"),
+    "two contents": ('{"version": 1, "contents": {}, "contents": {}}', "duplicate key"),
+    "not JSON": ("<html>502</html>", "not valid JSON"),
+    "cut": ('{"version": 1, "contents": {"a": {"digest": "', "not valid JSON"),
+    "not an object": ("[1, 2]", "expected a JSON object"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(HOSTILE))
+def test_hostile_manifests_are_refused(tmp_path: Path, case: str) -> None:
+    text, message = HOSTILE[case]
+    src = tmp_path / "m.json"
+    src.write_text(text)
+    (tmp_path / "idx").mkdir()
+    with pytest.raises((ManifestError, InvalidPath), match=message):
+        build_index(str(src), str(tmp_path / "idx"), "k")
+    assert os.listdir(tmp_path / "idx") == []
+
+
+@pytest.mark.allow_log(r"manifest index .* is damaged")
+def test_a_damaged_or_foreign_index_is_not_served(tmp_path: Path) -> None:
+    contents = {f"d/{i:03d}": {"digest": D1, "size": 3} for i in range(500)}
+    index = build(tmp_path, contents)
+    digest = index.digest
+    path = Path(index.path)
+    good = path.read_bytes()
+    assert open_index(str(path.parent), "k", "f" * 32) is None  # another version's digest: not used
+    assert not path.exists()  # ... and removed
+    for damage in ("flip", "truncate"):
+        data = bytearray(good)
+        if damage == "flip":
+            data[len(data) // 2] ^= 1
+        else:
+            del data[len(data) // 3 :]
+        path.write_bytes(bytes(data))
+        assert open_index(str(path.parent), "k", digest) is None, damage
+        assert find_index(str(path.parent), "k") is None
+    path.write_bytes(good)
+    again = open_index(str(path.parent), "k", digest)
+    assert again is not None and len(again.list_dir("d") or []) == 500
+
+
+def test_xxh128_versions_and_sizes_from_a_sizer(tmp_path: Path) -> None:
+    contents = {
+        "a": {"digest": D1, "size": 3, "extra": {"alg": XXH128}},
+        "r": {"digest": D2, "ref": "wandb-artifact://00ff/x", "size": 0},
+    }
+    alg_digest = Manifest.from_json({"version": 1, "contents": contents}).digest(XXH128)
+    asked = []
+
+    def sizer(path: str, ref: str, digest: str) -> int | None:
+        asked.append((path, ref, digest))
+        return 42
+
+    index = build(tmp_path, contents, alg_digest, alg=XXH128, sizer=sizer)
+    assert asked == [("r", "wandb-artifact://00ff/x", D2)]
+    r = index.get("r")
+    assert r is not None and r.entry is not None and r.entry.size == 42
+    a = index.get("a")
+    assert a is not None and a.entry is not None and a.entry.alg == XXH128
+
+
+NAMES = st.sampled_from(["a", "a.txt", "a0", "b", "a-b", "é", "z", "A", "a b"])
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(paths=st.lists(st.lists(NAMES, min_size=1, max_size=4).map("/".join), min_size=0, max_size=30, unique=True))
+def test_the_index_answers_what_the_manifest_says(tmp_path: Path, paths: list[str]) -> None:
+    """Any manifest, in any entry order: the digest the build computes is W&B's, listings are in
+    name order and every path is found (or the clash is refused, as Manifest refuses it)."""
+    contents = {p: {"digest": D1 if i % 2 else D2, "size": i} for i, p in enumerate(paths)}
+    try:
+        manifest = Manifest.from_json({"version": 1, "contents": contents})
+    except ManifestError:
+        with pytest.raises(ManifestError, match="both a file and a directory"):
+            build(tmp_path, contents, digest="")
+        return
+    for p in (tmp_path / "idx").glob("*") if (tmp_path / "idx").exists() else []:
+        p.unlink()
+    index = build(tmp_path, contents, manifest.digest())
+    dirs: dict[str, set[tuple[str, bool]]] = {"": set()}
+    for path in manifest.entries:
+        parts = path.split("/")
+        for depth in range(len(parts)):
+            parent = "/".join(parts[:depth])
+            dirs.setdefault(parent, set()).add((parts[depth], depth < len(parts) - 1))
+    for d, kids in dirs.items():
+        assert listing(index, d) == sorted(kids), d
+    for path, entry in manifest.entries.items():
+        got = index.get(path)
+        assert got is not None and got.entry == entry
+
+
+def test_a_build_killed_half_way_leaves_no_index(tmp_path: Path) -> None:
+    """SIGKILL during a build: only a temp file is left, never a file an open would trust."""
+    contents = {f"d{i // 1000:03d}/{i:06d}.bin": {"digest": D1, "size": i} for i in range(200_000)}
+    src = write_manifest(tmp_path / "m.json", contents)
+    out = tmp_path / "idx"
+    out.mkdir()
+    code = f"import sys; from artifactfs.index import build_index; build_index({str(src)!r}, {str(out)!r}, 'k')"
+    proc = subprocess.Popen([sys.executable, "-c", code], env={**os.environ, "PYTHONPATH": os.getcwd()})
+    try:
+        deadline = time.monotonic() + 60
+        while not any(p.suffix == ".tmp" and p.stat().st_size > 0 for p in out.iterdir()):
+            assert time.monotonic() < deadline and proc.poll() is None, "no build seen"
+            time.sleep(0.01)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert find_index(str(out), "k") is None
+    assert open_index(str(out), "k", "") is None
+    build_index(str(src), str(out), "k")
+    index = open_index(str(out), "k", "")
+    assert index is not None and index.count == 200_000
+
+
+def test_index_key_names_the_version() -> None:
+    assert index_key("QXJ0aWZhY3Q6MQ==", "abc") != index_key("QXJ0aWZhY3Q6MQ==", "abd")
+    assert len(index_key("x", "y")) == 40
