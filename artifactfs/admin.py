@@ -37,13 +37,16 @@ import hashlib
 import json
 import logging
 import os
+import select
+import signal
 import socket
 import sys
 import tempfile
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from . import metrics
 from .errors import ArtifactFSError, InvalidArgument, MountError
@@ -54,6 +57,7 @@ if TYPE_CHECKING:
     from .store import BlobStore
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 RUNTIME_ENV = "ARTIFACTFS_RUNTIME_DIR"
 ROOT_RUNTIME = "/run/artifactfs"
@@ -612,18 +616,101 @@ def cmd_stats(args: argparse.Namespace) -> int:
     interval = max(0.1, args.watch)
     previous: dict[str, Any] | None = None
     tty = sys.stdout.isatty()
-    try:
+    with _Stopper() as stopper:
         while True:
-            snap = stats(args.mountpoint)
+            answer = stopper.call(lambda: stats(args.mountpoint))
+            if answer is None:
+                return 0
+            snap = answer
             if args.json:
-                print(json.dumps(snap, sort_keys=True), flush=True)  # JSON lines
+                text = json.dumps(snap, sort_keys=True)  # JSON lines
             else:
-                text = metrics.table(snap) + "\n" + _rates(previous, snap)
-                print(("\x1b[H\x1b[2J" if tty else "\n") + text, flush=True)
+                text = ("\x1b[H\x1b[2J" if tty else "\n") + metrics.table(snap) + "\n" + _rates(previous, snap)
+            with stopper.interruptible():
+                print(text, flush=True)
             previous = snap
-            time.sleep(interval)
-    except KeyboardInterrupt:
-        return 0
+            if stopper.wait([], interval):
+                return 0
+    return 0  # stopped while writing
+
+
+class _Stopped(Exception):
+    """A stop signal came while output was blocked."""
+
+
+class _Stopper:
+    """``stats --watch`` stops on SIGINT or SIGTERM (exit 0) whatever it is waiting for: the
+    refresh interval, a daemon slow to answer (the question runs in a thread, abandoned on a
+    signal), a path lookup on a busy mount, or a full stdout.  The handlers are installed even
+    where the signal was ignored (a shell's background job ignores SIGINT)."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self.stopped = False
+        self._raise = False
+        self._r, self._w = os.pipe()
+        os.set_blocking(self._w, False)
+        self._old: dict[int, Any] = {}
+
+    def __enter__(self) -> _Stopper:
+        self._old = {sig: signal.signal(sig, self._handle) for sig in self.SIGNALS}
+        return self
+
+    def __exit__(self, *exc: object) -> bool:
+        for sig, handler in self._old.items():
+            signal.signal(sig, handler)
+        os.close(self._r)
+        os.close(self._w)
+        return exc[0] is _Stopped
+
+    def _handle(self, signum: int, frame: object) -> None:
+        self.stopped = True
+        with contextlib.suppress(OSError):
+            os.write(self._w, b"x")
+        if self._raise:
+            raise _Stopped
+
+    @contextlib.contextmanager
+    def interruptible(self) -> Iterator[None]:
+        """A signal raises out of the block (a write to a full pipe would otherwise be retried)."""
+        if self.stopped:
+            raise _Stopped
+        self._raise = True
+        try:
+            yield
+        finally:
+            self._raise = False
+
+    def wait(self, fds: list[int], timeout: float | None) -> bool:
+        """Until a signal (True), one of ``fds`` is readable or ``timeout`` passed (False)."""
+        if not self.stopped:
+            select.select([self._r, *fds], [], [], timeout)
+        return self.stopped
+
+    def call(self, fn: Callable[[], T]) -> T | None:
+        """``fn()`` in a thread; None if a signal came first (the thread is left to the exit)."""
+        done_r, done_w = os.pipe()
+        box: list[Any] = []
+
+        def run() -> None:
+            try:
+                box.append((True, fn()))
+            except BaseException as exc:  # handed to the caller's thread
+                box.append((False, exc))
+            finally:
+                os.write(done_w, b"x")
+
+        threading.Thread(target=run, name="artifactfs-stats", daemon=True).start()
+        while not box:
+            if self.wait([done_r], None):
+                return None
+        os.close(done_r)
+        os.close(done_w)
+        ok, value = box[0]
+        if not ok:
+            raise value
+        return value  # type: ignore[no-any-return]
 
 
 def _rates(previous: dict[str, Any] | None, now: dict[str, Any]) -> str:

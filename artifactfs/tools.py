@@ -45,7 +45,7 @@ def add_tool_commands(sub: argparse._SubParsersAction[Any], common: argparse.Arg
         const=2.0,
         type=_seconds,
         metavar="SECONDS",
-        help="refresh every SECONDS (default 2) until interrupted",
+        help="refresh every SECONDS (default 2) until SIGINT or SIGTERM (exit 0)",
     )
     p.set_defaults(func=_lazy("admin", "cmd_stats"))
 
