@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import re
 import threading
 from collections.abc import Iterable
 from typing import Any
@@ -37,15 +38,20 @@ from .errors import ArtifactFSError, InvalidArgument, InvalidReference, NotFound
 from .fsutil import claim_cache_dir
 from .names import (
     LATEST,
+    REGISTRY_PREFIX,
     Ref,
+    env_organization,
+    is_registry_project,
     parse_ref,
     resolve_artifact_path,
     resolve_entity,
     resolve_project_path,
     resolve_run_path,
 )
+from .registries import Registries
+from .registries import Registry as OrgRegistry
 from .registry import CollectionInfo, Registry, VersionInfo, open_registry
-from .registry.base import RunInfo
+from .registry.base import OrgInfo, RunInfo
 from .store import BlobStore
 from .table import Table
 
@@ -91,6 +97,19 @@ class _RegistryDefaults:
 
     def default_entity(self) -> str | None:
         return self._api.registry.default_entity()
+
+
+def _name_matches(filter: dict[str, Any] | None, name: str) -> bool:
+    if not filter:
+        return True
+    if set(filter) != {"name"}:
+        raise InvalidArgument(f"unsupported registry filter {filter!r}: only {{'name': NAME or {{'$regex': RE}}}}")
+    cond = filter["name"]
+    if isinstance(cond, str):
+        return cond.removeprefix(REGISTRY_PREFIX) == name
+    if isinstance(cond, dict) and set(cond) == {"$regex"}:
+        return re.search(str(cond["$regex"]), name) is not None
+    raise InvalidArgument(f"unsupported registry filter {filter!r}: only {{'name': NAME or {{'$regex': RE}}}}")
 
 
 class Api:
@@ -177,20 +196,62 @@ class Api:
         return resolve_project_path(path, entity=entity, project=project, registry_defaults=_RegistryDefaults(self))
 
     def _ref(self, path: str, default_tag: str | None = LATEST) -> Ref:
-        """An artifact path of 1, 2 or 3 parts, as W&B takes it."""
+        """An artifact path of 1, 2 or 3 parts, as W&B takes it; a registry path
+        (``[ORG/]wandb-registry-NAME/collection[:alias]``) names the organization's entity."""
         entity, project = self._given()
+        collection, sep, tag = path.partition(":")
+        parts = collection.split("/")
+        if len(parts) in (2, 3) and is_registry_project(parts[-2]):
+            org = parts[0] if len(parts) == 3 else env_organization()
+            org_entity = self.registry.org_entity(org, self._settings_entity())
+            if org_entity is not None:
+                path = f"{org_entity}/{parts[-2]}/{parts[-1]}{sep}{tag}"
         return resolve_artifact_path(
             path, entity=entity, project=project, registry_defaults=_RegistryDefaults(self), default_tag=default_tag
         )
 
+    def _settings_entity(self) -> str:
+        """The entity W&B resolves an organization from: the run's or ``overrides``', else
+        ``$WANDB_ENTITY``, else the signed-in user's."""
+        return resolve_entity(self._given()[0], registry_defaults=_RegistryDefaults(self))
+
+    # -- organizations' registries (W&B Registry) ------------------------------------------------
+
+    def _organization(self, organization: str | None) -> OrgInfo:
+        """The organization ``organization`` names (display or entity name), else
+        ``$WANDB_ORGANIZATION``'s, else the one of the settings' entity.  A registry without
+        organizations (local) has one of its own: the settings' entity, or the entity named."""
+        org = organization or env_organization()
+        entity = self._settings_entity()
+        org_entity = self.registry.org_entity(org, entity)
+        if org_entity is None:
+            return OrgInfo(org or entity, resolve_entity(org or entity))
+        name = next((o.name for o in self.registry.organizations() if o.entity == org_entity), org or org_entity)
+        return OrgInfo(name, org_entity)
+
+    def registries(self, organization: str | None = None, filter: dict[str, Any] | None = None) -> Registries:
+        """The organization's registries the viewer may see, by name (``Registry`` objects; a
+        list with ``collections()`` and ``versions()`` of them all).  ``filter``: W&B's
+        ``{"name": NAME}`` or ``{"name": {"$regex": RE}}`` on the registry name.  (W&B's
+        ``Api.registry(name)`` is ``registries(filter={"name": name})[0]`` here: ``Api.registry``
+        is the backend.)"""
+        org = self._organization(organization)
+        names = [p[len(REGISTRY_PREFIX) :] for p in self.registry.projects(org.entity) if is_registry_project(p)]
+        found = [OrgRegistry(self, org, n) for n in names if _name_matches(filter, n)]
+        return Registries(found)
+
     # -- artifacts -------------------------------------------------------------------------------
 
     def artifact(self, name: str, type: str | None = None) -> Artifact:
-        """``[[entity/]project/]name[:alias|:vN]`` (default alias ``latest``)."""
-        version = self.registry.resolve(self._ref(name))
+        """``[[entity/]project/]name[:alias|:vN]`` (default alias ``latest``); a registry's
+        ``[ORG/]wandb-registry-NAME/collection[:alias]`` as W&B resolves it (the organization from
+        ORG, its display or entity name, else ``$WANDB_ORGANIZATION``, else the one organization
+        of ``$WANDB_ENTITY`` or the signed-in user).  Its ``name`` keeps the alias given."""
+        ref = self._ref(name)
+        version = self.registry.resolve(ref)
         if type is not None and version.type != type:
             raise InvalidArgument(f"artifact {version.ref} has type {version.type!r}, not {type!r}")
-        return Artifact._logged(self, version)
+        return Artifact._logged(self, version, ref.tag if ":" in name else None)
 
     def artifact_exists(self, name: str, type: str | None = None) -> bool:
         try:

@@ -48,7 +48,7 @@ from .errors import (
 )
 from .fsutil import walk_files
 from .manifest import MD5, XXH128, Entry, Manifest, hash_fd, hex_from_b64
-from .names import LATEST, check_alias, check_entry_path, check_name
+from .names import LATEST, check_alias, check_entry_path, check_name, env_organization, is_registry_project
 from .references import HTTP_SCHEMES, S3_SCHEME, checksum_reference, file_path
 from .registry import CollectionInfo, Registry, VersionInfo
 from .registry.base import RunInfo, iso_time
@@ -224,12 +224,16 @@ class Artifact:
         self._version: VersionInfo | None = None
         self._final = False
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
+        self._tag: str | None = None  # the alias or version it was fetched by (its ``name`` keeps it)
 
     # -- construction from a registry --------------------------------------------------------
 
     @classmethod
-    def _logged(cls, api: Api, version: VersionInfo) -> Artifact:
+    def _logged(cls, api: Api, version: VersionInfo, tag: str | None = None) -> Artifact:
+        """``version`` as an Artifact; ``tag`` is the alias or ``vN`` the caller named it by,
+        which its ``name`` keeps (W&B: ``Api().artifact("ds:best").name == "ds:best"``)."""
         art = cls(version.name, version.type, version.description, version.metadata)
+        art._tag = tag
         art._attach(api, version)
         return art
 
@@ -333,8 +337,11 @@ class Artifact:
 
     @property
     def name(self) -> str:
-        """``name:vN`` once logged (as W&B), the bare name before."""
-        return self._name if self._version is None else f"{self._name}:{self._version.version}"
+        """The bare name before it is logged; then ``name:vN``, or ``name:alias`` when it was
+        fetched by that alias (as W&B)."""
+        if self._version is None:
+            return self._name
+        return f"{self._name}:{self._tag or self._version.version}"
 
     @property
     def qualified_name(self) -> str:
@@ -811,13 +818,22 @@ class Artifact:
 
     def link(self, target_path: str, aliases: Iterable[str] | None = None) -> Artifact:
         """Link this version into the collection ``target_path`` (``[[entity/]project/]name``;
-        missing parts from this artifact) with ``aliases``; the linked artifact."""
+        missing parts from this artifact) with ``aliases``; the linked artifact.  A registry
+        target (``[ORG/]wandb-registry-NAME/collection``) goes to the organization's entity, as
+        W&B resolves it: ORG (display or entity name), else ``$WANDB_ORGANIZATION``, else the
+        one organization of this artifact's source entity (see ``Api.artifact``)."""
         v = self._logged_version("link")
         if isinstance(aliases, str):
             aliases = [aliases]
         parts = target_path.split("/")
         if not 1 <= len(parts) <= 3 or ":" in parts[-1]:
             raise InvalidValue(f"invalid link target {target_path!r}: expected [[entity/]project/]collection")
+        if len(parts) >= 2 and is_registry_project(parts[-2]):
+            assert self._api is not None
+            org = parts[0] if len(parts) == 3 else env_organization()
+            org_entity = self._reg().org_entity(org, self.source_entity or v.entity)
+            if org_entity is not None:
+                parts = [org_entity, *parts[-2:]]
         full = [v.entity, v.project][: 3 - len(parts)] + parts
         for part, what in zip(full, ("entity", "project", "collection name"), strict=True):
             check_name(part, what)
@@ -935,7 +951,7 @@ class Artifact:
             return os.path.abspath(os.fspath(root))
         env = os.environ.get("WANDB_ARTIFACT_DIR")
         base = env if env else os.path.join(".", "artifacts")
-        return os.path.abspath(os.path.join(base, self.name))
+        return os.path.abspath(os.path.join(base, self.source_name))  # as W&B: where it was logged
 
     def _download_entries(self, root: str, entries: Iterable[Entry], *, use_cache: bool = True) -> None:
         reg, version = self._contents()

@@ -202,6 +202,15 @@ def _env(name: str) -> str | None:
     return value or None
 
 
+ORGANIZATION_ENV = "WANDB_ORGANIZATION"
+
+
+def env_organization() -> str | None:
+    """``$WANDB_ORGANIZATION`` (an organization's display or entity name), or None: the
+    organization of a registry path that names none, as the SDK takes it."""
+    return _env(ORGANIZATION_ENV)
+
+
 def resolve_entity(
     entity: str | None = None, *, registry_defaults: EntityDefaults | None = None, path: str = ""
 ) -> str:

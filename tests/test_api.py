@@ -42,7 +42,9 @@ def api(tmp_path: Path) -> Api:
 
 def test_log_and_lookup(api: Api, tmp_path: Path) -> None:
     art = api.artifact("acme/vision/ds:best")
-    assert art.name == "ds:v0" and art.version == "v0" and art.qualified_name == "acme/vision/ds:v0"
+    # As W&B: the name keeps the alias it was fetched by; version and source_name say which.
+    assert art.name == "ds:best" and art.version == "v0" and art.qualified_name == "acme/vision/ds:best"
+    assert art.source_name == "ds:v0" and art.source_qualified_name == "acme/vision/ds:v0"
     assert art.entity == "acme" and art.project == "vision" and art.type == "dataset"
     assert art.aliases == ["latest", "best"]
     assert art.metadata == {"rows": 9} and art.description == "first"
@@ -310,7 +312,7 @@ def test_table_is_stored_as_wandb_stores_it(tmp_path: Path) -> None:
 def test_paths_of_one_two_or_three_parts(api: Api, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("WANDB_ENTITY", raising=False)
     monkeypatch.delenv("WANDB_PROJECT", raising=False)
-    assert api.artifact("vision/ds:best").qualified_name == "acme/vision/ds:v0"  # the registry's only entity
+    assert api.artifact("vision/ds:best").qualified_name == "acme/vision/ds:best"  # the registry's only entity
     monkeypatch.setenv("WANDB_PROJECT", "vision")
     assert api.artifact("ds").qualified_name == "acme/vision/ds:v0"
     monkeypatch.setenv("WANDB_ENTITY", "nobody")

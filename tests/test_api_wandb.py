@@ -63,8 +63,8 @@ def test_read_side(server: WandbServer, tmp_path: Path) -> None:
     api = wandb.Api()
     art = api.artifact("vision/ds:best")  # two parts: the entity from $WANDB_ENTITY
     rec = server.artifact("acme", "vision", "ds", 0)
-    assert (art.id, art.entity, art.project, art.name, art.version) == (rec.id, "acme", "vision", "ds:v0", "v0")
-    assert art.qualified_name == "acme/vision/ds:v0" and art.source_version == "v0"
+    assert (art.id, art.entity, art.project, art.name, art.version) == (rec.id, "acme", "vision", "ds:best", "v0")
+    assert art.qualified_name == "acme/vision/ds:best" and art.source_version == "v0"  # as W&B names it
     assert art.type == "dataset" and art.description == "first" and art.metadata == {"rows": 2}
     assert art.aliases == ["latest", "best"] and art.state == "COMMITTED"
     assert art.digest == rec.digest and art.size == sum(map(len, FILES.values())) and art.file_count == 2
