@@ -3,6 +3,7 @@ answered in place; and what a remote registry keeps (registry/remote.py)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -12,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import Mounter
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -224,3 +226,57 @@ def test_a_build_killed_half_way_leaves_no_index(tmp_path: Path) -> None:
 def test_index_key_names_the_version() -> None:
     assert index_key("QXJ0aWZhY3Q6MQ==", "abc") != index_key("QXJ0aWZhY3Q6MQ==", "abd")
     assert len(index_key("x", "y")) == 40
+
+
+@pytest.mark.fuse
+def test_a_daemon_killed_while_it_builds_an_index_remounts_right(
+    mounter: Mounter, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A W&B version of 150,000 entries; the daemon is SIGKILLed while it indexes the manifest
+    (its temp database half written).  Nothing of the build is kept or trusted: the remount on
+    the same cache directory removes the dead daemon's temp files, builds the index again, and
+    serves the right tree."""
+    from wandb_server import WandbServer
+
+    key = "b1d" + "0" * 37
+    monkeypatch.setenv("WANDB_API_KEY", key)
+    monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
+    monkeypatch.setenv("WANDB_CACHE_DIR", str(tmp_path / "wandb-cache"))
+    for name in ("WANDB_BASE_URL", "WANDB_ENTITY"):
+        monkeypatch.delenv(name, raising=False)
+    files = {f"d{i // 1000:03d}/{i:06d}.txt": b"%d\n" % i for i in range(150_000)}
+    with WandbServer(api_key=key, viewer_entity="acme") as server:
+        server.add_artifact("acme", "vision", "big", "dataset", files)
+        m = mounter(f"wandb:{server.url}")  # type: ignore[arg-type]
+        version = m.path / "acme" / "vision" / "big:v0"
+        manifests = m.cache_dir / "manifests"
+        lister = subprocess.Popen(["ls", str(version / "d042")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+
+            def building() -> bool:
+                for p in manifests.glob("*.tmp") if manifests.exists() else []:
+                    with contextlib.suppress(OSError), open(p, "rb") as f:
+                        if f.read(16) == b"SQLite format 3\x00":
+                            return True
+                return False
+
+            deadline = time.monotonic() + 60
+            while not building():
+                assert time.monotonic() < deadline, "no index build seen"
+                time.sleep(0.005)
+            m.proc.kill()
+            m.proc.wait(timeout=15)
+        finally:
+            lister.wait(timeout=60)
+        m.unmount()
+        assert not list(manifests.glob("*.index")) and not list(manifests.glob("*.json"))
+        assert list(manifests.glob(f"{m.proc.pid}-*.tmp"))  # what the dead daemon left
+
+        again = mounter(f"wandb:{server.url}", cache_dir=m.cache_dir, mountpoint=m.path)  # type: ignore[arg-type]
+        assert sorted(os.listdir(version / "d042")) == [f"{i:06d}.txt" for i in range(42_000, 43_000)]
+        assert (version / "d149" / "149999.txt").read_bytes() == b"149999\n"
+        assert len(os.listdir(version)) == 150
+        assert not list(manifests.glob(f"{m.proc.pid}-*"))  # the dead daemon's temp files are gone
+        assert len(list(manifests.glob("*.index"))) == 1
+        assert "Traceback" not in again.log()
+        again.unmount()

@@ -242,3 +242,80 @@ def test_mounted_tree_follows_random_registry_operations(mounter: Mounter, tmp_p
         ),
     )
     assert "Traceback" not in RegistryMachine.mount.log()
+
+
+# -- the same machine on a W&B mount: every version's manifest is an index on disk -------------------
+
+
+class WandbMachine(RegistryMachine):
+    """The model against a W&B test server: versions are logged by the server (W&B numbers a
+    re-log of the same content as a new version), aliases and deletes go through the W&B
+    backend's mutations, and ``gc`` becomes a remount on the same cache directory, so later
+    steps are served from manifest indexes found on disk (checked, not rebuilt)."""
+
+    server: ClassVar[Any]
+    mounter: ClassVar[Mounter]
+
+    def __init__(self) -> None:
+        RuleBasedStateMachine.__init__(self)
+        from artifactfs.registry.wandb import WandbRegistry
+
+        self.project = f"w{next(self.projects)}"
+        self.model = {}
+        self.reg = WandbRegistry(self.server.url)  # type: ignore[assignment]
+        self.logs = itertools.count()
+
+    @rule(name=COLLECTION, files=TREE)
+    def log(self, name: str, files: dict[str, bytes]) -> None:
+        rec = self.server.add_artifact("acme", self.project, name, "dataset", files)
+        coll = self.model.setdefault(name, Collection())
+        assert rec.version_index == coll.next
+        coll.versions[coll.next] = dict(files)
+        coll.next += 1
+        coll.move_latest()
+
+    @rule()
+    def gc(self) -> None:
+        old = WandbMachine.mount
+        old.unmount()
+        WandbMachine.mount = self.mounter(
+            f"wandb:{self.server.url}",  # type: ignore[arg-type]
+            "--alias-ttl",
+            str(TTL),
+            cache_dir=old.cache_dir,
+            mountpoint=old.path,
+        )
+
+
+def test_a_wandb_mount_follows_random_operations(
+    mounter: Mounter, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from wandb_server import WandbServer
+
+    key = "5eed" + "0" * 36
+    monkeypatch.setenv("WANDB_API_KEY", key)
+    monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
+    monkeypatch.setenv("WANDB_CACHE_DIR", str(tmp_path / "wandb-cache"))
+    for name in ("WANDB_BASE_URL", "WANDB_ENTITY"):
+        monkeypatch.delenv(name, raising=False)
+    with WandbServer(api_key=key, viewer_entity="acme") as server:
+        server.add_artifact("acme", "seed", "ds", "dataset", {"x": b"x"})
+        WandbMachine.server = server
+        WandbMachine.mounter = mounter
+        WandbMachine.work = tmp_path / "work"
+        WandbMachine.mount = mounter(f"wandb:{server.url}", "--alias-ttl", str(TTL))  # type: ignore[arg-type]
+        run_state_machine_as_test(
+            WandbMachine,
+            settings=settings(
+                max_examples=6,
+                stateful_step_count=8,
+                deadline=None,
+                database=None,
+                suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+                phases=[Phase.explicit, Phase.reuse, Phase.generate],
+            ),
+        )
+        assert "Traceback" not in WandbMachine.mount.log()
+        manifests = WandbMachine.mount.cache_dir / "manifests"
+        assert list(manifests.glob("*.index")), "no manifest index on disk"
+        WandbMachine.mount.unmount()

@@ -82,6 +82,8 @@ class ManifestKeeper:
         self._loading: dict[str, threading.Lock] = {}
         self._urls: OrderedDict[tuple[str, str], tuple[str, float]] = OrderedDict()
         self._url_waits: dict[tuple[str, str], threading.Event] = {}
+        if not self._own_dir:
+            remove_dead_temps(self.directory)
 
     def close(self) -> None:
         with self._lock:
@@ -338,6 +340,33 @@ class ManifestKeeper:
             if e.ref is None and key not in self._urls and key not in self._url_waits:
                 names.append(e.path)
         return names
+
+
+def remove_dead_temps(directory: str) -> None:
+    """Delete temp files (``<pid>-<random>.tmp``: a manifest being fetched, an index being
+    built) whose writer is dead, e.g. a daemon killed during a build.  Nothing trusts them, but
+    an index build's temp file can be as large as the index."""
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return
+    for name in names:
+        pid, sep, _ = name.partition("-")
+        if not (name.endswith(".tmp") and sep and pid.isdigit()) or _alive(int(pid)):
+            continue
+        with contextlib.suppress(OSError):
+            os.unlink(os.path.join(directory, name))
+            log.info("removed %s, left by a dead process", name)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, someone else's
+        return True
+    return True
 
 
 def _fsync_dir(directory: str) -> None:
