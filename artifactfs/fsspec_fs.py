@@ -233,6 +233,8 @@ class ArtifactFileSystem(AbstractFileSystem):  # type: ignore[misc]  # fsspec ha
         self._entries: dict[tuple[str, str], DirEntry] = {}
         self._namespace: dict[tuple[str, ...], tuple[list[dict[str, Any]], float]] = {}
         self._targets: dict[tuple[str, str], _Target] = {}
+        # path -> (its version's key in _versions, that version, target): a re-open's fast path
+        self._opened: dict[str, tuple[tuple[str, str, str, str], VersionInfo, _Target]] = {}
         self._flights: dict[str, list[Any]] = {}  # cache key -> [lock, users]: one fetch per blob
 
     # -- lifetime --------------------------------------------------------------------------------
@@ -607,13 +609,26 @@ class ArtifactFileSystem(AbstractFileSystem):  # type: ignore[misc]  # fsspec ha
         path = self._strip_protocol(path)
         if mode != "rb" and any(c in mode for c in "wax+"):
             raise _refuse(path)
+        hit = self._opened.get(path)
+        if hit is not None:  # opened before: valid while its version is still the path's answer
+            vkey, version, target = hit
+            known = self._versions.get(vkey)
+            if known is not None and known[0] is version and time.time() - known[1] < self.alias_ttl:
+                return ArtifactFile(self._blob(version, target, path), path, version)
         located = self._locate(path)
         if located is None:
             self.info(path)  # FileNotFoundError for a name that does not exist
             raise IsADirectoryError(errno.EISDIR, "is a directory", path)
         version, inner = located
         target = self._target(version, inner, path)
-        return ArtifactFile(self._blob(version, target, path), path, version)
+        blob = self._blob(version, target, path)
+        parts = path.split("/", 3)
+        name, _, tag = parts[2].partition(":")
+        with self._lock:
+            if len(self._opened) >= _ENTRY_MEMO_MAX:
+                self._opened.clear()
+            self._opened[path] = ((parts[0], parts[1], name, tag), version, target)
+        return ArtifactFile(blob, path, version)
 
     def cat_file(self, path: str, start: int | None = None, end: int | None = None, **kwargs: Any) -> bytes:
         with self._open(path) as f:
