@@ -34,11 +34,16 @@ def _tree_size(path: str) -> tuple[int, int]:
 
 
 def _open(directory: str) -> Any:
+    """The cache's store, or None when there is no cache yet: no directory, or one that holds
+    only what a mount writes before its first blob (its log, manifests, temp files)."""
+    from .fsutil import _CACHE_OWN_NAMES
     from .store import BlobStore
 
     if not os.path.isdir(directory):
         return None
     if not os.path.exists(os.path.join(directory, "cache.db")):
+        if set(os.listdir(directory)) <= _CACHE_OWN_NAMES:
+            return None
         raise InvalidArgument(
             f"{directory} is not an artifactfs cache directory (no cache.db): name the one your mounts use "
             "with --cache-dir (see 'artifactfs status')"
@@ -49,10 +54,11 @@ def _open(directory: str) -> Any:
 def info(directory: str) -> dict[str, Any]:
     from .admin import iter_records
 
-    out: dict[str, Any] = {"cache_dir": directory, "exists": os.path.isdir(directory)}
+    out: dict[str, Any] = {"cache_dir": directory, "exists": False}
     store = _open(directory)
     if store is None:
         return out
+    out["exists"] = True
     try:
         out.update(store.usage())
     finally:
@@ -72,7 +78,7 @@ def cmd_cache(args: argparse.Namespace) -> int:
         if args.json:
             print(json.dumps(data, indent=2, sort_keys=True))
         elif not data["exists"]:
-            print(f"{directory}: no cache yet (a mount or a download creates it)")
+            print(f"no cache yet at {directory}: the first mount (or download) creates it")
         else:
             print(f"cache dir    {directory}")
             print(

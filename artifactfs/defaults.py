@@ -23,9 +23,20 @@ LOG_LEVEL = "WARNING"
 GC_GRACE = 3600.0
 
 
+#: The registry of a user who names none (``$ARTIFACTFS_REGISTRY`` unset, no ``--registry``).
+REGISTRY = "~/.local/share/artifactfs/registry"
+
+
 def default_registry() -> str:
     """``$ARTIFACTFS_REGISTRY``, else ``~/.local/share/artifactfs/registry``."""
-    return os.environ.get("ARTIFACTFS_REGISTRY") or os.path.expanduser("~/.local/share/artifactfs/registry")
+    return os.environ.get("ARTIFACTFS_REGISTRY") or os.path.expanduser(REGISTRY)
+
+
+def is_builtin_registry(spec: str) -> bool:
+    """Whether ``spec`` is the registry of a user who named none (``$ARTIFACTFS_REGISTRY`` unset
+    and the spec is ``~/.local/share/artifactfs/registry``)."""
+    builtin = os.path.abspath(os.path.expanduser(REGISTRY))
+    return not os.environ.get("ARTIFACTFS_REGISTRY") and os.path.abspath(os.path.expanduser(spec)) == builtin
 
 
 def default_cache_dir() -> str:

@@ -3,7 +3,9 @@
 Each check prints one line (``ok``, ``warn`` or ``FAIL``, what it found) and, when it is not
 ok, a ``fix:`` line.  The exit status is 1 when any check failed (warnings do not fail: they
 concern features a mount may not use, such as ``--allow-other`` or fstab).  Nothing is changed:
-no directory is created, no registry is written, no key is printed.
+no directory is created, no registry is written, no key is printed.  The default registry not
+existing yet is ok (the first ``log`` creates it); a registry the user named that is not there
+fails.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from .defaults import is_builtin_registry
 from .errors import ArtifactFSError, AuthError
 from .fsutil import _CACHE_OWN_NAMES
 from .metrics import human_bytes
@@ -139,6 +142,10 @@ def check_registry(spec: str, cache_dir: str) -> list[Check]:
         return _check_wandb(spec, cache_dir)
     name = "registry"
     path = os.path.abspath(spec)
+    if not os.path.lexists(path) and is_builtin_registry(spec):
+        # A fresh machine: nothing named, nothing logged yet.  A registry someone named that is
+        # not there is a typo or a missing volume: that one fails below.
+        return [Check(name, OK, f"no registry yet at {path} (the default): the first 'artifactfs log' creates it")]
     if not os.path.isdir(path):
         return [
             Check(

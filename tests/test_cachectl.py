@@ -114,10 +114,24 @@ def test_prune_keeps_the_most_recently_used_and_clear_forgets_trust(
     assert f"used by      {m.path}\n" in table and "blobs        0 (0 B of 50.0 GiB)\n" in table
 
 
+def test_cache_info_on_a_fresh_machine(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("ARTIFACTFS_CACHE_DIR")  # the default, in the suite's fresh HOME
+    default = Path(os.environ["HOME"]) / ".cache" / "artifactfs"
+    out = run_cli("cache", "info").stdout
+    assert out == f"no cache yet at {default}: the first mount (or download) creates it\n"
+    assert json.loads(run_cli("cache", "info", "--json").stdout) == {"cache_dir": str(default), "exists": False}
+    assert not default.exists()
+    # What a mount writes before its first blob (its log; a W&B mount's manifests) is no cache yet.
+    (default / "manifests").mkdir(parents=True)
+    (default / "mount.log").write_text("artifactfs: INFO mounted\n")
+    assert run_cli("cache", "info").stdout == out
+    assert run_cli("cache", "clear").stderr == f"{default}: no cache yet: nothing to do\n"
+
+
 def test_cache_commands_explain_what_they_cannot_do(tmp_path: Path) -> None:
     missing = tmp_path / "none"
     out = run_cli("cache", "info", "--cache-dir", str(missing)).stdout
-    assert out == f"{missing}: no cache yet (a mount or a download creates it)\n"
+    assert out == f"no cache yet at {missing}: the first mount (or download) creates it\n"
     assert not missing.exists()  # looking creates nothing
     proc = run_cli("cache", "prune", "--cache-dir", str(tmp_path), check=False)
     assert (proc.returncode, proc.stderr) == (

@@ -82,6 +82,34 @@ def test_failures_name_the_cause_and_the_fix(tmp_path: Path) -> None:
     assert (tmp_path / "busy" / "thesis.tex").read_text() == "mine"
 
 
+def test_a_fresh_machine_passes_and_a_named_registry_that_is_missing_fails(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, require_fuse: None
+) -> None:
+    # A new user's machine (the suite's fresh HOME): no registry, no cache, nothing named.
+    monkeypatch.delenv("ARTIFACTFS_REGISTRY", raising=False)
+    monkeypatch.delenv("ARTIFACTFS_CACHE_DIR", raising=False)
+    home = Path(os.environ["HOME"])
+    default = home / ".local" / "share" / "artifactfs" / "registry"
+    proc = run_cli("doctor", env=doctor_env(tmp_path))
+    checks = lines(proc.stdout)
+    assert checks["registry"] == (
+        "ok",
+        f"no registry yet at {default} (the default): the first 'artifactfs log' creates it",
+        None,
+    )
+    assert checks["cache dir"][:2] == ("ok", f"{home / '.cache' / 'artifactfs'} will be created (mode 0700)")
+    assert os.listdir(home) == []  # doctor changes nothing
+    # The same path named in $ARTIFACTFS_REGISTRY, or another one named with --registry: the
+    # user expects a registry there, and there is none.
+    for missing, env, args in (
+        (default, doctor_env(tmp_path, ARTIFACTFS_REGISTRY=str(default)), ()),
+        (tmp_path / "typo", doctor_env(tmp_path), ("--registry", str(tmp_path / "typo"))),
+    ):
+        proc = run_cli("doctor", *args, env=env, check=False)
+        assert proc.returncode == 1 and proc.stderr == "1 check failed\n", proc.stdout
+        assert lines(proc.stdout)["registry"][:2] == ("FAIL", f"no registry at {missing}")
+
+
 def test_wandb_credentials_and_reachability(tmp_path: Path) -> None:
     cache = str(tmp_path / "cache")
     with WandbServer(api_key=KEY, viewer_entity="acme") as server:
