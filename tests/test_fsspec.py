@@ -7,6 +7,7 @@ errors as Python's own, writes refused, alias answers, and a run as an unprivile
 
 from __future__ import annotations
 
+import concurrent.futures
 import errno
 import importlib.metadata
 import io
@@ -27,7 +28,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import SAMPLE_FILES, build_sample_registry, write_tree
+from conftest import SAMPLE_FILES, Mounter, build_sample_registry, write_tree
 from wandb_server import WandbServer
 
 import artifactfs as wandb
@@ -311,6 +312,68 @@ def test_shares_the_cache_with_download(backend: Backend, tmp_path: Path) -> Non
         assert backend.blob_gets() == 2  # and weights.npy, fetched by download(), is not fetched again
     finally:
         api.close()
+
+
+@pytest.mark.parametrize("backend", ["wandb"], indirect=True)
+def test_shares_the_cache_with_a_mount(backend: Backend, mounter: Mounter) -> None:
+    assert backend.server is not None
+    cache = Path(backend.options["cache_dir"])
+    m = mounter(backend.options["registry"], cache_dir=cache)
+    project = m.path / "acme" / "vision"
+    assert (project / "table:v0/data/part-1.parquet").read_bytes() == TABLE_FILES["data/part-1.parquet"]
+    assert backend.blob_gets() == 1
+    fs = fsspec.filesystem("artifactfs", **backend.options)
+    assert fs.cat_file("acme/vision/table:latest/data/part-1.parquet") == TABLE_FILES["data/part-1.parquet"]
+    assert backend.blob_gets() == 1  # the mount's verified blob
+    assert fs.cat_file("acme/vision/table:v0/data/part-2.parquet") == TABLE_FILES["data/part-2.parquet"]
+    assert backend.blob_gets() == 2
+    assert (project / "table:v0/data/part-2.parquet").read_bytes() == TABLE_FILES["data/part-2.parquet"]
+    assert backend.blob_gets() == 2  # and the other way round
+
+
+@pytest.mark.parametrize("backend", ["wandb"], indirect=True)
+def test_threads_wanting_one_missing_blob_fetch_it_once(backend: Backend) -> None:
+    fs = fsspec.filesystem("artifactfs", **backend.options)
+    path = "acme/vision/table:v0/data/part-3.parquet"
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        got = list(pool.map(lambda _: fs.cat_file(path), range(8)))
+    assert got == [TABLE_FILES["data/part-3.parquet"]] * 8
+    assert backend.blob_gets() == 1
+
+
+@pytest.mark.parametrize("backend", ["wandb"], indirect=True)
+@pytest.mark.allow_log("digest mismatch", "mismatch")
+def test_wandb_blob_with_wrong_bytes_is_eio_and_not_kept(backend: Backend) -> None:
+    assert backend.server is not None
+    backend.server.faults.corrupt(times=None, match="weights.npy")
+    fs = fsspec.filesystem("artifactfs", **backend.options)
+    with pytest.raises(OSError) as caught:
+        fs.open("acme/vision/arrays:v0/weights.npy")
+    assert caught.value.errno == errno.EIO
+    backend.server.faults.clear()
+    with fs.open("acme/vision/arrays:v0/weights.npy") as f:  # fetched again: nothing wrong was kept
+        assert f.read() == ARRAY_FILES["weights.npy"]
+
+
+def test_reference_entry_is_verified_into_the_cache(tmp_path: Path) -> None:
+    outside = tmp_path / "outside" / "labels.csv"
+    outside.parent.mkdir()
+    outside.write_bytes(b"id,label\n0,cat\n")
+    reg = tmp_path / "registry"
+    art = wandb.Artifact("refs", type="dataset")
+    art.add_reference(f"file://{outside}")
+    api = wandb.Api(str(reg))
+    try:
+        api.log_artifact(art, "acme/vision")
+    finally:
+        api.close()
+    fs = _fs(tmp_path, reg)
+    info = fs.info("acme/vision/refs:v0/labels.csv")
+    assert info["ref"] == f"file://{outside}" and info["size"] == len(b"id,label\n0,cat\n")
+    assert fs.cat_file("acme/vision/refs:v0/labels.csv") == b"id,label\n0,cat\n"
+    outside.unlink()  # from now on only the cache has it
+    ArtifactFileSystem.clear_instance_cache()
+    assert _fs(tmp_path, reg).cat_file("acme/vision/refs:v0/labels.csv", 3, 8) == b"label"
 
 
 def test_pandas_pyarrow_numpy_upath(backend: Backend) -> None:
