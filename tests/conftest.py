@@ -182,7 +182,7 @@ class Mount:
         if self.proc.poll() is None:
             force_unmount(self.path)
             try:
-                self.proc.wait(timeout=15)
+                self.proc.wait(timeout=60)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
@@ -243,11 +243,11 @@ class Mounter:
         mount = Mount(path, registry, cache_dir, proc, log_file, tuple(args))
         self.mounts.append(mount)
         with os.fdopen(ready_r, "rb") as ready:
-            if not select.select([ready], [], [], 30)[0]:
+            if not select.select([ready], [], [], 120)[0]:  # generous: a loaded machine is slow, not wrong
                 raise AssertionError(f"mount did not come up: {log_file.read_text()}")
             status = ready.read()
         if not status.startswith(b"ok"):
-            proc.wait(timeout=30)
+            proc.wait(timeout=60)
             raise AssertionError(f"mount exited with {proc.returncode}: {log_file.read_text()}")
         assert is_mounted(path) and _answers(path)
         return mount

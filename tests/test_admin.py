@@ -239,7 +239,7 @@ def test_metrics_port_serves_prometheus_on_localhost(
     assert row is not None and isinstance(row["metrics_port"], int)
     port = row["metrics_port"]
     data = read_file(m, "model:v0/model.pt")
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as resp:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=60) as resp:
         assert resp.status == 200
         assert resp.headers["Content-Type"] == "text/plain; version=0.0.4; charset=utf-8"
         text = resp.read().decode()
@@ -258,7 +258,7 @@ def test_metrics_port_serves_prometheus_on_localhost(
         "served_bytes", "artifactfs_served_bytes_total"
     )
     with pytest.raises(urllib.error.HTTPError) as info:
-        urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=10)
+        urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=60)
     assert info.value.code == 404
     info.value.close()  # an HTTPError holds the response (and its socket) open
     # Only on 127.0.0.1.
@@ -489,7 +489,7 @@ def test_systemd_exec_start_notifies_readiness_and_stops_on_sigterm(
                 assert (mnt / "acme" / "vision" / "ds:v1" / "README.md").read_bytes() == b"# sample\n"
                 proc.send_signal(signal.SIGTERM)
                 assert notify.recv(4096) == b"STOPPING=1"
-                _, err = proc.communicate(timeout=30)
+                _, err = proc.communicate(timeout=120)
                 assert proc.returncode == 0, err
             finally:
                 if proc.poll() is None:

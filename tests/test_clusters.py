@@ -30,6 +30,7 @@ import hashlib, json, os, random, sys, time
 root, go, rank = sys.argv[1], sys.argv[2], int(sys.argv[3])
 files = sorted(os.path.join(d, f) for d, _, fs in os.walk(root) for f in fs)
 random.Random(rank).shuffle(files)
+open(f"{go}.ready{rank}", "w").close()
 while not os.path.exists(go):
     time.sleep(0.005)
 out = {}
@@ -64,7 +65,11 @@ def test_eight_ranks_share_one_mount_and_fetch_each_blob_once(mounter: Mounter, 
         )
         for rank in range(RANKS)
     ]
-    time.sleep(0.5)  # let every rank list the version and wait at the line
+    # Every rank has listed the version and waits at the line; then all start at once.
+    deadline = time.monotonic() + 120
+    while not all(Path(f"{go}.ready{rank}").exists() for rank in range(RANKS)):
+        assert time.monotonic() < deadline and all(p.poll() is None for p in procs), "a rank never got ready"
+        time.sleep(0.01)
     go.touch()
     results = []
     for proc in procs:

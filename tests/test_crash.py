@@ -106,7 +106,7 @@ def log_tree(registry: Path, src: Path, ref: str) -> None:
 def kill_daemon(m: Mount) -> None:
     """SIGKILL the daemon and clear its dead mount (``fusermount3 -u -z``)."""
     m.proc.send_signal(signal.SIGKILL)
-    m.proc.wait(timeout=15)
+    m.proc.wait(timeout=60)
     if is_mounted(m.path):
         subprocess.run(["fusermount3", "-u", "-z", str(m.path)], capture_output=True)
     assert not is_mounted(m.path)
@@ -355,7 +355,7 @@ def test_sigkill_during_a_burst_of_small_fills(mounter: Mounter, tmp_path: Path)
         env=ENV,
     )
     try:
-        wait_for(lambda: len(cache_rows(m.cache_dir)) >= 300, 60, "a few hundred fills")
+        wait_for(lambda: len(cache_rows(m.cache_dir)) >= 300, 120, "a few hundred fills")
         kill_daemon(m)  # mid-burst: fills in flight in eight worker threads
     finally:
         readers.wait(timeout=60)
@@ -401,7 +401,7 @@ def test_sigkill_during_a_large_download(
             def partly_written() -> bool:
                 return any(p.stat().st_size > MiB for p in (m.cache_dir / "tmp").glob("*.part"))
 
-            wait_for(partly_written, 30, "a partly written download")
+            wait_for(partly_written, 120, "a partly written download")
             kill_daemon(m)
         finally:
             out, _ = reader.communicate(timeout=60)
@@ -485,14 +485,14 @@ def test_log_and_a_mount_at_once_never_show_a_partial_version(mounter: Mounter, 
                 (src / "zz" / "big.bin").write_bytes(os.urandom(200 * MiB))
                 proc = subprocess.Popen([sys.executable, "-m", "artifactfs", *cmd], env=ENV)
                 tmp = reg / "objects" / "tmp"
-                wait_for(lambda p=proc, t=tmp: p.poll() is not None or (t.is_dir() and any(t.iterdir())), 30, "log")
+                wait_for(lambda p=proc, t=tmp: p.poll() is not None or (t.is_dir() and any(t.iterdir())), 120, "log")
                 time.sleep(0.1)
                 proc.send_signal(signal.SIGKILL)
-                proc.wait(timeout=15)
+                proc.wait(timeout=60)
                 killed = k if proc.returncode == -signal.SIGKILL else None
             else:
                 run_cli(*cmd)
-        wait_for(lambda: len(seen) >= 5 or bool(problems), 30, "readers to see every version")
+        wait_for(lambda: len(seen) >= 5 or bool(problems), 120, "readers to see every version")
     finally:
         stop.set()
         for t in threads:

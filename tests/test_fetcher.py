@@ -75,7 +75,7 @@ class FaultySource:
         with self._lock:
             self.opens += 1
         self.entered.set()
-        if self.gate is not None and not self.gate.wait(timeout=20):
+        if self.gate is not None and not self.gate.wait(timeout=120):
             raise AssertionError("test gate was never released")
         if self.mode == "error":
             raise FetchError("injected: connection refused")

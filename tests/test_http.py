@@ -130,7 +130,7 @@ def test_a_long_retry_after_gives_up_at_once(server: FaultServer, store: BlobSto
     t0 = time.monotonic()
     with pytest.raises(FetchError, match="retry after 3600s"):
         fill(store, ref_entry(url, DATA))
-    assert time.monotonic() - t0 < 2
+    assert time.monotonic() - t0 < 60  # not the hour it asked for
     assert statuses(server) == [429]
 
 
@@ -158,7 +158,7 @@ def test_connection_refused_is_retried_then_fails(store: BlobStore) -> None:
     t0 = time.monotonic()
     with pytest.raises(FetchError, match="ConnectionError; gave up after 4 tries"):
         fill(store, ref_entry(url, DATA))
-    assert time.monotonic() - t0 < 5
+    assert time.monotonic() - t0 < 30  # four quick tries, not a hang
 
 
 # -- cut bodies: resume or restart ----------------------------------------------------------------
@@ -242,7 +242,7 @@ def test_stalled_body_fails_in_bounded_time(server: FaultServer, store: BlobStor
     t0 = time.monotonic()
     with pytest.raises(FetchError, match=r"\(ReadTimeoutError\) at byte 0 of 300000; gave up after 2 tries"):
         fill(store, entry, policy)
-    assert time.monotonic() - t0 < 3
+    assert time.monotonic() - t0 < 20  # the timeouts, not the server's 30 s stall
     assert len(server.gets()) == 2
     assert nothing_cached(store, entry)
 
@@ -254,7 +254,7 @@ def test_stall_mid_body_is_resumed(server: FaultServer, store: BlobStore) -> Non
     policy = Policy(read_timeout=0.2, attempts=2, backoff=0.01, backoff_max=0.01)
     t0 = time.monotonic()
     assert fill(store, ref_entry(url, DATA), policy) == DATA
-    assert time.monotonic() - t0 < 3
+    assert time.monotonic() - t0 < 20  # the timeouts, not the server's 30 s stall
     assert ranges(server) == [None, "bytes=120000-"]
 
 
@@ -512,7 +512,7 @@ def test_a_trickling_server_is_cut_off(server: FaultServer, store: BlobStore) ->
     t0 = time.monotonic()
     with pytest.raises(FetchError, match="too slow"):
         fill(store, entry, policy)
-    assert time.monotonic() - t0 < 5
+    assert time.monotonic() - t0 < 30  # cut off, not a hang
     assert nothing_cached(store, entry)
 
 

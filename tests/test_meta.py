@@ -93,7 +93,7 @@ class SlowRegistry(Registry):
             self.max_in_flight = max(self.max_in_flight, self.in_flight)
         try:
             if self.gate is not None:
-                assert self.gate.wait(30), "gate never opened"
+                assert self.gate.wait(120), "gate never opened"
             if self.delay:
                 time.sleep(self.delay)
             failure = self.failures.get(name)
@@ -241,7 +241,8 @@ async def walk(tree: Tree, *names: str) -> Node:
 
 
 def test_slow_lookups_run_at_once() -> None:
-    """Three lookups of different entities, each a 1 s registry call: about 1 s, not 3."""
+    """Three lookups of different entities, each a 1 s registry call: all three calls are in
+    flight together, not one after another."""
     registry = SlowRegistry(delay=1.0)
     tree = make_tree(registry)
     found: dict[str, Node] = {}
@@ -249,16 +250,13 @@ def test_slow_lookups_run_at_once() -> None:
     async def one(name: str) -> None:
         found[name] = await tree.lookup(ROOT_INODE, name)
 
-    async def main() -> float:
-        start = trio.current_time()
+    async def main() -> None:
         async with trio.open_nursery() as nursery:
             for name in ("acme", "beta", "gamma"):
                 nursery.start_soon(one, name)
-        return trio.current_time() - start
 
-    elapsed = trio.run(main)
-    assert elapsed < 2.5, f"three 1 s lookups took {elapsed:.2f} s: not concurrent"
-    assert registry.max_in_flight == 3
+    trio.run(main)
+    assert registry.max_in_flight == 3  # all three at once (not a timing: that depends on the load)
     assert registry.calls == Counter(check_entity=3)
     assert {n: node.kind for n, node in found.items()} == dict.fromkeys(("acme", "beta", "gamma"), Kind.ENTITY)
 

@@ -20,7 +20,7 @@ from artifactfs.registry.local import LocalRegistry
 pytestmark = pytest.mark.fuse
 
 
-def wait_for(predicate: object, timeout: float = 20.0) -> None:
+def wait_for(predicate: object, timeout: float = 120.0) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():  # type: ignore[operator]
         if time.monotonic() > deadline:

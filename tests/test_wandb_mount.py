@@ -272,12 +272,16 @@ def test_a_linked_membership_is_its_own_directory(mounter: Mounter, server: Wand
 def test_a_moved_alias_shows_after_the_alias_ttl(mounter: Mounter, server: WandbServer) -> None:
     """SEMANTICS, W&B registries: a moved alias shows on a running mount after at most
     --alias-ttl; until then the kept answer is served (no GraphQL call per readlink)."""
-    m = mounter(f"wandb:{server.url}", "--alias-ttl", "5")  # type: ignore[arg-type]
+    ttl = 5.0
+    t0 = time.monotonic()  # the mount asks for the alias after this: it keeps it until t0 + ttl at least
+    m = mounter(f"wandb:{server.url}", "--alias-ttl", str(ttl))  # type: ignore[arg-type]
     best = project(m) / "ds:best"
     assert os.readlink(best) == "ds:v0"
     server.set_alias("acme", "vision", "ds", "best", 1)
-    assert os.readlink(best) == "ds:v0"  # within the TTL: the kept answer
-    deadline = time.monotonic() + 20
+    kept = os.readlink(best)
+    if time.monotonic() < t0 + ttl:  # (a machine too loaded to get here within the TTL cannot tell)
+        assert kept == "ds:v0"  # within the TTL: the kept answer
+    deadline = time.monotonic() + 120
     while os.readlink(best) != "ds:v1":
         assert time.monotonic() < deadline, "the moved alias never showed"
         time.sleep(0.2)

@@ -621,19 +621,30 @@ def test_range_requests_etag_and_head(server: WandbServer) -> None:
 
 
 def test_presigned_urls_expire_and_are_signed() -> None:
-    with WandbServer(url_ttl=0.5) as srv:
+    ttl = 1.0
+    with WandbServer(url_ttl=ttl) as srv:
         srv.add_artifact("acme", "vision", "ds", "dataset", {"a.txt": b"abc"})
-        url = _file_url(srv, "ds", "latest", "a.txt")
-        assert requests.get(url, timeout=10).content == b"abc"
-        assert requests.get(url.replace("sig=", "sig=0"), timeout=10).status_code == 403
-        assert requests.get(url.split("?")[0], timeout=10).status_code == 403
-        time.sleep(0.7)
-        expired = requests.get(url, timeout=10)
+
+        def fresh_get() -> str:
+            """A URL asked just now is served (checked only if the machine got there within the
+            TTL: a loaded one may not; the expiry below is checked always)."""
+            t0 = time.monotonic()
+            url = _file_url(srv, "ds", "latest", "a.txt")
+            body = requests.get(url, timeout=60).content
+            if time.monotonic() < t0 + ttl:
+                assert body == b"abc"
+            return url
+
+        url = fresh_get()
+        assert requests.get(url.replace("sig=", "sig=0"), timeout=60).status_code == 403
+        assert requests.get(url.split("?")[0], timeout=60).status_code == 403
+        time.sleep(ttl + 0.2)
+        expired = requests.get(url, timeout=60)
         assert expired.status_code == 403 and "expired" in expired.text
-        assert requests.get(_file_url(srv, "ds", "latest", "a.txt"), timeout=10).content == b"abc"
+        fresh_get()
         manifest_url = _membership(srv, "ds:latest")["artifact"]["currentManifest"]["file"]["directUrl"]
-        time.sleep(0.7)
-        assert requests.get(manifest_url, timeout=10).status_code == 403
+        time.sleep(ttl + 0.2)
+        assert requests.get(manifest_url, timeout=60).status_code == 403
 
 
 def test_fallback_urls_need_the_key(server: WandbServer) -> None:
