@@ -15,6 +15,7 @@ snapshot in the Prometheus text exposition format (version 0.0.4) for ``--metric
 from __future__ import annotations
 
 import bisect
+import os
 import threading
 import time
 from collections.abc import Mapping
@@ -78,37 +79,73 @@ class LoopMonitor:
     ``interval`` seconds, and each time it runs records how much later than that it ran (its
     *stall*; the gap between two checkpoints is ``interval`` plus the stall).  A handler that
     blocks the loop (a lock, a busy SQLite, a long hash) shows as a stall of its length, and so
-    does a process the kernel did not schedule.  Touched only on the loop."""
+    does a machine whose kernel kept the loop's thread waiting for a CPU.  The second part is
+    measured too, where Linux tells it (``/proc/thread-self/schedstat``: the thread's run-queue
+    wait): the *own* stall is the stall less that wait, what this process alone is to blame for
+    (a handler's work or wait, or the GIL held by its own threads).  Touched only on the loop."""
 
-    __slots__ = ("interval", "max_stall", "stalls")
+    __slots__ = ("cpu_wait", "interval", "max_own_stall", "max_stall", "own_stalls", "stalls")
 
     def __init__(self, interval: float = LOOP_INTERVAL) -> None:
         self.interval = interval
         self.max_stall = 0.0
         self.stalls = Histogram()
+        self.max_own_stall = 0.0
+        self.own_stalls = Histogram()
+        self.cpu_wait = 0.0  # seconds the loop's thread waited for a CPU, in all
 
-    def observe(self, stall: float) -> None:
+    def observe(self, stall: float, cpu_wait: float = 0.0) -> None:
         self.stalls.observe(stall)
         self.max_stall = max(self.max_stall, stall)
+        own = max(0.0, stall - cpu_wait)
+        self.own_stalls.observe(own)
+        self.max_own_stall = max(self.max_own_stall, own)
+        self.cpu_wait += cpu_wait
 
     async def run(self) -> None:
-        """Checkpoint until cancelled (a task in the daemon's nursery)."""
+        """Checkpoint until cancelled (a task in the daemon's nursery, so on the loop's thread)."""
         import trio  # only the daemon needs it
 
         interval, clock = self.interval, time.perf_counter
-        last = clock()
-        while True:
-            await trio.sleep(interval)
-            now = clock()
-            self.observe(max(0.0, now - last - interval))
-            last = now
+        fd = _open_schedstat()
+        try:
+            last, waited = clock(), _run_queue_wait(fd)
+            while True:
+                await trio.sleep(interval)
+                now, waited_now = clock(), _run_queue_wait(fd)
+                self.observe(max(0.0, now - last - interval), waited_now - waited)
+                last, waited = now, waited_now
+        finally:
+            if fd is not None:
+                os.close(fd)
 
     def to_json(self) -> dict[str, Any]:
         return {
             "interval_seconds": self.interval,
             "max_stall_seconds": round(self.max_stall, 6),
             "stalls": self.stalls.to_json(),
+            "max_own_stall_seconds": round(self.max_own_stall, 6),
+            "own_stalls": self.own_stalls.to_json(),
+            "cpu_wait_seconds": round(self.cpu_wait, 6),
         }
+
+
+def _open_schedstat() -> int | None:
+    """The calling thread's scheduler statistics (Linux), or None where there are none."""
+    try:
+        return os.open("/proc/thread-self/schedstat", os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+
+
+def _run_queue_wait(fd: int | None) -> float:
+    """Seconds the thread has waited on a run queue (the second field), 0 when unknown."""
+    if fd is None:
+        return 0.0
+    try:
+        return int(os.pread(fd, 128, 0).split()[1]) / 1e9
+    except (OSError, IndexError, ValueError):
+        return 0.0
 
 
 # name in the snapshot's "counters" -> (Prometheus metric, type, help)
@@ -192,21 +229,27 @@ def prometheus(snapshot: Mapping[str, Any]) -> str:
         lines.append(f"{metric}_count{{{both}}} {hist['count']}")
     loop = snapshot.get("loop")
     if loop:
-        metric = "artifactfs_loop_max_stall_seconds"
-        lines += [
-            f"# HELP {metric} The longest time the mount's event loop kept a 10 ms timer waiting.",
-            f"# TYPE {metric} gauge",
-            f"{metric}{{{labels}}} {loop['max_stall_seconds']}",
-        ]
-        metric, hist = "artifactfs_loop_stall_seconds", loop["stalls"]
-        lines += [
-            f"# HELP {metric} How late the event loop ran a task that asked to run every 10 ms.",
-            f"# TYPE {metric} histogram",
-        ]
-        for bound, n in sorted(hist["buckets"].items(), key=lambda kv: float(kv[0])):
-            lines.append(f'{metric}_bucket{{{labels},le="{bound}"}} {n}')
-        lines.append(f"{metric}_sum{{{labels}}} {hist['sum']}")
-        lines.append(f"{metric}_count{{{labels}}} {hist['count']}")
+        for key, metric, kind, text in (
+            ("max_stall_seconds", "artifactfs_loop_max_stall_seconds", "gauge",
+             "The longest time the mount's event loop kept a 10 ms timer waiting."),
+            ("max_own_stall_seconds", "artifactfs_loop_max_own_stall_seconds", "gauge",
+             "The longest such stall less the time the kernel kept the loop's thread waiting for a CPU."),
+            ("cpu_wait_seconds", "artifactfs_loop_cpu_wait_seconds_total", "counter",
+             "Seconds the loop's thread waited for a CPU (Linux schedstat)."),
+        ):  # fmt: skip
+            lines += [f"# HELP {metric} {text}", f"# TYPE {metric} {kind}", f"{metric}{{{labels}}} {loop[key]}"]
+        for key, metric, text in (
+            ("stalls", "artifactfs_loop_stall_seconds",
+             "How late the event loop ran a task that asked to run every 10 ms."),
+            ("own_stalls", "artifactfs_loop_own_stall_seconds",
+             "Those stalls less the time the kernel kept the loop's thread waiting for a CPU."),
+        ):  # fmt: skip
+            hist = loop[key]
+            lines += [f"# HELP {metric} {text}", f"# TYPE {metric} histogram"]
+            for bound, n in sorted(hist["buckets"].items(), key=lambda kv: float(kv[0])):
+                lines.append(f'{metric}_bucket{{{labels},le="{bound}"}} {n}')
+            lines.append(f"{metric}_sum{{{labels}}} {hist['sum']}")
+            lines.append(f"{metric}_count{{{labels}}} {hist['count']}")
     info = "artifactfs_mount_info"
     registry = _escape(str(snapshot.get("registry", "")))
     lines += [
@@ -276,17 +319,28 @@ def table(snapshot: Mapping[str, Any]) -> str:
         )
     loop = snapshot.get("loop")
     if loop:
-        hist = loop["stalls"]
-        over = int(hist["count"]) - int(hist["buckets"].get("0.1", 0))
+        hist, own = loop["stalls"], loop["own_stalls"]
         rows.append(
             (
                 "loop stalls",
                 f"max {loop['max_stall_seconds'] * 1000:.1f} ms, p99 <= {_bound(quantile(hist, 0.99))}, "
-                f"{over} of {hist['count']} checkpoints late by 100 ms or more",
+                f"{_late(hist)} of {hist['count']} checkpoints late by 100 ms or more",
+            )
+        )
+        rows.append(
+            (
+                "  not waiting for a CPU",
+                f"max {loop['max_own_stall_seconds'] * 1000:.1f} ms, p99 <= {_bound(quantile(own, 0.99))}, "
+                f"{_late(own)} late by 100 ms or more (the loop waited {loop['cpu_wait_seconds']:.1f} s for a CPU)",
             )
         )
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k.ljust(width)}  {v}" for k, v in rows)
+
+
+def _late(hist: Mapping[str, Any], bound: float = 0.1) -> int:
+    """Observations of ``bound`` seconds or more in a histogram."""
+    return int(hist["count"]) - int(hist["buckets"].get(f"{bound:g}", 0))
 
 
 def _bound(seconds: float | None) -> str:

@@ -17,8 +17,19 @@ daemon instead of the kernel's page cache.  Meanwhile the driver moves the alias
 every second and logs a new version of ``moving`` every ``--log-every`` seconds.  Every second
 it samples the daemon's RSS (VmRSS, peak VmHWM) and open descriptors.
 
-Exit status 0 only with zero errors and zero mismatches.  Prints a summary (``--json PATH``
-also writes it).  Usage: ``scripts/stress --minutes 3``; ``--smoke`` is a 20-second run on
+The summary also gives the daemon's loop stalls (``artifactfs stats --json``: how late its event
+loop ran a task that asks to run every 10 ms), since the mount and during the run.  With
+``--contend`` the mount's cache is shared the way a node shares it: a second mount of the same
+registry on the same cache directory is read (a reader thread, through a new file each time),
+``artifactfs cache prune`` runs in a loop (down to half the small files' bytes, so it evicts
+and the mounts fetch again), and every 10 s another process holds ``cache.db`` in an exclusive
+SQLite transaction for 2 s (what a long prune does).  Both mounts' stalls are reported.
+
+Exit status 0 only with zero errors and zero mismatches (and, with ``--contend``, no own loop
+stall of 100 ms or more during the run on either mount: a stall less the time the kernel kept the
+loop's thread waiting for a CPU, which on a machine loaded by others is not the daemon's doing;
+all stalls are reported too).  Prints a summary (``--json PATH`` also
+writes it).  Usage: ``scripts/stress --minutes 3``; ``--smoke`` is a 20-second run on
 small data (scripts/test may run it).  Needs /dev/fuse and fusermount3.
 """
 
@@ -107,6 +118,94 @@ def cli(*args: str) -> str:
 
 
 # -- the mount ------------------------------------------------------------------------------------
+
+
+def loop_stats(mnt: Path) -> dict[str, Any]:
+    """The daemon's loop monitor (``artifactfs stats --json``): ``interval_seconds``,
+    ``max_stall_seconds`` and the ``stalls`` histogram, since the mount started."""
+    loop: dict[str, Any] = json.loads(cli("stats", str(mnt), "--json"))["loop"]
+    return loop
+
+
+def stalls_over(loop: dict[str, Any], bound: float = 0.1, which: str = "stalls") -> int:
+    hist = loop[which]
+    return int(hist["count"]) - int(hist["buckets"][f"{bound:g}"])
+
+
+def stall_summary(start: dict[str, Any], end: dict[str, Any]) -> dict[str, Any]:
+    """Stalls during the run (the histograms' differences): all of them, and ``own`` ones, less
+    the time the kernel kept the loop's thread waiting for a CPU (what the daemon is to blame for)."""
+    return {
+        "max_stall_ms_since_mount": round(end["max_stall_seconds"] * 1000, 2),
+        "max_own_stall_ms_since_mount": round(end["max_own_stall_seconds"] * 1000, 2),
+        "checkpoints_in_run": end["stalls"]["count"] - start["stalls"]["count"],
+        "stalls_over_100ms_in_run": stalls_over(end) - stalls_over(start),
+        "stalls_over_10ms_in_run": stalls_over(end, 0.01) - stalls_over(start, 0.01),
+        "own_stalls_over_100ms_in_run": stalls_over(end, 0.1, "own_stalls") - stalls_over(start, 0.1, "own_stalls"),
+        "own_stalls_over_10ms_in_run": stalls_over(end, 0.01, "own_stalls") - stalls_over(start, 0.01, "own_stalls"),
+        "cpu_wait_s_in_run": round(end["cpu_wait_seconds"] - start["cpu_wait_seconds"], 3),
+    }
+
+
+HOLDER = """
+import sqlite3, sys, time
+con = sqlite3.connect(sys.argv[1], isolation_level=None, timeout=60)
+con.execute("BEGIN EXCLUSIVE")
+time.sleep(float(sys.argv[2]))
+con.execute("ROLLBACK")
+"""
+
+
+@dataclass
+class Contention:
+    """What ``--contend`` did, and what went wrong doing it."""
+
+    prunes: int = 0
+    evicted: int = 0
+    holds: int = 0
+    second_mount_reads: int = 0
+    problems: list[str] = field(default_factory=list)
+
+
+def contend(
+    cache: Path, mnt2: Path, src: Path, small: list[str], prune_to: int, deadline: float, out: Contention
+) -> list[threading.Thread]:
+    """Start the ``--contend`` threads: prune loop, cache.db holder, second-mount reader."""
+
+    def prune() -> None:
+        while time.time() < deadline:
+            try:
+                text = cli("cache", "prune", "--cache-dir", str(cache), "--max-size", str(prune_to))
+                out.prunes += 1
+                out.evicted += int(text.split()[1]) if text.startswith("evicted ") else 0
+            except BaseException as exc:  # SystemExit from cli(): reported, fails the run
+                out.problems.append(f"prune: {exc}")
+            time.sleep(0.5)
+
+    def hold() -> None:
+        while time.time() + 12 < deadline:
+            time.sleep(10)
+            proc = subprocess.run([PY, "-c", HOLDER, str(cache / "cache.db"), "2"], capture_output=True, text=True)
+            if proc.returncode != 0:
+                out.problems.append(f"holder: {proc.stderr.strip()[-300:]}")
+            out.holds += 1
+
+    def read_second() -> None:
+        rng = random.Random(99)
+        ds = mnt2 / "stress" / "load" / "ds:v0"
+        while time.time() < deadline:
+            rel = rng.choice(small)
+            try:
+                if _read_range(ds / rel, 0, 1 << 30, True) != (src / rel).read_bytes():
+                    out.problems.append(f"second mount: {rel} differs")
+                out.second_mount_reads += 1
+            except OSError as exc:
+                out.problems.append(f"second mount: {rel}: {exc}")
+
+    threads = [threading.Thread(target=fn, daemon=True) for fn in (prune, hold, read_second)]
+    for t in threads:
+        t.start()
+    return threads
 
 
 def mount(registry: Path, mnt: Path, cache: Path, log_file: Path, local_blobs: str) -> subprocess.Popen[bytes]:
@@ -261,20 +360,38 @@ def main() -> int:
     parser.add_argument("--dir", type=Path, help="work directory (default: a new temp dir, removed afterwards)")
     parser.add_argument("--smoke", action="store_true", help="20 s on 500 files and a 64 MiB file")
     parser.add_argument("--json", type=Path, help="also write the summary here")
+    parser.add_argument(
+        "--contend",
+        action="store_true",
+        help="also a second mount on the same cache, a 'cache prune' loop and cache.db held 2 s every 10 s",
+    )
     args = parser.parse_args()
     if args.smoke:
         args.minutes, args.files, args.big_mib, args.log_every = 20 / 60, 500, 64, 3.0
     work = Path(tempfile.mkdtemp(prefix="artifactfs-stress-", dir=args.dir))
     mnt, cache, log_file = work / "mnt", work / "cache", work / "mount.log"
+    mnt2, log_file2 = work / "mnt2", work / "mount2.log"
     mnt.mkdir()
+    mnt2.mkdir()
+    (work / "run").mkdir(mode=0o700)
+    ENV["ARTIFACTFS_RUNTIME_DIR"] = str(work / "run")  # `artifactfs stats` finds these daemons only
     proc: subprocess.Popen[bytes] | None = None
+    proc2: subprocess.Popen[bytes] | None = None
+    contention = Contention()
     try:
         t0 = time.monotonic()
         registry, src, small = build(work, args.files, args.big_mib)
         print(f"built {args.files} files + {args.big_mib} MiB in {time.monotonic() - t0:.1f}s", file=sys.stderr)
         proc = mount(registry, mnt, cache, log_file, args.local_blobs)
+        if args.contend:
+            proc2 = mount(registry, mnt2, cache, log_file2, args.local_blobs)
+        loop_start = loop_stats(mnt)
+        loop2_start = loop_stats(mnt2) if args.contend else None
         duration = args.minutes * 60
         deadline = time.time() + duration
+        if args.contend:
+            prune_to = sum((src / rel).stat().st_size for rel in small) // 2
+            contend(cache, mnt2, src, small, prune_to, deadline, contention)
         queue: Any = multiprocessing.get_context("fork").Queue()
         readers = [
             multiprocessing.get_context("fork").Process(
@@ -314,8 +431,11 @@ def main() -> int:
             total.add(Counts(**queue.get(timeout=600)))
         for r in readers:
             r.join()
+        time.sleep(1)  # the --contend threads end by the deadline (a holder within its 2 s)
         rss, hwm, fds = sample(proc.pid)
         stats = json.loads(os.getxattr(mnt, "user.artifactfs.stats"))
+        loop = stall_summary(loop_start, loop_stats(mnt))
+        loop2 = stall_summary(loop2_start, loop_stats(mnt2)) if loop2_start is not None else None
         daemon_alive = proc.poll() is None
         summary = {
             "minutes": round(duration / 60, 2),
@@ -339,11 +459,18 @@ def main() -> int:
             "daemon_fds": {"peak": peak_fds, "last": fds},
             "daemon_alive": daemon_alive,
             "daemon_stats": stats,
+            "loop": loop,
             "tracebacks_in_log": log_file.read_text(errors="replace").count("Traceback"),
         }
+        if args.contend:
+            summary["contention"] = {**asdict(contention), "problems": contention.problems[:10]}
+            summary["second_mount_loop"] = loop2
+            summary["tracebacks_in_log"] += log_file2.read_text(errors="replace").count("Traceback")
     finally:
         if proc is not None:
             unmount(mnt, proc)
+        if proc2 is not None:
+            unmount(mnt2, proc2)
         if args.dir is None:
             shutil.rmtree(work, ignore_errors=True)
     text = json.dumps(summary, indent=2)
@@ -356,6 +483,8 @@ def main() -> int:
         and daemon_alive
         and not mutation_errors
         and summary["tracebacks_in_log"] == 0
+        and not (args.contend and (contention.problems or loop["own_stalls_over_100ms_in_run"]))
+        and not (loop2 is not None and loop2["own_stalls_over_100ms_in_run"])
     )
     return 0 if ok else 1
 

@@ -230,10 +230,16 @@ def test_loop_stalls_show_in_stats_table_json_and_prometheus(
     stalls = loop["stalls"]  # type: ignore[index]
     assert stalls["count"] >= 5 and stalls["buckets"]["+Inf"] == stalls["count"]
     assert 0 <= loop["max_stall_seconds"] >= stalls["sum"] / stalls["count"]  # type: ignore[index]
+    own = loop["own_stalls"]  # type: ignore[index]
+    assert own["count"] == stalls["count"] and own["sum"] <= stalls["sum"] + 1e-6
+    assert 0 <= loop["max_own_stall_seconds"] <= loop["max_stall_seconds"]  # type: ignore[index]
+    assert loop["cpu_wait_seconds"] >= 0  # type: ignore[index]
 
     table = run_cli("stats", str(m.path)).stdout
     (row,) = [line for line in table.splitlines() if line.startswith("loop stalls")]
     assert " ms, p99 <= " in row and "checkpoints late by 100 ms or more" in row
+    (row,) = [line for line in table.splitlines() if line.startswith("  not waiting for a CPU")]
+    assert "late by 100 ms or more (the loop waited " in row
 
     (record,) = [r for r in json.loads(run_cli("status", "--json").stdout) if r["mountpoint"] == str(m.path)]
     with urllib.request.urlopen(f"http://127.0.0.1:{record['metrics_port']}/metrics", timeout=10) as resp:
@@ -245,6 +251,9 @@ def test_loop_stalls_show_in_stats_table_json_and_prometheus(
     count = float(samples[f"artifactfs_loop_stall_seconds_count{{{label}}}"])
     assert count >= stalls["count"]
     assert float(samples[f'artifactfs_loop_stall_seconds_bucket{{{label},le="+Inf"}}']) == count
+    assert float(samples[f"artifactfs_loop_own_stall_seconds_count{{{label}}}"]) == count
+    assert float(samples[f"artifactfs_loop_max_own_stall_seconds{{{label}}}"]) >= 0
+    assert float(samples[f"artifactfs_loop_cpu_wait_seconds_total{{{label}}}"]) >= 0
 
 
 # -- the store's side: what the loop calls reads only, and "busy" is a miss -------------------------
