@@ -1,4 +1,6 @@
-"""HTTP(S) downloads with requests: the only module besides the W&B client that imports requests.
+"""The http(s) scheme adapter over :mod:`artifactfs.transfer` (which owns the retry loop,
+``Retry-After``, the parallel-range engine and the pooled connections): what an answer must look
+like, and how a body is read.
 
 :func:`download` writes one object of known size into a file descriptor, for the store to verify:
 
@@ -7,7 +9,8 @@
 * **Retries.**  Connection errors, timeouts, bodies cut short, 408, 429 and 5xx are retried with
   exponential back-off and jitter; ``Retry-After`` is honoured up to ``Policy.retry_after_max``.
   Retries are bounded three ways: tries in a row that bring no new byte (``attempts``), requests
-  per stream or part (``max_requests``) and seconds spent waiting per download (``retry_budget``).
+  per stream or part (``max_requests``) and seconds spent waiting per download (``retry_budget``),
+  by :class:`artifactfs.transfer.Transfer`.
   401/403 (an expired presigned URL, say) is an :class:`~artifactfs.errors.AuthError` and 404 and
   other client errors a :class:`~artifactfs.errors.FetchError`, at once.
 * **Resume.**  A body cut mid-way is resumed with ``Range: bytes=N-`` (and ``If-Range`` when the
@@ -20,7 +23,8 @@
   server ignores ranges and the whole body is read as one stream.  Parts are written with
   ``os.pwrite``; ``progress.advance(end)`` is told whenever the contiguous prefix ``[0, end)`` of
   the file grows, so the store can hash it while later parts still arrive.  All threads are
-  joined before :func:`download` returns or raises: nothing writes to the file afterwards.
+  joined before :func:`download` returns or raises: nothing writes to the file afterwards
+  (:func:`artifactfs.transfer.download`, shared with s3).
 * **Bounded size.**  Never more than ``size`` bytes are read: a ``Content-Length`` or
   ``Content-Range`` that disagrees is refused before the body is read, and a body that runs on
   past ``size`` is refused after one extra byte.
@@ -42,82 +46,23 @@ size with the same retry rules (for logging a reference).
 
 from __future__ import annotations
 
-import email.utils
 import logging
-import os
-import random
 import re
-import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 import requests
 import urllib3
 
-from . import metrics
+from . import transfer
 from .errors import AuthError, FetchError, SourceChanged
 from .fsutil import redact_uri
 from .manifest import MD5, b64_digest, new_hasher
-from .registry.base import Progress
+from .sources import Progress
+from .transfer import DEFAULT_POLICY, ByteRange, Policy, Transient, Write
 
 log = logging.getLogger(__name__)
 
-MiB = 1 << 20
-
-
-@dataclass(frozen=True, slots=True)
-class Policy:
-    """Timeouts, retry bounds and the parallel download's shape."""
-
-    connect_timeout: float = 10.0
-    read_timeout: float = 60.0  # per socket read: a stalled body fails instead of hanging
-    attempts: int = 6  # tries in a row that bring no new byte, per stream or part
-    max_requests: int = 64  # requests per stream or part, whatever their progress
-    backoff: float = 0.5  # first wait; doubled per failure up to backoff_max, with jitter
-    backoff_max: float = 10.0
-    retry_after_max: float = 30.0  # a longer Retry-After gives up at once
-    retry_budget: float = 120.0  # seconds of waiting between tries, per download
-    # A transfer must average min_rate bytes/s after a grace period: a server trickling bytes
-    # just inside read_timeout cannot hold a reader (and a fetch thread) for ever.
-    rate_grace: float = 60.0
-    min_rate: float = 256 * 1024
-    parallel_threshold: int = 64 * MiB
-    part_size: int = 16 * MiB
-    workers: int = 4
-    chunk: int = 1 * MiB
-    # False: never let requests add ~/.netrc credentials for the URL's host (presigned URLs
-    # carry their own; an Authorization header would break the signature or leak a key).
-    netrc: bool = True
-
-
-DEFAULT_POLICY = Policy()
-
-
-class _NoCredentials(requests.auth.AuthBase):
-    """An auth that adds nothing: passing it keeps requests from looking in ~/.netrc."""
-
-    def __call__(self, r: requests.PreparedRequest) -> requests.PreparedRequest:
-        return r
-
-
-class _RedactQueries(logging.Filter):
-    """urllib3 logs request paths with their query strings at DEBUG, and presigned URLs carry
-    their signatures there: strip every query string from such records' arguments."""
-
-    _QUERY = re.compile(r"\?[^\s\"']*")
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if isinstance(record.args, tuple):
-            record.args = tuple(self._QUERY.sub("", a) if isinstance(a, str) else a for a in record.args)
-        if isinstance(record.msg, str):
-            record.msg = self._QUERY.sub("", record.msg)
-        return True
-
-
-logging.getLogger("urllib3.connectionpool").addFilter(_RedactQueries())
-
-_local = threading.local()
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
 
 
@@ -139,145 +84,34 @@ def _quoted(etag: str) -> str:
     return etag if etag.startswith('"') else f'"{etag}"'
 
 
-def _session() -> requests.Session:
-    """One session per thread: requests.Session is not documented as thread-safe."""
-    session: requests.Session | None = getattr(_local, "session", None)
-    if session is None:
-        session = _local.session = requests.Session()
-    return session
+class _HttpTransfer(transfer.Transfer):
+    """One object at one URL (the retry accounting is :class:`artifactfs.transfer.Transfer`'s)."""
 
-
-class _Transient(Exception):
-    """A failure worth another try: connection error, timeout, cut body, 408/429/5xx."""
-
-    def __init__(self, problem: str, retry_after: float | None = None) -> None:
-        super().__init__(problem)
-        self.problem = problem
-        self.retry_after = retry_after
-
-
-class _Cancelled(Exception):
-    """Another part of the same download failed: stop quietly."""
-
-
-@dataclass(slots=True)
-class ByteRange:
-    """Bytes ``[start, end)`` of the object; ``pos`` is the next byte wanted.  ``end`` is None
-    while the size is unknown (``checksum``).  ``part``: asked for with a closed Range."""
-
-    start: int
-    end: int | None
-    part: bool = False
-    pos: int = field(init=False)
-    high: int = field(init=False)  # the furthest pos ever reached (progress, across restarts)
-
-    def __post_init__(self) -> None:
-        self.pos = self.high = self.start
-
-    @property
-    def done(self) -> bool:
-        return self.end is not None and self.pos >= self.end
-
-
-Write = Callable[[int, bytes], None]
-
-
-class _Transfer:
-    """One object at one URL: retry accounting shared by all its streams and parts."""
-
-    def __init__(self, url: str, size: int | None, what: str, policy: Policy, expected_etag: str | None = None) -> None:
+    def __init__(
+        self,
+        url: str,
+        size: int | None,
+        what: str,
+        policy: Policy,
+        expected_etag: str | None = None,
+        pool: transfer.HttpPool | None = None,
+    ) -> None:
+        super().__init__(size, policy, thread_name="download-part")
         self.url = url
         self.expected_etag = expected_etag or None  # recorded when the entry was logged
-        self.size = size
         self.what = what
-        self.policy = policy
         self.shown = redact_uri(url)
-        self.cancel = threading.Event()
+        self.pool = pool or transfer.default_pool()
         self.ranges_ok = False  # Accept-Ranges: bytes seen, or a 206 received
         self.etag: str | None = None
-        self.requests = 0
-        self._lock = threading.Lock()
-        self._waited = 0.0
-        self._started = time.monotonic()
-        self._received = 0
-
-    def received(self, n: int) -> None:
-        """Count ``n`` more bytes; FetchError if the transfer is slower than ``min_rate``."""
-        with self._lock:
-            self._received += n
-            received = self._received
-        elapsed = time.monotonic() - self._started - self._waited  # back-off waits do not count
-        if elapsed > self.policy.rate_grace + received / self.policy.min_rate:
-            raise FetchError(
-                self.error(f"too slow: {received} bytes in {elapsed:.0f}s (minimum {self.policy.min_rate:g} B/s)")
-            )
 
     def error(self, problem: str) -> str:
         return f"GET {self.shown} ({self.what}): {problem}"
 
-    # -- one range, with retries -----------------------------------------------------------------
-
-    def fetch(
-        self,
-        session: requests.Session,
-        rng: ByteRange,
-        write: Write,
-        restart: Callable[[], None] | None = None,
-        advanced: Callable[[ByteRange], None] | None = None,
-        on_ranged: Callable[[], None] | None = None,
-    ) -> None:
-        """Fetch ``rng`` into ``write(offset, data)``, in order, retrying and resuming.
-
-        ``advanced(rng)`` is called after each write, once ``rng.pos`` counts it.  ``restart`` is
-        called when a resumed request is answered from byte 0 (``write`` then starts again at 0).
-        ``on_ranged`` makes ``rng`` (a part) a probe: it is called when a 206 confirms that the
-        server serves ranges; a 200 instead turns ``rng`` into the whole object."""
-        failures = 0
-        problem = ""
-        retry_after: float | None = None
-        for n in range(self.policy.max_requests):
-            if n:
-                if rng.done:
-                    return  # the failure came after the last byte
-                self._wait(failures, problem, retry_after)
-            if self.cancel.is_set():
-                raise _Cancelled
-            try:
-                self._request(session, rng, write, restart, advanced, on_ranged)
-                return
-            except _Transient as exc:
-                problem, retry_after = exc.problem, exc.retry_after
-                if rng.pos > rng.high:
-                    rng.high = rng.pos
-                    failures = 1
-                else:
-                    failures += 1
-        raise FetchError(self.error(f"{problem}; gave up after {self.policy.max_requests} requests"))
-
-    def _wait(self, failures: int, problem: str, retry_after: float | None) -> None:
-        policy = self.policy
-        if failures >= policy.attempts:
-            raise FetchError(self.error(f"{problem}; gave up after {failures} tries without progress"))
-        if retry_after is not None and retry_after > policy.retry_after_max:
-            raise FetchError(self.error(f"{problem}; the server asks to retry after {retry_after:g}s: giving up"))
-        delay = min(policy.backoff_max, policy.backoff * 2 ** (failures - 1))
-        delay = delay / 2 + random.uniform(0, delay / 2)  # jitter: many readers do not retry in step
-        if retry_after is not None:
-            delay = max(delay, retry_after)
-        with self._lock:
-            if self._waited + delay > policy.retry_budget:
-                raise FetchError(self.error(f"{problem}; gave up after waiting {self._waited:.1f}s for retries"))
-            self._waited += delay
-        log.warning("%s; retrying in %.2fs", self.error(problem), delay)
-        metrics.RETRIES.add()
-        if self.cancel.wait(delay):
-            raise _Cancelled
-
     # -- one request ---------------------------------------------------------------------------
 
-    def _request(
+    def request(
         self,
-        session: requests.Session,
         rng: ByteRange,
         write: Write,
         restart: Callable[[], None] | None,
@@ -293,18 +127,16 @@ class _Transfer:
                 headers["If-Range"] = self.etag  # changed meanwhile: a 200 with the new content
         if self.expected_etag is not None and not etag_is_weak(self.expected_etag):
             headers["If-Match"] = _quoted(self.expected_etag)  # changed since logged: 412, no body
-        with self._lock:
-            self.requests += 1
+        self.counted()
         try:
-            resp = session.get(
+            resp = self.pool.get(
                 self.url,
                 headers=headers,
-                stream=True,
                 timeout=(self.policy.connect_timeout, self.policy.read_timeout),
-                auth=None if self.policy.netrc else _NoCredentials(),
+                netrc=self.policy.netrc,
             )
         except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError) as exc:
-            raise _Transient(type(exc).__name__) from None
+            raise Transient(type(exc).__name__) from None
         except requests.RequestException as exc:  # a bad URL, too many redirects...: no retry helps
             raise FetchError(self.error(type(exc).__name__)) from None
         with resp:
@@ -342,7 +174,7 @@ class _Transfer:
         if status in (401, 403):
             raise AuthError(self.error(f"HTTP {status} (credentials refused or the URL has expired)"))
         if status in (408, 429) or 500 <= status < 600:
-            raise _Transient(f"HTTP {status}", _retry_after(resp.headers.get("Retry-After")))
+            raise Transient(f"HTTP {status}", transfer.retry_after(resp.headers.get("Retry-After")))
         if status == 416:
             raise FetchError(self.error("HTTP 416: the object is shorter than expected"))
         if status == 412 and self.expected_etag is not None:
@@ -408,7 +240,7 @@ class _Transfer:
         try:
             while rng.end is None or rng.pos + len(buf) < rng.end:
                 if self.cancel.is_set():
-                    raise _Cancelled
+                    raise transfer.Cancelled
                 want = self.policy.chunk - len(buf)
                 if rng.end is not None:
                     want = min(want, rng.end - rng.pos - len(buf))
@@ -419,18 +251,18 @@ class _Transfer:
                         flush()
                         rng.end = rng.pos
                         return
-                    raise _Transient("body cut")
+                    raise Transient("body cut")
                 buf += data[:want]  # read1 returns at most amt; never write past the end anyway
                 if len(buf) >= self.policy.chunk:
                     flush()
             flush()
-        except _Transient as exc:
+        except Transient as exc:
             flush()
-            raise _Transient(f"{exc.problem} at byte {rng.pos} of {rng.end or 'unknown'}") from None
+            raise Transient(f"{exc.problem} at byte {rng.pos} of {rng.end or 'unknown'}") from None
         if not rng.part:
             try:
                 extra = _read(resp, 1)
-            except _Transient:
+            except Transient:
                 return  # every byte arrived; a slow close is not a failure (the store checks all)
             if extra:
                 raise FetchError(self.error(f"the server sends more than {rng.end} bytes"))
@@ -442,7 +274,7 @@ def _read(resp: requests.Response, amount: int) -> bytes:
     try:
         data: bytes = resp.raw.read1(amount, decode_content=False)
     except (urllib3.exceptions.HTTPError, requests.RequestException, OSError) as exc:
-        raise _Transient(f"body failed ({type(exc).__name__})") from None
+        raise Transient(f"body failed ({type(exc).__name__})") from None
     return data
 
 
@@ -451,20 +283,6 @@ def _content_length(resp: requests.Response) -> int | None:
     if value is None or not value.strip().isdigit():
         return None
     return int(value)
-
-
-def _retry_after(value: str | None) -> float | None:
-    """``Retry-After`` in seconds (delta-seconds or an HTTP date), or None."""
-    if not value:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - time.time())
 
 
 class _NoProgress:
@@ -484,132 +302,22 @@ def download(
     *,
     policy: Policy = DEFAULT_POLICY,
     etag: str | None = None,
+    pool: transfer.HttpPool | None = None,
 ) -> None:
     """Write the ``size`` bytes at ``url`` into ``fd`` (empty, opened for writing).
 
     ``progress.advance(end)`` is called whenever bytes ``[0, end)`` of the file are final, and
     ``progress.restart()`` after the file was truncated to be written again from byte 0.
     ``etag``: the ETag recorded when the entry was logged; the server must still have it
-    (SourceChanged otherwise).  Raises FetchError (SourceChanged) or AuthError; never leaves a
-    thread writing to ``fd``."""
-    sink = progress if progress is not None else _NoProgress()
-    transfer = _Transfer(url, size, what, policy, etag)
+    (SourceChanged otherwise).  ``pool``: the connections to use (default: the process's).
+    Raises FetchError (SourceChanged) or AuthError; never leaves a thread writing to ``fd``."""
+    one = _HttpTransfer(url, size, what, policy, etag, pool)
     t0 = time.monotonic()
-    if size >= policy.parallel_threshold and size > policy.part_size and policy.workers > 1:
-        _download_parts(transfer, fd, size, sink)
-    else:
-        _download_stream(transfer, fd, size, sink)
-    log.debug(
-        "GET %s (%s): %d bytes in %d requests, %.3fs",
-        transfer.shown,
-        what,
-        size,
-        transfer.requests,
-        time.monotonic() - t0,
-    )
-
-
-def offset_writer(fd: int) -> Write:
-    def write(offset: int, data: bytes) -> None:
-        view = memoryview(data)
-        while view:
-            n = os.pwrite(fd, view, offset)
-            view = view[n:]
-            offset += n
-
-    return write
-
-
-def _restarter(fd: int, progress: Progress) -> Callable[[], None]:
-    def restart() -> None:
-        os.ftruncate(fd, 0)
-        progress.restart()
-
-    return restart
-
-
-def _download_stream(transfer: _Transfer, fd: int, size: int, progress: Progress) -> None:
-    def advanced(rng: ByteRange) -> None:
-        progress.advance(rng.pos)
-
-    transfer.fetch(_session(), ByteRange(0, size), offset_writer(fd), _restarter(fd, progress), advanced)
-
-
-class Parts:
-    """The parts of a parallel download, and the contiguous prefix they have written."""
-
-    def __init__(self, size: int, part_size: int) -> None:
-        self.ranges = [ByteRange(a, min(a + part_size, size), part=True) for a in range(0, size, part_size)]
-        self.size = size
-        self._next = 1  # part 0 is the probe, fetched first by the calling thread
-        self._first_open = 0  # parts before this one are complete
-        self._lock = threading.Lock()
-
-    def take(self) -> ByteRange | None:
-        with self._lock:
-            if self._next >= len(self.ranges):
-                return None
-            self._next += 1
-            return self.ranges[self._next - 1]
-
-    def prefix(self) -> int:
-        """End of the contiguous written prefix ``[0, end)``."""
-        with self._lock:
-            i = self._first_open
-            while i < len(self.ranges) and self.ranges[i].done:
-                i += 1
-            self._first_open = i
-            return self.ranges[i].pos if i < len(self.ranges) else self.size
-
-
-def _download_parts(transfer: _Transfer, fd: int, size: int, progress: Progress) -> None:
-    parts = Parts(size, transfer.policy.part_size)
-    probe = parts.ranges[0]
-    write = offset_writer(fd)
-    errors: list[BaseException] = []
-    threads: list[threading.Thread] = []
-
-    def advanced(rng: ByteRange) -> None:
-        progress.advance(parts.prefix() if rng.part else rng.pos)
-
-    def work(session: requests.Session) -> None:
-        while (rng := parts.take()) is not None:
-            transfer.fetch(session, rng, write, None, advanced)
-
-    def worker() -> None:
-        try:
-            with requests.Session() as session:
-                work(session)
-        except _Cancelled:
-            pass
-        except BaseException as exc:
-            errors.append(exc)
-            transfer.cancel.set()
-
-    def start_workers() -> None:  # once the probe's 206 shows that the server serves ranges
-        if threads:
-            return
-        for i in range(min(transfer.policy.workers, len(parts.ranges)) - 1):
-            t = threading.Thread(target=worker, name=f"download-part-{i}", daemon=True)
-            t.start()
-            threads.append(t)
-
-    try:
-        # Only a probe answered with 200 (no other part started) may restart from byte 0.
-        transfer.fetch(_session(), probe, write, _restarter(fd, progress), advanced, start_workers)
-        if not probe.part:
-            return  # the server ignored Range: the probe read the whole object as one stream
-        work(_session())
-    except _Cancelled:
-        pass
-    except BaseException:
-        transfer.cancel.set()
-        raise
-    finally:
-        for t in threads:
-            t.join()
-    if errors:
-        raise errors[0]
+    transfer.download(one, fd, size, progress if progress is not None else _NoProgress())
+    if log.isEnabledFor(logging.DEBUG):
+        log.debug(
+            "GET %s (%s): %d bytes in %d requests, %.3fs", one.shown, what, size, one.requests, time.monotonic() - t0
+        )
 
 
 def checksum(
@@ -627,7 +335,7 @@ def checksum(
     def restart() -> None:
         hasher[0] = new_hasher(alg)
 
-    transfer = _Transfer(url, None, what or redact_uri(url), policy)
+    one = _HttpTransfer(url, None, what or redact_uri(url), policy)
     rng = ByteRange(0, None)
-    transfer.fetch(_session(), rng, write, restart)
-    return b64_digest(hasher[0]), rng.pos, transfer.etag
+    one.fetch(rng, write, restart)
+    return b64_digest(hasher[0]), rng.pos, one.etag

@@ -31,10 +31,10 @@ from typing import TYPE_CHECKING, Any
 from .errors import FetchError, InvalidReferenceEntry, ManifestError, SourceError
 from .fsutil import redact_uri
 from .manifest import MD5, Entry, hash_fd, hex_from_b64
-from .registry.base import BlobSource, Progress
+from .sources import BlobSource, Progress
 
-if TYPE_CHECKING:
-    from .http import Policy
+if TYPE_CHECKING:  # requests is imported only when a reference is fetched
+    from .transfer import Policy
 
 HTTP_SCHEMES = ("http", "https")
 #: Set in the copies :func:`content_entry` makes (never stored): the digest is the S3 ETag.
@@ -104,7 +104,7 @@ def content_entry(entry: Entry) -> Entry:
 def reference_source(entry: Entry, *, allow_file: bool = True, policy: Policy | None = None) -> BlobSource:
     """The source of a reference entry's bytes.  ``allow_file``: False for a registry that is
     not on this machine (its ``file://`` entries are refused).  ``policy``: timeouts and retries
-    for http(s) and s3 (default :data:`artifactfs.http.DEFAULT_POLICY`)."""
+    for http(s) and s3 (default :data:`artifactfs.transfer.DEFAULT_POLICY`)."""
     assert entry.ref is not None
     scheme = urllib.parse.urlsplit(entry.ref).scheme
     if scheme == "file":
@@ -119,10 +119,10 @@ def reference_source(entry: Entry, *, allow_file: bool = True, policy: Policy | 
             raise FetchError(f"{entry.path!r}: {exc}") from exc
         return BlobSource(entry.ref, local_path=path)
     if scheme in HTTP_SCHEMES:
-        from . import http
+        from . import http, transfer
 
         url, size, etag = entry.ref, entry.size, _extra_str(entry, "etag")
-        chosen = policy or http.DEFAULT_POLICY
+        chosen = policy or transfer.DEFAULT_POLICY
 
         def download(fd: int, what: str, progress: Progress) -> None:
             http.download(url, fd, size, what, progress, policy=chosen, etag=etag)
@@ -136,7 +136,7 @@ def reference_source(entry: Entry, *, allow_file: bool = True, policy: Policy | 
 
 
 def _s3_source(entry: Entry, policy: Policy | None) -> BlobSource:
-    from . import http, s3
+    from . import s3, transfer
 
     assert entry.ref is not None
     try:
@@ -151,7 +151,7 @@ def _s3_source(entry: Entry, policy: Policy | None) -> BlobSource:
     # objects without SSE-KMS/SSE-C, which the download checks to say so clearly (the hash
     # would refuse the bytes anyway).
     etag_is_digest = entry.extra.get(DIGEST_FROM_ETAG) is True or not _is_content_digest(entry.digest)
-    chosen = policy or http.DEFAULT_POLICY
+    chosen = policy or transfer.DEFAULT_POLICY
 
     def download(fd: int, what: str, progress: Progress) -> None:
         s3.download(
@@ -189,16 +189,16 @@ def checksum_reference(uri: str, alg: str = MD5, *, policy: Policy | None = None
             os.close(fd)
         return digest, size, extra
     if scheme in HTTP_SCHEMES:
-        from . import http
+        from . import http, transfer
 
-        digest, size, etag = http.checksum(uri, alg, policy=policy or http.DEFAULT_POLICY)
+        digest, size, etag = http.checksum(uri, alg, policy=policy or transfer.DEFAULT_POLICY)
         if etag:
             extra["etag"] = etag
         return digest, size, extra
     if scheme == S3_SCHEME:
-        from . import http, s3
+        from . import s3, transfer
 
-        digest, size, recorded = s3.checksum(uri, alg, policy=policy or http.DEFAULT_POLICY)
+        digest, size, recorded = s3.checksum(uri, alg, policy=policy or transfer.DEFAULT_POLICY)
         return digest, size, {**extra, **recorded}
     if scheme == "gs":
         raise InvalidReferenceEntry(GS_DECLINED)

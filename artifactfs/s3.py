@@ -8,7 +8,7 @@ from the usual boto3 chain (``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY``/``AW
 ``AWS_PROFILE``, ``AWS_REGION``/``AWS_DEFAULT_REGION``, ``AWS_ENDPOINT_URL_S3``/``AWS_ENDPOINT_URL``,
 instance roles...).  ``AWS_S3_ENDPOINT_URL``, which the wandb SDK reads, is used when neither of
 boto3's endpoint variables is set.  botocore's own retries are off: this module retries with the
-bounds of :class:`artifactfs.http.Policy`, the same as http(s) references, and also resumes a body
+bounds of :class:`artifactfs.transfer.Policy`, the same as http(s) references, and also resumes a body
 cut mid-way, which botocore does not.
 
 **How a download goes.**  :func:`download` writes the object into the store's temp file with
@@ -63,7 +63,6 @@ from __future__ import annotations
 
 import logging
 import os
-import random
 import re
 import threading
 import time
@@ -72,10 +71,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from . import transfer
 from .errors import AuthError, FetchError, InvalidReferenceEntry, SourceChanged
-from .http import DEFAULT_POLICY, ByteRange, Parts, Policy, etag_opaque, offset_writer
+from .http import etag_opaque
 from .manifest import MD5, b64_digest, new_hasher
-from .registry.base import Progress
+from .sources import Progress
+from .transfer import DEFAULT_POLICY, ByteRange, Policy, Transient
 
 log = logging.getLogger(__name__)
 
@@ -256,18 +257,8 @@ def _client(policy: Policy) -> Any:
 # -- one object, with retries ---------------------------------------------------------------------
 
 
-class _Transient(Exception):
-    def __init__(self, problem: str) -> None:
-        super().__init__(problem)
-        self.problem = problem
-
-
-class _Cancelled(Exception):
-    """Another part of the same download failed: stop quietly."""
-
-
-class _Transfer:
-    """One object: the pinned ETag and the retry accounting shared by all its parts."""
+class _S3Transfer(transfer.Transfer):
+    """One object: the pinned ETag (the retry accounting is :class:`artifactfs.transfer.Transfer`'s)."""
 
     def __init__(
         self,
@@ -278,22 +269,15 @@ class _Transfer:
         etag: str | None,
         etag_is_digest: bool = False,
     ) -> None:
+        super().__init__(size, policy, thread_name="s3-part")
         self.client = _client(policy)
         self.lib = _lib()
         self.obj = obj
-        self.size = size
         self.what = what
-        self.policy = policy
         self.recorded = etag or None  # the ETag in the manifest
         self.etag = self.recorded  # the ETag every answer must carry (pinned by the first without a record)
         self.version_id = obj.version_id
         self.etag_is_digest = etag_is_digest
-        self.cancel = threading.Event()
-        self.requests = 0
-        self._lock = threading.Lock()
-        self._waited = 0.0
-        self._started = time.monotonic()
-        self._received = 0
 
     def error(self, problem: str) -> str:
         version = f" version {self.version_id}" if self.version_id else ""
@@ -309,59 +293,6 @@ class _Transfer:
             )
         return SourceChanged(self.error(f"the object changed during the download: ETag {self.etag}, then {shown}"))
 
-    def fetch(
-        self,
-        rng: ByteRange,
-        write: Callable[[int, bytes], None],
-        advanced: Callable[[ByteRange], None] | None = None,
-        on_headers: Callable[[], None] | None = None,
-    ) -> None:
-        """Fetch ``rng`` into ``write``, retrying and resuming after its last written byte."""
-        failures = 0
-        problem = ""
-        for n in range(self.policy.max_requests):
-            if n:
-                if rng.done:
-                    return
-                self._wait(failures, problem)
-            if self.cancel.is_set():
-                raise _Cancelled
-            try:
-                self._request(rng, write, advanced, on_headers)
-                return
-            except _Transient as exc:
-                problem = exc.problem
-                if rng.pos > rng.high:
-                    rng.high = rng.pos
-                    failures = 1
-                else:
-                    failures += 1
-        raise FetchError(self.error(f"{problem}; gave up after {self.policy.max_requests} requests"))
-
-    def _wait(self, failures: int, problem: str) -> None:
-        policy = self.policy
-        if failures >= policy.attempts:
-            raise FetchError(self.error(f"{problem}; gave up after {failures} tries without progress"))
-        delay = min(policy.backoff_max, policy.backoff * 2 ** (failures - 1))
-        delay = delay / 2 + random.uniform(0, delay / 2)
-        with self._lock:
-            if self._waited + delay > policy.retry_budget:
-                raise FetchError(self.error(f"{problem}; gave up after waiting {self._waited:.1f}s for retries"))
-            self._waited += delay
-        log.warning("%s; retrying in %.2fs", self.error(problem), delay)
-        if self.cancel.wait(delay):
-            raise _Cancelled
-
-    def _received_bytes(self, n: int) -> None:
-        with self._lock:
-            self._received += n
-            received = self._received
-        elapsed = time.monotonic() - self._started - self._waited
-        if elapsed > self.policy.rate_grace + received / self.policy.min_rate:
-            raise FetchError(
-                self.error(f"too slow: {received} bytes in {elapsed:.0f}s (minimum {self.policy.min_rate:g} B/s)")
-            )
-
     # -- one request ---------------------------------------------------------------------------
 
     def get(self, rng: ByteRange | None) -> dict[str, Any]:
@@ -374,13 +305,12 @@ class _Transfer:
         if rng is not None:
             last = "" if rng.end is None else str(rng.end - 1)
             kwargs["Range"] = f"bytes={rng.pos}-{last}"
-        with self._lock:
-            self.requests += 1
+        self.counted()
         answer: dict[str, Any] = self.call(self.client.get_object, kwargs)
         return answer
 
     def call(self, op: Callable[..., Any], kwargs: dict[str, Any]) -> Any:
-        """One S3 call, its foreign exceptions translated: _Transient, AuthError, SourceChanged
+        """One S3 call, its foreign exceptions translated: Transient, AuthError, SourceChanged
         or FetchError."""
         lib = self.lib
         try:
@@ -392,7 +322,7 @@ class _Transfer:
                 self.error("no AWS credentials found (set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE)")
             ) from None
         except lib.transient as exc:
-            raise _Transient(type(exc).__name__) from None
+            raise Transient(type(exc).__name__) from None
         except lib.BotoCoreError as exc:
             raise FetchError(self.error(type(exc).__name__)) from None
 
@@ -410,7 +340,7 @@ class _Transfer:
                 self.error(f"the source changed since it was logged: version {self.version_id} no longer exists")
             )
         if code in _TRANSIENT_CODES or status in (408, 429) or status >= 500:
-            return _Transient(shown)
+            return Transient(shown)
         if code in _AUTH_CODES or status in (401, 403):
             return AuthError(self.error(f"{shown}: credentials missing or refused"))
         if code in _MISSING_CODES or status == 404:
@@ -452,21 +382,23 @@ class _Transfer:
                 )
             )
 
-    def _request(
+    def request(
         self,
         rng: ByteRange,
         write: Callable[[int, bytes], None],
+        restart: Callable[[], None] | None,
         advanced: Callable[[ByteRange], None] | None,
-        on_headers: Callable[[], None] | None,
+        on_ranged: Callable[[], None] | None,
     ) -> None:
+        # Every request is ranged: ``restart`` is never needed (a whole object is refused).
         # An empty object has no byte range to ask for (S3 answers 416): ask for all of it.
         resp = self.get(rng if rng.end != 0 else None)
         body = resp["Body"]
         try:
             self.check_answer(resp)
             self._check_range(resp, rng)
-            if on_headers is not None:
-                on_headers()
+            if on_ranged is not None:  # the ETag is pinned and the size checked: the parts may start
+                on_ranged()
             self._read_body(body, rng, write, advanced)
         finally:
             body.close()
@@ -506,17 +438,17 @@ class _Transfer:
         lib = self.lib
         while rng.pos < rng.end:
             if self.cancel.is_set():
-                raise _Cancelled
+                raise transfer.Cancelled
             want = min(self.policy.chunk, rng.end - rng.pos)
             try:
                 data = body.read(want)
             except self.lib.transient_body as exc:
-                raise _Transient(f"body failed ({type(exc).__name__}) at byte {rng.pos} of {self.size}") from None
+                raise Transient(f"body failed ({type(exc).__name__}) at byte {rng.pos} of {self.size}") from None
             except lib.BotoCoreError as exc:
                 raise FetchError(self.error(f"body failed ({type(exc).__name__})")) from None
             if not data:
-                raise _Transient(f"body cut at byte {rng.pos} of {self.size}")
-            self._received_bytes(len(data))
+                raise Transient(f"body cut at byte {rng.pos} of {self.size}")
+            self.received(len(data))
             write(rng.pos, data[:want])
             rng.pos += min(len(data), want)  # only now: other threads read pos to find the prefix
             if advanced is not None:
@@ -556,64 +488,10 @@ def download(
     obj = parse_uri(uri)
     if version_id:
         obj = S3Object(obj.bucket, obj.key, version_id)
-    transfer = _Transfer(obj, size, what, policy, etag, etag_is_digest)
+    one = _S3Transfer(obj, size, what, policy, etag, etag_is_digest)
     t0 = time.monotonic()
-    write = offset_writer(fd)
-    if size >= policy.parallel_threshold and size > policy.part_size and policy.workers > 1:
-        _download_parts(transfer, size, write, progress)
-    else:
-
-        def advanced(rng: ByteRange) -> None:
-            progress.advance(rng.pos)
-
-        transfer.fetch(ByteRange(0, size), write, advanced)
-    log.debug(
-        "GET %s (%s): %d bytes in %d requests, %.3fs", obj.uri, what, size, transfer.requests, time.monotonic() - t0
-    )
-
-
-def _download_parts(transfer: _Transfer, size: int, write: Callable[[int, bytes], None], progress: Progress) -> None:
-    parts = Parts(size, transfer.policy.part_size)
-    errors: list[BaseException] = []
-    threads: list[threading.Thread] = []
-
-    def advanced(rng: ByteRange) -> None:
-        progress.advance(parts.prefix())
-
-    def work() -> None:
-        while (rng := parts.take()) is not None:
-            transfer.fetch(rng, write, advanced)
-
-    def worker() -> None:
-        try:
-            work()
-        except _Cancelled:
-            pass
-        except BaseException as exc:
-            errors.append(exc)
-            transfer.cancel.set()
-
-    def start_workers() -> None:  # once the first answer has pinned the ETag and checked the size
-        if threads:
-            return
-        for i in range(min(transfer.policy.workers, len(parts.ranges)) - 1):
-            t = threading.Thread(target=worker, name=f"s3-part-{i}", daemon=True)
-            t.start()
-            threads.append(t)
-
-    try:
-        transfer.fetch(parts.ranges[0], write, advanced, start_workers)
-        work()
-    except _Cancelled:
-        pass
-    except BaseException:
-        transfer.cancel.set()
-        raise
-    finally:
-        for t in threads:
-            t.join()
-    if errors:
-        raise errors[0]
+    transfer.download(one, fd, size, progress)
+    log.debug("GET %s (%s): %d bytes in %d requests, %.3fs", obj.uri, what, size, one.requests, time.monotonic() - t0)
 
 
 def checksum(uri: str, alg: str = MD5, *, policy: Policy = DEFAULT_POLICY) -> tuple[str, int, dict[str, Any]]:
@@ -621,27 +499,27 @@ def checksum(uri: str, alg: str = MD5, *, policy: Policy = DEFAULT_POLICY) -> tu
     holding its ``etag`` (without quotes, as the wandb SDK records it) and, in a versioned bucket,
     its ``versionID``.  The first answer pins both: a resume reads the same version."""
     obj = parse_uri(uri)
-    transfer = _Transfer(obj, None, obj.uri, policy, None)
-    head = transfer.call(
-        transfer.client.head_object,
+    one = _S3Transfer(obj, None, obj.uri, policy, None)
+    head = one.call(
+        one.client.head_object,
         {"Bucket": obj.bucket, "Key": obj.key, **({"VersionId": obj.version_id} if obj.version_id else {})},
     )
     size = int(head.get("ContentLength") or 0)
-    transfer.size = size
-    transfer.check_answer(head)
+    one.size = size
+    one.check_answer(head)
     version = head.get("VersionId")
     if version and version != "null":
-        transfer.version_id = version
+        one.version_id = version
     hasher = new_hasher(alg)
 
     def write(offset: int, data: bytes) -> None:
         hasher.update(data)  # in order: one stream, each byte once (a resume starts after the last)
 
     rng = ByteRange(0, size)
-    transfer.fetch(rng, write)
+    one.fetch(rng, write)
     extra: dict[str, Any] = {}
-    if transfer.etag:
-        extra["etag"] = transfer.etag
-    if transfer.version_id:
-        extra["versionID"] = transfer.version_id
+    if one.etag:
+        extra["etag"] = one.etag
+    if one.version_id:
+        extra["versionID"] = one.version_id
     return b64_digest(hasher), size, extra

@@ -45,7 +45,7 @@ from . import defaults
 from .errors import BlobChanged, DigestMismatch, DiskFull, FetchError, RegistryError
 from .fsutil import claim_cache_dir, make_temp
 from .manifest import Entry, b64_digest, hash_fd, new_hasher, update_from_fd
-from .registry.base import BlobSource
+from .sources import BlobSource
 
 log = logging.getLogger(__name__)
 

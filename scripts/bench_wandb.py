@@ -78,7 +78,7 @@ KiB = 1 << 10
 PY = sys.executable
 KEY = "b3nch" * 8  # 40 characters: the SDK checks the length
 ENTITY, PROJECT = "acme", "bench"
-PART = 16 * MiB  # artifactfs.http.Policy: part_size, workers, parallel_threshold
+PART = 16 * MiB  # artifactfs.transfer.Policy: part_size, workers, parallel_threshold
 STREAMS = 4
 READERS = 8  # artifactfs.meta.DEFAULT_THREADS: the mount's fetch limiter
 

@@ -25,8 +25,9 @@ from artifactfs.errors import InvalidArgument, ReadOnly
 from artifactfs.manifest import Entry, artifact_digest
 from artifactfs.names import Ref
 from artifactfs.options import MountConfig, daemon_argv, options, parse_mount_options
-from artifactfs.registry import BlobSource, CollectionInfo, DirEntry, Registry, VersionInfo
+from artifactfs.registry import CollectionInfo, DirEntry, Registry, VersionInfo
 from artifactfs.registry.local import LocalRegistry
+from artifactfs.sources import BlobSource
 
 COLL = "acme/vision/ds"
 INFO_KEYS = {

@@ -24,12 +24,13 @@ from fault_server import Fault, FaultServer
 
 from artifactfs.errors import ArtifactFSError, DigestMismatch, FetchError
 from artifactfs.fetcher import INLINE_VERIFY_MAX, Fetcher
-from artifactfs.http import Policy
 from artifactfs.manifest import Entry, Manifest, digest_bytes
 from artifactfs.names import Ref, parse_ref
-from artifactfs.registry.base import BlobSource, CollectionInfo, DirEntry, Registry, VersionInfo
+from artifactfs.registry.base import CollectionInfo, DirEntry, Registry, VersionInfo
 from artifactfs.registry.local import LocalRegistry
+from artifactfs.sources import BlobSource
 from artifactfs.store import Blob, BlobStore
+from artifactfs.transfer import Policy
 
 DATA = os.urandom(300_000)
 ENTRY = Entry("data/blob.bin", digest_bytes(DATA), len(DATA))

@@ -20,10 +20,11 @@ from fault_server import Fault, FaultServer
 
 from artifactfs import Api, Artifact
 from artifactfs.errors import AuthError, DigestMismatch, FetchError, InvalidReferenceEntry, SourceChanged
-from artifactfs.http import Policy, checksum, download
+from artifactfs.http import checksum, download
 from artifactfs.manifest import MD5, XXH128, Entry, digest_bytes
 from artifactfs.references import reference_source
 from artifactfs.store import Blob, BlobStore
+from artifactfs.transfer import Policy
 
 KiB = 1 << 10
 MiB = 1 << 20

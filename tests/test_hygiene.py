@@ -33,8 +33,8 @@ from artifactfs import errors
 from artifactfs.errors import ArtifactFSError, FetchError, RegistryError
 from artifactfs.manifest import Entry, digest_bytes
 from artifactfs.names import parse_ref
-from artifactfs.registry.base import BlobSource
 from artifactfs.registry.local import LocalRegistry
+from artifactfs.sources import BlobSource
 from artifactfs.store import BlobStore
 
 ENV = {**os.environ, "LC_ALL": "C.UTF-8", "LANG": "C.UTF-8"}

@@ -23,7 +23,8 @@ from artifactfs.errors import ArtifactNotFound, EntityNotFound, EntryNotFound, F
 from artifactfs.manifest import Entry
 from artifactfs.meta import Meta
 from artifactfs.names import Ref
-from artifactfs.registry.base import BlobSource, CollectionInfo, DirEntry, Registry, VersionInfo
+from artifactfs.registry.base import CollectionInfo, DirEntry, Registry, VersionInfo
+from artifactfs.sources import BlobSource
 from artifactfs.tree import ROOT_INODE, Kind, Node, Tree
 
 TTL = 10.0

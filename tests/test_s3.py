@@ -31,12 +31,12 @@ from wandb_server import WandbServer
 
 from artifactfs import Api, Artifact, s3
 from artifactfs.errors import AuthError, DigestMismatch, FetchError, InvalidReferenceEntry, SourceChanged
-from artifactfs.http import Policy
 from artifactfs.manifest import MD5, XXH128, Entry, digest_bytes
 from artifactfs.names import parse_ref
 from artifactfs.references import checksum_reference, content_entry, reference_source
 from artifactfs.registry.local import LocalRegistry
 from artifactfs.store import Blob, BlobStore
+from artifactfs.transfer import Policy
 
 KiB = 1 << 10
 MiB = 1 << 20

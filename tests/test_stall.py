@@ -29,8 +29,8 @@ from conftest import Mount, Mounter, run_cli, write_tree
 
 from artifactfs.manifest import Entry, digest_bytes
 from artifactfs.names import parse_ref
-from artifactfs.registry.base import BlobSource
 from artifactfs.registry.local import LocalRegistry
+from artifactfs.sources import BlobSource
 from artifactfs.store import BlobStore
 
 HOLD = 5.0  # seconds the other process holds cache.db

@@ -19,7 +19,7 @@ import xxhash
 
 from artifactfs.errors import BlobChanged, DigestMismatch, FetchError, RegistryError
 from artifactfs.manifest import EMPTY_MD5_B64, MD5, XXH128, Entry, digest_bytes, hash_fd
-from artifactfs.registry.base import BlobSource
+from artifactfs.sources import BlobSource
 from artifactfs.store import BlobStore, PrefixHasher
 
 MiB = 1 << 20

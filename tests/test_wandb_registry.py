@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 from wandb_server import WandbServer
 
-from artifactfs import http as afs_http
+from artifactfs import transfer as afs_transfer
 from artifactfs.errors import (
     ArtifactFSError,
     ArtifactNotFound,
@@ -54,7 +54,7 @@ from artifactfs.store import BlobStore
 
 KEY = "0123456789abcdef0123456789abcdef01234567"
 FAST = GraphQLPolicy(backoff=0.02, backoff_max=0.1, budget=5.0, attempts=5, read_timeout=10.0)
-FAST_HTTP = afs_http.Policy(backoff=0.02, backoff_max=0.1, retry_budget=5.0, read_timeout=5.0, attempts=4)
+FAST_HTTP = afs_transfer.Policy(backoff=0.02, backoff_max=0.1, retry_budget=5.0, read_timeout=5.0, attempts=4)
 FILES = {"a.txt": b"hello\n", "d/b.txt": b"bee", "d/c.txt": b"cee", "d/e/f.bin": bytes(range(256)) * 50}
 
 

@@ -14,10 +14,9 @@ from __future__ import annotations
 
 import os
 
-from .base import BlobSource, CollectionInfo, DirEntry, LogResult, Registry, VersionInfo
+from .base import CollectionInfo, DirEntry, LogResult, Registry, VersionInfo
 
 __all__ = [
-    "BlobSource",
     "CollectionInfo",
     "DirEntry",
     "LogResult",

@@ -76,7 +76,8 @@ from ..fsutil import remove_stale, walk_files
 from ..manifest import ALGORITHMS, MANIFEST_ALGORITHM, MD5, Entry, artifact_digest, b64_digest, hex_from_b64, new_hasher
 from ..names import LATEST, Ref, check_alias, check_entry_path, check_name, split_dir
 from ..references import reference_source
-from .base import BlobSource, CollectionInfo, DirEntry, LogResult, Registry, RunInfo, VersionInfo
+from ..sources import BlobSource
+from .base import CollectionInfo, DirEntry, LogResult, Registry, RunInfo, VersionInfo
 
 log = logging.getLogger(__name__)
 

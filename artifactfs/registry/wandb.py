@@ -54,7 +54,6 @@ import json
 import logging
 import netrc
 import os
-import random
 import re
 import threading
 import time
@@ -66,7 +65,7 @@ from typing import IO, Any
 import requests
 import requests.auth
 
-from .. import http
+from .. import http, transfer
 from ..errors import (
     ArtifactFSError,
     ArtifactNotFound,
@@ -95,7 +94,8 @@ from ..names import (
     parse_ref,
     parse_version,
 )
-from .base import BlobSource, CollectionInfo, DirEntry, OrgInfo, Progress, Registry, RunInfo, VersionInfo
+from ..sources import BlobSource, Progress
+from .base import CollectionInfo, DirEntry, OrgInfo, Registry, RunInfo, VersionInfo
 from .remote import MAX_MANIFEST_BYTES, ManifestKeeper
 
 log = logging.getLogger(__name__)
@@ -332,25 +332,6 @@ def find_api_key(base_url: str) -> tuple[str | None, str]:
     return None, f"WANDB_API_KEY is not set and {path} has no password for {split.hostname}"
 
 
-class _NoAuth(requests.auth.AuthBase):
-    """Send no credentials (and stop requests from taking them from netrc): presigned URLs carry
-    their own signature, and an Authorization header would break it or leak the key."""
-
-    def __call__(self, r: requests.PreparedRequest) -> requests.PreparedRequest:
-        r.headers.pop("Authorization", None)
-        return r
-
-
-_NO_AUTH = _NoAuth()
-
-
-class _Transient(Exception):
-    def __init__(self, problem: str, retry_after: float | None = None) -> None:
-        super().__init__(problem)
-        self.problem = problem
-        self.retry_after = retry_after
-
-
 class _MissingField(Exception):
     """The server's schema lacks a field we asked for (an older server)."""
 
@@ -505,16 +486,6 @@ def _run_info(node: Any) -> RunInfo | None:
     )
 
 
-def _retry_after(value: str | None) -> float | None:
-    if not value:
-        return None
-    value = value.strip()
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        return http._retry_after(value)
-
-
 # -- the registry ------------------------------------------------------------------------------
 
 
@@ -533,7 +504,7 @@ class WandbRegistry(Registry):
         *,
         policy: GraphQLPolicy = DEFAULT_POLICY,
         connect_policy: GraphQLPolicy = CONNECT_POLICY,
-        http_policy: http.Policy = http.DEFAULT_POLICY,
+        http_policy: transfer.Policy = transfer.DEFAULT_POLICY,
         sdk_cache_dir: str | None = None,
         page_size: int = 500,
         collections_per_call: int = 100,
@@ -565,8 +536,9 @@ class WandbRegistry(Registry):
         self._sdk_cache = sdk_cache_dir
 
         self._lock = threading.Lock()
-        self._local = threading.local()
-        self._sessions: list[requests.Session] = []
+        # Connections (and TLS sessions) reused across calls and threads (W&B #6856), for
+        # GraphQL, manifests and file URLs alike.
+        self._pool = transfer.HttpPool()
         # Fields older servers lack: learnt from validation errors, then left out.
         self._has_digest_algorithm = True
         self._has_membership = True
@@ -613,25 +585,11 @@ class WandbRegistry(Registry):
         return f"wandb:{self.base_url}"
 
     def close(self) -> None:
-        with self._lock:
-            sessions, self._sessions = self._sessions, []
-        for s in sessions:
-            s.close()
-        self._local = threading.local()
+        self._pool.close()
         with contextlib.suppress(AttributeError):  # a constructor that failed made none
             self._manifests.close()
 
     # -- HTTP -----------------------------------------------------------------------------------
-
-    def _session(self) -> requests.Session:
-        """One pooled session per thread (requests.Session is not documented as thread-safe):
-        connections, and TLS sessions, are reused across calls (W&B #6856)."""
-        session: requests.Session | None = getattr(self._local, "session", None)
-        if session is None:
-            session = self._local.session = requests.Session()
-            with self._lock:
-                self._sessions.append(session)
-        return session
 
     def _scrub(self, text: str) -> str:
         """Server text fit for a message: the key cut out (a server may echo a header)."""
@@ -639,30 +597,18 @@ class WandbRegistry(Registry):
         return text.replace(key, "***") if key else text
 
     def _retrying(self, what: str, policy: GraphQLPolicy, attempt: Callable[[], Any]) -> Any:
-        """Run ``attempt`` until it returns, retrying :class:`_Transient` failures with
-        exponential back-off and jitter, ``Retry-After`` honoured, within ``policy``'s bounds."""
-        waited = 0.0
-        start = time.monotonic()
-        problem, n = "no attempt made", 0
-        for n in range(1, policy.attempts + 1):
-            try:
-                return attempt()
-            except _Transient as exc:
-                problem, retry_after = exc.problem, exc.retry_after
-            if n == policy.attempts:
-                break
-            if retry_after is not None and retry_after > policy.retry_after_max:
-                raise _GaveUp(f"{what}: {problem}; the server asks to retry after {retry_after:g}s: giving up")
-            delay = min(policy.backoff_max, policy.backoff * 2 ** (n - 1))
-            delay = delay / 2 + random.uniform(0, delay / 2)
-            if retry_after is not None:
-                delay = max(delay, retry_after)
-            if waited + delay > policy.budget or time.monotonic() - start + delay > policy.deadline:
-                break
-            waited += delay
-            log.warning("%s: %s; retrying in %.2fs", what, problem, delay)
-            time.sleep(delay)
-        raise _GaveUp(f"{what}: {problem}; gave up after {n} tries")
+        """Run ``attempt`` until it returns, retrying :class:`~artifactfs.transfer.Transient`
+        failures within ``policy``'s bounds (:func:`artifactfs.transfer.retrying`)."""
+        return transfer.retrying(
+            what,
+            attempt,
+            attempts=policy.attempts,
+            backoff=policy.backoff,
+            backoff_max=policy.backoff_max,
+            retry_after_max=policy.retry_after_max,
+            budget=policy.budget,
+            deadline=policy.deadline,
+        )
 
     def _gql(
         self,
@@ -685,18 +631,18 @@ class WandbRegistry(Registry):
 
         def attempt() -> Any:
             try:
-                resp = self._session().post(
+                resp = self._pool.post(
                     self._endpoint, json=body, auth=self._auth, timeout=(chosen.connect_timeout, chosen.read_timeout)
                 )
             except (requests.ConnectionError, requests.Timeout) as exc:
-                raise _Transient(f"cannot reach the server ({type(exc).__name__})") from None
+                raise transfer.Transient(f"cannot reach the server ({type(exc).__name__})") from None
             except requests.RequestException as exc:
                 raise RegistryError(f"{what}: {type(exc).__name__}: check WANDB_BASE_URL") from None
             return resp
 
         try:
             payload = self._retrying(what, chosen, lambda: self._answer(attempt(), what))
-        except _GaveUp as exc:
+        except transfer.GaveUp as exc:
             hint = "check WANDB_BASE_URL and the network" if "cannot reach" in str(exc) else "try again later"
             raise RegistryError(f"{exc}: {hint}") from None
         log.debug("W&B %s %s: %.3fs", op, variables, time.monotonic() - t0)
@@ -712,7 +658,7 @@ class WandbRegistry(Registry):
                     "set WANDB_API_KEY or run `wandb login --relogin`"
                 )
             if status in (408, 429) or 500 <= status < 600:
-                raise _Transient(f"HTTP {status}", _retry_after(resp.headers.get("Retry-After")))
+                raise transfer.Transient(f"HTTP {status}", transfer.retry_after(resp.headers.get("Retry-After")))
             ctype = resp.headers.get("Content-Type", "")
             try:
                 payload = resp.json()
@@ -1435,14 +1381,9 @@ class WandbRegistry(Registry):
 
         def attempt() -> bytes:
             try:
-                resp = self._session().get(
-                    url,
-                    auth=_NO_AUTH,
-                    stream=True,
-                    timeout=(self._policy.connect_timeout, self._policy.read_timeout),
-                )
+                resp = self._pool.get(url, timeout=(self._policy.connect_timeout, self._policy.read_timeout))
             except (requests.ConnectionError, requests.Timeout) as exc:
-                raise _Transient(type(exc).__name__) from None
+                raise transfer.Transient(type(exc).__name__) from None
             except requests.RequestException as exc:
                 raise FetchError(f"{label}: {type(exc).__name__}") from None
             with resp:
@@ -1450,7 +1391,7 @@ class WandbRegistry(Registry):
                 if status in (401, 403):
                     raise AuthError(f"{label}: HTTP {status} (the URL has expired?)")
                 if status in (408, 429) or 500 <= status < 600:
-                    raise _Transient(f"HTTP {status}", _retry_after(resp.headers.get("Retry-After")))
+                    raise transfer.Transient(f"HTTP {status}", transfer.retry_after(resp.headers.get("Retry-After")))
                 if status != 200:
                     raise FetchError(f"{label}: HTTP {status}")
                 chunks = []
@@ -1462,16 +1403,16 @@ class WandbRegistry(Registry):
                             raise FetchError(f"{label}: larger than {MAX_MANIFEST_BYTES} bytes")
                         chunks.append(chunk)
                 except requests.RequestException as exc:
-                    raise _Transient(f"body failed ({type(exc).__name__})") from None
+                    raise transfer.Transient(f"body failed ({type(exc).__name__})") from None
                 data = b"".join(chunks)
                 length = resp.headers.get("Content-Length")
                 if length is not None and length.isdigit() and int(length) != len(data):
-                    raise _Transient(f"body cut at {len(data)} of {length} bytes")
+                    raise transfer.Transient(f"body cut at {len(data)} of {length} bytes")
                 return data
 
         try:
             result: bytes = self._retrying(label, self._policy, attempt)
-        except _GaveUp as exc:
+        except transfer.GaveUp as exc:
             raise FetchError(str(exc)) from None
         return result
 
@@ -1563,7 +1504,7 @@ class WandbRegistry(Registry):
         for n in range(self.url_refreshes + 1):
             url = self._manifests.url(version, entry, fresh=n > 0)
             try:
-                http.download(url, fd, entry.size, what, progress, policy=self._http_policy)
+                http.download(url, fd, entry.size, what, progress, policy=self._http_policy, pool=self._pool)
                 return
             except AuthError as exc:
                 last = exc
@@ -1608,10 +1549,6 @@ class WandbRegistry(Registry):
                     urls[name] = url
             log.debug("%s: %d file URLs for %d names", version.ref, len(urls), len(names))
             return urls
-
-
-class _GaveUp(Exception):
-    """Retries exhausted (turned into RegistryError or FetchError by the caller)."""
 
 
 def _opener(path: str) -> Callable[[], IO[bytes]]:

@@ -1,0 +1,70 @@
+"""Where an entry's bytes come from: the data-path types shared by the registries (which make
+sources), the transfer adapters (which fill files) and the store (which verifies what they wrote).
+
+This module sits below the registry package: it imports only :mod:`artifactfs.errors`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import IO, Protocol
+
+from .errors import FetchError
+
+
+class Progress(Protocol):
+    """What a download tells the store while it writes, so the store can hash as bytes arrive."""
+
+    def advance(self, end: int) -> None:
+        """Bytes ``[0, end)`` of the file are written and will not change."""
+
+    def restart(self) -> None:
+        """The file was truncated to 0 and is being written again from the start."""
+
+
+class Download(Protocol):
+    def __call__(self, fd: int, what: str, progress: Progress) -> None:
+        """Write the entry's bytes into ``fd`` (empty; opened read-write) at their offsets,
+        never more than the entry's size; call ``progress`` as the written prefix grows.  May
+        raise :class:`~artifactfs.errors.FetchError`; no thread may write to ``fd`` after it
+        returns or raises."""
+
+
+@dataclass(frozen=True, slots=True)
+class BlobSource:
+    """Where an entry's bytes come from.
+
+    ``local_path`` is set when the bytes already sit in a file on this machine (the local
+    registry's blob store): the store may verify that file in place instead of copying it.
+    ``open`` returns a readable binary stream; it may raise
+    :class:`~artifactfs.errors.FetchError`.  ``download`` writes the bytes into a file itself,
+    possibly out of order (ranged, parallel, resumed HTTP: :func:`artifactfs.http.download`).
+    Whatever the kind, the store verifies the bytes before anything is served.
+    """
+
+    description: str
+    local_path: str | None = None
+    open: Callable[[], IO[bytes]] | None = None
+    download: Download | None = None
+    fallback: BlobSource | None = None  # tried when this source fails or mismatches
+
+    def chain(self) -> Iterator[BlobSource]:
+        """This source, then its fallbacks in order."""
+        source: BlobSource | None = self
+        while source is not None:
+            yield source
+            source = source.fallback
+
+    def stream(self) -> IO[bytes]:
+        """The bytes as a readable stream, whichever kind of source this is."""
+        if self.open is not None:
+            return self.open()
+        if self.local_path is None:
+            raise FetchError(f"no source for {self.description}")
+        try:
+            return open(self.local_path, "rb")
+        except FileNotFoundError as exc:
+            raise FetchError(f"blob of {self.description} is missing ({self.local_path})") from exc
+        except OSError as exc:
+            raise FetchError(f"cannot open blob of {self.description}: {exc.strerror or exc}") from exc
