@@ -155,6 +155,12 @@ class RegistryError(ArtifactFSError):
     """The registry store is unusable (missing, corrupt database, wrong schema)."""
 
 
+class CacheError(ArtifactFSError):
+    """The blob cache is unusable: its directory is not ours (not a directory, another user's,
+    a symlink, a non-empty directory that is no cache), or its index cannot be read or changed
+    (``cache.db`` corrupt, unwritable, or held by another process past the busy timeout)."""
+
+
 class MountError(ArtifactFSError):
     """The mount cannot be set up (mount point, /dev/fuse, fusermount3)."""
 

@@ -13,7 +13,7 @@ import time
 import urllib.parse
 from collections.abc import Iterator
 
-from .errors import RegistryError, SourceError
+from .errors import CacheError, SourceError
 
 log = logging.getLogger(__name__)
 
@@ -108,12 +108,12 @@ def claim_cache_dir(path: str) -> None:
     except FileExistsError:
         st = os.stat(path)
         if not stat.S_ISDIR(st.st_mode):
-            raise RegistryError(f"cache directory {path} is not a directory") from None
+            raise CacheError(f"cache directory {path} is not a directory") from None
         if st.st_uid != os.getuid():
-            raise RegistryError(f"cache directory {path} belongs to another user") from None
+            raise CacheError(f"cache directory {path} belongs to another user") from None
         names = set(os.listdir(path))
         if "cache.db" not in names and not names <= _CACHE_OWN_NAMES:
-            raise RegistryError(
+            raise CacheError(
                 f"{path} is not empty and is not an artifactfs cache: choose a new or empty directory"
             ) from None
     os.chmod(path, 0o700)

@@ -42,7 +42,7 @@ from typing import IO, Any
 import diskcache
 
 from . import defaults
-from .errors import BlobChanged, DigestMismatch, DiskFull, FetchError, RegistryError
+from .errors import BlobChanged, CacheError, DigestMismatch, DiskFull, FetchError
 from .fsutil import claim_cache_dir, make_temp
 from .manifest import Entry, b64_digest, hash_fd, new_hasher, update_from_fd
 from .sources import BlobSource
@@ -220,7 +220,7 @@ class BlobStore:
                 with contextlib.suppress(FileNotFoundError):
                     os.chmod(os.path.join(self.directory, name), 0o600)
         except (OSError, sqlite3.Error) as exc:
-            raise RegistryError(f"cannot use cache directory {self.directory}: {exc}") from exc
+            raise CacheError(f"cannot use cache directory {self.directory}: {exc}") from exc
         # Per-process memo of what this store has already found and proven: key -> (file path,
         # its verified identity, monotonic time it was proven).  An open it answers asks no
         # SQLite at all.  Cache file names are random and never reused, so a memo path that
@@ -345,13 +345,13 @@ class BlobStore:
         try:
             return int(self._cache.volume())
         except (sqlite3.Error, diskcache.Timeout) as exc:
-            raise RegistryError(f"cannot read the size of the cache {self.directory}: {exc}") from exc
+            raise CacheError(f"cannot read the size of the cache {self.directory}: {exc}") from exc
 
     def __contains__(self, key: str) -> bool:
         try:
             return key in self._cache
         except (sqlite3.Error, diskcache.Timeout) as exc:
-            raise RegistryError(f"cannot read the cache index {self.directory}: {exc}") from exc
+            raise CacheError(f"cannot read the cache index {self.directory}: {exc}") from exc
 
     def _cached_file(self, key: str) -> str | None:
         """Worker thread: the path of ``key``'s cache file in diskcache's index (a read, which
@@ -695,7 +695,7 @@ class BlobStore:
             (records,) = self._cache._sql("SELECT COUNT(*) FROM Cache WHERE filename IS NULL").fetchone()
             volume = self.volume
         except (sqlite3.Error, diskcache.Timeout) as exc:
-            raise RegistryError(f"cannot read the cache index in {self.directory}: {exc}") from exc
+            raise CacheError(f"cannot read the cache index in {self.directory}: {exc}") from exc
         limit = int(self._cache.size_limit)
         return {"blobs": blobs, "blob_bytes": blob_bytes, "records": records, "size_limit": limit, "volume": volume}
 
@@ -725,7 +725,7 @@ class BlobStore:
                 evicted += 1
                 freed += row[1]
         except (sqlite3.Error, diskcache.Timeout) as exc:
-            raise RegistryError(f"pruning the cache in {self.directory} failed: {exc}") from exc
+            raise CacheError(f"pruning the cache in {self.directory} failed: {exc}") from exc
         return evicted, freed
 
     def clear(self) -> tuple[int, int]:
@@ -737,7 +737,7 @@ class BlobStore:
                 if isinstance(key, str) and key.startswith((_TRUST_PREFIX, _CACHED_PREFIX)):
                     self._cache.delete(key, retry=True)
         except (sqlite3.Error, diskcache.Timeout) as exc:
-            raise RegistryError(f"clearing the cache in {self.directory} failed: {exc}") from exc
+            raise CacheError(f"clearing the cache in {self.directory} failed: {exc}") from exc
         self._trusted.clear()
         return evicted, freed
 
@@ -927,7 +927,7 @@ def _own_dir(path: str) -> None:
         os.mkdir(path, 0o700)
         return
     if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid():
-        raise RegistryError(f"{path} is not a directory of this user: refusing the cache directory")
+        raise CacheError(f"{path} is not a directory of this user: refusing the cache directory")
     if stat.S_IMODE(st.st_mode) != 0o700:
         os.chmod(path, 0o700)
 
@@ -935,4 +935,4 @@ def _own_dir(path: str) -> None:
 def _no_symlink(path: str) -> None:
     with contextlib.suppress(FileNotFoundError):
         if stat.S_ISLNK(os.lstat(path).st_mode):
-            raise RegistryError(f"{path} is a symlink: refusing the cache directory")
+            raise CacheError(f"{path} is a symlink: refusing the cache directory")

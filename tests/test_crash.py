@@ -32,7 +32,7 @@ from conftest import Mount, Mounter, force_unmount, is_mounted, run_cli, tmpfs_m
 from test_store import entry_for, source
 from test_store import read_all as blob_bytes
 
-from artifactfs.errors import DiskFull, RegistryError
+from artifactfs.errors import CacheError, DiskFull
 from artifactfs.names import parse_ref
 from artifactfs.registry.local import LocalRegistry
 from artifactfs.store import BlobStore
@@ -300,7 +300,7 @@ def test_planted_symlink_for_the_index_is_refused(tmp_path: Path) -> None:
     victim = tmp_path / "victim.db"
     os.replace(cache / "cache.db", victim)
     os.symlink(victim, cache / "cache.db")
-    with pytest.raises(RegistryError, match="is a symlink"):
+    with pytest.raises(CacheError, match="is a symlink"):
         BlobStore(str(cache))
 
 

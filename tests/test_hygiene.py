@@ -30,7 +30,7 @@ import pytest
 from conftest import corrupt_table, tmpfs_mount, write_tree
 
 from artifactfs import errors
-from artifactfs.errors import ArtifactFSError, FetchError, RegistryError
+from artifactfs.errors import ArtifactFSError, CacheError, FetchError
 from artifactfs.manifest import Entry, digest_bytes
 from artifactfs.names import parse_ref
 from artifactfs.registry.local import LocalRegistry
@@ -145,7 +145,7 @@ def test_store_index_failures_become_artifactfs_errors(
 
         monkeypatch.setattr(store._cache, "volume", fail)
         monkeypatch.setattr(store._cache, "__contains__", fail, raising=False)
-        with pytest.raises(RegistryError):
+        with pytest.raises(CacheError):
             _ = store.volume
         monkeypatch.setattr(store._cache, "delete", fail)
         with pytest.raises(FetchError):

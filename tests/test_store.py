@@ -17,7 +17,7 @@ from typing import IO, cast
 import pytest
 import xxhash
 
-from artifactfs.errors import BlobChanged, DigestMismatch, FetchError, RegistryError
+from artifactfs.errors import BlobChanged, CacheError, DigestMismatch, FetchError
 from artifactfs.manifest import EMPTY_MD5_B64, MD5, XXH128, Entry, digest_bytes, hash_fd
 from artifactfs.sources import BlobSource
 from artifactfs.store import BlobStore, PrefixHasher
@@ -90,7 +90,7 @@ def test_foreign_directory_is_refused_and_left_alone(tmp_path: Path) -> None:
     path.mkdir()
     (path / "notes.txt").write_text("mine\n")
     os.chmod(path, 0o755)
-    with pytest.raises(RegistryError, match="not an artifactfs cache"):
+    with pytest.raises(CacheError, match="not an artifactfs cache"):
         BlobStore(str(path))
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o755
     assert os.listdir(path) == ["notes.txt"]  # no cache.db, no tmp/
@@ -100,7 +100,7 @@ def test_a_file_is_refused_as_cache_dir(tmp_path: Path) -> None:
     path = tmp_path / "file"
     path.write_text("x")
     os.chmod(path, 0o644)
-    with pytest.raises(RegistryError, match="not a directory"):
+    with pytest.raises(CacheError, match="not a directory"):
         BlobStore(str(path))
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o644
 
