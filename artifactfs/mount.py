@@ -149,48 +149,53 @@ def run_foreground(config: MountConfig) -> None:
     config.cache_dir = os.path.abspath(config.cache_dir)
     # The cache directory is ours before anything writes into it (a remote backend's manifests).
     claim_cache_dir(config.cache_dir)
-    registry = open_registry(config.registry, cache_dir=config.cache_dir)
-    store = BlobStore(config.cache_dir, config.cache_size, defer_uses=True)  # flushed by _flush_uses
-    os.chdir("/")  # keep no directory of the caller's busy
-    store.clean_tmp()
-    fetcher = Fetcher(
-        registry,
-        store,
-        serve_local_in_place=config.local_blobs == "verify-in-place",
-        failure_backoff=config.failure_backoff,
-    )
-    tree = Tree(registry, uid=os.getuid(), gid=os.getgid(), alias_ttl=config.alias_ttl)
-    prefetcher = Prefetcher(fetcher, tree.files_after, config.prefetch) if config.prefetch > 0 else None
-    ops = Operations(
-        tree, fetcher, pread_in_thread=config.pread_in_thread, xattrs=config.xattrs == "on", prefetch=prefetcher
-    )
-    admin = AdminServer.open(config, fetcher, store)  # before the mount: a port in use fails it here
-    options = set(pyfuse3.default_options)
-    options |= {"fsname=artifactfs", "subtype=artifactfs", "ro", "noatime"}
-    # default_permissions always (pyfuse3's default, kept explicit): the kernel checks the 0444/0555
-    # modes, which is what makes allow_other safe to offer.
-    options.add("default_permissions")
-    if config.allow_other:
-        options.add("allow_other")
-    try:
-        pyfuse3.init(ops, mountpoint, options)
-    except RuntimeError as exc:
-        admin.close()
-        raise MountError(f"cannot mount on {mountpoint}: {exc}") from exc
-    try:
-        if config.profile:
-            _profiled(config.profile, _serve, config, ops, admin)
-        else:
-            trio.run(_serve, config, ops, admin)
-    except BaseException:
-        log.exception("the mount loop failed")
-        raise
-    finally:
-        with contextlib.suppress(Exception):
-            pyfuse3.close(unmount=True)
-        admin.close()
-        registry.close()
-        store.close()
+    # Everything opened is closed on the way out, also when a later step fails (a cache directory
+    # BlobStore refuses must not leave the registry's connections and files open).
+    with contextlib.ExitStack() as stack:
+        registry = open_registry(config.registry, cache_dir=config.cache_dir)
+        stack.callback(registry.close)
+        store = BlobStore(config.cache_dir, config.cache_size, defer_uses=True)  # flushed by _flush_uses
+        stack.callback(store.close)
+        os.chdir("/")  # keep no directory of the caller's busy
+        store.clean_tmp()
+        fetcher = Fetcher(
+            registry,
+            store,
+            serve_local_in_place=config.local_blobs == "verify-in-place",
+            failure_backoff=config.failure_backoff,
+        )
+        tree = Tree(registry, uid=os.getuid(), gid=os.getgid(), alias_ttl=config.alias_ttl)
+        prefetcher = Prefetcher(fetcher, tree.files_after, config.prefetch) if config.prefetch > 0 else None
+        ops = Operations(
+            tree, fetcher, pread_in_thread=config.pread_in_thread, xattrs=config.xattrs == "on", prefetch=prefetcher
+        )
+        admin = AdminServer.open(config, fetcher, store)  # before the mount: a port in use fails it here
+        stack.callback(admin.close)
+        options = set(pyfuse3.default_options)
+        options |= {"fsname=artifactfs", "subtype=artifactfs", "ro", "noatime"}
+        # default_permissions always (pyfuse3's default, kept explicit): the kernel checks the 0444/0555
+        # modes, which is what makes allow_other safe to offer.
+        options.add("default_permissions")
+        if config.allow_other:
+            options.add("allow_other")
+        try:
+            pyfuse3.init(ops, mountpoint, options)
+        except RuntimeError as exc:
+            raise MountError(f"cannot mount on {mountpoint}: {exc}") from exc
+        stack.callback(_unmount)
+        try:
+            if config.profile:
+                _profiled(config.profile, _serve, config, ops, admin)
+            else:
+                trio.run(_serve, config, ops, admin)
+        except BaseException:
+            log.exception("the mount loop failed")
+            raise
+
+
+def _unmount() -> None:
+    with contextlib.suppress(Exception):
+        pyfuse3.close(unmount=True)
 
 
 def _profiled(path: str, *args: Any) -> None:

@@ -30,7 +30,7 @@ from conftest import SAMPLE_FILES, Mount, Mounter, force_unmount, is_mounted, ru
 from fault_server import Fault, FaultServer
 
 from artifactfs import Api, Artifact
-from artifactfs.errors import MountError
+from artifactfs.errors import CacheError, MountError
 from artifactfs.names import parse_ref
 from artifactfs.registry.local import LocalRegistry
 
@@ -1125,3 +1125,37 @@ def test_mount_options_and_read_ahead(mounter: Mounter, sample_registry: tuple[P
         minor = os.minor(os.stat(m.path).st_dev)
         with open(f"/sys/class/bdi/0:{minor}/read_ahead_kb") as f:
             assert f.read().strip() == "1024"
+
+
+def test_a_refused_cache_closes_the_registry_it_opened(
+    tmp_path: Path, sample_registry: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A mount that fails after opening its registry (here the cache's index is a planted symlink,
+    which the blob store refuses) closes the registry's database connections on the way out."""
+    from artifactfs import mount as mount_module
+    from artifactfs.options import MountConfig
+    from artifactfs.store import BlobStore
+
+    reg_dir, _ = sample_registry
+    cache = tmp_path / "cache"
+    BlobStore(str(cache)).close()
+    os.replace(cache / "cache.db", tmp_path / "victim.db")
+    os.symlink(tmp_path / "victim.db", cache / "cache.db")
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    connections: list[sqlite3.Connection] = []
+    real_open = mount_module.open_registry
+
+    def open_and_keep(spec: str, **kwargs: object) -> object:
+        registry = real_open(spec, **kwargs)  # type: ignore[arg-type]
+        assert isinstance(registry, LocalRegistry)
+        connections.extend(registry._connections)
+        return registry
+
+    monkeypatch.setattr(mount_module, "open_registry", open_and_keep)
+    with pytest.raises(CacheError, match="is a symlink"):
+        mount_module.run_foreground(MountConfig(str(reg_dir), str(mnt), cache_dir=str(cache)))
+    assert connections  # the registry was opened and had its database open
+    for conn in connections:
+        with pytest.raises(sqlite3.ProgrammingError, match="closed"):
+            conn.execute("SELECT 1")
