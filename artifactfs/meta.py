@@ -6,7 +6,7 @@ blocking call there stalls every request of the mount.  This layer sits between 
 (:mod:`tree`) and the registry and decides, per registry, how a question is asked:
 
 * ``registry.local`` (SQLite on this machine, tens of microseconds): inline on the loop.  A
-  ``trio.to_thread`` hop costs ~150 us here (shared/docs/PERF_NOTES.md), more than the answer.
+  ``trio.to_thread`` hop costs more than the answer (docs/DESIGN.md, "Inline vs thread").
 * otherwise: in a worker thread under this layer's own ``CapacityLimiter`` (not the fetcher's,
   so a burst of downloads cannot starve ``ls`` and the other way round), several at once.
   Concurrent askers of the same key share one call (single flight: one :class:`_Flight` per
@@ -182,10 +182,6 @@ class Meta:
                 self._store(("resolve", Ref(v.entity, v.project, v.name, v.version)), answer)
                 for alias in v.aliases:
                     self._store(("resolve", Ref(v.entity, v.project, v.name, alias)), answer)
-
-    def forget_cached(self) -> None:
-        """Drop every cached answer (the next question of each kind goes to the registry)."""
-        self._cache.clear()
 
     # -- the questions the tree asks ------------------------------------------------------------------
 

@@ -4,7 +4,7 @@ It reads everything, and makes the edits W&B's API offers (the SDK's ``Artifact.
 logged artifact, ``delete()``, ``link()``); it does not log new versions (``writable`` stays
 False: that is the wandb SDK's job, or a local registry's).
 
-What it asks the server, and when (see ``shared/docs/WANDB_PROTOCOL.md`` for the wire facts):
+What it asks the server, and when:
 
 * **At construction**, one ``Viewer`` query: it checks the API key and that the server speaks
   W&B, so a mount fails at once, in one line that says what to do.
