@@ -3,9 +3,9 @@
 A new artifact is assembled in memory (``add_file``, ``add_dir``, ``add_reference``, ``new_file``,
 ``add``): each file is hashed when it is added, so ``digest``/``size``/``manifest`` are known
 before logging, the same path added twice with the same content is accepted and with other
-content refused with ``ValueError`` (:class:`~artifactfs.errors.PathConflict`), as in W&B.  Once
+content refused with ``ValueError`` (:class:`~artifactfs.wandb_errors.PathConflict`), as in W&B.  Once
 logged (``Api.log_artifact``, ``Run.log_artifact``, ``save()``) the content is immutable
-(:class:`~artifactfs.errors.ArtifactFinalizedError`); ``description``, ``metadata`` and
+(:class:`~artifactfs.wandb_errors.ArtifactFinalizedError`); ``description``, ``metadata`` and
 ``aliases`` stay editable and ``save()`` stores the change.
 
 Reading (``download``, ``checkout``, ``get_path(...).download()``, ``file``, ``get``) goes
@@ -30,21 +30,14 @@ from typing import IO, TYPE_CHECKING, Any
 
 from .download import Downloader, remove_others
 from .errors import (
-    ArtifactFinalizedError,
     ArtifactFSError,
-    ArtifactNotLoggedError,
-    EntryFileNotFound,
-    EntryKeyError,
     EntryNotFound,
     InvalidArgument,
     InvalidMetadata,
     InvalidPath,
     InvalidReferenceEntry,
-    InvalidValue,
     NotFound,
-    PathConflict,
     SourceError,
-    UnsupportedMediaType,
 )
 from .fsutil import walk_files
 from .manifest import MD5, XXH128, Entry, Manifest, hash_fd, hex_from_b64
@@ -54,6 +47,15 @@ from .registry import CollectionInfo, Registry, VersionInfo
 from .registry.base import RunInfo, iso_time
 from .table import SUFFIX as TABLE_SUFFIX
 from .table import Table
+from .wandb_errors import (
+    ArtifactFinalizedError,
+    ArtifactNotLoggedError,
+    EntryFileNotFound,
+    EntryKeyError,
+    InvalidValue,
+    PathConflict,
+    UnsupportedMediaType,
+)
 
 if TYPE_CHECKING:
     from .api import Api
@@ -657,7 +659,7 @@ class Artifact:
 
     def add(self, obj: Any, name: str, overwrite: bool = False) -> ArtifactManifestEntry:
         """Add a :class:`~artifactfs.table.Table` as ``name.table.json`` (W&B's file format).
-        Other W&B media types are refused (:class:`~artifactfs.errors.UnsupportedMediaType`)."""
+        Other W&B media types are refused (:class:`~artifactfs.wandb_errors.UnsupportedMediaType`)."""
         self._not_final("add")
         if not isinstance(obj, Table):
             kind = type(obj).__name__

@@ -5,6 +5,9 @@ the errno that the mount answers with and the level it is logged at; the FUSE la
 (:mod:`artifactfs.ops`) is the only place that turns them into ``FUSEError``, and the CLI is the
 only place that turns them into a one-line message and an exit status.
 
+The classes W&B code catches by W&B's names (``ArtifactNotLoggedError``, ``ValueError``,
+``KeyError``...) are in :mod:`artifactfs.wandb_errors`, each a subclass of one here.
+
 Foreign exceptions (``OSError`` from the disk, ``sqlite3.Error``, ``requests`` errors) are
 translated at the edge of the module that meets them, with ``raise ... from exc``.
 """
@@ -175,53 +178,3 @@ class SourceChanged(FetchError):
     """A reference entry's source no longer holds what was logged: the server's ETag (or the
     object's version) differs from the one recorded in the manifest, so its bytes cannot be the
     entry's.  Raised before the body is downloaded; nothing of it is cached."""
-
-
-class ArtifactStatusError(ArtifactFSError, AttributeError):
-    """Something was asked of an ``Artifact`` in the wrong state: W&B's base of the two below,
-    which W&B derives from ``AttributeError`` (so ``hasattr(draft, "version")`` is False)."""
-
-    errno = _errno.EINVAL
-    log_level = logging.DEBUG
-
-
-class ArtifactNotLoggedError(ArtifactNotLogged, ArtifactStatusError):
-    """W&B's name: an attribute or method that needs a logged version (``version``, ``get``,
-    ``get_path``, ``logged_by``, ``download``...) was used on an ``Artifact`` not logged yet."""
-
-
-class ArtifactFinalizedError(ReadOnly, ArtifactStatusError):
-    """W&B's name: ``add*``/``new_file``/``remove``/``__setitem__`` on a logged artifact, whose
-    content is immutable (create a new ``Artifact`` to log a new version)."""
-
-
-class PathConflict(InvalidPath, ValueError):
-    """An entry path added twice to a new ``Artifact`` with different content (W&B raises
-    ``ValueError`` here; the same content twice is accepted, as in W&B)."""
-
-
-class InvalidValue(InvalidArgument, ValueError):
-    """An argument W&B refuses with ``ValueError`` (``Artifact.file()`` of a many-file
-    artifact, an unknown ``policy``), so code written for W&B catches it as it did."""
-
-
-class UnsupportedMediaType(InvalidArgument, TypeError):
-    """``Artifact.add``/``__setitem__`` of an object other than a ``Table`` (W&B's other media
-    types, images, audio, HTML..., are not implemented; W&B raises ``TypeError`` for an object of
-    no media type at all)."""
-
-
-class EntryKeyError(EntryNotFound, KeyError):
-    """``Artifact.get_path``/``get_entry`` of a name the artifact does not hold (W&B raises
-    ``KeyError``)."""
-
-    def __str__(self) -> str:  # KeyError's own __str__ would quote the message
-        return str(self.args[0]) if self.args else ""
-
-
-class EntryFileNotFound(EntryNotFound, FileNotFoundError):  # type: ignore[misc]  # errno: ours (ENOENT) wins
-    """``Artifact.remove`` of a path the new artifact does not hold (W&B raises
-    ``FileNotFoundError``)."""
-
-    def __str__(self) -> str:  # OSError's own __str__ would show "None"-filled fields
-        return str(self.args[0]) if self.args else ""

@@ -26,7 +26,7 @@ two raise :class:`~artifactfs.errors.RunNotActive` when there is none (wandb: "Y
 wandb.init() before wandb.log_artifact()").  A run still active when the interpreter exits is
 finished then: ``failed`` if an uncaught exception ended the program, else ``finished``.
 Arguments wandb refuses with ``ValueError`` (a type that does not match, a path that is no file)
-raise :class:`~artifactfs.errors.InvalidValue`, which is one.
+raise :class:`~artifactfs.wandb_errors.InvalidValue`, which is one.
 """
 
 from __future__ import annotations
@@ -43,10 +43,11 @@ from typing import Any, Literal
 
 from .api import Api, Artifact
 from .defaults import default_registry
-from .errors import ArtifactFSError, InvalidArgument, InvalidValue, RunNotActive
+from .errors import ArtifactFSError, InvalidArgument, RunNotActive
 from .names import LATEST, parse_ref, resolve_artifact_path, resolve_entity, resolve_project
 from .registry import is_wandb_spec, open_registry
 from .registry.base import RunInfo, iso_time
+from .wandb_errors import InvalidValue
 
 log = logging.getLogger(__name__)
 

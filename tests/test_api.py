@@ -13,10 +13,8 @@ from conftest import SAMPLE_FILES, b64md5, run_cli, write_tree
 
 from artifactfs import Api, Artifact, Table, VerificationError
 from artifactfs.errors import (
-    ArtifactFinalizedError,
     ArtifactNotFound,
     ArtifactNotLogged,
-    ArtifactNotLoggedError,
     Conflict,
     DigestMismatch,
     InvalidArgument,
@@ -28,6 +26,7 @@ from artifactfs.errors import (
     SourceError,
 )
 from artifactfs.manifest import artifact_digest
+from artifactfs.wandb_errors import ArtifactFinalizedError, ArtifactNotLoggedError
 
 
 @pytest.fixture

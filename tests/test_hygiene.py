@@ -29,7 +29,7 @@ import diskcache
 import pytest
 from conftest import corrupt_table, tmpfs_mount, write_tree
 
-from artifactfs import errors
+from artifactfs import errors, wandb_errors
 from artifactfs.errors import ArtifactFSError, CacheError, FetchError
 from artifactfs.manifest import Entry, digest_bytes
 from artifactfs.names import parse_ref
@@ -41,8 +41,13 @@ ENV = {**os.environ, "LC_ALL": "C.UTF-8", "LANG": "C.UTF-8"}
 
 
 def test_every_error_class_maps_to_an_errno_a_level_and_an_exit_status() -> None:
-    classes = [c for _, c in inspect.getmembers(errors, inspect.isclass) if issubclass(c, ArtifactFSError)]
-    assert len(classes) > 15
+    classes = [
+        c
+        for module in (errors, wandb_errors)
+        for _, c in inspect.getmembers(module, inspect.isclass)
+        if issubclass(c, ArtifactFSError)
+    ]
+    assert len(classes) > 25
     for cls in classes:
         assert cls.errno in errno.errorcode, cls
         assert cls.log_level in (logging.DEBUG, logging.INFO, logging.WARNING, logging.ERROR), cls

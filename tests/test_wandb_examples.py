@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 import artifactfs as wandb
-from artifactfs.errors import ArtifactFinalizedError, ArtifactNotLoggedError
+from artifactfs.wandb_errors import ArtifactFinalizedError, ArtifactNotLoggedError
 
 
 @pytest.fixture(autouse=True)
