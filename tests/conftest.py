@@ -18,7 +18,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -41,6 +41,26 @@ def pytest_configure(config: pytest.Config) -> None:
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
     home_guard.sessionfinish(session)
+
+
+class LiveEnv(Mapping[str, str]):
+    """``os.environ`` as it is when a subprocess is started (the test's own HOME, runtime and
+    cache directories: a copy made at import would hold the session's), plus fixed ``extra``."""
+
+    def __init__(self, **extra: str) -> None:
+        self.extra = extra
+
+    def _now(self) -> dict[str, str]:
+        return {**os.environ, **self.extra}
+
+    def __getitem__(self, key: str) -> str:
+        return self._now()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._now())
+
+    def __len__(self) -> int:
+        return len(self._now())
 
 
 def fuse_available() -> str | None:

@@ -20,12 +20,12 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import SAMPLE_FILES, Mounter
+from conftest import SAMPLE_FILES, LiveEnv, Mounter
 
 pytestmark = pytest.mark.fuse
 
 NOBODY = 65534
-ENV = {**os.environ, "LC_ALL": "C.UTF-8", "LANG": "C.UTF-8"}
+ENV = LiveEnv(LC_ALL="C.UTF-8", LANG="C.UTF-8")  # the test's environment when used
 
 
 def as_nobody(cmd: str, directory: Path, rel: str = "") -> subprocess.CompletedProcess[str]:

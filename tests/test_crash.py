@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Mount, Mounter, force_unmount, is_mounted, run_cli, tmpfs_mount, write_tree
+from conftest import LiveEnv, Mount, Mounter, force_unmount, is_mounted, run_cli, tmpfs_mount, write_tree
 from test_store import entry_for, source
 from test_store import read_all as blob_bytes
 
@@ -38,7 +38,7 @@ from artifactfs.registry.local import LocalRegistry
 from artifactfs.store import BlobStore
 
 MiB = 1 << 20
-ENV = {**os.environ, "LC_ALL": "C.UTF-8", "LANG": "C.UTF-8"}
+ENV = LiveEnv(LC_ALL="C.UTF-8", LANG="C.UTF-8")  # the test's environment when used
 
 
 # -- helpers ----------------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ import textwrap
 from pathlib import Path
 
 import home_guard
+from conftest import LiveEnv
 
 TESTS = Path(__file__).resolve().parent
 
@@ -41,6 +42,11 @@ def test_each_test_has_a_fresh_home_xdg_runtime_and_cache_dir_that_subprocesses_
     assert hooked
     for name in ("HOME", "ARTIFACTFS_RUNTIME_DIR", "ARTIFACTFS_CACHE_DIR", *home_guard.XDG_DIRS):
         assert child_env[name] == env[name]
+    # So does one started with a module's ENV (LiveEnv: os.environ when used, not at import).
+    live = LiveEnv(LC_ALL="C.UTF-8")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, check=True, env=live).stdout
+    child_env = json.loads(out)[0]
+    assert child_env["HOME"] == env["HOME"] and child_env["LC_ALL"] == "C.UTF-8"
 
 
 def test_the_next_test_gets_other_directories(tmp_path_factory) -> None:  # type: ignore[no-untyped-def]

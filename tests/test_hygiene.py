@@ -27,7 +27,7 @@ from pathlib import Path
 
 import diskcache
 import pytest
-from conftest import corrupt_table, tmpfs_mount, write_tree
+from conftest import LiveEnv, corrupt_table, tmpfs_mount, write_tree
 
 from artifactfs import errors, wandb_errors
 from artifactfs.errors import ArtifactFSError, CacheError, FetchError
@@ -37,7 +37,7 @@ from artifactfs.registry.local import LocalRegistry
 from artifactfs.sources import BlobSource
 from artifactfs.store import BlobStore
 
-ENV = {**os.environ, "LC_ALL": "C.UTF-8", "LANG": "C.UTF-8"}
+ENV = LiveEnv(LC_ALL="C.UTF-8", LANG="C.UTF-8")  # the test's environment when used
 
 
 def test_every_error_class_maps_to_an_errno_a_level_and_an_exit_status() -> None:

@@ -26,7 +26,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import SAMPLE_FILES, Mount, Mounter, force_unmount, is_mounted, run_cli, write_tree
+from conftest import SAMPLE_FILES, LiveEnv, Mount, Mounter, force_unmount, is_mounted, run_cli, write_tree
 from fault_server import Fault, FaultServer
 
 from artifactfs import Api, Artifact
@@ -37,7 +37,7 @@ from artifactfs.registry.local import LocalRegistry
 pytestmark = pytest.mark.fuse
 
 MiB = 1 << 20
-ENV = {**os.environ, "LC_ALL": "C.UTF-8", "LANG": "C.UTF-8"}
+ENV = LiveEnv(LC_ALL="C.UTF-8", LANG="C.UTF-8")  # the test's environment when used
 EROFS_TEXT = "Read-only file system"
 CORRUPT = "train/000002.txt"  # a file of ds:v1 whose content no other file shares
 

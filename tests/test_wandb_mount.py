@@ -20,13 +20,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import SAMPLE_FILES, Mount, Mounter
+from conftest import SAMPLE_FILES, LiveEnv, Mount, Mounter
 from wandb_server import WandbServer
 
 pytestmark = pytest.mark.fuse
 
 KEY = "f00dfeedc0ffee0123456789abcdef0123456789"
-ENV = {**os.environ, "LC_ALL": "C.UTF-8", "LANG": "C.UTF-8"}
+ENV = LiveEnv(LC_ALL="C.UTF-8", LANG="C.UTF-8")  # the test's environment when used
 BIG = os.urandom(3 * 1024 * 1024 + 17)
 OTHER = {"a.txt": b"the other artifact\n", "b/c.txt": b"still served\n"}
 
