@@ -52,7 +52,7 @@ def _open(directory: str) -> Any:
 
 
 def info(directory: str) -> dict[str, Any]:
-    from .admin import iter_records
+    from .status import iter_records
 
     out: dict[str, Any] = {"cache_dir": directory, "exists": False}
     store = _open(directory)

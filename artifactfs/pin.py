@@ -49,7 +49,7 @@ def _xattr(path: str, name: str) -> str | None:
 
 def pin(path: str | os.PathLike[str]) -> Pin:
     """The pin of ``path`` (a version directory, or anything inside one, through aliases too)."""
-    from .admin import find_mount
+    from .status import find_mount
 
     text = os.fspath(path)
     mount = find_mount(text)

@@ -34,7 +34,7 @@ def add_tool_commands(sub: argparse._SubParsersAction[Any], common: argparse.Arg
         "status", parents=[common], help="list this machine's artifactfs mounts (registry, cache dir, PID, uptime)"
     )
     p.add_argument("--json", action="store_true")
-    p.set_defaults(func=_lazy("admin", "cmd_status"))
+    p.set_defaults(func=_lazy("status", "cmd_status"))
 
     p = sub.add_parser("stats", parents=[common], help="a mount's counters: cache hits, bytes, failures, latency")
     p.add_argument("mountpoint", help="the mount point (or any path on the mount)")
@@ -47,7 +47,7 @@ def add_tool_commands(sub: argparse._SubParsersAction[Any], common: argparse.Arg
         metavar="SECONDS",
         help="refresh every SECONDS (default 2) until SIGINT or SIGTERM (exit 0)",
     )
-    p.set_defaults(func=_lazy("admin", "cmd_stats"))
+    p.set_defaults(func=_lazy("status", "cmd_stats"))
 
     p = sub.add_parser("cache", parents=[common], help="show, prune or clear the blob cache (safe while mounted)")
     p.add_argument("action", choices=("info", "prune", "clear"))
