@@ -594,7 +594,15 @@ class ArtifactFileSystem(AbstractFileSystem):  # type: ignore[misc]  # fsspec ha
         **kwargs: Any,
     ) -> Any:
         if mode == "rb" and compression is None and not kwargs and isinstance(path, str):
-            return self._open(path)  # fsspec's open adds nothing to a plain binary read
+            # fsspec's open adds nothing to a plain binary read.  A path opened before (its
+            # version still the answer) goes straight to its blob: the epoch of a data loader.
+            hit = self._opened.get(path)
+            if hit is not None:
+                vkey, version, target = hit
+                known = self._versions.get(vkey)
+                if known is not None and known[0] is version and time.time() - known[1] < self.alias_ttl:
+                    return ArtifactFile(self._blob(version, target, path), path, version)
+            return self._open(path)
         return super().open(path, mode, block_size, cache_options, compression, **kwargs)
 
     def _open(
@@ -606,6 +614,7 @@ class ArtifactFileSystem(AbstractFileSystem):  # type: ignore[misc]  # fsspec ha
         cache_options: Any = None,
         **kwargs: Any,
     ) -> ArtifactFile:
+        given = path
         path = self._strip_protocol(path)
         if mode != "rb" and any(c in mode for c in "wax+"):
             raise _refuse(path)
@@ -628,6 +637,8 @@ class ArtifactFileSystem(AbstractFileSystem):  # type: ignore[misc]  # fsspec ha
             if len(self._opened) >= _ENTRY_MEMO_MAX:
                 self._opened.clear()
             self._opened[path] = ((parts[0], parts[1], name, tag), version, target)
+            if given != path:  # as given (with the protocol): the next open of it finds it too
+                self._opened[given] = self._opened[path]
         return ArtifactFile(blob, path, version)
 
     def cat_file(self, path: str, start: int | None = None, end: int | None = None, **kwargs: Any) -> bytes:
