@@ -27,8 +27,9 @@ the one verified.
 
 Aliases: a filesystem instance resolves ``NAME:ALIAS`` on first use and keeps the answer for
 ``alias_ttl`` seconds (``invalidate_cache()`` forgets it); an open file reads the version it was
-opened in for as long as it is open; a pickled instance (a Dask task) carries its answers, so the
-workers read the version the client resolved.  Errors are Python's: ``FileNotFoundError``,
+opened in for as long as it is open; a pickled instance (a Dask task) carries its answers, and
+they hold in the process that unpickles it until ``invalidate_cache()``, so the workers read the
+version the client resolved.  Errors are Python's: ``FileNotFoundError``,
 ``PermissionError`` for every write, ``OSError(EIO)`` for a digest mismatch.
 """
 
@@ -270,15 +271,17 @@ class ArtifactFileSystem(AbstractFileSystem):  # type: ignore[misc]  # fsspec ha
     def __reduce__(self) -> Any:
         # Workers get the alias answers this instance has, so they read the same versions.
         with self._lock:
-            pins = {k: v for k, v in self._versions.items() if parse_version(k[3]) is None}
-        return _restore, (type(self), self.storage_args, self.storage_options, pins)
+            pins = {k: v[0] for k, v in self._versions.items() if parse_version(k[3]) is None}
+        origin = (os.getpid(), id(self))
+        return _restore, (type(self), self.storage_args, self.storage_options, pins, origin)
 
-    def _adopt(self, pins: dict[tuple[str, str, str, str], tuple[VersionInfo, float]]) -> None:
+    def _adopt(self, pins: dict[tuple[str, str, str, str], VersionInfo]) -> None:
+        """Take the alias answers of an unpickled copy: they hold until :meth:`invalidate_cache`
+        or the next unpickled copy that brings other answers (not for ``alias_ttl``: a task
+        started minutes after the client resolved the alias still reads the client's version)."""
         with self._lock:
-            for key, (version, at) in pins.items():
-                known = self._versions.get(key)
-                if known is None or known[1] < at:
-                    self._versions[key] = (version, at)
+            for key, version in pins.items():
+                self._versions[key] = (version, math.inf)  # fresh until invalidated, as a version
 
     def invalidate_cache(self, path: str | None = None) -> None:
         """Forget alias answers and namespace listings (versions' contents never change)."""
@@ -417,7 +420,10 @@ class ArtifactFileSystem(AbstractFileSystem):  # type: ignore[misc]  # fsspec ha
                 )
                 answers[(entity, project, v.name, alias)] = (v, now)
         with self._lock:  # the listing answered them: the same answer for a path through them
-            self._versions.update(answers)
+            for key, answer in answers.items():
+                known = self._versions.get(key)
+                if known is None or known[1] != math.inf:  # answers carried by a pickle stay
+                    self._versions[key] = answer
         return [out[name] for name in sorted(out)]
 
     def ls(self, path: str, detail: bool = True, **kwargs: Any) -> list[Any]:
@@ -691,10 +697,12 @@ def _restore(
     cls: type[ArtifactFileSystem],
     args: tuple[Any, ...],
     kwargs: dict[str, Any],
-    pins: dict[tuple[str, str, str, str], tuple[VersionInfo, float]],
+    pins: dict[tuple[str, str, str, str], VersionInfo],
+    origin: tuple[int, int],
 ) -> ArtifactFileSystem:
-    fs = cls(*args, **kwargs)
-    fs._adopt(pins)
+    fs = cls(*args, **kwargs)  # fsspec's instance for these options in this process
+    if (os.getpid(), id(fs)) != origin:  # not the very instance that was pickled: it has its own
+        fs._adopt(pins)
     return fs
 
 

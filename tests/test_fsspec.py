@@ -266,10 +266,18 @@ def test_alias_answer_kept_then_moved_and_open_file_keeps_its_version(
         registry.close()
     # the answer is kept for alias_ttl (60 s by default): the same version meanwhile ...
     assert fs.cat_file("acme/vision/ds:best/README.md") == b"# v0\n"
-    # ... and a pickled instance (a Dask task) carries it to the process that unpickles it
+    # ... and a pickled instance (a Dask task) carries it to the process that unpickles it,
+    # where it holds past alias_ttl (a task may start long after the client resolved it)
+    pickled = pickle.dumps(fs)
+    assert pickle.loads(pickled) is fs  # fsspec's one instance here: it keeps its own answers
     ArtifactFileSystem.clear_instance_cache()
-    clone = pickle.loads(pickle.dumps(fs))
-    assert clone is not fs and clone.cat_file("acme/vision/ds:best/README.md") == b"# v0\n"
+    clone = pickle.loads(pickled)
+    assert clone is not fs
+    clone.alias_ttl = 0
+    assert clone.cat_file("acme/vision/ds:best/README.md") == b"# v0\n"
+    assert clone.info("acme/vision/ds:best")["destination"] == "acme/vision/ds:v0"
+    clone.invalidate_cache()
+    assert clone.cat_file("acme/vision/ds:best/README.md") == b"# sample\n"
     fs.invalidate_cache()  # or alias_ttl seconds later
     assert fs.cat_file("acme/vision/ds:best/README.md") == b"# sample\n"
     assert fs.info("acme/vision/ds:best")["destination"] == "acme/vision/ds:v1"
