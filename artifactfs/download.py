@@ -33,16 +33,15 @@ import logging
 import os
 import secrets
 import stat
-import sys
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from .errors import ArtifactFSError, DigestMismatch, FetchError, InvalidPath
 from .fetcher import INLINE_VERIFY_MAX
 from .manifest import Entry, hash_fd
 from .names import check_entry_path
+from .progress import ProgressBar
 from .references import content_entry
 from .registry.base import Registry, VersionInfo
 from .store import Blob, BlobStore, write_verified
@@ -257,47 +256,6 @@ def _check_entry(entry: Entry) -> Entry:
     return content_entry(entry) if entry.ref is not None else entry
 
 
-class Progress:
-    """A tqdm bar (bytes, files, rate) when stderr is a terminal; nothing otherwise."""
-
-    quiet = False  # the CLI's --quiet (artifactfs.progress.set_quiet): no bar even at a terminal
-
-    def __init__(self, total_bytes: int, total_files: int, desc: str, enabled: bool | None = None) -> None:
-        self._bar: Any = None
-        self._files = 0
-        self._total_files = total_files
-        self._lock = threading.Lock()
-        if enabled is None:
-            enabled = _stderr_is_tty() and not Progress.quiet
-        if enabled and total_files:
-            import tqdm
-
-            self._bar = tqdm.tqdm(
-                total=total_bytes, unit="B", unit_scale=True, unit_divisor=1024, desc=desc, leave=False
-            )
-            self._bar.set_postfix_str(f"0/{total_files} files")
-
-    def done(self, size: int) -> None:
-        if self._bar is None:
-            return
-        with self._lock:
-            self._files += 1
-            self._bar.update(size)
-            self._bar.set_postfix_str(f"{self._files}/{self._total_files} files", refresh=False)
-
-    def close(self) -> None:
-        if self._bar is not None:
-            self._bar.refresh()  # the final counts, whatever the last redraw showed
-            self._bar.close()
-
-
-def _stderr_is_tty() -> bool:
-    try:
-        return sys.stderr is not None and sys.stderr.isatty()
-    except (AttributeError, ValueError):
-        return False
-
-
 class Downloader:
     """Places a version's entries under a root; see the module docstring."""
 
@@ -337,7 +295,7 @@ class Downloader:
             for job in todo:  # every path is checked before anything is written
                 for path in job.paths:
                     dest.split(path)
-            bar = Progress(
+            bar = ProgressBar(
                 sum(j.check.size * len(j.paths) for j in todo),
                 sum(len(j.paths) for j in todo),
                 self.version.name,
@@ -356,7 +314,7 @@ class Downloader:
             finally:
                 bar.close()
 
-    def _job(self, dest: SafeRoot, job: Job, bar: Progress) -> None:
+    def _job(self, dest: SafeRoot, job: Job, bar: ProgressBar) -> None:
         pending: list[tuple[int, str, str]] = []  # (dir fd, leaf, path) still to write
         try:
             for path in job.paths:

@@ -19,12 +19,12 @@ import sys
 import trio
 
 from . import defaults
-from .download import Progress
 from .errors import ArtifactFSError, FetchError
 from .fetcher import Fetcher
 from .fsutil import claim_cache_dir
 from .manifest import Entry
 from .names import parse_ref
+from .progress import ProgressBar
 from .registry.base import Registry, VersionInfo
 from .store import BlobStore
 
@@ -40,7 +40,7 @@ def select(registry: Registry, version: VersionInfo, prefix: str) -> list[Entry]
     return sorted((e for e in registry.iter_entries(version) if e.path.startswith(prefix)), key=lambda e: e.path)
 
 
-async def warm(fetcher: Fetcher, version: VersionInfo, entries: list[Entry], jobs: int, bar: Progress) -> list[str]:
+async def warm(fetcher: Fetcher, version: VersionInfo, entries: list[Entry], jobs: int, bar: ProgressBar) -> list[str]:
     """Prefetch ``entries`` with ``jobs`` at once; the paths that failed."""
     failed: list[str] = []
     send, receive = trio.open_memory_channel[Entry](jobs)
@@ -81,7 +81,7 @@ def cmd_prefetch(args: argparse.Namespace) -> int:
                 serve_local_in_place=args.local_blobs == "verify-in-place",
                 max_threads=args.jobs,
             )
-            bar = Progress(sum(e.size for e in entries), len(entries), f"prefetch {version.ref}")
+            bar = ProgressBar(sum(e.size for e in entries), len(entries), f"prefetch {version.ref}")
             try:
                 failed = trio.run(warm, fetcher, version, entries, args.jobs, bar)
             finally:

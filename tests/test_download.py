@@ -27,10 +27,11 @@ import artifactfs.artifact
 import artifactfs.manifest
 import artifactfs.registry.wandb
 from artifactfs import Api, Artifact
-from artifactfs.download import Progress, SafeRoot, clone_or_copy
+from artifactfs.download import SafeRoot, clone_or_copy
 from artifactfs.errors import ArtifactFSError, DigestMismatch, InvalidPath
 from artifactfs.fetcher import Fetcher
 from artifactfs.manifest import digest_bytes
+from artifactfs.progress import ProgressBar
 from artifactfs.store import BlobStore
 
 KEY = "0123456789abcdef0123456789abcdef01234567"
@@ -324,7 +325,7 @@ def test_progress_bar_on_a_terminal(server: WandbServer, env: Path) -> None:
 
 
 def test_progress_disabled_does_nothing(capfd: pytest.CaptureFixture[str]) -> None:
-    bar = Progress(100, 2, "x", enabled=False)
+    bar = ProgressBar(100, 2, "x", enabled=False)
     bar.done(50)
     bar.close()
     assert capfd.readouterr().err == ""
