@@ -23,6 +23,7 @@ from typing import Any
 from . import __version__, defaults
 from .errors import ArtifactFSError, InvalidMetadata, InvalidReference, SourceError
 from .manifest import MD5, XXH128
+from .metrics import human_bytes
 from .names import check_alias, check_name, parse_prefix, parse_ref
 from .options import REGISTRY_HELP, add_mount_arguments, argparse_type, parse_log_level, registry_spec
 from .registry import Registry, VersionInfo
@@ -54,18 +55,9 @@ def _json_object(text: str) -> dict[str, Any]:
     return value
 
 
-def human_size(n: int) -> str:
-    size = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if size < 1024 or unit == "TiB":
-            return f"{int(size)} B" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    raise AssertionError("unreachable")
-
-
 def _print_version(v: VersionInfo) -> None:
     aliases = ",".join(v.aliases) or "-"
-    print(f"{v.ref}\t{aliases}\t{human_size(v.size)}\t{v.file_count} files\t{iso_time(v.created_at_ns)}\t{v.digest}")
+    print(f"{v.ref}\t{aliases}\t{human_bytes(v.size)}\t{v.file_count} files\t{iso_time(v.created_at_ns)}\t{v.digest}")
 
 
 def cmd_log(args: argparse.Namespace) -> int:
@@ -95,7 +87,7 @@ def cmd_log(args: argparse.Namespace) -> int:
     v = result.version
     if not result.created:
         print(f"content equals {v.ref} (digest {v.digest}): no new version", file=sys.stderr)
-    print(f"{v.file_count} files, {human_size(v.size)}, aliases: {', '.join(v.aliases)}", file=sys.stderr)
+    print(f"{v.file_count} files, {human_bytes(v.size)}, aliases: {', '.join(v.aliases)}", file=sys.stderr)
     print(str(v.ref))
     return 0
 
@@ -206,7 +198,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
 def cmd_gc(args: argparse.Namespace) -> int:
     with _opened(args) as registry:
         purged, removed, freed = registry.gc(grace=args.grace)
-    print(f"purged {purged} deleted versions, removed {removed} unused blobs ({human_size(freed)})")
+    print(f"purged {purged} deleted versions, removed {removed} unused blobs ({human_bytes(freed)})")
     return 0
 
 

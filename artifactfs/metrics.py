@@ -261,6 +261,7 @@ def prometheus(snapshot: Mapping[str, Any]) -> str:
 
 
 def human_bytes(n: float) -> str:
+    """``n`` bytes for people (``512 B``, ``1.5 KiB``, ``3.0 GiB``): the one such form of every command."""
     size = float(n)
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
         if abs(size) < 1024 or unit == "TiB":
