@@ -17,26 +17,16 @@ import shutil
 import stat
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
 
-from .defaults import is_builtin_registry
-from .errors import ArtifactFSError, AuthError
+from .checks import FAIL, OK, WARN, Check
+from .errors import ArtifactFSError
 from .fsutil import _CACHE_OWN_NAMES
 from .metrics import human_bytes
-from .registry import is_wandb_spec
+from .registry import doctor_checks
 
-OK, WARN, FAIL = "ok", "warn", "FAIL"
 HELPER = "/sbin/mount.fuse.artifactfs"
 MIN_FREE = 1 << 30  # a cache with less free space than this evicts on nearly every fetch
 MIN_KERNEL = (4, 20)  # FUSE 7.28: max_pages, so reads reach the daemon as 1 MiB requests
-
-
-@dataclass
-class Check:
-    name: str
-    status: str
-    found: str
-    fix: str = ""
 
 
 def check_dev_fuse() -> Check:
@@ -138,81 +128,8 @@ def check_helper() -> Check:
 
 
 def check_registry(spec: str, cache_dir: str) -> list[Check]:
-    if is_wandb_spec(spec):
-        return _check_wandb(spec, cache_dir)
-    name = "registry"
-    path = os.path.abspath(spec)
-    if not os.path.lexists(path) and is_builtin_registry(spec):
-        # A fresh machine: nothing named, nothing logged yet.  A registry someone named that is
-        # not there is a typo or a missing volume: that one fails below.
-        return [Check(name, OK, f"no registry yet at {path} (the default): the first 'artifactfs log' creates it")]
-    if not os.path.isdir(path):
-        return [
-            Check(
-                name,
-                FAIL,
-                f"no registry at {path}",
-                "log a first artifact into it (artifactfs log DIR ENTITY/PROJECT/NAME --type dataset) or name "
-                "another one with --registry or $ARTIFACTFS_REGISTRY",
-            )
-        ]
-    from .registry import open_registry
-
-    try:
-        registry = open_registry(path)
-    except ArtifactFSError as exc:
-        return [Check(name, FAIL, str(exc), "check the path and its permissions (ls -l)")]
-    try:
-        entities = registry.entities()
-    except ArtifactFSError as exc:
-        return [Check(name, FAIL, f"{path}: {exc}", "check the registry's database (artifactfs ls)")]
-    finally:
-        registry.close()
-    return [Check(name, OK, f"local registry {path} ({len(entities)} entities)")]
-
-
-def _check_wandb(spec: str, cache_dir: str) -> list[Check]:
-    from .registry.wandb import DEFAULT_BASE_URL, find_api_key
-
-    url = (spec.partition(":")[2] or os.environ.get("WANDB_BASE_URL") or DEFAULT_BASE_URL).rstrip("/")
-    try:
-        key, where = find_api_key(url)
-    except ArtifactFSError as exc:
-        return [Check("W&B credentials", FAIL, str(exc), "fix ~/.netrc or set WANDB_API_KEY")]
-    if not key:
-        return [
-            Check(
-                "W&B credentials",
-                FAIL,
-                f"no API key for {url}: {where}",
-                f"set WANDB_API_KEY or run `wandb login --host {url}` (never put the key on a command line)",
-            )
-        ]
-    checks = [Check("W&B credentials", OK, f"an API key from {where}")]
-    from .registry.wandb import WandbRegistry
-
-    try:
-        registry = WandbRegistry(base_url=url)
-    except AuthError as exc:
-        checks.append(
-            Check("W&B server", FAIL, str(exc), "check the key (wandb login --relogin) and that it is for this host")
-        )
-        return checks
-    except ArtifactFSError as exc:
-        checks.append(
-            Check(
-                "W&B server",
-                FAIL,
-                f"{url} is unreachable or not a W&B server: {exc}",
-                "check the network, a proxy ($HTTPS_PROXY) and $WANDB_BASE_URL",
-            )
-        )
-        return checks
-    try:
-        checks.append(Check("W&B server", OK, f"{url}: signed in as {registry.viewer_entity}"))
-    finally:
-        registry.close()
-    return checks
+    """The registry's backend's own checks (:data:`artifactfs.registry.BACKENDS`)."""
+    return doctor_checks(spec, cache_dir)
 
 
 def check_cache_dir(path: str) -> list[Check]:

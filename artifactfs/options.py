@@ -22,22 +22,15 @@ import argparse
 import dataclasses
 import logging
 import re
-import urllib.parse
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from . import defaults
 from .errors import InvalidArgument
-from .fsutil import redact_uri
-from .registry import is_wandb_spec
+from .registry import check_spec, registry_help
 
-REGISTRY_HELP = (
-    "registry spec: DIR (a local registry directory; ./wandb for one named wandb), "
-    "'wandb' (the W&B server in $WANDB_BASE_URL, else the W&B cloud) or 'wandb:https://HOST[:PORT]' "
-    "(a self-hosted W&B server); W&B credentials come from $WANDB_API_KEY or ~/.netrc, "
-    "never from the command line"
-)
+REGISTRY_HELP = registry_help()
 
 # Options that mount(8) and fstab hand to every filesystem and that mean nothing more here (a
 # mount is always read-only, nodev and nosuid), or that mount(8) itself acts on.
@@ -112,13 +105,7 @@ def registry_spec(text: str) -> str:
     backend checks the rest when it is opened."""
     if not text:
         raise InvalidArgument("empty registry spec")
-    if is_wandb_spec(text):
-        url = urllib.parse.urlsplit(text.partition(":")[2])
-        if url.username is not None or url.password is not None or url.query or url.fragment:
-            raise InvalidArgument(
-                f"registry spec wandb:{redact_uri(text.partition(':')[2])} must not carry credentials or a query "
-                "string: put the W&B API key in $WANDB_API_KEY or ~/.netrc"
-            )
+    check_spec(text)
     return text
 
 

@@ -45,7 +45,7 @@ from .api import Api, Artifact
 from .defaults import default_registry
 from .errors import ArtifactFSError, InvalidArgument, RunNotActive
 from .names import LATEST, parse_ref, resolve_artifact_path, resolve_entity, resolve_project
-from .registry import is_wandb_spec, open_registry
+from .registry import create_for_log
 from .registry.base import RunInfo, iso_time
 from .wandb_errors import InvalidValue
 
@@ -278,8 +278,7 @@ def init(
         api = registry
     else:
         spec = os.fspath(registry) if registry is not None else default_registry()
-        if not is_wandb_spec(spec) and not os.path.exists(os.path.join(spec, "registry.sqlite")):
-            open_registry(spec, create=True).close()  # wandb.init() creates what it logs into
+        create_for_log(spec)  # wandb.init() creates what it logs into
         api = Api(spec, cache_dir=cache_dir)
     try:
         reg = api.registry

@@ -54,8 +54,10 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from ..defaults import GC_GRACE
+from ..checks import FAIL, OK, Check
+from ..defaults import GC_GRACE, is_builtin_registry
 from ..errors import (
+    ArtifactFSError,
     ArtifactNotFound,
     Conflict,
     EntityNotFound,
@@ -1456,3 +1458,53 @@ def _dirs_of(paths: Iterable[str]) -> set[str]:
             dirs.add(parent)
             parent = split_dir(parent)[0]
     return dirs
+
+
+# -- the backend (registry/__init__.py's table) ---------------------------------------------------
+
+
+def open_spec(rest: str | None, *, create: bool, cache_dir: str | None) -> LocalRegistry:
+    """The local registry in directory ``rest`` (it keeps nothing in a cache directory)."""
+    return LocalRegistry(rest or ".", create=create)
+
+
+def check_spec(rest: str | None) -> None:
+    """A directory: nothing in it to refuse before it is opened."""
+
+
+def create_for_log(rest: str | None) -> None:
+    """A first log into a directory that holds no registry creates one there."""
+    root = rest or "."
+    if not os.path.exists(os.path.join(root, "registry.sqlite")):
+        LocalRegistry(root, create=True).close()
+
+
+def doctor_checks(rest: str | None, cache_dir: str) -> list[Check]:
+    name = "registry"
+    spec = rest or "."
+    path = os.path.abspath(spec)
+    if not os.path.lexists(path) and is_builtin_registry(spec):
+        # A fresh machine: nothing named, nothing logged yet.  A registry someone named that is
+        # not there is a typo or a missing volume: that one fails below.
+        return [Check(name, OK, f"no registry yet at {path} (the default): the first 'artifactfs log' creates it")]
+    if not os.path.isdir(path):
+        return [
+            Check(
+                name,
+                FAIL,
+                f"no registry at {path}",
+                "log a first artifact into it (artifactfs log DIR ENTITY/PROJECT/NAME --type dataset) or name "
+                "another one with --registry or $ARTIFACTFS_REGISTRY",
+            )
+        ]
+    try:
+        registry = LocalRegistry(path)
+    except ArtifactFSError as exc:
+        return [Check(name, FAIL, str(exc), "check the path and its permissions (ls -l)")]
+    try:
+        entities = registry.entities()
+    except ArtifactFSError as exc:
+        return [Check(name, FAIL, f"{path}: {exc}", "check the registry's database (artifactfs ls)")]
+    finally:
+        registry.close()
+    return [Check(name, OK, f"local registry {path} ({len(entities)} entities)")]

@@ -66,6 +66,7 @@ import requests
 import requests.auth
 
 from .. import http, transfer
+from ..checks import FAIL, OK, Check
 from ..errors import (
     ArtifactFSError,
     ArtifactNotFound,
@@ -1561,5 +1562,80 @@ def _opener(path: str) -> Callable[[], IO[bytes]]:
     return open_
 
 
-__all__ = ["DEFAULT_BASE_URL", "GraphQLPolicy", "WandbRegistry", "WandbVersionInfo", "find_api_key", "parse_manifest"]
+# -- the backend (registry/__init__.py's table) ---------------------------------------------------
+
+
+def open_spec(rest: str | None, *, create: bool, cache_dir: str | None) -> WandbRegistry:
+    """The W&B server at ``rest`` (``https://host[:port]``), else ``$WANDB_BASE_URL``'s, else the
+    W&B cloud; ``create`` changes nothing (nothing new is logged to W&B)."""
+    return WandbRegistry(base_url=rest, cache_dir=cache_dir)
+
+
+def check_spec(rest: str | None) -> None:
+    """No credentials, query or fragment in the spec: it may be shown in argv and logs."""
+    url = urllib.parse.urlsplit(rest or "")
+    if url.username is not None or url.password is not None or url.query or url.fragment:
+        raise InvalidArgument(
+            f"registry spec wandb:{redact_uri(rest or '')} must not carry credentials or a query "
+            "string: put the W&B API key in $WANDB_API_KEY or ~/.netrc"
+        )
+
+
+def create_for_log(rest: str | None) -> None:
+    """Nothing: a W&B server's entities and projects are not created here."""
+
+
+def doctor_checks(rest: str | None, cache_dir: str) -> list[Check]:
+    """Credentials for the server, then the server itself (one ``viewer`` call)."""
+    url = (rest or os.environ.get("WANDB_BASE_URL") or DEFAULT_BASE_URL).rstrip("/")
+    try:
+        key, where = find_api_key(url)
+    except ArtifactFSError as exc:
+        return [Check("W&B credentials", FAIL, str(exc), "fix ~/.netrc or set WANDB_API_KEY")]
+    if not key:
+        return [
+            Check(
+                "W&B credentials",
+                FAIL,
+                f"no API key for {url}: {where}",
+                f"set WANDB_API_KEY or run `wandb login --host {url}` (never put the key on a command line)",
+            )
+        ]
+    checks = [Check("W&B credentials", OK, f"an API key from {where}")]
+    try:
+        registry = WandbRegistry(base_url=url)
+    except AuthError as exc:
+        checks.append(
+            Check("W&B server", FAIL, str(exc), "check the key (wandb login --relogin) and that it is for this host")
+        )
+        return checks
+    except ArtifactFSError as exc:
+        checks.append(
+            Check(
+                "W&B server",
+                FAIL,
+                f"{url} is unreachable or not a W&B server: {exc}",
+                "check the network, a proxy ($HTTPS_PROXY) and $WANDB_BASE_URL",
+            )
+        )
+        return checks
+    try:
+        checks.append(Check("W&B server", OK, f"{url}: signed in as {registry.viewer_entity}"))
+    finally:
+        registry.close()
+    return checks
+
+
+__all__ = [
+    "DEFAULT_BASE_URL",
+    "GraphQLPolicy",
+    "WandbRegistry",
+    "WandbVersionInfo",
+    "check_spec",
+    "create_for_log",
+    "doctor_checks",
+    "find_api_key",
+    "open_spec",
+    "parse_manifest",
+]
 
