@@ -33,7 +33,6 @@ from .errors import (
     ArtifactFSError,
     EntryNotFound,
     InvalidArgument,
-    InvalidMetadata,
     InvalidPath,
     InvalidReferenceEntry,
     NotFound,
@@ -41,7 +40,15 @@ from .errors import (
 )
 from .fsutil import walk_files
 from .manifest import MD5, XXH128, Entry, Manifest, hash_fd, hex_from_b64
-from .names import LATEST, check_alias, check_entry_path, check_name, env_organization, is_registry_project
+from .names import (
+    LATEST,
+    check_alias,
+    check_entry_path,
+    check_name,
+    env_organization,
+    is_registry_project,
+    json_object_text,
+)
 from .references import HTTP_SCHEMES, S3_SCHEME, checksum_reference, file_path
 from .registry import CollectionInfo, Registry, VersionInfo
 from .registry.base import RunInfo, iso_time
@@ -1049,14 +1056,7 @@ def _matches(path: str, entry: Entry) -> bool:
 
 def _check_metadata(metadata: Any) -> dict[str, Any]:
     """A copy of ``metadata`` if JSON can carry it (W&B refuses the rest)."""
-    if metadata is None:
-        return {}
-    if not isinstance(metadata, dict):
-        raise InvalidMetadata(f"metadata must be a dict, not {type(metadata).__name__}")
-    try:
-        return dict(json.loads(json.dumps(metadata, allow_nan=False)))
-    except (TypeError, ValueError) as exc:
-        raise InvalidMetadata(f"metadata cannot be stored as JSON: {exc}") from exc
+    return {} if metadata is None else dict(json.loads(json_object_text(metadata)))
 
 
 def _current_run() -> Any:

@@ -24,7 +24,7 @@ from . import __version__, defaults
 from .errors import ArtifactFSError, InvalidMetadata, InvalidReference, SourceError
 from .manifest import MD5, XXH128
 from .metrics import human_bytes
-from .names import check_alias, check_name, parse_prefix, parse_ref
+from .names import check_alias, check_name, json_object_text, parse_prefix, parse_ref
 from .options import REGISTRY_HELP, add_mount_arguments, argparse_type, parse_log_level, registry_spec
 from .registry import Registry, VersionInfo
 from .registry.base import iso_time
@@ -46,13 +46,8 @@ def _json_object(text: str) -> dict[str, Any]:
         value = json.loads(text)
     except ValueError as exc:
         raise InvalidMetadata(f"--metadata is not valid JSON: {exc}") from exc
-    if not isinstance(value, dict):
-        raise InvalidMetadata("--metadata must be a JSON object")
-    try:
-        json.dumps(value, allow_nan=False)  # NaN, Infinity, 1e999: not JSON, W&B refuses them
-    except ValueError as exc:
-        raise InvalidMetadata(f"--metadata is not valid JSON: {exc}") from exc
-    return value
+    json_object_text(value, "--metadata")
+    return dict(value)  # a dict: json_object_text checked it
 
 
 def _print_version(v: VersionInfo) -> None:

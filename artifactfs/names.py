@@ -18,12 +18,13 @@ is an :class:`~artifactfs.errors.InvalidReference` that says which.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from dataclasses import dataclass
 from typing import Protocol
 
-from .errors import InvalidPath, InvalidReference
+from .errors import InvalidArgument, InvalidMetadata, InvalidPath, InvalidReference
 
 # W&B allows letters, digits, dashes, underscores and dots in entity, project and artifact names.
 _NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
@@ -195,6 +196,20 @@ class EntityDefaults(Protocol):
     """What path resolution needs of a registry (:meth:`Registry.default_entity`)."""
 
     def default_entity(self) -> str | None: ...
+
+
+def json_object_text(value: object, what: str = "metadata", error: type[InvalidArgument] = InvalidMetadata) -> str:
+    """``value`` as JSON text, if it is a dict that JSON can carry; else ``error`` naming ``what``.
+
+    W&B stores metadata (and a run's config) as a JSON object and refuses what JSON cannot carry:
+    NaN, Infinity (also ``1e999`` once parsed), and objects JSON has no form for.  The one check
+    of ``--metadata``, ``Artifact.metadata`` and what each registry is given to store."""
+    if not isinstance(value, dict):
+        raise error(f"{what} must be a JSON object, not {type(value).__name__}")
+    try:
+        return json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise error(f"{what} cannot be stored as JSON: {exc}") from exc
 
 
 def _env(name: str) -> str | None:

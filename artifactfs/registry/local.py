@@ -76,7 +76,7 @@ from ..errors import (
 )
 from ..fsutil import remove_stale, walk_files
 from ..manifest import ALGORITHMS, MANIFEST_ALGORITHM, MD5, Entry, artifact_digest, b64_digest, hex_from_b64, new_hasher
-from ..names import LATEST, Ref, check_alias, check_entry_path, check_name, split_dir
+from ..names import LATEST, Ref, check_alias, check_entry_path, check_name, json_object_text, split_dir
 from ..references import reference_source
 from ..sources import BlobSource
 from .base import CollectionInfo, DirEntry, LogResult, Registry, RunInfo, VersionInfo
@@ -1428,16 +1428,10 @@ def _syncfs(path: str) -> None:
 
 
 def _json_object(value: dict[str, Any] | None, what: str, error: type[InvalidArgument]) -> dict[str, Any]:
-    """``value`` (None: empty) if it is a dict that JSON can hold (no NaN, no Infinity); else
-    ``error`` naming ``what``."""
+    """``value`` (None: empty) if it is a dict that JSON can hold; else ``error`` naming ``what``."""
     if value is None:
         return {}
-    if not isinstance(value, dict):
-        raise error(f"{what} must be a JSON object")
-    try:
-        json.dumps(value, allow_nan=False)
-    except (TypeError, ValueError) as exc:
-        raise error(f"{what} is not JSON-serialisable: {exc}") from exc
+    json_object_text(value, what, error)
     return value
 
 

@@ -75,7 +75,6 @@ from ..errors import (
     EntityNotFound,
     FetchError,
     InvalidArgument,
-    InvalidMetadata,
     InvalidReference,
     ManifestError,
     ProjectNotFound,
@@ -92,6 +91,7 @@ from ..names import (
     check_alias,
     check_entry_path,
     is_registry_project,
+    json_object_text,
     parse_ref,
     parse_version,
 )
@@ -452,16 +452,6 @@ def _alias_of(alias: Any, entity: str, project: str, collection: str) -> bool:
 
 def _sort_aliases(aliases: set[str]) -> tuple[str, ...]:
     return tuple(sorted(aliases, key=lambda a: (a != "latest", a)))
-
-
-def _metadata_json(metadata: Any) -> str:
-    """Metadata as the JSON text W&B stores: an object, with nothing JSON cannot carry."""
-    if not isinstance(metadata, dict):
-        raise InvalidMetadata("metadata must be a JSON object")
-    try:
-        return json.dumps(metadata, allow_nan=False)
-    except (TypeError, ValueError) as exc:
-        raise InvalidMetadata(f"metadata is not JSON-serialisable: {exc}") from exc
 
 
 def _run_info(node: Any) -> RunInfo | None:
@@ -1162,7 +1152,7 @@ class WandbRegistry(Registry):
     ) -> VersionInfo:
         """Change the description and/or metadata of ``ref``'s artifact (W&B keeps them per
         artifact, so a link and its source show the same)."""
-        text = None if metadata is None else _metadata_json(metadata)
+        text = None if metadata is None else json_object_text(metadata)
         v = self.resolve(ref)
         if description is None and text is None:
             return v
