@@ -181,6 +181,17 @@ class ManifestIndex:
         row = self._db().execute(f"SELECT {_COLUMNS} FROM nodes WHERE parent = ? AND name = ?", (pid, name)).fetchone()
         return None if row is None else self._child(parent, row)
 
+    def by_id(self, node_id: int) -> tuple[str, Child] | None:
+        """``(path, child)`` of the node with row id ``node_id`` (0: the root), or None."""
+        if node_id == 0:
+            return "", Child(0, "", None)
+        row = self._db().execute(f"SELECT parent, {_COLUMNS} FROM nodes WHERE id = ?", (node_id,)).fetchone()
+        if row is None:
+            return None
+        parent = self.dir_path(row[0])
+        child = self._child(parent, row[1:])
+        return (f"{parent}/{child.name}" if parent else child.name), child
+
     def list_dir(self, path: str, after: str | None = None, limit: int = -1) -> list[Child] | None:
         """Children of directory ``path`` in name order, those after the name ``after`` when it
         is given, at most ``limit`` (-1: all).  None if ``path`` is no directory."""
@@ -298,9 +309,15 @@ class _Map(dict):  # type: ignore[type-arg]
         super().__setitem__(key, value)
 
 
+_TOP_FIELDS = frozenset(("version", "storagePolicy", "storagePolicyConfig"))
+
+
 def _top_level(f: IO[bytes]) -> dict[str, Any]:
     """The manifest's top-level fields other than ``contents`` (and whether it has one), read
-    with ijson's event stream but without building ``contents``."""
+    with ijson's event stream but without building ``contents``.  When every field a manifest
+    has came before ``contents`` (the order the SDK writes), the rest is not read here: events
+    are a Python loop (~1 s per million entries), and the ``contents`` pass parses the whole
+    document anyway (a key after ``contents`` is then not looked at)."""
     out: dict[str, Any] = {}
     contents = 0
     f.seek(0)
@@ -317,6 +334,8 @@ def _top_level(f: IO[bytes]) -> dict[str, Any]:
                 raise ManifestError(f"manifest: duplicate key {value[:300]!r}")
             if value == "contents":
                 contents += 1
+                if out.keys() >= _TOP_FIELDS:
+                    break
                 # ijson cannot skip a value, but the C backend's items() filter discards
                 # events below a prefix in C: the caller reads contents with kvitems.
                 continue
@@ -470,6 +489,7 @@ def _load(
         hasher.update(DIGEST_HEADER)
         ordered = True
         last = ""
+        lines: list[str] = []  # "path:digest" lines not hashed yet (hashed a batch at a time)
         next_id = 1
         count = total = 0
         try:
@@ -480,7 +500,7 @@ def _load(
                     size = sizer(path, ref, digest) or 0
                 if ordered:
                     if path > last:
-                        hasher.update(f"{path}:{digest}\n".encode())
+                        lines.append(f"{path}:{digest}\n")
                         last = path
                     else:
                         ordered = False
@@ -494,11 +514,15 @@ def _load(
                 total += size
                 if len(rows) >= _BATCH:
                     _flush(db, rows, dir_rows)
+                    hasher.update("".join(lines).encode())
+                    lines.clear()
         except ijson.JSONError as exc:
             raise ManifestError(f"{what}: not valid JSON ({str(exc)[:200]})") from None
         except RecursionError:
             raise ManifestError(f"{what}: nested too deeply") from None
         _flush(db, rows, dir_rows)
+        hasher.update("".join(lines).encode())
+        del lines
         db.execute("COMMIT")
         try:
             db.executescript(_INDEXES)

@@ -25,6 +25,7 @@ import json
 import logging
 import stat
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -34,6 +35,7 @@ import trio
 from . import defaults
 from .errors import ArtifactFSError, ArtifactNotFound, EntryNotFound, InvalidReference, NotFound
 from .fsutil import redact_uri
+from .index import Child, ManifestIndex
 from .manifest import Entry
 from .meta import Meta
 from .names import Ref, check_name, check_project, parse_version
@@ -42,6 +44,10 @@ from .registry.base import DirEntry, Registry, VersionInfo, iso_time
 log = logging.getLogger(__name__)
 
 ROOT_INODE = 1
+# Content nodes of a version whose registry keeps an on-disk index have the inode
+# ``slot << INDEX_SHIFT | row id``: made from the index on demand, never counted.
+INDEX_SHIFT = 36
+INDEX_MASK = (1 << INDEX_SHIFT) - 1
 FOREVER = 365 * 24 * 3600.0  # kernel timeouts for immutable version content
 BLOCK = 512
 
@@ -124,6 +130,16 @@ class Tree:
     _nodes: dict[int, Node] = field(default_factory=dict)
     _by_key: dict[tuple[object, ...], Node] = field(default_factory=dict)
     _next_inode: int = ROOT_INODE + 1
+    # Content nodes made from on-disk indexes (inode >= 1 << INDEX_SHIFT), least recently used
+    # first, and encoded listings of indexed directories, bounded by their entries in all: the
+    # working set.  Anything else the kernel knows is made again from the index by inode.
+    max_index_nodes: int = 50_000
+    max_listed_entries: int = 200_000
+    _slots: dict[tuple[object, ...], int] = field(default_factory=dict)
+    _slot_info: list[tuple[ManifestIndex, Node]] = field(default_factory=list)
+    _cached: OrderedDict[int, Node] = field(default_factory=OrderedDict)
+    _listings: OrderedDict[int, list[tuple[bytes, Node]]] = field(default_factory=OrderedDict)
+    _listed: int = 0
     # Nodes dropped from the key index so far: a kept listing of nodes (``Node.children``) made
     # when this was the same still names the current node of every key.
     _dropped: int = 0
@@ -139,13 +155,94 @@ class Tree:
     # -- node table -----------------------------------------------------------------------------
 
     def node(self, inode: int) -> Node:
-        try:
-            return self._nodes[inode]
-        except KeyError:
-            raise NotFound(f"inode {inode} is not known") from None
+        node = self._nodes.get(inode)
+        if node is None:
+            node = self._indexed_node(inode) if inode > INDEX_MASK else None
+            if node is None:
+                raise NotFound(f"inode {inode} is not known")
+        return node
 
     def __len__(self) -> int:
-        return len(self._nodes)
+        return len(self._nodes) + len(self._cached)
+
+    # -- content nodes made from an on-disk index -----------------------------------------------
+
+    def _indexed_node(self, inode: int) -> Node | None:
+        node = self._cached.get(inode)
+        if node is not None:
+            self._cached.move_to_end(inode)
+            return node
+        slot = (inode >> INDEX_SHIFT) - 1
+        if slot >= len(self._slot_info):
+            return None
+        found = self._slot_info[slot][0].by_id(inode & INDEX_MASK)
+        if found is None or found[1].id == 0:
+            return None
+        return self._from_index(slot, found[1], found[0])
+
+    def _from_index(self, slot: int, child: Child, path: str) -> Node:
+        inode = (slot + 1) << INDEX_SHIFT | child.id
+        node = self._cached.get(inode)
+        if node is not None:
+            self._cached.move_to_end(inode)
+            return node
+        vnode = self._slot_info[slot][1]
+        v = vnode.version
+        assert v is not None
+        kind = Kind.DIR if child.entry is None else Kind.FILE
+        key = _content_key(v, path)
+        node = Node(
+            inode, kind, key, vnode.entity, vnode.project, vnode.collection, version=v, path=path, entry=child.entry
+        )
+        cached = self._cached
+        cached[inode] = node
+        while len(cached) > self.max_index_nodes:
+            cached.popitem(last=False)
+        return node
+
+    async def _slot(self, parent: Node) -> int | None:
+        """The index slot of ``parent``'s version (a version directory or an indexed node), or
+        None when its registry keeps no on-disk index (the local registry: nodes as before)."""
+        if parent.inode > INDEX_MASK:
+            return (parent.inode >> INDEX_SHIFT) - 1
+        if parent.kind is not Kind.VERSION:
+            return None
+        slot = self._slots.get(parent.key)
+        if slot is not None:
+            return slot
+        v = parent.version
+        assert v is not None
+        index = self.registry.contents_index(v)
+        if index is None and not self.registry.contents_loaded(v):
+            await self._meta.load_contents(v)
+            index = self.registry.contents_index(v)
+        if index is None:
+            return None
+        slot = self._slots.get(parent.key)  # another request may have made it meanwhile
+        if slot is None:
+            slot = len(self._slot_info)
+            self._slot_info.append((index, parent))
+            self._slots[parent.key] = slot
+        return slot
+
+    def _indexed_listing(self, slot: int, node: Node) -> list[tuple[bytes, Node]]:
+        """The encoded children of an indexed directory: kept while the working set allows."""
+        listing = self._listings.get(node.inode)
+        if listing is not None:
+            self._listings.move_to_end(node.inode)
+            return listing
+        children = self._slot_info[slot][0].list_dir(node.path)
+        if children is None:
+            raise EntryNotFound(f"{node.path!r}: no such directory")
+        prefix = node.path + "/" if node.path else ""
+        make = self._from_index
+        listing = [(c.name.encode(), make(slot, c, prefix + c.name)) for c in children]
+        self._listings[node.inode] = listing
+        self._listed += len(listing)
+        while self._listed > self.max_listed_entries and len(self._listings) > 1:
+            _, dropped = self._listings.popitem(last=False)
+            self._listed -= len(dropped)
+        return listing
 
     def _intern(self, key: tuple[object, ...], make: Callable[[int], Node]) -> Node:
         node = self._by_key.get(key)
@@ -159,6 +256,8 @@ class Tree:
     def remember(self, node: Node) -> None:
         """Count one kernel reference (a lookup reply or a readdirplus entry)."""
         node.lookups += 1
+        if node.inode > INDEX_MASK:  # made from an index: never counted, made again on demand
+            return
         if self._nodes.get(node.inode) is not node:
             # Forgotten while an open directory listing still held it: the kernel knows this
             # inode again, so it must resolve again (a newer node for the key keeps the key).
@@ -275,6 +374,12 @@ class Tree:
         if kind in (Kind.VERSION, Kind.DIR):
             assert parent.version is not None
             path = f"{parent.path}/{name}" if parent.path else name
+            slot = await self._slot(parent)
+            if slot is not None:
+                child = self._slot_info[slot][0].get(path)
+                if child is None:
+                    raise EntryNotFound(f"{path!r}: no such entry")
+                return self._from_index(slot, child, path)
             reg = self.registry
             found: DirEntry = await self._contents(parent.version, reg.get_entry, reg.get_entry_now, path)
             return self._content(parent, name, found.entry)
@@ -315,6 +420,11 @@ class Tree:
 
     async def listdir_encoded(self, inode: int) -> list[tuple[bytes, Node]]:
         """:meth:`listdir` with the names as bytes; kept with a version directory's nodes."""
+        asked = self.node(inode)
+        if asked.kind in (Kind.VERSION, Kind.DIR):
+            slot = await self._slot(asked)
+            if slot is not None:
+                return self._indexed_listing(slot, asked)
         children = await self.listdir(inode)
         node = self._nodes.get(inode)
         if node is not None and node.children is children:
@@ -345,6 +455,9 @@ class Tree:
             out.sort(key=lambda item: item[0])
             return out
         if kind in (Kind.VERSION, Kind.DIR):
+            slot = await self._slot(node)
+            if slot is not None:
+                return [(name.decode(), child) for name, child in self._indexed_listing(slot, node)]
             if node.children is not None and node.children_at == self._dropped:
                 return node.children  # the common case of a repeated walk: no node was forgotten
             listing = await self._listing(node)
@@ -438,6 +551,9 @@ class Tree:
         if node.version is None or node.kind is not Kind.FILE:
             return []
         parent_path, _, name = node.path.rpartition("/")
+        if node.inode > INDEX_MASK:
+            index = self._slot_info[(node.inode >> INDEX_SHIFT) - 1][0]
+            return [(node.version, e) for e in index.following(node.path, count)]
         parent = self._by_key.get(_content_key(node.version, parent_path)) if parent_path else None
         if parent is None:
             parent = self._by_key.get(_version_key(node.version)) if not parent_path else None
@@ -502,6 +618,8 @@ class Tree:
 
     def negative_timeout(self, parent_inode: int) -> float:
         """How long the kernel may remember that a name does not exist in this directory."""
+        if parent_inode > INDEX_MASK:  # inside a version (an indexed directory)
+            return FOREVER
         parent = self._nodes.get(parent_inode)
         return FOREVER if parent is not None and parent.kind.immutable else self.alias_ttl
 

@@ -280,3 +280,52 @@ def test_a_daemon_killed_while_it_builds_an_index_remounts_right(
         assert len(list(manifests.glob("*.index"))) == 1
         assert "Traceback" not in again.log()
         again.unmount()
+
+
+def test_a_walk_keeps_a_bounded_working_set(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The inode table over a W&B version: every entry walked (listings and lookups), yet the
+    tree holds at most its bounds; an inode it let go of is made again from the index, the same
+    node in all that is seen (kind, path, entry), and a lookup of a missing name is refused."""
+    import trio
+    from wandb_server import WandbServer
+
+    from artifactfs.errors import EntryNotFound
+    from artifactfs.registry.wandb import WandbRegistry
+    from artifactfs.tree import INDEX_MASK, Kind, Tree
+
+    key = "7ree" + "0" * 36
+    monkeypatch.setenv("WANDB_API_KEY", key)
+    monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
+    files = {f"d{i // 100:02d}/f{i % 100:03d}.txt": b"%d\n" % i for i in range(3000)}
+    with WandbServer(api_key=key, viewer_entity="acme") as server:
+        server.add_artifact("acme", "vision", "ds", "dataset", files)
+        reg = WandbRegistry(server.url, str(tmp_path / "cache"))
+        tree = Tree(reg, 0, 0, max_index_nodes=150, max_listed_entries=250)
+
+        async def walk() -> None:
+            entity = await tree.lookup(1, "acme")
+            project = await tree.lookup(entity.inode, "vision")
+            version = await tree.lookup(project.inode, "ds:v0")
+            seen: dict[int, tuple[Kind, str, Any]] = {}
+            for name, d in await tree.listdir_encoded(version.inode):
+                assert d.kind is Kind.DIR and d.inode > INDEX_MASK
+                seen[d.inode] = (d.kind, d.path, None)
+                for child_name, f in await tree.listdir_encoded(d.inode):
+                    assert f.path == f"{name.decode()}/{child_name.decode()}"
+                    seen[f.inode] = (f.kind, f.path, f.entry)
+                assert len(tree) <= 150 + 250 + 4  # the bounds, and root, entity, project, version
+            assert len(seen) == 3000 + 30
+            for inode, (kind, path, entry) in seen.items():  # made again from the index by inode
+                node = tree.node(inode)
+                assert (node.kind, node.path, node.entry) == (kind, path, entry)
+            assert len(tree) <= 150 + 250 + 4
+            d07 = await tree.lookup(version.inode, "d07")
+            f = await tree.lookup(d07.inode, "f042.txt")
+            assert f.entry is not None and f.entry.size == len(b"742\n") and f.inode in seen
+            assert [e.path for _, e in await tree.files_after(f, 2)] == ["d07/f043.txt", "d07/f044.txt"]
+            with pytest.raises(EntryNotFound):
+                await tree.lookup(d07.inode, "nope")
+            assert tree.negative_timeout(d07.inode) > 3600
+
+        trio.run(walk)
+        reg.close()

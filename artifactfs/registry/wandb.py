@@ -1422,6 +1422,9 @@ class WandbRegistry(Registry):
     def list_dir_now(self, version: VersionInfo, path: str) -> list[DirEntry] | None:
         return self._manifests.list_dir_now(version, path)
 
+    def contents_index(self, version: VersionInfo) -> ManifestIndex | None:
+        return self._manifests.loaded_index(version.id)
+
     def get_entry_now(self, version: VersionInfo, path: str) -> DirEntry | None:
         return self._manifests.get_entry_now(version, path)
 
