@@ -193,6 +193,7 @@ class Bench:
     runs: int
     quick: bool
     profile: Path | None
+    wan: str | None = None  # --wan LAT_MS,MBPS for the W&B cases
     res: Results = field(default_factory=Results)
     _n: int = 0
 
@@ -633,7 +634,9 @@ def case_wandb(b: Bench) -> None:
 
     bw.PARTS.setdefault("delta", functools.partial(bench_delta, bw))
     with blobs_from_nginx(bw, b.work) as nginx:
-        result = bw.run(b.work, b.quick, runs=b.runs, parts="big,small,many,delta")
+        if b.wan:
+            bw.set_wan(b.wan, sys.exit)
+        result = bw.run(b.work, b.quick, runs=b.runs, parts="big,small,many,delta,wan")
     figures = result["figures"]
     b.res.info["wandb.blob_server"] = "nginx" if nginx is not None else "python"
     for key, value in figures.items():
@@ -835,6 +838,16 @@ def remote_ratios(r: Results) -> None:
     if fetched is not None and changed:
         r.figures["wandb.delta.v1_fetched_per_changed"] = Figure([v / changed for v in fetched.values], "x")
         r.bound("W&B v1 after v0: bytes fetched / bytes changed", "wandb.delta.v1_fetched_per_changed", 1.05)
+    r.bound("W&B daemon CPU ms per fetched small file, loopback, 8 readers",
+            "wandb.small_10k.cpu_ms_per_file_mount_p8_s", 1.0)  # fmt: skip
+    k = "wandb.wan."  # scripts/bench_wandb.py part 4: the emulated WAN (--wan)
+    r.ratio("WAN epoch 1 vs SDK download(small) + epoch 1", k + "mount_epoch1_s", k + "sdk_then_epoch1_s", 2.0)
+    r.ratio("WAN first batch vs SDK", k + "mount_first_batch_s", k + "sdk_first_batch_s", 8.0)
+    r.ratio("WAN epoch 2 vs the pyfuse3 ceiling", k + "mount_epoch2_s", k + "ceiling_epoch2_s", 0.9)
+    r.ratio("WAN model.bin first read vs SDK download()", k + "mount_model_s", k + "sdk_model_s", 2.0)
+    r.ratio("WAN artifactfs prefetch vs SDK download()", k + "prefetch_all_s", k + "sdk_all_s", 2.0)
+    r.ratio("WAN Artifact.download() vs SDK download()", k + "ours_download_all_s", k + "sdk_all_s", 2.0)
+    r.bound("WAN sparse: bytes fetched / bytes read", k + "sparse_fetched_per_read", 1.2)
 
 
 def machine() -> dict[str, Any]:
@@ -865,6 +878,11 @@ def main() -> None:
     parser.add_argument("--dir", default="/var/tmp", help="where to put the data (a real disk, not tmpfs)")
     parser.add_argument("--json", metavar="PATH", help="write the figures and ratios as JSON")
     parser.add_argument("--profile", metavar="DIR", help="cProfile every artifactfs daemon into DIR")
+    parser.add_argument(
+        "--wan",
+        metavar="LAT_MS,MBPS",
+        help="the emulated WAN of the W&B cases (default 30,100): every request delayed, every connection capped",
+    )
     args = parser.parse_args()
     if os.geteuid() != 0:
         sys.exit("scripts/bench needs root (it drops the page cache)")
@@ -874,7 +892,7 @@ def main() -> None:
     info = machine()
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="artifactfs-bench.", dir=args.dir) as tmp:
-        b = Bench(Path(tmp), args.runs or (2 if args.quick else 3), args.quick, profile)
+        b = Bench(Path(tmp), args.runs or (2 if args.quick else 3), args.quick, profile, args.wan)
         print(f"# artifactfs bench, {info['date']}, {info['cores']} cores, {info['kernel']}, data in {tmp}")
         try:
             only = args.only or "tree,small,big,rand,fsspec"

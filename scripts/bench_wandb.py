@@ -1,7 +1,7 @@
 """W&B figures (issue 6): a FUSE mount of a W&B server against curl and the wandb SDK.
 
-Three comparisons, every figure measured in this run against the same server, ratios between
-figures of this run (the machine drifts between runs):
+Four comparisons, every figure measured in this run against the same server, ratios between
+figures of this run (the machine drifts between runs); 1-3 on loopback, 4 on an emulated WAN:
 
 1. ``cat`` of one big file (1 GiB; 256 MiB with ``--quick``) through a fresh mount, against
    ``curl`` of the same presigned URL with the mount's parallelism (``artifactfs.http``: 16 MiB
@@ -16,6 +16,21 @@ figures of this run (the machine drifts between runs):
 3. From ``artifactfs mount`` (background mode: the command returns once the mount answers) to
    the first byte of one file of a 100,000-entry artifact (20,000 with ``--quick``), cold
    cache (the manifest must be fetched), against ``download()`` of the whole artifact, capped.
+
+4. ``--wan LAT_MS,MBPS`` (default 30,100): the W&B test server and nginx (its blobs) behind
+   ``scripts/wan_proxy.py``, which delays every request by LAT_MS and caps each connection's
+   body rate at MBPS.  One artifact of 4,000 files of 1-64 KiB under ``small/`` (50
+   directories) and a 512 MiB ``model.bin`` (1,000 files and 128 MiB with ``--quick``); an
+   *epoch* is every small file read once, shuffled, by 8 threads.  Cases, each against the SDK
+   in the same run: ``download(path_prefix="small")`` then epoch 1 on local disk against epoch 1
+   on a fresh mount; the first batch (64 files) ready; epoch 2 (against local disk and the
+   pyfuse3 ceiling, ``scripts/ceiling.py``, over the same files); ``model.bin``: ``download()``
+   of it against ``md5sum`` on a fresh mount and ``curl`` with the mount's parallel ranges;
+   the whole version: ``download()`` against ``artifactfs prefetch`` and our
+   ``Artifact.download()``; sparse use (1% of a 10,000-file version at random: bytes fetched
+   over bytes read); a scan of one directory of many (``cp -r``, ``tar``: bytes fetched over
+   the directory's).  The daemon's CPU seconds per fetched file (``/proc/PID/stat``) are printed
+   here and for part 2 (loopback).
 
 The server is tests/wandb_server.py, in this process, with every file in memory.  It is pure
 Python (a ThreadingHTTPServer) sharing this machine's cores with the clients, so curl's figures
@@ -380,7 +395,7 @@ SDK_DOWNLOAD = textwrap.dedent(
     art = api.artifact(sys.argv[1])
     t1 = time.perf_counter()
     print(json.dumps({"setup_s": t1 - t0}), flush=True)
-    art.download(sys.argv[2])
+    art.download(sys.argv[2], **({"path_prefix": sys.argv[3]} if len(sys.argv) > 3 else {}))
     t2 = time.perf_counter()
     print(json.dumps({"download_s": t2 - t1}), flush=True)
     """
@@ -394,7 +409,9 @@ class SdkResult:
     capped: bool
 
 
-def sdk_download(server: WandbServer, work: Path, name: str, root: Path, cap: float) -> SdkResult:
+def sdk_download(
+    server: WandbServer, work: Path, name: str, root: Path, cap: float, path_prefix: str | None = None
+) -> SdkResult:
     """``wandb.Api().artifact(name).download(root)`` in a subprocess with an empty SDK cache.
 
     ``download()`` gets ``cap`` seconds from its start; after that the process group (the
@@ -420,7 +437,7 @@ def sdk_download(server: WandbServer, work: Path, name: str, root: Path, cap: fl
     try:
         with measuring() as got:
             proc = subprocess.Popen(
-                [PY, "-c", SDK_DOWNLOAD, name, str(root)],
+                [PY, "-c", SDK_DOWNLOAD, name, str(root), *([path_prefix] if path_prefix else [])],
                 env=env,
                 cwd=tmp,
                 stdout=subprocess.PIPE,
@@ -592,10 +609,15 @@ def bench_small(server: WandbServer, work: Path, figs: Figures, runs: int, quick
             with mounted(server, work, "small", *extra) as m:
                 root = m.mnt / ENTITY / PROJECT / "small:v0"
                 xargs = "xargs -0 cat" if readers == 1 else f"xargs -0 -P{readers} -n 64 cat"
+                cpu0, fetches0 = proc_cpu(m.pid), m.stats()["fetches"]
                 sample = timed_sh(f"find {root} -type f -print0 | {xargs}", m.pid)
+                cpu1, fetches1 = proc_cpu(m.pid), m.stats()["fetches"]
                 key = f"mount_p{readers}" + "".join(a.strip("-") for a in extra) + "_s"
                 label = f"artifactfs mount{''.join(' ' + a for a in extra)}: find | {xargs}, fresh cache"
                 figs.add(k + key, label, sample, total)
+                if fetches1 > fetches0:  # daemon CPU (from /proc/PID/stat) over files it fetched
+                    per_file = 1000 * (cpu1 - cpu0) / (fetches1 - fetches0)
+                    figs.add(k + "cpu_ms_per_file_" + key, f"  daemon CPU ms per fetched file ({key})", per_file)
                 if run == 0 and readers == READERS:
                     stats = {n: v for n, v in m.stats().items() if n != "latency"}
                     print(f"mount stats after run 1 (-P{readers}): {stats}")
@@ -614,6 +636,9 @@ def bench_small(server: WandbServer, work: Path, figs: Figures, runs: int, quick
     keys += ["sdk_download_s", "sdk_process_s"]
     print()
     figs.table([k + x for x in keys], k + f"mount_p{READERS}_s")
+    for key, fig in figs.all.items():
+        if key.startswith(k + "cpu_ms_per_file_"):
+            print(f"{fig.label:64s} {fig.median():7.2f} ms  (target <= 1 ms)")
     best = min(figs.all[k + f"curl_p{r}_s"].median() for r in (1, READERS))
     print(f"server ceiling (curl, the faster of 1 and {READERS} at a time): {n / best:.0f} files/s")
 
@@ -668,12 +693,385 @@ def bench_many(server: WandbServer, work: Path, figs: Figures, runs: int, quick:
     figs.table([k + x for x in keys], k + "first_byte_s")
 
 
+# ----------------------------------------------------------------------------- 4. an emulated WAN
+
+WAN = (30.0, 100.0)  # --wan LAT_MS,MBPS: every request delayed, every connection's body rate capped
+BATCH = 64  # the first batch of a data loader
+
+EPOCH = textwrap.dedent(
+    """
+    import json, os, random, sys, threading, time
+    root, listing, seed, threads, batch = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+    paths = [os.path.join(root, p) for p in open(listing).read().split("\\n") if p]
+    random.Random(seed).shuffle(paths)
+    lock = threading.Lock()
+    state = {"next": 0, "done": 0, "bytes": 0, "first": None}
+    start = time.perf_counter()
+
+    def worker():
+        while True:
+            with lock:
+                i = state["next"]
+                state["next"] += 1
+            if i >= len(paths):
+                return
+            with open(paths[i], "rb") as f:
+                n = 0
+                while True:
+                    data = f.read(1 << 20)
+                    if not data:
+                        break
+                    n += len(data)
+            with lock:
+                state["done"] += 1
+                state["bytes"] += n
+                if state["done"] == min(batch, len(paths)):
+                    state["first"] = time.perf_counter() - start
+
+    ts = [threading.Thread(target=worker) for _ in range(threads)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    print(json.dumps({"epoch_s": time.perf_counter() - start, "first_s": state["first"], "bytes": state["bytes"]}))
+    """
+)
+
+
+def epoch(
+    root: Path, listing: Path, seed: int, daemon: int | None = None, drop: bool = True
+) -> tuple[Sample, dict[str, Any]]:
+    """Every file of ``listing`` (paths under ``root``) read once, shuffled, by READERS threads."""
+    with measuring(daemon, drop) as got:
+        out = subprocess.run(
+            [PY, "-c", EPOCH, str(root), str(listing), str(seed), str(READERS), str(BATCH)],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
+    result: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
+    return Sample(result["epoch_s"], got[0].client_cpu, got[0].server_cpu), result
+
+
+@contextlib.contextmanager
+def wan_server(work: Path, latency_ms: float, mbps: float) -> Iterator[tuple[WandbServer, str]]:
+    """A W&B test server and (when installed) nginx for its blobs, each behind
+    scripts/wan_proxy.py: ``server.url`` is the proxy's, and so is every file URL it hands out.
+    Yields the server and what serves blobs ("nginx" or "python")."""
+    memo = _MemoMd5()
+    setattr(wandb_server, "hashlib", memo)  # noqa: B010
+    setattr(wandb_server, "digest_bytes", memo.digest_bytes)  # noqa: B010
+    server = WandbServer(api_key=KEY, viewer_entity=ENTITY, url_ttl=24 * 3600.0).start()
+    nginx: Any = None
+    proxy: subprocess.Popen[str] | None = None
+    try:
+        if shutil.which("nginx") is not None:
+            from bench import Nginx  # type: ignore[import-not-found]  # scripts/bench.py
+
+            nginx = Nginx(work)
+        direct = server.url
+        blobs = nginx.url if nginx is not None else direct
+        proxy = subprocess.Popen(
+            [PY, str(ROOT / "scripts" / "wan_proxy.py"), "--latency-ms", str(latency_ms), "--mbps", str(mbps),
+             direct.rpartition("//")[2], blobs.rpartition("//")[2]],
+            stdout=subprocess.PIPE,
+            text=True,
+        )  # fmt: skip
+        assert proxy.stdout is not None
+        line = proxy.stdout.readline().split()
+        if not line or line[0] != "ports":
+            raise RuntimeError("scripts/wan_proxy.py did not start")
+        api_url, blob_url = (f"http://127.0.0.1:{p}" for p in line[1:3])
+        server.url = api_url  # the manifest URLs it hands out, and what clients are told
+        add, node = server.add_artifact, server._file_node
+
+        def add_artifact(*args: Any, **kwargs: Any) -> Any:
+            rec = add(*args, **kwargs)
+            if nginx is not None:
+                nginx.put(rec)
+            return rec
+
+        def file_node(rec: Any, path: str) -> dict[str, Any]:
+            out: dict[str, Any] = node(rec, path)
+            out["url"] = out["directUrl"] = blob_url + out["url"][len(server.url) :]
+            return out
+
+        server.add_artifact, server._file_node = add_artifact, file_node  # type: ignore[method-assign]
+        server.blob_url = blob_url  # type: ignore[attr-defined]
+        yield server, "nginx" if nginx is not None else "python"
+    finally:
+        if proxy is not None:
+            proxy.terminate()
+            proxy.wait()
+        server.stop()
+        if nginx is not None:
+            nginx.close()
+
+
+def fetched_bytes(m: Mount) -> int:
+    return int(m.stats()["fetched_bytes"])
+
+
+def settle(m: Mount, quiet: float = 1.0, limit: float = 60.0) -> None:
+    """Wait until the mount's fetched bytes stop growing for ``quiet`` seconds (background
+    work that a case started is counted in that case)."""
+    deadline = time.monotonic() + limit
+    last = fetched_bytes(m)
+    while time.monotonic() < deadline:
+        time.sleep(quiet)
+        now = fetched_bytes(m)
+        if now == last:
+            return
+        last = now
+
+
+def bench_wan(server0: WandbServer, work: Path, figs: Figures, runs: int, quick: bool, cap: float) -> None:
+    lat, mbps = WAN
+    n_small, n_dirs = (1000, 25) if quick else (4000, 50)
+    model_size = (128 if quick else 512) * MiB
+    n_sparse = 2000 if quick else 10000
+    rng = random.Random(14)
+    pool = os.urandom(64 * KiB + 4096)
+    files: dict[str, bytes] = {}
+    for i in range(n_small):
+        size = rng.randint(1 * KiB, 64 * KiB)
+        off = rng.randrange(4096)
+        files[f"small/c{i % n_dirs:02d}/f{i:05d}.bin"] = i.to_bytes(8, "little") + pool[off : off + size - 8]
+    small_paths = sorted(files)
+    small_bytes = sum(len(files[p]) for p in small_paths)
+    model = os.urandom(model_size)
+    model_md5 = hashlib.md5(model).hexdigest()
+    files["model.bin"] = model
+    sparse = small_files(n_sparse, seed=15)
+    wd = work / "wan"
+    wd.mkdir()
+    print(
+        f"\n## 4. emulated WAN: every request +{lat:g} ms, {mbps:g} MB/s per connection (scripts/wan_proxy.py); "
+        f"{n_small} files of 1-64 KiB under small/ in {n_dirs} dirs ({small_bytes / MiB:.0f} MiB) + model.bin "
+        f"({model_size // MiB} MiB); epoch = {READERS} threads reading each small file once, shuffled ({runs} run(s))",
+        flush=True,
+    )
+    with wan_server(wd, lat, mbps) as (server, blobs):
+        print(f"(blobs served by {blobs}; GraphQL by tests/wandb_server.py; both behind the proxy)")
+        rec = server.add_artifact(ENTITY, PROJECT, "train", "dataset", files)
+        del files, model
+        srec = server.add_artifact(ENTITY, PROJECT, "sparse", "dataset", sparse)
+        sparse_sizes = {p: len(b) for p, b in sparse.items()}
+        del sparse
+        listing = wd / "small.list"
+        listing.write_text("\n".join(p[len("small/") :] for p in small_paths) + "\n")
+        name = f"{ENTITY}/{PROJECT}/train:v0"
+        k = "wandb.wan."
+        figs.info[k + "latency_ms"], figs.info[k + "mbps"], figs.info[k + "blob_server"] = lat, mbps, blobs
+        # curl with the mount's parallel ranges, through the proxy, for the model file
+        url = server.blob_url + file_url(server, rec, "model.bin")[len(server.url) :]  # type: ignore[attr-defined]
+        parts = [(a, min(a + PART, model_size) - 1) for a in range(0, model_size, PART)]
+        partdir = wd / "parts"
+        files_cfg = wd / "model-files.curl"
+        curl_config(files_cfg, [(url, str(partdir / f"p{i:04d}"), f"{a}-{b}") for i, (a, b) in enumerate(parts)])
+        for run in range(runs):
+            # -- the SDK: download(path_prefix="small"), then the epochs on local disk
+            root = wd / "sdk-small"
+            res = sdk_download(server, wd, name, root, cap, path_prefix="small")
+            figs.add(k + "sdk_small_download_s", "SDK download(path_prefix='small')", res.download, small_bytes)
+            s1, e1 = epoch(root / "small", listing, seed=run)
+            figs.add(k + "sdk_epoch1_s", "  then epoch 1 on local disk (page cache dropped)", s1, small_bytes)
+            total = res.download.seconds + s1.seconds
+            figs.add(k + "sdk_then_epoch1_s", "SDK download(small) + epoch 1 on local disk", total, small_bytes)
+            figs.add(
+                k + "sdk_first_batch_s", f"SDK: first batch ({BATCH} files) ready", res.download.seconds + e1["first_s"]
+            )
+            s2, _ = epoch(root / "small", listing, seed=run + 100, drop=False)
+            figs.add(k + "sdk_epoch2_s", "SDK: epoch 2 on local disk (page-cached)", s2, small_bytes)
+            # the pyfuse3 ceiling over the same files, epoch 2 (kernel cache warm)
+            cmnt = wd / "ceiling-mnt"
+            cmnt.mkdir()
+            ceiling = subprocess.Popen([PY, str(ROOT / "scripts" / "ceiling.py"), str(root / "small"), str(cmnt)],
+                                       stdout=subprocess.PIPE, text=True)  # fmt: skip
+            try:
+                assert ceiling.stdout is not None
+                ceiling.stdout.readline()
+                epoch(cmnt, listing, seed=run, drop=False)
+                c2, _ = epoch(cmnt, listing, seed=run + 100, drop=False)
+                figs.add(k + "ceiling_epoch2_s", "pyfuse3 ceiling (scripts/ceiling.py): epoch 2, warm", c2, small_bytes)
+            finally:
+                subprocess.run(["fusermount3", "-u", str(cmnt)], check=False)
+                ceiling.wait()
+                cmnt.rmdir()
+            shutil.rmtree(root, ignore_errors=True)
+
+            # -- the mount: epoch 1 from a fresh mount, then epoch 2
+            with mounted(server, wd, "epoch") as m:
+                vroot = m.mnt / ENTITY / PROJECT / "train:v0" / "small"
+                cpu0, st0 = proc_cpu(m.pid), m.stats()
+                s1, e1 = epoch(vroot, listing, seed=run, daemon=m.pid)
+                cpu1, st1 = proc_cpu(m.pid), m.stats()
+                figs.add(k + "mount_epoch1_s", "artifactfs: epoch 1 on a fresh mount", s1, small_bytes)
+                figs.add(
+                    k + "mount_first_batch_s",
+                    f"artifactfs: mount + first batch ({BATCH} files)",
+                    m.mount_s + e1["first_s"],
+                )
+                fetched = st1["fetches"] - st0["fetches"]
+                if fetched:
+                    figs.add(k + "daemon_cpu_ms_per_file", "artifactfs daemon CPU ms per fetched file (epoch 1)",
+                             1000 * (cpu1 - cpu0) / fetched)  # fmt: skip
+                s2, _ = epoch(vroot, listing, seed=run + 100, daemon=m.pid, drop=False)
+                figs.add(k + "mount_epoch2_s", "artifactfs: epoch 2 (kernel cache warm)", s2, small_bytes)
+                if run == 0:
+                    print(f"mount stats after epochs: { {n: v for n, v in m.stats().items() if n != 'latency'} }")
+
+            # -- model.bin: SDK download() of it, the mount's first read, curl with the same ranges
+            root = wd / "sdk-model"
+            res = sdk_download(server, wd, name, root, cap, path_prefix="model.bin")
+            figs.add(k + "sdk_model_s", "SDK download(path_prefix='model.bin')", res.download, model_size)
+            local = root / "model.bin"
+            figs.add(
+                k + "md5sum_model_s",
+                "md5sum model.bin on local disk, page-cached",
+                timed_sh(f"md5sum {local}", drop=False),
+                model_size,
+            )
+            if run == 0:
+                got = subprocess.run(["md5sum", str(local)], capture_output=True, text=True).stdout.split()[0]
+                assert got == model_md5, "SDK: wrong bytes"
+            shutil.rmtree(root, ignore_errors=True)
+            partdir.mkdir()
+            figs.add(k + "curl_model_s", f"curl, {len(parts)} ranges of 16 MiB, {STREAMS} at a time -> files",
+                     timed_sh(f"curl {parallel(STREAMS)}-K {files_cfg}"), model_size)  # fmt: skip
+            shutil.rmtree(partdir)
+            with mounted(server, wd, "model") as m:
+                path = m.mnt / ENTITY / PROJECT / "train:v0" / "model.bin"
+                with measuring(m.pid) as got_s:
+                    out = subprocess.run(["md5sum", str(path)], capture_output=True, text=True, check=True).stdout
+                assert out.split()[0] == model_md5, "mount: wrong bytes"
+                figs.add(k + "mount_model_s", "artifactfs: md5sum model.bin, fresh mount", got_s[0], model_size)
+
+            # -- the whole version ahead of a job
+            root = wd / "sdk-all"
+            res = sdk_download(server, wd, name, root, cap)
+            figs.add(k + "sdk_all_s", "SDK download() of the whole version", res.download, small_bytes + model_size)
+            shutil.rmtree(root, ignore_errors=True)
+            cache = wd / "prefetch-cache"
+            env = base_env(wd)
+            sample = timed_cmd([PY, "-m", "artifactfs", "prefetch", "--registry", f"wandb:{server.url}",
+                                "--cache-dir", str(cache), name], env)  # fmt: skip
+            figs.add(k + "prefetch_all_s", "artifactfs prefetch of the whole version", sample, small_bytes + model_size)
+            shutil.rmtree(cache, ignore_errors=True)
+            root = wd / "ours-all"
+            env.update(ARTIFACTFS_REGISTRY=f"wandb:{server.url}", ARTIFACTFS_CACHE_DIR=str(cache))
+            code = f"import artifactfs as wandb; wandb.Api().artifact({name!r}).download({str(root)!r})"
+            sample = timed_cmd([PY, "-c", code], env)
+            figs.add(k + "ours_download_all_s", "artifactfs Artifact.download() of the whole version (process)",
+                     sample, small_bytes + model_size)  # fmt: skip
+            shutil.rmtree(root, ignore_errors=True)
+            shutil.rmtree(cache, ignore_errors=True)
+
+            # -- sparse use: 1% of a 10,000-file version at random
+            picked = random.Random(run).sample(sorted(sparse_sizes), max(1, n_sparse // 100))
+            plist = wd / "sparse.list"
+            plist.write_text("\n".join(picked) + "\n")
+            read = sum(sparse_sizes[p] for p in picked)
+            with mounted(server, wd, "sparse") as m:
+                sample, _ = epoch(m.mnt / ENTITY / PROJECT / "sparse:v0", plist, seed=run, daemon=m.pid)
+                settle(m, quiet=2.0)
+                figs.add(
+                    k + "sparse_s",
+                    f"artifactfs: {len(picked)} random files of {n_sparse} ({READERS} threads)",
+                    sample,
+                    read,
+                )
+                figs.add(k + "sparse_fetched_per_read", "  bytes fetched / bytes read", fetched_bytes(m) / read)
+
+            # -- a scan of one directory of many: cp -r and tar
+            tops = sorted({p.split("/")[0] for p in sparse_sizes})
+            scan = {"cp": tops[min(3, len(tops) - 2)], "tar": tops[min(4, len(tops) - 1)]}
+            for tool, sub in scan.items():
+                dir_bytes = sum(v for p, v in sparse_sizes.items() if p.startswith(sub + "/"))
+                with mounted(server, wd, f"scan-{tool}") as m:
+                    src = m.mnt / ENTITY / PROJECT / "sparse:v0"
+                    dest = wd / "scan-out"
+                    cmd = (
+                        f"cp -r --no-preserve=mode {src / sub} {dest}"
+                        if tool == "cp"
+                        else f"tar -cf - -C {src} {sub} | cat >/dev/null"
+                    )
+                    sample = timed_sh(cmd, m.pid)
+                    figs.add(
+                        k + f"scan_{tool}_s",
+                        f"artifactfs: {cmd.split()[0]} of {sub}/ (1 of {n_sparse // 1000} dirs)",
+                        sample,
+                        dir_bytes,
+                    )
+                    settle(m, quiet=2.0)
+                    figs.add(
+                        k + f"scan_{tool}_fetched_per_read",
+                        "  bytes fetched / bytes of the directory",
+                        fetched_bytes(m) / dir_bytes,
+                    )
+                    shutil.rmtree(dest, ignore_errors=True)
+            root = wd / "sdk-scan"
+            res = sdk_download(server, wd, f"{ENTITY}/{PROJECT}/sparse:v0", root, cap, path_prefix=scan["cp"])
+            figs.add(k + "sdk_scan_s", f"SDK download(path_prefix={scan['cp']!r})", res.download)
+            shutil.rmtree(root, ignore_errors=True)
+            print(f"run {run + 1}/{runs} done", flush=True)
+        del srec
+    print()
+    keys = ["sdk_small_download_s", "sdk_epoch1_s", "sdk_then_epoch1_s", "mount_epoch1_s", "sdk_first_batch_s",
+            "mount_first_batch_s", "sdk_epoch2_s", "ceiling_epoch2_s", "mount_epoch2_s", "sdk_model_s",
+            "curl_model_s", "md5sum_model_s", "mount_model_s", "sdk_all_s", "prefetch_all_s", "ours_download_all_s",
+            "sparse_s", "scan_cp_s", "scan_tar_s", "sdk_scan_s"]  # fmt: skip
+    figs.table([k + x for x in keys], k + "sdk_then_epoch1_s")
+    wan_ratios(figs)
+
+
+def timed_cmd(cmd: list[str], env: dict[str, str]) -> Sample:
+    with measuring() as got:
+        subprocess.run(cmd, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return got[0]
+
+
+def wan_ratios(figs: Figures) -> None:
+    """The issue's speed ratios (baseline time / ours), each with its target."""
+    k = "wandb.wan."
+
+    def med(key: str) -> float | None:
+        fig = figs.all.get(k + key)
+        return fig.median() if fig is not None else None
+
+    def line(label: str, base: float | None, ours: float | None, target: float) -> None:
+        if base is None or ours is None or ours <= 0:
+            return
+        ratio = base / ours
+        print(f"  {label:70s} {ratio:6.2f} x  (target >= {target:g}: {'met' if ratio >= target else 'NOT met'})")
+        figs.info[k + "ratio." + re.sub(r"\W+", "_", label.lower()).strip("_")] = round(ratio, 3)
+
+    print("\nspeed ratios (baseline time / artifactfs time):")
+    line("epoch 1 on the mount vs SDK download(small) + epoch 1", med("sdk_then_epoch1_s"), med("mount_epoch1_s"), 2.0)
+    line("first batch", med("sdk_first_batch_s"), med("mount_first_batch_s"), 8.0)
+    line("epoch 2 vs the pyfuse3 ceiling", med("ceiling_epoch2_s"), med("mount_epoch2_s"), 0.9)
+    line("epoch 2 vs local disk", med("sdk_epoch2_s"), med("mount_epoch2_s"), 0.0)
+    line("model.bin first read vs SDK download()", med("sdk_model_s"), med("mount_model_s"), 2.0)
+    bound = max(med("curl_model_s") or 0.0, med("md5sum_model_s") or 0.0)
+    line("model.bin first read vs the slower of md5sum and curl (within 1.2 x)", bound, med("mount_model_s"), 1 / 1.2)
+    line("artifactfs prefetch vs SDK download()", med("sdk_all_s"), med("prefetch_all_s"), 2.0)
+    line("artifactfs Artifact.download() vs SDK download()", med("sdk_all_s"), med("ours_download_all_s"), 2.0)
+    for key in ("sparse_fetched_per_read", "scan_cp_fetched_per_read", "scan_tar_fetched_per_read"):
+        value = med(key)
+        if value is not None:
+            print(f"  {key:70s} {value:6.2f} x" + ("  (target <= 1.2)" if key.startswith("sparse") else ""))
+    cpu = med("daemon_cpu_ms_per_file")
+    if cpu is not None:
+        print(f"  {'daemon CPU per fetched small file (WAN epoch 1)':70s} {cpu:6.2f} ms")
+
+
 # ----------------------------------------------------------------------------- main
 
 PARTS: dict[str, Callable[[WandbServer, Path, Figures, int, bool, float], None]] = {
     "big": bench_big,
     "small": bench_small,
     "many": bench_many,
+    "wan": bench_wan,
 }
 
 
@@ -682,7 +1080,7 @@ def run(
     quick: bool,
     *,
     runs: int | None = None,
-    parts: str = "big,small,many",
+    parts: str = "big,small,many,wan",
     sdk_cap: float = 600.0,
     json_path: str | None = None,
 ) -> dict[str, Any]:
@@ -728,6 +1126,20 @@ def run(
         Path(json_path).write_text(json.dumps(result, indent=2) + "\n")
         print(f"figures written to {json_path}")
     return result
+
+
+def set_wan(text: str, error: Callable[[str], Any]) -> None:
+    """``--wan LAT_MS,MBPS``."""
+    global WAN
+    try:
+        lat, mbps = (float(x) for x in text.split(","))
+    except ValueError:
+        error(f"--wan {text!r}: expected LAT_MS,MBPS (for example 30,100)")
+        return
+    if lat < 0 or mbps <= 0:
+        error(f"--wan {text!r}: latency >= 0 and a rate > 0")
+        return
+    WAN = (lat, mbps)
 
 
 def bench(work: Path, quick: bool, runs: int | None = None) -> dict[str, Any]:
@@ -780,11 +1192,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="256 MiB, 2,000 and 20,000 files, 1 run")
     parser.add_argument("--runs", type=int, help="runs per figure (default 3, 1 with --quick)")
-    parser.add_argument("--only", default="big,small,many", help="comma-separated: big,small,many")
+    parser.add_argument("--only", default="big,small,many,wan", help="comma-separated: big,small,many,wan")
+    parser.add_argument(
+        "--wan",
+        default=",".join(f"{x:g}" for x in WAN),
+        help="LAT_MS,MBPS of the emulated WAN of part 'wan' (default %(default)s)",
+    )
     parser.add_argument("--sdk-cap", type=float, default=600.0, help="seconds the SDK's download() may take")
     parser.add_argument("--json", help="also write the figures to this file")
     parser.add_argument("--dir", default="/var/tmp", help="where to put the data (a real disk, not tmpfs)")
     args = parser.parse_args()
+    set_wan(args.wan, parser.error)
     for name in args.only.split(","):
         if name not in PARTS:
             parser.error(f"unknown part {name!r} (choose from {','.join(PARTS)})")
