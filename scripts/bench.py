@@ -648,16 +648,19 @@ def case_wandb(b: Bench) -> None:
             b.res.info.setdefault(key, value)
 
 
-def _epoch(read: Callable[[str], int], paths: list[str], seed: int) -> float:
-    """Seconds to read every path once, shuffled, with 8 threads (a data loader's epoch)."""
+def _epoch(read: Callable[[str], int], paths: list[str], seed: int, cpu: list[float] | None = None) -> float:
+    """Seconds to read every path once, shuffled, with 8 threads (a data loader's epoch); the
+    CPU seconds this process spent on it (every thread) are appended to ``cpu``."""
     import concurrent.futures
 
     order = list(paths)
     random.Random(seed).shuffle(order)
-    start = time.perf_counter()
+    start, start_cpu = time.perf_counter(), time.process_time()
     with concurrent.futures.ThreadPoolExecutor(8) as pool:
         total = sum(pool.map(read, order, chunksize=32))
     elapsed = time.perf_counter() - start
+    if cpu is not None:
+        cpu.append(time.process_time() - start_cpu)
     assert total > 0
     return elapsed
 
@@ -718,11 +721,12 @@ def case_fsspec(b: Bench) -> None:
     _epoch(read, urls, 0)  # verified (and in the page cache), as after a first epoch
     _epoch(_read_plain, plain, 0)
     times: dict[str, list[float]] = {"fsspec_epoch.artifactfs": [], "fsspec_epoch.plain": []}
+    cpu: dict[str, list[float]] = {"fsspec_epoch_cpu.artifactfs": [], "fsspec_epoch_cpu.plain": []}
     for i in range(runs):  # in turn, the first of the pair alternating
-        pair = [("fsspec_epoch.plain", _read_plain, plain), ("fsspec_epoch.artifactfs", read, urls)]
+        pair = [("plain", _read_plain, plain), ("artifactfs", read, urls)]
         for name, reader, paths in pair if i % 2 == 0 else pair[::-1]:
-            times[name].append(_epoch(reader, paths, i))
-    for name, values in times.items():
+            times[f"fsspec_epoch.{name}"].append(_epoch(reader, paths, i, cpu[f"fsspec_epoch_cpu.{name}"]))
+    for name, values in [*times.items(), *cpu.items()]:
         b.res.add(name, values)
     fs.close()
 
@@ -740,30 +744,41 @@ def case_fsspec(b: Bench) -> None:
             for label, length, count in (("4k", 4 * KiB, 20000), ("1m", MiB, 400)):
                 offsets = [rnd.randrange(0, size - length) for _ in range(count)]
                 rates: dict[str, list[float]] = {"artifactfs": [], "plain": [], "cat_file": []}
+                cpu_rates: dict[str, list[float]] = {"artifactfs": [], "plain": [], "cat_file": []}
                 for _ in range(runs):
                     # The variants take turns every 20 ranges, so a burst of load on this shared
                     # machine falls on all of them alike.
+                    # Wall time, and this thread's CPU time (what the reads cost, whatever else
+                    # runs on the machine: the wall time here swings with its load).
                     spent = {variant: 0.0 for variant in rates}
+                    used = {variant: 0.0 for variant in rates}
                     for chunk in range(0, count, 20):
                         part = offsets[chunk : chunk + 20]
-                        start = time.perf_counter()
+                        t0, c0 = time.perf_counter(), time.thread_time()
                         for off in part:
                             os.pread(fd, length, off)
-                        middle = time.perf_counter()
+                        t1, c1 = time.perf_counter(), time.thread_time()
                         for off in part:
                             f.seek(off)
                             f.read(length)
-                        end = time.perf_counter()
+                        t2, c2 = time.perf_counter(), time.thread_time()
                         for off in part[:5]:
                             fs.cat_file("bench/fsbig/file:v0/big.bin", off, off + length)
-                        spent["cat_file"] += time.perf_counter() - end
-                        spent["plain"] += middle - start
-                        spent["artifactfs"] += end - middle
-                    rates["plain"].append(count / spent["plain"])
-                    rates["artifactfs"].append(count / spent["artifactfs"])
-                    rates["cat_file"].append(count / 4 / spent["cat_file"])
+                        t3, c3 = time.perf_counter(), time.thread_time()
+                        for variant, wall, cpu_s in (
+                            ("plain", t1 - t0, c1 - c0),
+                            ("artifactfs", t2 - t1, c2 - c1),
+                            ("cat_file", (t3 - t2) * 4, (c3 - c2) * 4),
+                        ):
+                            spent[variant] += wall
+                            used[variant] += cpu_s
+                    for variant in rates:
+                        rates[variant].append(count / spent[variant])
+                        cpu_rates[variant].append(count / used[variant])
                 for variant, values in rates.items():
                     b.res.add(f"fsspec_range_{label}.{variant}", values, "IOPS")
+                for variant, values in cpu_rates.items():
+                    b.res.add(f"fsspec_range_{label}_cpu.{variant}", values, "IOPS")
     finally:
         os.close(fd)
         fs.close()
@@ -816,6 +831,21 @@ def ratios(r: Results) -> None:
     r.ratio("artifactfs:// first epoch vs the mount's", "fsspec_first.artifactfs", "fsspec_first.mount", 0.9)
     r.ratio("artifactfs:// 1 MiB range reads vs pread", "fsspec_range_1m.artifactfs", "fsspec_range_1m.plain", 0.9)
     r.ratio("artifactfs:// 4 KiB range reads vs pread", "fsspec_range_4k.artifactfs", "fsspec_range_4k.plain", None)
+    r.ratio(
+        "artifactfs:// epoch, CPU time, vs local disk", "fsspec_epoch_cpu.artifactfs", "fsspec_epoch_cpu.plain", None
+    )
+    r.ratio(
+        "artifactfs:// 1 MiB ranges, CPU time, vs pread",
+        "fsspec_range_1m_cpu.artifactfs",
+        "fsspec_range_1m_cpu.plain",
+        None,
+    )
+    r.ratio(
+        "artifactfs:// 4 KiB ranges, CPU time, vs pread",
+        "fsspec_range_4k_cpu.artifactfs",
+        "fsspec_range_4k_cpu.plain",
+        None,
+    )
     r.ratio("artifactfs:// cat_file 1 MiB ranges vs pread", "fsspec_range_1m.cat_file", "fsspec_range_1m.plain", None)
     r.bound("daemon RSS after find+stat (MB)", "rss.after_find_stat_mb", 300)
     r.ratio("log of tiny files vs wandb add_dir", "log.tiny_files_per_s", "log.wandb_add_dir_files_per_s", None)
