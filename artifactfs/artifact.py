@@ -39,7 +39,7 @@ from .errors import (
     SourceError,
 )
 from .fsutil import walk_files
-from .manifest import MD5, XXH128, Entry, Manifest, hash_fd, hex_from_b64
+from .manifest import MD5, XXH128, Entry, Manifest, fd_holds, hash_fd, hex_from_b64
 from .names import (
     LATEST,
     check_alias,
@@ -1042,12 +1042,7 @@ def _matches(path: str, entry: Entry) -> bool:
     except OSError:
         return False
     try:
-        st = os.fstat(fd)
-        import stat as _stat
-
-        if not _stat.S_ISREG(st.st_mode) or st.st_size != check.size:
-            return False
-        return hash_fd(fd, check.alg, limit=check.size) == (check.digest, check.size)
+        return fd_holds(fd, check)
     except OSError:
         return False
     finally:

@@ -39,11 +39,12 @@ from dataclasses import dataclass
 
 from .errors import ArtifactFSError, DigestMismatch, FetchError, InvalidPath
 from .fetcher import INLINE_VERIFY_MAX
-from .manifest import Entry, hash_fd
+from .manifest import Entry, fd_holds, hash_fd
 from .names import check_entry_path
 from .progress import ProgressBar
 from .references import content_entry
 from .registry.base import Registry, VersionInfo
+from .sources import open_blob
 from .store import Blob, BlobStore, write_verified
 
 log = logging.getLogger(__name__)
@@ -232,10 +233,7 @@ def matches_at(dir_fd: int, name: str, entry: Entry) -> bool:
     except OSError:
         return False
     try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode) or st.st_size != entry.size:
-            return False
-        return hash_fd(fd, entry.alg, limit=entry.size) == (entry.digest, entry.size)
+        return fd_holds(fd, entry)
     except OSError:
         return False
     finally:
@@ -421,12 +419,7 @@ class Downloader:
 
     def _place_local(self, local: str, dir_fd: int, leaf: str, entry: Entry, what: str) -> None:
         def fill(fd: int) -> None:
-            try:
-                src = os.open(local, os.O_RDONLY | os.O_CLOEXEC)
-            except FileNotFoundError as exc:
-                raise FetchError(f"blob of {what} is missing ({local})") from exc
-            except OSError as exc:
-                raise FetchError(f"cannot open blob of {what}: {exc.strerror or exc}") from exc
+            src = open_blob(local, what)
             try:
                 size = os.fstat(src).st_size
                 if size != entry.size:

@@ -13,6 +13,7 @@ import binascii
 import hashlib
 import json
 import os
+import stat
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -66,6 +67,15 @@ def hash_fd(fd: int, alg: str = MD5, limit: int | None = None, chunk: int = 1 <<
     hasher = new_hasher(alg)
     size = update_from_fd(hasher, fd, 0, None if limit is None else limit + 1, chunk)
     return b64_digest(hasher), size
+
+
+def fd_holds(fd: int, entry: Entry) -> bool:
+    """Whether the open file ``fd`` holds ``entry``'s bytes: a regular file of its size whose hash
+    is its digest (a file of another size is not read).  An error reading it (OSError) passes."""
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode) or st.st_size != entry.size:
+        return False
+    return hash_fd(fd, entry.alg, limit=entry.size) == (entry.digest, entry.size)
 
 
 def update_from_fd(hasher: Hasher, fd: int, start: int, end: int | None = None, chunk: int = 1 << 20) -> int:

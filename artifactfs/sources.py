@@ -6,6 +6,7 @@ This module sits below the registry package: it imports only :mod:`artifactfs.er
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import IO, Protocol
@@ -62,9 +63,15 @@ class BlobSource:
             return self.open()
         if self.local_path is None:
             raise FetchError(f"no source for {self.description}")
-        try:
-            return open(self.local_path, "rb")
-        except FileNotFoundError as exc:
-            raise FetchError(f"blob of {self.description} is missing ({self.local_path})") from exc
-        except OSError as exc:
-            raise FetchError(f"cannot open blob of {self.description}: {exc.strerror or exc}") from exc
+        return os.fdopen(open_blob(self.local_path, self.description), "rb")
+
+
+def open_blob(path: str, what: str) -> int:
+    """A read-only descriptor of the blob file at ``path`` (a local registry's, or one about to
+    be verified); FetchError saying whether it is missing or unreadable otherwise."""
+    try:
+        return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError as exc:
+        raise FetchError(f"blob of {what} is missing ({path})") from exc
+    except OSError as exc:
+        raise FetchError(f"cannot open blob of {what}: {exc.strerror or exc}") from exc

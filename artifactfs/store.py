@@ -44,8 +44,8 @@ import diskcache
 from . import defaults
 from .errors import BlobChanged, CacheError, DigestMismatch, DiskFull, FetchError
 from .fsutil import claim_cache_dir, make_temp
-from .manifest import Entry, b64_digest, hash_fd, new_hasher, update_from_fd
-from .sources import BlobSource
+from .manifest import Entry, b64_digest, fd_holds, hash_fd, new_hasher, update_from_fd
+from .sources import BlobSource, open_blob
 
 log = logging.getLogger(__name__)
 
@@ -429,12 +429,7 @@ class BlobStore:
         try:
             st = os.fstat(fd)
             before = _identity(st)
-            if stat.S_ISREG(st.st_mode) and before[2] == entry.size:
-                actual, size = hash_fd(fd, entry.alg, limit=entry.size)
-                ok = actual == entry.digest and size == entry.size and _identity(os.fstat(fd)) == before
-            else:
-                ok = False
-            if not ok:
+            if not (fd_holds(fd, entry) and _identity(os.fstat(fd)) == before):
                 os.close(fd)
                 self._evict(key, f"cached blob of {what} is corrupt ({path})")
                 return None
@@ -654,12 +649,7 @@ class BlobStore:
     def verify_in_place(self, key: str, entry: Entry, path: str, what: str, *, persist: bool = True) -> Blob:
         """Open ``path``, hash it, and on a match remember its identity as trusted: in this
         process, and with ``persist`` also in the cache directory for later mounts."""
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-        except FileNotFoundError as exc:
-            raise FetchError(f"blob of {what} is missing ({path})") from exc
-        except OSError as exc:
-            raise FetchError(f"cannot open blob of {what}: {exc.strerror or exc}") from exc
+        fd = open_blob(path, what)
         try:
             return self._verify_fd(fd, key, entry, path, what, persist)
         except BaseException as exc:
