@@ -577,18 +577,13 @@ class BlobStore:
             return
         deficit = size + _ROOM_SLACK - free
         self.flush_uses()  # evict by the latest uses, ours included
-        cache = self._cache
         evicted = 0
         try:
             while deficit > 0:
-                row = cache._sql(
-                    "SELECT key, size FROM Cache WHERE filename IS NOT NULL ORDER BY access_time LIMIT 1"
-                ).fetchone()
-                if row is None or not cache.delete(row[0], retry=True):
+                freed = self._evict_oldest()
+                if freed is None:
                     break
-                cache.delete(_CACHED_PREFIX + row[0], retry=True)
-                self._memo.pop(row[0], None)
-                deficit -= row[1]
+                deficit -= freed
                 evicted += 1
         except (diskcache.Timeout, sqlite3.Error) as exc:
             log.warning("cache eviction for free space failed: %s", exc)
@@ -608,16 +603,25 @@ class BlobStore:
                 return
             self.flush_uses()  # evict by the latest uses, ours included
             while cache.volume() > cache.size_limit:
-                row = cache._sql(
-                    "SELECT key FROM Cache WHERE filename IS NOT NULL AND key != ? ORDER BY access_time LIMIT 1",
-                    (keep,),
-                ).fetchone()
-                if row is None or not cache.delete(row[0], retry=True):
+                if self._evict_oldest(keep) is None:
                     return
-                cache.delete(_CACHED_PREFIX + row[0], retry=True)
-                self._memo.pop(row[0], None)
         except (diskcache.Timeout, sqlite3.Error) as exc:  # the blob is stored; eviction can wait
             log.warning("cache eviction failed: %s", exc)
+
+    def _evict_oldest(self, keep: str = "") -> int | None:
+        """Evict the least recently used blob other than ``keep``: its file and row, its
+        identity record and this process's memo of it.  Its size, or None when there is none (or
+        another process deleted it first).  The one eviction step of :meth:`_room_for`,
+        :meth:`_make_room` and :meth:`prune`; sqlite3.Error and diskcache.Timeout pass."""
+        row = self._cache._sql(
+            "SELECT key, size FROM Cache WHERE filename IS NOT NULL AND key != ? ORDER BY access_time LIMIT 1",
+            (keep,),
+        ).fetchone()
+        if row is None or not self._cache.delete(row[0], retry=True):
+            return None
+        self._cache.delete(_CACHED_PREFIX + row[0], retry=True)
+        self._memo.pop(row[0], None)
+        return int(row[1])
 
     def open_trusted(self, key: str, path: str, *, persisted: bool = True) -> Blob | None:
         """``path`` opened, if a trust record says it was verified and it has not changed since.
@@ -708,15 +712,11 @@ class BlobStore:
                 (total,) = cache._sql("SELECT COALESCE(SUM(size), 0) FROM Cache WHERE filename IS NOT NULL").fetchone()
                 if total <= max_size:
                     break
-                row = cache._sql(
-                    "SELECT key, size FROM Cache WHERE filename IS NOT NULL ORDER BY access_time LIMIT 1"
-                ).fetchone()
-                if row is None or not cache.delete(row[0], retry=True):
+                size = self._evict_oldest()
+                if size is None:
                     break
-                cache.delete(_CACHED_PREFIX + row[0], retry=True)
-                self._memo.pop(row[0], None)
                 evicted += 1
-                freed += row[1]
+                freed += size
         except (sqlite3.Error, diskcache.Timeout) as exc:
             raise CacheError(f"pruning the cache in {self.directory} failed: {exc}") from exc
         return evicted, freed
