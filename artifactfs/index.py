@@ -209,6 +209,15 @@ class ManifestIndex:
             )
         return [self._child(path, row) for row in rows]
 
+    def rows(self, path: str) -> list[tuple[int, str, int, int]] | None:
+        """``(id, name, is_dir, size)`` of the children of directory ``path`` in name order: what
+        a readdir needs, without making entries.  None if ``path`` is no directory."""
+        pid = self.dir_id(path)
+        if pid is None:
+            return None
+        rows = self._db().execute("SELECT id, name, dir, size FROM nodes WHERE parent = ? ORDER BY name", (pid,))
+        return rows.fetchall()
+
     def following(self, path: str, limit: int) -> list[Entry]:
         """Up to ``limit`` files after ``path`` in its directory (name order)."""
         parent, _, name = path.rpartition("/")

@@ -23,6 +23,7 @@ import errno
 import functools
 import logging
 import os
+import stat
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any, ParamSpec, TypeVar
@@ -35,12 +36,14 @@ from .fetcher import Fetcher, Prefetcher
 from .manifest import Entry
 from .registry.base import VersionInfo
 from .store import Blob
-from .tree import Attr, Kind, Node, Tree
+from .tree import FOREVER, Attr, Kind, Node, Tree
 
 log = logging.getLogger(__name__)
 
 P = ParamSpec("P")
 R = TypeVar("R")
+_FILE_MODE = stat.S_IFREG | 0o444  # version content, as Tree.getattr makes it
+_DIR_MODE = stat.S_IFDIR | 0o555
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND | os.O_CREAT
 
 
@@ -74,6 +77,8 @@ class _OpenDir:
     inode: int
     children: list[tuple[bytes, Node]] | None = None
     dropped: int = -1  # Tree.dropped when ``children`` was asked
+    # A directory of an indexed version: its entries as the kernel gets them (no node made).
+    replies: list[tuple[bytes, pyfuse3.EntryAttributes]] | None = None
 
 
 class Operations(pyfuse3.Operations):
@@ -185,6 +190,18 @@ class Operations(pyfuse3.Operations):
         if handle is None:  # a handle the kernel never got from opendir (or already released)
             raise pyfuse3.FUSEError(errno.EBADF)
         tree = self.tree
+        if handle.replies is None and (handle.children is None or start_id == 0):
+            indexed = await tree.indexed_rows(handle.inode)
+            if indexed is not None:
+                handle.replies = self._replies(*indexed)
+        if handle.replies is not None:
+            replies = handle.replies
+            reply = pyfuse3.readdir_reply
+            for index in range(start_id, len(replies)):
+                name, attrs = replies[index]
+                if not reply(token, name, attrs, index + 1):
+                    break
+            return
         if handle.children is None or start_id == 0:
             children = await tree.listdir_encoded(handle.inode)
             handle.children = children
@@ -209,6 +226,36 @@ class Operations(pyfuse3.Operations):
                 if not reply(token, name, attributes(node), index + 1):
                     break
                 remember(node)
+
+    def _replies(
+        self, base: int, mtime_ns: int, rows: list[tuple[int, str, int, int]]
+    ) -> list[tuple[bytes, pyfuse3.EntryAttributes]]:
+        """readdirplus entries of an indexed directory straight from its rows: the kernel gets
+        the attributes the node would have (tree.getattr), and the daemon keeps no node."""
+        uid, gid = self.tree.uid, self.tree.gid
+        out = []
+        for rid, name, is_dir, size in rows:
+            a = pyfuse3.EntryAttributes()
+            a.st_ino = base | rid
+            a.generation = 0
+            a.entry_timeout = FOREVER
+            a.attr_timeout = FOREVER
+            if is_dir:
+                a.st_mode = _DIR_MODE
+                a.st_nlink = 2
+            else:
+                a.st_mode = _FILE_MODE
+                a.st_nlink = 1
+                a.st_size = size
+                a.st_blocks = (size + 511) // 512
+            a.st_uid = uid
+            a.st_gid = gid
+            a.st_blksize = 128 * 1024
+            a.st_atime_ns = mtime_ns
+            a.st_mtime_ns = mtime_ns
+            a.st_ctime_ns = mtime_ns
+            out.append((name.encode(), a))
+        return out
 
     @_errno_boundary
     async def releasedir(self, fh: int) -> None:

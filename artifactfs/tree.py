@@ -134,7 +134,7 @@ class Tree:
     # first, and encoded listings of indexed directories, bounded by their entries in all: the
     # working set.  Anything else the kernel knows is made again from the index by inode.
     max_index_nodes: int = 50_000
-    max_listed_entries: int = 200_000
+    max_listed_entries: int = 20_000
     _slots: dict[tuple[object, ...], int] = field(default_factory=dict)
     _slot_info: list[tuple[ManifestIndex, Node]] = field(default_factory=list)
     _cached: OrderedDict[int, Node] = field(default_factory=OrderedDict)
@@ -224,6 +224,23 @@ class Tree:
             self._slot_info.append((index, parent))
             self._slots[parent.key] = slot
         return slot
+
+    async def indexed_rows(self, inode: int) -> tuple[int, int, list[tuple[int, str, int, int]]] | None:
+        """For a directory of an indexed version: ``(inode base, mtime_ns, rows)``, each row
+        ``(row id, name, is_dir, size)`` in name order (a child's inode is ``base | row id``):
+        what a readdir replies, with no node made.  None for any other directory."""
+        node = self.node(inode)
+        if node.kind not in (Kind.VERSION, Kind.DIR):
+            return None
+        slot = await self._slot(node)
+        if slot is None:
+            return None
+        rows = self._slot_info[slot][0].rows(node.path)
+        if rows is None:
+            raise EntryNotFound(f"{node.path!r}: no such directory")
+        v = self._slot_info[slot][1].version
+        assert v is not None
+        return (slot + 1) << INDEX_SHIFT, v.created_at_ns, rows
 
     def _indexed_listing(self, slot: int, node: Node) -> list[tuple[bytes, Node]]:
         """The encoded children of an indexed directory: kept while the working set allows."""

@@ -913,7 +913,19 @@ def main() -> None:
         metavar="LAT_MS,MBPS",
         help="the emulated WAN of the W&B cases (default 30,100): every request delayed, every connection capped",
     )
-    args = parser.parse_args()
+    parser.add_argument(
+        "--scale",
+        action="store_true",
+        help="only the scale cases (scripts/bench_scale.py: a 1,000,000-entry W&B version, the index builder "
+        "on 10,000,000 entries; ~20 min); its options follow --scale's own (--entries, --builder-entries)",
+    )
+    args, rest = parser.parse_known_args()
+    if args.scale:
+        os.execv(
+            PY, [PY, str(ROOT / "scripts" / "bench_scale.py"), *rest, *(["--json", args.json] if args.json else [])]
+        )
+    if rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
     if os.geteuid() != 0:
         sys.exit("scripts/bench needs root (it drops the page cache)")
     profile = Path(args.profile).resolve() if args.profile else None

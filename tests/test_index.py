@@ -329,3 +329,42 @@ def test_a_walk_keeps_a_bounded_working_set(tmp_path: Path, monkeypatch: pytest.
 
         trio.run(walk)
         reg.close()
+
+
+@pytest.mark.fuse
+def test_listed_and_looked_up_attributes_agree(
+    mounter: Mounter, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An indexed directory's readdirplus entries are made from its rows, with no node; a
+    lookup makes a node from the index.  Both must tell the kernel the same thing."""
+    from wandb_server import WandbServer
+
+    key = "a77" + "0" * 37
+    monkeypatch.setenv("WANDB_API_KEY", key)
+    monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
+    monkeypatch.setenv("WANDB_CACHE_DIR", str(tmp_path / "wandb-cache"))
+    for name in ("WANDB_BASE_URL", "WANDB_ENTITY"):
+        monkeypatch.delenv(name, raising=False)
+    files = {f"d{i % 3}/sub{i % 2}/f{i:03d}.bin": os.urandom(i * 37) for i in range(60)}
+    files["top.txt"] = b"top\n"
+    with WandbServer(api_key=key, viewer_entity="acme") as server:
+        server.add_artifact("acme", "vision", "ds", "dataset", files)
+
+        def stats(m: Any, listed: bool) -> dict[str, tuple[int, ...]]:
+            root = m.path / "acme" / "vision" / "ds:v0"
+            paths = sorted({*files, *(os.path.dirname(p) for p in files)} - {""})
+            if listed:  # readdirplus first: every attribute comes from a listing
+                for dirpath, _, _ in os.walk(root):
+                    with os.scandir(dirpath) as it:
+                        for item in it:
+                            item.stat(follow_symlinks=False)
+            out = {}
+            for p in paths:
+                st = os.lstat(root / p)
+                out[p] = (st.st_ino, st.st_mode, st.st_size, st.st_nlink, st.st_mtime_ns, st.st_blocks, st.st_uid)
+            return out
+
+        looked_up = stats(mounter(f"wandb:{server.url}"), listed=False)  # type: ignore[arg-type]
+        listed = stats(mounter(f"wandb:{server.url}"), listed=True)  # type: ignore[arg-type]
+        assert listed == looked_up
+        assert listed["top.txt"][2] == 4 and listed["d0/sub0"][3] == 2
