@@ -308,7 +308,7 @@ class Artifact:
         assert self._api is not None
         return self._api.registry
 
-    def _contents(self) -> tuple[Registry, VersionInfo]:
+    def _with_contents(self) -> tuple[Registry, VersionInfo]:
         """The registry and the version, with the version's entries at hand (a remote backend
         fetches the manifest once here)."""
         version = self._logged_version()
@@ -518,7 +518,7 @@ class Artifact:
             for path in sorted(self._added):
                 manifest.entries[path] = self._added[path].entry
             return manifest
-        reg, version = self._contents()
+        reg, version = self._with_contents()
         return reg.manifest(version)
 
     @property
@@ -890,7 +890,7 @@ class Artifact:
     def files(self, names: Iterable[str] | None = None, per_page: int = 50) -> list[ArtifactFile]:
         """The files of the version (W&B's ``File`` fields: ``name``, ``size``, ``md5``...), in path
         order; only those named in ``names`` if given."""
-        reg, version = self._contents()
+        reg, version = self._with_contents()
         entries = sorted(reg.iter_entries(version), key=lambda e: e.path)
         if names is not None:
             wanted = set(names)
@@ -899,7 +899,7 @@ class Artifact:
 
     def get_entry(self, name: str) -> ArtifactManifestEntry:
         """The entry ``name`` (KeyError-compatible EntryKeyError if there is none)."""
-        reg, version = self._contents()
+        reg, version = self._with_contents()
         path = check_entry_path(os.fspath(name))
         try:
             found = reg.get_entry(version, path)
@@ -917,7 +917,7 @@ class Artifact:
     def get(self, name: str) -> Table | None:
         """The Table stored by ``add(table, name)`` (``name.table.json``), or None if the
         artifact holds no object of that name."""
-        reg, version = self._contents()
+        reg, version = self._with_contents()
         for candidate in (Table.with_suffix(name), name):
             try:
                 found = reg.get_entry(version, check_entry_path(candidate))
@@ -963,7 +963,7 @@ class Artifact:
         return os.path.abspath(os.path.join(base, self.source_name))  # as W&B: where it was logged
 
     def _download_entries(self, root: str, entries: Iterable[Entry], *, use_cache: bool = True) -> None:
-        reg, version = self._contents()
+        reg, version = self._with_contents()
         assert self._api is not None
         Downloader(reg, version, self._api._blob_store, use_cache=use_cache).run(root, list(entries))
 
