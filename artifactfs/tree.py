@@ -126,7 +126,7 @@ class Tree:
     gid: int
     alias_ttl: float = defaults.ALIAS_TTL
     mount_time_ns: int = field(default_factory=time.time_ns)
-    meta: Meta | None = None
+    meta: Meta = field(default=None)  # type: ignore[assignment]  # None: made in __post_init__
     _nodes: dict[int, Node] = field(default_factory=dict)
     _by_key: dict[tuple[object, ...], Node] = field(default_factory=dict)
     _next_inode: int = ROOT_INODE + 1
@@ -147,7 +147,6 @@ class Tree:
     def __post_init__(self) -> None:
         if self.meta is None:
             self.meta = Meta(self.registry, alias_ttl=self.alias_ttl)
-        self._meta: Meta = self.meta
         root = Node(ROOT_INODE, Kind.ROOT, ("root",), lookups=1)
         self._nodes[ROOT_INODE] = root
         self._by_key[root.key] = root
@@ -214,7 +213,7 @@ class Tree:
         assert v is not None
         index = self.registry.contents_index(v)
         if index is None and not self.registry.contents_loaded(v):
-            await self._meta.load_contents(v)
+            await self.meta.load_contents(v)
             index = self.registry.contents_index(v)
         if index is None:
             return None
@@ -355,14 +354,14 @@ class Tree:
         kind = parent.kind
         if kind is Kind.ROOT:
             self._check_name(name)
-            await self._meta.check_entity(name)  # raises EntityNotFound
+            await self.meta.check_entity(name)  # raises EntityNotFound
             return self._entity(name)
         if kind is Kind.ENTITY:
             self._check_name(name, project=True)  # a registry's name may hold spaces
-            await self._meta.check_project(parent.entity, name)  # raises ProjectNotFound
+            await self.meta.check_project(parent.entity, name)  # raises ProjectNotFound
             return self._project(parent.entity, name)
         if kind is Kind.PROJECT and name == VIEW_DIR:
-            await self._meta.check_project(parent.entity, parent.project)
+            await self.meta.check_project(parent.entity, parent.project)
             view: tuple[object, ...] = ("view", parent.entity, parent.project)
             return self._intern(view, lambda i: Node(i, Kind.VIEW, view, parent.entity, parent.project))
         if kind is Kind.VIEW:
@@ -370,7 +369,7 @@ class Tree:
             if not sep or parse_version(tag) is None:
                 raise ArtifactNotFound(f"{name!r}: {VIEW_DIR} entries are NAME:vN")
             self._check_name(collection)
-            v = (await self._meta.resolve(Ref(parent.entity, parent.project, collection, tag))).value
+            v = (await self.meta.resolve(Ref(parent.entity, parent.project, collection, tag))).value
             return self._view_version(v)
         if kind is Kind.VIEW_VERSION:
             if name not in VIEW_FILES:
@@ -382,7 +381,7 @@ class Tree:
                 raise ArtifactNotFound(f"{name!r}: project entries are NAME:vN or NAME:ALIAS")
             self._check_name(collection)
             ref = Ref(parent.entity, parent.project, collection, tag)
-            answer = await self._meta.resolve(ref)  # raises ArtifactNotFound
+            answer = await self.meta.resolve(ref)  # raises ArtifactNotFound
             v = answer.value
             if parse_version(tag) is not None:
                 return self._version_node(v, answer.expires)
@@ -398,7 +397,7 @@ class Tree:
                     raise EntryNotFound(f"{path!r}: no such entry")
                 return self._from_index(slot, child, path)
             reg = self.registry
-            found: DirEntry = await self._contents(parent.version, reg.get_entry, reg.get_entry_now, path)
+            found: DirEntry = await self._ask_contents(parent.version, reg.get_entry, reg.get_entry_now, path)
             return self._content(parent, name, found.entry)
         raise EntryNotFound(f"{name!r}: not a directory")
 
@@ -409,7 +408,7 @@ class Tree:
         except InvalidReference as exc:
             raise NotFound(str(exc)) from exc
 
-    async def _contents(
+    async def _ask_contents(
         self,
         version: VersionInfo,
         fn: Callable[[VersionInfo, str], Any],
@@ -421,12 +420,12 @@ class Tree:
         loaded (one load per version id, shared by concurrent askers)."""
         answer = now(version, path)
         if answer is None:
-            await self._meta.load_contents(version)
+            await self.meta.load_contents(version)
             answer = now(version, path)
             if answer is None:
                 # Loaded and already evicted again (a registry's bounded manifest cache under
                 # pressure): ask in a thread rather than reload it on the loop.
-                return await self._meta.call((fn.__name__, version.id, path), fn, version, path)
+                return await self.meta.call((fn.__name__, version.id, path), fn, version, path)
         return answer
 
     @property
@@ -455,13 +454,13 @@ class Tree:
         node = self.node(inode)
         kind = node.kind
         if kind is Kind.ROOT:
-            entities = await self._meta.entities()
+            entities = await self.meta.entities()
             return [(e, self._entity(e)) for e in entities.value]
         if kind is Kind.ENTITY:
-            projects = await self._meta.projects(node.entity)
+            projects = await self.meta.projects(node.entity)
             return [(p, self._project(node.entity, p)) for p in projects.value]
         if kind is Kind.PROJECT:
-            answer = await self._meta.project_versions(node.entity, node.project)
+            answer = await self.meta.project_versions(node.entity, node.project)
             out: list[tuple[str, Node]] = []
             for v in answer.value:
                 target = f"{v.name}:{v.version}"
@@ -484,7 +483,7 @@ class Tree:
             node.encoded = None
             return node.children
         if kind is Kind.VIEW:
-            versions = (await self._meta.project_versions(node.entity, node.project)).value
+            versions = (await self.meta.project_versions(node.entity, node.project)).value
             out = []
             for v in versions:
                 out.append((f"{v.name}:{v.version}", self._view_version(v)))
@@ -520,7 +519,7 @@ class Tree:
         assert node.version is not None
         v = node.version
         try:
-            v = (await self._meta.resolve(v.ref)).value
+            v = (await self.meta.resolve(v.ref)).value
         except ArtifactNotFound:
             log.info("%s was deleted from the registry; %s shows what was mounted", v.ref, VIEW_DIR)
         else:
@@ -535,8 +534,8 @@ class Tree:
         """What ``info.json`` says beyond the version itself: the run that logged it and the
         runs that used it, where the registry keeps lineage (none known otherwise)."""
         # The same questions as the lineage xattrs, so a remote answer is kept and shared.
-        logged = (await self._meta.cached(("logged_by", v.id), self.registry.logged_by, v)).value
-        used = (await self._meta.cached(("used_by", v.id), self.registry.used_by, v)).value
+        logged = (await self.meta.cached(("logged_by", v.id), self.registry.logged_by, v)).value
+        used = (await self.meta.cached(("used_by", v.id), self.registry.used_by, v)).value
         return {
             "logged_by": None if logged is None else logged.to_json(),
             "used_by": [run.to_json() for run in used],
@@ -544,7 +543,7 @@ class Tree:
 
     async def _manifest_json(self, v: VersionInfo) -> bytes:
         if not self.registry.contents_loaded(v):
-            await self._meta.load_contents(v)
+            await self.meta.load_contents(v)
         registry = self.registry
 
         def build() -> bytes:
@@ -559,7 +558,7 @@ class Tree:
         if node.listing is None:
             assert node.version is not None
             reg = self.registry
-            node.listing = await self._contents(node.version, reg.list_dir, reg.list_dir_now, node.path)
+            node.listing = await self._ask_contents(node.version, reg.list_dir, reg.list_dir_now, node.path)
         return node.listing
 
     async def files_after(self, node: Node, count: int) -> list[tuple[VersionInfo, Entry]]:
@@ -576,7 +575,7 @@ class Tree:
             parent = self._by_key.get(_version_key(node.version)) if not parent_path else None
         if parent is None or parent.listing is None:
             reg = self.registry
-            listing = await self._contents(node.version, reg.list_dir, reg.list_dir_now, parent_path)
+            listing = await self._ask_contents(node.version, reg.list_dir, reg.list_dir_now, parent_path)
             if parent is not None:
                 parent.listing = listing
         else:
@@ -601,7 +600,7 @@ class Tree:
         if node.kind is not Kind.ALIAS:
             raise EntryNotFound("not a symlink")
         if trio.current_time() >= node.expires:
-            answer = await self._meta.resolve(Ref(node.entity, node.project, node.collection, node.alias))
+            answer = await self.meta.resolve(Ref(node.entity, node.project, node.collection, node.alias))
             target = f"{node.collection}:{answer.value.version}"
             if answer.expires >= node.expires:
                 node.target = target
@@ -648,7 +647,7 @@ class Tree:
         if node.kind is Kind.VERSION and trio.current_time() >= node.expires:
             ref = node.version.ref
             try:
-                answer = await self._meta.resolve(ref)
+                answer = await self.meta.resolve(ref)
             except ArtifactNotFound:
                 log.info("%s was deleted from the registry; serving what was mounted", ref)
                 node.expires = trio.current_time() + self.alias_ttl
@@ -666,8 +665,8 @@ class Tree:
         answer is kept for alias_ttl.  A failure to ask leaves them out (logged) rather than
         failing every attribute of the version."""
         try:
-            creator = await self._meta.cached(("logged_by", v.id), self.registry.logged_by, v)
-            users = await self._meta.cached(("used_by", v.id), self.registry.used_by, v)
+            creator = await self.meta.cached(("logged_by", v.id), self.registry.logged_by, v)
+            users = await self.meta.cached(("used_by", v.id), self.registry.used_by, v)
         except ArtifactFSError as exc:
             log.warning("lineage of %s is unknown: %s", v.ref, exc)
             return {}

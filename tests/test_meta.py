@@ -299,7 +299,7 @@ async def test_concurrent_lookups_of_one_name_share_one_call(registry: SlowRegis
         registry.gate.set()
     assert registry.calls == Counter(check_entity=1)
     assert len(nodes) == 10 and all(node is nodes[0] for node in nodes)
-    assert tree.meta is not None and tree.meta.stats.joined == 9
+    assert tree.meta.stats.joined == 9
 
 
 @trio_test
@@ -555,4 +555,4 @@ async def test_a_local_registry_is_asked_inline_and_never_cached() -> None:
         await tree.listdir(v1.inode)
     assert registry.threads == {threading.get_ident()}
     assert registry.calls == Counter(check_entity=2, check_project=2, resolve=2, load_contents=1)
-    assert tree.meta is not None and tree.meta.stats.cache_hits == 0
+    assert tree.meta.stats.cache_hits == 0
