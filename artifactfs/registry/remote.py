@@ -1,6 +1,7 @@
 """What a remote backend keeps of its versions' manifests, written once for any of them.
 
-A backend gives three callables: ``fetch(version) -> bytes`` (the manifest document),
+A backend gives three callables: ``fetch(version, fd)`` (writes the manifest document into
+an empty file),
 ``fetch_urls(version, paths) -> {path: url}`` (download URLs for some files) and, optionally,
 ``sizer(version, depth)`` (sizes of reference entries recorded with size 0).  This module keeps:
 
@@ -42,7 +43,7 @@ log = logging.getLogger(__name__)
 MAX_MANIFEST_BYTES = 1 << 30  # a million-entry manifest is ~150 MB; refuse anything absurd
 MANIFEST_XXH128 = "MANIFEST_XXH128"
 
-Fetch = Callable[[VersionInfo], bytes]
+Fetch = Callable[[VersionInfo, int], None]
 FetchUrls = Callable[[VersionInfo, list[str]], dict[str, str]]
 #: ``sizer(version, depth)`` -> ``size(path, ref, digest)`` for that version's build, or None.
 Sizer = Callable[[VersionInfo, int], Callable[[str, str, str], int | None] | None]
@@ -146,12 +147,13 @@ class ManifestKeeper:
                     os.unlink(path)
             except OSError as exc:
                 log.warning("cannot read cached manifest %s: %s", path, exc.strerror or exc)
-        data = self._fetch(version)
-        if len(data) > MAX_MANIFEST_BYTES:
-            raise FetchError(f"manifest of {version.ref}: larger than {MAX_MANIFEST_BYTES} bytes")
-        tmp = self._write_temp(data)
-        del data
+        fd, tmp = make_temp(self.directory, ".tmp", os.O_RDWR)
         try:
+            try:
+                self._fetch(version, fd)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
             index = self._build(version, tmp, key, depth)
             # Kept only once it passed every check (the index's included).
             os.replace(tmp, path)
@@ -180,22 +182,6 @@ class ManifestKeeper:
             raise ManifestError(f"manifest of {version.ref}: its index {os.path.basename(path)} cannot be read back")
         log.info("%s: manifest indexed (%d entries, %.1f s)", version.ref, index.count, time.monotonic() - started)
         return index
-
-    def _write_temp(self, data: bytes) -> str:
-        """The fetched manifest in a temp file (0600, in a 0700 directory), fsynced."""
-        fd, tmp = make_temp(self.directory, ".tmp")
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-            os.fsync(fd)
-        except BaseException:
-            os.close(fd)
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
-        os.close(fd)
-        return tmp
 
     def index(self, version: VersionInfo) -> ManifestIndex:
         return self.load(version)

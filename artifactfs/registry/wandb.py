@@ -1347,7 +1347,8 @@ class WandbRegistry(Registry):
 
         return size
 
-    def _fetch_manifest(self, version: VersionInfo) -> bytes:
+    def _fetch_manifest(self, version: VersionInfo, fd: int) -> None:
+        """Write ``version``'s manifest into ``fd`` (an empty file opened for writing)."""
         what = f"manifest of {version.ref}"
         for n in range(2):  # a presigned URL that expired before we used it: ask once more
             data = self._gql("FetchArtifactManifest", MANIFEST_QUERY, {"id": version.id})
@@ -1358,19 +1359,23 @@ class WandbRegistry(Registry):
             if not url:
                 raise ManifestError(f"{what}: the server has no manifest for it (state {version.state})")
             try:
-                return self._get_bytes(url, what)
+                self._get_into(url, what, fd)
+                return
             except AuthError:
                 if n:
                     raise
                 log.info("%s: manifest URL refused (expired?); asking for a fresh one", what)
         raise AssertionError("unreachable")
 
-    def _get_bytes(self, url: str, what: str) -> bytes:
-        """A plain GET of a presigned URL (no credentials), with the GraphQL retry rules."""
+    def _get_into(self, url: str, what: str, fd: int) -> None:
+        """A plain GET of a presigned URL (no credentials) into ``fd``, streamed (a manifest of a
+        million entries is ~100 MB: never held in memory), with the GraphQL retry rules; each
+        try starts the file again."""
         shown = redact_uri(url)
         label = f"GET {shown} ({what})"
 
-        def attempt() -> bytes:
+        def attempt() -> None:
+            os.ftruncate(fd, 0)
             try:
                 resp = self._pool.get(url, timeout=(self._policy.connect_timeout, self._policy.read_timeout))
             except (requests.ConnectionError, requests.Timeout) as exc:
@@ -1385,27 +1390,26 @@ class WandbRegistry(Registry):
                     raise transfer.Transient(f"HTTP {status}", transfer.retry_after(resp.headers.get("Retry-After")))
                 if status != 200:
                     raise FetchError(f"{label}: HTTP {status}")
-                chunks = []
                 size = 0
                 try:
                     for chunk in resp.iter_content(1 << 20):
-                        size += len(chunk)
-                        if size > MAX_MANIFEST_BYTES:
+                        if size + len(chunk) > MAX_MANIFEST_BYTES:
                             raise FetchError(f"{label}: larger than {MAX_MANIFEST_BYTES} bytes")
-                        chunks.append(chunk)
+                        view = memoryview(chunk)
+                        while view:
+                            n = os.pwrite(fd, view, size)
+                            size += n
+                            view = view[n:]
                 except requests.RequestException as exc:
                     raise transfer.Transient(f"body failed ({type(exc).__name__})") from None
-                data = b"".join(chunks)
                 length = resp.headers.get("Content-Length")
-                if length is not None and length.isdigit() and int(length) != len(data):
-                    raise transfer.Transient(f"body cut at {len(data)} of {length} bytes")
-                return data
+                if length is not None and length.isdigit() and int(length) != size:
+                    raise transfer.Transient(f"body cut at {size} of {length} bytes")
 
         try:
-            result: bytes = self._retrying(label, self._policy, attempt)
+            self._retrying(label, self._policy, attempt)
         except transfer.GaveUp as exc:
             raise FetchError(str(exc)) from None
-        return result
 
     def manifest(self, version: VersionInfo) -> Manifest:
         return self._manifests.manifest(version)
