@@ -37,13 +37,14 @@ from __future__ import annotations
 
 import datetime as _dt
 import errno
+import functools
 import importlib.util
 import io
 import math
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -56,6 +57,7 @@ from .download import open_verified_blob
 from .errors import (
     ArtifactFSError,
     AuthError,
+    BlobChanged,
     DigestMismatch,
     InvalidArgument,
     InvalidPath,
@@ -121,9 +123,10 @@ class _Target:
 class ArtifactFile(io.RawIOBase):
     """A read-only, seekable file over a verified blob (its open cache or registry file)."""
 
-    def __init__(self, blob: Blob, path: str, version: VersionInfo) -> None:
+    def __init__(self, blob: Blob, path: str, version: VersionInfo, again: Callable[[], Blob] | None = None) -> None:
         super().__init__()
         self._blob = blob
+        self._again = again  # the blob verified again, for a read that finds its file changed
         self.size = blob.size
         self.path = path
         self.name = path
@@ -169,10 +172,26 @@ class ArtifactFile(io.RawIOBase):
             return b""
         try:
             data = self._blob.pread(size, self._pos)
+        except BlobChanged as exc:
+            self._renew(exc)
+            try:
+                data = self._blob.pread(size, self._pos)
+            except ArtifactFSError as err:
+                raise _translate(err, self.path) from err
         except ArtifactFSError as exc:
             raise _translate(exc, self.path) from exc
         self._pos += len(data)
         return data
+
+    def _renew(self, exc: BlobChanged) -> None:
+        """The blob's file is not the one verified any more (a re-open that was not checked at
+        open, or a file changed behind the cache): verify it again (hashed, or fetched) and go on
+        from the new one, whose bytes are the same content; EIO if that cannot be had."""
+        if self._again is None:
+            raise _translate(exc, self.path) from exc
+        self._blob.close()
+        self._blob = self._again()  # raises OSError, translated, when it fails
+        self._again = None  # once: a file that keeps changing answers EIO
 
     def readall(self) -> bytes:
         return self.read()
@@ -188,6 +207,12 @@ class ArtifactFile(io.RawIOBase):
             return 0
         try:
             got = self._blob.preadinto(view[:count], self._pos)
+        except BlobChanged as exc:
+            self._renew(exc)
+            try:
+                got = self._blob.preadinto(view[:count], self._pos)
+            except ArtifactFSError as err:
+                raise _translate(err, self.path) from err
         except ArtifactFSError as exc:
             raise _translate(exc, self.path) from exc
         self._pos += got
@@ -561,16 +586,17 @@ class ArtifactFileSystem(AbstractFileSystem):  # type: ignore[misc]  # fsspec ha
                 self._targets[memo] = target
         return target
 
-    def _blob(self, version: VersionInfo, target: _Target, path: str) -> Blob:
+    def _blob(self, version: VersionInfo, target: _Target, path: str, lazy: bool = False) -> Blob:
         """The verified blob: at once if the cache (or a trust record) proves it (the fast path:
-        an ``open`` and an ``fstat``), else fetched or hashed by one thread while the others that
-        want it wait (:func:`~artifactfs.download.open_verified_blob`)."""
+        an ``open`` and an ``fstat``; ``lazy``: a blob this process proved before is opened with
+        no ``fstat``, its first read proves it), else fetched or hashed by one thread while the
+        others that want it wait (:func:`~artifactfs.download.open_verified_blob`)."""
         store = self.store
         try:
             if target.local is not None:
-                blob = store.open_trusted(target.key, target.local, persisted=target.persisted)
+                blob = store.open_trusted(target.key, target.local, persisted=target.persisted, lazy=lazy)
             else:
-                blob = store.open_cached(target.key)
+                blob = store.open_cached(target.key, lazy=lazy)
         except ArtifactFSError as exc:
             raise _translate(exc, path) from exc
         if blob is not None:
@@ -607,7 +633,8 @@ class ArtifactFileSystem(AbstractFileSystem):  # type: ignore[misc]  # fsspec ha
                 vkey, version, target = hit
                 known = self._versions.get(vkey)
                 if known is not None and known[0] is version and time.time() - known[1] < self.alias_ttl:
-                    return ArtifactFile(self._blob(version, target, path), path, version)
+                    blob = self._blob(version, target, path, lazy=True)
+                    return ArtifactFile(blob, path, version, functools.partial(self._blob, version, target, path))
             return self._open(path)
         return super().open(path, mode, block_size, cache_options, compression, **kwargs)
 
@@ -629,7 +656,8 @@ class ArtifactFileSystem(AbstractFileSystem):  # type: ignore[misc]  # fsspec ha
             vkey, version, target = hit
             known = self._versions.get(vkey)
             if known is not None and known[0] is version and time.time() - known[1] < self.alias_ttl:
-                return ArtifactFile(self._blob(version, target, path), path, version)
+                blob = self._blob(version, target, path, lazy=True)
+                return ArtifactFile(blob, path, version, functools.partial(self._blob, version, target, path))
         located = self._locate(path)
         if located is None:
             self.info(path)  # FileNotFoundError for a name that does not exist
@@ -645,7 +673,7 @@ class ArtifactFileSystem(AbstractFileSystem):  # type: ignore[misc]  # fsspec ha
             self._opened[path] = ((parts[0], parts[1], name, tag), version, target)
             if given != path:  # as given (with the protocol): the next open of it finds it too
                 self._opened[given] = self._opened[path]
-        return ArtifactFile(blob, path, version)
+        return ArtifactFile(blob, path, version, functools.partial(self._blob, version, target, path))
 
     def cat_file(self, path: str, start: int | None = None, end: int | None = None, **kwargs: Any) -> bytes:
         with self._open(path) as f:

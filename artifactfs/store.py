@@ -368,15 +368,17 @@ class BlobStore:
         self._used(key)
         return os.path.join(cache.directory, str(row[0]))
 
-    def open_cached(self, key: str) -> Blob | None:
+    def open_cached(self, key: str, *, lazy: bool = False) -> Blob | None:
         """The cached blob for ``key``, opened, if its file is provably the one that was verified
         (same identity as recorded when it was adopted); else None.  Notes a use of it.
         Cheap and never waiting (an ``open``, an ``fstat``, at most one quick SQLite read, no
         write): the fetcher calls it on the trio loop.  A busy cache.db is a miss.  A cached
-        file whose identity does not match is left for :meth:`open_verified`."""
+        file whose identity does not match is left for :meth:`open_verified`.  ``lazy``: a blob
+        this process already proved is opened without the ``fstat``, and its first ``pread``
+        proves it instead (``BlobChanged`` if it moved: then ask again without ``lazy``)."""
         memo = self._memo.get(key)
         if memo is not None:
-            blob = _open_if(memo[0], memo[1], _NOFOLLOW)
+            blob = _open_if(memo[0], memo[1], _NOFOLLOW, lazy=lazy)
             if blob is not None:
                 self._used(key)
                 return blob
@@ -623,12 +625,16 @@ class BlobStore:
         self._memo.pop(row[0], None)
         return int(row[1])
 
-    def open_trusted(self, key: str, path: str, *, persisted: bool = True) -> Blob | None:
+    def open_trusted(self, key: str, path: str, *, persisted: bool = True, lazy: bool = False) -> Blob | None:
         """``path`` opened, if a trust record says it was verified and it has not changed since.
 
-        Without ``persisted`` only this process's memo is asked (no SQLite read)."""
+        Without ``persisted`` only this process's memo is asked (no SQLite read).  ``lazy``: as
+        for :meth:`open_cached`, a blob this process already proved is checked by its first
+        ``pread`` instead of at once."""
         memo = self._trusted.get(key)
         if memo is not None and memo[0] == path:
+            if lazy:
+                return _open_if(path, memo[1], lazy=True)
             identity: tuple[int, ...] = memo[1]
         elif not persisted:
             return None
@@ -863,20 +869,25 @@ def _identity(st: os.stat_result) -> Identity:
     return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
-def _open_if(path: str, identity: tuple[int, ...], flags: int = os.O_RDONLY | os.O_CLOEXEC) -> Blob | None:
-    """``path`` opened as a blob if the file still has ``identity``; else None."""
+def _open_if(
+    path: str, identity: tuple[int, ...], flags: int = os.O_RDONLY | os.O_CLOEXEC, *, lazy: bool = False
+) -> Blob | None:
+    """``path`` opened as a blob if the file still has ``identity``; else None.  ``lazy``: open it
+    without checking now; its first :meth:`Blob.pread` checks (BlobChanged if it moved)."""
     try:
         fd = os.open(path, flags)
     except OSError:
         return None
+    if lazy:
+        return Blob(fd, None, identity[2], identity)  # type: ignore[arg-type]  # an Identity
     try:
-        st = os.fstat(fd)
+        now: tuple[int, ...] | None = _identity(os.fstat(fd))
     except OSError:
-        st = None
-    if st is None or _identity(st) != identity:
+        now = None
+    if now != identity:
         os.close(fd)
         return None
-    return Blob(fd=fd, size=st.st_size, identity=_identity(st))
+    return Blob(fd, None, identity[2], identity)  # type: ignore[arg-type]  # an Identity
 
 
 def _fsync_dir(path: str) -> None:

@@ -252,6 +252,37 @@ def test_digest_mismatch_is_eio_and_no_byte_is_served(sample_registry: tuple[Pat
     assert fs.cat_file("acme/vision/model:v0/model.pt") == good
 
 
+@pytest.mark.allow_log("digest mismatch", "is corrupt")
+@pytest.mark.parametrize("name", ["model:v0/model.pt", "ds:v1/train/000002.txt"])  # trust record; memo only
+def test_a_blob_changed_after_verification_is_verified_again(
+    sample_registry: tuple[Path, Path], tmp_path: Path, name: str
+) -> None:
+    reg = sample_registry[0]
+    fs = _fs(tmp_path, reg)
+    path = f"acme/vision/{name}"
+    good = fs.cat_file(path)  # verified; a re-open is now checked by its first read
+    registry = LocalRegistry(reg)
+    try:
+        artifact, inner = name.split("/", 1)
+        version = registry.resolve(parse_ref(f"acme/vision/{artifact}"))
+        entry = registry.get_entry(version, inner).entry
+        assert entry is not None
+        blob = Path(str(registry.local_path(entry)))
+    finally:
+        registry.close()
+    os.chmod(blob, 0o644)
+    blob.write_bytes(good)  # the same bytes, another mtime and ctime: hashed again, then served
+    with fs.open(path) as f:
+        assert f.read() == good
+    blob.write_bytes(bytes(len(good)))  # other bytes of the same size
+    with fs.open(path) as f, pytest.raises(OSError) as caught:
+        f.read()
+    assert caught.value.errno == errno.EIO
+    with pytest.raises(OSError) as caught:
+        fs.cat_file(path, 0, 1)
+    assert caught.value.errno == errno.EIO
+
+
 def test_alias_answer_kept_then_moved_and_open_file_keeps_its_version(
     sample_registry: tuple[Path, Path], tmp_path: Path
 ) -> None:
