@@ -31,6 +31,15 @@ def make_temp(directory: str, suffix: str = ".tmp", flags: int = os.O_WRONLY) ->
     raise FileExistsError(f"cannot create a temp file in {directory}")
 
 
+def fsync_dir(path: str) -> None:
+    """Make the names in directory ``path`` durable (after a rename or a new file in it)."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def remove_stale(directory: str, max_age: float = 3600.0) -> None:
     """Delete files in ``directory`` untouched for ``max_age`` seconds (left by killed writers)."""
     cutoff = time.time() - max_age

@@ -46,7 +46,7 @@ import ijson
 import xxhash
 
 from .errors import ArtifactFSError, ManifestError
-from .fsutil import make_temp
+from .fsutil import fsync_dir, make_temp
 from .manifest import ALGORITHMS, DIGEST_HEADER, MAX_ENTRY_SIZE, MD5, STORAGE_POLICY, Entry, hex_from_b64, new_hasher
 from .names import check_entry_path
 
@@ -467,11 +467,7 @@ def build_index(
             os.close(fd)
         final = os.path.join(directory, f"{key}-{file_sum(tmp)}{SUFFIX}")
         os.replace(tmp, final)
-        dfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
+        fsync_dir(directory)
         return final
     except BaseException:
         with contextlib.suppress(OSError):

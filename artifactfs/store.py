@@ -43,7 +43,7 @@ import diskcache
 
 from . import defaults
 from .errors import BlobChanged, CacheError, DigestMismatch, DiskFull, FetchError
-from .fsutil import claim_cache_dir, make_temp
+from .fsutil import claim_cache_dir, fsync_dir, make_temp
 from .manifest import Entry, b64_digest, fd_holds, hash_fd, new_hasher, update_from_fd
 from .sources import BlobSource, open_blob
 
@@ -508,7 +508,7 @@ class BlobStore:
             os.close(fd)
             raise
         try:
-            _fsync_dir(os.path.dirname(adopt.final))
+            fsync_dir(os.path.dirname(adopt.final))
             identity = _identity(os.fstat(fd))  # after the rename, which moves the ctime
             self._cache.set(_CACHED_PREFIX + key, (adopt.final, *identity))
         except (OSError, sqlite3.Error, diskcache.Timeout) as exc:
@@ -888,15 +888,6 @@ def _open_if(
         os.close(fd)
         return None
     return Blob(fd, None, identity[2], identity)  # type: ignore[arg-type]  # an Identity
-
-
-def _fsync_dir(path: str) -> None:
-    """Make a rename or a new name in ``path`` durable."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _free_bytes(path: str) -> int | None:

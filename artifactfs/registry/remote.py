@@ -33,7 +33,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterator
 
 from ..errors import ArtifactFSError, EntryNotFound, FetchError, ManifestError
-from ..fsutil import make_temp
+from ..fsutil import fsync_dir, make_temp
 from ..index import ManifestIndex, build_index, index_key, open_index
 from ..manifest import MD5, XXH128, Entry, Manifest
 from .base import DirEntry, VersionInfo
@@ -157,7 +157,7 @@ class ManifestKeeper:
             index = self._build(version, tmp, key, depth)
             # Kept only once it passed every check (the index's included).
             os.replace(tmp, path)
-            _fsync_dir(self.directory)
+            fsync_dir(self.directory)
         except BaseException:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
@@ -353,14 +353,6 @@ def _alive(pid: int) -> bool:
     except PermissionError:  # alive, someone else's
         return True
     return True
-
-
-def _fsync_dir(directory: str) -> None:
-    dfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
 
 
 __all__ = ["MAX_MANIFEST_BYTES", "ManifestKeeper"]
