@@ -27,7 +27,7 @@ import logging
 import os
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 
@@ -38,6 +38,9 @@ from .metrics import Histogram
 from .references import content_entry
 from .registry.base import Registry, VersionInfo
 from .store import Blob, BlobStore
+
+if TYPE_CHECKING:
+    from .engine import Engine
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +88,7 @@ class Fetcher:
     failure_backoff: float = defaults.FAILURE_BACKOFF
     max_threads: int = 8
     stats: Stats = field(default_factory=Stats)
+    log_failures: bool = True  # False: a caller that raises them itself (download) logs nothing twice
     _limiter: trio.CapacityLimiter = field(init=False)
     _inflight: dict[str, trio.Event] = field(default_factory=dict, init=False)
     _failures: dict[str, _Failure] = field(default_factory=dict, init=False)
@@ -146,12 +150,23 @@ class Fetcher:
             self.stats.cache_hits += 1
         return verified
 
-    async def prefetch(self, version: VersionInfo, entry: Entry) -> bool:
+    async def prefetch(
+        self,
+        version: VersionInfo,
+        entry: Entry,
+        *,
+        limiter: trio.CapacityLimiter | None = None,
+        count_cached: bool = True,
+    ) -> bool:
         """Make ``entry``'s blob ready before anyone reads it, entirely in a worker thread: a
         local blob verified (or its trust checked) and its bytes asked into the page cache; a
         remote one fetched and verified into the cache.  Readers that come meanwhile wait for it
         (single flight) and then take the fast path.  False if it was already being fetched or
-        recently failed; a failure is remembered as a read's would be."""
+        recently failed; a failure is remembered as a read's would be.  ``limiter``: the thread
+        limiter to run under (the engine's, so that background work never takes the threads
+        that serve reads); default the fetcher's own.  ``count_cached``: whether a blob found
+        already cached counts as a cache hit (not for the engine's background checks: no
+        reader asked for it)."""
         if entry.ref is not None:
             entry = content_entry(entry)
         key = entry.cache_key
@@ -161,7 +176,9 @@ class Fetcher:
         event = trio.Event()
         self._inflight[key] = event
         try:
-            outcome = await trio.to_thread.run_sync(self._ahead, key, version, entry, local, limiter=self._limiter)
+            outcome = await trio.to_thread.run_sync(
+                self._ahead, key, version, entry, local, limiter=limiter or self._limiter
+            )
         except ArtifactFSError as exc:
             self._remember_failure(key, exc, version, entry)
             raise
@@ -175,7 +192,7 @@ class Fetcher:
         elif outcome == "fetched":
             self.stats.fetches += 1
             self.stats.fetched_bytes += entry.size
-        else:
+        elif count_cached:
             self.stats.cache_hits += 1
         return True
 
@@ -220,9 +237,11 @@ class Fetcher:
         return blob
 
     def _remember_failure(self, key: str, exc: ArtifactFSError, version: VersionInfo, entry: Entry) -> None:
+        level = logging.ERROR if self.log_failures else logging.DEBUG
         if isinstance(exc, DigestMismatch):
             self.stats.digest_mismatches += 1
-            log.error(
+            log.log(
+                level,
                 "digest mismatch: %s/%s: manifest %s, content %s; answering EIO for %gs",
                 version.ref,
                 entry.path,
@@ -232,7 +251,7 @@ class Fetcher:
             )
         else:
             self.stats.fetch_errors += 1
-            log.error("fetch failed: %s/%s: %s", version.ref, entry.path, exc)
+            log.log(level, "fetch failed: %s/%s: %s", version.ref, entry.path, exc)
         self._failures[key] = _Failure(exc, trio.current_time() + self.failure_backoff)
 
     def _slow(self, key: str, version: VersionInfo, entry: Entry, local: str | None) -> tuple[Blob, bool]:
@@ -263,7 +282,7 @@ def _will_need(path: str, size: int) -> None:
         os.close(fd)
 
 
-PREFETCH_WORKERS = 2  # prefetches in flight at once (they share the fetcher's limiter with readers)
+PREFETCH_WORKERS = 2  # fetches in flight at once when the prefetcher runs an engine of its own
 PREFETCH_MAX_SIZE = 64 << 20  # a file bigger than this is fetched when it is read, not ahead
 
 
@@ -271,17 +290,18 @@ Lister = Callable[[Any, int], Awaitable[list[tuple[VersionInfo, Entry]]]]
 
 
 class Prefetcher:
-    """Fetches the files a reader walking a directory is about to read (``--prefetch N``).
+    """Fetches the files a reader walking a directory is about to read (``--prefetch N``): a
+    front end of :class:`artifactfs.engine.Engine`.
 
     ``after(node)`` is called on the loop when a file's first read got its blob; it only queues
     the node (dropped if the queue is full: a reader far ahead needs no more hints).  ``run``
     turns each queued node into the next ``count`` files of its directory (``lister``, i.e.
-    :meth:`artifactfs.tree.Tree.files_after`) and fetches them with ``workers`` tasks through
-    the fetcher, so single flight, verification and failure back-off are the fetcher's.
+    :meth:`artifactfs.tree.Tree.files_after`) and submits them to the engine (the mount's, or
+    one of its own with ``workers`` fetches at once), so concurrency, single flight,
+    verification and failure back-off are the engine's and the fetcher's.
 
-    Bounded memory: at most ``2 * count`` entries wait, plus 16 hints; files over ``max_size``
-    are skipped, and a digest is offered once per ``2 * count`` recent ones.  Bounded bandwidth:
-    ``workers`` fetches at once, inside the fetcher's own thread limiter, which readers share.
+    Bounded memory: at most ``count`` entries per hint, plus 16 hints; files over ``max_size``
+    are skipped, and a digest is offered once per ``2 * count`` recent ones.
     """
 
     def __init__(
@@ -292,19 +312,34 @@ class Prefetcher:
         *,
         workers: int = PREFETCH_WORKERS,
         max_size: int = PREFETCH_MAX_SIZE,
+        engine: Engine | None = None,
     ) -> None:
+        from .engine import Engine
+
         self.fetcher = fetcher
         self.lister = lister
         self.count = count
-        self.workers = max(1, min(workers, count))
         self.max_size = max_size
-        self.started = 0  # prefetches begun (for tests and the stats)
-        self.failed = 0
-        self.active = 0
-        self.max_active = 0
+        self._own = engine is None
+        self.engine = engine or Engine(fetcher, fetcher.registry, mode="off", concurrency=max(1, min(workers, count)))
         self._hints_in, self._hints_out = trio.open_memory_channel[Any](16)
-        self._work_in, self._work_out = trio.open_memory_channel[tuple[VersionInfo, Entry]](2 * count)
         self._recent: dict[str, None] = {}  # insertion-ordered: the newest 2 * count digests offered
+
+    @property
+    def started(self) -> int:
+        return self.engine.started
+
+    @property
+    def active(self) -> int:
+        return self.engine.active
+
+    @property
+    def max_active(self) -> int:
+        return self.engine.max_active
+
+    @property
+    def failed(self) -> int:
+        return self.engine.failed
 
     def after(self, node: Any) -> None:
         try:
@@ -313,10 +348,10 @@ class Prefetcher:
             pass
 
     async def run(self) -> None:
-        """Serve hints until cancelled."""
+        """Serve hints until cancelled (and the engine too, when it is the prefetcher's own)."""
         async with trio.open_nursery() as nursery:
-            for _ in range(self.workers):
-                nursery.start_soon(self._worker)
+            if self._own:
+                nursery.start_soon(self.engine.run)
             async for node in self._hints_out:
                 try:
                     upcoming = await self.lister(node, self.count)
@@ -326,6 +361,7 @@ class Prefetcher:
                 except Exception:  # a hint is only a hint: a bug here must not end the mount
                     log.exception("prefetch: listing after %s failed", getattr(node, "path", node))
                     continue
+                batch: dict[str, tuple[VersionInfo, list[Entry]]] = {}
                 for version, entry in upcoming:
                     key = entry.cache_key
                     if entry.size > self.max_size or key in self._recent:
@@ -333,20 +369,6 @@ class Prefetcher:
                     self._recent[key] = None
                     if len(self._recent) > 2 * self.count:
                         del self._recent[next(iter(self._recent))]
-                    await self._work_in.send((version, entry))
-
-    async def _worker(self) -> None:
-        async for version, entry in self._work_out:
-            self.started += 1
-            self.active += 1
-            self.max_active = max(self.max_active, self.active)
-            try:
-                await self.fetcher.prefetch(version, entry)
-            except ArtifactFSError as exc:  # the reader gets the error when it reads the file
-                self.failed += 1
-                log.debug("prefetch of %s/%s failed: %s", version.ref, entry.path, exc)
-            except Exception:  # never let a prefetch bug cancel the nursery that serves the mount
-                self.failed += 1
-                log.exception("prefetch of %s/%s failed unexpectedly", version.ref, entry.path)
-            finally:
-                self.active -= 1
+                    batch.setdefault(version.id, (version, []))[1].append(entry)
+                for version, entries in batch.values():
+                    self.engine.submit(version, entries, "prefetch")

@@ -30,6 +30,7 @@ import pyfuse3
 import trio
 
 from .admin import AdminServer
+from .engine import Engine, cache_room
 from .errors import ArtifactFSError, MountError
 from .fetcher import Fetcher, Prefetcher
 from .fsutil import claim_cache_dir
@@ -105,6 +106,8 @@ async def _serve(config: MountConfig, ops: Operations, admin: AdminServer) -> No
         nursery.start_soon(admin.loop.run)  # the loop's own stall figures, for `stats`
         nursery.start_soon(_flush_uses, ops.fetcher.store)
         nursery.start_soon(_announce, config, admin)
+        if ops.engine is not None:
+            nursery.start_soon(ops.engine.run)
         if ops.prefetcher is not None:
             nursery.start_soon(ops.prefetcher.run)
         await pyfuse3.main()  # returns on pyfuse3.terminate() or an external unmount
@@ -165,9 +168,18 @@ def run_foreground(config: MountConfig) -> None:
             failure_backoff=config.failure_backoff,
         )
         tree = Tree(registry, uid=os.getuid(), gid=os.getgid(), alias_ttl=config.alias_ttl)
-        prefetcher = Prefetcher(fetcher, tree.files_after, config.prefetch) if config.prefetch > 0 else None
+        # One engine for every background fetch: walks (--warm), --prefetch hints.
+        engine = Engine(fetcher, registry, mode=config.warm, room=cache_room(store))
+        prefetcher = (
+            Prefetcher(fetcher, tree.files_after, config.prefetch, engine=engine) if config.prefetch > 0 else None
+        )
         ops = Operations(
-            tree, fetcher, pread_in_thread=config.pread_in_thread, xattrs=config.xattrs == "on", prefetch=prefetcher
+            tree,
+            fetcher,
+            pread_in_thread=config.pread_in_thread,
+            xattrs=config.xattrs == "on",
+            prefetch=prefetcher,
+            engine=engine,
         )
         admin = AdminServer.open(config, fetcher, store)  # before the mount: a port in use fails it here
         stack.callback(admin.close)

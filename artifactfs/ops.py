@@ -31,6 +31,7 @@ from typing import Any, ParamSpec, TypeVar
 import pyfuse3
 import trio
 
+from .engine import Engine
 from .errors import ArtifactFSError, BlobChanged, NotFound, ReadOnly
 from .fetcher import Fetcher, Prefetcher
 from .manifest import Entry
@@ -96,12 +97,14 @@ class Operations(pyfuse3.Operations):
         pread_in_thread: bool = False,
         xattrs: bool = True,
         prefetch: Prefetcher | None = None,
+        engine: Engine | None = None,
     ) -> None:
         super().__init__()
         # Verified local blobs are read inline by default: scripts/bench measures both ways.
         self._pread_in_thread = pread_in_thread
         self.xattrs = xattrs
         self.prefetcher = prefetch
+        self.engine = engine  # told of every open of a version's file: walks warm in the background
         self.tree = tree  # owns the Meta that asks the registry (inline or in threads)
         self.fetcher = fetcher
         self._files: dict[int, _OpenFile] = {}
@@ -278,6 +281,8 @@ class Operations(pyfuse3.Operations):
         assert node.version is not None and node.entry is not None
         fh = self._fh()
         self._files[fh] = _OpenFile(node.version, node.entry, node)
+        if self.engine is not None:
+            self.engine.opened(node.version, node.entry)
         # Version content never changes: let the kernel keep its page cache across opens.
         return pyfuse3.FileInfo(fh=fh, keep_cache=True, direct_io=False)
 
@@ -350,7 +355,13 @@ class Operations(pyfuse3.Operations):
     # -- extended attributes --------------------------------------------------------------------
 
     async def _xattrs(self, inode: int) -> dict[str, bytes]:
-        return await self.tree.xattrs(self.tree.node(inode), self.fetcher.stats.to_json)
+        return await self.tree.xattrs(self.tree.node(inode), self._stats)
+
+    def _stats(self) -> dict[str, Any]:
+        out = self.fetcher.stats.to_json()
+        if self.engine is not None:
+            out["engine"] = self.engine.to_json()
+        return out
 
     async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
         # Not under _errno_boundary, and no lookup before the answer: ``ls -l`` asks two names

@@ -238,6 +238,16 @@ class MountConfig:
         0,
         metavar="N",
     )
+    warm: str = _value(
+        "--warm",
+        "fetch a version's files in the background, 64 at once, ahead of reads: auto (when readers walk a "
+        "directory or the version: 8 files and 2%% of what is under it opened within 30 s), on (the whole "
+        "version from its first open), off (only what is read, plus --prefetch); bounded by the cache's free "
+        "room, stopped when the version is no longer read (default auto)",
+        str,
+        "auto",
+        choices=("auto", "on", "off"),
+    )
     log_level: str = _value(
         "--log-level",
         f"DEBUG, INFO, WARNING or ERROR (default {defaults.MOUNT_LOG_LEVEL})",

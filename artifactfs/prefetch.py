@@ -1,10 +1,11 @@
 """``artifactfs prefetch REF [PATH_PREFIX]``: warm the cache a mount reads from, ahead of time.
 
-Every entry of the version (or those under ``PATH_PREFIX``) goes through the mount's own
-:meth:`~artifactfs.fetcher.Fetcher.prefetch`, so the result is exactly what a mount on the same
-cache directory finds: remote blobs fetched and verified into the cache, local registry blobs
-hashed where they lie (a trust record for those over 64 KiB, which a mount then serves without
-hashing again) and read into the page cache.  ``--jobs`` fetches run at once; a bar on a
+Every entry of the version (or those under ``PATH_PREFIX``) goes through the mount's fetch
+engine (:meth:`artifactfs.engine.Engine.fetch_all`, the fetcher's ``prefetch``), so the result
+is exactly what a mount on the same cache directory finds: remote blobs fetched and verified
+into the cache, local registry blobs hashed where they lie (a trust record for those over 64 KiB,
+which a mount then serves without hashing again) and read into the page cache.  ``--jobs``
+fetches run at once (default 64, the engine's); a bar on a
 terminal shows bytes and files.  Entries that fail are counted and named in the log; the command
 then exits non-zero, and the cache keeps everything that did verify.
 """
@@ -19,7 +20,8 @@ import sys
 import trio
 
 from . import defaults
-from .errors import ArtifactFSError, FetchError
+from .engine import DEFAULT_CONCURRENCY, Engine
+from .errors import FetchError
 from .fetcher import Fetcher
 from .fsutil import claim_cache_dir
 from .manifest import Entry
@@ -30,7 +32,7 @@ from .store import BlobStore
 
 log = logging.getLogger(__name__)
 
-DEFAULT_JOBS = 8
+DEFAULT_JOBS = DEFAULT_CONCURRENCY  # the engine's: 64 requests in flight hide a WAN's latency
 
 
 def select(registry: Registry, version: VersionInfo, prefix: str) -> list[Entry]:
@@ -41,26 +43,16 @@ def select(registry: Registry, version: VersionInfo, prefix: str) -> list[Entry]
 
 
 async def warm(fetcher: Fetcher, version: VersionInfo, entries: list[Entry], jobs: int, bar: ProgressBar) -> list[str]:
-    """Prefetch ``entries`` with ``jobs`` at once; the paths that failed."""
-    failed: list[str] = []
-    send, receive = trio.open_memory_channel[Entry](jobs)
+    """Fetch ``entries`` through the fetch engine, ``jobs`` at once; the paths that failed."""
 
-    async def worker() -> None:
-        async for entry in receive:
-            try:
-                await fetcher.prefetch(version, entry)
-            except ArtifactFSError as exc:
-                log.error("%s/%s: %s", version.ref, entry.path, exc)
-                failed.append(entry.path)
-            bar.done(entry.size)
+    def done(entry: Entry) -> None:
+        bar.done(entry.size)
 
-    async with trio.open_nursery() as nursery:
-        for _ in range(jobs):
-            nursery.start_soon(worker)
-        async with send:
-            for entry in entries:
-                await send.send(entry)
-    return failed
+    engine = Engine(fetcher, fetcher.registry, mode="off", concurrency=jobs)
+    failed = await engine.fetch_all(version, entries, on_done=done)
+    for entry, exc in failed:
+        log.error("%s/%s: %s", version.ref, entry.path, exc)
+    return [entry.path for entry, _ in failed]
 
 
 def cmd_prefetch(args: argparse.Namespace) -> int:

@@ -349,6 +349,11 @@ class BlobStore:
         except (sqlite3.Error, diskcache.Timeout) as exc:
             raise CacheError(f"cannot read the size of the cache {self.directory}: {exc}") from exc
 
+    @property
+    def size_limit(self) -> int:
+        """``--cache-size``: the bytes the cache keeps before it evicts."""
+        return int(self._cache.size_limit)
+
     def __contains__(self, key: str) -> bool:
         try:
             return key in self._cache

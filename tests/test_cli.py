@@ -682,6 +682,7 @@ def test_mount_options_come_from_one_declaration() -> None:
 NON_DEFAULT = [
     "--cache-dir", "/c", "--cache-size", "3G", "--alias-ttl", "2.5", "--allow-other", "--local-blobs", "copy",
     "--failure-backoff", "0.25", "--read-ahead-kb", "4096", "--log-level", "debug", "--pread-in-thread",
+    "--warm", "off",
 ]  # fmt: skip
 
 
@@ -720,7 +721,7 @@ def test_parse_mount_options_gives_what_the_flags_give() -> None:
 
     every = (
         "cache-dir=/c,cache_size=3G,alias_ttl=2.5,allow_other,local_blobs=copy,failure_backoff=0.25,"
-        "read_ahead_kb=4096,log_level=debug,log_file=/l,noatime,nodev,nosuid,_netdev"
+        "read_ahead_kb=4096,log_level=debug,log_file=/l,warm=off,noatime,nodev,nosuid,_netdev"
     )
     flags = vars(mount_args("REG", "MNT", *NON_DEFAULT, "--log-file", "/l"))
     parsed = parse_mount_options(every)

@@ -814,7 +814,7 @@ def test_prefetcher_hints_are_dropped_when_its_queue_is_full(store: BlobStore) -
     run(main)
 
 
-@pytest.mark.allow_log(r"prefetch: listing after .* failed|prefetch of .* failed unexpectedly")
+@pytest.mark.allow_log(r"prefetch: listing after .* failed|engine: .* failed unexpectedly")
 def test_a_prefetch_bug_is_logged_and_the_prefetcher_keeps_going(store: BlobStore) -> None:
     """The prefetcher runs in the nursery that serves the mount: an unexpected exception in a
     listing or a fetch is logged and skipped, never allowed to cancel that nursery."""

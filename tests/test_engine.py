@@ -1,0 +1,371 @@
+"""The fetch engine (artifactfs.engine): the walk policy, its bounds, and a real mount.
+
+The policy tests drive :class:`Engine` without a kernel: ``opened()`` as ``ops.open`` calls it,
+over a real local registry whose blobs are copied into a real cache (``--local-blobs copy``), so
+every file the engine warms is a fetch the stats count.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+import trio.testing
+from conftest import Mounter, write_tree
+
+from artifactfs.engine import Engine, VersionIndex, WarmPolicy
+from artifactfs.fetcher import Fetcher
+from artifactfs.manifest import Entry
+from artifactfs.names import parse_ref
+from artifactfs.registry.local import LocalRegistry
+from artifactfs.store import BlobStore
+
+# a/ has 3 directories of 20 files, b/ 100 files, c/ 10 directories of 10, z/ 20 of 100; and model.bin
+FILES: dict[str, bytes] = {}
+for _i in range(3):
+    for _j in range(20):
+        FILES[f"a/{_i}/f{_j:02d}"] = os.urandom(200) + bytes([_i, _j])
+for _j in range(100):
+    FILES[f"b/f{_j:03d}"] = os.urandom(100) + bytes([_j])
+for _i in range(10):
+    for _j in range(10):
+        FILES[f"c/{_i}/f{_j}"] = os.urandom(100) + bytes([_i, _j, 7])
+for _i in range(20):  # z/: 2,000 tiny files, so that a dozen opens are a small part of the version
+    for _j in range(100):
+        FILES[f"z/{_i:02d}/f{_j:02d}"] = b"%d.%d\n" % (_i, _j)
+FILES["model.bin"] = os.urandom(50_000)
+
+
+@pytest.fixture(scope="module")
+def registry_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    tmp = tmp_path_factory.mktemp("engine")
+    src = write_tree(tmp / "src", FILES)
+    reg = LocalRegistry(tmp / "registry", create=True)
+    try:
+        reg.log_dir(src, parse_ref("acme/vision/ds"), type="dataset")
+    finally:
+        reg.close()
+    return tmp / "registry"
+
+
+class Setup:
+    def __init__(self, registry_dir: Path, cache: Path) -> None:
+        self.registry = LocalRegistry(registry_dir)
+        self.store = BlobStore(str(cache), 1 << 30)
+        # copy mode: a warmed file is a fetch into the cache, as a remote one would be
+        self.fetcher = Fetcher(self.registry, self.store, serve_local_in_place=False)
+        self.version = self.registry.resolve(parse_ref("acme/vision/ds:v0"))
+        self.registry.load_contents(self.version)
+        self.entries = {e.path: e for e in self.registry.iter_entries(self.version)}
+
+    def close(self) -> None:
+        self.store.close()
+        self.registry.close()
+
+    def engine(self, **kwargs: Any) -> Engine:
+        return Engine(self.fetcher, self.registry, **kwargs)
+
+    def cached(self, prefix: str = "") -> set[str]:
+        return {p for p, e in self.entries.items() if p.startswith(prefix) and e.cache_key in self.store}
+
+
+@pytest.fixture
+def setup(registry_dir: Path, tmp_path: Path) -> Iterator[Setup]:
+    s = Setup(registry_dir, tmp_path / "cache")
+    try:
+        yield s
+    finally:
+        s.close()
+
+
+def drive(engine: Engine, body: Callable[[], Awaitable[None]], clock: Any = None) -> None:
+    """Run ``engine`` and ``body`` (which opens files), then wait until the engine is idle."""
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(engine.run)
+            await body()
+            await settle(engine)
+            nursery.cancel_scope.cancel()
+
+    trio.run(main, clock=clock)
+
+
+async def settle(engine: Engine) -> None:
+    """Until nothing is running or queued (after the index, built in a thread, is in).  The
+    deadline is in real time: a MockClock's jumps must not end it."""
+    deadline = time.monotonic() + 60
+    while True:
+        await trio.testing.wait_all_tasks_blocked()
+        await _pause()
+        building = any(w.building and w.index is None for w in engine._walks.values())
+        queued = any(not s.stopped and s.next < len(s.entries) for s in engine._scopes)
+        if not building and not queued and engine.active == 0:
+            return
+        assert time.monotonic() < deadline, "the engine never settled"
+
+
+async def _pause() -> None:
+    """A short wait in real time (worker threads progress) that lets the loop run, whatever the
+    clock: a MockClock that does not move must not stop it."""
+    for _ in range(10):
+        time.sleep(0.002)
+        await trio.lowlevel.checkpoint()
+
+
+def test_index_counts_files_under_each_directory() -> None:
+    entries = [Entry(p, "x", 1) for p in ("b/2", "a/1/x", "a/2", "a10/y", "top")]
+    index = VersionIndex(entries)
+    assert index.files_under == {"": 5, "a": 2, "a/1": 1, "b": 1, "a10": 1}
+    assert [e.path for e in index.under("a")] == ["a/1/x", "a/2"]  # not a10/
+    assert [e.path for e in index.under("")] == ["a/1/x", "a/2", "a10/y", "b/2", "top"]
+
+
+def test_a_walk_of_a_directory_warms_it_and_nothing_else(setup: Setup) -> None:
+    engine = setup.engine()
+    walked = sorted(p for p in setup.entries if p.startswith("b/"))
+
+    async def body() -> None:
+        for path in walked[:8]:  # cp -r: in order, one at a time
+            engine.opened(setup.version, setup.entries[path])
+            await setup.fetcher.get(setup.version, setup.entries[path])
+
+    drive(engine, body)
+    assert setup.cached("b/") == set(walked)
+    assert setup.cached() == set(walked)  # a/, c/ and model.bin untouched
+    assert setup.fetcher.stats.fetches == len(walked)  # each file fetched once, readers' included
+
+
+def test_a_shuffled_walk_of_a_tree_warms_the_tree_not_its_sibling(setup: Setup) -> None:
+    engine = setup.engine()
+    tree = sorted(p for p in setup.entries if p.startswith("a/"))
+    random.Random(3).shuffle(tree)
+
+    async def body() -> None:
+        for path in tree[:8]:
+            engine.opened(setup.version, setup.entries[path])
+
+    drive(engine, body)
+    # 8 opens spread over a/0, a/1, a/2: none of them dominates, a/ (60 files) is the walk
+    assert setup.cached() == {p for p in setup.entries if p.startswith("a/")} - set(tree[:8])
+
+
+def test_sparse_opens_warm_nothing(setup: Setup) -> None:
+    engine = setup.engine()
+    picked = ["c/0/f0", "c/3/f1", "c/7/f2", "a/0/f05", "a/2/f17", "b/f042", "model.bin"]
+
+    async def body() -> None:
+        for path in picked:  # one file in each of 7 directories
+            engine.opened(setup.version, setup.entries[path])
+            await setup.fetcher.get(setup.version, setup.entries[path])
+
+    drive(engine, body)
+    assert engine.scopes_started == 0
+    assert setup.cached() == set(picked)
+
+
+def _policy_only(setup: Setup, paths: list[str]) -> tuple[Engine, dict[str, Entry]]:
+    """An engine whose index is a synthetic version of ``paths`` (no fetch may start: its room
+    is 0, so a warmed scope stops at once, and is still recorded)."""
+    engine = setup.engine(room=lambda: 0)
+    entries = {p: Entry(p, "AAAAAAAAAAAAAAAAAAAAAA==", 1000) for p in paths}
+    engine._load_index = lambda version: VersionIndex(entries.values())  # type: ignore[method-assign]
+    return engine, entries
+
+
+TEN_K = [f"d{i // 1000:02d}/s{(i // 100) % 10}/f{i:06d}.bin" for i in range(10_000)]
+
+
+def test_one_percent_of_a_large_version_read_at_random_warms_nothing(setup: Setup) -> None:
+    engine, entries = _policy_only(setup, TEN_K)
+    picked = random.Random(5).sample(TEN_K, 100)
+
+    async def body() -> None:
+        for path in picked:
+            engine.opened(setup.version, entries[path])
+            await trio.sleep(0)
+
+    drive(engine, body)
+    assert engine.scopes_started == 0
+
+
+def test_a_shuffled_read_of_one_directory_of_many_warms_that_directory(setup: Setup) -> None:
+    engine, entries = _policy_only(setup, TEN_K)
+    picked = random.Random(6).sample([p for p in TEN_K if p.startswith("d03/")], 20)
+
+    async def body() -> None:
+        for path in picked:
+            engine.opened(setup.version, entries[path])
+            await trio.sleep(0)
+
+    drive(engine, body)
+    assert engine.scopes_started == 1
+    assert engine.stopped_full == 1  # no room: stopped before any fetch
+    assert setup.fetcher.stats.fetches == 0
+
+
+def test_reopening_the_same_files_is_no_walk(setup: Setup) -> None:
+    engine = setup.engine()
+
+    async def body() -> None:
+        for _ in range(20):
+            for path in ("b/f000", "b/f001"):
+                engine.opened(setup.version, setup.entries[path])
+
+    drive(engine, body)
+    assert engine.scopes_started == 0
+
+
+def test_opens_older_than_the_window_do_not_count(setup: Setup) -> None:
+    clock = trio.testing.MockClock(autojump_threshold=0)
+    engine = setup.engine(policy=WarmPolicy(window=10.0))
+    walked = sorted(p for p in setup.entries if p.startswith("b/"))
+
+    async def body() -> None:
+        for path in walked[:7]:
+            engine.opened(setup.version, setup.entries[path])
+        clock.jump(11)
+        engine.opened(setup.version, setup.entries[walked[7]])  # 1 in the window, not 8
+
+    drive(engine, body, clock)
+    assert engine.scopes_started == 0
+
+
+@pytest.mark.parametrize("mode", ["on", "off"])
+def test_warm_on_warms_the_whole_version_at_its_first_open_and_off_nothing(setup: Setup, mode: str) -> None:
+    engine = setup.engine(mode=mode)
+
+    async def body() -> None:
+        engine.opened(setup.version, setup.entries["b/f000"])
+
+    drive(engine, body)
+    assert setup.cached() == (set(setup.entries) if mode == "on" else set())
+
+
+def test_background_work_stops_when_the_cache_has_no_room(setup: Setup) -> None:
+    room = 30 * 102  # about 30 of b/'s files
+    engine = setup.engine(room=lambda: room)
+    walked = sorted(p for p in setup.entries if p.startswith("b/"))
+
+    async def body() -> None:
+        for path in walked[:8]:
+            engine.opened(setup.version, setup.entries[path])
+
+    drive(engine, body)
+    assert engine.stopped_full == 1
+    fetched = setup.cached()
+    assert 0 < len(fetched) <= 30
+    assert sum(setup.entries[p].size for p in fetched) <= room
+
+
+def test_background_work_stops_when_the_version_is_no_longer_read(setup: Setup) -> None:
+    clock = trio.testing.MockClock()  # moves only when told: the thread's time does not count
+    engine = setup.engine(concurrency=1, policy=WarmPolicy(idle=5.0))
+    walked = sorted(p for p in setup.entries if p.startswith("b/"))
+
+    async def body() -> None:
+        for path in walked[:8]:
+            engine.opened(setup.version, setup.entries[path])
+        deadline = time.monotonic() + 60
+        while engine.started < 1:
+            assert time.monotonic() < deadline
+            await _pause()
+        clock.jump(6)  # nobody opened anything of the version for longer than idle
+
+    drive(engine, body, clock)
+    assert engine.stopped_idle == 1
+    assert len(setup.cached()) < len(walked) - 8
+
+
+def test_demand_reads_never_wait_for_background_threads(setup: Setup) -> None:
+    """The engine's fetches run under its own limiter: with every one of its threads taken, a
+    reader's fetch still runs (under the fetcher's)."""
+    engine = setup.engine(concurrency=2)
+    assert engine.limiter is not setup.fetcher.limiter
+
+    async def main() -> None:
+        holders = [object(), object()]
+        for holder in holders:
+            await engine.limiter.acquire_on_behalf_of(holder)
+        walked = sorted(p for p in setup.entries if p.startswith("b/"))
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(engine.run)
+            for path in walked[:8]:
+                engine.opened(setup.version, setup.entries[path])
+            with trio.fail_after(30):  # a reader, while the background is stuck
+                blob = await setup.fetcher.get(setup.version, setup.entries["model.bin"])
+            blob.close()
+            assert engine.active > 0 or engine.started == 0
+            for holder in holders:
+                engine.limiter.release_on_behalf_of(holder)
+            nursery.cancel_scope.cancel()
+
+    trio.run(main)
+
+
+@pytest.mark.allow_log(r"fetch failed: .*c/missing")
+def test_fetch_all_fetches_everything_and_reports_failures(setup: Setup) -> None:
+    engine = setup.engine(concurrency=8)
+    wanted = [e for p, e in setup.entries.items() if p.startswith("c/")]
+    bad = Entry("c/missing", "AAAAAAAAAAAAAAAAAAAAAA==", 5)
+    done: list[str] = []
+
+    async def main() -> list[tuple[Entry, Any]]:
+        return await engine.fetch_all(setup.version, [*wanted, bad], on_done=lambda e: done.append(e.path))
+
+    failed = trio.run(main)
+    assert setup.cached() == {e.path for e in wanted}
+    assert [e.path for e, _ in failed] == ["c/missing"]
+    assert sorted(done) == sorted([*(e.path for e in wanted), "c/missing"])
+
+
+# -- a real mount ---------------------------------------------------------------------------------
+
+
+def _wait_for(check: Callable[[], bool], what: str, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"never happened: {what}")
+        time.sleep(0.05)
+
+
+def test_a_walk_on_a_mount_fetches_the_directory_in_the_background_and_sparse_reads_do_not(
+    registry_dir: Path, mounter: Mounter
+) -> None:
+    m = mounter(registry_dir, "--local-blobs", "copy")
+    root = m.path / "acme" / "vision" / "ds:v0"
+    # sparse: one file in each of 6 directories
+    sparse = ["c/0/f0", "c/3/f1", "c/7/f2", "a/0/f05", "a/2/f17", "b/f042"]
+    for path in sparse:
+        (root / path).read_bytes()
+    time.sleep(1.0)  # room for background work, if the engine wrongly started any
+    assert m.stats()["fetches"] == len(sparse)
+    assert m.stats()["engine"]["scopes"] == 0
+    # a walk: 8 files of b/, in order (one of them already read)
+    for j in range(8):
+        (root / f"b/f{j:03d}").read_bytes()
+    _wait_for(lambda: m.stats()["fetches"] == len(sparse) + 100 - 1, "b/ fetched in the background")
+    assert m.stats()["engine"]["scopes"] == 1
+    assert "warming b" in m.log()
+    # every file of b/ is served with the right bytes
+    for j in range(100):
+        assert (root / f"b/f{j:03d}").read_bytes() == FILES[f"b/f{j:03d}"]
+    assert m.stats()["fetches"] == len(sparse) + 99
+
+
+def test_warm_off_on_a_mount(registry_dir: Path, mounter: Mounter) -> None:
+    m = mounter(registry_dir, "--local-blobs", "copy", "--warm", "off")
+    root = m.path / "acme" / "vision" / "ds:v0"
+    for j in range(20):
+        (root / f"b/f{j:03d}").read_bytes()
+    time.sleep(1.0)
+    assert m.stats()["fetches"] == 20
+    assert m.stats()["engine"] == {"mode_off": 1, "started": 0, "active": 0, "failed": 0, "scopes": 0,
+                                   "stopped_full": 0, "stopped_idle": 0}  # fmt: skip
