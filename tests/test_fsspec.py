@@ -18,6 +18,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import tomllib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -330,6 +331,38 @@ def test_registered_in_process_and_by_the_entry_point() -> None:
         pytest.skip("the installed metadata predates the fsspec.specs entry point: reinstall to check it")
     assert [(ep.name, ep.value) for ep in points] == [("artifactfs", "artifactfs.fsspec_fs:ArtifactFileSystem")]
     assert points[0].load() is ArtifactFileSystem
+
+
+NO_IMPORT = """
+import sys, fsspec
+assert "artifactfs.fsspec_fs" not in sys.modules
+with fsspec.open("artifactfs://acme/vision/ds:latest/README.md", registry=sys.argv[1]) as f:
+    sys.stdout.write(f.read().decode())
+from upath import UPath
+sys.stdout.write(type(UPath("artifactfs://acme/vision/ds:v0", registry=sys.argv[1])).__name__ + "\\n")
+"""
+
+
+def test_pyproject_entry_points_let_fsspec_and_upath_find_it_with_no_import(
+    sample_registry: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """The entry points pyproject.toml declares, as an installed package's metadata (written
+    here into a dist-info directory, so no reinstall is needed), found by fsspec and UPath."""
+    root = Path(__file__).resolve().parent.parent
+    with open(root / "pyproject.toml", "rb") as f:
+        points = tomllib.load(f)["project"]["entry-points"]
+    dist = tmp_path / "site" / "artifactfs_probe-0.dist-info"
+    dist.mkdir(parents=True)
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: artifactfs-probe\nVersion: 0\n")
+    (dist / "entry_points.txt").write_text(
+        "".join(f"[{group}]\n" + "".join(f"{k} = {v}\n" for k, v in eps.items()) for group, eps in points.items())
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path / "site"), str(root)])}
+    done = subprocess.run(
+        [sys.executable, "-c", NO_IMPORT, str(sample_registry[0])], capture_output=True, text=True, env=env, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["# sample", "ArtifactPath"]
 
 
 # -- both backends: the shared cache and real clients ------------------------------------------------
