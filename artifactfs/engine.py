@@ -9,7 +9,7 @@ version or a directory of it.  Every front end goes through it:
   every open, and a *scope* (a directory of a version, or the whole version) is warmed once the
   opens show that it is being walked (:class:`WarmPolicy`);
 * ``--warm on``: the first open of a version warms all of it; ``--warm off``: nothing is warmed;
-* ``--prefetch N`` (:class:`~artifactfs.fetcher.Prefetcher`): the next N files of a directory
+* ``--prefetch N`` (:class:`~artifactfs.fetcher.Lookahead`): the next N files of a directory
   after each file read, submitted here;
 * ``artifactfs prefetch`` and ``Artifact.download()``: :meth:`Engine.fetch_all`, which waits for
   the result.
@@ -24,7 +24,7 @@ Rules (every structure here is touched on the trio loop only):
   has no room left for the next file (its ``--cache-size`` and its disk's free space, read in a
   worker thread every second and counted down as fetches start: the engine never evicts to warm),
   and when the version has not been opened for ``WarmPolicy.idle`` seconds.
-* **Single flight and failures** are the fetcher's (:meth:`~artifactfs.fetcher.Fetcher.prefetch`):
+* **Single flight and failures** are the fetcher's (:meth:`~artifactfs.fetcher.Fetcher.warm`):
   a file being fetched by a reader is not fetched twice, and one that failed is not retried
   before its back-off ends.
 * File URLs come from the registry in pages of the next files of the directory
@@ -307,7 +307,7 @@ class Engine:
             self.active += 1
             self.max_active = max(self.max_active, self.active)
             try:
-                if await self.fetcher.prefetch(
+                if await self.fetcher.warm(
                     scope.version, entry, limiter=self.limiter, count_cached=not scope.background
                 ):
                     scope.fetched += 1

@@ -150,7 +150,7 @@ class Fetcher:
             self.stats.cache_hits += 1
         return verified
 
-    async def prefetch(
+    async def warm(
         self,
         version: VersionInfo,
         entry: Entry,
@@ -197,7 +197,7 @@ class Fetcher:
         return True
 
     def _ahead(self, key: str, version: VersionInfo, entry: Entry, local: str | None) -> str:
-        """Worker thread of :meth:`prefetch`: what it did (verified, trusted, fetched, cached)."""
+        """Worker thread of :meth:`warm`: what it did (verified, trusted, fetched, cached)."""
         if local is not None:
             small = entry.size <= INLINE_VERIFY_MAX
             blob = self.store.open_trusted(key, local, persisted=not small)
@@ -282,14 +282,14 @@ def _will_need(path: str, size: int) -> None:
         os.close(fd)
 
 
-PREFETCH_WORKERS = 2  # fetches in flight at once when the prefetcher runs an engine of its own
-PREFETCH_MAX_SIZE = 64 << 20  # a file bigger than this is fetched when it is read, not ahead
+LOOKAHEAD_WORKERS = 2  # fetches in flight at once when the lookahead runs an engine of its own
+LOOKAHEAD_MAX_SIZE = 64 << 20  # a file bigger than this is fetched when it is read, not ahead
 
 
 Lister = Callable[[Any, int], Awaitable[list[tuple[VersionInfo, Entry]]]]
 
 
-class Prefetcher:
+class Lookahead:
     """Fetches the files a reader walking a directory is about to read (``--prefetch N``): a
     front end of :class:`artifactfs.engine.Engine`.
 
@@ -310,8 +310,8 @@ class Prefetcher:
         lister: Lister,
         count: int,
         *,
-        workers: int = PREFETCH_WORKERS,
-        max_size: int = PREFETCH_MAX_SIZE,
+        workers: int = LOOKAHEAD_WORKERS,
+        max_size: int = LOOKAHEAD_MAX_SIZE,
         engine: Engine | None = None,
     ) -> None:
         from .engine import Engine
@@ -348,7 +348,7 @@ class Prefetcher:
             pass
 
     async def run(self) -> None:
-        """Serve hints until cancelled (and the engine too, when it is the prefetcher's own)."""
+        """Serve hints until cancelled (and the engine too, when it is the lookahead's own)."""
         async with trio.open_nursery() as nursery:
             if self._own:
                 nursery.start_soon(self.engine.run)

@@ -32,7 +32,7 @@ import trio
 from .admin import AdminServer
 from .engine import Engine, cache_room
 from .errors import ArtifactFSError, MountError
-from .fetcher import Fetcher, Prefetcher
+from .fetcher import Fetcher, Lookahead
 from .fsutil import claim_cache_dir
 from .ops import Operations
 from .options import MountConfig, daemon_argv
@@ -108,8 +108,8 @@ async def _serve(config: MountConfig, ops: Operations, admin: AdminServer) -> No
         nursery.start_soon(_announce, config, admin)
         if ops.engine is not None:
             nursery.start_soon(ops.engine.run)
-        if ops.prefetcher is not None:
-            nursery.start_soon(ops.prefetcher.run)
+        if ops.lookahead is not None:
+            nursery.start_soon(ops.lookahead.run)
         await pyfuse3.main()  # returns on pyfuse3.terminate() or an external unmount
         nursery.cancel_scope.cancel()
 
@@ -170,15 +170,15 @@ def run_foreground(config: MountConfig) -> None:
         tree = Tree(registry, uid=os.getuid(), gid=os.getgid(), alias_ttl=config.alias_ttl)
         # One engine for every background fetch: walks (--warm), --prefetch hints.
         engine = Engine(fetcher, registry, mode=config.warm, room=cache_room(store))
-        prefetcher = (
-            Prefetcher(fetcher, tree.files_after, config.prefetch, engine=engine) if config.prefetch > 0 else None
+        lookahead = (
+            Lookahead(fetcher, tree.files_after, config.prefetch, engine=engine) if config.prefetch > 0 else None
         )
         ops = Operations(
             tree,
             fetcher,
             pread_in_thread=config.pread_in_thread,
             xattrs=config.xattrs == "on",
-            prefetch=prefetcher,
+            lookahead=lookahead,
             engine=engine,
         )
         admin = AdminServer.open(config, fetcher, store)  # before the mount: a port in use fails it here

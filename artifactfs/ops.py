@@ -33,7 +33,7 @@ import trio
 
 from .engine import Engine
 from .errors import ArtifactFSError, BlobChanged, NotFound, ReadOnly
-from .fetcher import Fetcher, Prefetcher
+from .fetcher import Fetcher, Lookahead
 from .manifest import Entry
 from .registry.base import VersionInfo
 from .store import Blob
@@ -96,14 +96,14 @@ class Operations(pyfuse3.Operations):
         *,
         pread_in_thread: bool = False,
         xattrs: bool = True,
-        prefetch: Prefetcher | None = None,
+        lookahead: Lookahead | None = None,
         engine: Engine | None = None,
     ) -> None:
         super().__init__()
         # Verified local blobs are read inline by default: scripts/bench measures both ways.
         self._pread_in_thread = pread_in_thread
         self.xattrs = xattrs
-        self.prefetcher = prefetch
+        self.lookahead = lookahead
         self.engine = engine  # told of every open of a version's file: walks warm in the background
         self.tree = tree  # owns the Meta that asks the registry (inline or in threads)
         self.fetcher = fetcher
@@ -319,8 +319,8 @@ class Operations(pyfuse3.Operations):
                         blob.close()
                 if handle.blob is None:
                     handle.blob = blob
-                    if self.prefetcher is not None:
-                        self.prefetcher.after(handle.node)
+                    if self.lookahead is not None:
+                        self.lookahead.after(handle.node)
                 else:  # another read on this handle got there first
                     blob.close()
                     blob = handle.blob

@@ -1,7 +1,7 @@
 """``artifactfs prefetch REF [PATH_PREFIX]``: warm the cache a mount reads from, ahead of time.
 
 Every entry of the version (or those under ``PATH_PREFIX``) goes through the mount's fetch
-engine (:meth:`artifactfs.engine.Engine.fetch_all`, the fetcher's ``prefetch``), so the result
+engine (:meth:`artifactfs.engine.Engine.fetch_all`, the fetcher's ``warm``), so the result
 is exactly what a mount on the same cache directory finds: remote blobs fetched and verified
 into the cache, local registry blobs hashed where they lie (a trust record for those over 64 KiB,
 which a mount then serves without hashing again) and read into the page cache.  ``--jobs``

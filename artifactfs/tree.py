@@ -563,7 +563,7 @@ class Tree:
 
     async def files_after(self, node: Node, count: int) -> list[tuple[VersionInfo, Entry]]:
         """Up to ``count`` files that follow ``node`` in its directory's listing (the order a
-        reader walking the directory takes): what a prefetcher fetches next."""
+        reader walking the directory takes): what the ``--prefetch`` lookahead fetches next."""
         if node.version is None or node.kind is not Kind.FILE:
             return []
         parent_path, _, name = node.path.rpartition("/")

@@ -663,7 +663,7 @@ def test_concurrent_gets_of_a_slow_http_blob_share_one_download(store: BlobStore
 # -- prefetch --------------------------------------------------------------------------------------------
 
 
-def test_prefetch_fetches_once_and_readers_wait_for_it(store: BlobStore, src: FaultySource) -> None:
+def test_warm_fetches_once_and_readers_wait_for_it(store: BlobStore, src: FaultySource) -> None:
     fetcher = Fetcher(FakeRemote(src), store)
     src.gate = threading.Event()
 
@@ -674,13 +674,13 @@ def test_prefetch_fetches_once_and_readers_wait_for_it(store: BlobStore, src: Fa
             got.append(content(await fetcher.get(VERSION, ENTRY)))
 
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(fetcher.prefetch, VERSION, ENTRY)
+            nursery.start_soon(fetcher.warm, VERSION, ENTRY)
             await trio.to_thread.run_sync(src.entered.wait)
             nursery.start_soon(reader)
             nursery.start_soon(reader)
             await trio.testing.wait_all_tasks_blocked()
             assert got == [] and fetcher.in_flight == 1
-            assert not await fetcher.prefetch(VERSION, ENTRY)  # already under way: nothing more
+            assert not await fetcher.warm(VERSION, ENTRY)  # already under way: nothing more
             assert src.gate is not None
             src.gate.set()
         return got
@@ -688,28 +688,28 @@ def test_prefetch_fetches_once_and_readers_wait_for_it(store: BlobStore, src: Fa
     assert run(main) == [DATA, DATA]
     assert src.opens == 1
     assert (fetcher.stats.fetches, fetcher.stats.cache_hits) == (1, 2)
-    assert run(fetcher.prefetch, VERSION, ENTRY)  # cached: checked, nothing fetched
+    assert run(fetcher.warm, VERSION, ENTRY)  # cached: checked, nothing fetched
     assert (src.opens, fetcher.stats.cache_hits) == (1, 3)
 
 
 @pytest.mark.allow_log(r"digest mismatch")
-def test_prefetch_failure_is_remembered_like_a_read(store: BlobStore, src: FaultySource) -> None:
+def test_warm_failure_is_remembered_like_a_read(store: BlobStore, src: FaultySource) -> None:
     fetcher = Fetcher(FakeRemote(src), store)
     src.mode = "corrupt"
 
     async def main() -> None:
         with pytest.raises(DigestMismatch):
-            await fetcher.prefetch(VERSION, ENTRY)
+            await fetcher.warm(VERSION, ENTRY)
         with pytest.raises(DigestMismatch):  # the reader gets the same error, without a new fetch
             await fetcher.get(VERSION, ENTRY)
-        assert not await fetcher.prefetch(VERSION, ENTRY)
+        assert not await fetcher.warm(VERSION, ENTRY)
 
     run(main)
     assert src.opens == 1
     assert ENTRY.cache_key not in store
 
 
-def test_prefetch_verifies_local_blobs_off_the_loop(sample_registry: tuple[Path, Path], tmp_path: Path) -> None:
+def test_warm_verifies_local_blobs_off_the_loop(sample_registry: tuple[Path, Path], tmp_path: Path) -> None:
     """A small local blob is hashed in a worker thread ahead of its reader, who then only opens it."""
     registry = LocalRegistry(sample_registry[0])
     store = BlobStore(str(tmp_path / "cache"))
@@ -726,7 +726,7 @@ def test_prefetch_verifies_local_blobs_off_the_loop(sample_registry: tuple[Path,
             return verify(*args, **kwargs)
 
         store.verify_in_place = spy  # type: ignore[method-assign]
-        assert run(fetcher.prefetch, version, entry)
+        assert run(fetcher.warm, version, entry)
         assert threads and threads[0] != threading.main_thread().name
         assert content(run(fetcher.get, version, entry)) == (sample_registry[1] / "train/000002.txt").read_bytes()
         assert (fetcher.stats.verified_in_place, fetcher.stats.trusted_in_place) == (1, 1)
@@ -761,8 +761,8 @@ class CountingRemote(FakeRemote):
         return BlobSource(f"{version.ref}/{entry.path}", open=open_)
 
 
-def test_prefetcher_fetches_the_next_files_with_bounded_concurrency(store: BlobStore) -> None:
-    from artifactfs.fetcher import Prefetcher
+def test_lookahead_fetches_the_next_files_with_bounded_concurrency(store: BlobStore) -> None:
+    from artifactfs.fetcher import Lookahead
 
     blobs = {f"d/{i:02d}": os.urandom(1000) + bytes([i]) for i in range(12)}
     entries = [Entry(path, digest_bytes(data), len(data)) for path, data in blobs.items()]
@@ -776,49 +776,49 @@ def test_prefetcher_fetches_the_next_files_with_bounded_concurrency(store: BlobS
         start = entries.index(node) + 1  # type: ignore[arg-type]
         return [(VERSION, e) for e in [*entries, big][start : start + count]]
 
-    prefetcher = Prefetcher(fetcher, lister, 8, workers=3, max_size=1 << 20)
+    lookahead = Lookahead(fetcher, lister, 8, workers=3, max_size=1 << 20)
 
     async def main() -> None:
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(prefetcher.run)
-            prefetcher.after(entries[0])
-            prefetcher.after(entries[1])  # overlaps the first hint: nothing is offered twice
+            nursery.start_soon(lookahead.run)
+            lookahead.after(entries[0])
+            lookahead.after(entries[1])  # overlaps the first hint: nothing is offered twice
             with trio.fail_after(30):
-                while prefetcher.started < 9 or prefetcher.active:
+                while lookahead.started < 9 or lookahead.active:
                     await trio.sleep(0.01)
             nursery.cancel_scope.cancel()
 
     run(main)
     assert asked == [(entries[0], 8), (entries[1], 8)]
     assert sorted(remote.opened) == [e.path for e in entries[1:10]]  # 1..8, then 9; each once
-    assert remote.most <= 3 and prefetcher.max_active <= 3
-    assert prefetcher.failed == 0
+    assert remote.most <= 3 and lookahead.max_active <= 3
+    assert lookahead.failed == 0
     for e in entries[1:10]:
         assert e.cache_key in store
 
 
-def test_prefetcher_hints_are_dropped_when_its_queue_is_full(store: BlobStore) -> None:
-    from artifactfs.fetcher import Prefetcher
+def test_lookahead_hints_are_dropped_when_its_queue_is_full(store: BlobStore) -> None:
+    from artifactfs.fetcher import Lookahead
 
     async def lister(node: object, count: int) -> list[tuple[VersionInfo, Entry]]:
         return []
 
-    prefetcher = Prefetcher(Fetcher(FakeRemote(FaultySource(DATA)), store), lister, 4)
+    lookahead = Lookahead(Fetcher(FakeRemote(FaultySource(DATA)), store), lister, 4)
 
     async def main() -> None:
         for i in range(1000):  # nobody serves the queue: after() must neither block nor grow
-            prefetcher.after(i)
-        stats = prefetcher._hints_in.statistics()
+            lookahead.after(i)
+        stats = lookahead._hints_in.statistics()
         assert stats.current_buffer_used == stats.max_buffer_size == 16
 
     run(main)
 
 
 @pytest.mark.allow_log(r"prefetch: listing after .* failed|engine: .* failed unexpectedly")
-def test_a_prefetch_bug_is_logged_and_the_prefetcher_keeps_going(store: BlobStore) -> None:
-    """The prefetcher runs in the nursery that serves the mount: an unexpected exception in a
+def test_a_lookahead_bug_is_logged_and_it_keeps_going(store: BlobStore) -> None:
+    """The lookahead runs in the nursery that serves the mount: an unexpected exception in a
     listing or a fetch is logged and skipped, never allowed to cancel that nursery."""
-    from artifactfs.fetcher import Prefetcher
+    from artifactfs.fetcher import Lookahead
 
     blobs = {f"d/{i}": os.urandom(500) + bytes([i]) for i in range(3)}
     entries = [Entry(path, digest_bytes(data), len(data)) for path, data in blobs.items()]
@@ -832,27 +832,27 @@ def test_a_prefetch_bug_is_logged_and_the_prefetcher_keeps_going(store: BlobStor
         return [(VERSION, entries[2])]
 
     class Buggy(Fetcher):
-        async def prefetch(self, version: VersionInfo, entry: Entry) -> None:
+        async def warm(self, version: VersionInfo, entry: Entry) -> None:
             raise KeyError("a bug in a fetch")
 
-    prefetcher = Prefetcher(fetcher, lister, 2)
+    lookahead = Lookahead(fetcher, lister, 2)
 
     async def main() -> None:
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(prefetcher.run)
-            prefetcher.after(entries[0])  # the lister raises: logged, skipped
-            prefetcher.after(entries[1])  # lists entries[2], fetched
+            nursery.start_soon(lookahead.run)
+            lookahead.after(entries[0])  # the lister raises: logged, skipped
+            lookahead.after(entries[1])  # lists entries[2], fetched
             with trio.fail_after(30):
                 while entries[2].cache_key not in store:
                     await trio.sleep(0.01)
-            prefetcher.fetcher = Buggy(CountingRemote(blobs), store)
-            prefetcher.after(entries[1])  # already offered: nothing new to fetch
+            lookahead.fetcher = Buggy(CountingRemote(blobs), store)
+            lookahead.after(entries[1])  # already offered: nothing new to fetch
             nursery.cancel_scope.cancel()
 
     run(main)
     assert calls == [entries[0], entries[1], entries[1]]
 
-    buggy = Prefetcher(Buggy(CountingRemote(blobs), store), lister, 2)
+    buggy = Lookahead(Buggy(CountingRemote(blobs), store), lister, 2)
 
     async def second() -> None:
         async with trio.open_nursery() as nursery:
