@@ -40,6 +40,18 @@ def fsync_dir(path: str) -> None:
         os.close(fd)
 
 
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists (ours or another user's): a temp file named after a dead
+    writer may be removed."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, someone else's
+        return True
+    return True
+
+
 def remove_stale(directory: str, max_age: float = 3600.0) -> None:
     """Delete files in ``directory`` untouched for ``max_age`` seconds (left by killed writers)."""
     cutoff = time.time() - max_age

@@ -43,7 +43,7 @@ import diskcache
 
 from . import defaults
 from .errors import BlobChanged, CacheError, DigestMismatch, DiskFull, FetchError
-from .fsutil import claim_cache_dir, fsync_dir, make_temp
+from .fsutil import claim_cache_dir, fsync_dir, make_temp, pid_alive
 from .manifest import Entry, b64_digest, fd_holds, hash_fd, new_hasher, update_from_fd
 from .sources import BlobSource, open_blob
 
@@ -756,7 +756,7 @@ class BlobStore:
                 with contextlib.suppress(OSError):
                     pid_text = item.name.partition("-")[0]
                     pid = int(pid_text) if pid_text.isdigit() else 0
-                    if (pid and pid != me and not _alive(pid)) or item.stat(follow_symlinks=False).st_mtime < cutoff:
+                    if (pid and pid != me and not pid_alive(pid)) or item.stat(follow_symlinks=False).st_mtime < cutoff:
                         os.unlink(item.path)
 
 
@@ -901,16 +901,6 @@ def _free_bytes(path: str) -> int | None:
     except OSError:
         return None
     return st.f_bavail * st.f_frsize
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # alive, someone else's
-        return True
-    return True
 
 
 def _own_dir(path: str) -> None:

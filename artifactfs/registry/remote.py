@@ -33,7 +33,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterator
 
 from ..errors import ArtifactFSError, EntryNotFound, FetchError, ManifestError
-from ..fsutil import fsync_dir, make_temp
+from ..fsutil import fsync_dir, make_temp, pid_alive
 from ..index import ManifestIndex, build_index, index_key, open_index
 from ..manifest import MD5, XXH128, Entry, Manifest
 from .base import DirEntry, VersionInfo
@@ -338,21 +338,11 @@ def remove_dead_temps(directory: str) -> None:
         return
     for name in names:
         pid, sep, _ = name.partition("-")
-        if not (name.endswith(".tmp") and sep and pid.isdigit()) or _alive(int(pid)):
+        if not (name.endswith(".tmp") and sep and pid.isdigit()) or pid_alive(int(pid)):
             continue
         with contextlib.suppress(OSError):
             os.unlink(os.path.join(directory, name))
             log.info("removed %s, left by a dead process", name)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # alive, someone else's
-        return True
-    return True
 
 
 __all__ = ["MAX_MANIFEST_BYTES", "ManifestKeeper"]
