@@ -243,9 +243,12 @@ class AdminServer:
             "pid": os.getpid(),
             "started_at": self.started,
             "uptime_seconds": round(time.time() - self.started, 3),
-            "counters": metrics.counters(
-                stats, in_flight=self.fetcher.in_flight, volume=volume, size_limit=self.config.cache_size
-            ),
+            "counters": {
+                **metrics.counters(
+                    stats, in_flight=self.fetcher.in_flight, volume=volume, size_limit=self.config.cache_size
+                ),
+                "cache_index_busy": self.store.busy_misses,
+            },
             "latency": stats["latency"],
             "loop": self.loop.to_json(),
         }

@@ -181,6 +181,11 @@ _METRICS: dict[str, tuple[str, str, str]] = {
     "fetch_errors": ("artifactfs_fetch_errors_total", "counter", "Fetches that failed (network, disk, auth)."),
     "retries": ("artifactfs_retries_total", "counter", "HTTP requests tried again after a transient failure."),
     "fetches_in_flight": ("artifactfs_fetches_in_flight", "gauge", "Fetches or hashes running now."),
+    "cache_index_busy": (
+        "artifactfs_cache_index_busy_total",
+        "counter",
+        "Cache lookups made on the event loop that found cache.db locked by another process (answered as misses).",
+    ),
     "cache_bytes": ("artifactfs_cache_bytes", "gauge", "Bytes held by the blob cache directory."),
     "cache_limit_bytes": ("artifactfs_cache_limit_bytes", "gauge", "The blob cache's size limit."),
     "uptime_seconds": ("artifactfs_uptime_seconds", "gauge", "Seconds since the mount started."),

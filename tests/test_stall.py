@@ -1,7 +1,9 @@
 """No handler waits on another process (issue 17): while another process holds the mount's
 ``cache.db`` in an exclusive SQLite transaction (as a long ``cache prune`` or a second mount on
 the same cache can), cached reads, ``stat`` and listings on the mount each answer at once, and the
-daemon's own loop monitor (``artifactfs stats --json``) sees no stall of 100 ms or more.
+daemon's own loop monitor (``artifactfs stats --json``) sees no stall of 100 ms or more (less any
+time the kernel kept the loop's thread waiting for a CPU: the machine may be busy) and none of a
+second.
 
 The files are read by a first mount, which is then unmounted: the mount under test is a new
 process on the same cache, so each first open asks ``cache.db`` (no memo of its own yet).
@@ -88,9 +90,10 @@ def read_uncached(path: Path) -> bytes:
         return b"".join(iter(lambda: f.read(1 << 20), b""))
 
 
-def stall_over(snapshot: dict[str, object], bound: float) -> int:
-    """How many loop stalls of ``bound`` seconds or more the monitor counted."""
-    hist = snapshot["loop"]["stalls"]  # type: ignore[index]
+def stall_over(snapshot: dict[str, object], bound: float, which: str = "stalls") -> int:
+    """How many loop stalls of ``bound`` seconds or more the monitor counted (``own_stalls``:
+    less the time the kernel kept the loop's thread waiting for a CPU)."""
+    hist = snapshot["loop"][which]  # type: ignore[index]
     return int(hist["count"]) - int(hist["buckets"][f"{bound:g}"])
 
 
@@ -207,11 +210,18 @@ def _held_cache_db(mounter: Mounter, tmp_path: Path, reg: str | Path, args: tupl
         holder.stdout.close()
     after = snapshot(m)
     print(f"slowest answers while cache.db was held ({backend}): {timed.slowest()}")
+    print(f"loop: {after['loop']['max_stall_seconds']} s max stall, {after['loop']['max_own_stall_seconds']} s own")  # type: ignore[index]
     assert not timed.problems, timed.problems
     assert still_held, "the requests outlasted the hold: make the hold longer"
     assert set(timed.times) == {"cat cached", "stat", "ls"}
     assert max(max(v) for v in timed.times.values()) < ANSWER, timed.slowest()
-    assert stall_over(after, STALL) == stall_over(before, STALL), after["loop"]
+    # The loop never stalled 100 ms, not counting time the kernel kept its thread waiting for a
+    # CPU (this machine may be busy with others' work); counting it, never for as long as a second
+    # (a wait on the 5 s hold would be seconds).
+    assert stall_over(after, STALL, "own_stalls") == stall_over(before, STALL, "own_stalls"), after["loop"]
+    assert stall_over(after, 1.0) == stall_over(before, 1.0), after["loop"]
+    # In WAL mode a writer's lock keeps no reader out: every cached open was answered inline.
+    assert after["counters"]["cache_index_busy"] == 0  # type: ignore[index]
     # The uses were counted without writing cache.db while it was held; the daemon still serves.
     assert read_uncached(version / files[0]) == content(0)
     m.unmount()
@@ -257,6 +267,7 @@ def test_loop_stalls_show_in_stats_table_json_and_prometheus(
     assert float(samples[f"artifactfs_loop_own_stall_seconds_count{{{label}}}"]) == count
     assert float(samples[f"artifactfs_loop_max_own_stall_seconds{{{label}}}"]) >= 0
     assert float(samples[f"artifactfs_loop_cpu_wait_seconds_total{{{label}}}"]) >= 0
+    assert float(samples[f"artifactfs_cache_index_busy_total{{{label}}}"]) == 0
 
 
 # -- the store's side: what the loop calls reads only, and "busy" is a miss -------------------------
