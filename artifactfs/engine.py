@@ -9,7 +9,7 @@ version or a directory of it.  Every front end goes through it:
   every open, and a *scope* (a directory of a version, or the whole version) is warmed once the
   opens show that it is being walked (:class:`WarmPolicy`);
 * ``--warm on``: the first open of a version warms all of it; ``--warm off``: nothing is warmed;
-* ``--prefetch N`` (:class:`~artifactfs.fetcher.Lookahead`): the next N files of a directory
+* ``--prefetch N`` (:class:`Lookahead`): the next N files of a directory
   after each file read, submitted here;
 * ``artifactfs prefetch`` and ``Artifact.download()``: :meth:`Engine.fetch_all`, which waits for
   the result.
@@ -39,8 +39,9 @@ import logging
 import math
 import os
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 import trio
 
@@ -515,3 +516,93 @@ def cache_room(store: object) -> Callable[[], int | None]:
         return max(0, min(left, free))
 
     return room
+
+
+LOOKAHEAD_WORKERS = 2  # fetches in flight at once when the lookahead runs an engine of its own
+LOOKAHEAD_MAX_SIZE = 64 << 20  # a file bigger than this is fetched when it is read, not ahead
+
+
+Lister = Callable[[Any, int], Awaitable[list[tuple[VersionInfo, Entry]]]]
+
+
+class Lookahead:
+    """Fetches the files a reader walking a directory is about to read (``--prefetch N``): a
+    front end of :class:`artifactfs.engine.Engine`.
+
+    ``after(node)`` is called on the loop when a file's first read got its blob; it only queues
+    the node (dropped if the queue is full: a reader far ahead needs no more hints).  ``run``
+    turns each queued node into the next ``count`` files of its directory (``lister``, i.e.
+    :meth:`artifactfs.tree.Tree.files_after`) and submits them to the engine (the mount's, or
+    one of its own with ``workers`` fetches at once), so concurrency, single flight,
+    verification and failure back-off are the engine's and the fetcher's.
+
+    Bounded memory: at most ``count`` entries per hint, plus 16 hints; files over ``max_size``
+    are skipped, and a digest is offered once per ``2 * count`` recent ones.
+    """
+
+    def __init__(
+        self,
+        fetcher: Fetcher,
+        lister: Lister,
+        count: int,
+        *,
+        workers: int = LOOKAHEAD_WORKERS,
+        max_size: int = LOOKAHEAD_MAX_SIZE,
+        engine: Engine | None = None,
+    ) -> None:
+        self.fetcher = fetcher
+        self.lister = lister
+        self.count = count
+        self.max_size = max_size
+        self._own = engine is None
+        self.engine = engine or Engine(fetcher, fetcher.registry, mode="off", concurrency=max(1, min(workers, count)))
+        self._hints_in, self._hints_out = trio.open_memory_channel[Any](16)
+        self._recent: dict[str, None] = {}  # insertion-ordered: the newest 2 * count digests offered
+
+    @property
+    def started(self) -> int:
+        return self.engine.started
+
+    @property
+    def active(self) -> int:
+        return self.engine.active
+
+    @property
+    def max_active(self) -> int:
+        return self.engine.max_active
+
+    @property
+    def failed(self) -> int:
+        return self.engine.failed
+
+    def after(self, node: Any) -> None:
+        try:
+            self._hints_in.send_nowait(node)
+        except trio.WouldBlock:
+            pass
+
+    async def run(self) -> None:
+        """Serve hints until cancelled (and the engine too, when it is the lookahead's own)."""
+        async with trio.open_nursery() as nursery:
+            if self._own:
+                nursery.start_soon(self.engine.run)
+            async for node in self._hints_out:
+                try:
+                    upcoming = await self.lister(node, self.count)
+                except ArtifactFSError as exc:
+                    log.debug("prefetch: no listing after %s: %s", getattr(node, "path", node), exc)
+                    continue
+                except Exception:  # a hint is only a hint: a bug here must not end the mount
+                    log.exception("prefetch: listing after %s failed", getattr(node, "path", node))
+                    continue
+                batch: dict[str, tuple[VersionInfo, list[Entry]]] = {}
+                for version, entry in upcoming:
+                    key = entry.cache_key
+                    if entry.size > self.max_size or key in self._recent:
+                        continue
+                    self._recent[key] = None
+                    if len(self._recent) > 2 * self.count:
+                        del self._recent[next(iter(self._recent))]
+                    batch.setdefault(version.id, (version, []))[1].append(entry)
+                for version, entries in batch.values():
+                    self.engine.submit(version, entries, "prefetch")

@@ -30,9 +30,9 @@ import pyfuse3
 import trio
 
 from .admin import AdminServer
-from .engine import Engine, cache_room
+from .engine import Engine, Lookahead, cache_room
 from .errors import ArtifactFSError, MountError
-from .fetcher import Fetcher, Lookahead
+from .fetcher import Fetcher
 from .fsutil import claim_cache_dir
 from .ops import Operations
 from .options import MountConfig, daemon_argv

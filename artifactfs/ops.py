@@ -31,9 +31,9 @@ from typing import Any, ParamSpec, TypeVar
 import pyfuse3
 import trio
 
-from .engine import Engine
+from .engine import Engine, Lookahead
 from .errors import ArtifactFSError, BlobChanged, NotFound, ReadOnly
-from .fetcher import Fetcher, Lookahead
+from .fetcher import Fetcher
 from .manifest import Entry
 from .registry.base import VersionInfo
 from .store import Blob

@@ -762,7 +762,7 @@ class CountingRemote(FakeRemote):
 
 
 def test_lookahead_fetches_the_next_files_with_bounded_concurrency(store: BlobStore) -> None:
-    from artifactfs.fetcher import Lookahead
+    from artifactfs.engine import Lookahead
 
     blobs = {f"d/{i:02d}": os.urandom(1000) + bytes([i]) for i in range(12)}
     entries = [Entry(path, digest_bytes(data), len(data)) for path, data in blobs.items()]
@@ -798,7 +798,7 @@ def test_lookahead_fetches_the_next_files_with_bounded_concurrency(store: BlobSt
 
 
 def test_lookahead_hints_are_dropped_when_its_queue_is_full(store: BlobStore) -> None:
-    from artifactfs.fetcher import Lookahead
+    from artifactfs.engine import Lookahead
 
     async def lister(node: object, count: int) -> list[tuple[VersionInfo, Entry]]:
         return []
@@ -818,7 +818,7 @@ def test_lookahead_hints_are_dropped_when_its_queue_is_full(store: BlobStore) ->
 def test_a_lookahead_bug_is_logged_and_it_keeps_going(store: BlobStore) -> None:
     """The lookahead runs in the nursery that serves the mount: an unexpected exception in a
     listing or a fetch is logged and skipped, never allowed to cancel that nursery."""
-    from artifactfs.fetcher import Lookahead
+    from artifactfs.engine import Lookahead
 
     blobs = {f"d/{i}": os.urandom(500) + bytes([i]) for i in range(3)}
     entries = [Entry(path, digest_bytes(data), len(data)) for path, data in blobs.items()]
