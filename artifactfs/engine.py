@@ -262,7 +262,7 @@ class Engine:
             if scope.background:
                 walk = self._walks.get(scope.version.id)
                 if walk is not None and now - walk.last_open > self.policy.idle:
-                    self._stop(scope, "the version is no longer read")
+                    self._stop(scope, "the version is no longer read", again=True)
                     self.stopped_idle += 1
                     continue
             if scope.next >= len(scope.entries):
@@ -279,7 +279,9 @@ class Engine:
         self._scopes = [s for s in self._scopes if not s.finished.is_set()]
         return None
 
-    def _stop(self, scope: Scope, why: str) -> None:
+    def _stop(self, scope: Scope, why: str, *, again: bool = False) -> None:
+        """Stop ``scope``; ``again``: a walk that comes back may warm it again (it stopped
+        because the version went idle, not because the cache is full)."""
         scope.stopped = True
         log.info(
             "engine: stopped %s of %s after %d of %d files: %s",
@@ -290,7 +292,7 @@ class Engine:
             why,
         )
         walk = self._walks.get(scope.version.id)
-        if walk is not None:  # a walk that comes back may warm it again
+        if again and walk is not None:
             for key, value in list(walk.warmed.items()):
                 if value is scope:
                     del walk.warmed[key]

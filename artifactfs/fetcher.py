@@ -205,7 +205,7 @@ class Fetcher:
                 _will_need(local, entry.size)
             blob.close()
             return outcome
-        blob, fetched = self._slow(key, version, entry, None)
+        blob, fetched = self._slow(key, version, entry, None, group=True)
         blob.close()
         return "fetched" if fetched else "cached"
 
@@ -250,7 +250,9 @@ class Fetcher:
             log.log(level, "fetch failed: %s/%s: %s", version.ref, entry.path, exc)
         self._failures[key] = _Failure(exc, trio.current_time() + self.failure_backoff)
 
-    def _slow(self, key: str, version: VersionInfo, entry: Entry, local: str | None) -> tuple[Blob, bool]:
+    def _slow(
+        self, key: str, version: VersionInfo, entry: Entry, local: str | None, *, group: bool = False
+    ) -> tuple[Blob, bool]:
         """Worker thread: hash a local blob in place; or re-check a cached file that could not be
         proven inline; or ask the registry where the bytes are (only now, after the miss: it may
         be a network call) and fetch them into the cache.  ``(blob, fetched)``."""
@@ -260,7 +262,10 @@ class Fetcher:
         blob = self.store.open_verified(key, entry, what)
         if blob is not None:
             return blob, False
-        return self.store.fill(key, entry, self.registry.blob_source(version, entry), what), True
+        source = self.registry.blob_source(version, entry)
+        # Fetched ahead of any read (group): kept by the store's group commit, one sync and one
+        # transaction a batch; a reader's fill is durable before its read returns.
+        return self.store.fill(key, entry, source, what, group=group), True
 
 
 def _will_need(path: str, size: int) -> None:

@@ -75,15 +75,23 @@ class Blob:
     The check follows the read so that a write racing with it is seen too.
     """
 
-    __slots__ = ("_data", "_fd", "identity", "size")
+    __slots__ = ("_data", "_fd", "identity", "loose", "size")
 
     def __init__(
-        self, fd: int | None = None, data: bytes | None = None, size: int = 0, identity: Identity | None = None
+        self,
+        fd: int | None = None,
+        data: bytes | None = None,
+        size: int = 0,
+        identity: Identity | None = None,
+        loose: bool = False,
     ) -> None:
         self._fd = fd
         self._data = data
         self.size = size
         self.identity = identity
+        # A blob served before its group commit: its temp file is renamed into the cache by the
+        # batch, which moves its ctime (and nothing else): device, inode, size and mtime must hold.
+        self.loose = loose
 
     def pread(self, size: int, offset: int) -> bytes:
         if self._data is not None:
@@ -118,7 +126,7 @@ class Blob:
         assert self._fd is not None
         st = os.fstat(self._fd)
         now = _identity(st)
-        if now != self.identity:
+        if now != self.identity and not (self.loose and now[:4] == self.identity[:4]):
             if not (st.st_nlink == 0 and now[:4] == self.identity[:4]):
                 raise BlobChanged("a verified blob changed on disk after it was verified")
             # Unlinked (evicted, or a deleted version's blob purged by gc) while we hold
@@ -173,6 +181,230 @@ class _AdoptingDisk(diskcache.Disk):  # type: ignore[misc]
         return super().store(value, read, key)
 
 
+@dataclass(slots=True)
+class _Pending:
+    """A verified temp file waiting for its batch."""
+
+    key: str
+    adopt: _Adopt
+    identity: Identity  # of the temp file after it was verified (its ctime moves on the rename)
+    what: str
+
+
+#: Called with each step of a batch (tests/test_crash.py kills the process there); None: nothing.
+_batch_hook: Any = None
+
+
+def _step(name: str) -> None:
+    if _batch_hook is not None:
+        _batch_hook(name)
+
+
+class _Committer:
+    """Group commit: many fills share one sync round and one SQLite transaction.
+
+    A fill writes and verifies its temp file, hands it here and returns the blob at once, served
+    from its descriptor (:attr:`Blob.loose`: the rename to come moves only its ctime).  This
+    thread takes everything handed in (up to ``max_batch``, after waiting ``delay`` for more)
+    and, in this order:
+
+    1. ``syncfs`` of the cache's filesystem: the batch's bytes are durable;
+    2. one transaction: the batch's rows, each naming the file it will be renamed to;
+    3. the renames (a crash before them leaves rows whose files never arrived: misses);
+    4. ``syncfs`` again: the renames are durable;
+    5. one transaction: the identity records that let an open trust a file without hashing it.
+
+    So after a crash a file is trusted only if its record was committed after its bytes (and its
+    name) were durable; anything else is a miss (no row, or a row without its file) or a file that
+    is hashed before use (a row without a record).  Until step 5 an open finds the pending file
+    here (:meth:`open_pending`) by its temp or final name, with the identity it was verified
+    with.  A batch that fails is dropped (temp files removed, rows deleted): its blobs were
+    served and will be fetched again on the next miss.
+    """
+
+    def __init__(self, store: BlobStore, max_batch: int = 512, delay: float = 0.02) -> None:
+        self.store = store
+        self.max_batch = max_batch
+        self.delay = delay
+        self._cond = threading.Condition()
+        self._queue: list[_Pending] = []
+        self._pending: dict[str, _Pending] = {}
+        self._busy = False
+        self._closed = False
+        self._thread: threading.Thread | None = None
+        self.batches = 0
+        self.committed = 0
+
+    def submit(self, item: _Pending) -> None:
+        with self._cond:
+            if self._closed:
+                raise CacheError("the blob cache is closed")
+            self._queue.append(item)
+            self._pending[item.key] = item
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="artifactfs-commit", daemon=True)
+                self._thread.start()
+            self._cond.notify_all()
+
+    def open_pending(self, key: str) -> Blob | None:
+        item = self._pending.get(key)
+        if item is None:
+            return None
+        for path in (item.adopt.final, item.adopt.path):
+            if not path:
+                continue
+            try:
+                fd = os.open(path, _NOFOLLOW)
+            except OSError:
+                continue
+            try:
+                now = _identity(os.fstat(fd))
+            except OSError:
+                now = None
+            if now is not None and now[:4] == item.identity[:4]:
+                return Blob(fd=fd, size=item.identity[2], identity=item.identity, loose=True)
+            os.close(fd)
+        return None
+
+    def flush(self) -> None:
+        """Wait until everything handed in so far is committed (or dropped)."""
+        with self._cond:
+            while self._queue or self._busy:
+                self._cond.wait()
+
+    def close(self) -> None:
+        self.flush()
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        if self._thread is not None:
+            self._thread.join()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._queue and not self._closed:
+                    self._cond.wait()
+                if not self._queue:
+                    return
+            time.sleep(self.delay)  # let the fills of this moment join the batch
+            with self._cond:
+                batch, self._queue = self._queue[: self.max_batch], self._queue[self.max_batch :]
+                self._busy = True
+            try:
+                self._commit(batch)
+            except Exception:  # never let the committer die: drop the batch, keep serving
+                log.exception("group commit of %d blobs failed", len(batch))
+                self._drop(batch, None)
+            finally:
+                with self._cond:
+                    for item in batch:
+                        if self._pending.get(item.key) is item:
+                            del self._pending[item.key]
+                    self._busy = False
+                    self._cond.notify_all()
+
+    def _commit(self, batch: list[_Pending]) -> None:
+        store, cache = self.store, self.store._cache
+        _step("start")
+        _syncfs(store.tmp)  # 1. the bytes
+        _step("synced")
+        try:
+            with cache.transact(retry=True):  # 2. the rows
+                for item in batch:
+                    cache.set(item.key, item.adopt, read=True)
+        except (OSError, sqlite3.Error, diskcache.Timeout) as exc:
+            log.warning("cannot keep %d verified blobs in the cache (%s): served, not kept", len(batch), exc)
+            self._drop(batch, None)
+            return
+        _step("rows")
+        placed: list[_Pending] = []
+        for item in batch:  # 3. the files
+            try:
+                _place(item.adopt)
+                placed.append(item)
+            except OSError as exc:
+                log.warning("cannot keep %s in the cache (%s): served, not kept", item.what, exc)
+                self._drop([item], item.key)
+        _step("renamed")
+        placed = [item for item in placed if self._still_indexed(item)]
+        _syncfs(store.tmp)  # 4. the names
+        _step("synced2")
+        records: list[tuple[_Pending, Identity]] = []
+        for item in placed:
+            try:
+                st = os.stat(item.adopt.final, follow_symlinks=False)
+            except OSError:
+                continue
+            identity = _identity(st)
+            if identity[:4] == item.identity[:4]:
+                records.append((item, identity))
+        try:
+            with cache.transact(retry=True):  # 5. the records that let an open trust them
+                for item, identity in records:
+                    cache.set(_CACHED_PREFIX + item.key, (item.adopt.final, *identity))
+        except (OSError, sqlite3.Error, diskcache.Timeout) as exc:
+            log.warning(
+                "cached %d blobs but could not record them (%s): each is hashed before reuse", len(records), exc
+            )
+            records = []
+        _step("recorded")
+        now = time.monotonic()
+        for item, identity in records:
+            store._memo[item.key] = (item.adopt.final, identity, now)
+        self.batches += 1
+        self.committed += len(records)
+        if batch:
+            store._make_room(keep=batch[-1].key)
+
+    def _still_indexed(self, item: _Pending) -> bool:
+        """Whether the row that names ``item``'s file is still there after the rename: a fill
+        making room (another thread) may have evicted it in between, and then the file it
+        would have deleted arrived afterwards; it is removed, so no file is left unindexed."""
+        cache = self.store._cache
+        try:
+            db_key, raw = cache._disk.put(item.key)
+            row = cache._sql("SELECT filename FROM Cache WHERE key = ? AND raw = ?", (db_key, raw)).fetchone()
+        except (sqlite3.Error, diskcache.Timeout):
+            row = None
+        if row is not None and row[0] is not None and os.path.join(cache.directory, row[0]) == item.adopt.final:
+            return True
+        with contextlib.suppress(OSError):
+            os.unlink(item.adopt.final)
+        return False
+
+    def _drop(self, batch: list[_Pending], committed: str | None) -> None:
+        for item in batch:
+            with contextlib.suppress(OSError):
+                os.unlink(item.adopt.path)
+        if committed is not None:
+            with contextlib.suppress(sqlite3.Error, diskcache.Timeout):
+                self.store._cache.delete(committed)
+
+
+_libc: Any = None
+
+
+def _syncfs(path: str) -> None:
+    """Flush the filesystem holding ``path`` (Linux ``syncfs``: one call for a whole batch)."""
+    global _libc
+    try:
+        if _libc is None:
+            import ctypes
+
+            _libc = ctypes.CDLL(None, use_errno=True)
+        libc = _libc
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            if libc.syncfs(fd) == 0:
+                return
+        finally:
+            os.close(fd)
+    except (OSError, AttributeError):
+        pass
+    os.sync()
+
+
 def _place(adopt: _Adopt) -> None:
     """Rename the adopted temp file to the name its committed row gives it.  diskcache removes a
     sub-directory once it is empty (eviction of a neighbour), so it is made again if needed."""
@@ -193,7 +425,12 @@ class BlobStore:
     """The cache directory (mode 0700) and the rules for what may enter it."""
 
     def __init__(
-        self, directory: str, size_limit: int | None = DEFAULT_SIZE_LIMIT, *, defer_uses: bool = False
+        self,
+        directory: str,
+        size_limit: int | None = DEFAULT_SIZE_LIMIT,
+        *,
+        defer_uses: bool = False,
+        group_commit: bool = False,
     ) -> None:
         """``size_limit`` None keeps the limit the directory last had (``artifactfs cache``
         opens a directory that mounts are using without changing it).  ``defer_uses``: the
@@ -237,8 +474,13 @@ class BlobStore:
         self._reader_connections: list[sqlite3.Connection] = []
         self._readers_lock = threading.Lock()
         self.busy_misses = 0  # quick reads that found cache.db locked (answered as misses)
+        # Group commit (the mount daemon): fills hand their verified temp files to one committer
+        # thread and are served at once; see _Committer.
+        self._committer = _Committer(self) if group_commit else None
 
     def close(self) -> None:
+        if self._committer is not None:
+            self._committer.close()  # every pending fill committed (or dropped) first
         with contextlib.suppress(Exception):  # bookkeeping: never a reason to fail a close
             self.flush_uses()
         with self._readers_lock:
@@ -388,6 +630,10 @@ class BlobStore:
                 self._used(key)
                 return blob
             self._memo.pop(key, None)
+        if self._committer is not None:
+            blob = self._committer.open_pending(key)
+            if blob is not None:
+                return blob
         try:
             rows = self._quick_rows(key, _CACHED_PREFIX + key)
         except sqlite3.Error:  # busy, or a damaged index: a miss
@@ -464,7 +710,7 @@ class BlobStore:
         except (sqlite3.Error, diskcache.Timeout) as exc:
             raise FetchError(f"cannot evict a damaged cache entry: {exc or type(exc).__name__}") from exc
 
-    def fill(self, key: str, entry: Entry, source: BlobSource, what: str) -> Blob:
+    def fill(self, key: str, entry: Entry, source: BlobSource, what: str, *, group: bool = False) -> Blob:
         """Write ``source``'s bytes into the cache if they hash to ``entry.digest``; return the blob.
 
         ``source`` is tried first, then each of its fallbacks (``source.chain()``): a source that
@@ -472,20 +718,36 @@ class BlobStore:
         sources = list(source.chain())
         for index, candidate in enumerate(sources):
             try:
-                return self._fill(key, entry, candidate, what)
+                return self._fill(key, entry, candidate, what, group)
             except (FetchError, DigestMismatch) as exc:
                 if index == len(sources) - 1:
                     raise
                 log.warning("%s: %s: trying %s", candidate.description, exc, sources[index + 1].description)
         raise AssertionError("a source chain is never empty")
 
-    def _fill(self, key: str, entry: Entry, source: BlobSource, what: str) -> Blob:
+    def _fill(self, key: str, entry: Entry, source: BlobSource, what: str, group: bool = False) -> Blob:
         self._room_for(entry.size, what)
         try:
             fd, path = make_temp(self.tmp, ".part", os.O_RDWR)
         except OSError as exc:
             raise self._write_failed(exc, what, entry.size) from exc
         adopt = _Adopt(path)
+        if group and self._committer is not None:
+            try:
+                size = write_verified(source, fd, entry, what)
+                identity = _identity(os.fstat(fd))
+            except BaseException as exc:
+                os.close(fd)
+                with contextlib.suppress(OSError):
+                    os.unlink(path)
+                if isinstance(exc, DiskFull):
+                    raise self._write_failed(exc.__cause__ or exc, what, entry.size) from exc
+                if isinstance(exc, OSError):
+                    raise self._write_failed(exc, what, entry.size) from exc
+                raise
+            # Verified: served from its descriptor now; kept once its batch commits.
+            self._committer.submit(_Pending(key, adopt, identity, what))
+            return Blob(fd=fd, size=size, identity=identity, loose=True)
         try:
             try:
                 size = write_verified(source, fd, entry, what)
