@@ -34,7 +34,6 @@ import contextlib
 import json
 import logging
 import os
-import re
 import sqlite3
 import threading
 import urllib.parse
@@ -47,8 +46,14 @@ import xxhash
 
 from .errors import ArtifactFSError, ManifestError
 from .fsutil import fsync_dir, make_temp
-from .manifest import ALGORITHMS, DIGEST_HEADER, MAX_ENTRY_SIZE, MD5, STORAGE_POLICY, Entry, hex_from_b64, new_hasher
-from .names import check_entry_path
+from .manifest import (
+    DIGEST_HEADER,
+    MD5,
+    STORAGE_POLICY,
+    Entry,
+    entry_fields,
+    new_hasher,
+)
 
 log = logging.getLogger(__name__)
 
@@ -56,11 +61,6 @@ FORMAT = 1
 SUFFIX = ".index"
 _BATCH = 20_000  # rows per executemany during a build
 _READ_CHUNK = 1 << 20
-# Paths that need no further check: ASCII segments that cannot be '.', '..', empty, a drive
-# letter or over NAME_MAX (255 bytes: the whole path is shorter).  Others take check_entry_path.
-_PLAIN_PATH = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+=-]*(?:/[A-Za-z0-9_][A-Za-z0-9_.+=-]*)*")
-# Base64 of exactly 16 bytes (an MD5 or XXH128 digest); others take hex_from_b64 and its error.
-_B64_16 = re.compile(r"[A-Za-z0-9+/]{21}[AQgw]==")
 
 _SCHEMA = """
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -367,41 +367,6 @@ def _value_after(events: Iterator[tuple[str, str, Any]], key: str) -> Any:
     raise ManifestError(f"manifest: truncated after {key!r}")
 
 
-def _check_entry(path: str, obj: Any) -> tuple[str, int, str | None, str | None, str | None]:
-    """Entry.from_json's checks without making an Entry: ``(digest, size, ref, birth, extra)``."""
-    if not (len(path) < 256 and _PLAIN_PATH.fullmatch(path)):
-        check_entry_path(path)
-    if not isinstance(obj, dict):
-        raise ManifestError(f"manifest entry {path!r}: expected an object")
-    digest = obj.get("digest")
-    if not isinstance(digest, str) or not digest:
-        raise ManifestError(f"manifest entry {path!r}: missing or invalid digest")
-    size = obj.get("size", 0)
-    if size is None:
-        size = 0
-    if type(size) is not int or size < 0 or size > MAX_ENTRY_SIZE:
-        shown = repr(size) if len(repr(size)) <= 40 else repr(size)[:40] + "..."
-        raise ManifestError(f"manifest entry {path!r}: invalid size {shown}")
-    ref = obj.get("ref")
-    if ref is not None and not isinstance(ref, str):
-        raise ManifestError(f"manifest entry {path!r}: invalid ref")
-    birth = obj.get("birthArtifactID")
-    if birth is not None and not isinstance(birth, str):
-        raise ManifestError(f"manifest entry {path!r}: invalid birthArtifactID")
-    extra = obj.get("extra") or {}
-    if not isinstance(extra, dict):
-        raise ManifestError(f"manifest entry {path!r}: invalid extra")
-    extra_text = None
-    if extra:
-        alg = extra.get("alg", MD5)
-        if isinstance(alg, str) and alg not in ALGORITHMS:
-            raise ManifestError(f"manifest entry {path!r}: unsupported digest algorithm {alg!r}")
-        extra_text = json.dumps(extra, ensure_ascii=False)
-    if ref is None and not _B64_16.fullmatch(digest):
-        hex_from_b64(digest)  # uploaded content must carry a real 16-byte digest
-    return digest, size, ref, birth, extra_text
-
-
 def build_index(
     manifest_path: str,
     directory: str,
@@ -500,7 +465,8 @@ def _load(
         try:
             items = ijson.kvitems(f, "contents", use_float=True)
             for path, obj in items:
-                digest, size, ref, birth, extra = _check_entry(path, obj)
+                digest, size, ref, birth, fields = entry_fields(path, obj)
+                extra = json.dumps(fields, ensure_ascii=False) if fields else None
                 if ref is not None and not size and sizer is not None:
                     size = sizer(path, ref, digest) or 0
                 if ordered:
