@@ -341,32 +341,10 @@ class _MissingField(Exception):
         self.name = name
 
 
-def _load_json(data: bytes) -> Any:
-    """JSON with duplicate keys refused (``json.loads`` would silently keep the last one, so a
-    manifest could show one entry and verify another)."""
-
-    def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
-        obj = dict(items)
-        if len(obj) != len(items):
-            seen: set[str] = set()
-            for k, _ in items:
-                if k in seen:
-                    raise ManifestError(f"manifest: duplicate key {k!r}")
-                seen.add(k)
-        return obj
-
-    try:
-        return json.loads(data, object_pairs_hook=pairs)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ManifestError(f"manifest: not valid JSON ({type(exc).__name__}: {str(exc)[:200]})") from None
-    except RecursionError:
-        raise ManifestError("manifest: nested too deeply") from None
-
-
 def parse_manifest(data: bytes, version: VersionInfo) -> Manifest:
     """Parse and check a manifest: entry paths (no ``..``, absolute paths, NUL...), duplicate
     keys, and that its entries hash to the artifact's digest."""
-    manifest = Manifest.from_json(_load_json(data))
+    manifest = Manifest.loads(data)
     if version.digest:
         alg = XXH128 if version.digest_algorithm == MANIFEST_XXH128 else MD5
         actual = manifest.digest(alg)
