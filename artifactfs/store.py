@@ -43,7 +43,7 @@ import diskcache
 
 from . import defaults
 from .errors import BlobChanged, CacheError, DigestMismatch, DiskFull, FetchError
-from .fsutil import claim_cache_dir, fsync_dir, make_temp, pid_alive
+from .fsutil import claim_cache_dir, fsync_dir, make_temp, pid_alive, syncfs
 from .manifest import Entry, b64_digest, fd_holds, hash_fd, new_hasher, update_from_fd
 from .sources import BlobSource, open_blob
 
@@ -307,7 +307,7 @@ class _Committer:
     def _commit(self, batch: list[_Pending]) -> None:
         store, cache = self.store, self.store._cache
         _step("start")
-        _syncfs(store.tmp)  # 1. the bytes
+        syncfs(store.tmp)  # 1. the bytes
         _step("synced")
         try:
             with cache.transact(retry=True):  # 2. the rows
@@ -328,7 +328,7 @@ class _Committer:
                 self._drop([item], item.key)
         _step("renamed")
         placed = [item for item in placed if self._still_indexed(item)]
-        _syncfs(store.tmp)  # 4. the names
+        syncfs(store.tmp)  # 4. the names
         _step("synced2")
         records: list[tuple[_Pending, Identity]] = []
         for item in placed:
@@ -380,29 +380,6 @@ class _Committer:
         if committed is not None:
             with contextlib.suppress(sqlite3.Error, diskcache.Timeout):
                 self.store._cache.delete(committed)
-
-
-_libc: Any = None
-
-
-def _syncfs(path: str) -> None:
-    """Flush the filesystem holding ``path`` (Linux ``syncfs``: one call for a whole batch)."""
-    global _libc
-    try:
-        if _libc is None:
-            import ctypes
-
-            _libc = ctypes.CDLL(None, use_errno=True)
-        libc = _libc
-        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        try:
-            if libc.syncfs(fd) == 0:
-                return
-        finally:
-            os.close(fd)
-    except (OSError, AttributeError):
-        pass
-    os.sync()
 
 
 def _place(adopt: _Adopt) -> None:

@@ -38,7 +38,6 @@ from __future__ import annotations
 import base64
 import concurrent.futures
 import contextlib
-import ctypes
 import functools
 import getpass
 import inspect
@@ -74,7 +73,7 @@ from ..errors import (
     RunNotFound,
     SourceError,
 )
-from ..fsutil import remove_stale, walk_files
+from ..fsutil import remove_stale, syncfs, walk_files
 from ..manifest import ALGORITHMS, MANIFEST_ALGORITHM, MD5, Entry, artifact_digest, b64_digest, hex_from_b64, new_hasher
 from ..names import LATEST, Ref, check_alias, check_entry_path, check_name, json_object_text, split_dir
 from ..references import reference_source
@@ -845,7 +844,7 @@ class LocalRegistry(Registry):
                 for fut in pending:
                     fut.cancel()
                 raise
-        _syncfs(self.objects)  # the blobs are on disk before a version can name them
+        syncfs(self.objects)  # the blobs are on disk before a version can name them
         logged.extend(referenced)
         return self._commit(ref, logged, type, aliases, description, metadata, digest_algorithm, extra, run_id)
 
@@ -1409,22 +1408,6 @@ def _is_lookup_path(path: str) -> bool:
     except InvalidPath:
         return False
     return True
-
-
-def _syncfs(path: str) -> None:
-    """Flush the filesystem holding ``path`` (Linux ``syncfs``; ``sync`` elsewhere).  One call
-    per log is far cheaper than an fsync per blob (measured: 27 vs 143 us per 4 KiB file)."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            if libc.syncfs(fd) == 0:
-                return
-        finally:
-            os.close(fd)
-    except (OSError, AttributeError):
-        pass
-    os.sync()
 
 
 def _json_object(value: dict[str, Any] | None, what: str, error: type[InvalidArgument]) -> dict[str, Any]:
