@@ -25,8 +25,9 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import trio
 
@@ -39,6 +40,7 @@ from .registry.base import Registry, VersionInfo
 from .store import Blob, BlobStore
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 INLINE_VERIFY_MAX = 64 * 1024  # local blobs up to this size are hashed on the trio loop
 
@@ -123,19 +125,10 @@ class Fetcher:
                     return blob
                 break
             await event.wait()
-        event = trio.Event()
-        self._inflight[key] = event
         started = trio.current_time()
-        try:
-            verified, fetched = await trio.to_thread.run_sync(
-                self._slow, key, version, entry, local, limiter=self._limiter
-            )
-        except ArtifactFSError as exc:
-            self._remember_failure(key, exc, version, entry)
-            raise
-        finally:
-            del self._inflight[key]
-            event.set()
+        verified, fetched = await self._flight(
+            key, version, entry, lambda: self._slow(key, version, entry, local), self._limiter
+        )
         self.stats.observe("local" if local is not None else backend, trio.current_time() - started)
         if local is not None:
             self.stats.verified_in_place += 1
@@ -169,18 +162,9 @@ class Fetcher:
         if key in self._inflight or key in self._failures:
             return False
         local = self.registry.local_path(entry) if self.serve_local_in_place else None
-        event = trio.Event()
-        self._inflight[key] = event
-        try:
-            outcome = await trio.to_thread.run_sync(
-                self._ahead, key, version, entry, local, limiter=limiter or self._limiter
-            )
-        except ArtifactFSError as exc:
-            self._remember_failure(key, exc, version, entry)
-            raise
-        finally:
-            del self._inflight[key]
-            event.set()
+        outcome = await self._flight(
+            key, version, entry, lambda: self._ahead(key, version, entry, local), limiter or self._limiter
+        )
         if outcome == "verified":
             self.stats.verified_in_place += 1
         elif outcome == "trusted":
@@ -191,6 +175,23 @@ class Fetcher:
         elif count_cached:
             self.stats.cache_hits += 1
         return True
+
+    async def _flight(
+        self, key: str, version: VersionInfo, entry: Entry, work: Callable[[], T], limiter: trio.CapacityLimiter
+    ) -> T:
+        """``work()`` in a worker thread under ``limiter`` as the one flight for ``key``: askers
+        that come meanwhile wait for its event (then take the fast path), and an error is
+        remembered for the failure back-off.  The single flight of :meth:`get` and :meth:`warm`."""
+        event = trio.Event()
+        self._inflight[key] = event
+        try:
+            return await trio.to_thread.run_sync(work, limiter=limiter)
+        except ArtifactFSError as exc:
+            self._remember_failure(key, exc, version, entry)
+            raise
+        finally:
+            del self._inflight[key]
+            event.set()
 
     def _ahead(self, key: str, version: VersionInfo, entry: Entry, local: str | None) -> str:
         """Worker thread of :meth:`warm`: what it did (verified, trusted, fetched, cached)."""
