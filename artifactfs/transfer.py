@@ -459,7 +459,10 @@ class HttpPool:
     pool is).  The environment (proxies, CA bundle, ``~/.netrc``) is read as requests would read
     it, but once: at creation, and once per host; never per request."""
 
-    def __init__(self, *, pool_size: int = 32) -> None:
+    # Connections kept per host: the fetch engine's 64 background fetches, the reads' 8 and the
+    # parallel ranges of large files all reuse theirs (a connection beyond the pool is closed
+    # after one request, and the next one pays a new handshake: a round trip on a WAN).
+    def __init__(self, *, pool_size: int = 128) -> None:
         self._adapter = requests.adapters.HTTPAdapter(pool_connections=16, pool_maxsize=pool_size, max_retries=0)
         self._proxies = urllib.request.getproxies()
         self._verify: bool | str = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or True
