@@ -35,7 +35,7 @@ from typing import Any
 from .artifact import Artifact, ArtifactFile, ArtifactManifestEntry, VerificationError, _current_run
 from .defaults import CACHE_SIZE, default_cache_dir, default_registry
 from .errors import ArtifactFSError, InvalidArgument, InvalidReference, NotFound, ReadOnly
-from .fsutil import claim_cache_dir
+from .fsutil import CACHE_INDEX, claim_cache_dir
 from .names import (
     LATEST,
     REGISTRY_PREFIX,
@@ -84,7 +84,7 @@ def open_cache(cache_dir: str) -> BlobStore:
     """The mount's verified blob cache at ``cache_dir``, for a reader that is not a mount: an
     existing cache keeps the limit its mount (or ``artifactfs cache``) gave it; a new one gets
     the mount's default."""
-    known = os.path.exists(os.path.join(cache_dir, "cache.db"))
+    known = os.path.exists(os.path.join(cache_dir, CACHE_INDEX))
     return BlobStore(cache_dir, None if known else CACHE_SIZE)
 
 

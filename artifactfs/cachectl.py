@@ -36,16 +36,17 @@ def _tree_size(path: str) -> tuple[int, int]:
 def _open(directory: str) -> Any:
     """The cache's store, or None when there is no cache yet: no directory, or one that holds
     only what a mount writes before its first blob (its log, manifests, temp files)."""
-    from .fsutil import _CACHE_OWN_NAMES
+    from .fsutil import CACHE, CACHE_INDEX, OURS, cache_dir_kind
     from .store import BlobStore
 
     if not os.path.isdir(directory):
         return None
-    if not os.path.exists(os.path.join(directory, "cache.db")):
-        if set(os.listdir(directory)) <= _CACHE_OWN_NAMES:
-            return None
+    kind = cache_dir_kind(directory)
+    if kind == OURS:
+        return None
+    if kind != CACHE:
         raise InvalidArgument(
-            f"{directory} is not an artifactfs cache directory (no cache.db): name the one your mounts use "
+            f"{directory} is not an artifactfs cache directory (no {CACHE_INDEX}): name the one your mounts use "
             "with --cache-dir (see 'artifactfs status')"
         )
     return BlobStore(directory, size_limit=None)

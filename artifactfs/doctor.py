@@ -20,7 +20,7 @@ from collections.abc import Callable
 
 from .checks import FAIL, OK, WARN, Check
 from .errors import ArtifactFSError
-from .fsutil import _CACHE_OWN_NAMES
+from .fsutil import FOREIGN, cache_dir_kind
 from .metrics import human_bytes
 from .registry import doctor_checks
 
@@ -165,8 +165,7 @@ def check_cache_dir(path: str) -> list[Check]:
             ]
         if not os.access(path, os.W_OK | os.X_OK):
             return [Check(name, FAIL, f"{path} is not writable", f"chmod u+rwx {path}")]
-        names = set(os.listdir(path))
-        if "cache.db" not in names and not names <= _CACHE_OWN_NAMES:  # as claim_cache_dir decides
+        if cache_dir_kind(path) == FOREIGN:  # as claim_cache_dir decides
             return [
                 Check(
                     name,

@@ -137,9 +137,22 @@ def _raise_source_error(exc: OSError) -> None:
     raise SourceError(f"cannot read {exc.filename!r}: {exc.strerror or exc}") from exc
 
 
+#: diskcache's index (SQLite, its ``DBNAME``) in a cache directory; the one place that names it.
+CACHE_INDEX = "cache.db"
 #: What a cache directory may hold before it has become a diskcache directory: our own files only
 #: (the mount's log, the store's temp files, the manifests a remote registry keeps).
-_CACHE_OWN_NAMES = {"mount.log", "tmp", "manifests"}
+_CACHE_OWN_NAMES = frozenset({"mount.log", "tmp", "manifests"})
+CACHE, OURS, FOREIGN = "cache", "ours", "foreign"
+
+
+def cache_dir_kind(path: str) -> str:
+    """What the existing directory ``path`` is to a mount: ``CACHE`` (diskcache's index is
+    there), ``OURS`` (nothing but what a mount writes before its first blob) or ``FOREIGN``
+    (other files: a mount refuses it, as it would evict them).  OSError if it cannot be listed."""
+    names = set(os.listdir(path))
+    if CACHE_INDEX in names:
+        return CACHE
+    return OURS if names <= _CACHE_OWN_NAMES else FOREIGN
 
 
 def claim_cache_dir(path: str) -> None:
@@ -157,8 +170,7 @@ def claim_cache_dir(path: str) -> None:
             raise CacheError(f"cache directory {path} is not a directory") from None
         if st.st_uid != os.getuid():
             raise CacheError(f"cache directory {path} belongs to another user") from None
-        names = set(os.listdir(path))
-        if "cache.db" not in names and not names <= _CACHE_OWN_NAMES:
+        if cache_dir_kind(path) == FOREIGN:
             raise CacheError(
                 f"{path} is not empty and is not an artifactfs cache: choose a new or empty directory"
             ) from None

@@ -43,7 +43,7 @@ import diskcache
 
 from . import defaults
 from .errors import BlobChanged, CacheError, DigestMismatch, DiskFull, FetchError
-from .fsutil import claim_cache_dir, fsync_dir, make_temp, pid_alive, syncfs
+from .fsutil import CACHE_INDEX, claim_cache_dir, fsync_dir, make_temp, pid_alive, syncfs
 from .manifest import Entry, b64_digest, fd_holds, hash_fd, new_hasher, update_from_fd
 from .sources import BlobSource, open_blob
 
@@ -421,7 +421,7 @@ class BlobStore:
             claim_cache_dir(self.directory)
             self.tmp = os.path.join(self.directory, "tmp")
             _own_dir(self.tmp)
-            _no_symlink(os.path.join(self.directory, "cache.db"))
+            _no_symlink(os.path.join(self.directory, CACHE_INDEX))
             self._cache = diskcache.Cache(
                 self.directory,
                 **({} if size_limit is None else {"size_limit": size_limit}),
@@ -431,7 +431,7 @@ class BlobStore:
             )
             # SQLite creates its files 0644 (less the umask); its -wal and -shm files copy the
             # database's mode, so one chmod keeps them all 0600.
-            for name in ("cache.db", "cache.db-wal", "cache.db-shm"):
+            for name in (CACHE_INDEX, f"{CACHE_INDEX}-wal", f"{CACHE_INDEX}-shm"):
                 _no_symlink(os.path.join(self.directory, name))
                 with contextlib.suppress(FileNotFoundError):
                     os.chmod(os.path.join(self.directory, name), 0o600)
@@ -474,7 +474,7 @@ class BlobStore:
         con: sqlite3.Connection | None = getattr(self._readers, "con", None)
         if con is None:
             con = sqlite3.connect(
-                os.path.join(self.directory, "cache.db"),
+                os.path.join(self.directory, CACHE_INDEX),
                 timeout=QUICK_TIMEOUT,
                 isolation_level=None,
                 check_same_thread=False,  # closed by close(), from whichever thread

@@ -762,3 +762,17 @@ def test_unlinked_and_rewritten_blob_is_refused(store: BlobStore) -> None:
     with pytest.raises(BlobChanged):
         blob.pread(10, 0)
     blob.close()
+
+
+def test_the_cache_index_is_named_as_diskcache_names_it(tmp_path: Path) -> None:
+    """fsutil.CACHE_INDEX (which claim_cache_dir, doctor and the cache commands look for) is the
+    file diskcache makes."""
+    import diskcache.core
+
+    from artifactfs.fsutil import CACHE, CACHE_INDEX, OURS, cache_dir_kind
+
+    assert CACHE_INDEX == diskcache.core.DBNAME
+    (tmp_path / "c").mkdir()
+    assert cache_dir_kind(str(tmp_path / "c")) == OURS
+    BlobStore(str(tmp_path / "c"), size_limit=1 << 20).close()
+    assert (tmp_path / "c" / CACHE_INDEX).exists() and cache_dir_kind(str(tmp_path / "c")) == CACHE
