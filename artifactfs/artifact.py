@@ -49,7 +49,7 @@ from .names import (
     is_registry_project,
     json_object_text,
 )
-from .references import HTTP_SCHEMES, S3_SCHEME, checksum_reference, file_path
+from .references import checksum_reference, file_path, reference_name
 from .registry import CollectionInfo, Registry, VersionInfo
 from .registry.base import RunInfo, iso_time
 from .table import SUFFIX as TABLE_SUFFIX
@@ -729,13 +729,11 @@ class Artifact:
                 items.append((name or os.path.basename(local), uri))
             else:
                 raise SourceError(f"{local!r} is not a file or directory")
-        elif url.scheme in (*HTTP_SCHEMES, S3_SCHEME):
-            default = os.path.basename(url.path if url.scheme == S3_SCHEME else urllib.parse.unquote(url.path))
+        else:
+            default = reference_name(uri)  # InvalidReferenceEntry for a scheme that cannot be fetched
             if not (name or default):
                 raise InvalidPath("the URL path names no file: pass name=")
             items.append((name or default, uri))
-        else:
-            raise InvalidReferenceEntry(f"reference scheme {url.scheme!r} is not supported (file, http, https, s3)")
         for path, ref in items:  # every name is checked before anything is fetched
             check_entry_path(path)
             old = self._added.get(path)

@@ -26,6 +26,7 @@ import dataclasses
 import os
 import re
 import urllib.parse
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from .errors import FetchError, InvalidReferenceEntry, ManifestError, SourceError
@@ -36,13 +37,9 @@ from .sources import BlobSource, Progress
 if TYPE_CHECKING:  # requests is imported only when a reference is fetched
     from .transfer import Policy
 
-HTTP_SCHEMES = ("http", "https")
 #: Set in the copies :func:`content_entry` makes (never stored): the digest is the S3 ETag.
 DIGEST_FROM_ETAG = "artifactfs:digestFromETag"
 _MULTIPART_ETAG = re.compile(r"[0-9a-fA-F]{32}-[0-9]+")
-S3_SCHEME = "s3"
-#: Schemes whose bytes artifactfs can fetch (``file`` only for a registry on this machine).
-SCHEMES = ("file", *HTTP_SCHEMES, S3_SCHEME)
 GS_DECLINED = (
     "gs:// references are not supported; copy the objects to s3:// or https:// (a signed URL) "
     "and log them again with artifactfs"
@@ -79,22 +76,11 @@ def content_entry(entry: Entry) -> Entry:
     if _is_content_digest(entry.digest):
         return entry
     shown = redact_uri(entry.ref) if entry.ref else entry.path
-    scheme = urllib.parse.urlsplit(entry.ref).scheme if entry.ref else ""
-    if scheme == S3_SCHEME:
-        from .s3 import single_part_md5
-
-        md5 = single_part_md5(entry.digest)
-        if md5 is not None:
-            extra = {k: v for k, v in entry.extra.items() if k != "alg"}
-            extra.setdefault("etag", entry.digest)
-            extra[DIGEST_FROM_ETAG] = True
-            return dataclasses.replace(entry, digest=base64.b64encode(bytes.fromhex(md5)).decode("ascii"), extra=extra)
-        if _MULTIPART_ETAG.fullmatch(entry.digest.strip('"')):
-            raise FetchError(
-                f"{entry.path!r} ({shown}): its digest is the multipart S3 ETag {entry.digest!r}, which is not a hash "
-                "of the object's bytes, so they cannot be verified; log the object again with artifactfs "
-                "(Artifact.add_reference records its content MD5)"
-            )
+    scheme = SCHEMES.get(urllib.parse.urlsplit(entry.ref).scheme) if entry.ref else None
+    if scheme is not None and scheme.content is not None:
+        found = scheme.content(entry, shown)
+        if found is not None:
+            return found
     raise FetchError(
         f"{entry.path!r} ({shown}): its digest {entry.digest[:80]!r} is not a content hash (an ETag, or the URI of a "
         "reference logged with checksum=False), so its bytes cannot be verified; log it again with artifactfs"
@@ -106,33 +92,59 @@ def reference_source(entry: Entry, *, allow_file: bool = True, policy: Policy | 
     not on this machine (its ``file://`` entries are refused).  ``policy``: timeouts and retries
     for http(s) and s3 (default :data:`artifactfs.transfer.DEFAULT_POLICY`)."""
     assert entry.ref is not None
-    scheme = urllib.parse.urlsplit(entry.ref).scheme
-    if scheme == "file":
-        if not allow_file:
-            raise FetchError(
-                f"{entry.path!r}: file:// reference {redact_uri(entry.ref)} refused: this registry is not on this "
-                "machine, and its entry would read the mount daemon's own disk"
-            )
-        try:
-            path = file_path(entry.ref)
-        except InvalidReferenceEntry as exc:  # file://otherhost/...: never read as a local file
-            raise FetchError(f"{entry.path!r}: {exc}") from exc
-        return BlobSource(entry.ref, local_path=path)
-    if scheme in HTTP_SCHEMES:
-        from . import http, transfer
+    name = urllib.parse.urlsplit(entry.ref).scheme
+    scheme = SCHEMES.get(name)
+    if scheme is None:
+        if name in DECLINED:
+            raise FetchError(f"{entry.path!r}: {DECLINED[name]}")
+        raise FetchError(f"reference scheme {name!r} of {entry.path!r} is not supported")
+    if scheme.local and not allow_file:
+        raise FetchError(
+            f"{entry.path!r}: {name}:// reference {redact_uri(entry.ref)} refused: this registry is not on this "
+            "machine, and its entry would read the mount daemon's own disk"
+        )
+    return scheme.source(entry, policy)
 
-        url, size, etag = entry.ref, entry.size, _extra_str(entry, "etag")
-        chosen = policy or transfer.DEFAULT_POLICY
 
-        def download(fd: int, what: str, progress: Progress) -> None:
-            http.download(url, fd, size, what, progress, policy=chosen, etag=etag)
+def _file_source(entry: Entry, policy: Policy | None) -> BlobSource:
+    assert entry.ref is not None
+    try:
+        path = file_path(entry.ref)
+    except InvalidReferenceEntry as exc:  # file://otherhost/...: never read as a local file
+        raise FetchError(f"{entry.path!r}: {exc}") from exc
+    return BlobSource(entry.ref, local_path=path)
 
-        return BlobSource(redact_uri(entry.ref), download=download)
-    if scheme == S3_SCHEME:
-        return _s3_source(entry, policy)
-    if scheme == "gs":
-        raise FetchError(f"{entry.path!r}: {GS_DECLINED}")
-    raise FetchError(f"reference scheme {scheme!r} of {entry.path!r} is not supported")
+
+def _http_source(entry: Entry, policy: Policy | None) -> BlobSource:
+    from . import http, transfer
+
+    assert entry.ref is not None
+    url, size, etag = entry.ref, entry.size, _extra_str(entry, "etag")
+    chosen = policy or transfer.DEFAULT_POLICY
+
+    def download(fd: int, what: str, progress: Progress) -> None:
+        http.download(url, fd, size, what, progress, policy=chosen, etag=etag)
+
+    return BlobSource(redact_uri(entry.ref), download=download)
+
+
+def _s3_content(entry: Entry, shown: str) -> Entry | None:
+    """An s3 entry whose digest is a single-part ETag (as the wandb SDK logs them), as an MD5 entry."""
+    from .s3 import single_part_md5
+
+    md5 = single_part_md5(entry.digest)
+    if md5 is not None:
+        extra = {k: v for k, v in entry.extra.items() if k != "alg"}
+        extra.setdefault("etag", entry.digest)
+        extra[DIGEST_FROM_ETAG] = True
+        return dataclasses.replace(entry, digest=base64.b64encode(bytes.fromhex(md5)).decode("ascii"), extra=extra)
+    if _MULTIPART_ETAG.fullmatch(entry.digest.strip('"')):
+        raise FetchError(
+            f"{entry.path!r} ({shown}): its digest is the multipart S3 ETag {entry.digest!r}, which is not a hash "
+            "of the object's bytes, so they cannot be verified; log the object again with artifactfs "
+            "(Artifact.add_reference records its content MD5)"
+        )
+    return None
 
 
 def _s3_source(entry: Entry, policy: Policy | None) -> BlobSource:
@@ -173,35 +185,82 @@ def checksum_reference(uri: str, alg: str = MD5, *, policy: Policy | None = None
     """Fetch the content of ``uri`` once and hash it: ``(b64 digest, size, extra)`` for a
     reference entry.  ``extra`` holds ``alg`` (XXH128 only), for http(s) and s3 the ``etag``, and
     for s3 in a versioned bucket the ``versionID``."""
-    scheme = urllib.parse.urlsplit(uri).scheme
-    extra: dict[str, Any] = {} if alg == MD5 else {"alg": alg}
-    if scheme == "file":
-        path = file_path(uri)
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-        except OSError as exc:
-            raise SourceError(f"cannot read {path!r}: {exc.strerror or exc}") from exc
-        try:
-            digest, size = hash_fd(fd, alg)
-        except OSError as exc:
-            raise SourceError(f"cannot read {path!r}: {exc.strerror or exc}") from exc
-        finally:
-            os.close(fd)
-        return digest, size, extra
-    if scheme in HTTP_SCHEMES:
-        from . import http, transfer
+    name = urllib.parse.urlsplit(uri).scheme
+    scheme = SCHEMES.get(name)
+    if scheme is None:
+        if name in DECLINED:
+            raise InvalidReferenceEntry(DECLINED[name])
+        raise InvalidReferenceEntry(
+            f"reference scheme {name!r} of {redact_uri(uri)} is not supported ({', '.join(SCHEMES)})"
+        )
+    digest, size, recorded = scheme.checksum(uri, alg, policy)
+    return digest, size, {**({} if alg == MD5 else {"alg": alg}), **recorded}
 
-        digest, size, etag = http.checksum(uri, alg, policy=policy or transfer.DEFAULT_POLICY)
-        if etag:
-            extra["etag"] = etag
-        return digest, size, extra
-    if scheme == S3_SCHEME:
-        from . import s3, transfer
 
-        digest, size, recorded = s3.checksum(uri, alg, policy=policy or transfer.DEFAULT_POLICY)
-        return digest, size, {**extra, **recorded}
-    if scheme == "gs":
-        raise InvalidReferenceEntry(GS_DECLINED)
-    raise InvalidReferenceEntry(
-        f"reference scheme {scheme!r} of {redact_uri(uri)} is not supported ({', '.join(SCHEMES)})"
-    )
+def reference_name(uri: str) -> str:
+    """The entry name a reference gets when none is given (the URL path's last segment; "" when
+    it names none).  InvalidReferenceEntry for a scheme that cannot be fetched."""
+    name = urllib.parse.urlsplit(uri).scheme
+    scheme = SCHEMES.get(name)
+    if scheme is None:
+        raise InvalidReferenceEntry(f"reference scheme {name!r} is not supported ({', '.join(SCHEMES)})")
+    return scheme.default_name(urllib.parse.urlsplit(uri))
+
+
+def _file_checksum(uri: str, alg: str, policy: Policy | None) -> tuple[str, int, dict[str, Any]]:
+    path = file_path(uri)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise SourceError(f"cannot read {path!r}: {exc.strerror or exc}") from exc
+    try:
+        digest, size = hash_fd(fd, alg)
+    except OSError as exc:
+        raise SourceError(f"cannot read {path!r}: {exc.strerror or exc}") from exc
+    finally:
+        os.close(fd)
+    return digest, size, {}
+
+
+def _http_checksum(uri: str, alg: str, policy: Policy | None) -> tuple[str, int, dict[str, Any]]:
+    from . import http, transfer
+
+    digest, size, etag = http.checksum(uri, alg, policy=policy or transfer.DEFAULT_POLICY)
+    return digest, size, {"etag": etag} if etag else {}
+
+
+def _s3_checksum(uri: str, alg: str, policy: Policy | None) -> tuple[str, int, dict[str, Any]]:
+    from . import s3, transfer
+
+    return s3.checksum(uri, alg, policy=policy or transfer.DEFAULT_POLICY)
+
+
+def _unquoted_name(url: urllib.parse.SplitResult) -> str:
+    return os.path.basename(urllib.parse.unquote(url.path))
+
+
+def _key_name(url: urllib.parse.SplitResult) -> str:
+    return os.path.basename(url.path)  # an s3 key is not unquoted (as the wandb SDK reads it)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Scheme:
+    """How one reference scheme's bytes are had and hashed: one line of :data:`SCHEMES`."""
+
+    source: Callable[[Entry, Policy | None], BlobSource]  # the entry's bytes (may import its client)
+    checksum: Callable[[str, str, Policy | None], tuple[str, int, dict[str, Any]]]  # digest, size, extra
+    default_name: Callable[[urllib.parse.SplitResult], str]  # the entry name when none is given
+    local: bool = False  # bytes on this machine: refused for a registry that is not on it
+    #: for a digest that is not a content hash: the entry as the store verifies it, or None
+    content: Callable[[Entry, str], Entry | None] | None = None
+
+
+#: Every reference scheme artifactfs can fetch, in the order messages list them.
+SCHEMES: dict[str, Scheme] = {
+    "file": Scheme(_file_source, _file_checksum, _unquoted_name, local=True),
+    "http": Scheme(_http_source, _http_checksum, _unquoted_name),
+    "https": Scheme(_http_source, _http_checksum, _unquoted_name),
+    "s3": Scheme(_s3_source, _s3_checksum, _key_name, content=_s3_content),
+}
+#: Schemes refused with a message that says what to do instead.
+DECLINED: dict[str, str] = {"gs": GS_DECLINED}
