@@ -265,7 +265,58 @@ def case_wandb(work: Path, n: int, versions: int = 3) -> dict[str, float]:
         f"{figs['find_first_vs_ceiling']:.2f}x, warm {figs['find_warm_vs_ceiling']:.2f}x",
         flush=True,
     )
+    figs.update(case_local(work, src, n))
     shutil.rmtree(src)
+    return figs
+
+
+def case_local(work: Path, src: Path, n: int) -> dict[str, float]:
+    """The same tree logged to a local registry (its contents are its own SQLite, no manifest):
+    the first byte, ls, find and the daemon's RSS, one version."""
+    figs: dict[str, float] = {}
+    reg = work / "registry"
+    print(f"\n## the same {n:,} files in a local registry", flush=True)
+    start = time.perf_counter()
+    subprocess.run(
+        [PY, "-m", "artifactfs", "log", str(src), "acme/scale/ds", "--type", "dataset", "--registry", str(reg)],
+        check=True,
+        capture_output=True,
+        env=env_for(work),
+    )
+    figs["local.log_s"] = time.perf_counter() - start
+    ndirs = max(1, n // 1000)
+    d1, d3 = (f"d{ndirs * k // 10:04d}" for k in (5, 7))
+    mnt = work / "local-mnt"
+    mnt.mkdir()
+    cmd = [PY, "-m", "artifactfs", "mount", str(reg), str(mnt), "--cache-dir", str(work / "local-cache")]
+    start = time.perf_counter()
+    proc = subprocess.run([*cmd, "--log-level", "WARNING"], env=env_for(work), capture_output=True, text=True)
+    took = time.perf_counter() - start
+    m = re.search(r"\(pid (\d+)\)", proc.stderr)
+    assert proc.returncode == 0 and m, proc.stderr
+    pid = int(m.group(1))
+    v = mnt / "acme" / "scale" / "ds:v0"
+    try:
+        start = time.perf_counter()
+        subprocess.run(["head", "-c1", str(v / d1 / "f0007.txt")], check=True, stdout=subprocess.DEVNULL)
+        figs["local.first_byte_s"] = took + time.perf_counter() - start
+        figs["local.ls_1000_s"] = timed(["ls", str(v / d3)])
+        figs["local.find_first_s"] = timed(["find", str(v)])
+        figs["local.find_warm_s"] = timed(["find", str(v)])
+        figs["local.find_rss_mib"], figs["local.find_hwm_mib"] = rss_mib(pid)
+    finally:
+        subprocess.run(["fusermount3", "-u", str(mnt)], check=False)
+        deadline = time.monotonic() + 60
+        while os.path.exists(f"/proc/{pid}") and time.monotonic() < deadline:
+            time.sleep(0.05)
+    print(
+        f"log {figs['local.log_s']:.0f} s; mount to first byte {figs['local.first_byte_s']:.2f} s; ls of 1,000 "
+        f"{figs['local.ls_1000_s']:.3f} s; find: first {figs['local.find_first_s']:.1f} s, warm "
+        f"{figs['local.find_warm_s']:.1f} s; daemon RSS {figs['local.find_rss_mib']:.0f} MiB "
+        f"(peak {figs['local.find_hwm_mib']:.0f})",
+        flush=True,
+    )
+    shutil.rmtree(reg)
     return figs
 
 
