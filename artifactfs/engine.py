@@ -53,6 +53,9 @@ from .registry.base import Registry, VersionInfo
 log = logging.getLogger(__name__)
 
 DEFAULT_CONCURRENCY = 64
+# While readers' own fetches run, background fetches in flight stay at this many (0: no limit).
+YIELD_TO_READS = 16
+YIELD_POLL = 0.005  # seconds between looks while background work gives way
 MODES = ("auto", "on", "off")
 
 
@@ -184,6 +187,7 @@ class Engine:
         concurrency: int = DEFAULT_CONCURRENCY,
         room: Callable[[], int | None] | None = None,
         room_interval: float = 1.0,
+        yield_to_reads: int = YIELD_TO_READS,
     ) -> None:
         if mode not in MODES:
             raise ValueError(f"engine mode {mode!r}")
@@ -192,6 +196,8 @@ class Engine:
         self.mode = mode
         self.policy = policy or WarmPolicy()
         self.concurrency = max(1, concurrency)
+        self.yield_to_reads = yield_to_reads
+        self._parked = 0  # workers waiting while background work gives way to reads
         self.limiter = trio.CapacityLimiter(self.concurrency)
         # A local registry served in place has nothing to fetch: its blobs are hashed inline
         # (or trusted) when opened, so walks warm nothing there.
@@ -230,6 +236,8 @@ class Engine:
                     nursery.start_soon(self._watch_room)
                 for _ in range(self.concurrency):
                     nursery.start_soon(self._worker)
+                if self.yield_to_reads > 0:
+                    nursery.start_soon(self._watch_reads)
                 await trio.sleep_forever()
             finally:
                 self._running = False
@@ -249,16 +257,37 @@ class Engine:
             if any(s.background and not s.stopped for s in self._scopes):
                 await self._refresh_room()
 
+    async def _watch_reads(self) -> None:
+        """Wake the workers parked for reads once reads no longer need the room (one task
+        looking every YIELD_POLL seconds, not every parked worker)."""
+        while True:
+            await trio.sleep(YIELD_POLL)
+            if self._parked and not self._yielding():
+                self._notify()
+
     def _notify(self) -> None:
         self._wake.set()
         self._wake = trio.Event()
 
-    def _take(self) -> tuple[Scope, Entry] | None:
-        """The next entry to fetch: scopes newest first (a new walk is what readers want now)."""
+    def _yielding(self) -> bool:
+        """Whether background work gives way now: readers' fetches are running or waiting and
+        ``yield_to_reads`` background fetches are already in flight (on two cores, 64 threads
+        of background work would slow every reader's own fetch down)."""
+        if self.yield_to_reads <= 0 or self.active < self.yield_to_reads:
+            return False
+        demand = self.fetcher.limiter.statistics()
+        return bool(demand.borrowed_tokens or demand.tasks_waiting)
+
+    def _take(self) -> tuple[Scope, Entry] | bool | None:
+        """The next entry to fetch: scopes newest first (a new walk is what readers want now);
+        None when there is nothing, False when background work gives way to reads for now."""
         now = trio.current_time()
+        yielding = self._yielding()
         for scope in reversed(self._scopes):
             if scope.stopped:
                 continue
+            if scope.background and yielding:
+                return False
             if scope.background:
                 walk = self._walks.get(scope.version.id)
                 if walk is not None and now - walk.last_open > self.policy.idle:
@@ -304,6 +333,14 @@ class Engine:
             if job is None:
                 await self._wake.wait()
                 continue
+            if job is False:  # _watch_reads wakes it when the readers' fetches are done
+                self._parked += 1
+                try:
+                    await self._wake.wait()
+                finally:
+                    self._parked -= 1
+                continue
+            assert job is not True
             scope, entry = job
             scope.running += 1
             self.started += 1

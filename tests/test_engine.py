@@ -369,3 +369,28 @@ def test_warm_off_on_a_mount(registry_dir: Path, mounter: Mounter) -> None:
     assert m.stats()["fetches"] == 20
     assert m.stats()["engine"] == {"mode_off": 1, "started": 0, "active": 0, "failed": 0, "scopes": 0,
                                    "stopped_full": 0, "stopped_idle": 0}  # fmt: skip
+
+
+def test_background_work_gives_way_while_readers_fetch(setup: Setup) -> None:
+    """While a reader's fetch holds one of the fetcher's threads, at most ``yield_to_reads``
+    background fetches are in flight; once it is done the engine goes back to full width."""
+    engine = setup.engine(concurrency=8, yield_to_reads=2)
+    walked = sorted(p for p in setup.entries if p.startswith("b/"))
+    reader = object()
+    peak_while_reading = 0
+
+    async def body() -> None:
+        nonlocal peak_while_reading
+        await setup.fetcher.limiter.acquire_on_behalf_of(reader)  # a reader's fetch, running
+        for path in walked[:8]:
+            engine.opened(setup.version, setup.entries[path])
+        deadline = time.monotonic() + 60
+        while engine.started < 20:  # background work goes on, narrowly
+            assert time.monotonic() < deadline
+            peak_while_reading = max(peak_while_reading, engine.active)
+            await _pause()
+        setup.fetcher.limiter.release_on_behalf_of(reader)
+
+    drive(engine, body)
+    assert 0 < peak_while_reading <= 2
+    assert setup.cached("b/") >= set(walked[8:])
