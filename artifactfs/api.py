@@ -34,7 +34,7 @@ from typing import Any
 
 from .artifact import Artifact, ArtifactFile, ArtifactManifestEntry, VerificationError, _current_run
 from .defaults import CACHE_SIZE, default_cache_dir, default_registry
-from .errors import ArtifactFSError, InvalidArgument, InvalidReference, NotFound, ReadOnly
+from .errors import ArtifactFSError, InvalidArgument, InvalidReference, NotFound
 from .fsutil import CACHE_INDEX, claim_cache_dir
 from .names import (
     LATEST,
@@ -152,7 +152,7 @@ class Api:
     def cache_dir(self) -> str:
         return os.path.abspath(self._cache_dir or default_cache_dir())
 
-    def _blob_store(self) -> BlobStore:
+    def blob_store(self) -> BlobStore:
         """The mount's verified cache, opened once (thread-safe: download workers call it)."""
         with self._lock:
             if self._store is None:
@@ -304,7 +304,7 @@ class Api:
             raise ArtifactNotFound(f"no artifact type {type_name!r} in {project or 'the default project'}")
         return type_name
 
-    def _version_by_id(self, artifact_id: str) -> VersionInfo | None:
+    def version_by_id(self, artifact_id: str) -> VersionInfo | None:
         """The version with ``id``, or None (the registry's ``version_by_id``)."""
         try:
             return self.registry.version_by_id(artifact_id)
@@ -321,11 +321,9 @@ class Api:
     ) -> Artifact:
         """Log a new ``Artifact`` into ``[entity/]project`` (defaults as for paths); ``run`` is
         the run that logs it (lineage).  Returns the artifact, now logged."""
-        if artifact._version is not None:
-            raise ReadOnly(f"{artifact.qualified_name} is already logged: a logged artifact is immutable")
+        content = artifact.to_log()
         if isinstance(aliases, str):
             aliases = [aliases]
-        artifact._check_unchanged()
         if run is not None and project is None:
             project = f"{run.entity}/{run.project}"
         if self._registry is None:
@@ -334,20 +332,20 @@ class Api:
             except ArtifactFSError:
                 raise
         entity, proj = self._entity_project(project)
-        ref = parse_ref(f"{entity}/{proj}/{artifact._name}")
+        ref = parse_ref(f"{entity}/{proj}/{content.collection}")
         extra: dict[str, Any] = {} if run is None else {"run_id": run.id}
         result = self.registry.log_files(
-            artifact._files(),
+            content.files,
             ref,
             type=artifact.type,
             aliases=list(dict.fromkeys(aliases)),
             description=artifact.description or "",
             metadata=artifact.metadata,
-            digest_algorithm=artifact._digest_algorithm,
-            references=artifact._references,
+            digest_algorithm=artifact.digest_algorithm,
+            references=content.references,
             **extra,
         )
-        artifact._attach(self, result.version)
+        artifact.logged_as(self, result.version)
         return artifact
 
     # -- runs ------------------------------------------------------------------------------------

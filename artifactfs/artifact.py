@@ -36,6 +36,7 @@ from .errors import (
     InvalidPath,
     InvalidReferenceEntry,
     NotFound,
+    ReadOnly,
     SourceError,
 )
 from .fsutil import walk_files
@@ -270,7 +271,7 @@ class Artifact:
         from .api import Api
 
         api = client if client is not None else Api()
-        version = api._version_by_id(artifact_id)
+        version = api.version_by_id(artifact_id)
         return None if version is None else cls._logged(api, version)
 
     @staticmethod
@@ -779,13 +780,23 @@ class Artifact:
                     f"{added.local!r} (entry {path}) changed since it was added to the artifact: add it again"
                 )
 
-    def _files(self) -> list[tuple[str, str]]:
-        return [(p, a.local) for p, a in sorted(self._added.items()) if a.local is not None]
+    def to_log(self) -> NewContent:
+        """What logging this new artifact hands the registry (``Registry.log_files``): its
+        files and reference entries.  ReadOnly once it is logged; SourceError if an added file
+        changed since it was added.  (``Api.log_artifact`` calls it, then :meth:`logged_as`.)"""
+        if self._version is not None:
+            raise ReadOnly(f"{self.qualified_name} is already logged: a logged artifact is immutable")
+        self._check_unchanged()
+        added = sorted(self._added.items())
+        return NewContent(
+            collection=self._name,
+            files=[(p, a.local) for p, a in added if a.local is not None],
+            references=[a.entry for _, a in added if a.local is None],
+        )
 
-    @property
-    def _references(self) -> list[Entry]:
-        """The reference entries added so far (the ``references=`` of ``log_files``)."""
-        return [a.entry for _, a in sorted(self._added.items()) if a.local is None]
+    def logged_as(self, api: Api, version: VersionInfo) -> None:
+        """This new artifact is now ``version``, logged through ``api``."""
+        self._attach(api, version)
 
     def save(self, project: str | None = None, settings: Any = None) -> None:
         """New artifact: log it (through the current run if there is one, else into
@@ -963,7 +974,7 @@ class Artifact:
     def _download_entries(self, root: str, entries: Iterable[Entry], *, use_cache: bool = True) -> None:
         reg, version = self._with_contents()
         assert self._api is not None
-        Downloader(reg, version, self._api._blob_store, use_cache=use_cache).run(root, list(entries))
+        Downloader(reg, version, self._api.blob_store, use_cache=use_cache).run(root, list(entries))
 
     def download(
         self,
@@ -1045,6 +1056,15 @@ def _matches(path: str, entry: Entry) -> bool:
         return False
     finally:
         os.close(fd)
+
+
+@dataclass(frozen=True, slots=True)
+class NewContent:
+    """A new artifact's content as a registry logs it (:meth:`Artifact.to_log`)."""
+
+    collection: str  # the artifact's name, without a version
+    files: list[tuple[str, str]]  # (entry path, local file)
+    references: list[Entry]
 
 
 def _check_metadata(metadata: Any) -> dict[str, Any]:

@@ -598,7 +598,7 @@ def test_add_reference_of_a_missing_url_logs_nothing(server: FaultServer) -> Non
     art = Artifact("ds", type="dataset")
     with pytest.raises(FetchError, match="HTTP 404"):
         art.add_reference(url)
-    assert art._references == []
+    assert art.to_log().references == []
 
 
 def test_registry_refuses_reference_entries_without_a_content_digest(tmp_path: Path) -> None:
