@@ -56,6 +56,7 @@ DEFAULT_CONCURRENCY = 64
 # While readers' own fetches run, background fetches in flight stay at this many (0: no limit).
 YIELD_TO_READS = 16
 YIELD_POLL = 0.005  # seconds between looks while background work gives way
+URL_PAGE_AHEAD = 500  # entries whose sources (W&B: URLs) are asked for at once, ahead of the fetches
 MODES = ("auto", "on", "off")
 
 
@@ -380,7 +381,32 @@ class Engine:
             return scope
         self._scopes.append(scope)
         self._notify()
+        self._page(scope)
         return scope
+
+    def _page(self, scope: Scope) -> None:
+        if self._nursery is not None and len(scope.entries) > 1:
+            self._nursery.start_soon(self._pager, scope)
+
+    async def _pager(self, scope: Scope) -> None:
+        """Ask the registry for what the scope's fetches will need (W&B: file URLs, in pages
+        of 500) ahead of the workers: at most two pages ahead of the next entry to take."""
+        entries = scope.entries
+        done = 0
+        while done < len(entries) and not scope.stopped:
+            if done - scope.next >= 2 * URL_PAGE_AHEAD:
+                await trio.sleep(0.05)
+                continue
+            chunk = entries[done : done + URL_PAGE_AHEAD]
+            try:
+                await trio.to_thread.run_sync(self.registry.prepare_sources, scope.version, chunk, limiter=self.limiter)
+            except ArtifactFSError as exc:  # the fetches ask again themselves, and report
+                log.debug("engine: %s: asking ahead failed: %s", scope.version.ref, exc)
+                return
+            except Exception:
+                log.exception("engine: %s: asking ahead failed unexpectedly", scope.version.ref)
+                return
+            done += len(chunk)
 
     async def fetch_all(
         self, version: VersionInfo, entries: list[Entry], on_done: Callable[[Entry], None] | None = None
@@ -394,6 +420,7 @@ class Engine:
         if self._running:
             self._scopes.append(scope)
             self._notify()
+            self._page(scope)
             await scope.finished.wait()
             return scope.failed
         async with trio.open_nursery() as nursery:
@@ -401,6 +428,7 @@ class Engine:
             await trio.sleep(0)
             self._scopes.append(scope)
             self._notify()
+            self._page(scope)
             await scope.finished.wait()
             nursery.cancel_scope.cancel()
         return scope.failed

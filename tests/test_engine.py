@@ -394,3 +394,31 @@ def test_background_work_gives_way_while_readers_fetch(setup: Setup) -> None:
     drive(engine, body)
     assert 0 < peak_while_reading <= 2
     assert setup.cached("b/") >= set(walked[8:])
+
+
+def test_a_walk_on_a_wandb_mount_asks_file_urls_in_large_pages(
+    tmp_path: Path, mounter: Mounter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The engine asks the W&B backend for the URLs of a warmed directory ahead of its fetches,
+    500 names a request, instead of each run of 100 files waiting for its own request."""
+    from wandb_server import WandbServer
+
+    key = "k" * 40
+    for name in ("WANDB_BASE_URL", "WANDB_ENTITY"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("WANDB_API_KEY", key)
+    monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
+    monkeypatch.setenv("WANDB_CACHE_DIR", str(tmp_path / "wandb-cache"))
+    files = {f"d1/f{i:04d}": b"%d\n" % i for i in range(1000)}
+    files.update({f"d2/f{i:04d}": b"other %d\n" % i for i in range(50)})
+    with WandbServer(api_key=key, viewer_entity="acme") as server:
+        server.add_artifact("acme", "vision", "ds", "dataset", files)
+        m = mounter(f"wandb:{server.url}")  # type: ignore[arg-type]
+        root = m.path / "acme" / "vision" / "ds:v0"
+        for i in range(20):  # a walk of d1/, in order (2% of its 1,000 files)
+            assert (root / f"d1/f{i:04d}").read_bytes() == files[f"d1/f{i:04d}"]
+        _wait_for(lambda: m.stats()["fetches"] == 1000, "d1/ fetched in the background")
+        asked = server.operations("GetArtifactMembershipFileUrls")
+        # the readers' first batch (100 names), then the rest of d1/ in pages of up to 500
+        assert 2 <= len(asked) <= 4, len(asked)
+        assert m.stats()["fetches"] == 1000  # d2/ untouched

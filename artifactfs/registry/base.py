@@ -300,6 +300,12 @@ class Registry(abc.ABC):
         """Where ``entry``'s bytes can be had.  May block (it may ask a server for a URL): the
         fetcher calls it in a worker thread, and only after a cache miss."""
 
+    def prepare_sources(self, version: VersionInfo, entries: list[Entry]) -> None:  # noqa: B027 - optional hook
+        """Ask ahead for what :meth:`blob_source` of these entries will need (a remote backend:
+        their download URLs, in large pages), so that the fetches that follow find it ready.
+        A hint: it may do nothing, and errors are the fetches' to report.  May block: the fetch
+        engine calls it in a worker thread."""
+
     def manifest(self, version: VersionInfo) -> Manifest:
         manifest = Manifest(storage_policy_config=dict(version.storage_policy_config))
         for entry in self.iter_entries(version):

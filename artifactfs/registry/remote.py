@@ -303,6 +303,51 @@ class ManifestKeeper:
             return found
         raise FetchError(f"{version.ref}/{entry.path}: no download URL (waited for another request)")
 
+    def prepare(self, version: VersionInfo, entries: list[Entry], page: int) -> int:
+        """Ask for the URLs of those of ``entries`` that have none (and none on the way), in
+        requests of up to ``page`` names; the number asked for.  Errors are left to the
+        fetches that need the URLs (they ask again, file by file's batch)."""
+        with self._lock:
+            names = [
+                e.path
+                for e in entries
+                if e.ref is None
+                and self._cached_url((version.id, e.path)) is None
+                and (version.id, e.path) not in self._url_waits
+            ]
+        asked = 0
+        for start in range(0, len(names), page):
+            chunk = names[start : start + page]
+            event = threading.Event()
+            with self._lock:
+                chunk = [
+                    n for n in chunk if (version.id, n) not in self._url_waits and (version.id, n) not in self._urls
+                ]
+                for name in chunk:
+                    self._url_waits[(version.id, name)] = event
+            if not chunk:
+                continue
+            try:
+                urls = self._fetch_urls(version, chunk)
+                now = time.monotonic()
+                with self._lock:
+                    for name, url in urls.items():
+                        self._urls[(version.id, name)] = (url, now)
+                        self._urls.move_to_end((version.id, name))
+                    while len(self._urls) > self.max_urls:
+                        self._urls.popitem(last=False)
+                asked += len(chunk)
+            except ArtifactFSError as exc:
+                log.debug("%s: URLs asked ahead: %s", version.ref, exc)
+                return asked
+            finally:
+                with self._lock:
+                    for name in chunk:
+                        if self._url_waits.get((version.id, name)) is event:
+                            del self._url_waits[(version.id, name)]
+                event.set()
+        return asked
+
     def _following(self, version: VersionInfo, entry: Entry) -> list[Entry]:
         """The files after ``entry`` in its directory, from the open index (none if it is not
         open: only ``entry`` is asked for then).  Asked before ``_lock`` is taken."""

@@ -102,6 +102,7 @@ from .remote import MAX_MANIFEST_BYTES, ManifestKeeper
 log = logging.getLogger(__name__)
 
 DEFAULT_BASE_URL = "https://api.wandb.ai"
+URL_PAGE = 500  # file URLs per files(names:) request when the fetch engine asks ahead
 MANIFEST_MD5 = "MANIFEST_MD5"
 MANIFEST_XXH128 = "MANIFEST_XXH128"
 
@@ -1415,6 +1416,12 @@ class WandbRegistry(Registry):
     def blob_source(self, version: VersionInfo, entry: Entry) -> BlobSource:
         return self._blob_source(version, entry, depth=0)
 
+    def prepare_sources(self, version: VersionInfo, entries: list[Entry]) -> None:
+        """The download URLs of ``entries`` asked ahead, ``URL_PAGE`` names a request
+        (``files(names:)``), for the fetch engine: its workers then find them ready instead of
+        each directory's first fetch asking for the next ``url_batch`` while the others wait."""
+        self._manifests.prepare(version, entries, URL_PAGE)
+
     def _blob_source(self, version: VersionInfo, entry: Entry, depth: int) -> BlobSource:
         if entry.ref is not None:
             return self._reference_source(version, entry, depth)
@@ -1613,4 +1620,3 @@ __all__ = [
     "open_spec",
     "parse_manifest",
 ]
-
