@@ -85,7 +85,7 @@ t = time.perf_counter()
 index = open_index(sys.argv[2], "k", "")
 open_s = time.perf_counter() - t
 t = time.perf_counter()
-listing = index.list_dir("train/d00042")
+listing = index.list_dir(sys.argv[3])
 ls_s = time.perf_counter() - t
 ru = resource.getrusage(resource.RUSAGE_SELF)
 # VmHWM, not ru_maxrss: Linux keeps ru_maxrss across execve, so a child forked from a big
@@ -107,7 +107,10 @@ def case_builder(work: Path, n: int) -> dict[str, float]:
     out = work / "index-out"
     out.mkdir()
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.run([PY, "-c", BUILD, str(src), str(out)], env=env, capture_output=True, text=True, check=True)
+    probe = f"train/d{min(42, (n - 1) // 1000):05d}"  # a directory of 1,000 (write_manifest's)
+    proc = subprocess.run(
+        [PY, "-c", BUILD, str(src), str(out), probe], env=env, capture_output=True, text=True, check=True
+    )
     got = json.loads(proc.stdout)
     got["manifest_bytes"] = size
     print(
