@@ -78,8 +78,8 @@ class _OpenDir:
     inode: int
     children: list[tuple[bytes, Node]] | None = None
     dropped: int = -1  # Tree.dropped when ``children`` was asked
-    # A directory of an indexed version: its entries as the kernel gets them (no node made).
-    replies: list[tuple[bytes, pyfuse3.EntryAttributes]] | None = None
+    # A directory of an indexed version: (inode base, mtime_ns, rows), no node made.
+    rows: tuple[int, int, list[tuple[int, str, int, int]]] | None = None
 
 
 class Operations(pyfuse3.Operations):
@@ -193,17 +193,10 @@ class Operations(pyfuse3.Operations):
         if handle is None:  # a handle the kernel never got from opendir (or already released)
             raise pyfuse3.FUSEError(errno.EBADF)
         tree = self.tree
-        if handle.replies is None and (handle.children is None or start_id == 0):
-            indexed = await tree.indexed_rows(handle.inode)
-            if indexed is not None:
-                handle.replies = self._replies(*indexed)
-        if handle.replies is not None:
-            replies = handle.replies
-            reply = pyfuse3.readdir_reply
-            for index in range(start_id, len(replies)):
-                name, attrs = replies[index]
-                if not reply(token, name, attrs, index + 1):
-                    break
+        if handle.rows is None and (handle.children is None or start_id == 0):
+            handle.rows = await tree.indexed_rows(handle.inode)
+        if handle.rows is not None:
+            self._reply_rows(handle.rows, start_id, token)
             return
         if handle.children is None or start_id == 0:
             children = await tree.listdir_encoded(handle.inode)
@@ -230,35 +223,38 @@ class Operations(pyfuse3.Operations):
                     break
                 remember(node)
 
-    def _replies(
-        self, base: int, mtime_ns: int, rows: list[tuple[int, str, int, int]]
-    ) -> list[tuple[bytes, pyfuse3.EntryAttributes]]:
-        """readdirplus entries of an indexed directory straight from its rows: the kernel gets
-        the attributes the node would have (tree.getattr), and the daemon keeps no node."""
-        uid, gid = self.tree.uid, self.tree.gid
-        out = []
-        for rid, name, is_dir, size in rows:
-            a = pyfuse3.EntryAttributes()
+    def _reply_rows(self, indexed: tuple[int, int, list[tuple[int, str, int, int]]], start: int, token: Any) -> None:
+        """readdirplus entries of an indexed directory straight from its rows, with the
+        attributes a node would have (``Tree.getattr``): the daemon makes no node, and one
+        ``EntryAttributes`` serves every entry (``readdir_reply`` copies it into the reply)."""
+        base, mtime_ns, rows = indexed
+        a = pyfuse3.EntryAttributes()
+        a.generation = 0
+        a.entry_timeout = FOREVER
+        a.attr_timeout = FOREVER
+        a.st_uid = self.tree.uid
+        a.st_gid = self.tree.gid
+        a.st_rdev = 0
+        a.st_blksize = 128 * 1024
+        a.st_atime_ns = mtime_ns
+        a.st_mtime_ns = mtime_ns
+        a.st_ctime_ns = mtime_ns
+        reply = pyfuse3.readdir_reply
+        for index in range(start, len(rows)):
+            rid, name, is_dir, size = rows[index]
             a.st_ino = base | rid
-            a.generation = 0
-            a.entry_timeout = FOREVER
-            a.attr_timeout = FOREVER
             if is_dir:
                 a.st_mode = _DIR_MODE
                 a.st_nlink = 2
+                a.st_size = 0
+                a.st_blocks = 0
             else:
                 a.st_mode = _FILE_MODE
                 a.st_nlink = 1
                 a.st_size = size
                 a.st_blocks = (size + 511) // 512
-            a.st_uid = uid
-            a.st_gid = gid
-            a.st_blksize = 128 * 1024
-            a.st_atime_ns = mtime_ns
-            a.st_mtime_ns = mtime_ns
-            a.st_ctime_ns = mtime_ns
-            out.append((name.encode(), a))
-        return out
+            if not reply(token, name.encode(), a, index + 1):
+                break
 
     @_errno_boundary
     async def releasedir(self, fh: int) -> None:
