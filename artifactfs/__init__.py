@@ -8,31 +8,25 @@ here: ``artifactfs.run`` is the module that implements runs.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
-
 __version__ = "0.1.0"
 
 from .api import Api
 from .artifact import Artifact, ArtifactFile, ArtifactManifestEntry, VerificationError
+from .run import Run, current_run, finish, init, log_artifact, use_artifact
 from .table import Table
-
-#: Names that artifactfs.run (runs and lineage) provides, loaded on first use.
-_RUN_NAMES = ("init", "log_artifact", "use_artifact", "finish", "current_run", "Run")
 
 __all__ = [
     "Api",
     "Artifact",
     "ArtifactFile",
     "ArtifactManifestEntry",
+    "Run",
     "Table",
     "VerificationError",
     "__version__",
-    *_RUN_NAMES,
+    "current_run",
+    "finish",
+    "init",
+    "log_artifact",
+    "use_artifact",
 ]
-
-
-def __getattr__(name: str) -> Any:
-    if name in _RUN_NAMES:
-        return getattr(importlib.import_module(".run", __name__), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -25,34 +25,18 @@ project, ``uncategorized``).
 
 from __future__ import annotations
 
-import importlib
-import os
 import re
-import threading
 from collections.abc import Iterable
 from typing import Any
 
-from .artifact import Artifact, ArtifactFile, ArtifactManifestEntry, VerificationError, _current_run
-from .defaults import CACHE_SIZE, default_cache_dir, default_registry
-from .errors import ArtifactFSError, InvalidArgument, InvalidReference, NotFound
-from .fsutil import CACHE_INDEX, claim_cache_dir
-from .names import (
-    LATEST,
-    REGISTRY_PREFIX,
-    Ref,
-    env_organization,
-    is_registry_project,
-    parse_ref,
-    resolve_artifact_path,
-    resolve_entity,
-    resolve_project_path,
-    resolve_run_path,
-)
+from .artifact import Artifact, ArtifactFile, ArtifactManifestEntry, Run, VerificationError
+from .client import Client, open_cache, open_spec
+from .errors import ArtifactNotFound, InvalidArgument, NotFound
+from .names import REGISTRY_PREFIX, env_organization, is_registry_project, resolve_entity, resolve_run_path
 from .registries import Registries
 from .registries import Registry as OrgRegistry
-from .registry import CollectionInfo, Registry, VersionInfo, open_registry
+from .registry import CollectionInfo
 from .registry.base import OrgInfo, RunInfo
-from .store import BlobStore
 from .table import Table
 
 __all__ = [
@@ -62,41 +46,9 @@ __all__ = [
     "ArtifactManifestEntry",
     "Table",
     "VerificationError",
+    "open_cache",
     "open_spec",
 ]
-
-
-def open_spec(spec: str, *, create: bool = False, cache_dir: str | None = None) -> Registry:
-    """:func:`~artifactfs.registry.open_registry`, and the cache directory claimed
-    (:func:`~artifactfs.fsutil.claim_cache_dir`) before a remote backend keeps manifests in it.
-    A local registry keeps nothing there, so nothing is created for it."""
-    registry = open_registry(spec, create=create, cache_dir=cache_dir)
-    if cache_dir is not None and not registry.local:
-        try:
-            claim_cache_dir(os.path.abspath(cache_dir))
-        except BaseException:
-            registry.close()
-            raise
-    return registry
-
-
-def open_cache(cache_dir: str) -> BlobStore:
-    """The mount's verified blob cache at ``cache_dir``, for a reader that is not a mount: an
-    existing cache keeps the limit its mount (or ``artifactfs cache``) gave it; a new one gets
-    the mount's default."""
-    known = os.path.exists(os.path.join(cache_dir, CACHE_INDEX))
-    return BlobStore(cache_dir, None if known else CACHE_SIZE)
-
-
-class _RegistryDefaults:
-    """The registry's default entity for path resolution, asked (and the registry opened) only
-    when a path leaves the entity out and neither the caller nor ``$WANDB_ENTITY`` gives one."""
-
-    def __init__(self, api: Api) -> None:
-        self._api = api
-
-    def default_entity(self) -> str | None:
-        return self._api.registry.default_entity()
 
 
 def _name_matches(filter: dict[str, Any] | None, name: str) -> bool:
@@ -112,7 +64,7 @@ def _name_matches(filter: dict[str, Any] | None, name: str) -> bool:
     raise InvalidArgument(f"unsupported registry filter {filter!r}: only {{'name': NAME or {{'$regex': RE}}}}")
 
 
-class Api:
+class Api(Client):
     """Entry point, as ``wandb.Api``: look up, list and log artifacts; runs of a registry.
 
     ``registry`` is a registry spec (``DIR``, ``wandb``, ``wandb:https://host[:port]``; default
@@ -121,99 +73,12 @@ class Api:
     ``~/.cache/artifactfs``); a remote backend also keeps manifests there when it is given.
     ``overrides`` (``{"entity": ..., "project": ...}``) as W&B's, also accepted as the first
     positional argument as ``wandb.Api(overrides)`` passes it.  The registry is opened on first
-    use; a local one that does not exist yet is created by the first log.
+    use; a local one that does not exist yet is created by the first log.  The registry, the
+    cache and the path rules are :class:`~artifactfs.client.Client`'s.
     """
-
-    def __init__(
-        self,
-        registry: str | os.PathLike[str] | dict[str, Any] | None = None,
-        *,
-        cache_dir: str | None = None,
-        overrides: dict[str, Any] | None = None,
-        timeout: int | None = None,
-        api_key: str | None = None,
-    ) -> None:
-        if isinstance(registry, dict):
-            overrides, registry = registry, None
-        self._spec = os.fspath(registry) if registry is not None else default_registry()
-        self._cache_dir = cache_dir
-        self._overrides = dict(overrides or {})
-        self._registry: Registry | None = None
-        self._store: BlobStore | None = None
-        self._lock = threading.Lock()
-
-    @property
-    def registry(self) -> Registry:
-        if self._registry is None:
-            self._registry = open_spec(self._spec, cache_dir=self._cache_dir)
-        return self._registry
-
-    @property
-    def cache_dir(self) -> str:
-        return os.path.abspath(self._cache_dir or default_cache_dir())
-
-    def blob_store(self) -> BlobStore:
-        """The mount's verified cache, opened once (thread-safe: download workers call it)."""
-        with self._lock:
-            if self._store is None:
-                self._store = open_cache(self.cache_dir)
-            return self._store
-
-    def close(self) -> None:
-        if self._store is not None:
-            self._store.close()
-            self._store = None
-        if self._registry is not None:
-            self._registry.close()
-            self._registry = None
 
     def __enter__(self) -> Api:
         return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    # -- paths -----------------------------------------------------------------------------------
-
-    @property
-    def default_entity(self) -> str | None:
-        try:
-            return resolve_entity(self._given()[0], registry_defaults=_RegistryDefaults(self))
-        except InvalidReference:
-            return None
-
-    def _given(self) -> tuple[str | None, str | None]:
-        """The entity and project that come before the environment: ``Api(overrides=...)``,
-        then the current run's."""
-        run = _current_run()
-        entity = self._overrides.get("entity") or getattr(run, "entity", None)
-        project = self._overrides.get("project") or getattr(run, "project", None)
-        return entity, project
-
-    def _entity_project(self, path: str | None) -> tuple[str, str]:
-        """``entity/project``, ``project`` or None/"" -> (entity, project), defaults filled in."""
-        entity, project = self._given()
-        return resolve_project_path(path, entity=entity, project=project, registry_defaults=_RegistryDefaults(self))
-
-    def _ref(self, path: str, default_tag: str | None = LATEST) -> Ref:
-        """An artifact path of 1, 2 or 3 parts, as W&B takes it; a registry path
-        (``[ORG/]wandb-registry-NAME/collection[:alias]``) names the organization's entity."""
-        entity, project = self._given()
-        collection, sep, tag = path.partition(":")
-        parts = collection.split("/")
-        if len(parts) in (2, 3) and is_registry_project(parts[-2]):
-            org = parts[0] if len(parts) == 3 else env_organization()
-            org_entity = self.registry.org_entity(org, self._settings_entity())
-            if org_entity is not None:
-                path = f"{org_entity}/{parts[-2]}/{parts[-1]}{sep}{tag}"
-        return resolve_artifact_path(
-            path, entity=entity, project=project, registry_defaults=_RegistryDefaults(self), default_tag=default_tag
-        )
-
-    def _settings_entity(self) -> str:
-        """The entity W&B resolves an organization from: the run's or ``overrides``', else
-        ``$WANDB_ENTITY``, else the signed-in user's."""
-        return resolve_entity(self._given()[0], registry_defaults=_RegistryDefaults(self))
 
     # -- organizations' registries (W&B Registry) ------------------------------------------------
 
@@ -222,7 +87,7 @@ class Api:
         ``$WANDB_ORGANIZATION``'s, else the one of the settings' entity.  A registry without
         organizations (local) has one of its own: the settings' entity, or the entity named."""
         org = organization or env_organization()
-        entity = self._settings_entity()
+        entity = self.settings_entity()
         org_entity = self.registry.org_entity(org, entity)
         if org_entity is None:
             return OrgInfo(org or entity, resolve_entity(org or entity))
@@ -247,11 +112,8 @@ class Api:
         ``[ORG/]wandb-registry-NAME/collection[:alias]`` as W&B resolves it (the organization from
         ORG, its display or entity name, else ``$WANDB_ORGANIZATION``, else the one organization
         of ``$WANDB_ENTITY`` or the signed-in user).  Its ``name`` keeps the alias given."""
-        ref = self._ref(name)
-        version = self.registry.resolve(ref)
-        if type is not None and version.type != type:
-            raise InvalidArgument(f"artifact {version.ref} has type {version.type!r}, not {type!r}")
-        return Artifact._logged(self, version, ref.tag if ":" in name else None)
+        version, tag = self.resolve(name, type)
+        return Artifact.of_version(self, version, tag)
 
     def artifact_exists(self, name: str, type: str | None = None) -> bool:
         try:
@@ -261,7 +123,7 @@ class Api:
         return True
 
     def artifact_collection_exists(self, name: str, type: str) -> bool:
-        ref = self._ref(name, default_tag=None)
+        ref = self.ref(name, default_tag=None)
         try:
             cols = self.registry.collections(ref.entity, ref.project)
         except NotFound:
@@ -270,9 +132,9 @@ class Api:
 
     def artifacts(self, type_name: str, name: str, per_page: int = 50, tags: Any = None) -> list[Artifact]:
         """Every version of the collection ``[[entity/]project/]name`` of type ``type_name``, oldest first."""
-        ref = self._ref(name, default_tag=None)
+        ref = self.ref(name, default_tag=None)
         versions = self.registry.versions(ref.entity, ref.project, ref.name)
-        return [Artifact._logged(self, v) for v in versions if v.type == type_name]
+        return [Artifact.of_version(self, v) for v in versions if v.type == type_name]
 
     def artifact_versions(self, type_name: str, name: str, per_page: int = 50) -> list[Artifact]:
         return self.artifacts(type_name, name, per_page)
@@ -281,17 +143,15 @@ class Api:
         self, project_name: str | None = None, type_name: str | None = None, per_page: int = 50
     ) -> list[CollectionInfo]:
         """The collections of ``[entity/]project`` (of ``type_name`` if given)."""
-        entity, project = self._entity_project(project_name)
+        entity, project = self.entity_project(project_name)
         cols = self.registry.collections(entity, project)
         return [c for c in cols if type_name is None or c.type == type_name]
 
     def artifact_collection(self, type_name: str, name: str) -> CollectionInfo:
-        ref = self._ref(name, default_tag=None)
+        ref = self.ref(name, default_tag=None)
         for col in self.artifact_collections(f"{ref.entity}/{ref.project}", type_name):
             if col.name == ref.name:
                 return col
-        from .errors import ArtifactNotFound
-
         raise ArtifactNotFound(f"no collection {ref} of type {type_name!r}")
 
     def artifact_types(self, project: str | None = None) -> list[str]:
@@ -299,17 +159,8 @@ class Api:
 
     def artifact_type(self, type_name: str, project: str | None = None) -> str:
         if type_name not in self.artifact_types(project):
-            from .errors import ArtifactNotFound
-
             raise ArtifactNotFound(f"no artifact type {type_name!r} in {project or 'the default project'}")
         return type_name
-
-    def version_by_id(self, artifact_id: str) -> VersionInfo | None:
-        """The version with ``id``, or None (the registry's ``version_by_id``)."""
-        try:
-            return self.registry.version_by_id(artifact_id)
-        except NotFound:
-            return None
 
     def log_artifact(
         self,
@@ -321,47 +172,19 @@ class Api:
     ) -> Artifact:
         """Log a new ``Artifact`` into ``[entity/]project`` (defaults as for paths); ``run`` is
         the run that logs it (lineage).  Returns the artifact, now logged."""
-        content = artifact.to_log()
-        if isinstance(aliases, str):
-            aliases = [aliases]
-        if run is not None and project is None:
-            project = f"{run.entity}/{run.project}"
-        if self._registry is None:
-            try:
-                self._registry = open_spec(self._spec, create=True, cache_dir=self._cache_dir)
-            except ArtifactFSError:
-                raise
-        entity, proj = self._entity_project(project)
-        ref = parse_ref(f"{entity}/{proj}/{content.collection}")
-        extra: dict[str, Any] = {} if run is None else {"run_id": run.id}
-        result = self.registry.log_files(
-            content.files,
-            ref,
-            type=artifact.type,
-            aliases=list(dict.fromkeys(aliases)),
-            description=artifact.description or "",
-            metadata=artifact.metadata,
-            digest_algorithm=artifact.digest_algorithm,
-            references=content.references,
-            **extra,
-        )
-        artifact.logged_as(self, result.version)
-        return artifact
+        return artifact.log_through(self, project, aliases, run=run)
 
     # -- runs ------------------------------------------------------------------------------------
 
-    def _run_obj(self, info: RunInfo) -> Any:
-        return importlib.import_module("artifactfs.run").Run.from_info(self, info)
-
-    def runs(self, path: str | None = None, filters: Any = None, order: Any = None, per_page: int = 50) -> list[Any]:
+    def runs(self, path: str | None = None, filters: Any = None, order: Any = None, per_page: int = 50) -> list[Run]:
         """The runs of ``[entity/]project`` (oldest first), as ``Run`` objects."""
-        entity, project = self._entity_project(path)
-        return [self._run_obj(info) for info in self.registry.runs(entity, project)]
+        entity, project = self.entity_project(path)
+        return [Run.from_info(self, info) for info in self.registry.runs(entity, project)]
 
-    def run(self, path: str = "") -> Any:
+    def run(self, path: str = "") -> Run:
         """The run ``[[entity/]project/]run_id`` (also W&B's ``entity/project/runs/id`` and ``project:id``)."""
-        entity, project = self._given()
+        entity, project = self.given()
         ent, proj, run_id = resolve_run_path(
-            path, entity=entity, project=project, registry_defaults=_RegistryDefaults(self)
+            path, entity=entity, project=project, registry_defaults=self.registry_defaults
         )
-        return self._run_obj(self.registry.run(ent, proj, run_id))
+        return Run.from_info(self, self.registry.run(ent, proj, run_id))

@@ -17,17 +17,19 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import importlib
+import dataclasses
 import json
 import logging
 import os
-import sys
 import tempfile
 import urllib.parse
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import IO, TYPE_CHECKING, Any
+from types import TracebackType
+from typing import IO, Any
 
+from . import active_runs
+from .client import Client, NewContent
 from .download import Downloader, remove_others
 from .errors import (
     ArtifactFSError,
@@ -37,6 +39,7 @@ from .errors import (
     InvalidReferenceEntry,
     NotFound,
     ReadOnly,
+    RunNotActive,
     SourceError,
 )
 from .fsutil import walk_files
@@ -49,6 +52,8 @@ from .names import (
     env_organization,
     is_registry_project,
     json_object_text,
+    parse_ref,
+    resolve_artifact_path,
 )
 from .references import checksum_reference, file_path, reference_name
 from .registry import CollectionInfo, Registry, VersionInfo
@@ -65,12 +70,9 @@ from .wandb_errors import (
     UnsupportedMediaType,
 )
 
-if TYPE_CHECKING:
-    from .api import Api
-
 log = logging.getLogger(__name__)
 
-__all__ = ["Artifact", "ArtifactFile", "ArtifactManifestEntry", "VerificationError"]
+__all__ = ["Artifact", "ArtifactFile", "ArtifactManifestEntry", "Run", "VerificationError"]
 
 POLICIES = ("mutable", "immutable")
 
@@ -230,7 +232,7 @@ class Artifact:
         self._added: dict[str, _Added] = {}
         self._objs: dict[int, tuple[Any, ArtifactManifestEntry]] = {}
         self._aliases: list[str] = []
-        self._api: Api | None = None
+        self._api: Client | None = None
         self._version: VersionInfo | None = None
         self._final = False
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
@@ -239,7 +241,7 @@ class Artifact:
     # -- construction from a registry --------------------------------------------------------
 
     @classmethod
-    def _logged(cls, api: Api, version: VersionInfo, tag: str | None = None) -> Artifact:
+    def of_version(cls, api: Client, version: VersionInfo, tag: str | None = None) -> Artifact:
         """``version`` as an Artifact; ``tag`` is the alias or ``vN`` the caller named it by,
         which its ``name`` keeps (W&B: ``Api().artifact("ds:best").name == "ds:best"``)."""
         art = cls(version.name, version.type, version.description, version.metadata)
@@ -247,7 +249,7 @@ class Artifact:
         art._attach(api, version)
         return art
 
-    def _attach(self, api: Api, version: VersionInfo) -> None:
+    def _attach(self, api: Client, version: VersionInfo) -> None:
         self._api = api
         self._version = version
         self._type = version.type
@@ -266,24 +268,20 @@ class Artifact:
             self._tmp = None
 
     @classmethod
-    def from_id(cls, artifact_id: str, client: Api | None = None) -> Artifact | None:
+    def from_id(cls, artifact_id: str, client: Client | None = None) -> Artifact | None:
         """The logged artifact whose ``id`` is ``artifact_id``, or None (as W&B)."""
-        from .api import Api
-
-        api = client if client is not None else Api()
+        api = client if client is not None else Client()
         version = api.version_by_id(artifact_id)
-        return None if version is None else cls._logged(api, version)
+        return None if version is None else cls.of_version(api, version)
 
     @staticmethod
-    def expected_type(client: Api | None, name: str, entity_name: str, project_name: str) -> str | None:
+    def expected_type(client: Client | None, name: str, entity_name: str, project_name: str) -> str | None:
         """The type of the artifact ``entity_name/project_name/name`` (``:latest`` unless the
         name has a ``:``), or None when there is no such artifact."""
-        from .api import Api
-
-        api = client if client is not None else Api()
+        api = client if client is not None else Client()
         ref = name if ":" in name else f"{name}:{LATEST}"
         try:
-            return api.artifact(f"{entity_name}/{project_name}/{ref}").type
+            return api.resolve(f"{entity_name}/{project_name}/{ref}")[0].type
         except NotFound:
             return None
 
@@ -428,7 +426,7 @@ class Artifact:
         if not self.is_link:
             return self
         assert self._api is not None
-        return self._api.artifact(self.source_qualified_name)
+        return Artifact.of_version(self._api, *self._api.resolve(self.source_qualified_name))
 
     @property
     def type(self) -> str:
@@ -783,7 +781,7 @@ class Artifact:
     def to_log(self) -> NewContent:
         """What logging this new artifact hands the registry (``Registry.log_files``): its
         files and reference entries.  ReadOnly once it is logged; SourceError if an added file
-        changed since it was added.  (``Api.log_artifact`` calls it, then :meth:`logged_as`.)"""
+        changed since it was added.  (:meth:`log_through` calls it, then :meth:`logged_as`.)"""
         if self._version is not None:
             raise ReadOnly(f"{self.qualified_name} is already logged: a logged artifact is immutable")
         self._check_unchanged()
@@ -794,23 +792,39 @@ class Artifact:
             references=[a.entry for _, a in added if a.local is None],
         )
 
-    def logged_as(self, api: Api, version: VersionInfo) -> None:
+    def logged_as(self, api: Client, version: VersionInfo) -> None:
         """This new artifact is now ``version``, logged through ``api``."""
         self._attach(api, version)
+
+    def log_through(
+        self, client: Client, project: str | None, aliases: Iterable[str] = (), *, run: RunInfo | None = None
+    ) -> Artifact:
+        """Log this new artifact through ``client`` into ``[entity/]project`` (``run``: the run
+        that logs it, for lineage); it is now logged (``Api.log_artifact``, ``Run.log_artifact``)."""
+        content = self.to_log()
+        version = client.log_new(
+            content,
+            project,
+            aliases,
+            type=self.type,
+            description=self.description or "",
+            metadata=self.metadata,
+            digest_algorithm=self.digest_algorithm,
+            run=run,
+        )
+        self.logged_as(client, version)
+        return self
 
     def save(self, project: str | None = None, settings: Any = None) -> None:
         """New artifact: log it (through the current run if there is one, else into
         ``project``, ``$WANDB_PROJECT`` or the registry's default).  Logged artifact: store the
         changes to ``description``, ``metadata`` and ``aliases``."""
         if self._version is None:
-            current = _current_run()
-            if current is not None and project is None:
+            current = active_runs.current()
+            if isinstance(current, Run) and project is None:
                 current.log_artifact(self)
                 return
-            from .api import Api
-
-            api = self._api or Api()
-            api.log_artifact(self, project)
+            self.log_through(self._api or Client(), project)
             return
         reg = self._reg()
         v = self._version
@@ -857,7 +871,7 @@ class Artifact:
             check_name(part, what)
         assert self._api is not None
         linked = self._reg().link(v.ref, "/".join(full), [check_alias(a) for a in aliases or ()])
-        return Artifact._logged(self._api, linked)
+        return Artifact.of_version(self._api, linked)
 
     def unlink(self) -> None:
         self._logged_version("unlink")
@@ -879,17 +893,17 @@ class Artifact:
 
     # -- lineage ---------------------------------------------------------------------------------
 
-    def _run(self, info: RunInfo) -> Any:
-        run_module = importlib.import_module("artifactfs.run")
-        return run_module.Run.from_info(self._api, info)
+    def _run(self, info: RunInfo) -> Run:
+        assert self._api is not None
+        return Run.from_info(self._api, info)
 
-    def logged_by(self) -> Any:
+    def logged_by(self) -> Run | None:
         """The run that logged this version (a ``Run``), or None when none is known."""
         version = self._logged_version("logged_by")
         info = self._reg().logged_by(version)
         return None if info is None else self._run(info)
 
-    def used_by(self) -> list[Any]:
+    def used_by(self) -> list[Run]:
         """The runs that used this version as an input."""
         version = self._logged_version("used_by")
         return [self._run(info) for info in self._reg().used_by(version)]
@@ -1058,21 +1072,189 @@ def _matches(path: str, entry: Entry) -> bool:
         os.close(fd)
 
 
-@dataclass(frozen=True, slots=True)
-class NewContent:
-    """A new artifact's content as a registry logs it (:meth:`Artifact.to_log`)."""
-
-    collection: str  # the artifact's name, without a version
-    files: list[tuple[str, str]]  # (entry path, local file)
-    references: list[Entry]
-
-
 def _check_metadata(metadata: Any) -> dict[str, Any]:
     """A copy of ``metadata`` if JSON can carry it (W&B refuses the rest)."""
     return {} if metadata is None else dict(json.loads(json_object_text(metadata)))
 
 
-def _current_run() -> Any:
-    """The runs module's current run (``artifactfs.run.run``), if that module is loaded."""
-    module = sys.modules.get("artifactfs.run")
-    return None if module is None else getattr(module, "run", None)
+class Run:
+    """A run: one started by :func:`~artifactfs.run.init` (live: it may log, use and finish), or
+    one read from the registry (``Api().run(path)``, ``Artifact.logged_by()``; :meth:`from_info`).
+    It lives here, beside :class:`Artifact`, because each hands out the other (its inputs and
+    outputs; the run that logged or used a version); :mod:`artifactfs.run` starts and ends runs."""
+
+    def __init__(self, api: Client, info: RunInfo, *, live: bool = False, owns_api: bool = False) -> None:
+        self._api = api
+        self._info = info
+        self._live = live
+        self._owns_api = owns_api
+        self._finished = False
+        #: The run's config, stored when it finishes (W&B syncs ``run.config`` the same way).
+        self.config: dict[str, Any] = dict(info.config)
+
+    @classmethod
+    def from_info(cls, api: Client, info: RunInfo) -> Run:
+        """A run read from ``api``'s registry (it cannot :meth:`finish`)."""
+        return cls(api, info)
+
+    @classmethod
+    def start(cls, api: Client, info: RunInfo, *, owns_api: bool, make_current: bool) -> Run:
+        """The live run ``info`` that this process just created through ``api`` (closed when the
+        run ends if ``owns_api``); the current run if ``make_current``."""
+        started = cls(api, info, live=True, owns_api=owns_api)
+        active_runs.start(started, make_current=make_current)
+        return started
+
+    # -- attributes -----------------------------------------------------------------------------
+
+    @property
+    def id(self) -> str:
+        return self._info.id
+
+    @property
+    def name(self) -> str:
+        return self._info.name
+
+    @property
+    def entity(self) -> str:
+        return self._info.entity
+
+    @property
+    def project(self) -> str:
+        return self._info.project
+
+    @property
+    def job_type(self) -> str:
+        return self._info.job_type
+
+    @property
+    def state(self) -> str:
+        return self._info.state
+
+    @property
+    def path(self) -> list[str]:
+        """``[entity, project, id]``, as W&B's public ``Run.path``."""
+        return [self.entity, self.project, self.id]
+
+    @property
+    def created_at(self) -> str:
+        return iso_time(self._info.created_at_ns)
+
+    @property
+    def info(self) -> RunInfo:
+        """The run as the registry knows it (with ``config`` as it is now)."""
+        return dataclasses.replace(self._info, config=dict(self.config))
+
+    def __repr__(self) -> str:
+        return f"<Run {self._info.path} ({self.state})>"
+
+    # -- lineage --------------------------------------------------------------------------------
+
+    def _check_active(self, what: str) -> None:
+        if self._finished:
+            raise RunNotActive(f"run {self._info.path} has finished: {what} refused (start another with init())")
+
+    def log_artifact(
+        self,
+        artifact_or_path: Artifact | str | os.PathLike[str],
+        name: str | None = None,
+        type: str | None = None,
+        aliases: list[str] | None = None,
+    ) -> Artifact:
+        """Log an artifact as an output of this run, into the run's project.  A path (a file, a
+        directory or a reference URI) becomes an artifact named ``run-<id>-<basename>`` of type
+        ``unspecified`` unless ``name``/``type`` say otherwise, as wandb does."""
+        self._check_active("log_artifact")
+        if isinstance(artifact_or_path, Artifact):
+            artifact = artifact_or_path
+        elif isinstance(artifact_or_path, (str, os.PathLike)):
+            artifact = self._artifact_of_path(os.fspath(artifact_or_path), name, type)
+        else:
+            raise InvalidValue("log_artifact takes an Artifact or a path (a file, a directory or a reference URI)")
+        return artifact.log_through(self._api, f"{self.entity}/{self.project}", aliases or (), run=self._info)
+
+    def _artifact_of_path(self, path: str, name: str | None, type: str | None) -> Artifact:
+        base = os.path.basename(os.path.normpath(path)) if "://" not in path else path.rstrip("/").rsplit("/", 1)[-1]
+        artifact = Artifact(name or f"run-{self.id}-{base}", type or "unspecified")
+        if "://" in path:
+            artifact.add_reference(path)
+        elif os.path.isdir(path):
+            artifact.add_dir(path)
+        elif os.path.isfile(path):
+            artifact.add_file(path)
+        else:
+            raise InvalidValue(f"{path!r} is not a file, a directory or a reference URI")
+        return artifact
+
+    def use_artifact(
+        self, artifact_or_name: Artifact | str, type: str | None = None, aliases: list[str] | None = None
+    ) -> Artifact:
+        """Record an artifact version as an input of this run and return it.
+
+        A name is ``[[entity/]project/]name[:alias|:vN]`` (default alias ``latest``); a missing
+        entity or project is the run's.  A logged :class:`Artifact` is used as it is; a new one
+        is logged by this run first (with ``aliases``) and then used, as wandb does."""
+        self._check_active("use_artifact")
+        registry = self._api.registry
+        if isinstance(artifact_or_name, str):
+            ref = resolve_artifact_path(
+                artifact_or_name,
+                entity=self.entity,
+                project=self.project,
+                registry_defaults=registry,
+                default_tag=LATEST,
+            )
+            version = registry.resolve(ref)
+            if type is not None and version.type != type:
+                raise InvalidValue(f"artifact {version.ref} has type {version.type!r}, not {type!r}")
+        elif isinstance(artifact_or_name, Artifact):
+            artifact = artifact_or_name
+            if artifact.id is None:
+                artifact = self.log_artifact(artifact, aliases=aliases)
+            version = registry.resolve(parse_ref(artifact.qualified_name))
+            # Ids are only unique within a registry (a local one numbers its rows): the digest too.
+            if (version.id, version.digest) != (artifact.id, artifact.digest):
+                raise InvalidValue(
+                    f"artifact {artifact.qualified_name} (id {artifact.id}) is not in the run's registry "
+                    f"{registry.spec}: that name is another version there"
+                )
+        else:
+            raise InvalidValue('use_artifact takes an artifact name ("ds:latest") or an Artifact')
+        registry.record_use(self.id, version)
+        return Artifact.of_version(self._api, version)
+
+    def logged_artifacts(self) -> list[Artifact]:
+        """The versions this run logged, in the order it logged them."""
+        return [Artifact.of_version(self._api, v) for v in self._api.registry.run_outputs(self._info)]
+
+    def used_artifacts(self) -> list[Artifact]:
+        """The versions this run used, in the order it first used them."""
+        return [Artifact.of_version(self._api, v) for v in self._api.registry.run_inputs(self._info)]
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    def finish(self, exit_code: int | None = None) -> None:
+        """End the run: state ``finished``, or ``failed`` for a non-zero ``exit_code``; its
+        ``config`` is stored.  Finishing again does nothing."""
+        if not self._live:
+            raise InvalidArgument(f"run {self._info.path} was not started by init() in this process")
+        self._end("failed" if exit_code else "finished")
+
+    def _end(self, state: str) -> None:
+        if not active_runs.end(self):
+            return
+        self._finished = True
+        try:
+            self._api.registry.finish_run(self.info, state)
+            self._info = dataclasses.replace(self.info, state=state)
+        finally:
+            if self._owns_api:
+                self._api.close()
+
+    def __enter__(self) -> Run:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.finish(0 if exc_type is None else 1)

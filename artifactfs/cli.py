@@ -91,7 +91,7 @@ def cmd_log(args: argparse.Namespace) -> int:
 def _opened(args: argparse.Namespace, *, create: bool = False) -> Iterator[Registry]:
     """The registry of ``--registry``, closed afterwards.  A write to a registry that is
     read-only here fails with the backend's one-line :class:`~artifactfs.errors.ReadOnly`."""
-    from .api import open_spec
+    from .client import open_spec
 
     registry = open_spec(args.registry, create=create, cache_dir=args.cache_dir)
     try:

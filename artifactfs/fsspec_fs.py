@@ -52,7 +52,7 @@ from typing import Any
 from fsspec import AbstractFileSystem, register_implementation
 
 from . import defaults
-from .api import open_cache, open_spec
+from .client import open_cache, open_spec
 from .download import open_verified_blob
 from .errors import (
     ArtifactFSError,

@@ -7,15 +7,11 @@ answers (its collections, its versions), so they work over any registry that has
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from .artifact import Artifact
+from .client import Client
 from .names import REGISTRY_PREFIX
 from .registry import CollectionInfo
 from .registry.base import OrgInfo
-
-if TYPE_CHECKING:
-    from .api import Api
 
 
 class Registry:
@@ -23,7 +19,7 @@ class Registry:
     the prefix), ``full_name`` (the project), ``entity`` (the organization's), ``organization``
     (its display name); ``collections()`` and ``versions()`` list what it holds."""
 
-    def __init__(self, api: Api, org: OrgInfo, name: str) -> None:
+    def __init__(self, api: Client, org: OrgInfo, name: str) -> None:
         self._api = api
         self._org = org
         self.name = name
@@ -52,7 +48,7 @@ class Registry:
         """Every version of every collection of the registry (collections by name, oldest
         version first), each named as the registry numbers it."""
         versions = self._api.registry.project_versions(self.entity, self.full_name)
-        return [Artifact._logged(self._api, v) for v in versions]
+        return [Artifact.of_version(self._api, v) for v in versions]
 
     def __repr__(self) -> str:
         return f"<Registry {self.entity}/{self.full_name}>"

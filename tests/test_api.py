@@ -329,8 +329,8 @@ def test_an_api_that_is_given_its_entity_opens_no_registry(monkeypatch: pytest.M
     monkeypatch.delenv("WANDB_ENTITY", raising=False)
     api = Api({"entity": "acme", "project": "vision"})
     assert api.default_entity == "acme"
-    assert api._entity_project(None) == ("acme", "vision")
-    assert str(api._ref("ds:v1")) == "acme/vision/ds:v1"
+    assert api.entity_project(None) == ("acme", "vision")
+    assert str(api.ref("ds:v1")) == "acme/vision/ds:v1"
     monkeypatch.setenv("WANDB_ENTITY", "fromenv")
     assert Api().default_entity == "fromenv"
     assert not default.parent.exists()

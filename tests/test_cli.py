@@ -576,12 +576,12 @@ class ReadOnlyView(Registry):
 @pytest.fixture
 def read_only(registry: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """Every registry spec opens a read-only view of ``registry``."""
-    import artifactfs.api
+    import artifactfs.client
 
     def fake_open(spec: str, *, create: bool = False, cache_dir: str | None = None) -> Registry:
         return ReadOnlyView(registry)
 
-    monkeypatch.setattr(artifactfs.api, "open_registry", fake_open)
+    monkeypatch.setattr(artifactfs.client, "open_registry", fake_open)
     return registry
 
 

@@ -51,9 +51,9 @@ def clean_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     for name in ("WANDB_ENTITY", "WANDB_PROJECT"):
         monkeypatch.delenv(name, raising=False)
     yield
-    for active in list(runs._active):
+    for active in runs.active():
         active.finish()
-    assert runs.run is None
+    assert runs.current_run() is None
 
 
 def make_old_schema(root: Path) -> None:
@@ -362,7 +362,7 @@ def test_run_and_project_paths(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_init_context_manager_log_and_use(tmp_path: Path, src: Path) -> None:
     registry = tmp_path / "registry"  # does not exist yet: init() creates it, as wandb.init does
     with runs.init("acme", "vision", name="prep", job_type="preprocess", config={"n": 2}, registry=registry) as prep:
-        assert runs.current_run() is prep and runs.run is prep
+        assert runs.current_run() is prep
         assert RUN_ID.fullmatch(prep.id) and (prep.name, prep.job_type, prep.state) == ("prep", "preprocess", "running")
         assert prep.path == ["acme", "vision", prep.id] and prep.config == {"n": 2}
         art = Artifact("ds", type="dataset")
@@ -443,7 +443,7 @@ def test_module_level_functions(tmp_path: Path, src: Path) -> None:
     with pytest.raises(RunNotActive, match=r"init\(\) before artifactfs.use_artifact"):
         runs.use_artifact("ds:latest")
     current = artifactfs.init("acme", "vision", registry=tmp_path / "registry")
-    assert artifactfs.current_run() is current is runs.run
+    assert artifactfs.current_run() is current
     logged = artifactfs.log_artifact(str(src), name="ds", type="dataset")
     assert artifactfs.use_artifact("ds:v0").id == logged.id
     assert [a.id for a in current.logged_artifacts()] == [logged.id]
