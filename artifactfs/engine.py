@@ -45,6 +45,7 @@ from typing import Any
 
 import trio
 
+from . import transfer
 from .errors import ArtifactFSError
 from .fetcher import Fetcher
 from .manifest import Entry
@@ -200,6 +201,9 @@ class Engine:
         self.yield_to_reads = yield_to_reads
         self._parked = 0  # workers waiting while background work gives way to reads
         self.limiter = trio.CapacityLimiter(self.concurrency)
+        # Its fetches and the reads' may all be HTTP requests to one host at once: the pools keep
+        # a connection for each (no connection closed after one request, no urllib3 warning).
+        transfer.expect_fetches(self.concurrency + fetcher.max_threads)
         # A local registry served in place has nothing to fetch: its blobs are hashed inline
         # (or trusted) when opened, so walks warm nothing there.
         self._in_place = registry.local and fetcher.serve_local_in_place

@@ -23,7 +23,7 @@ and W&B file URLs, :mod:`artifactfs.s3` for s3) and the W&B client's GraphQL cal
   per W&B client), shared by every thread; each thread has its own ``requests.Session`` over
   it.  requests reads the proxy environment (and ``~/.netrc``) again on every request unless
   told not to: here the sessions ignore the environment and the pool resolves it once (proxies
-  and CA bundle when it is made, proxies and netrc credentials once per host).  netrc
+  and CA bundle when it is made; which proxy and which netrc credentials once per host).  netrc
   credentials are added only where asked for (reference URLs, as the wandb SDK does), never to
   presigned URLs, which carry their own signature.
 """
@@ -453,17 +453,41 @@ class _RedactQueries(logging.Filter):
 logging.getLogger("urllib3.connectionpool").addFilter(_RedactQueries())
 
 
+MIN_POOL_SIZE = 32  # connections kept per host before any fetcher says how many it runs at once
+_fetches_lock = threading.Lock()
+_fetches = 0  # the most fetches one caller said it may run at once (expect_fetches)
+
+
+def expect_fetches(n: int) -> None:
+    """Someone in this process (the fetch engine: its background fetches plus the reads') may
+    run ``n`` fetches at once: every :class:`HttpPool` keeps room for that many, each with its
+    parallel ranges (``Policy.workers``), before its next request.  The largest ``n`` told
+    holds (pools grow, never shrink)."""
+    global _fetches
+    with _fetches_lock:
+        _fetches = max(_fetches, n)
+
+
+def requests_at_once() -> int:
+    """The most requests to one host that this process's fetches may have in flight at once."""
+    return _fetches * Policy().workers
+
+
 class HttpPool:
     """Pooled HTTP(S) connections shared by every thread, each thread with its own
     ``requests.Session`` over them (a session is not documented as thread-safe; its connection
     pool is).  The environment (proxies, CA bundle, ``~/.netrc``) is read as requests would read
     it, but once: at creation, and once per host; never per request."""
 
-    # Connections kept per host: the fetch engine's 64 background fetches, the reads' 8 and the
-    # parallel ranges of large files all reuse theirs (a connection beyond the pool is closed
-    # after one request, and the next one pays a new handshake: a round trip on a WAN).
-    def __init__(self, *, pool_size: int = 128) -> None:
-        self._adapter = requests.adapters.HTTPAdapter(pool_connections=16, pool_maxsize=pool_size, max_retries=0)
+    # Connections kept per host: every request that may be in flight at once (the fetches that
+    # expect_fetches announced, each with its parallel ranges), so that each reuses its own: a
+    # connection beyond the pool is closed after one request (urllib3 warns "Connection pool is
+    # full"), and the next one pays a new handshake, a round trip on a WAN.  ``pool_size``: a
+    # fixed size instead.
+    def __init__(self, *, pool_size: int | None = None) -> None:
+        self._fixed = pool_size
+        self._size = self._wanted()
+        self._adapter = requests.adapters.HTTPAdapter(pool_connections=16, pool_maxsize=self._size, max_retries=0)
         self._proxies = urllib.request.getproxies()
         self._verify: bool | str = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or True
         self._local = threading.local()
@@ -471,8 +495,28 @@ class HttpPool:
         self._host_proxies: dict[tuple[str, str], dict[str, str]] = {}
         self._host_netrc: dict[tuple[str, str], tuple[str, str] | None] = {}
 
+    def _wanted(self) -> int:
+        return self._fixed if self._fixed is not None else max(MIN_POOL_SIZE, requests_at_once())
+
+    @property
+    def size(self) -> int:
+        """Connections kept per host."""
+        return self._size
+
+    def _fit(self) -> None:
+        """Grow to what :func:`expect_fetches` announced since (new host pools get the size;
+        the connections open now are dropped once, when they come back)."""
+        wanted = self._wanted()
+        if wanted <= self._size:
+            return
+        with self._lock:
+            if wanted > self._size:
+                self._size = wanted
+                self._adapter.init_poolmanager(16, wanted, block=False)
+
     def session(self) -> requests.Session:
         """This thread's session over the shared pool."""
+        self._fit()
         session: requests.Session | None = getattr(self._local, "session", None)
         if session is None:
             session = requests.Session()
@@ -484,7 +528,8 @@ class HttpPool:
         return session
 
     def proxies(self, url: str) -> dict[str, str]:
-        """The proxies requests would use for ``url`` (none for a host in ``no_proxy``)."""
+        """The proxies requests would use for ``url`` (none for a host in ``no_proxy``), from the
+        environment as it was when the pool was made."""
         if not self._proxies:
             return {}
         split = urllib.parse.urlsplit(url)
@@ -492,7 +537,10 @@ class HttpPool:
         with self._lock:
             known = self._host_proxies.get(key)
         if known is None:
-            known = dict(requests.utils.get_environ_proxies(url))
+            # The environment as read when the pool was made (``no`` is ``$no_proxy``), not again.
+            # (proxy_bypass_environment is in urllib.request, as requests uses it, but not in typeshed.)
+            bypass = urllib.request.proxy_bypass_environment(split.netloc, self._proxies)  # type: ignore[attr-defined]
+            known = {} if bypass else {k: v for k, v in self._proxies.items() if k != "no"}
             with self._lock:
                 self._host_proxies[key] = known
         return known

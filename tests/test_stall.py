@@ -151,10 +151,6 @@ def wandb_registry(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[
 
 
 @pytest.mark.fuse
-# The shared HTTP pool (transfer.HttpPool, 32 connections) sometimes has more connections handed
-# back than it keeps while the first W&B mount fetches 40 files: urllib3 warns and drops one.
-# Not what this test is about; reported separately.
-@pytest.mark.allow_log(r"Connection pool is full, discarding connection")
 @pytest.mark.parametrize("backend", ["local copy", "local verify-in-place", "wandb"])
 def test_a_held_cache_db_stalls_no_request_and_not_the_loop(
     mounter: Mounter, tmp_path: Path, runtime: Path, monkeypatch: pytest.MonkeyPatch, backend: str
