@@ -2,7 +2,7 @@
 
 Readers of a mount fetch only what they open, one chain of round trips per file: on a network
 with 30 ms per request, 8 readers keep at most 8 requests in flight.  The engine keeps up to
-``concurrency`` (64) in flight for files nobody has asked for yet, when someone is walking the
+``concurrency`` (16) in flight for files nobody has asked for yet, when someone is walking the
 version or a directory of it.  Every front end goes through it:
 
 * the mount's **walk detector** (``--warm auto``, the default): :meth:`Engine.opened` is told of
@@ -53,7 +53,7 @@ from .registry.base import Registry, VersionInfo
 
 log = logging.getLogger(__name__)
 
-DEFAULT_CONCURRENCY = 64
+DEFAULT_CONCURRENCY = 16
 # While readers' own fetches run, background fetches in flight stay at this many (0: no limit).
 YIELD_TO_READS = 16
 YIELD_POLL = 0.005  # seconds between looks while background work gives way
@@ -276,7 +276,7 @@ class Engine:
 
     def _yielding(self) -> bool:
         """Whether background work gives way now: readers' fetches are running or waiting and
-        ``yield_to_reads`` background fetches are already in flight (on two cores, 64 threads
+        ``yield_to_reads`` background fetches are already in flight (on two cores, many threads
         of background work would slow every reader's own fetch down)."""
         if self.yield_to_reads <= 0 or self.active < self.yield_to_reads:
             return False
