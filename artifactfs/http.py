@@ -292,6 +292,9 @@ class _NoProgress:
     def restart(self) -> None:
         pass
 
+    def wrote(self, offset: int, data: bytes) -> None:
+        pass
+
 
 def download(
     url: str,

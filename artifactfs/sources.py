@@ -23,6 +23,10 @@ class Progress(Protocol):
     def restart(self) -> None:
         """The file was truncated to 0 and is being written again from the start."""
 
+    def wrote(self, offset: int, data: bytes) -> None:
+        """``data`` was just written at ``offset`` by the one stream writing the file in order
+        (not by parallel parts): a hasher may hash it from memory instead of reading it back."""
+
 
 class Download(Protocol):
     def __call__(self, fd: int, what: str, progress: Progress) -> None:

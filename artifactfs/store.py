@@ -1062,8 +1062,9 @@ class PrefixHasher:
 
     The download calls :meth:`advance` whenever the contiguous written prefix ``[0, end)``
     grows; whichever thread finds the hasher idle hashes up to the newest ``end`` (MD5 and
-    XXH128 are sequential), the others return at once and keep downloading.  The bytes hashed
-    are read back from the file, so they are exactly the bytes that will be served.
+    XXH128 are sequential), the others return at once and keep downloading.  Parts' bytes are
+    read back from the file; one stream's (a small file's) are hashed from the very buffer just
+    written there (:meth:`wrote`), so they are read from disk never, and written once.
     :meth:`finish` hashes what is left, to the end of the file (at most ``limit + 1`` bytes).
     """
 
@@ -1096,6 +1097,19 @@ class PrefixHasher:
             with self._state:  # a target raised while we were releasing: go on hashing
                 if self._pos >= self._target:
                     return
+
+    def wrote(self, offset: int, data: bytes) -> None:
+        """One stream's bytes, just written at ``offset``: hashed from memory when they continue
+        the hashed prefix (the bytes the file now holds there), so :meth:`advance` finds nothing
+        to read back; otherwise left for :meth:`advance` to read from the file."""
+        if not self._busy.acquire(blocking=False):
+            return
+        try:
+            if offset == self._pos:
+                self._hasher.update(data)
+                self._pos += len(data)
+        finally:
+            self._busy.release()
 
     def restart(self) -> None:
         with self._busy, self._state:

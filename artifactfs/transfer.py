@@ -377,10 +377,14 @@ def download(transfer: Transfer, fd: int, size: int, progress: Progress) -> None
         _download_parts(transfer, size, write, restart, progress)
     else:
 
+        def written(offset: int, data: bytes) -> None:  # one stream, in order: hashed from memory
+            write(offset, data)
+            progress.wrote(offset, data)
+
         def advanced(rng: ByteRange) -> None:
             progress.advance(rng.pos)
 
-        transfer.fetch(ByteRange(0, size), write, restart, advanced)
+        transfer.fetch(ByteRange(0, size), written, restart, advanced)
 
 
 def _download_parts(
