@@ -31,8 +31,10 @@ from typing import Any, Generic, TypeVar, cast
 import trio
 
 from . import defaults
+from .errors import ArtifactFSError
+from .index import ManifestIndex
 from .names import Ref
-from .registry.base import Registry, VersionInfo
+from .registry.base import DirEntry, Registry, RunInfo, VersionInfo
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +59,14 @@ class _Flight:
     expires: float = 0.0
     error: Exception | None = None
     finished: bool = False  # False after ``done``: the caller was cancelled, ask again
+
+
+@dataclass(frozen=True, slots=True)
+class Lineage:
+    """The run that logged a version (None when none is known) and the runs that used it."""
+
+    logged_by: RunInfo | None = None
+    used_by: tuple[RunInfo, ...] = ()
 
 
 @dataclass
@@ -209,3 +219,74 @@ class Meta:
         call per version id however many ask; the registry keeps what it loaded."""
         if not self.registry.contents_loaded(version):
             await self.call(("contents", version.id), self.registry.load_contents, version)
+
+    async def contents_index(self, version: VersionInfo) -> ManifestIndex | None:
+        """The open on-disk index of ``version``'s contents, the contents loaded first if they
+        were not; None when the registry keeps no index (the local one)."""
+        index = self.registry.contents_index(version)
+        if index is None and not self.registry.contents_loaded(version):
+            await self.load_contents(version)
+            index = self.registry.contents_index(version)
+        return index
+
+    async def list_dir(self, version: VersionInfo, path: str) -> list[DirEntry]:
+        """The entries of the directory ``path`` of ``version``."""
+        reg = self.registry
+        listing: list[DirEntry] = await self._contents(version, reg.list_dir, reg.list_dir_now, path)
+        return listing
+
+    async def get_entry(self, version: VersionInfo, path: str) -> DirEntry:
+        """The file or directory at ``path`` of ``version``; EntryNotFound if none."""
+        reg = self.registry
+        found: DirEntry = await self._contents(version, reg.get_entry, reg.get_entry_now, path)
+        return found
+
+    async def _contents(
+        self,
+        version: VersionInfo,
+        fn: Callable[[VersionInfo, str], T],
+        now: Callable[[VersionInfo, str], T | None],
+        path: str,
+    ) -> T:
+        """``fn(version, path)``: answered inline by ``now`` (its ``_now`` form: from memory, no
+        I/O, no lock waited for) once the version's contents are loaded (one load per version
+        id, shared by concurrent askers)."""
+        answer = now(version, path)
+        if answer is None:
+            await self.load_contents(version)
+            answer = now(version, path)
+            if answer is None:
+                # Loaded and already evicted again (a registry's bounded manifest cache under
+                # pressure): ask in a thread rather than reload it on the loop.
+                return await self.call((fn.__name__, version.id, path), fn, version, path)
+        return answer
+
+    async def lineage(self, version: VersionInfo) -> Lineage:
+        """Who logged ``version`` and who used it: one question (kept for ``alias_ttl`` like the
+        namespace's).  A registry that cannot answer (a damaged lineage table, a failed call)
+        leaves it unknown, logged once per asking: lineage never fails what it decorates
+        (``info.json``, the version's xattrs)."""
+        registry = self.registry
+
+        def ask() -> Lineage:
+            return Lineage(registry.logged_by(version), tuple(registry.used_by(version)))
+
+        try:
+            return (await self.cached(("lineage", version.id), ask)).value
+        except ArtifactFSError as exc:
+            log.warning("lineage of %s is unknown: %s", version.ref, exc)
+            return Lineage()
+
+    async def manifest_json(self, version: VersionInfo) -> bytes:
+        """``version``'s manifest as W&B writes it (``manifest.json``).  Every entry walked and
+        serialised: seconds for a huge manifest, so in a worker thread under this layer's
+        limiter whatever the registry, one build per version however many ask."""
+        await self.load_contents(version)
+        registry = self.registry
+
+        def build() -> bytes:
+            return (registry.manifest(version).dumps() + "\n").encode()
+
+        answer = await self._flight(("manifest_json", version.id), build, (), cache=False)
+        data: bytes = answer.value
+        return data

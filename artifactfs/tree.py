@@ -33,7 +33,7 @@ from typing import Any
 import trio
 
 from . import defaults
-from .errors import ArtifactFSError, ArtifactNotFound, EntryNotFound, InvalidReference, NotFound
+from .errors import ArtifactNotFound, EntryNotFound, InvalidReference, NotFound
 from .fsutil import redact_uri
 from .index import Child, ManifestIndex
 from .manifest import Entry
@@ -211,10 +211,7 @@ class Tree:
             return slot
         v = parent.version
         assert v is not None
-        index = self.registry.contents_index(v)
-        if index is None and not self.registry.contents_loaded(v):
-            await self.meta.load_contents(v)
-            index = self.registry.contents_index(v)
+        index = await self.meta.contents_index(v)
         if index is None:
             return None
         slot = self._slots.get(parent.key)  # another request may have made it meanwhile
@@ -396,8 +393,7 @@ class Tree:
                 if child is None:
                     raise EntryNotFound(f"{path!r}: no such entry")
                 return self._from_index(slot, child, path)
-            reg = self.registry
-            found: DirEntry = await self._ask_contents(parent.version, reg.get_entry, reg.get_entry_now, path)
+            found = await self.meta.get_entry(parent.version, path)
             return self._content(parent, name, found.entry)
         raise EntryNotFound(f"{name!r}: not a directory")
 
@@ -407,26 +403,6 @@ class Tree:
             check_project(name) if project else check_name(name)
         except InvalidReference as exc:
             raise NotFound(str(exc)) from exc
-
-    async def _ask_contents(
-        self,
-        version: VersionInfo,
-        fn: Callable[[VersionInfo, str], Any],
-        now: Callable[[VersionInfo, str], Any],
-        path: str,
-    ) -> Any:
-        """``fn(version, path)`` (``list_dir``/``get_entry``): answered inline by ``now`` (its
-        ``_now`` form: from memory, no I/O, no lock waited for) once the version's contents are
-        loaded (one load per version id, shared by concurrent askers)."""
-        answer = now(version, path)
-        if answer is None:
-            await self.meta.load_contents(version)
-            answer = now(version, path)
-            if answer is None:
-                # Loaded and already evicted again (a registry's bounded manifest cache under
-                # pressure): ask in a thread rather than reload it on the loop.
-                return await self.meta.call((fn.__name__, version.id, path), fn, version, path)
-        return answer
 
     @property
     def dropped(self) -> int:
@@ -506,7 +482,7 @@ class Tree:
         node = self._intern(key, lambda i: Node(i, Kind.VIEW_FILE, key, v.entity, v.project, version=v, path=name))
         if name == "manifest.json":
             if not node.data:
-                node.data = await self._manifest_json(node.version or parent.version)
+                node.data = await self.meta.manifest_json(node.version or parent.version)
         else:
             await self.refresh_view_file(node)
         return node
@@ -533,32 +509,18 @@ class Tree:
     async def provenance(self, v: VersionInfo) -> dict[str, Any]:
         """What ``info.json`` says beyond the version itself: the run that logged it and the
         runs that used it, where the registry keeps lineage (none known otherwise)."""
-        # The same questions as the lineage xattrs, so a remote answer is kept and shared.
-        logged = (await self.meta.cached(("logged_by", v.id), self.registry.logged_by, v)).value
-        used = (await self.meta.cached(("used_by", v.id), self.registry.used_by, v)).value
+        # The same question as the lineage xattrs (Meta.lineage), so a remote answer is shared.
+        lineage = await self.meta.lineage(v)
         return {
-            "logged_by": None if logged is None else logged.to_json(),
-            "used_by": [run.to_json() for run in used],
+            "logged_by": None if lineage.logged_by is None else lineage.logged_by.to_json(),
+            "used_by": [run.to_json() for run in lineage.used_by],
         }
-
-    async def _manifest_json(self, v: VersionInfo) -> bytes:
-        if not self.registry.contents_loaded(v):
-            await self.meta.load_contents(v)
-        registry = self.registry
-
-        def build() -> bytes:
-            return (registry.manifest(v).dumps() + "\n").encode()
-
-        # Every entry walked and serialised: seconds for a huge manifest, so never on the loop
-        # (whatever the registry); the node keeps the bytes.
-        return await trio.to_thread.run_sync(build)
 
     async def _listing(self, node: Node) -> list[DirEntry]:
         """The registry's listing of a version directory, asked once per node."""
         if node.listing is None:
             assert node.version is not None
-            reg = self.registry
-            node.listing = await self._ask_contents(node.version, reg.list_dir, reg.list_dir_now, node.path)
+            node.listing = await self.meta.list_dir(node.version, node.path)
         return node.listing
 
     async def files_after(self, node: Node, count: int) -> list[tuple[VersionInfo, Entry]]:
@@ -574,8 +536,7 @@ class Tree:
         if parent is None:
             parent = self._by_key.get(_version_key(node.version)) if not parent_path else None
         if parent is None or parent.listing is None:
-            reg = self.registry
-            listing = await self._ask_contents(node.version, reg.list_dir, reg.list_dir_now, parent_path)
+            listing = await self.meta.list_dir(node.version, parent_path)
             if parent is not None:
                 parent.listing = listing
         else:
@@ -661,20 +622,14 @@ class Tree:
 
     async def _lineage(self, v: VersionInfo) -> dict[str, str]:
         """``logged_by`` (``entity/project/run_id``) and ``used_by`` (comma-separated) of a
-        version, each left out when no run is known; asked through Meta, so a remote registry's
-        answer is kept for alias_ttl.  A failure to ask leaves them out (logged) rather than
-        failing every attribute of the version."""
-        try:
-            creator = await self.meta.cached(("logged_by", v.id), self.registry.logged_by, v)
-            users = await self.meta.cached(("used_by", v.id), self.registry.used_by, v)
-        except ArtifactFSError as exc:
-            log.warning("lineage of %s is unknown: %s", v.ref, exc)
-            return {}
+        version, each left out when no run is known (:meth:`Meta.lineage`: one question, and
+        unknown when the registry cannot answer)."""
+        lineage = await self.meta.lineage(v)
         out = {}
-        if creator.value is not None:
-            out["logged_by"] = creator.value.path
-        if users.value:
-            out["used_by"] = ",".join(run.path for run in users.value)
+        if lineage.logged_by is not None:
+            out["logged_by"] = lineage.logged_by.path
+        if lineage.used_by:
+            out["used_by"] = ",".join(run.path for run in lineage.used_by)
         return out
 
     async def xattrs(self, node: Node, stats: Callable[[], dict[str, int]] | None = None) -> dict[str, bytes]:

@@ -20,10 +20,10 @@ import trio.testing
 from trio.testing import MockClock
 
 from artifactfs.errors import ArtifactNotFound, EntityNotFound, EntryNotFound, FetchError, ProjectNotFound
-from artifactfs.manifest import Entry
+from artifactfs.manifest import Entry, Manifest
 from artifactfs.meta import Meta
 from artifactfs.names import Ref
-from artifactfs.registry.base import CollectionInfo, DirEntry, Registry, VersionInfo
+from artifactfs.registry.base import CollectionInfo, DirEntry, Registry, RunInfo, VersionInfo
 from artifactfs.sources import BlobSource
 from artifactfs.tree import ROOT_INODE, Kind, Node, Tree
 
@@ -556,3 +556,64 @@ async def test_a_local_registry_is_asked_inline_and_never_cached() -> None:
     assert registry.threads == {threading.get_ident()}
     assert registry.calls == Counter(check_entity=2, check_project=2, resolve=2, load_contents=1)
     assert tree.meta.stats.cache_hits == 0
+
+
+# -- lineage and manifest.json: asked through Meta ------------------------------------------------------
+
+
+class LineageRegistry(SlowRegistry):
+    """SlowRegistry with lineage (counted, failing on demand) and a manifest that waits at the gate."""
+
+    def logged_by(self, version: VersionInfo) -> RunInfo | None:
+        self._call("logged_by")
+        return RunInfo("acme", "vision", "r1", "r1", "train", "finished", 0)
+
+    def used_by(self, version: VersionInfo) -> list[RunInfo]:
+        self._call("used_by")
+        return [RunInfo("acme", "vision", "r2", "r2", "eval", "finished", 0)]
+
+    def manifest(self, version: VersionInfo) -> Manifest:
+        self._call("manifest")
+        return super().manifest(version)
+
+
+@trio_test
+@pytest.mark.allow_log(r"lineage of acme/vision/ds:v0 is unknown: lineage table damaged")
+async def test_lineage_is_one_question_with_one_error_policy() -> None:
+    registry = LineageRegistry()
+    tree = make_tree(registry)
+    v1 = await walk(tree, "acme", "vision", "ds:v1")
+    attrs = await tree.xattrs(v1)
+    assert (attrs["user.artifact.logged_by"], attrs["user.artifact.used_by"]) == (b"acme/vision/r1", b"acme/vision/r2")
+    assert v1.version is not None
+    provenance = await tree.provenance(v1.version)  # what info.json adds: the same answer, not asked again
+    assert provenance["logged_by"]["id"] == "r1" and [r["id"] for r in provenance["used_by"]] == ["r2"]
+    assert (registry.calls["logged_by"], registry.calls["used_by"]) == (1, 1)
+    registry.failures["logged_by"] = FetchError("lineage table damaged")
+    v0 = await walk(tree, "acme", "vision", "ds:v0")
+    assert v0.version is not None
+    attrs = await tree.xattrs(v0)  # unknown, for the xattrs and for info.json alike
+    assert "user.artifact.logged_by" not in attrs and "user.artifact.used_by" not in attrs
+    assert await tree.provenance(v0.version) == {"logged_by": None, "used_by": []}
+
+
+@trio_test
+async def test_manifest_json_is_built_once_under_the_meta_limiter() -> None:
+    registry = LineageRegistry()
+    tree = make_tree(registry, meta=Meta(registry, alias_ttl=TTL, max_threads=1))
+    v1 = await walk(tree, "acme", "vision", "ds:v1")
+    assert v1.version is not None
+    registry.gate = threading.Event()
+    built: list[bytes] = []
+
+    async def one() -> None:
+        built.append(await tree.meta.manifest_json(v1.version))  # type: ignore[arg-type]
+
+    async with trio.open_nursery() as nursery:
+        for _ in range(3):
+            nursery.start_soon(one)
+        await trio.testing.wait_all_tasks_blocked()
+        assert tree.meta.limiter.borrowed_tokens == 1  # the build holds Meta's one thread
+        registry.gate.set()
+    assert registry.calls["manifest"] == 1 and len(built) == 3 and len(set(built)) == 1
+    assert b'"contents"' in built[0]
