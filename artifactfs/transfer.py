@@ -457,7 +457,9 @@ class _RedactQueries(logging.Filter):
 logging.getLogger("urllib3.connectionpool").addFilter(_RedactQueries())
 
 
-MIN_POOL_SIZE = 32  # connections kept per host before any fetcher says how many it runs at once
+# Connections kept per host besides the fetches' requests (expect_fetches): the metadata calls
+# that share a pool with them (W&B GraphQL, file-URL pages; a mount's Meta runs 8 threads at most).
+MIN_POOL_SIZE = 32
 _fetches_lock = threading.Lock()
 _fetches = 0  # the most fetches one caller said it may run at once (expect_fetches)
 
@@ -500,7 +502,7 @@ class HttpPool:
         self._host_netrc: dict[tuple[str, str], tuple[str, str] | None] = {}
 
     def _wanted(self) -> int:
-        return self._fixed if self._fixed is not None else max(MIN_POOL_SIZE, requests_at_once())
+        return self._fixed if self._fixed is not None else MIN_POOL_SIZE + requests_at_once()
 
     @property
     def size(self) -> int:
