@@ -766,7 +766,7 @@ def wan_server(work: Path, latency_ms: float, mbps: float) -> Iterator[tuple[Wan
     proxy: subprocess.Popen[str] | None = None
     try:
         if shutil.which("nginx") is not None:
-            from bench import Nginx  # type: ignore[import-not-found]  # scripts/bench.py
+            from nginx_blobs import Nginx  # type: ignore[import-not-found]  # scripts/nginx_blobs.py
 
             nginx = Nginx(work)
         direct = server.url
