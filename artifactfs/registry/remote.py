@@ -269,6 +269,11 @@ class ManifestKeeper:
         its directory that have none yet (``fresh``: for this file alone)."""
         key = (version.id, entry.path)
         for _ in range(3):
+            if not fresh:  # the usual case (asked ahead): no directory listing for the batch
+                with self._lock:
+                    url = self._cached_url(key)
+                if url is not None:
+                    return url
             event = threading.Event()
             following = [] if fresh else self._following(version, entry)
             with self._lock:  # cache, in-flight and batch looked at together: no URL asked twice
