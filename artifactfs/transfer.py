@@ -46,7 +46,9 @@ from typing import Any, TypeVar
 
 import requests
 import requests.adapters
+import requests.structures
 import requests.utils
+import urllib3
 
 from . import metrics
 from .errors import FetchError
@@ -566,7 +568,14 @@ class HttpPool:
     def get(
         self, url: str, *, headers: dict[str, str] | None = None, timeout: tuple[float, float], netrc: bool = False
     ) -> requests.Response:
-        """A streamed GET; credentials from netrc only when ``netrc`` is True."""
+        """A streamed GET; credentials from netrc only when ``netrc`` is True.  Without
+        credentials or a proxy (a presigned file URL), the request goes straight to the shared
+        urllib3 pool, as requests' adapter would send it but without a ``Session``'s preparing,
+        merging and hooks per request; a redirect is followed by requests."""
+        if not netrc and not self.proxies(url):
+            resp = self._direct_get(url, headers, timeout)
+            if resp is not None:
+                return resp
         return self.session().get(
             url,
             headers=headers,
@@ -575,6 +584,66 @@ class HttpPool:
             auth=self.netrc(url) if netrc else None,
             proxies=self.proxies(url),
         )
+
+    def _direct_get(
+        self, url: str, headers: dict[str, str] | None, timeout: tuple[float, float]
+    ) -> requests.Response | None:
+        """``url`` fetched through the adapter's pool (its TLS settings as requests would give
+        them), urllib3's errors raised as requests' (as ``HTTPAdapter.send`` maps them); None
+        for a redirect (requests follows it)."""
+        self._fit()
+        split = urllib.parse.urlsplit(url)
+        if split.scheme not in ("http", "https") or not split.hostname:
+            return None
+        pool_kwargs: dict[str, Any] = {}
+        if split.scheme == "https":
+            if self._verify is False:
+                pool_kwargs["cert_reqs"] = "CERT_NONE"
+            else:
+                pool_kwargs["cert_reqs"] = "CERT_REQUIRED"
+                ca = requests.utils.DEFAULT_CA_BUNDLE_PATH if self._verify is True else self._verify
+                pool_kwargs["ca_cert_dir" if os.path.isdir(ca) else "ca_certs"] = ca
+        sent = dict(_DIRECT_HEADERS)
+        if headers:
+            sent.update(headers)
+        target = urllib.parse.urlunsplit(("", "", split.path or "/", split.query, ""))
+        try:
+            pool = self._adapter.poolmanager.connection_from_url(url, pool_kwargs=pool_kwargs)
+            raw = pool.urlopen(
+                "GET",
+                target,
+                headers=sent,
+                redirect=False,
+                assert_same_host=False,
+                preload_content=False,
+                decode_content=False,
+                retries=_NO_RETRIES,
+                timeout=urllib3.Timeout(connect=timeout[0], read=timeout[1]),
+            )
+        except urllib3.exceptions.MaxRetryError as exc:
+            if isinstance(exc.reason, urllib3.exceptions.ConnectTimeoutError):
+                raise requests.ConnectTimeout(exc) from None
+            if isinstance(exc.reason, urllib3.exceptions.SSLError):
+                raise requests.exceptions.SSLError(exc) from None
+            raise requests.ConnectionError(exc) from None
+        except urllib3.exceptions.ReadTimeoutError as exc:
+            raise requests.ReadTimeout(exc) from None
+        except urllib3.exceptions.SSLError as exc:
+            raise requests.exceptions.SSLError(exc) from None
+        except urllib3.exceptions.LocationValueError as exc:
+            raise requests.exceptions.InvalidURL(exc) from None
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            raise requests.ConnectionError(exc) from None
+        if raw.get_redirect_location():
+            raw.close()
+            return None
+        resp = requests.Response()
+        resp.status_code = raw.status
+        resp.headers = requests.structures.CaseInsensitiveDict(raw.headers)
+        resp.raw = raw
+        resp.reason = raw.reason
+        resp.url = url
+        return resp
 
     def post(
         self, url: str, *, json: Any, auth: requests.auth.AuthBase, timeout: tuple[float, float]
@@ -585,6 +654,10 @@ class HttpPool:
         """Close the pooled connections (the pool stays usable: new ones are opened)."""
         self._adapter.close()
 
+
+# What requests sends with every GET (its default headers), and its adapter's retries: none.
+_DIRECT_HEADERS = {"User-Agent": requests.utils.default_user_agent(), "Accept": "*/*", "Connection": "keep-alive"}
+_NO_RETRIES = urllib3.Retry(0, read=False)
 
 _pool: HttpPool | None = None
 _pool_lock = threading.Lock()

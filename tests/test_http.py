@@ -8,6 +8,7 @@ retries, Range headers of resumes and parts, and no request where none is allowe
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import threading
@@ -615,3 +616,24 @@ def test_registry_refuses_reference_entries_without_a_content_digest(tmp_path: P
         assert reg.entities() == []
     finally:
         reg.close()
+
+
+def test_a_redirected_presigned_get_is_followed(server: FaultServer, tmp_path: Path) -> None:
+    """A presigned GET (no netrc, no proxy) goes straight to urllib3's pool; a redirect it gets
+    is followed (by requests), and the bytes are the redirect target's."""
+    data = os.urandom(70_000)
+    target = server.add("/real.bin", data)
+    url = server.add("/signed.bin", b"not these bytes")
+    redirect = Fault(status=302, headers={"Location": target})
+    server.plan("/signed.bin", redirect, redirect)  # once to urllib3's pool, once to requests
+    fd = os.open(tmp_path / "out", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        download(url, fd, len(data), WHAT, policy=dataclasses.replace(FAST, netrc=False))
+        assert os.pread(fd, len(data) + 1, 0) == data
+    finally:
+        os.close(fd)
+    assert [(s.path, s.status) for s in server.gets()] == [
+        ("/signed.bin", 302),
+        ("/signed.bin", 302),
+        ("/real.bin", 200),
+    ]
