@@ -485,7 +485,8 @@ class HttpPool:
     """Pooled HTTP(S) connections shared by every thread, each thread with its own
     ``requests.Session`` over them (a session is not documented as thread-safe; its connection
     pool is).  The environment (proxies, CA bundle, ``~/.netrc``) is read as requests would read
-    it, but once: at creation, and once per host; never per request."""
+    it, but once: at creation, and once per host; never per request.  A GET without
+    credentials or a proxy bypasses the session (:meth:`get`)."""
 
     # Connections kept per host: every request that may be in flight at once (the fetches that
     # expect_fetches announced, each with its parallel ranges), so that each reuses its own: a
