@@ -289,13 +289,7 @@ class ManifestKeeper:
                 continue
             try:
                 urls = self._fetch_urls(version, names)
-                now = time.monotonic()
-                with self._lock:
-                    for name, url in urls.items():
-                        self._urls[(version.id, name)] = (url, now)
-                        self._urls.move_to_end((version.id, name))
-                    while len(self._urls) > self.max_urls:
-                        self._urls.popitem(last=False)
+                self._keep_urls(version, urls)
             finally:
                 with self._lock:
                     for name in names:
@@ -307,6 +301,17 @@ class ManifestKeeper:
                 raise FetchError(f"{version.ref}/{entry.path}: the server lists no file {entry.path!r} in it")
             return found
         raise FetchError(f"{version.ref}/{entry.path}: no download URL (waited for another request)")
+
+    def _keep_urls(self, version: VersionInfo, urls: dict[str, str]) -> None:
+        """Keep ``urls`` (entry path -> signed URL) as asked now, the oldest dropped past
+        :attr:`max_urls`."""
+        now = time.monotonic()
+        with self._lock:
+            for name, url in urls.items():
+                self._urls[(version.id, name)] = (url, now)
+                self._urls.move_to_end((version.id, name))
+            while len(self._urls) > self.max_urls:
+                self._urls.popitem(last=False)
 
     def prepare(self, version: VersionInfo, entries: list[Entry], page: int) -> int:
         """Ask for the URLs of those of ``entries`` that have none (and none on the way), in
@@ -334,13 +339,7 @@ class ManifestKeeper:
                 continue
             try:
                 urls = self._fetch_urls(version, chunk)
-                now = time.monotonic()
-                with self._lock:
-                    for name, url in urls.items():
-                        self._urls[(version.id, name)] = (url, now)
-                        self._urls.move_to_end((version.id, name))
-                    while len(self._urls) > self.max_urls:
-                        self._urls.popitem(last=False)
+                self._keep_urls(version, urls)
                 asked += len(chunk)
             except ArtifactFSError as exc:
                 log.debug("%s: URLs asked ahead: %s", version.ref, exc)
