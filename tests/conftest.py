@@ -24,7 +24,10 @@ from pathlib import Path
 
 import home_guard
 import pytest
-from home_guard import _isolated_home  # noqa: F401  (autouse: fresh HOME, XDG dirs, runtime and cache dirs)
+from home_guard import (
+    _isolated_home,  # noqa: F401  (autouse: fresh HOME, XDG dirs, runtime and cache dirs)
+    runtime,  # noqa: F401  (that test's runtime directory)
+)
 from log_hygiene import _log_hygiene  # noqa: F401  (autouse: undeclared warnings and tracebacks fail a test)
 from log_hygiene import configure as _configure_log_hygiene
 

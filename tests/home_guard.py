@@ -196,6 +196,14 @@ def _isolated_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest
         pytest.fail("the test touched a real home:\n" + "\n".join(sorted(set(seen))[:20]), pytrace=False)
 
 
+@pytest.fixture
+def runtime(_isolated_home: None) -> Path:
+    """This test's own runtime directory (``ARTIFACTFS_RUNTIME_DIR``, made by the isolation
+    above), where the daemons it starts keep their records: ``artifactfs status``/``stats`` see
+    only this test's mounts."""
+    return Path(os.environ["ARTIFACTFS_RUNTIME_DIR"])
+
+
 def configure(config: pytest.Config) -> None:
     GUARD.start()
 

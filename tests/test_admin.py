@@ -36,18 +36,6 @@ UNIT = ROOT / "docs" / "systemd" / "artifactfs.service"
 HELPER_LINK = Path("/sbin/mount.fuse.artifactfs")
 
 
-@pytest.fixture
-def runtime(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    """A private runtime directory for the daemons this test starts (short: unix socket paths
-    are limited to 107 bytes)."""
-    path = Path(tempfile.mkdtemp(prefix="afs-run-"))
-    monkeypatch.setenv("ARTIFACTFS_RUNTIME_DIR", str(path))
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
-
-
 def status() -> list[dict[str, object]]:
     return json.loads(run_cli("status", "--json").stdout)  # type: ignore[no-any-return]
 

@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -16,16 +13,6 @@ from artifactfs.names import parse_ref
 from artifactfs.registry.local import LocalRegistry
 
 MiB = 1 << 20
-
-
-@pytest.fixture
-def runtime(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    path = Path(tempfile.mkdtemp(prefix="afs-run-"))
-    monkeypatch.setenv("ARTIFACTFS_RUNTIME_DIR", str(path))
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture

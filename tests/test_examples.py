@@ -7,11 +7,8 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
-import shutil
 import subprocess
 import sys
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,16 +17,6 @@ from conftest import SAMPLE_FILES, Mounter, run_cli
 pytestmark = pytest.mark.fuse
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "train_loader.py"
-
-
-@pytest.fixture
-def runtime(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    path = Path(tempfile.mkdtemp(prefix="afs-run-"))
-    monkeypatch.setenv("ARTIFACTFS_RUNTIME_DIR", str(path))
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
 
 
 def example(*args: str) -> subprocess.CompletedProcess[str]:

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,16 +14,6 @@ from artifactfs.pin import pin
 from artifactfs.registry.local import LocalRegistry
 
 pytestmark = pytest.mark.fuse
-
-
-@pytest.fixture
-def runtime(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    path = Path(tempfile.mkdtemp(prefix="afs-run-"))
-    monkeypatch.setenv("ARTIFACTFS_RUNTIME_DIR", str(path))
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
 
 
 def info_pin(registry: Path, ref: str) -> list[str]:

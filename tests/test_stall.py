@@ -15,11 +15,9 @@ import contextlib
 import io
 import json
 import os
-import shutil
 import sqlite3
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import urllib.request
@@ -49,17 +47,6 @@ print("held", flush=True)
 time.sleep(float(sys.argv[2]))
 con.execute("ROLLBACK")
 """
-
-
-@pytest.fixture
-def runtime(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    """A private runtime directory, so ``artifactfs stats`` finds only this test's daemons."""
-    path = Path(tempfile.mkdtemp(prefix="afs-run-"))
-    monkeypatch.setenv("ARTIFACTFS_RUNTIME_DIR", str(path))
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
 
 
 def content(i: int) -> bytes:
