@@ -36,6 +36,7 @@ from . import defaults
 from .errors import ArtifactNotFound, EntryNotFound, InvalidReference, NotFound
 from .fsutil import redact_uri
 from .index import Child, ManifestIndex
+from .index import Listing as Listing  # re-exported: ops.py's readdir replies from it
 from .manifest import Entry
 from .meta import Meta
 from .names import Ref, check_name, check_project, parse_version
@@ -140,6 +141,11 @@ class Tree:
     _cached: OrderedDict[int, Node] = field(default_factory=OrderedDict)
     _listings: OrderedDict[int, list[tuple[bytes, Node]]] = field(default_factory=OrderedDict)
     _listed: int = 0
+    # Compact listings of indexed directories for readdir (index.Listing), by directory inode,
+    # least recently used first, bounded by their size in all.
+    max_listing_bytes: int = 64 << 20
+    _dir_listings: OrderedDict[int, Listing] = field(default_factory=OrderedDict)
+    _listing_bytes: int = 0
     # Nodes dropped from the key index so far: a kept listing of nodes (``Node.children``) made
     # when this was the same still names the current node of every key.
     _dropped: int = 0
@@ -221,22 +227,43 @@ class Tree:
             self._slots[parent.key] = slot
         return slot
 
-    async def indexed_rows(self, inode: int) -> tuple[int, int, list[tuple[int, str, int, int]]] | None:
-        """For a directory of an indexed version: ``(inode base, mtime_ns, rows)``, each row
-        ``(row id, name, is_dir, size)`` in name order (a child's inode is ``base | row id``):
-        what a readdir replies, with no node made.  None for any other directory."""
-        node = self.node(inode)
-        if node.kind not in (Kind.VERSION, Kind.DIR):
-            return None
-        slot = await self._slot(node)
-        if slot is None:
-            return None
-        rows = self._slot_info[slot][0].rows(node.path)
-        if rows is None:
-            raise EntryNotFound(f"{node.path!r}: no such directory")
+    async def indexed_listing(self, inode: int) -> tuple[int, int, Listing] | None:
+        """For a directory of an indexed version: ``(inode base, mtime_ns, listing)`` (a child's
+        inode is ``base | id``): what a readdir replies, with no node made.  None for any other
+        directory.  Listings are kept, least recently used dropped first, up to
+        ``max_listing_bytes`` in all (~20 bytes an entry): a walk that fits is answered from
+        memory every time after the first, and one that does not asks the index again."""
+        listing = self._dir_listings.get(inode)
+        slot: int | None = None
+        if listing is not None:
+            self._dir_listings.move_to_end(inode)
+            slot = (inode >> INDEX_SHIFT) - 1 if inode > INDEX_MASK else self._slots.get(self.node(inode).key)
+        if slot is None or listing is None:
+            node = self.node(inode)
+            if node.kind not in (Kind.VERSION, Kind.DIR):
+                return None
+            found = await self._slot(node)
+            if found is None:
+                return None
+            slot = found
+            listing = self._slot_info[slot][0].listing(node.path)
+            if listing is None:
+                raise EntryNotFound(f"{node.path!r}: no such directory")
+            self._keep_listing(inode, listing)
         v = self._slot_info[slot][1].version
         assert v is not None
-        return (slot + 1) << INDEX_SHIFT, v.created_at_ns, rows
+        return (slot + 1) << INDEX_SHIFT, v.created_at_ns, listing
+
+    def _keep_listing(self, inode: int, listing: Listing) -> None:
+        kept = self._dir_listings
+        old = kept.pop(inode, None)
+        if old is not None:
+            self._listing_bytes -= old.nbytes
+        kept[inode] = listing
+        self._listing_bytes += listing.nbytes
+        while self._listing_bytes > self.max_listing_bytes and len(kept) > 1:
+            _, dropped = kept.popitem(last=False)
+            self._listing_bytes -= dropped.nbytes
 
     def _indexed_listing(self, slot: int, node: Node) -> list[tuple[bytes, Node]]:
         """The encoded children of an indexed directory: kept while the working set allows."""

@@ -368,3 +368,84 @@ def test_listed_and_looked_up_attributes_agree(
         listed = stats(mounter(f"wandb:{server.url}"), listed=True)  # type: ignore[arg-type]
         assert listed == looked_up
         assert listed["top.txt"][2] == 4 and listed["d0/sub0"][3] == 2
+
+
+def test_readdir_offsets_hold_across_a_dropped_listing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """readdir of indexed directories in replies of a few entries (a small kernel buffer), with
+    the tree keeping one compact listing at a time, so that each directory's listing is dropped
+    and made again between replies, and a new handle starting at an offset (``seekdir``): every
+    name once, in name order, each with the attributes a lookup of it gives."""
+    import pyfuse3
+    import trio
+    from wandb_server import WandbServer
+
+    from artifactfs.fetcher import Fetcher
+    from artifactfs.ops import Operations
+    from artifactfs.registry.wandb import WandbRegistry
+    from artifactfs.store import BlobStore
+    from artifactfs.tree import Tree
+
+    key = "0ff5" + "0" * 36
+    monkeypatch.setenv("WANDB_API_KEY", key)
+    monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
+    files = {f"d{i % 3}/f{i:03d}.bin": b"x" * i for i in range(90)}
+    files["d1/sub/z.txt"] = b"z\n"
+    replied: list[tuple[bytes, int, int, int, int]] = []
+    room = [0]
+
+    def reply(token: Any, name: bytes, attr: Any, offset: int) -> bool:
+        if room[0] == 0:
+            return False
+        room[0] -= 1
+        replied.append((name, attr.st_ino, attr.st_mode, attr.st_size, offset))
+        return True
+
+    monkeypatch.setattr(pyfuse3, "readdir_reply", reply)
+    with WandbServer(api_key=key, viewer_entity="acme") as server:
+        server.add_artifact("acme", "vision", "ds", "dataset", files)
+        reg = WandbRegistry(server.url, str(tmp_path / "cache"))
+        tree = Tree(reg, 0, 0, max_listing_bytes=1)  # one listing kept at a time
+        ops = Operations(tree, Fetcher(reg, BlobStore(str(tmp_path / "blobs"))))
+
+        async def read_dir(inode: int, fh: int, start: int, per_reply: int, between: Any) -> list[Any]:
+            del replied[:]
+            offset = start
+            while True:
+                room[0] = per_reply
+                before = len(replied)
+                await ops.readdir(fh, offset, None)  # type: ignore[arg-type]
+                if len(replied) == before:
+                    return list(replied)
+                offset = replied[-1][4]
+                await between()
+
+        async def walk() -> None:
+            entity = await tree.lookup(1, "acme")
+            version = await tree.lookup((await tree.lookup(entity.inode, "vision")).inode, "ds:v0")
+            dirs = {d: (await ops.lookup(version.inode, d.encode(), None)).st_ino for d in ("d0", "d1", "d2")}
+            for d, inode in dirs.items():
+                others = [i for i in dirs.values() if i != inode]
+
+                async def other_listings(others: list[int] = others) -> None:  # drops ``d``'s listing
+                    for i in others:
+                        assert await tree.indexed_listing(i) is not None
+
+                fh = await ops.opendir(inode, None)  # type: ignore[arg-type]
+                got = await read_dir(inode, fh, 0, 4, other_listings)
+                await ops.releasedir(fh)
+                names = sorted({p.split("/")[1] for p in files if p.startswith(d + "/")})
+                assert [g[0].decode() for g in got] == names
+                assert [g[4] for g in got] == list(range(1, len(names) + 1))
+                for name, ino, mode, size, _ in got:  # what a lookup of the name says
+                    attr = await ops.lookup(inode, name, None)
+                    assert (attr.st_ino, attr.st_mode, attr.st_size) == (ino, mode, size)
+                # A new handle that starts where a reader left off (seekdir to a telldir).
+                fh = await ops.opendir(inode, None)  # type: ignore[arg-type]
+                rest = await read_dir(inode, fh, 7, 5, other_listings)
+                await ops.releasedir(fh)
+                assert rest == got[7:]
+            assert tree._listing_bytes <= max(listing.nbytes for listing in tree._dir_listings.values())
+
+        trio.run(walk)
+        ops.fetcher.store.close()
+        reg.close()
