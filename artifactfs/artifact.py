@@ -30,6 +30,7 @@ from typing import IO, Any
 
 from . import active_runs
 from .client import Client, NewContent
+from .digests import fd_holds, hash_fd
 from .download import Downloader, remove_others
 from .errors import (
     ArtifactFSError,
@@ -43,7 +44,7 @@ from .errors import (
     SourceError,
 )
 from .fsutil import walk_files
-from .manifest import MD5, XXH128, Entry, Manifest, fd_holds, hash_fd, hex_from_b64
+from .manifest import MD5, XXH128, Entry, Manifest, hex_from_b64
 from .names import (
     LATEST,
     check_alias,

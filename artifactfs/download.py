@@ -36,16 +36,17 @@ import stat
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from functools import partial
 
+from .digests import fd_holds, hash_fd, write_verified
 from .errors import ArtifactFSError, DigestMismatch, FetchError, InvalidPath
-from .fetcher import INLINE_VERIFY_MAX
-from .manifest import Entry, fd_holds, hash_fd
+from .manifest import Entry
 from .names import check_entry_path
 from .progress import ProgressBar
 from .references import content_entry
 from .registry.base import Registry, VersionInfo
 from .sources import open_blob
-from .store import Blob, BlobStore, write_verified
+from .store import Blob, BlobStore
 
 log = logging.getLogger(__name__)
 
@@ -121,36 +122,15 @@ def _copy_blob(blob: Blob, fd: int, size: int) -> None:
             view, offset = view[written:], offset + written
 
 
-def cached_blob(
-    store: BlobStore, registry: Registry, version: VersionInfo, entry: Entry, check: Entry, what: str
-) -> Blob:
-    """The verified blob of ``entry`` (checked against ``check``: the entry, or a reference's
-    content entry) out of the cache ``store``: opened if its file is provably the verified one,
-    hashed again if its identity moved, else fetched from the registry's source into the cache,
-    verified on the way.  Blocks (hashing, network): call it from a worker thread."""
-    key = check.cache_key
-    blob = store.open_cached(key) or store.open_verified(key, check, what)
-    if blob is None:
-        blob = store.fill(key, check, registry.blob_source(version, entry), what)
-    return blob
-
-
 def open_verified_blob(store: BlobStore, registry: Registry, version: VersionInfo, entry: Entry) -> Blob:
-    """The verified blob of ``entry``, as the mount serves it: a local registry's blob verified
-    where it lies (trusted again while its identity holds; blobs of up to
-    :data:`~artifactfs.fetcher.INLINE_VERIFY_MAX` bytes hashed once per process, with no record),
-    anything else through :func:`cached_blob`.  Blocks: call it from a worker thread."""
+    """The verified blob of ``entry``, as the mount serves it (:meth:`BlobStore.obtain`): a local
+    registry's blob verified where it lies, anything else out of the cache ``store`` (opened, or
+    hashed again if its identity moved), else fetched from the registry's source into the cache,
+    verified on the way.  Blocks (hashing, network): call it from a worker thread."""
+    local = registry.local_path(entry)
     check = _check_entry(entry)
-    key = check.cache_key
     what = f"{version.ref}/{entry.path}"
-    local = registry.local_path(check)
-    if local is None:
-        return cached_blob(store, registry, version, entry, check, what)
-    small = check.size <= INLINE_VERIFY_MAX
-    blob = store.open_trusted(key, local, persisted=not small)
-    if blob is None:
-        blob = store.verify_in_place(key, check, local, what, persist=not small)
-    return blob
+    return store.obtain(check.cache_key, check, what, partial(registry.blob_source, version, entry), local=local)[0]
 
 
 class SafeRoot:
@@ -358,7 +338,6 @@ class Downloader:
                     pending.append((dir_fd, leaf, path))
             if not pending:
                 return
-            what = f"{self.version.ref}/{job.entry.path}"
             local = self.registry.local_path(job.entry) if self.registry.local and job.entry.ref is None else None
             if local is not None:
                 for dir_fd, leaf, path in pending:
@@ -370,7 +349,7 @@ class Downloader:
                     self._place_uncached(job, dir_fd, leaf, f"{self.version.ref}/{path}")
                     bar.done(job.check.size)
                 return
-            blob = self._blob(job, what)
+            blob = open_verified_blob(self._open_store(), self.registry, self.version, job.entry)
             try:
                 for dir_fd, leaf, path in pending:
                     self._place_blob(blob, dir_fd, leaf, job.check, f"{self.version.ref}/{path}")
@@ -385,9 +364,6 @@ class Downloader:
     def _count(self, how: str) -> None:
         with self._lock:
             self.placed[how] += 1
-
-    def _blob(self, job: Job, what: str) -> Blob:
-        return cached_blob(self._open_store(), self.registry, self.version, job.entry, job.check, what)
 
     def _write(self, dir_fd: int, leaf: str, what: str, fill: Callable[[int], None]) -> None:
         tmp = f".{secrets.token_hex(8)}{TMP_SUFFIX}"

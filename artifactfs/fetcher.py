@@ -4,6 +4,11 @@
 match the manifest.  Concurrency rules (the trio loop is single-threaded, so only ``await``
 points interleave):
 
+The fetcher asks the store once, with everything it needs: the store's one sequence
+(:meth:`~artifactfs.store.BlobStore.obtain`: a local blob trusted or hashed where it lies, else
+the cached blob, opened or hashed again, else the registry's source filled into the cache) runs
+first on the loop with ``quick``, then, if that could not finish it, whole in a worker thread.
+
 * Fast path, inline on the loop: a blob already in the cache whose file still has the identity
   it had when it was verified, a local blob whose trust record still matches, or a small local
   blob (<= 64 KiB, hashed here) is opened directly (a SQLite lookup or a short hash and an
@@ -27,6 +32,7 @@ import logging
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, TypeVar
 
 import trio
@@ -37,12 +43,10 @@ from .manifest import Entry
 from .metrics import Histogram
 from .references import content_entry
 from .registry.base import Registry, VersionInfo
-from .store import Blob, BlobStore
+from .store import Blob, BlobStore, Outcome
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-
-INLINE_VERIFY_MAX = 64 * 1024  # local blobs up to this size are hashed on the trio loop
 
 
 @dataclass
@@ -104,14 +108,13 @@ class Fetcher:
         return len(self._inflight)
 
     async def get(self, version: VersionInfo, entry: Entry) -> Blob:
-        backend = self.registry.kind if entry.ref is None else entry.ref.partition("://")[0]
-        if entry.ref is not None:
-            # The digest a reference's bytes are verified against: its own, or the MD5 that a
-            # wandb-logged s3 entry's single-part ETag is; FetchError when none proves anything.
-            entry = content_entry(entry)
-        key = entry.cache_key
-        # Pure (no I/O): where a local registry keeps the blob, when it may be served in place.
+        # Asked once, the higher layer first: where a local registry keeps the blob (pure, no
+        # I/O), and the digest a reference's bytes are verified against (its own, or the MD5 that
+        # a wandb-logged s3 entry's single-part ETag is; FetchError when none proves anything).
         local = self.registry.local_path(entry) if self.serve_local_in_place else None
+        check = content_entry(entry) if entry.ref is not None else entry
+        key, what = check.cache_key, f"{version.ref}/{entry.path}"
+        source = partial(self.registry.blob_source, version, check)  # asked only after a miss
         while True:
             failure = self._failures.get(key)
             if failure is not None:
@@ -120,24 +123,23 @@ class Fetcher:
                 del self._failures[key]
             event = self._inflight.get(key)
             if event is None:
-                blob = self._fast(key, version, entry, local)
-                if blob is not None:
-                    return blob
                 break
             await event.wait()
-        started = trio.current_time()
-        verified, fetched = await self._flight(
-            key, version, entry, lambda: self._slow(key, version, entry, local), self._limiter
-        )
-        self.stats.observe("local" if local is not None else backend, trio.current_time() - started)
-        if local is not None:
-            self.stats.verified_in_place += 1
-        elif fetched:
-            self.stats.fetches += 1
-            self.stats.fetched_bytes += entry.size
-        else:
-            self.stats.cache_hits += 1
-        return verified
+        try:  # inline: what needs no download and no long hash
+            got = self.store.obtain(key, check, what, source, local=local, quick=True)
+        except ArtifactFSError as exc:
+            self._remember_failure(key, exc, version, entry)
+            raise
+        if got is None:
+            started = trio.current_time()
+            got = await self._flight(
+                key, version, entry, lambda: self.store.obtain(key, check, what, source, local=local), self._limiter
+            )
+            backend = self.registry.kind if entry.ref is None else entry.ref.partition("://")[0]
+            self.stats.observe("local" if local is not None else backend, trio.current_time() - started)
+        blob, outcome = got
+        self._count(outcome, check.size)
+        return blob
 
     async def warm(
         self,
@@ -156,25 +158,37 @@ class Fetcher:
         that serve reads); default the fetcher's own.  ``count_cached``: whether a blob found
         already cached counts as a cache hit (not for the engine's background checks: no
         reader asked for it)."""
-        if entry.ref is not None:
-            entry = content_entry(entry)
-        key = entry.cache_key
+        local = self.registry.local_path(entry) if self.serve_local_in_place else None
+        check = content_entry(entry) if entry.ref is not None else entry
+        key, what = check.cache_key, f"{version.ref}/{entry.path}"
         if key in self._inflight or key in self._failures:
             return False
-        local = self.registry.local_path(entry) if self.serve_local_in_place else None
-        outcome = await self._flight(
-            key, version, entry, lambda: self._ahead(key, version, entry, local), limiter or self._limiter
-        )
-        if outcome == "verified":
-            self.stats.verified_in_place += 1
-        elif outcome == "trusted":
+        source = partial(self.registry.blob_source, version, check)
+
+        def ahead() -> Outcome:
+            # Fetched ahead of any read: kept by the store's group commit, one sync and one
+            # transaction a batch (a reader's fill is durable before its read returns).
+            blob, outcome = self.store.obtain(key, check, what, source, local=local, group=True)
+            blob.close()
+            if outcome == "trusted" and local is not None:  # hashing would have read it
+                _will_need(local, check.size)
+            return outcome
+
+        outcome = await self._flight(key, version, entry, ahead, limiter or self._limiter)
+        if outcome != "cached" or count_cached:
+            self._count(outcome, check.size)
+        return True
+
+    def _count(self, outcome: Outcome, size: int) -> None:
+        if outcome == "trusted":
             self.stats.trusted_in_place += 1
+        elif outcome == "verified":
+            self.stats.verified_in_place += 1
         elif outcome == "fetched":
             self.stats.fetches += 1
-            self.stats.fetched_bytes += entry.size
-        elif count_cached:
+            self.stats.fetched_bytes += size
+        else:
             self.stats.cache_hits += 1
-        return True
 
     async def _flight(
         self, key: str, version: VersionInfo, entry: Entry, work: Callable[[], T], limiter: trio.CapacityLimiter
@@ -193,46 +207,6 @@ class Fetcher:
             del self._inflight[key]
             event.set()
 
-    def _ahead(self, key: str, version: VersionInfo, entry: Entry, local: str | None) -> str:
-        """Worker thread of :meth:`warm`: what it did (verified, trusted, fetched, cached)."""
-        if local is not None:
-            small = entry.size <= INLINE_VERIFY_MAX
-            blob = self.store.open_trusted(key, local, persisted=not small)
-            outcome = "trusted"
-            if blob is None:  # hashing reads it: its bytes are in the page cache afterwards
-                blob = self.store.verify_in_place(key, entry, local, f"{version.ref}/{entry.path}", persist=not small)
-                outcome = "verified"
-            else:
-                _will_need(local, entry.size)
-            blob.close()
-            return outcome
-        blob, fetched = self._slow(key, version, entry, None, group=True)
-        blob.close()
-        return "fetched" if fetched else "cached"
-
-    def _fast(self, key: str, version: VersionInfo, entry: Entry, local: str | None) -> Blob | None:
-        """Inline: a blob that needs no download and no long hash, or None."""
-        if local is not None:
-            small = entry.size <= INLINE_VERIFY_MAX
-            blob = self.store.open_trusted(key, local, persisted=not small)
-            if blob is not None:
-                self.stats.trusted_in_place += 1
-                return blob
-            if small:
-                # Hashing 64 KiB costs about what a thread hop does, and far less than writing a
-                # trust record: small local blobs are verified inline, once per process.
-                try:
-                    blob = self.store.verify_in_place(key, entry, local, f"{version.ref}/{entry.path}", persist=False)
-                except ArtifactFSError as exc:
-                    self._remember_failure(key, exc, version, entry)
-                    raise
-                self.stats.verified_in_place += 1
-            return blob
-        blob = self.store.open_cached(key)
-        if blob is not None:
-            self.stats.cache_hits += 1
-        return blob
-
     def _remember_failure(self, key: str, exc: ArtifactFSError, version: VersionInfo, entry: Entry) -> None:
         level = logging.ERROR if self.log_failures else logging.DEBUG
         if isinstance(exc, DigestMismatch):
@@ -250,23 +224,6 @@ class Fetcher:
             self.stats.fetch_errors += 1
             log.log(level, "fetch failed: %s/%s: %s", version.ref, entry.path, exc)
         self._failures[key] = _Failure(exc, trio.current_time() + self.failure_backoff)
-
-    def _slow(
-        self, key: str, version: VersionInfo, entry: Entry, local: str | None, *, group: bool = False
-    ) -> tuple[Blob, bool]:
-        """Worker thread: hash a local blob in place; or re-check a cached file that could not be
-        proven inline; or ask the registry where the bytes are (only now, after the miss: it may
-        be a network call) and fetch them into the cache.  ``(blob, fetched)``."""
-        what = f"{version.ref}/{entry.path}"
-        if local is not None:
-            return self.store.verify_in_place(key, entry, local, what), False
-        blob = self.store.open_verified(key, entry, what)
-        if blob is not None:
-            return blob, False
-        source = self.registry.blob_source(version, entry)
-        # Fetched ahead of any read (group): kept by the store's group commit, one sync and one
-        # transaction a batch; a reader's fill is durable before its read returns.
-        return self.store.fill(key, entry, source, what, group=group), True
 
 
 def _will_need(path: str, size: int) -> None:

@@ -65,12 +65,11 @@ from .errors import (
     NotFound,
     ReadOnly,
 )
-from .fetcher import INLINE_VERIFY_MAX
 from .manifest import Entry
 from .names import Ref, check_alias, check_name, parse_version
 from .references import content_entry
 from .registry.base import DirEntry, Registry, VersionInfo
-from .store import Blob, BlobStore
+from .store import INLINE_VERIFY_MAX, Blob, BlobStore
 
 PROTOCOL = "artifactfs"
 _ENTRY_MEMO_MAX = 200_000  # entries remembered per filesystem instance (cleared past it)

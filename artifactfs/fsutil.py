@@ -5,6 +5,7 @@ fit for logs."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import secrets
@@ -17,6 +18,10 @@ from typing import Any
 from .errors import CacheError, SourceError
 
 log = logging.getLogger(__name__)
+
+
+#: errnos of a write that found its disk full (no space, or the quota reached).
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 
 
 def make_temp(directory: str, suffix: str = ".tmp", flags: int = os.O_WRONLY) -> tuple[int, str]:

@@ -55,9 +55,9 @@ import requests
 import urllib3
 
 from . import transfer
+from .digests import MD5, b64_digest, new_hasher
 from .errors import AuthError, FetchError, SourceChanged
 from .fsutil import redact_uri
-from .manifest import MD5, b64_digest, new_hasher
 from .sources import Progress
 from .transfer import DEFAULT_POLICY, ByteRange, Policy, Transient, Write
 

@@ -45,16 +45,10 @@ from typing import IO, Any
 import ijson
 import xxhash
 
+from .digests import new_hasher
 from .errors import ArtifactFSError, ManifestError
 from .fsutil import fsync_dir, make_temp
-from .manifest import (
-    DIGEST_HEADER,
-    MD5,
-    STORAGE_POLICY,
-    Entry,
-    entry_fields,
-    new_hasher,
-)
+from .manifest import DIGEST_HEADER, MD5, STORAGE_POLICY, Entry, entry_fields
 
 log = logging.getLogger(__name__)
 

@@ -10,22 +10,18 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
 import json
-import os
 import re
-import stat
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
-import xxhash
-
+from .digests import MD5 as MD5
+from .digests import XXH128 as XXH128
+from .digests import b64_digest, new_hasher
 from .errors import ManifestError
 from .names import check_entry_path
 
-MD5 = "MD5"
-XXH128 = "XXH128"
 ALGORITHMS = (MD5, XXH128)
 STORAGE_POLICY = "wandb-storage-policy-v1"
 DIGEST_HEADER = b"wandb-artifact-manifest-v1\n"
@@ -36,60 +32,6 @@ EMPTY_MD5_B64 = "1B2M2Y8AsgTpgAmY7PhCfg=="
 # parse manifests as JavaScript numbers).  Sizes become st_size and st_blocks; anything larger
 # is a hostile or broken manifest, not a file.
 MAX_ENTRY_SIZE = 2**53 - 1
-
-
-class Hasher(Protocol):
-    def update(self, data: bytes, /) -> None: ...
-
-    def digest(self) -> bytes: ...
-
-    def hexdigest(self) -> str: ...
-
-
-def new_hasher(alg: str = MD5) -> Hasher:
-    """A fresh hasher for an entry algorithm (``MD5`` or ``XXH128``)."""
-    if alg == MD5:
-        return hashlib.md5(usedforsecurity=False)
-    if alg == XXH128:
-        return xxhash.xxh128()
-    raise ManifestError(f"unsupported digest algorithm {alg!r}")
-
-
-def b64_digest(hasher: Hasher) -> str:
-    return base64.b64encode(hasher.digest()).decode("ascii")
-
-
-def hash_fd(fd: int, alg: str = MD5, limit: int | None = None, chunk: int = 1 << 20) -> tuple[str, int]:
-    """Hash an open file from offset 0 with ``pread``: ``(b64 digest, bytes read)``.
-
-    With ``limit`` it reads at most ``limit + 1`` bytes: enough to know the file is too long,
-    without hashing a file of any size.
-    """
-    hasher = new_hasher(alg)
-    size = update_from_fd(hasher, fd, 0, None if limit is None else limit + 1, chunk)
-    return b64_digest(hasher), size
-
-
-def fd_holds(fd: int, entry: Entry) -> bool:
-    """Whether the open file ``fd`` holds ``entry``'s bytes: a regular file of its size whose hash
-    is its digest (a file of another size is not read).  An error reading it (OSError) passes."""
-    st = os.fstat(fd)
-    if not stat.S_ISREG(st.st_mode) or st.st_size != entry.size:
-        return False
-    return hash_fd(fd, entry.alg, limit=entry.size) == (entry.digest, entry.size)
-
-
-def update_from_fd(hasher: Hasher, fd: int, start: int, end: int | None = None, chunk: int = 1 << 20) -> int:
-    """Feed bytes ``[start, end)`` of an open file (to its end when ``end`` is None) to
-    ``hasher`` with ``pread``; return the offset reached (less than ``end`` at end of file)."""
-    offset = start
-    while end is None or offset < end:
-        data = os.pread(fd, chunk if end is None else min(chunk, end - offset), offset)
-        if not data:
-            break
-        hasher.update(data)
-        offset += len(data)
-    return offset
 
 
 def hex_from_b64(digest: str) -> str:

@@ -29,9 +29,10 @@ import urllib.parse
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from .digests import hash_fd
 from .errors import FetchError, InvalidReferenceEntry, ManifestError, SourceError
 from .fsutil import redact_uri
-from .manifest import MD5, Entry, hash_fd, hex_from_b64
+from .manifest import MD5, Entry, hex_from_b64
 from .sources import BlobSource, Progress
 
 if TYPE_CHECKING:  # requests is imported only when a reference is fetched

@@ -72,9 +72,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import transfer
+from .digests import MD5, b64_digest, new_hasher
 from .errors import AuthError, FetchError, InvalidReferenceEntry, SourceChanged
 from .http import etag_opaque
-from .manifest import MD5, b64_digest, new_hasher
 from .sources import Progress
 from .transfer import DEFAULT_POLICY, ByteRange, Policy, Transient
 

@@ -2,33 +2,37 @@
 
 Keys are content addresses (``md5/<hex>``, ``xxh128/<hex>``), so a blob shared by several
 versions, artifacts or mounts is stored and fetched once.  Nothing enters the cache before its
-bytes have hashed to the digest the manifest promises:
+bytes have hashed to the digest the manifest promises (every hash is taken in
+:mod:`artifactfs.digests`).  :meth:`BlobStore.obtain` is the one sequence every reader follows
+(the mount's fetcher, ``download()``, ``artifactfs://``): a blob in place, trusted or hashed;
+else the cached blob, opened or hashed again; else a source filled into the cache:
 
 * :meth:`BlobStore.fill` writes a source into a temp file under the cache directory while
   hashing it, and only on a match *adopts* the temp file into diskcache (a rename, not a copy:
   see :class:`_AdoptingDisk`).  On a mismatch the temp file is deleted and
   :class:`~artifactfs.errors.DigestMismatch` raised.  A stream is hashed as it is copied; a
-  download that writes at offsets (ranged, parallel HTTP) is hashed by :class:`PrefixHasher`
-  as its contiguous prefix grows, and to the end once it returns (see :func:`write_verified`).
+  download that writes at offsets (ranged, parallel HTTP) is hashed as its contiguous prefix
+  grows, and to the end once it returns (:func:`~artifactfs.digests.write_verified`).
 * :meth:`BlobStore.verify_in_place` serves a blob that already sits in a local file (the local
   registry's blob store) without copying it: it hashes the file once and records the file's
   identity (device, inode, size, mtime, ctime) in the cache.  The record is trusted only while
   that identity is unchanged: any write to the file changes its ctime and forces a new hash.
 
-All methods block (disk I/O, hashing); the fetcher runs them in worker threads, except the two
-it calls on the trio loop, :meth:`BlobStore.open_cached` and :meth:`BlobStore.open_trusted`.
-Those never write SQLite and never wait for it: they read ``cache.db`` on a connection whose
-busy timeout is :data:`QUICK_TIMEOUT` and take "busy" as a miss (the caller's worker thread then
-asks again, and may wait), and they only *note* a use of a blob in memory; the uses reach
-``cache.db`` in one transaction per :meth:`BlobStore.flush_uses`, which the daemon runs in a worker
-thread every :data:`USE_FLUSH_INTERVAL` seconds and every eviction runs first.  A worker touches
-only its own file descriptors and the diskcache handle, which is thread- and process-safe.
+All methods block (disk I/O, hashing); the fetcher runs them in worker threads, except
+:meth:`BlobStore.obtain` with ``quick``, which it calls on the trio loop: that runs only
+:meth:`BlobStore.open_cached` and :meth:`BlobStore.open_trusted` (and hashes a small blob in
+place, with no record).  Those two never write SQLite and never wait for it: they read
+``cache.db`` on a connection whose busy timeout is :data:`QUICK_TIMEOUT` and take "busy" as a
+miss (the caller's worker thread then asks again, and may wait), and they only *note* a use of a
+blob in memory; the uses reach ``cache.db`` in one transaction per :meth:`BlobStore.flush_uses`,
+which the daemon runs in a worker thread every :data:`USE_FLUSH_INTERVAL` seconds and every
+eviction runs first.  A worker touches only its own file descriptors and the diskcache handle,
+which is thread- and process-safe.
 """
 
 from __future__ import annotations
 
 import contextlib
-import errno
 import logging
 import os
 import pickle
@@ -36,20 +40,21 @@ import sqlite3
 import stat
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import IO, Any
+from typing import Any, Literal, overload
 
 import diskcache
 
 from . import defaults
+from .digests import fd_holds, hash_fd, write_verified
 from .errors import BlobChanged, CacheError, DigestMismatch, DiskFull, FetchError
-from .fsutil import CACHE_INDEX, claim_cache_dir, fsync_dir, make_temp, pid_alive, syncfs
-from .manifest import Entry, b64_digest, fd_holds, hash_fd, new_hasher, update_from_fd
+from .fsutil import CACHE_INDEX, DISK_FULL, claim_cache_dir, fsync_dir, make_temp, pid_alive, syncfs
+from .manifest import Entry
 from .sources import BlobSource, open_blob
 
 log = logging.getLogger(__name__)
 
-CHUNK = 1 << 20
 DEFAULT_SIZE_LIMIT = defaults.CACHE_SIZE
 _TRUST_PREFIX = "trust/"  # in-place blobs: key -> (path, *identity)
 _CACHED_PREFIX = "cached/"  # cache files: key -> (path, *identity) taken once the file was adopted
@@ -60,8 +65,13 @@ QUICK_TIMEOUT = 0.01
 #: Seconds between the daemon's writes of blob uses (access times) into cache.db.
 USE_FLUSH_INTERVAL = 10.0
 _ROOM_SLACK = 1 << 20  # free space kept beyond a blob's size for SQLite's journal and directories
-_DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 _NOFOLLOW = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK  # a FIFO planted there must not block
+#: Blobs lying in place up to this size are hashed once per process, with no trust record (on the
+#: trio loop too): hashing 64 KiB costs about what a thread hop does, and far less than writing a record.
+INLINE_VERIFY_MAX = 64 * 1024
+#: How :meth:`BlobStore.obtain` had a blob: its trust record held, hashed where it lies, from the
+#: cache (opened, or hashed again), or fetched into the cache.
+Outcome = Literal["trusted", "verified", "cached", "fetched"]
 
 
 class Blob:
@@ -579,6 +589,72 @@ class BlobStore:
         except (sqlite3.Error, diskcache.Timeout) as exc:
             raise CacheError(f"cannot read the cache index {self.directory}: {exc}") from exc
 
+    @overload
+    def obtain(
+        self,
+        key: str,
+        entry: Entry,
+        what: str,
+        source: Callable[[], BlobSource],
+        *,
+        local: str | None = None,
+        quick: Literal[False] = False,
+        group: bool = False,
+    ) -> tuple[Blob, Outcome]: ...
+
+    @overload
+    def obtain(
+        self,
+        key: str,
+        entry: Entry,
+        what: str,
+        source: Callable[[], BlobSource],
+        *,
+        local: str | None = None,
+        quick: Literal[True],
+        group: bool = False,
+    ) -> tuple[Blob, Outcome] | None: ...
+
+    def obtain(
+        self,
+        key: str,
+        entry: Entry,
+        what: str,
+        source: Callable[[], BlobSource],
+        *,
+        local: str | None = None,
+        quick: bool = False,
+        group: bool = False,
+    ) -> tuple[Blob, Outcome] | None:
+        """The verified blob of ``entry`` (content address ``key``, named ``what`` in messages),
+        and how it was had: the one sequence every reader follows.
+
+        * ``local``, a file where the bytes already lie (a local registry's blob): opened if its
+          trust record still holds, else hashed where it lies (:meth:`verify_in_place`; up to
+          :data:`INLINE_VERIFY_MAX` bytes with no record, once per process);
+        * else the cached blob: opened if its file provably is the one verified, else hashed
+          again, kept on a match and evicted on a mismatch (:meth:`open_verified`);
+        * else ``source()``, asked only now (it may be a network call), filled into the cache,
+          verified on the way (:meth:`fill`; ``group``: kept by the group commit).
+
+        ``quick``: only what is cheap and never waits, for the trio loop (records read quickly,
+        a busy ``cache.db`` taken as a miss; a small local blob hashed): None where the rest of
+        the sequence is needed.  Otherwise it blocks: call it from a worker thread."""
+        if local is not None:
+            small = entry.size <= INLINE_VERIFY_MAX
+            blob = self.open_trusted(key, local, persisted=not small)
+            if blob is not None:
+                return blob, "trusted"
+            if quick and not small:
+                return None
+            return self.verify_in_place(key, entry, local, what, persist=not small), "verified"
+        blob = self.open_cached(key) if quick else self.open_verified(key, entry, what)
+        if blob is not None:
+            return blob, "cached"
+        if quick:
+            return None
+        return self.fill(key, entry, source(), what, group=group), "fetched"
+
     def _cached_file(self, key: str) -> str | None:
         """Worker thread: the path of ``key``'s cache file in diskcache's index (a read, which
         may wait for a busy cache.db), noting a use of it; None if there is none.  The file is
@@ -709,28 +785,16 @@ class BlobStore:
         except OSError as exc:
             raise self._write_failed(exc, what, entry.size) from exc
         adopt = _Adopt(path)
-        if group and self._committer is not None:
-            try:
-                size = write_verified(source, fd, entry, what)
-                identity = _identity(os.fstat(fd))
-            except BaseException as exc:
-                os.close(fd)
-                with contextlib.suppress(OSError):
-                    os.unlink(path)
-                if isinstance(exc, DiskFull):
-                    raise self._write_failed(exc.__cause__ or exc, what, entry.size) from exc
-                if isinstance(exc, OSError):
-                    raise self._write_failed(exc, what, entry.size) from exc
-                raise
-            # Verified: served from its descriptor now; kept once its batch commits.
-            self._committer.submit(_Pending(key, adopt, identity, what))
-            return Blob(fd=fd, size=size, identity=identity, loose=True)
+        committer = self._committer if group else None
         try:
             try:
                 size = write_verified(source, fd, entry, what)
-                # Durable before visible: the bytes reach the disk before the rename makes them
-                # a cache entry, and the rename reaches it before the record that vouches for them.
-                os.fsync(fd)
+                # Durable before visible (unless its batch makes it so): the bytes reach the disk
+                # before the rename makes them a cache entry, and the rename reaches it before
+                # the record that vouches for them.
+                if committer is None:
+                    os.fsync(fd)
+                identity = _identity(os.fstat(fd))
             except DiskFull as exc:
                 raise self._write_failed(exc.__cause__ or exc, what, entry.size) from exc
             except OSError as exc:
@@ -740,6 +804,10 @@ class BlobStore:
             with contextlib.suppress(OSError):
                 os.unlink(path)
             raise
+        if committer is not None:
+            # Verified: served from its descriptor now; kept once its batch commits.
+            committer.submit(_Pending(key, adopt, identity, what))
+            return Blob(fd=fd, size=size, identity=identity, loose=True)
         # Verified and synced: from here on the bytes are served, kept or not.
         committed = False
         try:
@@ -792,7 +860,7 @@ class BlobStore:
     def _write_failed(self, exc: BaseException, what: str, size: int) -> FetchError:
         """The error for a failed write into the cache directory: DiskFull when its disk is
         full (with the free space in the message), else a FetchError."""
-        if isinstance(exc, OSError) and exc.errno in _DISK_FULL:
+        if isinstance(exc, OSError) and exc.errno in DISK_FULL:
             free = _free_bytes(self.tmp)
             shown = "unknown" if free is None else f"{free:,} bytes"
             return DiskFull(
@@ -997,130 +1065,6 @@ class BlobStore:
                     pid = int(pid_text) if pid_text.isdigit() else 0
                     if (pid and pid != me and not pid_alive(pid)) or item.stat(follow_symlinks=False).st_mtime < cutoff:
                         os.unlink(item.path)
-
-
-def write_verified(source: BlobSource, fd: int, entry: Entry, what: str) -> int:
-    """Write ``source``'s bytes into the empty file ``fd`` (opened read-write) and hash them;
-    DigestMismatch unless they are ``entry``'s.  Returns the size.  The caller publishes the
-    file only on success and deletes it otherwise."""
-    if source.download is None:
-        try:
-            with source.stream() as src:
-                return copy_verified(src, fd, entry, what)
-        except OSError as exc:
-            raise FetchError(f"reading {what} failed: {exc.strerror or exc}") from exc
-    hasher = PrefixHasher(fd, entry.alg)
-    try:
-        # A download translates its own network errors; an OSError out of it is the file's.
-        source.download(fd, what, hasher)
-        actual, size = hasher.finish(limit=entry.size)
-    except OSError as exc:
-        raise _write_error(exc, what) from exc
-    _check(entry, actual, size, what)
-    return size
-
-
-def copy_verified(src: IO[bytes], fd: int, entry: Entry, what: str) -> int:
-    """Copy ``src`` to ``fd`` while hashing it; DigestMismatch unless the bytes are ``entry``'s.
-
-    Stops reading as soon as the source is longer than the entry says, so a misbehaving source
-    cannot fill the disk.  Returns the size copied.
-    """
-    hasher = new_hasher(entry.alg)
-    size = 0
-    while chunk := src.read(CHUNK):
-        hasher.update(chunk)
-        size += len(chunk)
-        if size > entry.size:
-            break
-        view = memoryview(chunk)
-        try:
-            while view:
-                view = view[os.write(fd, view) :]
-        except OSError as exc:
-            raise _write_error(exc, what) from exc
-    _check(entry, b64_digest(hasher), size, what)
-    return size
-
-
-def _write_error(exc: OSError, what: str) -> FetchError:
-    """A failed write of verified bytes: DiskFull for a full disk, else FetchError (never the
-    source's fault, so never reported as a read error)."""
-    if exc.errno in _DISK_FULL:
-        return DiskFull(f"writing {what} failed: {exc.strerror}")
-    return FetchError(f"writing {what} failed: {exc.strerror or exc}")
-
-
-def _check(entry: Entry, actual: str, size: int, what: str) -> None:
-    if actual != entry.digest or size != entry.size:
-        shown = f">{entry.size}" if size > entry.size else str(size)
-        raise DigestMismatch(what, f"{entry.digest} ({entry.size} bytes)", f"{actual} ({shown} bytes)")
-
-
-class PrefixHasher:
-    """Hashes a file while a download writes it, possibly out of order and from several threads.
-
-    The download calls :meth:`advance` whenever the contiguous written prefix ``[0, end)``
-    grows; whichever thread finds the hasher idle hashes up to the newest ``end`` (MD5 and
-    XXH128 are sequential), the others return at once and keep downloading.  Parts' bytes are
-    read back from the file; one stream's (a small file's) are hashed from the very buffer just
-    written there (:meth:`wrote`), so they are read from disk never, and written once.
-    :meth:`finish` hashes what is left, to the end of the file (at most ``limit + 1`` bytes).
-    """
-
-    def __init__(self, fd: int, alg: str) -> None:
-        self._fd = fd
-        self._alg = alg
-        self._hasher = new_hasher(alg)
-        self._pos = 0  # bytes hashed; changed only while holding _busy
-        self._target = 0
-        self._busy = threading.Lock()
-        self._state = threading.Lock()
-
-    def advance(self, end: int) -> None:
-        with self._state:
-            self._target = max(self._target, end)
-        while self._busy.acquire(blocking=False):
-            try:
-                while True:
-                    with self._state:
-                        target = self._target
-                    if self._pos >= target:
-                        break
-                    reached = update_from_fd(self._hasher, self._fd, self._pos, target, CHUNK)
-                    if reached < target:  # not written after all: finish() hashes what is there
-                        self._pos = reached
-                        return
-                    self._pos = reached
-            finally:
-                self._busy.release()
-            with self._state:  # a target raised while we were releasing: go on hashing
-                if self._pos >= self._target:
-                    return
-
-    def wrote(self, offset: int, data: bytes) -> None:
-        """One stream's bytes, just written at ``offset``: hashed from memory when they continue
-        the hashed prefix (the bytes the file now holds there), so :meth:`advance` finds nothing
-        to read back; otherwise left for :meth:`advance` to read from the file."""
-        if not self._busy.acquire(blocking=False):
-            return
-        try:
-            if offset == self._pos:
-                self._hasher.update(data)
-                self._pos += len(data)
-        finally:
-            self._busy.release()
-
-    def restart(self) -> None:
-        with self._busy, self._state:
-            self._hasher = new_hasher(self._alg)
-            self._pos = self._target = 0
-
-    def finish(self, limit: int) -> tuple[str, int]:
-        """``(b64 digest, size)`` of the whole file, once every writer has stopped."""
-        with self._busy:
-            self._pos = update_from_fd(self._hasher, self._fd, self._pos, limit + 1, CHUNK)
-            return b64_digest(self._hasher), self._pos
 
 
 def _identity(st: os.stat_result) -> Identity:

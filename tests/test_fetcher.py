@@ -23,13 +23,13 @@ import trio.testing
 from fault_server import Fault, FaultServer
 
 from artifactfs.errors import ArtifactFSError, DigestMismatch, FetchError
-from artifactfs.fetcher import INLINE_VERIFY_MAX, Fetcher
+from artifactfs.fetcher import Fetcher
 from artifactfs.manifest import Entry, Manifest, digest_bytes
 from artifactfs.names import Ref, parse_ref
 from artifactfs.registry.base import CollectionInfo, DirEntry, Registry, VersionInfo
 from artifactfs.registry.local import LocalRegistry
 from artifactfs.sources import BlobSource
-from artifactfs.store import Blob, BlobStore
+from artifactfs.store import INLINE_VERIFY_MAX, Blob, BlobStore
 from artifactfs.transfer import Policy
 
 DATA = os.urandom(300_000)

@@ -15,6 +15,7 @@ import pytest
 import xxhash
 from conftest import b64md5
 
+from artifactfs.digests import hash_fd
 from artifactfs.errors import InvalidPath, ManifestError
 from artifactfs.manifest import (
     EMPTY_MD5_B64,
@@ -24,7 +25,6 @@ from artifactfs.manifest import (
     Manifest,
     artifact_digest,
     digest_bytes,
-    hash_fd,
     hex_from_b64,
 )
 from artifactfs.names import parse_ref

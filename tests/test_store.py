@@ -17,10 +17,11 @@ from typing import IO, cast
 import pytest
 import xxhash
 
+from artifactfs.digests import PrefixHasher, hash_fd
 from artifactfs.errors import BlobChanged, CacheError, DigestMismatch, FetchError
-from artifactfs.manifest import EMPTY_MD5_B64, MD5, XXH128, Entry, digest_bytes, hash_fd
+from artifactfs.manifest import EMPTY_MD5_B64, MD5, XXH128, Entry, digest_bytes
 from artifactfs.sources import BlobSource
-from artifactfs.store import BlobStore, PrefixHasher
+from artifactfs.store import BlobStore
 
 MiB = 1 << 20
 

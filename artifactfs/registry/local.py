@@ -55,6 +55,7 @@ from typing import Any, TypeVar
 
 from ..checks import FAIL, OK, Check
 from ..defaults import GC_GRACE, is_builtin_registry
+from ..digests import b64_digest, new_hasher
 from ..errors import (
     ArtifactFSError,
     ArtifactNotFound,
@@ -74,7 +75,7 @@ from ..errors import (
     SourceError,
 )
 from ..fsutil import remove_stale, syncfs, walk_files
-from ..manifest import ALGORITHMS, MANIFEST_ALGORITHM, MD5, Entry, artifact_digest, b64_digest, hex_from_b64, new_hasher
+from ..manifest import ALGORITHMS, MANIFEST_ALGORITHM, MD5, Entry, artifact_digest, hex_from_b64
 from ..names import LATEST, Ref, check_alias, check_entry_path, check_name, json_object_text, split_dir
 from ..references import reference_source
 from ..sources import BlobSource
