@@ -104,9 +104,14 @@ class Client:
 
     @property
     def registry(self) -> Registry:
-        if self._registry is None:
-            self._registry = open_spec(self._spec, cache_dir=self._cache_dir)
-        return self._registry
+        """The registry, opened on first use (thread-safe: opened once)."""
+        registry = self._registry
+        if registry is None:
+            with self._lock:
+                if self._registry is None:
+                    self._registry = open_spec(self._spec, cache_dir=self._cache_dir)
+                registry = self._registry
+        return registry
 
     @property
     def cache_dir(self) -> str:
@@ -114,18 +119,23 @@ class Client:
 
     def blob_store(self) -> BlobStore:
         """The mount's verified cache, opened once (thread-safe: download workers call it)."""
-        with self._lock:
-            if self._store is None:
-                self._store = open_cache(self.cache_dir)
-            return self._store
+        store = self._store
+        if store is None:
+            with self._lock:
+                if self._store is None:
+                    self._store = open_cache(self.cache_dir)
+                store = self._store
+        return store
 
     def close(self) -> None:
-        if self._store is not None:
-            self._store.close()
-            self._store = None
-        if self._registry is not None:
-            self._registry.close()
-            self._registry = None
+        """Close the registry and the cache handle (each opened again on its next use)."""
+        with self._lock:
+            if self._store is not None:
+                self._store.close()
+                self._store = None
+            if self._registry is not None:
+                self._registry.close()
+                self._registry = None
 
     def __enter__(self) -> Client:
         return self

@@ -52,7 +52,7 @@ from typing import Any
 from fsspec import AbstractFileSystem, register_implementation
 
 from . import defaults
-from .client import open_cache, open_spec
+from .client import Client
 from .download import open_verified_blob
 from .errors import (
     ArtifactFSError,
@@ -249,8 +249,8 @@ class ArtifactFileSystem(AbstractFileSystem):  # type: ignore[misc]  # fsspec ha
             os.fspath(cache_dir) if cache_dir is not None else defaults.default_cache_dir()
         )
         self.alias_ttl = float(alias_ttl)
-        self._registry: Registry | None = None
-        self._store: BlobStore | None = None
+        # The registry and the verified cache, opened on first use: the Python API's core.
+        self._client = Client(self.spec, cache_dir=self.cache_dir)
         self._lock = threading.Lock()
         # (entity, project, name, tag) -> (version, wall-clock time resolved); versions for ever
         self._versions: dict[tuple[str, str, str, str], tuple[VersionInfo, float]] = {}
@@ -266,31 +266,21 @@ class ArtifactFileSystem(AbstractFileSystem):  # type: ignore[misc]  # fsspec ha
 
     @property
     def registry(self) -> Registry:
-        if self._registry is None:
-            with self._lock:
-                if self._registry is None:
-                    with _errors(self.spec):
-                        self._registry = open_spec(self.spec, cache_dir=self.cache_dir)
-        return self._registry
+        try:
+            return self._client.registry
+        except ArtifactFSError as exc:
+            raise _translate(exc, self.spec) from exc
 
     @property
     def store(self) -> BlobStore:
-        if self._store is None:
-            with self._lock:
-                if self._store is None:
-                    with _errors(self.cache_dir):
-                        self._store = open_cache(self.cache_dir)
-        return self._store
+        try:
+            return self._client.blob_store()
+        except ArtifactFSError as exc:
+            raise _translate(exc, self.cache_dir) from exc
 
     def close(self) -> None:
         """Close the registry and the cache handle (reopened on next use)."""
-        with self._lock:
-            if self._store is not None:
-                self._store.close()
-                self._store = None
-            if self._registry is not None:
-                self._registry.close()
-                self._registry = None
+        self._client.close()
 
     def __reduce__(self) -> Any:
         # Workers get the alias answers this instance has, so they read the same versions.
