@@ -32,7 +32,6 @@ import logging
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import partial
 from typing import Any, TypeVar
 
 import trio
@@ -43,6 +42,7 @@ from .manifest import Entry
 from .metrics import Histogram
 from .references import content_entry
 from .registry.base import Registry, VersionInfo
+from .sources import BlobSource
 from .store import Blob, BlobStore, Outcome
 
 log = logging.getLogger(__name__)
@@ -114,7 +114,10 @@ class Fetcher:
         local = self.registry.local_path(entry) if self.serve_local_in_place else None
         check = content_entry(entry) if entry.ref is not None else entry
         key, what = check.cache_key, f"{version.ref}/{entry.path}"
-        source = partial(self.registry.blob_source, version, check)  # asked only after a miss
+
+        def source() -> BlobSource:  # asked only after a miss
+            return self.registry.blob_source(version, check)
+
         while True:
             failure = self._failures.get(key)
             if failure is not None:
@@ -163,7 +166,9 @@ class Fetcher:
         key, what = check.cache_key, f"{version.ref}/{entry.path}"
         if key in self._inflight or key in self._failures:
             return False
-        source = partial(self.registry.blob_source, version, check)
+
+        def source() -> BlobSource:
+            return self.registry.blob_source(version, check)
 
         def ahead() -> Outcome:
             # Fetched ahead of any read: kept by the store's group commit, one sync and one
@@ -180,15 +185,15 @@ class Fetcher:
         return True
 
     def _count(self, outcome: Outcome, size: int) -> None:
-        if outcome == "trusted":
+        if outcome == "cached":
+            self.stats.cache_hits += 1
+        elif outcome == "trusted":
             self.stats.trusted_in_place += 1
         elif outcome == "verified":
             self.stats.verified_in_place += 1
-        elif outcome == "fetched":
+        else:
             self.stats.fetches += 1
             self.stats.fetched_bytes += size
-        else:
-            self.stats.cache_hits += 1
 
     async def _flight(
         self, key: str, version: VersionInfo, entry: Entry, work: Callable[[], T], limiter: trio.CapacityLimiter
