@@ -40,7 +40,7 @@ import urllib.parse
 from array import array
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import IO, Any
+from typing import IO, Any, Protocol
 
 import ijson
 import xxhash
@@ -122,6 +122,31 @@ class Listing:
     def nbytes(self) -> int:
         """Roughly what it holds in memory."""
         return 200 + len(self.names) + self.ids.itemsize * len(self.ids) + self.sizes.itemsize * len(self.sizes)
+
+
+class Contents(Protocol):
+    """A version's files and directories as a mount asks for them, with an integer id per
+    node that is stable for the life of the version (0 is the root): :class:`ManifestIndex`
+    (a remote manifest's index file) and a local registry's own rows
+    (``registry.local.LocalContents``).  Answers come from disk, not from memory held per entry;
+    they are quick enough to ask on the mount's loop."""
+
+    count: int
+
+    def get(self, path: str) -> Child | None:
+        """The file or directory at ``path`` ('' is the root); None if there is none."""
+
+    def by_id(self, node_id: int) -> tuple[str, Child] | None:
+        """``(path, child)`` of the node ``node_id`` (0: the root), or None."""
+
+    def listing(self, path: str) -> Listing | None:
+        """Directory ``path``'s children, compact, in name order; None if it is no directory."""
+
+    def list_dir(self, path: str, after: str | None = None, limit: int = -1) -> list[Child] | None:
+        """Children of directory ``path`` in name order (after ``after``, at most ``limit``)."""
+
+    def following(self, path: str, limit: int) -> list[Entry]:
+        """Up to ``limit`` files after ``path`` in its directory (name order)."""
 
 
 def index_key(artifact_id: str, digest: str) -> str:
@@ -601,6 +626,7 @@ def _digest_in_path_order(db: sqlite3.Connection, alg: str) -> Any:
 __all__ = [
     "FORMAT",
     "Child",
+    "Contents",
     "IndexDamaged",
     "Listing",
     "ManifestIndex",

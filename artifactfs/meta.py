@@ -32,7 +32,7 @@ import trio
 
 from . import defaults
 from .errors import ArtifactFSError
-from .index import ManifestIndex
+from .index import Contents
 from .names import Ref
 from .registry.base import DirEntry, Registry, RunInfo, VersionInfo
 
@@ -220,9 +220,9 @@ class Meta:
         if not self.registry.contents_loaded(version):
             await self.call(("contents", version.id), self.registry.load_contents, version)
 
-    async def contents_index(self, version: VersionInfo) -> ManifestIndex | None:
-        """The open on-disk index of ``version``'s contents, the contents loaded first if they
-        were not; None when the registry keeps no index (the local one)."""
+    async def contents_index(self, version: VersionInfo) -> Contents | None:
+        """``version``'s contents as an index on disk, the contents loaded first if they were
+        not; None when the registry has none for it (a local registry without entry ids)."""
         index = self.registry.contents_index(version)
         if index is None and not self.registry.contents_loaded(version):
             await self.load_contents(version)

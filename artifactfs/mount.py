@@ -157,6 +157,7 @@ def run_foreground(config: MountConfig) -> None:
     with contextlib.ExitStack() as stack:
         registry = open_registry(config.registry, cache_dir=config.cache_dir)
         stack.callback(registry.close)
+        registry.prepare_mount()  # once, before serving: a local registry's entry ids
         # uses flushed by _flush_uses; fills kept by group commit (one sync and one transaction a batch)
         store = BlobStore(config.cache_dir, config.cache_size, defer_uses=True, group_commit=True)
         stack.callback(store.close)

@@ -35,7 +35,7 @@ import trio
 from . import defaults
 from .errors import ArtifactNotFound, EntryNotFound, InvalidReference, NotFound
 from .fsutil import redact_uri
-from .index import Child, ManifestIndex
+from .index import Child, Contents
 from .index import Listing as Listing  # re-exported: ops.py's readdir replies from it
 from .manifest import Entry
 from .meta import Meta
@@ -137,7 +137,7 @@ class Tree:
     max_index_nodes: int = 50_000
     max_listed_entries: int = 20_000
     _slots: dict[tuple[object, ...], int] = field(default_factory=dict)
-    _slot_info: list[tuple[ManifestIndex, Node]] = field(default_factory=list)
+    _slot_info: list[tuple[Contents, Node]] = field(default_factory=list)
     _cached: OrderedDict[int, Node] = field(default_factory=OrderedDict)
     _listings: OrderedDict[int, list[tuple[bytes, Node]]] = field(default_factory=OrderedDict)
     _listed: int = 0

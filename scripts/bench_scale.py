@@ -11,10 +11,16 @@ alone on a ten-million-entry synthetic manifest.
   1,000, ``find`` of the whole version (first pass and warm) against ``scripts/ceiling.py``
   over the same tree on disk, the daemon's RSS and peak RSS, and then three such versions open
   at once, each walked by ``find``.
+* ``local``: the same tree logged to a local registry (once; two more versions are links of it,
+  which copy its rows), its contents answered from the registry's own rows: the first byte,
+  ``ls``, ``find`` (first pass and warm, taking turns with the ceiling's), and the daemon's RSS
+  with one and with three versions walked.
 
 Usage: ``.venv/bin/python scripts/bench_scale.py [--dir DIR] [--entries N] [--builder-entries N]
-[--only builder,wandb]``.  Root is not needed (the page cache is not dropped: the figures are
-those of a warm machine, as a remount on a busy node is).
+[--only builder,wandb,local]``.  Root is not needed (the page cache is not dropped: the figures
+are those of a warm machine, as a remount on a busy node is).  With ``--dir``, the tree on disk
+and the logged local registry are kept there and used again by the next run with the same
+``--entries`` (a log of a million files takes minutes).
 """
 
 from __future__ import annotations
@@ -183,24 +189,51 @@ def files_of(n: int, per_dir: int = 1000) -> dict[str, bytes]:
     return {f"d{i // per_dir:04d}/f{i % per_dir:04d}.txt": b"%d\n" % i for i in range(n)}
 
 
-def case_wandb(work: Path, n: int, versions: int = 3, local: bool = True, runs: int = 3) -> dict[str, float]:
+def warm_finds(target: Path, ceiling_mnt: Path, runs: int) -> tuple[float, float, list[float], list[float]]:
+    """Warm ``find``s of ``target`` and of the ceiling, taking turns (the machine is shared;
+    neighbours in time compare fairly): ``(median, ceiling median, runs, ceiling runs)``."""
+    mine: list[float] = []
+    theirs: list[float] = []
+    for _ in range(runs):
+        mine.append(timed(["find", str(target)]))
+        theirs.append(timed(["find", str(ceiling_mnt)]))
+    return statistics.median(mine), statistics.median(theirs), mine, theirs
+
+
+def case_scale(work: Path, n: int, parts: set[str], runs: int, keep: bool) -> dict[str, float]:
+    """The tree of ``n`` files on disk and the ceiling over it, then the W&B and local cases."""
+    figs: dict[str, float] = {}
+    src = work / f"tree-{n}"
+    done = work / f"tree-{n}.done"
+    if done.exists():
+        print(f"tree on disk for the ceiling: kept from an earlier run ({src})", flush=True)
+    else:
+        start = time.perf_counter()
+        for path, data in files_of(n).items():
+            p = src / path
+            if not p.parent.exists():
+                p.parent.mkdir(parents=True)
+            p.write_bytes(data)
+        print(f"tree on disk for the ceiling: {time.perf_counter() - start:.0f} s", flush=True)
+    with ceiling(src, work / "ceiling") as ceiling_pid:
+        if "wandb" in parts:
+            figs.update(case_wandb(work, n, ceiling_pid, runs=runs))
+        if "local" in parts:
+            figs.update(case_local(work, src, n, runs=runs, keep=keep))
+    if keep:
+        done.touch()
+    else:
+        shutil.rmtree(src)
+    return figs
+
+
+def case_wandb(work: Path, n: int, ceiling_pid: int, versions: int = 3, runs: int = 3) -> dict[str, float]:
     import wandb_server
 
     figs: dict[str, float] = {}
     print(f"\n## a {n:,}-entry W&B version (1,000 per directory), tests/wandb_server.py in this process", flush=True)
     files = files_of(n)
-    # The ceiling over the same tree on disk, mounted through the W&B cases: the warm finds of
-    # both take turns (the machine is shared; neighbours in time compare fairly).
-    src = work / "tree"
-    start = time.perf_counter()
-    for path, data in files.items():
-        p = src / path
-        if not p.parent.exists():
-            p.parent.mkdir(parents=True)
-        p.write_bytes(data)
-    print(f"tree on disk for the ceiling: {time.perf_counter() - start:.0f} s", flush=True)
     stack = contextlib.ExitStack()
-    ceiling_pid = stack.enter_context(ceiling(src, work / "ceiling"))
     server = wandb_server.WandbServer(api_key=KEY, viewer_entity="acme", url_ttl=24 * 3600.0).start()
     stack.callback(server.stop)
     with stack:
@@ -235,12 +268,10 @@ def case_wandb(work: Path, n: int, versions: int = 3, local: bool = True, runs: 
             figs["wandb.ls_1000_warm_s"] = timed(["ls", str(v / d3)])
             figs["wandb.find_first_s"] = timed(["find", str(v)])
             figs["ceiling.find_first_s"] = timed(["find", str(work / "ceiling")])
-            warm: dict[str, list[float]] = {"wandb": [], "ceiling": []}
-            for _ in range(runs):
-                warm["wandb"].append(timed(["find", str(v)]))
-                warm["ceiling"].append(timed(["find", str(work / "ceiling")]))
-            figs["wandb.find_warm_s"] = statistics.median(warm["wandb"])
-            figs["ceiling.find_warm_s"] = statistics.median(warm["ceiling"])
+            warm: dict[str, list[float]] = {}
+            figs["wandb.find_warm_s"], figs["ceiling.find_warm_s"], warm["wandb"], warm["ceiling"] = warm_finds(
+                v, work / "ceiling", runs
+            )
             figs["wandb.find_rss_mib"], figs["wandb.find_hwm_mib"] = rss_mib(pid)
             figs["ceiling.rss_mib"] = rss_mib(ceiling_pid)[0]
             figs["find_first_vs_ceiling"] = figs["ceiling.find_first_s"] / figs["wandb.find_first_s"]
@@ -275,59 +306,91 @@ def case_wandb(work: Path, n: int, versions: int = 3, local: bool = True, runs: 
             )
 
     del files
-    if local:
-        figs.update(case_local(work, src, n))
-    shutil.rmtree(src)
     return figs
 
 
-def case_local(work: Path, src: Path, n: int) -> dict[str, float]:
+def case_local(work: Path, src: Path, n: int, versions: int = 3, runs: int = 3, keep: bool = False) -> dict[str, float]:
     """The same tree logged to a local registry (its contents are its own SQLite, no manifest):
-    the first byte, ls, find and the daemon's RSS, one version."""
+    the first byte, ls, find against the ceiling, and the daemon's RSS with one version walked
+    and with ``versions`` walked (the others are links of the first: copies of its rows)."""
     figs: dict[str, float] = {}
-    reg = work / "registry"
+    reg = work / f"registry-{n}"
     print(f"\n## the same {n:,} files in a local registry", flush=True)
-    start = time.perf_counter()
-    subprocess.run(
-        [PY, "-m", "artifactfs", "log", str(src), "acme/scale/ds", "--type", "dataset", "--registry", str(reg)],
-        check=True,
-        capture_output=True,
-        env=env_for(work),
-    )
-    figs["local.log_s"] = time.perf_counter() - start
+    if (reg / "done").exists():
+        print(f"registry kept from an earlier run ({reg})", flush=True)
+    else:
+        shutil.rmtree(reg, ignore_errors=True)
+        start = time.perf_counter()
+        subprocess.run(
+            [PY, "-m", "artifactfs", "log", str(src), "acme/scale/ds", "--type", "dataset", "--registry", str(reg)],
+            check=True,
+            capture_output=True,
+            env=env_for(work),
+        )
+        figs["local.log_s"] = time.perf_counter() - start
+        start = time.perf_counter()
+        link = "from artifactfs.registry.local import LocalRegistry; from artifactfs.names import parse_ref\n"
+        link += f"r = LocalRegistry({str(reg)!r})\n"
+        link += "".join(f"r.link(parse_ref('acme/scale/ds:v0'), 'ds{k}')\n" for k in range(1, versions))
+        subprocess.run([PY, "-c", link], check=True, env=env_for(work))
+        figs["local.link_s"] = time.perf_counter() - start
+        print(f"log {figs['local.log_s']:.0f} s, {versions - 1} links {figs['local.link_s']:.0f} s", flush=True)
+        (reg / "done").touch()
     ndirs = max(1, n // 1000)
     d1, d3 = (f"d{ndirs * k // 10:04d}" for k in (5, 7))
     mnt = work / "local-mnt"
-    mnt.mkdir()
-    cmd = [PY, "-m", "artifactfs", "mount", str(reg), str(mnt), "--cache-dir", str(work / "local-cache")]
+    mnt.mkdir(exist_ok=True)
+    cache = work / "local-cache"
+    shutil.rmtree(cache, ignore_errors=True)
+    cmd = [PY, "-m", "artifactfs", "mount", str(reg), str(mnt), "--cache-dir", str(cache)]
     start = time.perf_counter()
     proc = subprocess.run([*cmd, "--log-level", "WARNING"], env=env_for(work), capture_output=True, text=True)
     took = time.perf_counter() - start
     m = re.search(r"\(pid (\d+)\)", proc.stderr)
     assert proc.returncode == 0 and m, proc.stderr
     pid = int(m.group(1))
-    v = mnt / "acme" / "scale" / "ds:v0"
+    project = mnt / "acme" / "scale"
+    v = project / "ds:v0"
     try:
         start = time.perf_counter()
         subprocess.run(["head", "-c1", str(v / d1 / "f0007.txt")], check=True, stdout=subprocess.DEVNULL)
         figs["local.first_byte_s"] = took + time.perf_counter() - start
         figs["local.ls_1000_s"] = timed(["ls", str(v / d3)])
         figs["local.find_first_s"] = timed(["find", str(v)])
-        figs["local.find_warm_s"] = timed(["find", str(v)])
+        figs["ceiling.local_find_first_s"] = timed(["find", str(work / "ceiling")])
+        warm: dict[str, list[float]] = {}
+        figs["local.find_warm_s"], figs["ceiling.local_find_warm_s"], warm["local"], warm["ceiling"] = warm_finds(
+            v, work / "ceiling", runs
+        )
         figs["local.find_rss_mib"], figs["local.find_hwm_mib"] = rss_mib(pid)
+        figs["local.find_first_vs_ceiling"] = figs["ceiling.local_find_first_s"] / figs["local.find_first_s"]
+        figs["local.find_warm_vs_ceiling"] = figs["ceiling.local_find_warm_s"] / figs["local.find_warm_s"]
+        print(
+            f"mount to first byte {figs['local.first_byte_s']:.2f} s; ls of 1,000 {figs['local.ls_1000_s']:.3f} s; "
+            f"find: first {figs['local.find_first_s']:.1f} s (ceiling {figs['ceiling.local_find_first_s']:.1f} s), "
+            f"warm runs {', '.join(f'{x:.2f}' for x in warm['local'])} (ceiling "
+            f"{', '.join(f'{x:.2f}' for x in warm['ceiling'])}): warm {figs['local.find_warm_vs_ceiling']:.2f}x the "
+            f"ceiling; daemon RSS {figs['local.find_rss_mib']:.0f} MiB (peak {figs['local.find_hwm_mib']:.0f})",
+            flush=True,
+        )
+        start = time.perf_counter()
+        for k in range(1, versions):
+            subprocess.run(["find", str(project / f"ds{k}:v0")], check=True, stdout=subprocess.DEVNULL)
+        subprocess.run(["find", str(v)], check=True, stdout=subprocess.DEVNULL)
+        figs["local.find_3_versions_s"] = time.perf_counter() - start
+        figs["local.rss_3_versions_mib"], figs["local.hwm_3_versions_mib"] = rss_mib(pid)
+        print(
+            f"{versions} versions open, each walked by find ({figs['local.find_3_versions_s']:.1f} s): daemon RSS "
+            f"{figs['local.rss_3_versions_mib']:.0f} MiB (peak {figs['local.hwm_3_versions_mib']:.0f})",
+            flush=True,
+        )
     finally:
         subprocess.run(["fusermount3", "-u", str(mnt)], check=False)
         deadline = time.monotonic() + 60
         while os.path.exists(f"/proc/{pid}") and time.monotonic() < deadline:
             time.sleep(0.05)
-    print(
-        f"log {figs['local.log_s']:.0f} s; mount to first byte {figs['local.first_byte_s']:.2f} s; ls of 1,000 "
-        f"{figs['local.ls_1000_s']:.3f} s; find: first {figs['local.find_first_s']:.1f} s, warm "
-        f"{figs['local.find_warm_s']:.1f} s; daemon RSS {figs['local.find_rss_mib']:.0f} MiB "
-        f"(peak {figs['local.find_hwm_mib']:.0f})",
-        flush=True,
-    )
-    shutil.rmtree(reg)
+    if not keep:
+        shutil.rmtree(reg)
     return figs
 
 
@@ -336,7 +399,7 @@ def main() -> None:
     ap.add_argument("--dir", help="work directory on a real disk (default: a temp directory)")
     ap.add_argument("--entries", type=int, default=1_000_000)
     ap.add_argument("--builder-entries", type=int, default=10_000_000)
-    ap.add_argument("--only", default="builder,wandb")
+    ap.add_argument("--only", default="builder,wandb,local")
     ap.add_argument("--no-local", action="store_true", help="skip the local-registry case (its log takes minutes)")
     ap.add_argument("--runs", type=int, default=3, help="warm finds of the mount and the ceiling, in turn")
     ap.add_argument("--json", help="write the figures here")
@@ -346,14 +409,17 @@ def main() -> None:
     print(f"# scale cases, {time.strftime('%Y-%m-%d %H:%M:%S %Z')}, load {os.getloadavg()[0]:.1f}, work {work}")
     print(f"command: cd {ROOT} && {' '.join([PY, *sys.argv])}")
     figs: dict[str, float] = {}
+    parts = set(args.only.split(","))
+    if args.no_local:
+        parts.discard("local")
+    unknown = parts - {"builder", "wandb", "local"}
+    if unknown:
+        raise SystemExit(f"unknown part {sorted(unknown)[0]!r}")
     try:
-        for part in args.only.split(","):
-            if part == "builder":
-                figs.update(case_builder(work, args.builder_entries))
-            elif part == "wandb":
-                figs.update(case_wandb(work, args.entries, local=not args.no_local, runs=args.runs))
-            else:
-                raise SystemExit(f"unknown part {part!r}")
+        if "builder" in parts:
+            figs.update(case_builder(work, args.builder_entries))
+        if parts & {"wandb", "local"}:
+            figs.update(case_scale(work, args.entries, parts, args.runs, keep=bool(args.dir)))
     finally:
         if not args.dir:
             shutil.rmtree(work, ignore_errors=True)

@@ -103,6 +103,21 @@ def tables(db: Path) -> set[str]:
         conn.close()
 
 
+def without_entry_ids(db: Path) -> None:
+    """Turn a local registry into one made before entry ids: no ``id`` columns, no id indexes,
+    no ``entry_ids`` mark (what an older artifactfs wrote)."""
+    conn = sqlite3.connect(db)
+    try:
+        for table in ("entries", "dirs"):
+            conn.execute(f"DROP INDEX IF EXISTS {table}_id")
+            conn.execute(f"ALTER TABLE {table} DROP COLUMN id")
+        conn.execute("DELETE FROM meta WHERE key = 'entry_ids'")
+        conn.commit()
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    finally:
+        conn.close()
+
+
 def user_version(db: Path) -> int:
     """``PRAGMA user_version`` of a SQLite database (a registry's schema version)."""
     conn = sqlite3.connect(db)

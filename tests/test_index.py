@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import sqlite3
 import subprocess
 import sys
 import time
@@ -449,3 +450,94 @@ def test_readdir_offsets_hold_across_a_dropped_listing(tmp_path: Path, monkeypat
         trio.run(walk)
         ops.fetcher.store.close()
         reg.close()
+
+
+def test_a_walk_of_a_local_version_keeps_a_bounded_working_set(tmp_path: Path) -> None:
+    """The same bounds over a local registry, whose own rows are the index (entry ids): every
+    entry walked, the tree holds at most its bounds, an inode let go of is made again from the
+    rows as the same node, and the inodes are the ids a lookup gives."""
+    import trio
+    from conftest import write_tree
+
+    from artifactfs.names import parse_ref
+    from artifactfs.registry.local import LocalRegistry
+    from artifactfs.tree import INDEX_MASK, Kind, Tree
+
+    files = {f"d{i // 100:02d}/f{i % 100:03d}.txt": b"%d\n" % i for i in range(3000)}
+    reg = LocalRegistry(tmp_path / "registry", create=True)
+    try:
+        reg.log_dir(write_tree(tmp_path / "src", files), parse_ref("acme/vision/ds"), type="dataset")
+        tree = Tree(reg, 0, 0, max_index_nodes=150, max_listed_entries=250, max_listing_bytes=2000)
+
+        async def walk() -> None:
+            entity = await tree.lookup(1, "acme")
+            version = await tree.lookup((await tree.lookup(entity.inode, "vision")).inode, "ds:v0")
+            seen: dict[int, tuple[Kind, str, Any]] = {}
+            for name, d in await tree.listdir_encoded(version.inode):
+                assert d.kind is Kind.DIR and d.inode > INDEX_MASK
+                seen[d.inode] = (d.kind, d.path, None)
+                indexed = await tree.indexed_listing(d.inode)
+                assert indexed is not None
+                base, _, listing = indexed
+                for (child_name, f), rid in zip(await tree.listdir_encoded(d.inode), listing.ids, strict=True):
+                    assert f.path == f"{name.decode()}/{child_name.decode()}" and f.inode == base | rid
+                    seen[f.inode] = (f.kind, f.path, f.entry)
+                assert len(tree) <= 150 + 250 + 4
+            assert len(seen) == 3000 + 30
+            for inode, (kind, path, entry) in seen.items():
+                node = tree.node(inode)
+                assert (node.kind, node.path, node.entry) == (kind, path, entry)
+            assert len(tree) <= 150 + 250 + 4 and tree._listing_bytes <= 2000
+            d07 = await tree.lookup(version.inode, "d07")
+            f = await tree.lookup(d07.inode, "f042.txt")
+            assert f.entry is not None and f.entry.size == len(b"742\n") and f.inode in seen
+            assert [e.path for _, e in await tree.files_after(f, 2)] == ["d07/f043.txt", "d07/f044.txt"]
+            with pytest.raises(EntryNotFound):
+                await tree.lookup(d07.inode, "nope")
+
+        from artifactfs.errors import EntryNotFound
+
+        trio.run(walk)
+    finally:
+        reg.close()
+
+
+@pytest.mark.fuse
+def test_a_mount_gives_an_old_local_registry_its_entry_ids(mounter: Mounter, sample_registry: Any) -> None:
+    """A registry made before entry ids is upgraded once by the mount, before it serves; then
+    its content inodes are made from the rows' ids (the bounded path), and a read-only one is
+    served as before, with a warning."""
+    from conftest import SAMPLE_FILES, without_entry_ids
+
+    from artifactfs.tree import INDEX_MASK
+
+    root, _ = sample_registry
+    db = root / "registry.sqlite"
+    without_entry_ids(db)
+    m = mounter(root)
+    version = m.path / "acme" / "vision" / "ds:v1"
+    got = {str(p.relative_to(version)): p.read_bytes() for p in version.rglob("*") if p.is_file()}
+    assert got == SAMPLE_FILES
+    assert os.stat(version / "train" / "000002.txt").st_ino > INDEX_MASK
+    assert "added ids to its" in m.log()
+    conn = sqlite3.connect(db)
+    try:
+        assert conn.execute("SELECT value FROM meta WHERE key = 'entry_ids'").fetchone() == ("1",)
+    finally:
+        conn.close()
+    m.unmount()
+    if os.geteuid() == 0:
+        return  # root writes any file: no read-only registry to be had
+    without_entry_ids(db)
+    os.chmod(db, 0o444)
+    os.chmod(root, 0o555)
+    try:
+        again = mounter(root)
+        version = again.path / "acme" / "vision" / "ds:v1"
+        assert (version / "train" / "000002.txt").read_bytes() == SAMPLE_FILES["train/000002.txt"]
+        assert os.stat(version / "train" / "000002.txt").st_ino <= INDEX_MASK
+        assert "has no entry ids and cannot be given them" in again.log()
+        again.unmount()
+    finally:
+        os.chmod(root, 0o755)
+        os.chmod(db, 0o644)

@@ -17,7 +17,7 @@ from typing import Any
 import pyfuse3
 import pytest
 import trio
-from conftest import SAMPLE_FILES
+from conftest import SAMPLE_FILES, without_entry_ids
 
 from artifactfs.errors import BlobChanged
 from artifactfs.fetcher import Fetcher
@@ -34,10 +34,16 @@ CTX: Any = None  # handlers get no RequestContext outside a real request
 
 
 @pytest.fixture
-def registry(sample_registry: tuple[Path, Path]) -> Iterator[LocalRegistry]:
+def registry(sample_registry: tuple[Path, Path], request: pytest.FixtureRequest) -> Iterator[LocalRegistry]:
+    if getattr(request, "param", None) == "without entry ids":
+        without_entry_ids(sample_registry[0] / "registry.sqlite")
     reg = LocalRegistry(sample_registry[0])
     yield reg
     reg.close()
+
+
+# A registry made before entry ids: content nodes counted per kernel reference (see test_tree.py).
+without_ids = pytest.mark.parametrize("registry", ["without entry ids"], indirect=True)
 
 
 def make_ops(registry: LocalRegistry, cache: Path, **kwargs: Any) -> Operations:
@@ -102,6 +108,7 @@ def test_lookup_returns_attributes_and_timeouts(ops: Operations, registry: Local
     run(main)
 
 
+@without_ids
 def test_lookup_counts_references_for_forget(ops: Operations) -> None:
     async def main() -> None:
         version = await lookup_path(ops, "acme", "vision", "ds:v1")
@@ -140,6 +147,7 @@ def test_forget_never_raises(
     assert "forget(5, 1) failed" in caplog.text and "a bug in the tree" in caplog.text
 
 
+@without_ids
 def test_releasedir_drops_nodes_the_kernel_never_got(ops: Operations) -> None:
     """``ls | head``: readdir made a node for every entry, the kernel got (and counted) only
     some; closing the directory drops the others instead of keeping them forever."""

@@ -1026,3 +1026,174 @@ def test_logging_big_files_keeps_memory_flat(tmp_path: Path) -> None:
             item.unlink()
         for blob in all_blobs(tmp_path / "registry"):
             blob.unlink()
+
+
+# -- entry ids: what a mount makes inodes from ------------------------------------------------------
+
+
+def _ids(db_path: Path) -> dict[tuple[int, str], int]:
+    """``(version row, path) -> id`` of every file and directory."""
+    conn = sqlite3.connect(db_path)
+    try:
+        rows = conn.execute("SELECT version_id, parent, name, id FROM entries UNION ALL SELECT * FROM dirs")
+        return {(v, f"{p}/{n}" if p else n): i for v, p, n, i in rows}
+    finally:
+        conn.close()
+
+
+def _check_contents(reg: LocalRegistry, version: VersionInfo) -> None:
+    """The version's contents as a mount sees them agree with its listings, path by path and by
+    id; every id is distinct within the version."""
+    contents = reg.contents_index(version)
+    assert contents is not None
+    seen: dict[int, str] = {}
+    stack = [""]
+    while stack:
+        path = stack.pop()
+        listing = contents.listing(path)
+        expected = reg.list_dir(version, path)
+        assert listing is not None and listing.split_names() == [d.name.encode() for d in expected]
+        for d, node_id, size in zip(expected, listing.ids, listing.sizes, strict=True):
+            child_path = f"{path}/{d.name}" if path else d.name
+            assert node_id not in seen and node_id > 0
+            seen[node_id] = child_path
+            found = contents.by_id(node_id)
+            assert found is not None and found[0] == child_path
+            got = contents.get(child_path)
+            assert got is not None and got.id == node_id and got.entry == d.entry == found[1].entry
+            assert size == (-1 if d.entry is None else d.entry.size)
+            if d.entry is None:
+                stack.append(child_path)
+    assert contents.by_id(max(seen) + 1) is None and contents.get("no/such") is None
+
+
+def test_an_old_registry_gets_entry_ids_once(tmp_path: Path, trees: list[Path]) -> None:
+    """A registry made before entry ids is read as it is (opening writes nothing, and a mount
+    has no index of it), gets its ids in one step, and then every version, a later log and a
+    link all have them; the ids of a version never change."""
+    from conftest import without_entry_ids
+
+    root = tmp_path / "registry"
+    reg = LocalRegistry(root, create=True)
+    try:
+        log(reg, trees[0])
+        log(reg, trees[1])
+    finally:
+        reg.close()
+    db = root / "registry.sqlite"
+    without_entry_ids(db)
+    before = db.read_bytes()
+    old = LocalRegistry(root)
+    try:
+        v0 = old.resolve(R(f"{COLL}:v0"))
+        assert old.contents_index(v0) is None and [d.name for d in old.list_dir(v0, "")]
+        assert db.read_bytes() == before
+        assert old.add_entry_ids() is True
+        assert old.add_entry_ids() is False
+        numbered = _ids(db)
+        assert None not in numbered.values()
+        for v in old.versions("acme", "vision", "ds"):
+            _check_contents(old, v)
+        v2 = old.log_dir(trees[2], R(COLL), type="dataset").version
+        member = old.link(v0.ref, "golden")
+        for v in (v2, member):
+            _check_contents(old, v)
+        after = _ids(db)
+        assert {k: after[k] for k in numbered} == numbered  # ids already given never move
+    finally:
+        old.close()
+    fresh = LocalRegistry(root)  # another process's handle sees the ids
+    try:
+        assert fresh.contents_index(fresh.resolve(R(f"{COLL}:v1"))) is not None
+    finally:
+        fresh.close()
+
+
+def test_entry_ids_upgrade_that_fails_leaves_the_registry_as_it_was(
+    tmp_path: Path, trees: list[Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The upgrade is one transaction: failing after the rows were numbered rolls all of it back
+    (columns, ids, mark), the registry reads as before, and the next upgrade succeeds."""
+    from conftest import without_entry_ids
+
+    from artifactfs.registry import local
+
+    root = tmp_path / "registry"
+    reg = LocalRegistry(root, create=True)
+    try:
+        log(reg, trees[0])
+    finally:
+        reg.close()
+    db = root / "registry.sqlite"
+    without_entry_ids(db)
+    schema = sqlite3.connect(db).execute("SELECT group_concat(sql) FROM sqlite_master").fetchone()
+    monkeypatch.setattr(local, "_ENTRY_ID_INDEXES", "CREATE INDEX dirs_id ON no_such_table (id)")
+    reg = LocalRegistry(root)
+    try:
+        with pytest.raises(RegistryError):
+            reg.add_entry_ids()
+        assert sqlite3.connect(db).execute("SELECT group_concat(sql) FROM sqlite_master").fetchone() == schema
+        v0 = reg.resolve(R(f"{COLL}:v0"))
+        assert reg.contents_index(v0) is None and reg.list_dir(v0, "")
+        monkeypatch.undo()
+        assert reg.add_entry_ids() is True
+        _check_contents(reg, v0)
+    finally:
+        reg.close()
+
+
+def test_a_process_killed_while_it_adds_entry_ids_leaves_a_whole_registry(tmp_path: Path) -> None:
+    """SIGKILL during the upgrade of a registry of 200,000 entries: the registry is either as it
+    was or upgraded, never half, and the next upgrade gets every id right."""
+    from conftest import without_entry_ids
+
+    root = tmp_path / "registry"
+    reg = LocalRegistry(root, create=True)
+    try:
+        version = reg.log_dir(write_tree(tmp_path / "one", {"a/b.txt": b"b\n"}), R(COLL), type="dataset").version
+    finally:
+        reg.close()
+    db = root / "registry.sqlite"
+    conn = sqlite3.connect(db)
+    try:
+        pk = conn.execute("SELECT id FROM versions").fetchone()[0]
+        conn.executemany(
+            "INSERT INTO entries (version_id, parent, name, digest, size) VALUES (?, ?, ?, 'x', 1)",
+            ((pk, f"d{i // 1000:03d}", f"f{i % 1000:03d}") for i in range(200_000)),
+        )
+        conn.executemany(
+            "INSERT INTO dirs (version_id, parent, name) VALUES (?, '', ?)", ((pk, f"d{i:03d}") for i in range(200))
+        )
+        conn.commit()
+    finally:
+        conn.close()
+    without_entry_ids(db)
+    code = f"from artifactfs.registry.local import LocalRegistry; LocalRegistry({str(root)!r}).add_entry_ids()"
+    proc = subprocess.Popen([sys.executable, "-c", code], env=child_env())
+    wal = root / "registry.sqlite-wal"
+    deadline = time.monotonic() + 60
+    while proc.poll() is None and time.monotonic() < deadline:  # killed once the upgrade writes
+        if wal.exists() and wal.stat().st_size > 1 << 20:
+            break
+        time.sleep(0.002)
+    assert proc.poll() is None, "the upgrade finished before it could be killed; make the registry bigger"
+    proc.kill()
+    proc.wait()
+    conn = sqlite3.connect(db)
+    try:
+        assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+        marked = conn.execute("SELECT 1 FROM meta WHERE key = 'entry_ids'").fetchone() is not None
+        columns = {r[1] for r in conn.execute("PRAGMA table_info(entries)")}
+        assert not marked and "id" not in columns, "the killed upgrade left a trace"
+    finally:
+        conn.close()
+    reg = LocalRegistry(root)
+    try:
+        assert reg.add_entry_ids() is True
+        contents = reg.contents_index(version)
+        assert contents is not None and contents.count == 1
+        ids = _ids(db)
+        assert len(set(ids.values())) == len(ids) == 200_000 + 1 + 200 + 1
+        assert sorted(ids.values()) == list(range(1, len(ids) + 1))
+    finally:
+        reg.close()

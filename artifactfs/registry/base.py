@@ -15,7 +15,7 @@ from typing import Any
 
 from .. import defaults
 from ..errors import ArtifactNotFound, ReadOnly, RunNotFound
-from ..index import ManifestIndex
+from ..index import Contents
 from ..manifest import MD5, Entry, Manifest
 from ..names import Ref
 from ..sources import BlobSource
@@ -272,12 +272,16 @@ class Registry(abc.ABC):
     def get_entry(self, version: VersionInfo, path: str) -> DirEntry:
         """The file or directory at ``path`` inside ``version``; EntryNotFound if none."""
 
-    def contents_index(self, version: VersionInfo) -> ManifestIndex | None:
-        """The open on-disk index of ``version``'s contents (:class:`artifactfs.index.ManifestIndex`)
-        when this registry keeps one and it is open, else None.  No I/O, no waiting: asked on
-        the trio loop.  A mount then makes content nodes from it on demand instead of holding
-        one per entry (see tree.py)."""
+    def contents_index(self, version: VersionInfo) -> Contents | None:
+        """``version``'s contents as an index on disk (:class:`artifactfs.index.Contents`: a
+        remote manifest's index file when it is open, a local registry's own rows), else None.
+        No waiting: asked on the trio loop.  A mount then makes content nodes from it on demand
+        instead of holding one per entry (see tree.py)."""
         return None
+
+    def prepare_mount(self) -> None:  # noqa: B027 - optional hook
+        """Bring what a mount reads up to date before it serves (a local registry made before
+        entry ids gets them).  May write and take seconds: the daemon calls it once, at start."""
 
     def list_dir_now(self, version: VersionInfo, path: str) -> list[DirEntry] | None:
         """``list_dir``, if it can be answered at once (no I/O, no wait for a lock another

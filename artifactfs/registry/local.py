@@ -75,6 +75,7 @@ from ..errors import (
     SourceError,
 )
 from ..fsutil import remove_stale, syncfs, walk_files
+from ..index import Child, Listing
 from ..manifest import ALGORITHMS, MANIFEST_ALGORITHM, MD5, Entry, artifact_digest, hex_from_b64
 from ..names import LATEST, Ref, check_alias, check_entry_path, check_name, json_object_text, split_dir
 from ..references import reference_source
@@ -115,12 +116,24 @@ CREATE INDEX IF NOT EXISTS aliases_version ON aliases (version_id);
 CREATE TABLE IF NOT EXISTS entries (
     version_id INTEGER NOT NULL REFERENCES versions(id) ON DELETE CASCADE,
     parent TEXT NOT NULL, name TEXT NOT NULL, digest TEXT NOT NULL, size INTEGER NOT NULL,
-    ref TEXT, birth_artifact_id TEXT, extra TEXT,
+    ref TEXT, birth_artifact_id TEXT, extra TEXT, id INTEGER,
     PRIMARY KEY (version_id, parent, name)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS dirs (
     version_id INTEGER NOT NULL REFERENCES versions(id) ON DELETE CASCADE,
-    parent TEXT NOT NULL, name TEXT NOT NULL,
+    parent TEXT NOT NULL, name TEXT NOT NULL, id INTEGER,
     PRIMARY KEY (version_id, parent, name)) WITHOUT ROWID;
+"""
+
+# Entry ids (meta ``entry_ids``): every file and directory of a version has an integer ``id``,
+# unique within the version (files 1..F, then directories), so that a mount makes a node's
+# inode from it and answers lookups, listings and stat from these rows, holding a bounded
+# working set (see tree.py).  A registry made before them gets them from
+# :meth:`LocalRegistry.add_entry_ids` (the mount's start, or the first write that adds rows),
+# in one transaction.  The ``id`` columns are appended by ``ALTER TABLE``, as an older
+# registry gets them.
+_ENTRY_ID_INDEXES = """
+CREATE UNIQUE INDEX IF NOT EXISTS entries_id ON entries (version_id, id);
+CREATE UNIQUE INDEX IF NOT EXISTS dirs_id ON dirs (version_id, id);
 """
 
 #: ``PRAGMA user_version`` of a registry whose lineage tables exist (0: made before them).
@@ -267,6 +280,8 @@ class LocalRegistry(Registry):
         self._read_only = False
         self._level = 0  # the PRAGMA user_version known to be reached (it never goes down)
         self._sources: dict[int, Ref] = {}  # versions row id -> its ref (never changes)
+        self._ids = False  # every entry has an id (meta ``entry_ids``; it never goes away)
+        self._contents: dict[int, LocalContents] = {}  # versions row id -> its contents for a mount
         try:
             self._init_schema()
         except sqlite3.Error as exc:
@@ -307,11 +322,12 @@ class LocalRegistry(Registry):
         return sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
 
     @contextlib.contextmanager
-    def _write(self, *, lineage: bool = False, links: bool = False) -> Iterator[sqlite3.Connection]:
+    def _write(self, *, lineage: bool = False, links: bool = False, ids: bool = False) -> Iterator[sqlite3.Connection]:
         """One write transaction: ``BEGIN IMMEDIATE`` ... ``COMMIT`` (or ``ROLLBACK``).
         ``lineage``/``links``: the transaction writes runs or lineage / links, so their tables
         are created first if this registry predates them (in the same transaction, so concurrent
-        writers migrate once and a failed write leaves the registry as it was)."""
+        writers migrate once and a failed write leaves the registry as it was).  ``ids``: it
+        adds entries, so every entry gets its id first if the registry predates them."""
         need = LINKS_VERSION if links else LINEAGE_VERSION if lineage else 0
         db = self._db()
         try:
@@ -320,9 +336,15 @@ class LocalRegistry(Registry):
             raise RegistryError(f"registry {self.root} is busy or unwritable: {exc}") from exc
         try:
             migrated = self._migrate(db, need) if need > self._level else []
+            if ids and not self._ids:
+                started = time.monotonic()
+                numbered = _number_entries(db)
+                if numbered is not None:
+                    migrated.append(f"ids to its {numbered:,} entries ({time.monotonic() - started:.1f} s)")
             yield db
             db.execute("COMMIT")
             self._level = max(self._level, need)
+            self._ids = self._ids or ids
             for what in migrated:
                 log.info("registry %s: added %s", self.root, what)
         except BaseException as exc:
@@ -367,6 +389,58 @@ class LocalRegistry(Registry):
     def _has_links(self) -> bool:
         return self._reached(LINKS_VERSION)
 
+    def _has_ids(self) -> bool:
+        """Whether every entry has its id (another process may have added them since we looked:
+        one read of ``meta`` until they are there, nothing after)."""
+        if self._ids:
+            return True
+        db = self._db()
+        found = db.execute("SELECT 1 FROM meta WHERE key = 'entry_ids'").fetchone() is not None
+        if found and not db.in_transaction:
+            self._ids = True
+        return found
+
+    def add_entry_ids(self) -> bool:
+        """Give every entry and directory of a registry made before entry ids its id, in one
+        transaction (a crash leaves the registry as it was; seconds for millions of entries).
+        False when there was nothing to do; RegistryError when the registry cannot be written."""
+        if self._has_ids():
+            return False
+        if self._read_only:
+            raise RegistryError(f"registry {self.root} is read-only here")
+        with self._write(ids=True):
+            pass
+        return True
+
+    def prepare_mount(self) -> None:
+        if self._has_ids():
+            return
+        try:
+            self.add_entry_ids()
+        except RegistryError as exc:
+            log.warning(
+                "registry %s has no entry ids and cannot be given them (%s): a mount keeps a node per "
+                "entry the kernel holds (memory grows with the entries walked)",
+                self.root,
+                exc,
+            )
+
+    def contents_index(self, version: VersionInfo) -> LocalContents | None:
+        """``version``'s rows as a mount's index (:class:`LocalContents`), or None when its
+        entries have no ids (a registry that could not be given them)."""
+        pk = self._pk_of(version)
+        contents = self._contents.get(pk)
+        if contents is None:
+            if not self._has_ids():
+                return None
+            db = self._db()
+            for table in ("entries", "dirs"):
+                # Rows without an id (added by an older artifactfs after the upgrade): served as before.
+                if db.execute(f"SELECT 1 FROM {table} WHERE version_id = ? AND id IS NULL", (pk,)).fetchone():
+                    return None
+            contents = self._contents[pk] = LocalContents(self, pk, version.file_count)
+        return contents
+
     def _select_versions(self) -> str:
         """``SELECT <version columns, source row id> FROM ...`` for this registry's schema."""
         return _SELECT_VERSIONS if self._has_links() else _SELECT_VERSIONS_UNLINKED
@@ -385,6 +459,7 @@ class LocalRegistry(Registry):
             for statement in _SCHEMA.split(";"):
                 if statement.strip():
                     db.execute(statement)
+            _number_entries(db)  # none yet: the id indexes and the mark
             row = db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
             if row is None:
                 db.execute("INSERT INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
@@ -892,7 +967,7 @@ class LocalRegistry(Registry):
             own = extra if f.extra is None else f.extra
             return json.dumps(own) if own else None
 
-        with self._write(lineage=run_id is not None) as db:
+        with self._write(lineage=run_id is not None, ids=True) as db:
             cid = self._ensure_collection(db, ref, type, description, ts)
             latest = db.execute(
                 "SELECT v.id, v.digest FROM aliases a JOIN versions v ON a.version_id = v.id "
@@ -931,7 +1006,8 @@ class LocalRegistry(Registry):
                 artifact_id = base64.b64encode(f"Artifact:{pk}".encode()).decode()
                 db.execute("UPDATE versions SET artifact_id = ? WHERE id = ?", (artifact_id, pk))
                 db.executemany(
-                    "INSERT INTO entries VALUES (?, ?, ?, ?, ?, ?, NULL, ?)",
+                    "INSERT INTO entries (version_id, parent, name, digest, size, ref, birth_artifact_id, extra, id) "
+                    "VALUES (?, ?, ?, ?, ?, ?, NULL, ?, ?)",
                     (
                         (
                             pk,
@@ -940,11 +1016,15 @@ class LocalRegistry(Registry):
                             f.size,
                             f.ref,
                             extra_json(f),
+                            number,
                         )
-                        for f in logged
+                        for number, f in enumerate(logged, 1)
                     ),
                 )
-                db.executemany("INSERT INTO dirs VALUES (?, ?, ?)", ((pk, *split_dir(d)) for d in dirs))
+                db.executemany(
+                    "INSERT INTO dirs (version_id, parent, name, id) VALUES (?, ?, ?, ?)",
+                    ((pk, *split_dir(d), number) for number, d in enumerate(dirs, len(logged) + 1)),
+                )
                 self._move_aliases(db, cid, pk, [LATEST, *aliases], ts)
                 created = True
             if run_id is not None:
@@ -1096,7 +1176,7 @@ class LocalRegistry(Registry):
         names = [check_alias(a) for a in aliases if a != LATEST]
         _link_parts(target)  # a malformed target fails before anything else
         ts = now_ns()
-        with self._write(links=True) as db:
+        with self._write(links=True, ids=True) as db:
             source_pk = self._version_pk(ref)
             source_pk = self._source_pk(source_pk) or source_pk
             source = self._version_by_pk(source_pk)
@@ -1155,12 +1235,12 @@ class LocalRegistry(Registry):
         artifact_id = base64.b64encode(f"Artifact:{pk}".encode()).decode()
         db.execute("UPDATE versions SET artifact_id = ? WHERE id = ?", (artifact_id, pk))
         db.execute(
-            "INSERT INTO entries (version_id, parent, name, digest, size, ref, birth_artifact_id, extra) "
-            "SELECT ?, parent, name, digest, size, ref, birth_artifact_id, extra FROM entries WHERE version_id = ?",
+            "INSERT INTO entries (version_id, parent, name, digest, size, ref, birth_artifact_id, extra, id) "
+            "SELECT ?, parent, name, digest, size, ref, birth_artifact_id, extra, id FROM entries WHERE version_id = ?",
             (pk, source_pk),
         )
         db.execute(
-            "INSERT INTO dirs (version_id, parent, name) SELECT ?, parent, name FROM dirs WHERE version_id = ?",
+            "INSERT INTO dirs (version_id, parent, name, id) SELECT ?, parent, name, id FROM dirs WHERE version_id = ?",
             (pk, source_pk),
         )
         db.execute("INSERT INTO version_links VALUES (?, ?, ?)", (pk, source_pk, ts))
@@ -1436,6 +1516,139 @@ def _dirs_of(paths: Iterable[str]) -> set[str]:
             dirs.add(parent)
             parent = split_dir(parent)[0]
     return dirs
+
+
+# -- entry ids and a version's contents as a mount's index -----------------------------------------
+
+
+def _number_entries(db: sqlite3.Connection) -> int | None:
+    """Inside a write transaction: give every entry and directory its id (a version's files
+    1..F in path order, then its directories), index them, and mark the registry; the number of
+    entries numbered, or None if the mark was there already.  Idempotent, and atomic with the
+    transaction (a crash or an error rolls all of it back)."""
+    if db.execute("SELECT 1 FROM meta WHERE key = 'entry_ids'").fetchone() is not None:
+        return None
+    for table in ("entries", "dirs"):
+        if "id" not in {row[1] for row in db.execute(f"PRAGMA table_info({table})")}:
+            db.execute(f"ALTER TABLE {table} ADD COLUMN id INTEGER")
+        db.execute(f"DROP INDEX IF EXISTS {table}_id")  # numbered afresh, without transient clashes
+    numbered = db.execute(
+        """UPDATE entries SET id = n.number FROM (
+               SELECT version_id AS v, parent AS p, name AS nm,
+                      row_number() OVER (PARTITION BY version_id ORDER BY parent, name) AS number
+               FROM entries) AS n
+           WHERE entries.version_id = n.v AND entries.parent = n.p AND entries.name = n.nm"""
+    ).rowcount
+    db.execute("CREATE UNIQUE INDEX entries_id ON entries (version_id, id)")
+    db.execute(
+        """UPDATE dirs SET id = n.number + coalesce((SELECT max(e.id) FROM entries e WHERE e.version_id = n.v), 0)
+           FROM (SELECT version_id AS v, parent AS p, name AS nm,
+                        row_number() OVER (PARTITION BY version_id ORDER BY parent, name) AS number
+                 FROM dirs) AS n
+           WHERE dirs.version_id = n.v AND dirs.parent = n.p AND dirs.name = n.nm"""
+    )
+    for statement in _ENTRY_ID_INDEXES.split(";"):
+        if statement.strip():
+            db.execute(statement)
+    db.execute("INSERT OR REPLACE INTO meta VALUES ('entry_ids', '1')")
+    return max(numbered, 0)
+
+
+class LocalContents:
+    """One version's files and directories as a mount asks for them (:class:`artifactfs.index.
+    Contents`), answered from the registry's own rows by ``(version, parent, name)`` and by
+    ``(version, id)``: nothing is held per entry.  Queries run on the asking thread's
+    connection (the mount's loop: each is a few B-tree page reads)."""
+
+    def __init__(self, registry: LocalRegistry, pk: int, count: int) -> None:
+        self._registry = registry
+        self._pk = pk
+        self.count = count
+
+    def _child(self, parent: str, row: Sequence[Any]) -> Child:
+        """A child from ``(id, name, digest, size, ref, birth_artifact_id, extra)``."""
+        return Child(row[0], row[1], LocalRegistry._entry_from_row(parent, row[1:]))
+
+    def _is_dir(self, path: str) -> bool:
+        return path == "" or (_is_lookup_path(path) and self._registry._is_dir(self._pk, path))
+
+    def get(self, path: str) -> Child | None:
+        if path == "":
+            return Child(0, "", None)
+        if not _is_lookup_path(path):
+            return None
+        parent, name = split_dir(path)
+        db = self._registry._db()
+        row = db.execute(
+            f"SELECT id, {_ENTRY_COLUMNS} FROM entries WHERE version_id = ? AND parent = ? AND name = ?",
+            (self._pk, parent, name),
+        ).fetchone()
+        if row is not None:
+            return self._child(parent, row)
+        row = db.execute(
+            "SELECT id FROM dirs WHERE version_id = ? AND parent = ? AND name = ?", (self._pk, parent, name)
+        ).fetchone()
+        return None if row is None else Child(row[0], name, None)
+
+    def by_id(self, node_id: int) -> tuple[str, Child] | None:
+        if node_id == 0:
+            return "", Child(0, "", None)
+        db = self._registry._db()
+        row = db.execute(
+            f"SELECT parent, id, {_ENTRY_COLUMNS} FROM entries WHERE version_id = ? AND id = ?", (self._pk, node_id)
+        ).fetchone()
+        if row is not None:
+            child = self._child(row[0], row[1:])
+            assert child.entry is not None
+            return child.entry.path, child
+        row = db.execute(
+            "SELECT parent, name FROM dirs WHERE version_id = ? AND id = ?", (self._pk, node_id)
+        ).fetchone()
+        if row is None:
+            return None
+        path = check_entry_path(f"{row[0]}/{row[1]}" if row[0] else row[1])
+        return path, Child(node_id, row[1], None)
+
+    def listing(self, path: str) -> Listing | None:
+        if not self._is_dir(path):
+            return None
+        rows = self._registry._db().execute(
+            "SELECT id, name, 0, size FROM entries WHERE version_id = ?1 AND parent = ?2 "
+            "UNION ALL SELECT id, name, 1, 0 FROM dirs WHERE version_id = ?1 AND parent = ?2 ORDER BY 2",
+            (self._pk, path),
+        )
+        return Listing.of(rows.fetchall())
+
+    def list_dir(self, path: str, after: str | None = None, limit: int = -1) -> list[Child] | None:
+        if not self._is_dir(path):
+            return None
+        low = "" if after is None else after
+        db = self._registry._db()
+        files = db.execute(
+            f"SELECT id, {_ENTRY_COLUMNS} FROM entries WHERE version_id = ? AND parent = ? AND name > ? "
+            "ORDER BY name LIMIT ?",
+            (self._pk, path, low, limit),
+        )
+        out = [self._child(path, row) for row in files]
+        dirs = db.execute(
+            "SELECT id, name FROM dirs WHERE version_id = ? AND parent = ? AND name > ? ORDER BY name LIMIT ?",
+            (self._pk, path, low, limit),
+        )
+        out.extend(Child(row[0], row[1], None) for row in dirs)
+        out.sort(key=lambda c: c.name)
+        return out if limit < 0 else out[:limit]
+
+    def following(self, path: str, limit: int) -> list[Entry]:
+        parent, name = split_dir(path)
+        rows = self._registry._db().execute(
+            f"SELECT id, {_ENTRY_COLUMNS} FROM entries WHERE version_id = ? AND parent = ? AND name > ? "
+            "ORDER BY name LIMIT ?",
+            (self._pk, parent, name, limit),
+        )
+        return [child.entry for child in (self._child(parent, row) for row in rows) if child.entry is not None]
+
+
+_ENTRY_COLUMNS = "name, digest, size, ref, birth_artifact_id, extra"
 
 
 # -- the backend (registry/__init__.py's table) ---------------------------------------------------
