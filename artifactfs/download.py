@@ -129,7 +129,10 @@ def open_verified_blob(store: BlobStore, registry: Registry, version: VersionInf
     verified on the way.  Blocks (hashing, network): call it from a worker thread."""
     local = registry.local_path(entry)
     check = _check_entry(entry)
-    what = f"{version.ref}/{entry.path}"
+
+    def what() -> str:
+        return f"{version.ref}/{entry.path}"
+
     return store.obtain(check.cache_key, check, what, partial(registry.blob_source, version, entry), local=local)[0]
 
 

@@ -113,9 +113,14 @@ class Fetcher:
         # a wandb-logged s3 entry's single-part ETag is; FetchError when none proves anything).
         local = self.registry.local_path(entry) if self.serve_local_in_place else None
         check = content_entry(entry) if entry.ref is not None else entry
-        key, what = check.cache_key, f"{version.ref}/{entry.path}"
+        key = check.cache_key
 
-        def source() -> BlobSource:  # asked only after a miss
+        # Asked by the store only past a quick open: its name in messages (``version.ref`` is
+        # made anew each time), and the source (it may be a network call).
+        def what() -> str:
+            return f"{version.ref}/{entry.path}"
+
+        def source() -> BlobSource:
             return self.registry.blob_source(version, check)
 
         while True:
@@ -163,9 +168,12 @@ class Fetcher:
         reader asked for it)."""
         local = self.registry.local_path(entry) if self.serve_local_in_place else None
         check = content_entry(entry) if entry.ref is not None else entry
-        key, what = check.cache_key, f"{version.ref}/{entry.path}"
+        key = check.cache_key
         if key in self._inflight or key in self._failures:
             return False
+
+        def what() -> str:
+            return f"{version.ref}/{entry.path}"
 
         def source() -> BlobSource:
             return self.registry.blob_source(version, check)

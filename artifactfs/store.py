@@ -594,7 +594,7 @@ class BlobStore:
         self,
         key: str,
         entry: Entry,
-        what: str,
+        what: Callable[[], str],
         source: Callable[[], BlobSource],
         *,
         local: str | None = None,
@@ -607,7 +607,7 @@ class BlobStore:
         self,
         key: str,
         entry: Entry,
-        what: str,
+        what: Callable[[], str],
         source: Callable[[], BlobSource],
         *,
         local: str | None = None,
@@ -619,15 +619,16 @@ class BlobStore:
         self,
         key: str,
         entry: Entry,
-        what: str,
+        what: Callable[[], str],
         source: Callable[[], BlobSource],
         *,
         local: str | None = None,
         quick: bool = False,
         group: bool = False,
     ) -> tuple[Blob, Outcome] | None:
-        """The verified blob of ``entry`` (content address ``key``, named ``what`` in messages),
-        and how it was had: the one sequence every reader follows.
+        """The verified blob of ``entry`` (content address ``key``), and how it was had: the one
+        sequence every reader follows.  ``what()`` names the blob in messages; like ``source()``
+        it is asked only where the sequence goes past what a quick open answers.
 
         * ``local``, a file where the bytes already lie (a local registry's blob): opened if its
           trust record still holds, else hashed where it lies (:meth:`verify_in_place`; up to
@@ -647,13 +648,13 @@ class BlobStore:
                 return blob, "trusted"
             if quick and not small:
                 return None
-            return self.verify_in_place(key, entry, local, what, persist=not small), "verified"
-        blob = self.open_cached(key) if quick else self.open_verified(key, entry, what)
+            return self.verify_in_place(key, entry, local, what(), persist=not small), "verified"
+        blob = self.open_cached(key) if quick else self.open_verified(key, entry, what())
         if blob is not None:
             return blob, "cached"
         if quick:
             return None
-        return self.fill(key, entry, source(), what, group=group), "fetched"
+        return self.fill(key, entry, source(), what(), group=group), "fetched"
 
     def _cached_file(self, key: str) -> str | None:
         """Worker thread: the path of ``key``'s cache file in diskcache's index (a read, which
