@@ -14,7 +14,7 @@ import json
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import IO, Any
 
 from .digests import MD5 as MD5
 from .digests import XXH128 as XXH128
@@ -215,6 +215,33 @@ class Manifest:
         except RecursionError:
             raise ManifestError("manifest: nested too deeply") from None
         return cls.from_json(obj)
+
+
+def write_json(
+    out: IO[bytes],
+    entries: Iterable[Entry],
+    storage_policy: str = STORAGE_POLICY,
+    storage_policy_config: Mapping[str, Any] | None = None,
+) -> int:
+    """Write the manifest of ``entries`` to ``out`` as :meth:`Manifest.dumps` makes it (the
+    same bytes, UTF-8), a batch of entries at a time, so that memory does not grow with the
+    manifest (a million entries are ~100 MB of JSON, and over a gigabyte as a ``Manifest``).
+    ``entries`` must name distinct paths.  Returns the number of bytes written."""
+    head = Manifest({}, storage_policy, dict(storage_policy_config or {})).dumps()
+    assert head.endswith("{}}")
+    written = out.write(head[:-2].encode())  # up to the ``{`` that opens "contents"
+    dumps = json.dumps
+    batch: list[str] = []
+    sep = ""
+    for entry in entries:
+        batch.append(f"{sep}{dumps(entry.path, ensure_ascii=False)}: {dumps(entry.to_json(), ensure_ascii=False)}")
+        sep = ", "
+        if len(batch) >= 4096:
+            written += out.write("".join(batch).encode())
+            batch.clear()
+    batch.append("}}")
+    written += out.write("".join(batch).encode())
+    return written
 
 
 def _refuse_duplicates(items: list[tuple[str, Any]]) -> dict[str, Any]:

@@ -23,7 +23,10 @@ the registry call and nothing else), and only ``await`` points interleave.  Time
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import tempfile
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar, cast
@@ -32,6 +35,7 @@ import trio
 
 from . import defaults
 from .errors import ArtifactFSError
+from .fsutil import make_temp
 from .index import Contents
 from .names import Ref
 from .registry.base import DirEntry, Registry, RunInfo, VersionInfo
@@ -79,14 +83,35 @@ class MetaStats:
         return dict(self.__dict__)
 
 
+class MadeFile:
+    """An open file that has no name any more (made, then unlinked): its descriptor is closed
+    when the object goes."""
+
+    __slots__ = ("fd", "size")
+
+    def __init__(self, fd: int, size: int = 0) -> None:
+        self.fd = fd
+        self.size = size
+
+    def __del__(self) -> None:
+        with contextlib.suppress(OSError):
+            os.close(self.fd)
+
+
 class Meta:
     """Asks a :class:`Registry` for metadata on behalf of the trio loop.  See the module doc."""
 
     def __init__(
-        self, registry: Registry, *, alias_ttl: float = defaults.ALIAS_TTL, max_threads: int = DEFAULT_THREADS
+        self,
+        registry: Registry,
+        *,
+        alias_ttl: float = defaults.ALIAS_TTL,
+        max_threads: int = DEFAULT_THREADS,
+        scratch_dir: str | None = None,
     ) -> None:
         self.registry = registry
         self.alias_ttl = alias_ttl
+        self.scratch_dir = scratch_dir  # where manifest.json files are made (None: the system's temp dir)
         self.inline = registry.local
         self.stats = MetaStats()
         self._limiter = trio.CapacityLimiter(max_threads)
@@ -277,16 +302,24 @@ class Meta:
             log.warning("lineage of %s is unknown: %s", version.ref, exc)
             return Lineage()
 
-    async def manifest_json(self, version: VersionInfo) -> bytes:
-        """``version``'s manifest as W&B writes it (``manifest.json``).  Every entry walked and
-        serialised: seconds for a huge manifest, so in a worker thread under this layer's
-        limiter whatever the registry, one build per version however many ask."""
+    async def manifest_json(self, version: VersionInfo) -> MadeFile:
+        """``version``'s manifest as W&B writes it (``manifest.json``), in an already unlinked
+        temp file under ``scratch_dir`` (nothing is left behind, even by a crash).  Every entry
+        walked and serialised, streaming (memory does not grow with the manifest): seconds for
+        a huge manifest, so in a worker thread under this layer's limiter whatever the
+        registry, one build per version however many ask."""
         await self.load_contents(version)
         registry = self.registry
+        scratch = self.scratch_dir or tempfile.gettempdir()
 
-        def build() -> bytes:
-            return (registry.manifest(version).dumps() + "\n").encode()
+        def build() -> MadeFile:
+            fd, path = make_temp(scratch, ".tmp", os.O_RDWR)
+            os.unlink(path)
+            made = MadeFile(fd)
+            with open(os.dup(fd), "wb") as out:
+                made.size = registry.write_manifest(version, out)
+            return made
 
         answer = await self._flight(("manifest_json", version.id), build, (), cache=False)
-        data: bytes = answer.value
-        return data
+        made: MadeFile = answer.value
+        return made

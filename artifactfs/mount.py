@@ -169,7 +169,7 @@ def run_foreground(config: MountConfig) -> None:
             serve_local_in_place=config.local_blobs == "verify-in-place",
             failure_backoff=config.failure_backoff,
         )
-        tree = Tree(registry, uid=os.getuid(), gid=os.getgid(), alias_ttl=config.alias_ttl)
+        tree = Tree(registry, uid=os.getuid(), gid=os.getgid(), alias_ttl=config.alias_ttl, scratch_dir=store.tmp)
         # One engine for every background fetch: walks (--warm), --prefetch hints.
         engine = Engine(fetcher, registry, mode=config.warm, room=cache_room(store))
         lookahead = (

@@ -298,7 +298,11 @@ class Operations(pyfuse3.Operations):
         await self.tree.refresh_view_file(node)
         assert node.version is not None
         fh = self._fh()
-        self._files[fh] = _OpenFile(node.version, None, node, Blob(data=node.data, size=len(node.data)))
+        if node.file is not None:  # manifest.json: an open file of it (its own descriptor for the blob)
+            blob = Blob(fd=os.dup(node.file.fd), size=node.file.size)
+        else:
+            blob = Blob(data=node.data, size=len(node.data))
+        self._files[fh] = _OpenFile(node.version, None, node, blob)
         fixed = node.path == "manifest.json"
         return pyfuse3.FileInfo(fh=fh, keep_cache=fixed, direct_io=not fixed)
 

@@ -38,7 +38,7 @@ from .fsutil import redact_uri
 from .index import Child, Contents
 from .index import Listing as Listing  # re-exported: ops.py's readdir replies from it
 from .manifest import Entry
-from .meta import Meta
+from .meta import MadeFile, Meta
 from .names import Ref, check_name, check_project, parse_version
 from .registry.base import DirEntry, Registry, VersionInfo, iso_time
 
@@ -100,7 +100,8 @@ class Node:
     children: list[tuple[str, Node]] | None = None
     children_at: int = -1
     encoded: list[tuple[bytes, Node]] | None = None
-    data: bytes = b""  # view files: their content as last made
+    data: bytes = b""  # view files: their content as last made (info.json)
+    file: MadeFile | None = None  # ... or an open file of it (manifest.json: it may be huge)
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,6 +129,7 @@ class Tree:
     alias_ttl: float = defaults.ALIAS_TTL
     mount_time_ns: int = field(default_factory=time.time_ns)
     meta: Meta = field(default=None)  # type: ignore[assignment]  # None: made in __post_init__
+    scratch_dir: str | None = None  # where the made Meta writes manifest.json files
     _nodes: dict[int, Node] = field(default_factory=dict)
     _by_key: dict[tuple[object, ...], Node] = field(default_factory=dict)
     _next_inode: int = ROOT_INODE + 1
@@ -152,7 +154,7 @@ class Tree:
 
     def __post_init__(self) -> None:
         if self.meta is None:
-            self.meta = Meta(self.registry, alias_ttl=self.alias_ttl)
+            self.meta = Meta(self.registry, alias_ttl=self.alias_ttl, scratch_dir=self.scratch_dir)
         root = Node(ROOT_INODE, Kind.ROOT, ("root",), lookups=1)
         self._nodes[ROOT_INODE] = root
         self._by_key[root.key] = root
@@ -508,8 +510,9 @@ class Tree:
         v = parent.version
         node = self._intern(key, lambda i: Node(i, Kind.VIEW_FILE, key, v.entity, v.project, version=v, path=name))
         if name == "manifest.json":
-            if not node.data:
-                node.data = await self.meta.manifest_json(node.version or parent.version)
+            if node.file is None:
+                made = await self.meta.manifest_json(node.version or parent.version)
+                node.file = node.file or made  # another request may have made it meanwhile
         else:
             await self.refresh_view_file(node)
         return node
@@ -617,7 +620,8 @@ class Tree:
             fixed = node.path == "manifest.json"
             timeout = FOREVER if fixed else self.alias_ttl
             mtime = node.version.created_at_ns if fixed else node.version.updated_at_ns
-            return Attr(node.inode, stat.S_IFREG | 0o444, len(node.data), 1, mtime, timeout)
+            size = node.file.size if node.file is not None else len(node.data)
+            return Attr(node.inode, stat.S_IFREG | 0o444, size, 1, mtime, timeout)
         return Attr(node.inode, stat.S_IFDIR | 0o555, 0, 2, self.mount_time_ns, self.alias_ttl)
 
     def negative_timeout(self, parent_inode: int) -> float:

@@ -14,6 +14,8 @@ from typing import Any
 import pytest
 import xxhash
 from conftest import b64md5
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from artifactfs.digests import hash_fd
 from artifactfs.errors import InvalidPath, ManifestError
@@ -456,3 +458,26 @@ def test_matches_wandb_sdk(tmp_path: Path, wandb_sdk: Any, alg: str) -> None:
     parsed = Manifest.from_json(theirs)
     assert parsed.digest(alg) == their_digest
     assert parsed.to_json() == theirs
+
+
+@settings(max_examples=50, deadline=None)
+@given(
+    st.dictionaries(
+        st.text(st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=12).filter(lambda p: "/" not in p),
+        st.tuples(st.integers(0, 1 << 40), st.sampled_from([None, "s3://b/k", "https://h/ü"]), st.booleans()),
+        max_size=12,
+    ),
+    st.dictionaries(st.text(max_size=5), st.text(max_size=5), max_size=2),
+)
+def test_write_json_streams_what_dumps_makes(contents: dict[str, Any], config: dict[str, str]) -> None:
+    """manifest.json of a huge version is streamed: the bytes are exactly Manifest.dumps()'s."""
+    import io
+
+    from artifactfs.manifest import write_json
+
+    manifest = Manifest(storage_policy="policy-ü", storage_policy_config=config)
+    for path, (size, ref, extra) in contents.items():
+        manifest.entries[path] = Entry(path, b64md5(path.encode()), size, ref, None, {"k": path} if extra else {})
+    out = io.BytesIO()
+    written = write_json(out, manifest.entries.values(), manifest.storage_policy, config)
+    assert out.getvalue() == manifest.dumps().encode() and written == len(out.getvalue())

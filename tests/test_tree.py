@@ -6,6 +6,7 @@ import base64
 import functools
 import hashlib
 import json
+import os
 import stat
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
@@ -596,11 +597,14 @@ async def test_view_holds_info_and_manifest_of_every_version(tree: Tree, registr
     info = json.loads(info_node.data)
     assert info == {**version.to_json(), "logged_by": None, "used_by": []}
     manifest_node = await tree.lookup(v1.inode, "manifest.json")
-    assert json.loads(manifest_node.data) == registry.manifest(version).to_json()
-    for node in (info_node, manifest_node):
+    assert manifest_node.file is not None  # made into an open, unlinked file: never held in memory
+    made = os.pread(manifest_node.file.fd, 1 << 20, 0)
+    assert made == registry.manifest(version).dumps().encode()
+    assert os.fstat(manifest_node.file.fd).st_nlink == 0
+    for node, size in ((info_node, len(info_node.data)), (manifest_node, len(made))):
         attr = tree.getattr(node)
         assert attr.mode == stat.S_IFREG | 0o444
-        assert attr.size == len(node.data)
+        assert attr.size == size
     assert tree.getattr(manifest_node).timeout == FOREVER
     assert tree.getattr(info_node).timeout == TTL
     assert tree.getattr(v1).mode == stat.S_IFDIR | 0o555

@@ -11,12 +11,12 @@ import abc
 import datetime as _dt
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import IO, Any
 
 from .. import defaults
 from ..errors import ArtifactNotFound, ReadOnly, RunNotFound
 from ..index import Contents
-from ..manifest import MD5, Entry, Manifest
+from ..manifest import MD5, Entry, Manifest, write_json
 from ..names import Ref
 from ..sources import BlobSource
 
@@ -315,6 +315,11 @@ class Registry(abc.ABC):
         for entry in self.iter_entries(version):
             manifest.entries[entry.path] = entry
         return manifest
+
+    def write_manifest(self, version: VersionInfo, out: IO[bytes]) -> int:
+        """:meth:`manifest`'s JSON (``Manifest.dumps``, the same bytes) streamed into ``out``,
+        the entries never all in memory; the bytes written.  May block."""
+        return write_json(out, self.iter_entries(version), storage_policy_config=version.storage_policy_config)
 
     # -- writes (a read-only registry refuses them with a message that names the limit) -------
 

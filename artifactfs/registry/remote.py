@@ -31,11 +31,12 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
+from typing import IO
 
 from ..errors import ArtifactFSError, EntryNotFound, FetchError, ManifestError
 from ..fsutil import fsync_dir, make_temp, pid_alive
 from ..index import ManifestIndex, build_index, index_key, open_index
-from ..manifest import MD5, XXH128, Entry, Manifest
+from ..manifest import MD5, XXH128, Entry, Manifest, write_json
 from .base import DirEntry, VersionInfo
 
 log = logging.getLogger(__name__)
@@ -244,6 +245,11 @@ class ManifestKeeper:
         for entry in index.iter_entries():
             manifest.entries[entry.path] = entry
         return manifest
+
+    def write_manifest(self, version: VersionInfo, out: IO[bytes]) -> int:
+        """:meth:`manifest`'s JSON streamed into ``out`` from the index (never all in memory)."""
+        index = self.load(version)
+        return write_json(out, index.iter_entries(), index.storage_policy, index.storage_policy_config)
 
     # -- file URLs ------------------------------------------------------------------------------
 

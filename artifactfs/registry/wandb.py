@@ -1393,6 +1393,9 @@ class WandbRegistry(Registry):
     def manifest(self, version: VersionInfo) -> Manifest:
         return self._manifests.manifest(version)
 
+    def write_manifest(self, version: VersionInfo, out: IO[bytes]) -> int:
+        return self._manifests.write_manifest(version, out)
+
     def iter_entries(self, version: VersionInfo) -> Iterator[Entry]:
         return self._manifests.iter_entries(version)
 
