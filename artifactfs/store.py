@@ -85,7 +85,7 @@ class Blob:
     The check follows the read so that a write racing with it is seen too.
     """
 
-    __slots__ = ("_data", "_fd", "identity", "loose", "size")
+    __slots__ = ("_data", "_fd", "identity", "pending", "size")
 
     def __init__(
         self,
@@ -93,15 +93,16 @@ class Blob:
         data: bytes | None = None,
         size: int = 0,
         identity: Identity | None = None,
-        loose: bool = False,
+        pending: _Pending | None = None,
     ) -> None:
         self._fd = fd
         self._data = data
         self.size = size
         self.identity = identity
         # A blob served before its group commit: its temp file is renamed into the cache by the
-        # batch, which moves its ctime (and nothing else): device, inode, size and mtime must hold.
-        self.loose = loose
+        # batch, which moves its ctime (and nothing else).  That one move is accepted, to the
+        # identity the batch found after its rename (_Pending.placed), and no other.
+        self.pending = pending
 
     def pread(self, size: int, offset: int) -> bytes:
         if self._data is not None:
@@ -136,7 +137,14 @@ class Blob:
         assert self._fd is not None
         st = os.fstat(self._fd)
         now = _identity(st)
-        if now != self.identity and not (self.loose and now[:4] == self.identity[:4]):
+        if now != self.identity:
+            pending = self.pending
+            if pending is not None and now[:4] == self.identity[:4]:
+                if pending.placed is None and pending.moving:
+                    return  # its batch is renaming it this instant (placed follows at once)
+                if now == pending.placed:  # renamed into the cache by its batch
+                    self.identity, self.pending = now, None
+                    return
             if not (st.st_nlink == 0 and now[:4] == self.identity[:4]):
                 raise BlobChanged("a verified blob changed on disk after it was verified")
             # Unlinked (evicted, or a deleted version's blob purged by gc) while we hold
@@ -183,6 +191,17 @@ class _AdoptingDisk(diskcache.Disk):  # type: ignore[misc]
     names (which nothing would ever delete).
     """
 
+    def filename(self, key: Any = diskcache.core.UNKNOWN, value: Any = diskcache.core.UNKNOWN) -> tuple[str, str]:
+        """An adopted blob's name: ``xx/<random>.val``, one level of 256 directories, which stay
+        (diskcache's own ``xx/yy/<random>.val`` made a new directory for almost every blob of a
+        cache of thousands: an inode allocated, and three ``mkdir`` calls, per blob)."""
+        if isinstance(value, _Adopt):
+            hex_name = os.urandom(16).hex()
+            filename = os.path.join(hex_name[:2], hex_name[2:] + ".val")
+            return filename, os.path.join(self._directory, filename)
+        names: tuple[str, str] = super().filename(key, value)
+        return names
+
     def store(self, value: Any, read: bool, key: Any = diskcache.core.UNKNOWN) -> Any:
         if isinstance(value, _Adopt):
             filename, full_path = self.filename(key, value)
@@ -199,6 +218,8 @@ class _Pending:
     adopt: _Adopt
     identity: Identity  # of the temp file after it was verified (its ctime moves on the rename)
     what: str
+    moving: bool = False  # its batch is renaming it
+    placed: Identity | None = None  # its identity right after that rename (only the ctime moved)
 
 
 #: Called with each step of a batch (tests/test_crash.py kills the process there); None: nothing.
@@ -214,7 +235,7 @@ class _Committer:
     """Group commit: many fills share one sync round and one SQLite transaction.
 
     A fill writes and verifies its temp file, hands it here and returns the blob at once, served
-    from its descriptor (:attr:`Blob.loose`: the rename to come moves only its ctime).  This
+    from its descriptor (:attr:`Blob.pending`: the rename to come moves only its ctime).  This
     thread takes everything handed in (up to ``max_batch``, after waiting ``delay`` for more)
     and, in this order:
 
@@ -272,7 +293,7 @@ class _Committer:
             except OSError:
                 now = None
             if now is not None and now[:4] == item.identity[:4]:
-                return Blob(fd=fd, size=item.identity[2], identity=item.identity, loose=True)
+                return Blob(fd=fd, size=item.identity[2], identity=item.identity, pending=item)
             os.close(fd)
         return None
 
@@ -331,23 +352,23 @@ class _Committer:
         placed: list[_Pending] = []
         for item in batch:  # 3. the files
             try:
+                item.moving = True
                 _place(item.adopt)
-                placed.append(item)
             except OSError as exc:
                 log.warning("cannot keep %s in the cache (%s): served, not kept", item.what, exc)
                 self._drop([item], item.key)
+                continue
+            placed.append(item)
+            with contextlib.suppress(OSError):  # none: no record, so it is hashed before reuse
+                item.placed = _identity(os.stat(item.adopt.final, follow_symlinks=False))
         _step("renamed")
         placed = [item for item in placed if self._still_indexed(item)]
         syncfs(store.tmp)  # 4. the names
         _step("synced2")
         records: list[tuple[_Pending, Identity]] = []
         for item in placed:
-            try:
-                st = os.stat(item.adopt.final, follow_symlinks=False)
-            except OSError:
-                continue
-            identity = _identity(st)
-            if identity[:4] == item.identity[:4]:
+            identity = item.placed
+            if identity is not None and identity[:4] == item.identity[:4]:
                 records.append((item, identity))
         try:
             with cache.transact(retry=True):  # 5. the records that let an open trust them
@@ -392,20 +413,28 @@ class _Committer:
                 self.store._cache.delete(committed)
 
 
+#: Blob directories this process made or found (at most 256 per cache directory): a fill into one
+#: of them renames at once, with no ``mkdir`` first.
+_made_dirs: set[str] = set()
+
+
 def _place(adopt: _Adopt) -> None:
     """Rename the adopted temp file to the name its committed row gives it.  diskcache removes a
-    sub-directory once it is empty (eviction of a neighbour), so it is made again if needed."""
+    directory once it is empty (eviction of a neighbour, in any process), so it is made again if
+    need be (0700)."""
     sub = os.path.dirname(adopt.final)
-    for attempt in (1, 2):
-        for d in (os.path.dirname(sub), sub):  # both levels 0700 (makedirs gives parents the umask's mode)
+    for attempt in (1, 2, 3):
+        if sub not in _made_dirs:
             with contextlib.suppress(FileExistsError):
-                os.mkdir(d, 0o700)
+                os.mkdir(sub, 0o700)
+            _made_dirs.add(sub)
         try:
             os.rename(adopt.path, adopt.final)
             return
         except FileNotFoundError:
-            if attempt == 2 or not os.path.exists(adopt.path):
+            if attempt == 3 or not os.path.exists(adopt.path):
                 raise
+            _made_dirs.discard(sub)
 
 
 class BlobStore:
@@ -807,8 +836,9 @@ class BlobStore:
             raise
         if committer is not None:
             # Verified: served from its descriptor now; kept once its batch commits.
-            committer.submit(_Pending(key, adopt, identity, what))
-            return Blob(fd=fd, size=size, identity=identity, loose=True)
+            pending = _Pending(key, adopt, identity, what)
+            committer.submit(pending)
+            return Blob(fd=fd, size=size, identity=identity, pending=pending)
         # Verified and synced: from here on the bytes are served, kept or not.
         committed = False
         try:
@@ -887,10 +917,13 @@ class BlobStore:
                 f"{what} ({size:,} bytes) is larger than the disk of the cache directory {self.directory} "
                 f"({total:,} bytes): it cannot be verified there, so it is not served; use a larger --cache-dir"
             )
-        free = _free_bytes(self.tmp)
-        if free is None or free >= size + _ROOM_SLACK:
+        free = st.f_bavail * st.f_frsize
+        if free >= size + _ROOM_SLACK:
             return
         deficit = size + _ROOM_SLACK - free
+        if self._committer is not None:
+            # Blobs waiting for their batch hold space and cannot be evicted yet: commit them first.
+            self._committer.flush()
         self.flush_uses()  # evict by the latest uses, ours included
         evicted = 0
         try:

@@ -777,3 +777,22 @@ def test_the_cache_index_is_named_as_diskcache_names_it(tmp_path: Path) -> None:
     assert cache_dir_kind(str(tmp_path / "c")) == OURS
     BlobStore(str(tmp_path / "c"), size_limit=1 << 20).close()
     assert (tmp_path / "c" / CACHE_INDEX).exists() and cache_dir_kind(str(tmp_path / "c")) == CACHE
+
+
+def test_blob_served_before_its_batch_accepts_the_rename_and_no_other_change(tmp_path: Path) -> None:
+    """A group-committed fill is served from its temp file at once; its batch's rename moves the
+    file's ctime, which the open blob accepts (to the identity the batch saw after the rename).
+    An overwrite in place afterwards (size kept, mtime put back: only the ctime tells) is refused."""
+    data = os.urandom(3 * MiB)
+    entry = entry_for(data)
+    store = BlobStore(str(tmp_path / "cache"), group_commit=True)
+    try:
+        blob = store.fill(entry.cache_key, entry, source(data), "f", group=True)
+        store._committer.flush()  # type: ignore[union-attr]  # renamed into the cache and recorded
+        assert blob.pread(4096, 0) == data[:4096]  # the rename's ctime move is accepted
+        rewrite(cache_file(store, entry.cache_key), os.urandom(3 * MiB), keep_mtime=True)
+        with pytest.raises(BlobChanged):
+            blob.pread(4096, 0)
+        blob.close()
+    finally:
+        store.close()
