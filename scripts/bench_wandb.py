@@ -30,7 +30,8 @@ figures of this run (the machine drifts between runs); 1-3 on loopback, 4 on an 
    ``Artifact.download()``; sparse use (1% of a 10,000-file version at random: bytes fetched
    over bytes read); a scan of one directory of many (``cp -r``, ``tar``: bytes fetched over
    the directory's).  The daemon's CPU seconds per fetched file (``/proc/PID/stat``) are printed
-   here and for part 2 (loopback).
+   here and for part 2 (loopback).  ``--cases`` runs some of these cases only (``model`` for
+   the model file, ``batch`` for epoch 1 and the first batch without epoch 2, and so on).
 
 The server is tests/wandb_server.py, in this process, with every file in memory.  It is pure
 Python (a ThreadingHTTPServer) sharing this machine's cores with the clients, so curl's figures
@@ -696,6 +697,10 @@ def bench_many(server: WandbServer, work: Path, figs: Figures, runs: int, quick:
 # ----------------------------------------------------------------------------- 4. an emulated WAN
 
 WAN = (30.0, 100.0)  # --wan LAT_MS,MBPS: every request delayed, every connection's body rate capped
+# --cases: which cases of part 'wan' run.  "batch" is "epoch" without the epoch-2 figures (the
+# SDK's download(small) and epoch 1 on disk, the mount's epoch 1 with its first batch).
+WAN_CASES = ("epoch", "batch", "model", "version", "sparse", "scan")
+CASES: set[str] = set(WAN_CASES)
 BATCH = 64  # the first batch of a data loader
 
 EPOCH = textwrap.dedent(
@@ -825,6 +830,73 @@ def settle(m: Mount, quiet: float = 1.0, limit: float = 60.0) -> None:
         last = now
 
 
+def wan_epochs(
+    server: WandbServer,
+    wd: Path,
+    figs: Figures,
+    name: str,
+    listing: Path,
+    small_bytes: int,
+    run: int,
+    cap: float,
+    full: bool,
+) -> None:
+    """The epoch cases: the SDK's download(small) then epoch 1 on local disk, against epoch 1 on
+    a fresh mount (and the first batch of each); with ``full``, epoch 2 on local disk, on the
+    pyfuse3 ceiling and on the mount too."""
+    k = "wandb.wan."
+    # -- the SDK: download(path_prefix="small"), then the epochs on local disk
+    root = wd / "sdk-small"
+    res = sdk_download(server, wd, name, root, cap, path_prefix="small")
+    figs.add(k + "sdk_small_download_s", "SDK download(path_prefix='small')", res.download, small_bytes)
+    s1, e1 = epoch(root / "small", listing, seed=run)
+    figs.add(k + "sdk_epoch1_s", "  then epoch 1 on local disk (page cache dropped)", s1, small_bytes)
+    total = res.download.seconds + s1.seconds
+    figs.add(k + "sdk_then_epoch1_s", "SDK download(small) + epoch 1 on local disk", total, small_bytes)
+    figs.add(k + "sdk_first_batch_s", f"SDK: first batch ({BATCH} files) ready", res.download.seconds + e1["first_s"])
+    if full:
+        s2, _ = epoch(root / "small", listing, seed=run + 100, drop=False)
+        figs.add(k + "sdk_epoch2_s", "SDK: epoch 2 on local disk (page-cached)", s2, small_bytes)
+        # the pyfuse3 ceiling over the same files, epoch 2 (kernel cache warm)
+        cmnt = wd / "ceiling-mnt"
+        cmnt.mkdir()
+        ceiling = subprocess.Popen([PY, str(ROOT / "scripts" / "ceiling.py"), str(root / "small"), str(cmnt)],
+                                   stdout=subprocess.PIPE, text=True)  # fmt: skip
+        try:
+            assert ceiling.stdout is not None
+            ceiling.stdout.readline()
+            epoch(cmnt, listing, seed=run, drop=False)
+            c2, _ = epoch(cmnt, listing, seed=run + 100, drop=False)
+            figs.add(k + "ceiling_epoch2_s", "pyfuse3 ceiling (scripts/ceiling.py): epoch 2, warm", c2, small_bytes)
+        finally:
+            subprocess.run(["fusermount3", "-u", str(cmnt)], check=False)
+            ceiling.wait()
+            cmnt.rmdir()
+    shutil.rmtree(root, ignore_errors=True)
+
+    # -- the mount: epoch 1 from a fresh mount, then epoch 2
+    with mounted(server, wd, "epoch") as m:
+        vroot = m.mnt / ENTITY / PROJECT / "train:v0" / "small"
+        cpu0, st0 = proc_cpu(m.pid), m.stats()
+        s1, e1 = epoch(vroot, listing, seed=run, daemon=m.pid)
+        cpu1, st1 = proc_cpu(m.pid), m.stats()
+        figs.add(k + "mount_epoch1_s", "artifactfs: epoch 1 on a fresh mount", s1, small_bytes)
+        figs.add(
+            k + "mount_first_batch_s",
+            f"artifactfs: mount + first batch ({BATCH} files)",
+            m.mount_s + e1["first_s"],
+        )
+        fetched = st1["fetches"] - st0["fetches"]
+        if fetched:
+            figs.add(k + "daemon_cpu_ms_per_file", "artifactfs daemon CPU ms per fetched file (epoch 1)",
+                     1000 * (cpu1 - cpu0) / fetched)  # fmt: skip
+        if full:
+            s2, _ = epoch(vroot, listing, seed=run + 100, daemon=m.pid, drop=False)
+            figs.add(k + "mount_epoch2_s", "artifactfs: epoch 2 (kernel cache warm)", s2, small_bytes)
+        if run == 0:
+            print(f"mount stats after epochs: { {n: v for n, v in m.stats().items() if n != 'latency'} }")
+
+
 def bench_wan(server0: WandbServer, work: Path, figs: Figures, runs: int, quick: bool, cap: float) -> None:
     lat, mbps = WAN
     n_small, n_dirs = (1000, 25) if quick else (4000, 50)
@@ -842,20 +914,21 @@ def bench_wan(server0: WandbServer, work: Path, figs: Figures, runs: int, quick:
     model = os.urandom(model_size)
     model_md5 = hashlib.md5(model).hexdigest()
     files["model.bin"] = model
-    sparse = small_files(n_sparse, seed=15)
+    sparse = small_files(n_sparse, seed=15) if CASES & {"sparse", "scan"} else {}
     wd = work / "wan"
     wd.mkdir()
     print(
         f"\n## 4. emulated WAN: every request +{lat:g} ms, {mbps:g} MB/s per connection (scripts/wan_proxy.py); "
         f"{n_small} files of 1-64 KiB under small/ in {n_dirs} dirs ({small_bytes / MiB:.0f} MiB) + model.bin "
-        f"({model_size // MiB} MiB); epoch = {READERS} threads reading each small file once, shuffled ({runs} run(s))",
+        f"({model_size // MiB} MiB); epoch = {READERS} threads reading each small file once, shuffled ({runs} run(s)); "
+        f"cases: {','.join(c for c in WAN_CASES if c in CASES)}",
         flush=True,
     )
     with wan_server(wd, lat, mbps) as (server, blobs):
         print(f"(blobs served by {blobs}; GraphQL by tests/wandb_server.py; both behind the proxy)")
         rec = server.add_artifact(ENTITY, PROJECT, "train", "dataset", files)
         del files, model
-        srec = server.add_artifact(ENTITY, PROJECT, "sparse", "dataset", sparse)
+        srec = server.add_artifact(ENTITY, PROJECT, "sparse", "dataset", sparse) if sparse else None
         sparse_sizes = {p: len(b) for p, b in sparse.items()}
         del sparse
         listing = wd / "small.list"
@@ -870,150 +943,108 @@ def bench_wan(server0: WandbServer, work: Path, figs: Figures, runs: int, quick:
         files_cfg = wd / "model-files.curl"
         curl_config(files_cfg, [(url, str(partdir / f"p{i:04d}"), f"{a}-{b}") for i, (a, b) in enumerate(parts)])
         for run in range(runs):
-            # -- the SDK: download(path_prefix="small"), then the epochs on local disk
-            root = wd / "sdk-small"
-            res = sdk_download(server, wd, name, root, cap, path_prefix="small")
-            figs.add(k + "sdk_small_download_s", "SDK download(path_prefix='small')", res.download, small_bytes)
-            s1, e1 = epoch(root / "small", listing, seed=run)
-            figs.add(k + "sdk_epoch1_s", "  then epoch 1 on local disk (page cache dropped)", s1, small_bytes)
-            total = res.download.seconds + s1.seconds
-            figs.add(k + "sdk_then_epoch1_s", "SDK download(small) + epoch 1 on local disk", total, small_bytes)
-            figs.add(
-                k + "sdk_first_batch_s", f"SDK: first batch ({BATCH} files) ready", res.download.seconds + e1["first_s"]
-            )
-            s2, _ = epoch(root / "small", listing, seed=run + 100, drop=False)
-            figs.add(k + "sdk_epoch2_s", "SDK: epoch 2 on local disk (page-cached)", s2, small_bytes)
-            # the pyfuse3 ceiling over the same files, epoch 2 (kernel cache warm)
-            cmnt = wd / "ceiling-mnt"
-            cmnt.mkdir()
-            ceiling = subprocess.Popen([PY, str(ROOT / "scripts" / "ceiling.py"), str(root / "small"), str(cmnt)],
-                                       stdout=subprocess.PIPE, text=True)  # fmt: skip
-            try:
-                assert ceiling.stdout is not None
-                ceiling.stdout.readline()
-                epoch(cmnt, listing, seed=run, drop=False)
-                c2, _ = epoch(cmnt, listing, seed=run + 100, drop=False)
-                figs.add(k + "ceiling_epoch2_s", "pyfuse3 ceiling (scripts/ceiling.py): epoch 2, warm", c2, small_bytes)
-            finally:
-                subprocess.run(["fusermount3", "-u", str(cmnt)], check=False)
-                ceiling.wait()
-                cmnt.rmdir()
-            shutil.rmtree(root, ignore_errors=True)
-
-            # -- the mount: epoch 1 from a fresh mount, then epoch 2
-            with mounted(server, wd, "epoch") as m:
-                vroot = m.mnt / ENTITY / PROJECT / "train:v0" / "small"
-                cpu0, st0 = proc_cpu(m.pid), m.stats()
-                s1, e1 = epoch(vroot, listing, seed=run, daemon=m.pid)
-                cpu1, st1 = proc_cpu(m.pid), m.stats()
-                figs.add(k + "mount_epoch1_s", "artifactfs: epoch 1 on a fresh mount", s1, small_bytes)
+            if CASES & {"epoch", "batch"}:
+                wan_epochs(server, wd, figs, name, listing, small_bytes, run, cap, full="epoch" in CASES)
+            if "model" in CASES:
+                # -- model.bin: SDK download() of it, the mount's first read, curl with the same ranges
+                root = wd / "sdk-model"
+                res = sdk_download(server, wd, name, root, cap, path_prefix="model.bin")
+                figs.add(k + "sdk_model_s", "SDK download(path_prefix='model.bin')", res.download, model_size)
+                local = root / "model.bin"
                 figs.add(
-                    k + "mount_first_batch_s",
-                    f"artifactfs: mount + first batch ({BATCH} files)",
-                    m.mount_s + e1["first_s"],
+                    k + "md5sum_model_s",
+                    "md5sum model.bin on local disk, page-cached",
+                    timed_sh(f"md5sum {local}", drop=False),
+                    model_size,
                 )
-                fetched = st1["fetches"] - st0["fetches"]
-                if fetched:
-                    figs.add(k + "daemon_cpu_ms_per_file", "artifactfs daemon CPU ms per fetched file (epoch 1)",
-                             1000 * (cpu1 - cpu0) / fetched)  # fmt: skip
-                s2, _ = epoch(vroot, listing, seed=run + 100, daemon=m.pid, drop=False)
-                figs.add(k + "mount_epoch2_s", "artifactfs: epoch 2 (kernel cache warm)", s2, small_bytes)
                 if run == 0:
-                    print(f"mount stats after epochs: { {n: v for n, v in m.stats().items() if n != 'latency'} }")
+                    got = subprocess.run(["md5sum", str(local)], capture_output=True, text=True).stdout.split()[0]
+                    assert got == model_md5, "SDK: wrong bytes"
+                shutil.rmtree(root, ignore_errors=True)
+                partdir.mkdir()
+                figs.add(k + "curl_model_s", f"curl, {len(parts)} ranges of 16 MiB, {STREAMS} at a time -> files",
+                         timed_sh(f"curl {parallel(STREAMS)}-K {files_cfg}"), model_size)  # fmt: skip
+                shutil.rmtree(partdir)
+                with mounted(server, wd, "model") as m:
+                    path = m.mnt / ENTITY / PROJECT / "train:v0" / "model.bin"
+                    with measuring(m.pid) as got_s:
+                        out = subprocess.run(["md5sum", str(path)], capture_output=True, text=True, check=True).stdout
+                    assert out.split()[0] == model_md5, "mount: wrong bytes"
+                    figs.add(k + "mount_model_s", "artifactfs: md5sum model.bin, fresh mount", got_s[0], model_size)
 
-            # -- model.bin: SDK download() of it, the mount's first read, curl with the same ranges
-            root = wd / "sdk-model"
-            res = sdk_download(server, wd, name, root, cap, path_prefix="model.bin")
-            figs.add(k + "sdk_model_s", "SDK download(path_prefix='model.bin')", res.download, model_size)
-            local = root / "model.bin"
-            figs.add(
-                k + "md5sum_model_s",
-                "md5sum model.bin on local disk, page-cached",
-                timed_sh(f"md5sum {local}", drop=False),
-                model_size,
-            )
-            if run == 0:
-                got = subprocess.run(["md5sum", str(local)], capture_output=True, text=True).stdout.split()[0]
-                assert got == model_md5, "SDK: wrong bytes"
-            shutil.rmtree(root, ignore_errors=True)
-            partdir.mkdir()
-            figs.add(k + "curl_model_s", f"curl, {len(parts)} ranges of 16 MiB, {STREAMS} at a time -> files",
-                     timed_sh(f"curl {parallel(STREAMS)}-K {files_cfg}"), model_size)  # fmt: skip
-            shutil.rmtree(partdir)
-            with mounted(server, wd, "model") as m:
-                path = m.mnt / ENTITY / PROJECT / "train:v0" / "model.bin"
-                with measuring(m.pid) as got_s:
-                    out = subprocess.run(["md5sum", str(path)], capture_output=True, text=True, check=True).stdout
-                assert out.split()[0] == model_md5, "mount: wrong bytes"
-                figs.add(k + "mount_model_s", "artifactfs: md5sum model.bin, fresh mount", got_s[0], model_size)
-
-            # -- the whole version ahead of a job
-            root = wd / "sdk-all"
-            res = sdk_download(server, wd, name, root, cap)
-            figs.add(k + "sdk_all_s", "SDK download() of the whole version", res.download, small_bytes + model_size)
-            shutil.rmtree(root, ignore_errors=True)
-            cache = wd / "prefetch-cache"
-            env = base_env(wd)
-            sample = timed_cmd([PY, "-m", "artifactfs", "prefetch", "--registry", f"wandb:{server.url}",
-                                "--cache-dir", str(cache), name], env)  # fmt: skip
-            figs.add(k + "prefetch_all_s", "artifactfs prefetch of the whole version", sample, small_bytes + model_size)
-            shutil.rmtree(cache, ignore_errors=True)
-            root = wd / "ours-all"
-            env.update(ARTIFACTFS_REGISTRY=f"wandb:{server.url}", ARTIFACTFS_CACHE_DIR=str(cache))
-            code = f"import artifactfs as wandb; wandb.Api().artifact({name!r}).download({str(root)!r})"
-            sample = timed_cmd([PY, "-c", code], env)
-            figs.add(k + "ours_download_all_s", "artifactfs Artifact.download() of the whole version (process)",
-                     sample, small_bytes + model_size)  # fmt: skip
-            shutil.rmtree(root, ignore_errors=True)
-            shutil.rmtree(cache, ignore_errors=True)
-
-            # -- sparse use: 1% of a 10,000-file version at random
-            picked = random.Random(run).sample(sorted(sparse_sizes), max(1, n_sparse // 100))
-            plist = wd / "sparse.list"
-            plist.write_text("\n".join(picked) + "\n")
-            read = sum(sparse_sizes[p] for p in picked)
-            with mounted(server, wd, "sparse") as m:
-                sample, _ = epoch(m.mnt / ENTITY / PROJECT / "sparse:v0", plist, seed=run, daemon=m.pid)
-                settle(m, quiet=2.0)
+            if "version" in CASES:
+                # -- the whole version ahead of a job
+                root = wd / "sdk-all"
+                res = sdk_download(server, wd, name, root, cap)
+                figs.add(k + "sdk_all_s", "SDK download() of the whole version", res.download, small_bytes + model_size)
+                shutil.rmtree(root, ignore_errors=True)
+                cache = wd / "prefetch-cache"
+                env = base_env(wd)
+                sample = timed_cmd([PY, "-m", "artifactfs", "prefetch", "--registry", f"wandb:{server.url}",
+                                    "--cache-dir", str(cache), name], env)  # fmt: skip
                 figs.add(
-                    k + "sparse_s",
-                    f"artifactfs: {len(picked)} random files of {n_sparse} ({READERS} threads)",
-                    sample,
-                    read,
+                    k + "prefetch_all_s", "artifactfs prefetch of the whole version", sample, small_bytes + model_size
                 )
-                figs.add(k + "sparse_fetched_per_read", "  bytes fetched / bytes read", fetched_bytes(m) / read)
+                shutil.rmtree(cache, ignore_errors=True)
+                root = wd / "ours-all"
+                env.update(ARTIFACTFS_REGISTRY=f"wandb:{server.url}", ARTIFACTFS_CACHE_DIR=str(cache))
+                code = f"import artifactfs as wandb; wandb.Api().artifact({name!r}).download({str(root)!r})"
+                sample = timed_cmd([PY, "-c", code], env)
+                figs.add(k + "ours_download_all_s", "artifactfs Artifact.download() of the whole version (process)",
+                         sample, small_bytes + model_size)  # fmt: skip
+                shutil.rmtree(root, ignore_errors=True)
+                shutil.rmtree(cache, ignore_errors=True)
 
-            # -- a scan of one directory of many: cp -r and tar
-            tops = sorted({p.split("/")[0] for p in sparse_sizes})
-            scan = {"cp": tops[min(3, len(tops) - 2)], "tar": tops[min(4, len(tops) - 1)]}
-            for tool, sub in scan.items():
-                dir_bytes = sum(v for p, v in sparse_sizes.items() if p.startswith(sub + "/"))
-                with mounted(server, wd, f"scan-{tool}") as m:
-                    src = m.mnt / ENTITY / PROJECT / "sparse:v0"
-                    dest = wd / "scan-out"
-                    cmd = (
-                        f"cp -r --no-preserve=mode {src / sub} {dest}"
-                        if tool == "cp"
-                        else f"tar -cf - -C {src} {sub} | cat >/dev/null"
-                    )
-                    sample = timed_sh(cmd, m.pid)
-                    figs.add(
-                        k + f"scan_{tool}_s",
-                        f"artifactfs: {cmd.split()[0]} of {sub}/ (1 of {n_sparse // 1000} dirs)",
-                        sample,
-                        dir_bytes,
-                    )
+            if "sparse" in CASES:
+                # -- sparse use: 1% of a 10,000-file version at random
+                picked = random.Random(run).sample(sorted(sparse_sizes), max(1, n_sparse // 100))
+                plist = wd / "sparse.list"
+                plist.write_text("\n".join(picked) + "\n")
+                read = sum(sparse_sizes[p] for p in picked)
+                with mounted(server, wd, "sparse") as m:
+                    sample, _ = epoch(m.mnt / ENTITY / PROJECT / "sparse:v0", plist, seed=run, daemon=m.pid)
                     settle(m, quiet=2.0)
                     figs.add(
-                        k + f"scan_{tool}_fetched_per_read",
-                        "  bytes fetched / bytes of the directory",
-                        fetched_bytes(m) / dir_bytes,
+                        k + "sparse_s",
+                        f"artifactfs: {len(picked)} random files of {n_sparse} ({READERS} threads)",
+                        sample,
+                        read,
                     )
-                    shutil.rmtree(dest, ignore_errors=True)
-            root = wd / "sdk-scan"
-            res = sdk_download(server, wd, f"{ENTITY}/{PROJECT}/sparse:v0", root, cap, path_prefix=scan["cp"])
-            figs.add(k + "sdk_scan_s", f"SDK download(path_prefix={scan['cp']!r})", res.download)
-            shutil.rmtree(root, ignore_errors=True)
+                    figs.add(k + "sparse_fetched_per_read", "  bytes fetched / bytes read", fetched_bytes(m) / read)
+
+            if "scan" in CASES:
+                # -- a scan of one directory of many: cp -r and tar
+                tops = sorted({p.split("/")[0] for p in sparse_sizes})
+                scan = {"cp": tops[min(3, len(tops) - 2)], "tar": tops[min(4, len(tops) - 1)]}
+                for tool, sub in scan.items():
+                    dir_bytes = sum(v for p, v in sparse_sizes.items() if p.startswith(sub + "/"))
+                    with mounted(server, wd, f"scan-{tool}") as m:
+                        src = m.mnt / ENTITY / PROJECT / "sparse:v0"
+                        dest = wd / "scan-out"
+                        cmd = (
+                            f"cp -r --no-preserve=mode {src / sub} {dest}"
+                            if tool == "cp"
+                            else f"tar -cf - -C {src} {sub} | cat >/dev/null"
+                        )
+                        sample = timed_sh(cmd, m.pid)
+                        figs.add(
+                            k + f"scan_{tool}_s",
+                            f"artifactfs: {cmd.split()[0]} of {sub}/ (1 of {n_sparse // 1000} dirs)",
+                            sample,
+                            dir_bytes,
+                        )
+                        settle(m, quiet=2.0)
+                        figs.add(
+                            k + f"scan_{tool}_fetched_per_read",
+                            "  bytes fetched / bytes of the directory",
+                            fetched_bytes(m) / dir_bytes,
+                        )
+                        shutil.rmtree(dest, ignore_errors=True)
+                root = wd / "sdk-scan"
+                res = sdk_download(server, wd, f"{ENTITY}/{PROJECT}/sparse:v0", root, cap, path_prefix=scan["cp"])
+                figs.add(k + "sdk_scan_s", f"SDK download(path_prefix={scan['cp']!r})", res.download)
+                shutil.rmtree(root, ignore_errors=True)
+
             print(f"run {run + 1}/{runs} done", flush=True)
         del srec
     print()
@@ -1198,11 +1229,21 @@ def main() -> None:
         default=",".join(f"{x:g}" for x in WAN),
         help="LAT_MS,MBPS of the emulated WAN of part 'wan' (default %(default)s)",
     )
+    parser.add_argument(
+        "--cases",
+        default=",".join(WAN_CASES),
+        help="comma-separated cases of part 'wan' (default: all of %(default)s); 'batch' is 'epoch' without epoch 2",
+    )
     parser.add_argument("--sdk-cap", type=float, default=600.0, help="seconds the SDK's download() may take")
     parser.add_argument("--json", help="also write the figures to this file")
     parser.add_argument("--dir", default="/var/tmp", help="where to put the data (a real disk, not tmpfs)")
     args = parser.parse_args()
     set_wan(args.wan, parser.error)
+    cases = {c for c in args.cases.split(",") if c}
+    if not cases or cases - set(WAN_CASES):
+        parser.error(f"--cases {args.cases!r}: choose from {','.join(WAN_CASES)}")
+    CASES.clear()
+    CASES.update(cases)
     for name in args.only.split(","):
         if name not in PARTS:
             parser.error(f"unknown part {name!r} (choose from {','.join(PARTS)})")
