@@ -55,9 +55,10 @@ def open_spec(spec: str, *, create: bool = False, cache_dir: str | None = None) 
 def open_cache(cache_dir: str) -> BlobStore:
     """The mount's verified blob cache at ``cache_dir``, for a reader that is not a mount: an
     existing cache keeps the limit its mount (or ``artifactfs cache``) gave it; a new one gets
-    the mount's default."""
+    the mount's default.  Blobs the fetch engine fills ahead (``download()``) are kept by the
+    store's group commit, as a mount's are."""
     known = os.path.exists(os.path.join(cache_dir, CACHE_INDEX))
-    return BlobStore(cache_dir, None if known else CACHE_SIZE)
+    return BlobStore(cache_dir, None if known else CACHE_SIZE, group_commit=True)
 
 
 @dataclass(frozen=True, slots=True)

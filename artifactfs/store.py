@@ -494,6 +494,11 @@ class BlobStore:
         # thread and are served at once; see _Committer.
         self._committer = _Committer(self) if group_commit else None
 
+    def commit_pending(self) -> None:
+        """Wait until every fill handed to the group commit so far is kept (or dropped)."""
+        if self._committer is not None:
+            self._committer.flush()
+
     def close(self) -> None:
         if self._committer is not None:
             self._committer.close()  # every pending fill committed (or dropped) first

@@ -858,8 +858,9 @@ def main() -> None:
     parser.add_argument(
         "--scale",
         action="store_true",
-        help="only the scale cases (scripts/bench_scale.py: a 1,000,000-entry W&B version, the index builder "
-        "on 10,000,000 entries; ~20 min); its options follow --scale's own (--entries, --builder-entries)",
+        help="only the scale cases (scripts/bench_scale.py: a 1,000,000-entry version on W&B and in a local "
+        "registry, three of each walked, the index builder on 10,000,000 entries; ~25 min); its options follow "
+        "--scale's own (--entries, --builder-entries, --only, --dir)",
     )
     args, rest = parser.parse_known_args()
     if args.scale:
