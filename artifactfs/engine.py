@@ -57,7 +57,13 @@ DEFAULT_CONCURRENCY = 16
 # While readers' own fetches run, background fetches in flight stay at this many (0: no limit).
 YIELD_TO_READS = 16
 YIELD_POLL = 0.005  # seconds between looks while background work gives way
-URL_PAGE_AHEAD = 500  # entries whose sources (W&B: URLs) are asked for at once, ahead of the fetches
+URL_PAGE_AHEAD = 500
+# Small remote blobs (a registry with ``batched_gets``) are fetched BATCH at a time, in one
+# worker thread each, BATCH_IN_FLIGHT requests at once (libcurl's multi: no thread per request),
+# at most MAX_BATCHES batches at once.
+BATCH = 64
+BATCH_IN_FLIGHT = 32
+MAX_BATCHES = 2  # entries whose sources (W&B: URLs) are asked for at once, ahead of the fetches
 MODES = ("auto", "on", "off")
 
 
@@ -102,6 +108,11 @@ def _ancestors(path: str) -> list[str]:
         out.append(path[:end])
         end = path.find("/", end + 1)
     return out
+
+
+def _small(entry: Entry) -> bool:
+    """Whether the engine may fetch ``entry`` in a batch (a registry's plain GET, held in memory)."""
+    return entry.ref is None and entry.size <= transfer.MANY_MAX_SIZE
 
 
 def _within(path: str, directory: str) -> bool:
@@ -207,6 +218,8 @@ class Engine:
         # A local registry served in place has nothing to fetch: its blobs are hashed inline
         # (or trusted) when opened, so walks warm nothing there.
         self._in_place = registry.local and fetcher.serve_local_in_place
+        self._batched = registry.batched_gets
+        self._batches = 0  # batches running now
         self._room_fn = room
         self._room_interval = room_interval
         self._room: int | None = None  # bytes background work may still add (None: unknown, no bound)
@@ -224,6 +237,8 @@ class Engine:
         self.scopes_started = 0
         self.stopped_full = 0
         self.stopped_idle = 0
+        self.batches = 0  # batches started
+        self.batched = 0  # blobs made ready by a batch (the rest went one by one)
 
     # -- running ------------------------------------------------------------------------------
 
@@ -347,32 +362,93 @@ class Engine:
                 continue
             assert job is not True
             scope, entry = job
-            scope.running += 1
-            self.started += 1
-            self.active += 1
-            self.max_active = max(self.max_active, self.active)
+            if self._batched and _small(entry):
+                if self._batches >= MAX_BATCHES:  # put it back: a batch ending wakes this worker
+                    scope.next -= 1
+                    if scope.background and self._room is not None:
+                        self._room += entry.size
+                    await self._wake.wait()
+                    continue
+                await self._fetch_batch(scope, [entry, *self._take_small(scope, BATCH - 1)])
+            else:
+                self._starting(scope, 1)
+                await self._fetch_one(scope, entry)
+
+    def _take_small(self, scope: Scope, n: int) -> list[Entry]:
+        """Up to ``n`` more small entries that follow in ``scope`` (stops at the first that is
+        not small, or that the cache has no room for)."""
+        out: list[Entry] = []
+        while len(out) < n and scope.next < len(scope.entries) and not scope.stopped:
+            entry = scope.entries[scope.next]
+            if not _small(entry):
+                break
+            if scope.background and self._room is not None:
+                if entry.size > self._room:
+                    break  # the next _take stops the scope
+                self._room -= entry.size
+            scope.next += 1
+            out.append(entry)
+        return out
+
+    def _starting(self, scope: Scope, n: int) -> None:
+        scope.running += n
+        self.started += n
+        self.active += n
+        self.max_active = max(self.max_active, self.active)
+
+    async def _fetch_batch(self, scope: Scope, batch: list[Entry]) -> None:
+        """Small remote blobs fetched together (:meth:`Fetcher.warm_small`); what it leaves
+        (a failed GET, a reference) goes the ordinary way, one by one, in this worker."""
+        self._starting(scope, len(batch))
+        self._batches += 1
+        self.batches += 1
+        try:
+            left = await self.fetcher.warm_small(
+                scope.version,
+                batch,
+                limiter=self.limiter,
+                concurrency=BATCH_IN_FLIGHT,
+                count_cached=not scope.background,
+            )
+        except Exception:  # never let a bug here cancel the nursery: each goes its ordinary way
+            log.exception("engine: a batch of %s failed unexpectedly", scope.version.ref)
+            left = batch
+        finally:
+            self._batches -= 1
+            self._notify()  # workers waiting for a batch to end
+        leftover = {id(e) for e in left}
+        for entry in batch:
+            if id(entry) not in leftover:
+                self.batched += 1
+                scope.fetched += 1
+                self._done(scope, entry)
+        for entry in left:
+            await self._fetch_one(scope, entry)
+
+    async def _fetch_one(self, scope: Scope, entry: Entry) -> None:
+        try:
+            if await self.fetcher.warm(scope.version, entry, limiter=self.limiter, count_cached=not scope.background):
+                scope.fetched += 1
+        except ArtifactFSError as exc:  # a reader gets the error when it reads the file
+            self.failed += 1
+            scope.failed.append((entry, exc))
+            log.debug("engine: %s/%s failed: %s", scope.version.ref, entry.path, exc)
+        except Exception:  # never let a bug here cancel the nursery that serves the mount
+            self.failed += 1
+            log.exception("engine: %s/%s failed unexpectedly", scope.version.ref, entry.path)
+        finally:
+            self._done(scope, entry)
+
+    def _done(self, scope: Scope, entry: Entry) -> None:
+        self.active -= 1
+        scope.running -= 1
+        scope.done += 1
+        if scope.on_done is not None:
             try:
-                if await self.fetcher.warm(
-                    scope.version, entry, limiter=self.limiter, count_cached=not scope.background
-                ):
-                    scope.fetched += 1
-            except ArtifactFSError as exc:  # a reader gets the error when it reads the file
-                self.failed += 1
-                scope.failed.append((entry, exc))
-                log.debug("engine: %s/%s failed: %s", scope.version.ref, entry.path, exc)
-            except Exception:  # never let a bug here cancel the nursery that serves the mount
-                self.failed += 1
-                log.exception("engine: %s/%s failed unexpectedly", scope.version.ref, entry.path)
-            finally:
-                self.active -= 1
-                scope.running -= 1
-                scope.done += 1
-                if scope.on_done is not None:
-                    try:
-                        scope.on_done(entry)
-                    except Exception:
-                        log.exception("engine: progress callback failed")
-                scope._check_finished()
+                scope.on_done(entry)
+            except Exception:
+                log.exception("engine: progress callback failed")
+        scope._check_finished()
 
     # -- front ends ---------------------------------------------------------------------------
 
@@ -566,6 +642,8 @@ class Engine:
             "scopes": self.scopes_started,
             "stopped_full": self.stopped_full,
             "stopped_idle": self.stopped_idle,
+            "batches": self.batches,
+            "batched": self.batched,
         }
 
 

@@ -28,6 +28,7 @@ first on the loop with ``quick``, then, if that could not finish it, whole in a 
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 from collections.abc import Callable
@@ -191,6 +192,84 @@ class Fetcher:
         if outcome != "cached" or count_cached:
             self._count(outcome, check.size)
         return True
+
+    async def warm_small(
+        self,
+        version: VersionInfo,
+        entries: list[Entry],
+        *,
+        limiter: trio.CapacityLimiter | None = None,
+        concurrency: int = 32,
+        count_cached: bool = True,
+    ) -> list[Entry]:
+        """:meth:`warm` for many small remote blobs at once, in one worker thread: the registry
+        fetches them ``concurrency`` at a time on that thread (:meth:`Registry.get_small`), and
+        each is verified into the cache (kept by the group commit) as it arrives.  Each is its
+        own single flight: a reader that asks for one waits for that one (told as it is done,
+        not when the batch is), then takes the fast path.  Entries already being fetched, or
+        failed recently, are skipped as :meth:`warm` skips them.  Returns the entries left for
+        :meth:`warm` (a reference, a GET that failed, bytes that did not match): nothing is
+        retried or reported here, so the ordinary path owns every error."""
+        left: list[Entry] = []
+        mine: dict[str, Entry] = {}
+        for entry in entries:
+            key = entry.cache_key
+            if entry.ref is not None:
+                left.append(entry)
+            elif key not in self._inflight and key not in self._failures and key not in mine:
+                mine[key] = entry
+        if not mine:
+            return left
+        token = trio.lowlevel.current_trio_token()
+        events = {key: trio.Event() for key in mine}
+        self._inflight.update(events)
+
+        def finish(key: str, outcome: Outcome | None) -> None:  # on the loop
+            event = events.pop(key, None)
+            if event is None:
+                return
+            if self._inflight.get(key) is event:
+                del self._inflight[key]
+            event.set()
+            entry = mine[key]
+            if outcome is None:
+                left.append(entry)
+            elif outcome != "cached" or count_cached:
+                self._count(outcome, entry.size)
+
+        def work() -> None:  # a worker thread
+            wanted: list[Entry] = []
+            for key, entry in mine.items():
+                blob = self.store.open_cached(key)
+                if blob is None:
+                    wanted.append(entry)
+                else:
+                    blob.close()
+                    token.run_sync_soon(finish, key, "cached")
+            for entry, body in self.registry.get_small(version, wanted, concurrency):
+                outcome = None if body is None else self._keep_fetched(version, entry, body)
+                token.run_sync_soon(finish, entry.cache_key, outcome)
+
+        try:
+            await trio.to_thread.run_sync(work, limiter=limiter or self._limiter)
+        finally:
+            for key in list(events):  # whatever the thread did not finish (it failed): left over
+                finish(key, None)
+        return left
+
+    def _keep_fetched(self, version: VersionInfo, entry: Entry, body: bytes) -> Outcome | None:
+        """Worker thread: ``body``, fetched for ``entry`` by a batch, verified into the cache
+        (kept by the group commit); None if it could not be (a mismatch, a full disk: the
+        ordinary path fetches it again and says what is wrong)."""
+        description = f"{version.ref}/{entry.path} (batched GET)"
+        source = BlobSource(description, open=lambda: io.BytesIO(body))
+        try:
+            # Not looked up again: the batch found no cached blob just before fetching it.
+            self.store.fill(entry.cache_key, entry, source, f"{version.ref}/{entry.path}", group=True).close()
+        except ArtifactFSError as exc:
+            log.debug("%s: %s; fetched again the ordinary way", description, exc)
+            return None
+        return "fetched"
 
     def _count(self, outcome: Outcome, size: int) -> None:
         if outcome == "cached":

@@ -27,13 +27,14 @@ DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 def make_temp(directory: str, suffix: str = ".tmp", flags: int = os.O_WRONLY) -> tuple[int, str]:
     """Create a new private file in ``directory``: ``(fd, path)``.  The name carries the pid, so
     a leftover can be traced to the process that died."""
-    os.makedirs(directory, mode=0o700, exist_ok=True)
     for _ in range(100):
         path = os.path.join(directory, f"{os.getpid()}-{secrets.token_hex(8)}{suffix}")
         try:
             return os.open(path, flags | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600), path
         except FileExistsError:
             continue
+        except FileNotFoundError:  # made here the first time (not looked for on every call)
+            os.makedirs(directory, mode=0o700, exist_ok=True)
     raise FileExistsError(f"cannot create a temp file in {directory}")
 
 

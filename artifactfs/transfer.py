@@ -40,10 +40,11 @@ import threading
 import time
 import urllib.parse
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+import pycurl
 import requests
 import requests.adapters
 import requests.structures
@@ -512,6 +513,11 @@ class HttpPool:
         """Connections kept per host."""
         return self._size
 
+    @property
+    def verify(self) -> bool | str:
+        """TLS verification as requests would do it: True (its CA bundle), False, or a CA path."""
+        return self._verify
+
     def _fit(self) -> None:
         """Grow to what :func:`expect_fetches` announced since (new host pools get the size;
         the connections open now are dropped once, when they come back)."""
@@ -673,3 +679,144 @@ def default_pool() -> HttpPool:
         if _pool is None:
             _pool = HttpPool()
         return _pool
+
+
+# -- many small GETs at once ----------------------------------------------------------------------
+
+#: Bodies up to this size may be fetched by :func:`get_many` (held in memory until verified).
+MANY_MAX_SIZE = 1 * MiB
+
+
+@dataclass(frozen=True, slots=True)
+class Got:
+    """One answer of :func:`get_many`: ``body`` is the whole object, or None when the quick GET
+    did not get it (``problem`` says why; the caller fetches it again the ordinary way, with
+    retries, redirects and fresh URLs)."""
+
+    index: int
+    body: bytes | None
+    problem: str = ""
+
+
+class _ManyGets:
+    """libcurl's multi interface (pycurl): many GETs on one thread, in C, each connection kept
+    for the next.  One per batch at a time; finished ones are pooled with their connections."""
+
+    def __init__(self) -> None:
+        self.pycurl = pycurl
+        self.multi = pycurl.CurlMulti()
+        self.multi.setopt(pycurl.M_MAXCONNECTS, 128)
+        self.free: list[Any] = []
+
+    def handle(self) -> Any:
+        curl = self.free.pop() if self.free else self.pycurl.Curl()
+        curl.reset()
+        return curl
+
+
+_many_lock = threading.Lock()
+_many_idle: list[_ManyGets] = []
+
+
+def get_many(
+    requests_: list[tuple[str, int]],
+    *,
+    pool: HttpPool,
+    policy: Policy = DEFAULT_POLICY,
+    concurrency: int = 32,
+) -> Iterator[Got]:
+    """GET each ``(url, size)`` (a presigned or public URL: no credentials are added) at most
+    ``concurrency`` at once on this thread, and yield each answer as it completes.  For small
+    objects (up to :data:`MANY_MAX_SIZE`) whose bytes the caller verifies: libcurl runs the
+    requests, so a file costs tens of microseconds of CPU instead of a thread and Python's HTTP
+    stack.  Only a ``200`` with exactly ``size`` bytes is a body; anything else (an error status,
+    a redirect, a cut or longer body, a URL that needs a proxy, a connection error, a timeout)
+    is yielded with no body and nothing retried here: the caller's ordinary path, with its
+    retries, owns every failure.  The caller must consume the iterator to the end (or close it)."""
+    with _many_lock:
+        gets = _many_idle.pop() if _many_idle else None
+    if gets is None:
+        gets = _ManyGets()
+    pycurl = gets.pycurl
+    multi = gets.multi
+    verify = pool.verify
+    running: dict[Any, tuple[int, int, list[bytes]]] = {}
+    todo = list(enumerate(requests_))
+    todo.reverse()
+    try:
+        while todo or running:
+            while todo and len(running) < concurrency:
+                index, (url, size) = todo.pop()
+                if size > MANY_MAX_SIZE or not url.startswith(("http://", "https://")) or pool.proxies(url):
+                    yield Got(index, None, "not for a batched GET")
+                    continue
+                curl = gets.handle()
+                parts: list[bytes] = []
+                got = [0]
+
+                def write(data: bytes, parts: list[bytes] = parts, got: list[int] = got, size: int = size) -> int:
+                    got[0] += len(data)
+                    if got[0] > size:
+                        return 0  # longer than the object: abort (CURLE_WRITE_ERROR)
+                    parts.append(data)
+                    return len(data)
+
+                curl.setopt(pycurl.URL, url)
+                curl.setopt(pycurl.WRITEFUNCTION, write)
+                curl.setopt(pycurl.HTTPHEADER, _MANY_HEADERS)
+                curl.setopt(pycurl.NOSIGNAL, 1)
+                curl.setopt(pycurl.NOPROXY, "*")  # a URL that needs a proxy never comes here
+                curl.setopt(pycurl.FOLLOWLOCATION, 0)
+                curl.setopt(pycurl.CONNECTTIMEOUT_MS, int(policy.connect_timeout * 1000))
+                curl.setopt(pycurl.LOW_SPEED_LIMIT, 1)  # no byte for read_timeout seconds: failed
+                curl.setopt(pycurl.LOW_SPEED_TIME, max(1, int(policy.read_timeout)))
+                curl.setopt(pycurl.TIMEOUT_MS, int((policy.rate_grace + size / policy.min_rate) * 1000))
+                if url.startswith("https://"):
+                    if verify is False:
+                        curl.setopt(pycurl.SSL_VERIFYPEER, 0)
+                        curl.setopt(pycurl.SSL_VERIFYHOST, 0)
+                    else:
+                        ca = requests.utils.DEFAULT_CA_BUNDLE_PATH if verify is True else verify
+                        curl.setopt(pycurl.CAPATH if os.path.isdir(ca) else pycurl.CAINFO, ca)
+                running[curl] = (index, size, parts)
+                multi.add_handle(curl)
+            while multi.perform()[0] == pycurl.E_CALL_MULTI_PERFORM:
+                pass
+            while True:
+                queued, ok, failed = multi.info_read()
+                for curl in ok:
+                    index, size, parts = running.pop(curl)
+                    status = curl.getinfo(pycurl.RESPONSE_CODE)
+                    multi.remove_handle(curl)
+                    gets.free.append(curl)
+                    body = b"".join(parts)
+                    if status != 200:
+                        yield Got(index, None, f"HTTP {status}")
+                    elif len(body) != size:
+                        yield Got(index, None, f"{len(body)} bytes, not {size}")
+                    else:
+                        yield Got(index, body)
+                for curl, _code, message in failed:
+                    index, _size, _parts = running.pop(curl)
+                    multi.remove_handle(curl)
+                    gets.free.append(curl)
+                    yield Got(index, None, _redact(str(message)))
+                if not queued:
+                    break
+            if running:
+                multi.select(0.5)
+    finally:
+        for curl in running:
+            multi.remove_handle(curl)
+            gets.free.append(curl)
+        with _many_lock:
+            _many_idle.append(gets)
+
+
+_MANY_HEADERS = [f"User-Agent: {requests.utils.default_user_agent()}", "Accept: */*", "Accept-Encoding: identity"]
+_URL_IN_MESSAGE = re.compile(r"\?[^\s\"']*")
+
+
+def _redact(message: str) -> str:
+    """libcurl's message without any query string (a presigned URL's signature)."""
+    return _URL_IN_MESSAGE.sub("", message)

@@ -7,7 +7,11 @@ limiter), and prints the CPU seconds of this process (user + system, all threads
 files fetched.  The server's CPU is not counted: it runs in its own process.  The median of
 ``--runs`` runs is printed with min-max.
 
-Run: ``PYTHONPATH=. .venv/bin/python scripts/bench_transfer.py [--files N] [--size BYTES]``.
+``--many``: the same GETs through :func:`artifactfs.transfer.get_many` (the fetch engine's
+batches: libcurl's multi, ``--threads`` requests in flight on one thread, bodies in memory),
+after the threaded path, in the same run.
+
+Run: ``PYTHONPATH=. .venv/bin/python scripts/bench_transfer.py [--files N] [--size BYTES] [--many]``.
 """
 
 from __future__ import annotations
@@ -81,6 +85,16 @@ def run(url: str, files: int, size: int, threads: int) -> tuple[float, float]:
     return time.process_time() - c0, time.monotonic() - t0
 
 
+def run_many(url: str, files: int, size: int, threads: int) -> tuple[float, float]:
+    from artifactfs import transfer
+
+    pool = transfer.HttpPool()
+    t0, c0 = time.monotonic(), time.process_time()
+    for got in transfer.get_many([(url, size)] * files, pool=pool, concurrency=threads):
+        assert got.body is not None, got.problem
+    return time.process_time() - c0, time.monotonic() - t0
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--files", type=int, default=3000)
@@ -88,23 +102,28 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=8)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--close", action="store_true", help="HTTP/1.0: a new connection per GET")
+    parser.add_argument("--many", action="store_true", help="also transfer.get_many (the engine's batches)")
     args = parser.parse_args()
     proto = "HTTP/1.0" if args.close else "HTTP/1.1"
     server = subprocess.Popen([sys.executable, "-c", SERVER, str(args.size), proto], stdout=subprocess.PIPE, text=True)
     try:
         assert server.stdout is not None
         url = f"http://127.0.0.1:{server.stdout.readline().strip()}/blob?sig=x"
-        run(url, 50, args.size, args.threads)  # warm: imports, connections
-        cpu, wall = [], []
-        for _ in range(args.runs):
-            c, w = run(url, args.files, args.size, args.threads)
-            cpu.append(c * 1000 / args.files)
-            wall.append(w)
-        print(
-            f"{args.files} GETs of {args.size} B ({proto}, {args.threads} threads): client CPU "
-            f"{statistics.median(cpu):.3f} ms/file ({min(cpu):.3f}-{max(cpu):.3f}), "
-            f"wall {statistics.median(wall):.2f} s; load {os.getloadavg()[0]:.1f}"
-        )
+        ways = [("http.download in threads", run)]
+        if args.many:
+            ways.append(("transfer.get_many, one thread", run_many))
+        for name, way in ways:
+            way(url, 50, args.size, args.threads)  # warm: imports, connections
+            cpu, wall = [], []
+            for _ in range(args.runs):
+                c, w = way(url, args.files, args.size, args.threads)
+                cpu.append(c * 1000 / args.files)
+                wall.append(w)
+            print(
+                f"{name}: {args.files} GETs of {args.size} B ({proto}, {args.threads} at once): client CPU "
+                f"{statistics.median(cpu):.3f} ms/file ({min(cpu):.3f}-{max(cpu):.3f}), "
+                f"wall {statistics.median(wall):.2f} s; load {os.getloadavg()[0]:.1f}"
+            )
     finally:
         server.kill()
         server.wait()

@@ -7,6 +7,7 @@ every file the engine warms is a fetch the stats count.
 
 from __future__ import annotations
 
+import errno
 import os
 import random
 import time
@@ -368,7 +369,7 @@ def test_warm_off_on_a_mount(registry_dir: Path, mounter: Mounter) -> None:
     time.sleep(1.0)
     assert m.stats()["fetches"] == 20
     assert m.stats()["engine"] == {"mode_off": 1, "started": 0, "active": 0, "failed": 0, "scopes": 0,
-                                   "stopped_full": 0, "stopped_idle": 0}  # fmt: skip
+                                   "stopped_full": 0, "stopped_idle": 0, "batches": 0, "batched": 0}  # fmt: skip
 
 
 def test_background_work_gives_way_while_readers_fetch(setup: Setup) -> None:
@@ -422,3 +423,44 @@ def test_a_walk_on_a_wandb_mount_asks_file_urls_in_large_pages(
         # the readers' first batch (100 names), then the rest of d1/ in pages of up to 500
         assert 2 <= len(asked) <= 4, len(asked)
         assert m.stats()["fetches"] == 1000  # d2/ untouched
+
+
+@pytest.mark.allow_log(r"digest mismatch.*d1/f0400")
+def test_a_walk_on_a_wandb_mount_fetches_in_batches_and_faults_go_the_ordinary_way(
+    tmp_path: Path, mounter: Mounter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Warmed small files come in batches (libcurl's multi, many GETs on one thread); a batched
+    GET that fails or brings wrong bytes is fetched again the ordinary way (its retries), so
+    every file reads right, and a file whose bytes are always wrong is EIO, never data."""
+    from wandb_server import WandbServer
+
+    key = "k" * 40
+    for name in ("WANDB_BASE_URL", "WANDB_ENTITY"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("WANDB_API_KEY", key)
+    monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
+    monkeypatch.setenv("WANDB_CACHE_DIR", str(tmp_path / "wandb-cache"))
+    files = {f"d1/f{i:04d}": b"%d\n" % i * 50 for i in range(600)}
+    with WandbServer(api_key=key, viewer_entity="acme") as server:
+        server.add_artifact("acme", "vision", "ds", "dataset", files)
+        m = mounter(f"wandb:{server.url}")  # type: ignore[arg-type]
+        root = m.path / "acme" / "vision" / "ds:v0"
+        server.faults.corrupt(times=1, match="d1/f0300")
+        server.faults.status(503, times=1, match="d1/f0301")
+        server.faults.truncate_after(10, times=1, match="d1/f0302")
+        server.faults.corrupt(times=None, match="d1/f0400")
+        for i in range(20):  # a walk of d1/, in order
+            assert (root / f"d1/f{i:04d}").read_bytes() == files[f"d1/f{i:04d}"]
+        _wait_for(lambda: m.stats()["fetches"] + m.stats()["engine"]["failed"] >= 600, "d1/ fetched in the background")
+        engine = m.stats()["engine"]
+        assert engine["batches"] >= 5 and engine["batched"] >= 500, engine
+        assert engine["failed"] == 1  # f0400: wrong bytes every time
+        for i in range(600):
+            path = root / f"d1/f{i:04d}"
+            if i == 400:
+                with pytest.raises(OSError) as err:
+                    path.read_bytes()
+                assert err.value.errno == errno.EIO
+            else:
+                assert path.read_bytes() == files[f"d1/f{i:04d}"], i
+        assert m.stats()["fetches"] == 599

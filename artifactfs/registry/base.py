@@ -184,6 +184,7 @@ class Registry(abc.ABC):
     """
 
     kind: str = "registry"
+    batched_gets: bool = False  # whether get_small fetches anything (the fetch engine batches then)
     #: True when every metadata call is cheap local I/O (tens of microseconds): the mount then
     #: answers inline instead of paying a thread hop.
     local: bool = False
@@ -303,6 +304,18 @@ class Registry(abc.ABC):
     def blob_source(self, version: VersionInfo, entry: Entry) -> BlobSource:
         """Where ``entry``'s bytes can be had.  May block (it may ask a server for a URL): the
         fetcher calls it in a worker thread, and only after a cache miss."""
+
+    def get_small(
+        self, version: VersionInfo, entries: list[Entry], concurrency: int
+    ) -> Iterator[tuple[Entry, bytes | None]]:
+        """For the fetch engine: the bytes of small ``entries`` fetched many at once on this
+        thread (a remote backend: plain GETs of presigned URLs, :func:`artifactfs.transfer.get_many`),
+        each yielded as it arrives, unverified (the store verifies them).  ``None`` for an
+        entry not fetched this way or whose GET failed: the engine fetches it through
+        :meth:`blob_source`, whose path owns retries and fresh URLs.  May block: called in a
+        worker thread; the caller consumes it to the end.  Default: none fetched here."""
+        for entry in entries:
+            yield entry, None
 
     def prepare_sources(self, version: VersionInfo, entries: list[Entry]) -> None:  # noqa: B027 - optional hook
         """Ask ahead for what :meth:`blob_source` of these entries will need (a remote backend:

@@ -465,6 +465,7 @@ class WandbRegistry(Registry):
 
     kind = "wandb"
     local = False
+    batched_gets = True
     writable = False
 
     def __init__(
@@ -1424,6 +1425,33 @@ class WandbRegistry(Registry):
         (``files(names:)``), for the fetch engine: its workers then find them ready instead of
         each directory's first fetch asking for the next ``url_batch`` while the others wait."""
         self._manifests.prepare(version, entries, URL_PAGE)
+
+    def get_small(
+        self, version: VersionInfo, entries: list[Entry], concurrency: int
+    ) -> Iterator[tuple[Entry, bytes | None]]:
+        """Presigned file URLs (asked in pages, as for :meth:`blob_source`) fetched by
+        :func:`transfer.get_many`; references, files in the wandb SDK's cache and any URL that
+        cannot be had are left to :meth:`blob_source`."""
+        plain: list[Entry] = []
+        urls: list[tuple[str, int]] = []
+        for entry in entries:
+            url = None
+            if entry.ref is None and entry.size <= transfer.MANY_MAX_SIZE and self._sdk_cache_path(entry) is None:
+                try:
+                    url = self._manifests.url(version, entry, fresh=False)
+                except ArtifactFSError:
+                    url = None  # its ordinary fetch reports it
+            if url is None:
+                yield entry, None
+            else:
+                plain.append(entry)
+                urls.append((url, entry.size))
+        for got in transfer.get_many(urls, pool=self._pool, policy=self._http_policy, concurrency=concurrency):
+            if got.body is None:
+                log.debug(
+                    "%s/%s: batched GET: %s; fetched the ordinary way", version.ref, plain[got.index].path, got.problem
+                )
+            yield plain[got.index], got.body
 
     def _blob_source(self, version: VersionInfo, entry: Entry, depth: int) -> BlobSource:
         if entry.ref is not None:
