@@ -237,7 +237,20 @@ class Fetcher:
             elif outcome != "cached" or count_cached:
                 self._count(outcome, entry.size)
 
+        def finish_all(done: list[tuple[str, Outcome | None]]) -> None:  # on the loop
+            for key, outcome in done:
+                finish(key, outcome)
+
         def work() -> None:  # a worker thread
+            # The loop is told in bunches: whatever is done each time the batch is about to wait
+            # for the network (one wake-up of the loop for them all, no file held back).
+            done: list[tuple[str, Outcome | None]] = []
+
+            def tell() -> None:
+                if done:
+                    token.run_sync_soon(finish_all, done.copy())
+                    done.clear()
+
             wanted: list[Entry] = []
             for key, entry in mine.items():
                 blob = self.store.open_cached(key)
@@ -245,10 +258,11 @@ class Fetcher:
                     wanted.append(entry)
                 else:
                     blob.close()
-                    token.run_sync_soon(finish, key, "cached")
-            for entry, body in self.registry.get_small(version, wanted, concurrency):
-                outcome = None if body is None else self._keep_fetched(version, entry, body)
-                token.run_sync_soon(finish, entry.cache_key, outcome)
+                    done.append((key, "cached"))
+            tell()
+            for entry, body in self.registry.get_small(version, wanted, concurrency, idle=tell):
+                done.append((entry.cache_key, None if body is None else self._keep_fetched(version, entry, body)))
+            tell()
 
         try:
             await trio.to_thread.run_sync(work, limiter=limiter or self._limiter)

@@ -283,7 +283,7 @@ class ManifestIndex:
         out: list[Entry] = []
         after = name
         while len(out) < limit:
-            page = self.list_dir(parent, after, max(limit, 64))
+            page = self.list_dir(parent, after, limit - len(out))  # subdirectories skipped: ask again
             if not page:
                 break
             out.extend(c.entry for c in page if c.entry is not None)

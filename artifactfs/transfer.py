@@ -724,6 +724,7 @@ def get_many(
     pool: HttpPool,
     policy: Policy = DEFAULT_POLICY,
     concurrency: int = 32,
+    idle: Callable[[], None] | None = None,
 ) -> Iterator[Got]:
     """GET each ``(url, size)`` (a presigned or public URL: no credentials are added) at most
     ``concurrency`` at once on this thread, and yield each answer as it completes.  For small
@@ -732,7 +733,9 @@ def get_many(
     stack.  Only a ``200`` with exactly ``size`` bytes is a body; anything else (an error status,
     a redirect, a cut or longer body, a URL that needs a proxy, a connection error, a timeout)
     is yielded with no body and nothing retried here: the caller's ordinary path, with its
-    retries, owns every failure.  The caller must consume the iterator to the end (or close it)."""
+    retries, owns every failure.  ``idle`` is called each time it is about to wait for the
+    network (a caller that batches what it tells others flushes it then).  The caller must
+    consume the iterator to the end (or close it)."""
     with _many_lock:
         gets = _many_idle.pop() if _many_idle else None
     if gets is None:
@@ -804,6 +807,8 @@ def get_many(
                 if not queued:
                     break
             if running:
+                if idle is not None:
+                    idle()
                 multi.select(0.5)
     finally:
         for curl in running:

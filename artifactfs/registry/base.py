@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import abc
 import datetime as _dt
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import IO, Any
 
@@ -306,14 +306,15 @@ class Registry(abc.ABC):
         fetcher calls it in a worker thread, and only after a cache miss."""
 
     def get_small(
-        self, version: VersionInfo, entries: list[Entry], concurrency: int
+        self, version: VersionInfo, entries: list[Entry], concurrency: int, idle: Callable[[], None] | None = None
     ) -> Iterator[tuple[Entry, bytes | None]]:
         """For the fetch engine: the bytes of small ``entries`` fetched many at once on this
         thread (a remote backend: plain GETs of presigned URLs, :func:`artifactfs.transfer.get_many`),
         each yielded as it arrives, unverified (the store verifies them).  ``None`` for an
         entry not fetched this way or whose GET failed: the engine fetches it through
         :meth:`blob_source`, whose path owns retries and fresh URLs.  May block: called in a
-        worker thread; the caller consumes it to the end.  Default: none fetched here."""
+        worker thread; the caller consumes it to the end.  ``idle``: called whenever it is about
+        to wait for the network.  Default: none fetched here."""
         for entry in entries:
             yield entry, None
 

@@ -1427,7 +1427,7 @@ class WandbRegistry(Registry):
         self._manifests.prepare(version, entries, URL_PAGE)
 
     def get_small(
-        self, version: VersionInfo, entries: list[Entry], concurrency: int
+        self, version: VersionInfo, entries: list[Entry], concurrency: int, idle: Callable[[], None] | None = None
     ) -> Iterator[tuple[Entry, bytes | None]]:
         """Presigned file URLs (asked in pages, as for :meth:`blob_source`) fetched by
         :func:`transfer.get_many`; references, files in the wandb SDK's cache and any URL that
@@ -1446,7 +1446,9 @@ class WandbRegistry(Registry):
             else:
                 plain.append(entry)
                 urls.append((url, entry.size))
-        for got in transfer.get_many(urls, pool=self._pool, policy=self._http_policy, concurrency=concurrency):
+        for got in transfer.get_many(
+            urls, pool=self._pool, policy=self._http_policy, concurrency=concurrency, idle=idle
+        ):
             if got.body is None:
                 log.debug(
                     "%s/%s: batched GET: %s; fetched the ordinary way", version.ref, plain[got.index].path, got.problem
