@@ -53,6 +53,9 @@ class BlobSource:
     open: Callable[[], IO[bytes]] | None = None
     download: Download | None = None
     fallback: BlobSource | None = None  # tried when this source fails or mismatches
+    # A cheap first try whose failure is no news (the fallback, the ordinary path, says what
+    # is wrong): logged at DEBUG, not as a warning.
+    optimistic: bool = False
 
     def chain(self) -> Iterator[BlobSource]:
         """This source, then its fallbacks in order."""

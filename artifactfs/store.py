@@ -810,7 +810,8 @@ class BlobStore:
             except (FetchError, DigestMismatch) as exc:
                 if index == len(sources) - 1:
                     raise
-                log.warning("%s: %s: trying %s", candidate.description, exc, sources[index + 1].description)
+                level = logging.DEBUG if candidate.optimistic else logging.WARNING
+                log.log(level, "%s: %s: trying %s", candidate.description, exc, sources[index + 1].description)
         raise AssertionError("a source chain is never empty")
 
     def _fill(self, key: str, entry: Entry, source: BlobSource, what: str, group: bool = False) -> Blob:

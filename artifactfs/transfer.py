@@ -696,6 +696,7 @@ class Got:
     index: int
     body: bytes | None
     problem: str = ""
+    status: int = 0  # the HTTP status, when there was an answer
 
 
 class _ManyGets:
@@ -794,16 +795,20 @@ def get_many(
                     gets.free.append(curl)
                     body = b"".join(parts)
                     if status != 200:
-                        yield Got(index, None, f"HTTP {status}")
+                        yield Got(index, None, f"HTTP {status}", status)
                     elif len(body) != size:
-                        yield Got(index, None, f"{len(body)} bytes, not {size}")
+                        yield Got(index, None, f"{len(body)} bytes, not {size}", status)
                     else:
-                        yield Got(index, body)
+                        yield Got(index, body, "", status)
                 for curl, _code, message in failed:
                     index, _size, _parts = running.pop(curl)
+                    status = curl.getinfo(pycurl.RESPONSE_CODE)  # an error body cut short has one
                     multi.remove_handle(curl)
                     gets.free.append(curl)
-                    yield Got(index, None, _redact(str(message)))
+                    if status and status != 200:
+                        yield Got(index, None, f"HTTP {status}", status)
+                    else:
+                        yield Got(index, None, _redact(str(message)), status)
                 if not queued:
                     break
             if running:

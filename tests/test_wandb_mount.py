@@ -230,7 +230,7 @@ def test_bad_credentials_fail_at_mount_time_in_one_line(
 def test_the_key_appears_nowhere(mounted: Mount, server: WandbServer) -> None:
     m = mounted
     # exercise the daemon: listings, reads, a fault that logs, an unknown name, xattrs
-    server.faults.corrupt(times=1, match="a.txt")
+    server.faults.corrupt(times=2, match="a.txt")
     with pytest.raises(OSError):
         read_uncached(project(m) / "other:v0" / "a.txt")
     sh("ls", "-lR", m.path)

@@ -618,7 +618,8 @@ def test_a_url_refused_for_ever_fails_in_bounded_time(
     with pytest.raises(FetchError, match="refused"):
         fill(store, registry, v, "d/b.txt")
     assert time.monotonic() - t0 < 30
-    assert len(url_calls(server)) == registry.url_refreshes + 1
+    # the plain GET's URL (refused, so forgotten), then the ordinary path's tries
+    assert len(url_calls(server)) == registry.url_refreshes + 2
     assert not any(k.startswith("md5/") for k in [registry.get_entry(v, "d/b.txt").entry.cache_key] if k in store)  # type: ignore[union-attr]
 
 
@@ -627,7 +628,10 @@ def test_blob_sources_name_no_url(server: WandbServer, registry: WandbRegistry) 
     entry = registry.get_entry(v, "a.txt").entry
     assert entry is not None
     source = registry.blob_source(v, entry)
-    assert source.description == "acme/vision/ds:v0/a.txt" and source.download is not None
+    # a small file: one plain GET first, then the ordinary download
+    assert [s.description for s in source.chain()] == ["acme/vision/ds:v0/a.txt (one GET)", "acme/vision/ds:v0/a.txt"]
+    assert source.optimistic and source.open is not None and source.fallback is not None
+    assert source.fallback.download is not None
     assert source.local_path is None and registry.local_path(entry) is None
     assert not server.operations("GetArtifactMembershipFileUrls")  # nothing asked until bytes are wanted
 
@@ -638,10 +642,10 @@ def test_corrupt_body_is_a_digest_mismatch_and_nothing_is_cached(
     v = registry.resolve(parse_ref("acme/vision/ds:v0"))
     entry = registry.get_entry(v, "d/e/f.bin").entry
     assert entry is not None
-    server.faults.corrupt(times=1, match="f.bin")
+    server.faults.corrupt(times=2, match="f.bin")  # the one plain GET, then the ordinary path
     with pytest.raises(DigestMismatch):
         store.fill(entry.cache_key, entry, registry.blob_source(v, entry), "f.bin")
-    assert entry.cache_key not in store
+    assert entry.cache_key not in store and server.faults.pending() == 0
     assert fill(store, registry, v, "d/e/f.bin") == FILES["d/e/f.bin"]
 
 
@@ -677,7 +681,7 @@ def test_xxh128_artifact(server: WandbServer, registry: WandbRegistry, store: Bl
     entry = registry.get_entry(v, "d/e/f.bin").entry
     assert entry is not None and entry.alg == "XXH128" and entry.cache_key.startswith("xxh128/")
     assert fill(store, registry, v, "d/e/f.bin") == FILES["d/e/f.bin"]
-    server.faults.corrupt(times=1, match="a.txt")
+    server.faults.corrupt(times=2, match="a.txt")
     with pytest.raises(DigestMismatch):
         fill(store, registry, v, "a.txt")
 
@@ -746,8 +750,8 @@ def test_sdk_cache_is_a_verified_first_source(server: WandbServer, env: Path, st
     _plant(env, bad, b"CEE")  # right size, wrong bytes
     source = reg.blob_source(v, good)
     chain = list(source.chain())
-    assert len(chain) == 2 and chain[0].open is not None and chain[0].local_path is None
-    assert chain[1].download is not None and "SDK cache" in chain[0].description
+    assert len(chain) == 3 and chain[0].open is not None and chain[0].local_path is None
+    assert "SDK cache" in chain[0].description and chain[1].optimistic and chain[2].download is not None
     server.reset_log()
     assert fill(store, reg, v, "d/b.txt") == b"bee"
     assert not server.file_requests() and not server.operations("GetArtifactMembershipFileUrls")
@@ -1266,3 +1270,27 @@ def test_edits_are_seen_by_the_real_sdk_and_back(server: WandbServer, registry: 
         server.artifact("acme", "vision", "ds", 1).id,
     )
     assert not server.graphql_errors
+
+
+def test_a_small_file_is_one_plain_get_and_a_bad_answer_goes_the_ordinary_way(
+    server: WandbServer, registry: WandbRegistry, store: BlobStore
+) -> None:
+    """A small file is fetched by one plain GET (libcurl) first; a wrong answer to it (wrong
+    bytes, a 5xx, a cut body) is not an error yet: the ordinary path fetches it again, with
+    its retries, and only then is a failure the read's.  Nothing warns about the first try."""
+    v = registry.resolve(parse_ref("acme/vision/ds:v0"))
+    registry.load_contents(v)
+    server.reset_log()
+    assert fill(store, registry, v, "a.txt") == FILES["a.txt"]
+    assert [r.status for r in server.file_requests()] == [200]  # one GET, no retry machinery
+    for i, fault in enumerate(("corrupt", "status", "truncate_after")):
+        name = ["d/b.txt", "d/c.txt", "d/e/f.bin"][i]
+        if fault == "status":
+            server.faults.status(503, times=1, match=name)
+        elif fault == "truncate_after":
+            server.faults.truncate_after(10, times=1, match=name)
+        else:
+            server.faults.corrupt(times=1, match=name)
+        server.reset_log()
+        assert fill(store, registry, v, name) == FILES[name]
+        assert len(server.file_requests()) == 2 and server.faults.pending() == 0, fault
