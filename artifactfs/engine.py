@@ -211,6 +211,7 @@ class Engine:
         self.concurrency = max(1, concurrency)
         self.yield_to_reads = yield_to_reads
         self._parked = 0  # workers waiting while background work gives way to reads
+        self._parking = trio.Event()  # set when a worker parks (wakes _watch_reads)
         self.limiter = trio.CapacityLimiter(self.concurrency)
         # Its fetches and the reads' may all be HTTP requests to one host at once: the pools keep
         # a connection for each (no connection closed after one request, no urllib3 warning).
@@ -279,8 +280,12 @@ class Engine:
 
     async def _watch_reads(self) -> None:
         """Wake the workers parked for reads once reads no longer need the room (one task
-        looking every YIELD_POLL seconds, not every parked worker)."""
+        looking every YIELD_POLL seconds while any is parked, not every parked worker; none
+        parked, it sleeps until one is: an idle mount does not wake for it)."""
         while True:
+            if not self._parked:
+                await self._parking.wait()
+                self._parking = trio.Event()
             await trio.sleep(YIELD_POLL)
             if self._parked and not self._yielding():
                 self._notify()
@@ -355,6 +360,7 @@ class Engine:
                 continue
             if job is False:  # _watch_reads wakes it when the readers' fetches are done
                 self._parked += 1
+                self._parking.set()
                 try:
                     await self._wake.wait()
                 finally:

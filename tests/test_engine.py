@@ -464,3 +464,29 @@ def test_a_walk_on_a_wandb_mount_fetches_in_batches_and_faults_go_the_ordinary_w
             else:
                 assert path.read_bytes() == files[f"d1/f{i:04d}"], i
         assert m.stats()["fetches"] == 599
+
+
+def test_an_idle_engine_does_not_wake(setup: Setup) -> None:
+    """With nothing to fetch, no task of the engine runs: a node's idle mounts cost no CPU
+    (the watch for parked workers used to wake 200 times a second for ever)."""
+    clock = trio.testing.MockClock(autojump_threshold=0)
+    engine = setup.engine()
+    steps: list[str] = []
+
+    class Steps(trio.abc.Instrument):
+        def before_task_step(self, task: trio.lowlevel.Task) -> None:
+            steps.append(task.name)
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(engine.run)
+            await trio.sleep(1)  # started and settled
+            instrument = Steps()
+            trio.lowlevel.add_instrument(instrument)
+            await trio.sleep(60)  # a minute of virtual time with nothing to do
+            trio.lowlevel.remove_instrument(instrument)
+            nursery.cancel_scope.cancel()
+
+    trio.run(main, clock=clock)
+    engine_steps = [name for name in steps if "Engine" in name]
+    assert engine_steps == []
