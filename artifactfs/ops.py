@@ -35,6 +35,7 @@ from .engine import Engine, Lookahead
 from .errors import ArtifactFSError, BlobChanged, NotFound, ReadOnly
 from .fetcher import Fetcher
 from .manifest import Entry
+from .metrics import ACTIVITY as activity
 from .registry.base import VersionInfo
 from .store import Blob
 from .tree import FOREVER, Attr, Kind, Listing, Node, Tree
@@ -51,6 +52,7 @@ _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND | os.O_CREAT
 def _errno_boundary(fn: Callable[P, Coroutine[Any, Any, R]]) -> Callable[P, Coroutine[Any, Any, R]]:
     @functools.wraps(fn)
     async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        activity.requests += 1  # the loop monitor's sign that the mount is busy
         try:
             return await fn(*args, **kwargs)
         except pyfuse3.FUSEError:

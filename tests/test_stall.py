@@ -355,3 +355,41 @@ def test_evictions_see_this_process_uses_first(tmp_path: Path) -> None:
         assert entries[1].cache_key not in store and entries[0].cache_key in store
     finally:
         store.close()
+
+
+def test_the_loop_monitor_slows_down_when_the_mount_is_idle_and_not_while_it_serves() -> None:
+    """Checkpoints every 10 ms while requests come, every 250 ms after a quiet second (an idle
+    daemon wakes 4 times a second, not 100), and back to 10 ms at the first request."""
+    import trio.testing
+
+    from artifactfs import metrics
+
+    activity = metrics.Activity()
+    clock = trio.testing.MockClock(autojump_threshold=0)
+    wakes: list[float] = []
+
+    class Counted(metrics.LoopMonitor):
+        def observe(self, stall: float, cpu_wait: float = 0.0) -> None:
+            wakes.append(trio.current_time())
+            super().observe(stall, cpu_wait)
+
+    monitor = Counted(interval=0.01, idle_interval=0.25, quiet=1.0, activity=activity)
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(monitor.run)
+            for _ in range(50):  # half a second of requests
+                activity.requests += 1
+                await trio.sleep(0.01)
+            await trio.sleep(10)  # idle
+            activity.requests += 1  # a request again
+            await trio.sleep(0.5)
+            nursery.cancel_scope.cancel()
+
+    trio.run(main, clock=clock)
+    busy = [t for t in wakes if t < 0.5]
+    idle = [t for t in wakes if 2.0 < t < 10.0]
+    back = [t for t in wakes if 10.8 < t < 11.0]
+    assert len(busy) >= 40  # every 10 ms
+    assert 25 <= len(idle) <= 40  # every 250 ms: ~32 in 8 s, not 800
+    assert len(back) >= 15  # every 10 ms again
