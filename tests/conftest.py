@@ -127,6 +127,17 @@ def user_version(db: Path) -> int:
         conn.close()
 
 
+def clean_wandb_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, key: str) -> None:
+    """The environment a W&B client (or mount daemon) under test inherits: ``key`` in
+    ``WANDB_API_KEY``, no base URL or entity from outside, no netrc, the SDK cache under
+    ``tmp_path`` (empty)."""
+    for name in ("WANDB_BASE_URL", "WANDB_ENTITY"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("WANDB_API_KEY", key)
+    monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
+    monkeypatch.setenv("WANDB_CACHE_DIR", str(tmp_path / "wandb-cache"))
+
+
 def b64md5(data: bytes) -> str:
     """W&B's entry digest, computed independently of artifactfs."""
     return base64.b64encode(hashlib.md5(data).digest()).decode()

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import trio
 import trio.testing
-from conftest import Mounter, write_tree
+from conftest import Mounter, clean_wandb_env, write_tree
 
 from artifactfs.engine import Engine, VersionIndex, WarmPolicy
 from artifactfs.fetcher import Fetcher
@@ -405,11 +405,7 @@ def test_a_walk_on_a_wandb_mount_asks_file_urls_in_large_pages(
     from wandb_server import WandbServer
 
     key = "k" * 40
-    for name in ("WANDB_BASE_URL", "WANDB_ENTITY"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("WANDB_API_KEY", key)
-    monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
-    monkeypatch.setenv("WANDB_CACHE_DIR", str(tmp_path / "wandb-cache"))
+    clean_wandb_env(tmp_path, monkeypatch, key)
     files = {f"d1/f{i:04d}": b"%d\n" % i for i in range(1000)}
     files.update({f"d2/f{i:04d}": b"other %d\n" % i for i in range(50)})
     with WandbServer(api_key=key, viewer_entity="acme") as server:
@@ -435,11 +431,7 @@ def test_a_walk_on_a_wandb_mount_fetches_in_batches_and_faults_go_the_ordinary_w
     from wandb_server import WandbServer
 
     key = "k" * 40
-    for name in ("WANDB_BASE_URL", "WANDB_ENTITY"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("WANDB_API_KEY", key)
-    monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
-    monkeypatch.setenv("WANDB_CACHE_DIR", str(tmp_path / "wandb-cache"))
+    clean_wandb_env(tmp_path, monkeypatch, key)
     files = {f"d1/f{i:04d}": b"%d\n" % i * 50 for i in range(600)}
     with WandbServer(api_key=key, viewer_entity="acme") as server:
         server.add_artifact("acme", "vision", "ds", "dataset", files)

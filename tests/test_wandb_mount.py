@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import SAMPLE_FILES, LiveEnv, Mount, Mounter
+from conftest import SAMPLE_FILES, LiveEnv, Mount, Mounter, clean_wandb_env
 from wandb_server import WandbServer
 
 pytestmark = pytest.mark.fuse
@@ -34,11 +34,7 @@ OTHER = {"a.txt": b"the other artifact\n", "b/c.txt": b"still served\n"}
 @pytest.fixture
 def wandb_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """The key in the environment the daemon inherits; no netrc, an empty SDK cache."""
-    for name in ("WANDB_BASE_URL", "WANDB_ENTITY"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("WANDB_API_KEY", KEY)
-    monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
-    monkeypatch.setenv("WANDB_CACHE_DIR", str(tmp_path / "wandb-cache"))
+    clean_wandb_env(tmp_path, monkeypatch, KEY)
     return tmp_path
 
 

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import clean_wandb_env
 from wandb_server import WandbServer
 
 from artifactfs import transfer as afs_transfer
@@ -61,11 +62,7 @@ FILES = {"a.txt": b"hello\n", "d/b.txt": b"bee", "d/c.txt": b"cee", "d/e/f.bin":
 @pytest.fixture
 def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A clean W&B environment: the key in WANDB_API_KEY, no netrc, an empty SDK cache."""
-    for name in ("WANDB_BASE_URL", "WANDB_ENTITY"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("WANDB_API_KEY", KEY)
-    monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
-    monkeypatch.setenv("WANDB_CACHE_DIR", str(tmp_path / "wandb-cache"))
+    clean_wandb_env(tmp_path, monkeypatch, KEY)
     return tmp_path
 
 
