@@ -57,13 +57,13 @@ DEFAULT_CONCURRENCY = 16
 # While readers' own fetches run, background fetches in flight stay at this many (0: no limit).
 YIELD_TO_READS = 16
 YIELD_POLL = 0.005  # seconds between looks while background work gives way
-URL_PAGE_AHEAD = 500
+URL_PAGE_AHEAD = 500  # entries whose sources (W&B: URLs) are asked for at once, ahead of the fetches
 # Small remote blobs (a registry with ``batched_gets``) are fetched BATCH at a time, in one
 # worker thread each, BATCH_IN_FLIGHT requests at once (libcurl's multi: no thread per request),
 # at most MAX_BATCHES batches at once.
 BATCH = 64
 BATCH_IN_FLIGHT = 32
-MAX_BATCHES = 2  # entries whose sources (W&B: URLs) are asked for at once, ahead of the fetches
+MAX_BATCHES = 2
 MODES = ("auto", "on", "off")
 
 

@@ -60,6 +60,21 @@ def rss_mib(pid: int) -> tuple[float, float]:
     return out["VmRSS"], out["VmHWM"]
 
 
+def find_versions(figs: dict[str, float], case: str, versions: list[Path], pid: int) -> None:
+    """``find`` over each of ``versions`` (all mounted at once) in turn: the time, and the
+    daemon's RSS after it, as ``<case>.find_3_versions_s`` and ``<case>.rss/hwm_3_versions_mib``."""
+    start = time.perf_counter()
+    for version in versions:
+        subprocess.run(["find", str(version)], check=True, stdout=subprocess.DEVNULL)
+    figs[f"{case}.find_3_versions_s"] = time.perf_counter() - start
+    figs[f"{case}.rss_3_versions_mib"], figs[f"{case}.hwm_3_versions_mib"] = rss_mib(pid)
+    print(
+        f"{len(versions)} versions open, each walked by find ({figs[f'{case}.find_3_versions_s']:.1f} s): daemon RSS "
+        f"{figs[f'{case}.rss_3_versions_mib']:.0f} MiB (peak {figs[f'{case}.hwm_3_versions_mib']:.0f})",
+        flush=True,
+    )
+
+
 def timed(cmd: list[str] | str) -> float:
     start = time.perf_counter()
     subprocess.run(cmd, shell=isinstance(cmd, str), check=True, stdout=subprocess.DEVNULL)
@@ -292,18 +307,7 @@ def case_wandb(work: Path, n: int, ceiling_pid: int, versions: int = 3, runs: in
             # three versions open at once, each walked by find
             for k in range(1, versions):
                 timed(["head", "-c1", str(mnt / "acme" / "scale" / f"ds{k}:v0" / "d0001" / "f0001.txt")])
-            start = time.perf_counter()
-            for k in range(versions):
-                subprocess.run(
-                    ["find", str(mnt / "acme" / "scale" / f"ds{k}:v0")], check=True, stdout=subprocess.DEVNULL
-                )
-            figs["wandb.find_3_versions_s"] = time.perf_counter() - start
-            figs["wandb.rss_3_versions_mib"], figs["wandb.hwm_3_versions_mib"] = rss_mib(pid)
-            print(
-                f"{versions} versions open, each walked by find ({figs['wandb.find_3_versions_s']:.1f} s): daemon RSS "
-                f"{figs['wandb.rss_3_versions_mib']:.0f} MiB (peak {figs['wandb.hwm_3_versions_mib']:.0f})",
-                flush=True,
-            )
+            find_versions(figs, "wandb", [mnt / "acme" / "scale" / f"ds{k}:v0" for k in range(versions)], pid)
 
     del files
     return figs
@@ -371,17 +375,7 @@ def case_local(work: Path, src: Path, n: int, versions: int = 3, runs: int = 3, 
             f"ceiling; daemon RSS {figs['local.find_rss_mib']:.0f} MiB (peak {figs['local.find_hwm_mib']:.0f})",
             flush=True,
         )
-        start = time.perf_counter()
-        for k in range(1, versions):
-            subprocess.run(["find", str(project / f"ds{k}:v0")], check=True, stdout=subprocess.DEVNULL)
-        subprocess.run(["find", str(v)], check=True, stdout=subprocess.DEVNULL)
-        figs["local.find_3_versions_s"] = time.perf_counter() - start
-        figs["local.rss_3_versions_mib"], figs["local.hwm_3_versions_mib"] = rss_mib(pid)
-        print(
-            f"{versions} versions open, each walked by find ({figs['local.find_3_versions_s']:.1f} s): daemon RSS "
-            f"{figs['local.rss_3_versions_mib']:.0f} MiB (peak {figs['local.hwm_3_versions_mib']:.0f})",
-            flush=True,
-        )
+        find_versions(figs, "local", [*(project / f"ds{k}:v0" for k in range(1, versions)), v], pid)
     finally:
         subprocess.run(["fusermount3", "-u", str(mnt)], check=False)
         deadline = time.monotonic() + 60

@@ -283,6 +283,30 @@ def test_a_daemon_killed_while_it_builds_an_index_remounts_right(
         again.unmount()
 
 
+async def _walked_nodes_come_back(
+    tree: Any, version_inode: int, seen: dict[int, Any], max_listing_bytes: int | None = None
+) -> Any:
+    """After a walk of the 3,000-file version (``seen``: inode -> kind, path, entry): every inode
+    the tree let go of is made again as the same node, the tree stays within its bounds, and
+    lookups, ``files_after`` and a missing name answer right.  Returns the node of ``d07``."""
+    from artifactfs.errors import EntryNotFound
+
+    assert len(seen) == 3000 + 30
+    for inode, (kind, path, entry) in seen.items():  # made again from the index by inode
+        node = tree.node(inode)
+        assert (node.kind, node.path, node.entry) == (kind, path, entry)
+    assert len(tree) <= 150 + 250 + 4
+    if max_listing_bytes is not None:
+        assert tree._listing_bytes <= max_listing_bytes
+    d07 = await tree.lookup(version_inode, "d07")
+    f = await tree.lookup(d07.inode, "f042.txt")
+    assert f.entry is not None and f.entry.size == len(b"742\n") and f.inode in seen
+    assert [e.path for _, e in await tree.files_after(f, 2)] == ["d07/f043.txt", "d07/f044.txt"]
+    with pytest.raises(EntryNotFound):
+        await tree.lookup(d07.inode, "nope")
+    return d07
+
+
 def test_a_walk_keeps_a_bounded_working_set(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The inode table over a W&B version: every entry walked (listings and lookups), yet the
     tree holds at most its bounds; an inode it let go of is made again from the index, the same
@@ -290,7 +314,6 @@ def test_a_walk_keeps_a_bounded_working_set(tmp_path: Path, monkeypatch: pytest.
     import trio
     from wandb_server import WandbServer
 
-    from artifactfs.errors import EntryNotFound
     from artifactfs.registry.wandb import WandbRegistry
     from artifactfs.tree import INDEX_MASK, Kind, Tree
 
@@ -315,17 +338,7 @@ def test_a_walk_keeps_a_bounded_working_set(tmp_path: Path, monkeypatch: pytest.
                     assert f.path == f"{name.decode()}/{child_name.decode()}"
                     seen[f.inode] = (f.kind, f.path, f.entry)
                 assert len(tree) <= 150 + 250 + 4  # the bounds, and root, entity, project, version
-            assert len(seen) == 3000 + 30
-            for inode, (kind, path, entry) in seen.items():  # made again from the index by inode
-                node = tree.node(inode)
-                assert (node.kind, node.path, node.entry) == (kind, path, entry)
-            assert len(tree) <= 150 + 250 + 4
-            d07 = await tree.lookup(version.inode, "d07")
-            f = await tree.lookup(d07.inode, "f042.txt")
-            assert f.entry is not None and f.entry.size == len(b"742\n") and f.inode in seen
-            assert [e.path for _, e in await tree.files_after(f, 2)] == ["d07/f043.txt", "d07/f044.txt"]
-            with pytest.raises(EntryNotFound):
-                await tree.lookup(d07.inode, "nope")
+            d07 = await _walked_nodes_come_back(tree, version.inode, seen)
             assert tree.negative_timeout(d07.inode) > 3600
 
         trio.run(walk)
@@ -483,19 +496,7 @@ def test_a_walk_of_a_local_version_keeps_a_bounded_working_set(tmp_path: Path) -
                     assert f.path == f"{name.decode()}/{child_name.decode()}" and f.inode == base | rid
                     seen[f.inode] = (f.kind, f.path, f.entry)
                 assert len(tree) <= 150 + 250 + 4
-            assert len(seen) == 3000 + 30
-            for inode, (kind, path, entry) in seen.items():
-                node = tree.node(inode)
-                assert (node.kind, node.path, node.entry) == (kind, path, entry)
-            assert len(tree) <= 150 + 250 + 4 and tree._listing_bytes <= 2000
-            d07 = await tree.lookup(version.inode, "d07")
-            f = await tree.lookup(d07.inode, "f042.txt")
-            assert f.entry is not None and f.entry.size == len(b"742\n") and f.inode in seen
-            assert [e.path for _, e in await tree.files_after(f, 2)] == ["d07/f043.txt", "d07/f044.txt"]
-            with pytest.raises(EntryNotFound):
-                await tree.lookup(d07.inode, "nope")
-
-        from artifactfs.errors import EntryNotFound
+            await _walked_nodes_come_back(tree, version.inode, seen, max_listing_bytes=2000)
 
         trio.run(walk)
     finally:

@@ -69,6 +69,17 @@ def log(reg: LocalRegistry, src: Path, ref: str = COLL, **kwargs: Any) -> Versio
     return reg.log_dir(src, R(ref), **kwargs).version
 
 
+def logged(root: Path, *trees: Path) -> Path:
+    """A new registry at ``root`` with each of ``trees`` logged (as versions of COLL), closed."""
+    reg = LocalRegistry(root, create=True)
+    try:
+        for tree in trees:
+            log(reg, tree)
+    finally:
+        reg.close()
+    return root
+
+
 def version_names(reg: LocalRegistry, coll: str = COLL) -> list[str]:
     return [v.version for v in reg.versions(*coll.split("/"))]
 
@@ -645,12 +656,7 @@ def test_unsafe_stored_paths_are_refused(tmp_path: Path, trees: list[Path], sql:
 def test_corrupt_pages_raise_registry_error(tmp_path: Path, trees: list[Path], table: str) -> None:
     """Garbage over a table's pages: every public method that reads it raises RegistryError
     naming the database (never a bare sqlite3 error), generators included."""
-    root = tmp_path / "registry"
-    reg = LocalRegistry(root, create=True)
-    try:
-        log(reg, trees[0])
-    finally:
-        reg.close()
+    root = logged(tmp_path / "registry", trees[0])
     reg = LocalRegistry(root)
     try:
         version = reg.resolve(R(f"{COLL}:v0")) if table == "entries" else None
@@ -822,12 +828,7 @@ def write_big_tree(root: Path, count: int, size: int) -> dict[str, str]:
 
 @pytest.mark.slow
 def test_killed_writer_leaves_no_version(tmp_path: Path, trees: list[Path]) -> None:
-    root = tmp_path / "registry"
-    reg = LocalRegistry(root, create=True)
-    try:
-        log(reg, trees[0])
-    finally:
-        reg.close()
+    root = logged(tmp_path / "registry", trees[0])
     blobs_at_start = len(all_blobs(root))
     count = 300
     expected = write_big_tree(tmp_path / "big", count, MiB)
@@ -1073,13 +1074,7 @@ def test_an_old_registry_gets_entry_ids_once(tmp_path: Path, trees: list[Path]) 
     link all have them; the ids of a version never change."""
     from conftest import without_entry_ids
 
-    root = tmp_path / "registry"
-    reg = LocalRegistry(root, create=True)
-    try:
-        log(reg, trees[0])
-        log(reg, trees[1])
-    finally:
-        reg.close()
+    root = logged(tmp_path / "registry", trees[0], trees[1])
     db = root / "registry.sqlite"
     without_entry_ids(db)
     before = db.read_bytes()
@@ -1118,12 +1113,7 @@ def test_entry_ids_upgrade_that_fails_leaves_the_registry_as_it_was(
 
     from artifactfs.registry import local
 
-    root = tmp_path / "registry"
-    reg = LocalRegistry(root, create=True)
-    try:
-        log(reg, trees[0])
-    finally:
-        reg.close()
+    root = logged(tmp_path / "registry", trees[0])
     db = root / "registry.sqlite"
     without_entry_ids(db)
     schema = sqlite3.connect(db).execute("SELECT group_concat(sql) FROM sqlite_master").fetchone()

@@ -1469,16 +1469,13 @@ class WandbRegistry(Registry):
         source = BlobSource(description, download=download)
         if entry.size <= transfer.MANY_MAX_SIZE:
             # A small file: one plain GET through libcurl first (a tenth of the CPU of the
-            # ordinary path); any failure, or wrong bytes, and the ordinary path (retries,
-            # fresh URLs, redirects) fetches it.
+            # ordinary path), the engine's batched GET for a batch of one; any failure, or
+            # wrong bytes, and the ordinary path (retries, fresh URLs, redirects) fetches it.
             def get_one() -> IO[bytes]:
-                url = self._manifests.url(version, entry, fresh=False)
-                (got,) = transfer.get_many([(url, entry.size)], pool=self._pool, policy=self._http_policy)
-                if got.body is None:
-                    if got.status in (401, 403):  # refused (expired?): the ordinary path asks a fresh one
-                        self._manifests.forget_url(version, entry.path, url)
-                    raise FetchError(f"{description}: {got.problem}")
-                return io.BytesIO(got.body)
+                ((_, body),) = self.get_small(version, [entry], 1)
+                if body is None:
+                    raise FetchError(f"{description}: the plain GET did not bring it")
+                return io.BytesIO(body)
 
             source = BlobSource(f"{description} (one GET)", open=get_one, fallback=source, optimistic=True)
         cached = self._sdk_cache_path(entry)
