@@ -47,6 +47,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import metrics
 from .errors import MountError
+from .options import daemon_argv
 
 if TYPE_CHECKING:
     from .fetcher import Fetcher
@@ -108,6 +109,9 @@ class MountRecord:
     log_file: str | None
     metrics_port: int | None
     socket: str
+    # The mount's options as flags of ``artifactfs mount`` (never a secret: they carry none);
+    # None in a record an older version wrote.
+    options: list[str] | None = None
 
     def alive(self) -> bool:
         """Its daemon still runs (same PID and same process start time)."""
@@ -329,6 +333,7 @@ class AdminServer:
             log_file=_stderr_file(),
             metrics_port=self.metrics_port,
             socket=self.socket_path,
+            options=daemon_argv(self.config)[2:],
         )
         tmp = f"{self.record_path}.{os.getpid()}.tmp"
         try:

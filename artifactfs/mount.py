@@ -2,9 +2,9 @@
 
 Without ``--foreground`` the command checks what it can (FUSE, the mount point, the cache
 directory, the registry: a missing registry, refused credentials or an unreachable server fail
-here, in one line), then starts a daemon (``artifactfs mount --foreground`` with a readiness
-pipe) and returns 0 only once the mount answers requests; any failure before that is printed as
-one line and exits non-zero.  The daemon inherits the environment, so W&B credentials reach it
+here, in one line), then starts a daemon (a fork of itself, or ``artifactfs mount --foreground``
+when it runs threads, with a readiness pipe) and returns 0 only once the mount answers
+requests; any failure before that is printed as one line and exits non-zero.  The daemon inherits the environment, so W&B credentials reach it
 without appearing on its command line.  SIGINT/SIGTERM make the daemon unmount and exit.
 
 The options are declared once, in :class:`artifactfs.options.MountConfig`.
@@ -23,6 +23,8 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
+import traceback
 from collections.abc import Iterator
 from typing import Any
 
@@ -244,48 +246,104 @@ def start_daemon(config: MountConfig) -> int:
     log_file = os.path.abspath(config.log_file) if config.log_file else os.path.join(cache_dir, "mount.log")
     daemon = dataclasses.replace(config, registry=spec, mountpoint=mountpoint, cache_dir=cache_dir, log_file=log_file)
     read_fd, write_fd = os.pipe()
-    cmd = [
-        sys.executable,
-        "-m",
-        "artifactfs",
-        "mount",
-        *daemon_argv(daemon),
-        "--foreground",
-        "--ready-fd",
-        str(write_fd),
-    ]
     os.makedirs(os.path.dirname(os.path.abspath(log_file)), mode=0o700, exist_ok=True)
     # O_NOFOLLOW: a symlink planted as CACHE_DIR/mount.log must not aim the daemon's output elsewhere.
     log_fd = os.open(log_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-    with open(log_fd, "ab") as log_out:
-        proc = subprocess.Popen(
-            cmd,
-            stdin=subprocess.DEVNULL,
-            stdout=log_out,
-            stderr=log_out,
-            pass_fds=(write_fd,),
-            start_new_session=True,
-            close_fds=True,
-        )
-    os.close(write_fd)
+    try:
+        if threading.active_count() == 1:  # nothing but us to copy: fork, everything is imported
+            pid = _fork_daemon(dataclasses.replace(daemon, foreground=True, ready_fd=write_fd), log_fd, read_fd)
+        else:
+            pid = _spawn_daemon(daemon, log_fd, write_fd)
+    finally:
+        os.close(log_fd)
+        os.close(write_fd)
     with os.fdopen(read_fd, "rb") as ready:
         if select.select([ready], [], [], READY_TIMEOUT)[0]:
             status = ready.read()
         else:  # the daemon hangs: do not hang with it
-            proc.kill()
-            proc.wait()
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+            _reap(pid)
             with contextlib.suppress(ArtifactFSError):
                 unmount(mountpoint)
             raise MountError(f"the daemon did not answer within {READY_TIMEOUT:.0f}s (log: {log_file})")
     if status.startswith(b"ok"):
         print(
-            f"artifactfs: mounted {spec} on {mountpoint} (pid {proc.pid})",
+            f"artifactfs: mounted {spec} on {mountpoint} (pid {pid})",
             file=sys.stderr,
         )
         return 0
-    code = proc.wait()
+    code = _reap(pid)
     reason = _last_error(log_file) or f"the daemon exited with status {code}"
     raise MountError(reason)
+
+
+def _fork_daemon(config: MountConfig, log_fd: int, read_fd: int) -> int:
+    """The daemon as a fork of this process: ``run_foreground(config)`` in a new session, its
+    output to ``log_fd``.  A fork needs no new interpreter and no second import of everything
+    (about 0.35 s of the mount command's 0.75 s on loopback: docs/PERFORMANCE.md); it is used
+    only while this process runs no other thread (there is none to lose in the child)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid:
+        return pid
+    code = 1
+    try:
+        os.close(read_fd)
+        os.setsid()
+        null = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(null, 0)
+        os.close(null)
+        os.dup2(log_fd, 1)
+        os.dup2(log_fd, 2)
+        os.close(log_fd)
+        _close_inherited(keep=config.ready_fd)
+        code = _run_daemon(config)
+    except BaseException:  # never return into the parent's code: report, then exit
+        with contextlib.suppress(BaseException):
+            traceback.print_exc()
+    finally:
+        with contextlib.suppress(BaseException):
+            sys.stdout.flush()
+            sys.stderr.flush()
+        os._exit(code)
+
+
+def _close_inherited(keep: int | None) -> None:
+    """Close what a spawned daemon would not have had: the descriptors this process inherited
+    from its caller (inheritable ones above stderr; every descriptor Python opens is not)."""
+    for name in os.listdir("/proc/self/fd"):
+        fd = int(name)
+        if fd > 2 and fd != keep:
+            with contextlib.suppress(OSError):
+                if os.get_inheritable(fd):
+                    os.close(fd)
+
+
+def _spawn_daemon(config: MountConfig, log_fd: int, write_fd: int) -> int:
+    """The daemon as a new ``artifactfs mount --foreground`` process (when this one has threads)."""
+    cmd = [sys.executable, "-m", "artifactfs", "mount", *daemon_argv(config)]
+    cmd += ["--foreground", "--ready-fd", str(write_fd)]
+    proc = subprocess.Popen(
+        cmd,
+        stdin=subprocess.DEVNULL,
+        stdout=log_fd,
+        stderr=log_fd,
+        pass_fds=(write_fd,),
+        start_new_session=True,
+        close_fds=True,
+    )
+    return proc.pid
+
+
+def _reap(pid: int) -> int:
+    """Wait for our daemon ``pid`` to end: its exit status."""
+    try:
+        _, status = os.waitpid(pid, 0)
+    except ChildProcessError:
+        return 1
+    return os.waitstatus_to_exitcode(status)
 
 
 @contextlib.contextmanager
@@ -322,6 +380,10 @@ def cmd_mount(args: argparse.Namespace) -> int:
     config = MountConfig.from_namespace(args)
     if not config.foreground:
         return start_daemon(config)
+    return _run_daemon(config)
+
+
+def _run_daemon(config: MountConfig) -> int:
     try:
         run_foreground(config)
     except ArtifactFSError as exc:

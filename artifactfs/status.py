@@ -244,6 +244,7 @@ def status_rows() -> list[dict[str, Any]]:
                 "uid": entry.user_id,
                 "log_file": r.log_file if r else None,
                 "metrics_port": r.metrics_port if r else None,
+                "options": r.options if r else None,
                 "state": entry.state,
             }
         )

@@ -26,7 +26,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import SAMPLE_FILES, LiveEnv, Mount, Mounter, force_unmount, is_mounted, run_cli, write_tree
+from conftest import PY, SAMPLE_FILES, LiveEnv, Mount, Mounter, force_unmount, is_mounted, run_cli, write_tree
 from fault_server import Fault, FaultServer
 
 from artifactfs import Api, Artifact
@@ -809,6 +809,41 @@ def test_background_mount_and_umount(sample_registry: tuple[Path, Path], tmp_pat
             assert time.monotonic() < deadline, "the daemon did not exit after umount"
             time.sleep(0.05)
         assert "Traceback" not in (cache / "mount.log").read_text()
+
+
+def test_background_daemon_is_detached_and_keeps_nothing_of_its_caller(
+    sample_registry: tuple[Path, Path], tmp_path: Path, require_fuse: None
+) -> None:
+    """The daemon (a fork of the mount command) leads its own session, reads /dev/null, writes
+    to its log, and holds no descriptor the caller gave the command: a pipe left open in it
+    would keep the caller's reader waiting for ever."""
+    reg, _ = sample_registry
+    mnt = tmp_path / "bg-mnt"
+    mnt.mkdir()
+    cache = tmp_path / "bg-cache"
+    held_r, held_w = os.pipe()
+    try:
+        with _background_cleanup(mnt, tmp_path):
+            cmd = [PY, "-m", "artifactfs", "mount", str(reg), str(mnt), "--cache-dir", str(cache)]
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, pass_fds=(held_w,))
+            assert proc.returncode == 0, proc.stderr
+            (pid,) = _daemon_pids(mnt, tmp_path)
+            assert f"(pid {pid})" in proc.stderr
+            assert os.getsid(pid) == pid and os.getsid(pid) != os.getsid(0)
+            fds = {int(n): os.readlink(f"/proc/{pid}/fd/{n}") for n in os.listdir(f"/proc/{pid}/fd")}
+            assert fds[0] == os.devnull
+            assert fds[1] == fds[2] == str(cache / "mount.log")
+            held = os.readlink(f"/proc/self/fd/{held_w}")
+            assert held not in fds.values(), fds
+            os.close(held_w)
+            held_w = -1
+            assert os.read(held_r, 1) == b""  # no writer left: the daemon did not keep it
+            assert (mnt / "acme/vision/ds:v1/README.md").read_bytes() == SAMPLE_FILES["README.md"]
+            run_cli("umount", str(mnt))
+    finally:
+        os.close(held_r)
+        if held_w >= 0:
+            os.close(held_w)
 
 
 @pytest.mark.parametrize("case", ["mountpoint-missing", "mountpoint-not-empty", "registry-missing"])
