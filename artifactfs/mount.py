@@ -3,9 +3,10 @@
 Without ``--foreground`` the command checks what it can (FUSE, the mount point, the cache
 directory, the registry: a missing registry, refused credentials or an unreachable server fail
 here, in one line), then starts a daemon (a fork of itself, or ``artifactfs mount --foreground``
-when it runs threads, with a readiness pipe) and returns 0 only once the mount answers
-requests; any failure before that is printed as one line and exits non-zero.  The daemon
-inherits the environment, so W&B credentials reach it without appearing on its command line.  SIGINT/SIGTERM make the daemon unmount and exit.
+when it runs threads, with a readiness pipe) and returns 0 only once the mount answers requests;
+any failure before that is printed as one line and exits non-zero. The daemon inherits the
+environment, so W&B credentials reach it without appearing on its command line. SIGINT/SIGTERM
+make the daemon unmount and exit.
 
 The options are declared once, in :class:`artifactfs.options.MountConfig`.
 """
