@@ -223,6 +223,7 @@ class Engine:
         self._in_place = registry.local and fetcher.serve_local_in_place
         self._batched = registry.batched_gets
         self._batches = 0  # batches running now
+        self._in_batches = 0  # entries of the batches running now (not counted when giving way)
         self._room_fn = room
         self._room_interval = room_interval
         self._room: int | None = None  # bytes background work may still add (None: unknown, no bound)
@@ -298,9 +299,11 @@ class Engine:
 
     def _yielding(self) -> bool:
         """Whether background work gives way now: readers' fetches are running or waiting and
-        ``yield_to_reads`` background fetches are already in flight (on two cores, many threads
-        of background work would slow every reader's own fetch down)."""
-        if self.yield_to_reads <= 0 or self.active < self.yield_to_reads:
+        ``yield_to_reads`` background fetches are already in flight, each in its own thread (on
+        two cores, many threads of background work would slow every reader's own fetch down).
+        Batched fetches do not count: a batch is one thread, and what gets a reader's next
+        files fastest (WAN epoch 1 4.8-5.2 s against 6.8-7.1 s when batches gave way too)."""
+        if self.yield_to_reads <= 0 or self.active - self._in_batches < self.yield_to_reads:
             return False
         demand = self.fetcher.limiter.statistics()
         return bool(demand.borrowed_tokens or demand.tasks_waiting)
@@ -409,6 +412,7 @@ class Engine:
         (a failed GET, a reference) goes the ordinary way, one by one, in this worker."""
         self._starting(scope, len(batch))
         self._batches += 1
+        self._in_batches += len(batch)
         self.batches += 1
         try:
             left = await self.fetcher.warm_small(
@@ -423,6 +427,7 @@ class Engine:
             left = batch
         finally:
             self._batches -= 1
+            self._in_batches -= len(batch)
             self._notify()  # workers waiting for a batch to end
         leftover = {id(e) for e in left}
         for entry in batch:

@@ -20,6 +20,7 @@ import trio
 import trio.testing
 from conftest import Mounter, clean_wandb_env, write_tree
 
+import artifactfs.engine as engine_module
 from artifactfs.engine import BATCH, Engine, VersionIndex, WarmPolicy
 from artifactfs.fetcher import Fetcher
 from artifactfs.manifest import Entry
@@ -395,6 +396,55 @@ def test_background_work_gives_way_while_readers_fetch(setup: Setup) -> None:
     drive(engine, body)
     assert 0 < peak_while_reading <= 2
     assert setup.cached("b/") >= set(walked[8:])
+
+
+class _SlowBatches(LocalRegistry):
+    """A registry whose small files come in batches that take a while (as GETs over a WAN)."""
+
+    batched_gets = True
+
+    def get_small(self, version: Any, entries: list[Any], concurrency: int, idle: Any = None) -> Iterator[Any]:
+        time.sleep(0.05)
+        for entry in entries:
+            path = self.local_path(entry)
+            assert path is not None
+            with open(path, "rb") as f:
+                yield entry, f.read()
+
+
+def test_batches_keep_going_while_readers_fetch(
+    registry_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Batched background fetches do not give way to readers' fetches (a batch is one thread,
+    and the quickest way to a reader's next files): while a reader's fetch runs, two batches
+    are in flight at once, as when nobody reads."""
+    monkeypatch.setattr(engine_module, "BATCH", 4)
+    s = Setup(registry_dir, tmp_path / "cache")
+    registry = _SlowBatches(registry_dir)
+    try:
+        s.fetcher = Fetcher(registry, s.store, serve_local_in_place=False)
+        engine = Engine(s.fetcher, registry, concurrency=8, yield_to_reads=2)
+        walked = sorted(p for p in s.entries if p.startswith("b/"))
+        reader = object()
+        peak = 0
+
+        async def body() -> None:
+            nonlocal peak
+            await s.fetcher.limiter.acquire_on_behalf_of(reader)  # a reader's fetch, running
+            scope = engine.submit(s.version, [s.entries[p] for p in walked], "walk b/")
+            deadline = time.monotonic() + 60
+            while not scope.finished.is_set():
+                assert time.monotonic() < deadline
+                peak = max(peak, engine._batches)
+                await _pause()
+            s.fetcher.limiter.release_on_behalf_of(reader)
+
+        drive(engine, body)
+        assert peak == engine_module.MAX_BATCHES
+        assert engine.batched == len(walked) and s.cached("b/") == set(walked)
+    finally:
+        registry.close()
+        s.close()
 
 
 def test_a_walk_on_a_wandb_mount_asks_file_urls_in_large_pages(
