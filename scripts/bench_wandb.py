@@ -1129,6 +1129,7 @@ def run(
     if not can_drop():
         print("(not root: the page cache is NOT dropped between runs)")
     print("(server: tests/wandb_server.py in this process, files in memory; pure Python, shares the 2 cores)")
+    print(f"data: {work} on {_filesystem(work)}")
     figs = Figures()
     load_before = os.getloadavg()[0]
     server = start_server()
@@ -1186,6 +1187,33 @@ def _unmount_all(work: Path) -> None:
             mnt = line.split()[1]
             if mnt.startswith(str(work)) and subprocess.run(["fusermount3", "-u", mnt]).returncode != 0:
                 subprocess.run(["fusermount3", "-u", "-z", mnt], check=False)
+
+
+def _filesystem(path: Path) -> str:
+    """The filesystem that holds ``path``, and for ext4 whether it has a journal.  Without one
+    (this VM's root), the kernel checks each free inode it considers against the time it was
+    deleted (``find_inode_bit``/``recently_deleted``), so files created soon after thousands
+    were deleted (the bench's own clean-up between cases) cost far more kernel CPU: up to three
+    times the daemon's CPU per small file in docs/PERFORMANCE.md's runs."""
+    st = os.stat(path)
+    dev = f"{os.major(st.st_dev)}:{os.minor(st.st_dev)}"
+    fstype = source = "?"
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            fields = line.split()
+            if fields[2] == dev:
+                rest = fields[fields.index("-") + 1 :]
+                fstype, source = rest[0], rest[1]
+    if fstype != "ext4":
+        return f"{fstype} ({source})"
+    name = os.path.basename(os.path.realpath(source))
+    journal = any(n.rpartition("-")[0] == name for n in os.listdir("/proc/fs/jbd2"))
+    if journal:
+        return f"ext4 with a journal ({source})"
+    return (
+        f"ext4 WITHOUT a journal ({source}): files made soon after many were deleted cost extra kernel "
+        "CPU (ext4's recently_deleted check): the daemon's CPU per file is inflated (PERFORMANCE.md)"
+    )
 
 
 def _load() -> str:
