@@ -22,7 +22,7 @@ from typing import IO, Protocol
 import xxhash
 
 from .errors import DigestMismatch, DiskFull, FetchError, ManifestError
-from .fsutil import DISK_FULL
+from .fsutil import DISK_FULL, start_writeback
 from .sources import BlobSource
 
 MD5 = "MD5"
@@ -165,6 +165,8 @@ class PrefixHasher:
     read back from the file; one stream's (a small file's) are hashed from the very buffer just
     written there (:meth:`wrote`), so they are read from disk never, and written once.
     :meth:`finish` hashes what is left, to the end of the file (at most ``limit + 1`` bytes).
+    Each hashed stretch of parts has its writeback started (:func:`~artifactfs.fsutil.start_writeback`),
+    so the blob's ``fsync`` finds most of it on disk already.
     """
 
     def __init__(self, fd: int, alg: str) -> None:
@@ -186,11 +188,14 @@ class PrefixHasher:
                         target = self._target
                     if self._pos >= target:
                         break
-                    reached = update_from_fd(self._hasher, self._fd, self._pos, target, CHUNK)
+                    start = self._pos
+                    reached = update_from_fd(self._hasher, self._fd, start, target, CHUNK)
                     if reached < target:  # not written after all: finish() hashes what is there
                         self._pos = reached
                         return
                     self._pos = reached
+                    # Hashed parts go to disk now, not all in the fsync at the end.
+                    start_writeback(self._fd, start, reached - start)
             finally:
                 self._busy.release()
             with self._state:  # a target raised while we were releasing: go on hashing

@@ -17,8 +17,10 @@ from typing import IO, cast
 import pytest
 import xxhash
 
+from artifactfs import digests
 from artifactfs.digests import PrefixHasher, hash_fd
 from artifactfs.errors import BlobChanged, CacheError, DigestMismatch, FetchError
+from artifactfs.fsutil import start_writeback
 from artifactfs.manifest import EMPTY_MD5_B64, MD5, XXH128, Entry, digest_bytes
 from artifactfs.sources import BlobSource
 from artifactfs.store import BlobStore
@@ -531,9 +533,19 @@ def test_clean_tmp_removes_files_of_dead_writers_and_old_files(store: BlobStore)
 # -- hashing a download as it arrives ----------------------------------------------------------------
 
 
-def test_prefix_hasher_hashes_parts_written_out_of_order(tmp_path: Path) -> None:
+def test_prefix_hasher_hashes_parts_written_out_of_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Parts arriving in any order are hashed as the written prefix grows, and each hashed
+    stretch has its writeback started (the fsync at the end then finds it on disk)."""
     data = os.urandom(2 * MiB + 17)
     part = 256 * 1024
+    started: list[tuple[int, int]] = []
+    real = digests.start_writeback
+
+    def spy(fd: int, offset: int, length: int) -> None:
+        started.append((offset, length))
+        real(fd, offset, length)
+
+    monkeypatch.setattr(digests, "start_writeback", spy)
     fd = os.open(tmp_path / "f", os.O_RDWR | os.O_CREAT, 0o600)
     try:
         hasher = PrefixHasher(fd, MD5)
@@ -557,8 +569,35 @@ def test_prefix_hasher_hashes_parts_written_out_of_order(tmp_path: Path) -> None
             t.join()
         assert hasher._pos == len(data)  # hashed while the parts arrived, not at the end
         assert hasher.finish(limit=len(data)) == (digest_bytes(data), len(data))
+        covered = 0
+        for offset, length in sorted(started):  # the whole file, each byte once, in stretches
+            assert offset == covered and length > 0
+            covered += length
+        assert covered == len(data)
     finally:
         os.close(fd)
+
+
+def test_start_writeback_is_best_effort(tmp_path: Path) -> None:
+    """On a file it starts the writeback and the bytes stay as written; on what is no file (a
+    pipe) or a closed descriptor it does nothing and raises nothing."""
+    path = tmp_path / "f"
+    data = os.urandom(MiB)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        os.pwrite(fd, data, 0)
+        start_writeback(fd, 0, len(data))
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    assert path.read_bytes() == data
+    r, w = os.pipe()
+    try:
+        start_writeback(w, 0, 10)
+    finally:
+        os.close(r)
+        os.close(w)
+    start_writeback(w, 0, 10)  # closed by now: EBADF, ignored
 
 
 def test_prefix_hasher_restart_and_short_file(tmp_path: Path) -> None:
