@@ -88,6 +88,7 @@ import wandb_server  # noqa: E402  (tests/ is put on sys.path just above)
 from wandb_server import ArtifactRecord, WandbServer  # noqa: E402
 
 from artifactfs.manifest import digest_bytes, hex_from_b64  # noqa: E402
+from artifactfs.transfer import Policy  # noqa: E402
 
 MiB = 1 << 20
 KiB = 1 << 10
@@ -95,7 +96,7 @@ PY = sys.executable
 KEY = "b3nch" * 8  # 40 characters: the SDK checks the length
 ENTITY, PROJECT = "acme", "bench"
 PART = 16 * MiB  # artifactfs.transfer.Policy: part_size, workers, parallel_threshold
-STREAMS = 4
+STREAMS = Policy().workers  # curl gets the mount's parallel ranges
 READERS = 8  # artifactfs.meta.DEFAULT_THREADS: the mount's fetch limiter
 
 
