@@ -58,6 +58,13 @@ DEFAULT_CONCURRENCY = 16
 YIELD_TO_READS = 16
 YIELD_POLL = 0.005  # seconds between looks while background work gives way
 URL_PAGE_AHEAD = 500  # entries whose sources (W&B: URLs) are asked for at once, ahead of the fetches
+# A remote version of at most this many files has the sources (W&B: file URLs) of all its files
+# not cached asked for once a walk of it is indexed (WarmPolicy.min_files opens), in parallel pages:
+# readers in random order (a shuffled epoch) then find their next file's URL ready instead of
+# asking a page for its directory first, a round trip each on a WAN (WAN bench: the 56 files of
+# the first batch after the index 0.80-0.87 s before, docs/PERFORMANCE.md).  URLs, not bytes:
+# nothing is fetched that nobody reads.
+URLS_WHOLE_VERSION = 10_000
 # Small remote blobs (a registry with ``batched_gets``) are fetched BATCH at a time, in one
 # worker thread each, BATCH_IN_FLIGHT requests at once (libcurl's multi: no thread per request),
 # at most MAX_BATCHES batches at once.  128/64 against 64/32: epoch 1 of the WAN bench 5.7-7.4 s
@@ -491,15 +498,31 @@ class Engine:
                 await trio.sleep(0.05)
                 continue
             chunk = entries[done : done + URL_PAGE_AHEAD]
-            try:
-                await trio.to_thread.run_sync(self.registry.prepare_sources, scope.version, chunk, limiter=self.limiter)
-            except ArtifactFSError as exc:  # the fetches ask again themselves, and report
-                log.debug("engine: %s: asking ahead failed: %s", scope.version.ref, exc)
-                return
-            except Exception:
-                log.exception("engine: %s: asking ahead failed unexpectedly", scope.version.ref)
+            if not await self._prepare(scope.version, chunk):
                 return
             done += len(chunk)
+
+    async def _prepare(self, version: VersionInfo, entries: list[Entry], uncached: bool = False) -> bool:
+        """Ask the registry ahead for what fetching ``entries`` will need (``uncached``: those
+        of them not in the cache), in a worker thread of the engine's, not waited for when the
+        engine stops (a hint: it only fills the registry's caches); False if it failed (the
+        fetches then ask again themselves, and report)."""
+        store = self.fetcher.store
+
+        def prepare() -> None:
+            wanted = [e for e in entries if e.ref is None and e.cache_key not in store] if uncached else entries
+            if wanted:
+                self.registry.prepare_sources(version, wanted)
+
+        try:
+            await trio.to_thread.run_sync(prepare, limiter=self.limiter, abandon_on_cancel=True)
+        except ArtifactFSError as exc:
+            log.debug("engine: %s: asking ahead failed: %s", version.ref, exc)
+            return False
+        except Exception:
+            log.exception("engine: %s: asking ahead failed unexpectedly", version.ref)
+            return False
+        return True
 
     async def fetch_all(
         self, version: VersionInfo, entries: list[Entry], on_done: Callable[[Entry], None] | None = None
@@ -634,6 +657,11 @@ class Engine:
             log.exception("engine: indexing %s failed", walk.version.ref)
             return
         walk.index = index
+        entries = index.entries
+        if not self.registry.local and len(entries) <= URLS_WHOLE_VERSION and self._nursery is not None:
+            for start in range(0, len(entries), URL_PAGE_AHEAD):
+                chunk = entries[start : start + URL_PAGE_AHEAD]
+                self._nursery.start_soon(self._prepare, walk.version, chunk, True)
         if self.mode == "on":
             self._warm(walk, "")
             return

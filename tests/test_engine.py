@@ -471,6 +471,39 @@ def test_a_walk_on_a_wandb_mount_asks_file_urls_in_large_pages(
         assert m.stats()["fetches"] == 1000  # d2/ untouched
 
 
+def test_a_small_wandb_version_read_at_random_has_its_urls_asked_at_once(
+    tmp_path: Path, mounter: Mounter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A remote version of up to URLS_WHOLE_VERSION files has the URLs of all its files not
+    cached asked once a walk of it is indexed (WarmPolicy.min_files opens), in pages of
+    URL_PAGE_AHEAD: readers in random order then find their URLs ready instead of asking a page
+    for each directory they come to.  URLs only: nothing is fetched that was not read (the walk
+    threshold is not reached), and no URL of a cached file is asked."""
+    from wandb_server import WandbServer
+
+    key = "k" * 40
+    clean_wandb_env(tmp_path, monkeypatch, key)
+    files = {f"d{i % 100:02d}/f{i:05d}": b"%d\n" % i for i in range(6000)}
+    with WandbServer(api_key=key, viewer_entity="acme") as server:
+        server.add_artifact("acme", "vision", "ds", "dataset", files)
+        m = mounter(f"wandb:{server.url}")  # type: ignore[arg-type]
+        root = m.path / "acme" / "vision" / "ds:v0"
+        order = sorted(files)
+        random.Random(7).shuffle(order)
+        first = WarmPolicy().min_files
+        for path in order[:first]:  # each asks a page for its own directory
+            assert (root / path).read_bytes() == files[path]
+        pages = -(-(len(files) - first) // engine_module.URL_PAGE_AHEAD)
+        _wait_for(lambda: len(server.operations("GetArtifactMembershipFileUrls")) >= first + pages, "the URL pages")
+        for path in order[first:100]:  # 100 files in about 63 directories
+            assert (root / path).read_bytes() == files[path]
+        asked = server.operations("GetArtifactMembershipFileUrls")
+        assert len(asked) <= first + pages + 2, len(asked)  # no page per directory afterwards
+        paged = {n for r in asked if len(r.variables["names"]) > 100 for n in r.variables["names"]}
+        assert len(paged) >= len(files) - first - 100 * first and not paged & set(order[: first - 1])
+        assert m.stats()["fetches"] == 100  # URLs, not bytes
+
+
 @pytest.mark.allow_log(r"digest mismatch.*d1/f0400")
 def test_a_walk_on_a_wandb_mount_fetches_in_batches_and_faults_go_the_ordinary_way(
     tmp_path: Path, mounter: Mounter, monkeypatch: pytest.MonkeyPatch

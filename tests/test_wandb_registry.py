@@ -18,6 +18,7 @@ import socket
 import stat
 import threading
 import time
+import types
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -50,6 +51,7 @@ from artifactfs.manifest import Entry, Manifest, hex_from_b64
 from artifactfs.names import Ref, parse_ref
 from artifactfs.registry import open_registry
 from artifactfs.registry.base import RunInfo, VersionInfo
+from artifactfs.registry.remote import ManifestKeeper
 from artifactfs.registry.wandb import GraphQLPolicy, WandbRegistry, parse_manifest
 from artifactfs.store import BlobStore
 
@@ -577,6 +579,41 @@ def test_file_urls_are_asked_for_lazily_in_batches(
     assert not server.operations("ArtifactMembershipFiles")  # never the whole file list
     assert fill(store, registry, v, "imgs/0000.bin") == b"img 0"
     assert url_calls(server)[-1][0] == "imgs/0000.bin"
+
+
+def test_a_reader_never_waits_behind_urls_asked_ahead() -> None:
+    """While a large page of URLs asked ahead (the engine's ``prepare_sources``) is on the way,
+    a reader that needs one of its files asks for its own URL instead of waiting for the page;
+    once the page is in, its URLs are used without asking again."""
+    release = threading.Event()
+    calls: list[list[str]] = []
+
+    def fetch_urls(version: Any, names: list[str]) -> dict[str, str]:
+        calls.append(list(names))
+        if len(names) > 1:  # the page asked ahead: slow until released
+            assert release.wait(30)
+        return {n: f"https://blobs.example/{n}?sig={len(names)}" for n in names}
+
+    keeper = ManifestKeeper(None, lambda *args: None, fetch_urls)  # type: ignore[arg-type]
+    try:
+        version: Any = types.SimpleNamespace(id="a1", ref="acme/vision/ds:v0")
+        entries = [Entry(f"d/f{i}", "x" * 24, 1) for i in range(10)]
+        ahead = threading.Thread(target=keeper.prepare, args=(version, entries, 500))
+        ahead.start()
+        deadline = time.monotonic() + 30
+        while not calls:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        started = time.monotonic()
+        assert keeper.url(version, entries[3], fresh=False) == "https://blobs.example/d/f3?sig=1"
+        assert time.monotonic() - started < 10 and calls[-1] == ["d/f3"]  # its own request
+        release.set()
+        ahead.join(30)
+        assert keeper.url(version, entries[5], fresh=False) == "https://blobs.example/d/f5?sig=10"
+        assert len(calls) == 2  # the page's URLs kept: nothing asked again
+    finally:
+        release.set()
+        keeper.close()
 
 
 def test_expired_url_is_resigned_for_that_file_only(

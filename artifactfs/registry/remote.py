@@ -84,6 +84,7 @@ class ManifestKeeper:
         self._loading: dict[str, threading.Lock] = {}
         self._urls: OrderedDict[tuple[str, str], tuple[str, float]] = OrderedDict()
         self._url_waits: dict[tuple[str, str], threading.Event] = {}
+        self._ahead: set[threading.Event] = set()  # the events of requests asked ahead (prepare)
         if not self._own_dir:
             remove_dead_temps(self.directory)
 
@@ -272,7 +273,10 @@ class ManifestKeeper:
 
     def url(self, version: VersionInfo, entry: Entry, *, fresh: bool) -> str:
         """A download URL for ``entry``: cached, or asked for in a batch with the next files of
-        its directory that have none yet (``fresh``: for this file alone)."""
+        its directory that have none yet (``fresh``: for this file alone).  A request for it
+        already on the way is waited for, unless it was asked ahead (:meth:`prepare`, a large
+        page in the background): then it is asked for again, with whatever of the batch is not
+        on the way, so that a reader never waits behind background work."""
         key = (version.id, entry.path)
         for _ in range(3):
             if not fresh:  # the usual case (asked ahead): no directory listing for the batch
@@ -287,6 +291,8 @@ class ManifestKeeper:
                 if url is not None:
                     return url
                 wait = None if fresh else self._url_waits.get(key)
+                if wait is not None and wait in self._ahead:
+                    wait = None  # asked ahead, in a large page: a reader asks its own, never waits behind it
                 names = [] if wait is not None else [entry.path] if fresh else self._batch(version, entry, following)
                 for name in names:
                     self._url_waits.setdefault((version.id, name), event)
@@ -341,6 +347,8 @@ class ManifestKeeper:
                 ]
                 for name in chunk:
                     self._url_waits[(version.id, name)] = event
+                if chunk:
+                    self._ahead.add(event)
             if not chunk:
                 continue
             try:
@@ -355,6 +363,7 @@ class ManifestKeeper:
                     for name in chunk:
                         if self._url_waits.get((version.id, name)) is event:
                             del self._url_waits[(version.id, name)]
+                    self._ahead.discard(event)
                 event.set()
         return asked
 
