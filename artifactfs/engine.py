@@ -63,8 +63,9 @@ URL_PAGE_AHEAD = 500  # entries whose sources (W&B: URLs) are asked for at once,
 # readers in random order (a shuffled epoch) then find their next file's URL ready instead of
 # asking a page for its directory first, a round trip each on a WAN (WAN bench: the 56 files of
 # the first batch after the index 0.80-0.87 s before, docs/PERFORMANCE.md).  URLs, not bytes:
-# nothing is fetched that nobody reads.
+# nothing is fetched that nobody reads.  URL_PAGES_AT_ONCE of those pages at a time.
 URLS_WHOLE_VERSION = 10_000
+URL_PAGES_AT_ONCE = 4
 # Small remote blobs (a registry with ``batched_gets``) are fetched BATCH at a time, in one
 # worker thread each, BATCH_IN_FLIGHT requests at once (libcurl's multi: no thread per request),
 # at most MAX_BATCHES batches at once.  128/64 against 64/32: epoch 1 of the WAN bench 5.7-7.4 s
@@ -222,6 +223,10 @@ class Engine:
         self._parked = 0  # workers waiting while background work gives way to reads
         self._parking = trio.Event()  # set when a worker parks (wakes _watch_reads)
         self.limiter = trio.CapacityLimiter(self.concurrency)
+        # The whole-version URL pages (URLS_WHOLE_VERSION) run in threads of their own, a few at
+        # once: a registry that keeps failing (each page retrying for its budget) never holds
+        # the threads of the fetches.
+        self._pages = trio.CapacityLimiter(URL_PAGES_AT_ONCE)
         # Its fetches and the reads' may all be HTTP requests to one host at once: the pools keep
         # a connection for each (no connection closed after one request, no urllib3 warning).
         transfer.expect_fetches(self.concurrency + fetcher.max_threads)
@@ -502,20 +507,24 @@ class Engine:
                 return
             done += len(chunk)
 
-    async def _prepare(self, version: VersionInfo, entries: list[Entry], uncached: bool = False) -> bool:
-        """Ask the registry ahead for what fetching ``entries`` will need (``uncached``: those
-        of them not in the cache), in a worker thread of the engine's, not waited for when the
-        engine stops (a hint: it only fills the registry's caches); False if it failed (the
-        fetches then ask again themselves, and report)."""
+    async def _prepare(
+        self, version: VersionInfo, entries: list[Entry], pages: trio.CapacityLimiter | None = None
+    ) -> bool:
+        """Ask the registry ahead for what fetching ``entries`` will need, in a worker thread
+        (under the engine's limiter; with ``pages``, under that one, and only for those of
+        ``entries`` not in the cache), not waited for when the engine stops (a hint: it only
+        fills the registry's caches); False if it failed (the fetches then ask again
+        themselves, and report)."""
         store = self.fetcher.store
 
         def prepare() -> None:
-            wanted = [e for e in entries if e.ref is None and e.cache_key not in store] if uncached else entries
+            wanted = [e for e in entries if e.ref is None and e.cache_key not in store] if pages is not None else entries
             if wanted:
                 self.registry.prepare_sources(version, wanted)
 
+        limiter = pages if pages is not None else self.limiter
         try:
-            await trio.to_thread.run_sync(prepare, limiter=self.limiter, abandon_on_cancel=True)
+            await trio.to_thread.run_sync(prepare, limiter=limiter, abandon_on_cancel=True)
         except ArtifactFSError as exc:
             log.debug("engine: %s: asking ahead failed: %s", version.ref, exc)
             return False
@@ -661,7 +670,7 @@ class Engine:
         if not self.registry.local and len(entries) <= URLS_WHOLE_VERSION and self._nursery is not None:
             for start in range(0, len(entries), URL_PAGE_AHEAD):
                 chunk = entries[start : start + URL_PAGE_AHEAD]
-                self._nursery.start_soon(self._prepare, walk.version, chunk, True)
+                self._nursery.start_soon(self._prepare, walk.version, chunk, self._pages)
         if self.mode == "on":
             self._warm(walk, "")
             return

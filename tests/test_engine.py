@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import os
 import random
+import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
@@ -443,6 +444,69 @@ def test_batches_keep_going_while_readers_fetch(
         assert peak == engine_module.MAX_BATCHES
         assert engine.batched == len(walked) and s.cached("b/") == set(walked)
     finally:
+        registry.close()
+        s.close()
+
+
+class _SlowUrls(LocalRegistry):
+    """A registry taken for a remote one whose URL pages hang until released (a server that
+    keeps failing, each page retrying for its budget)."""
+
+    local = False
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.release = threading.Event()
+        self.pages = self.now = self.peak = 0
+        self._count = threading.Lock()
+
+    def prepare_sources(self, version: Any, entries: list[Any]) -> None:
+        with self._count:
+            self.pages += 1
+            self.now += 1
+            self.peak = max(self.peak, self.now)
+        try:
+            self.release.wait(30)
+        finally:
+            with self._count:
+                self.now -= 1
+
+
+def test_whole_version_url_pages_never_hold_the_fetch_threads(registry_dir: Path, tmp_path: Path) -> None:
+    """The URL pages of a small remote version run a few at a time in threads of their own:
+    while they hang, none of the engine's fetch threads is taken, and a fetch still runs."""
+    s = Setup(registry_dir, tmp_path / "cache")
+    registry = _SlowUrls(registry_dir)
+    try:
+        s.fetcher = Fetcher(registry, s.store, serve_local_in_place=False)
+        engine = Engine(s.fetcher, registry, concurrency=4)
+        # 8 opens spread over directories: the version is indexed, no directory is warmed
+        spread = ["a/0/f00", "a/1/f00", "a/2/f00", "b/f000", "c/0/f0", "c/1/f0", "c/2/f0", "model.bin"]
+        pages = -(-(len(s.entries) - len(spread)) // engine_module.URL_PAGE_AHEAD)
+
+        async def body() -> None:
+            for path in spread:
+                engine.opened(s.version, s.entries[path])
+            deadline = time.monotonic() + 60
+            while registry.peak < engine_module.URL_PAGES_AT_ONCE:
+                assert time.monotonic() < deadline
+                await _pause()
+            await _pause()
+            assert registry.now == engine_module.URL_PAGES_AT_ONCE < pages
+            assert engine.limiter.statistics().borrowed_tokens == 0  # the fetch threads are free
+            scope = engine.submit(s.version, [s.entries["b/f050"]], "a fetch", background=False)
+            with trio.fail_after(30):
+                await scope.finished.wait()
+            registry.release.set()
+            while registry.pages < pages or registry.now:
+                assert time.monotonic() < deadline
+                await _pause()
+
+        drive(engine, body)
+        assert registry.peak == engine_module.URL_PAGES_AT_ONCE and registry.pages == pages
+        assert "b/f050" in s.cached("b/")
+    finally:
+        registry.release.set()
         registry.close()
         s.close()
 
