@@ -314,7 +314,11 @@ def _fork_daemon(config: MountConfig, log_fd: int, read_fd: int) -> int:
 def _close_inherited(keep: int | None) -> None:
     """Close what a spawned daemon would not have had: the descriptors this process inherited
     from its caller (inheritable ones above stderr; every descriptor Python opens is not)."""
-    for name in os.listdir("/proc/self/fd"):
+    try:
+        names = os.listdir("/proc/self/fd")
+    except OSError:  # no /proc: what Python opened is close-on-exec, the rest stays
+        return
+    for name in names:
         fd = int(name)
         if fd > 2 and fd != keep:
             with contextlib.suppress(OSError):
