@@ -518,7 +518,9 @@ class Engine:
         store = self.fetcher.store
 
         def prepare() -> None:
-            wanted = [e for e in entries if e.ref is None and e.cache_key not in store] if pages is not None else entries
+            wanted = entries
+            if pages is not None:
+                wanted = [e for e in entries if e.ref is None and e.cache_key not in store]
             if wanted:
                 self.registry.prepare_sources(version, wanted)
 
