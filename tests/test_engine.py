@@ -12,6 +12,7 @@ import os
 import random
 import threading
 import time
+import types
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -446,6 +447,51 @@ def test_batches_keep_going_while_readers_fetch(
     finally:
         registry.close()
         s.close()
+
+
+def test_lookahead_hints_inside_a_warmed_scope_are_dropped(setup: Setup) -> None:
+    """With ``--prefetch`` and the walk detector on one engine, a hint for a file of a scope
+    being warmed submits nothing (it would repeat the scope's work, a scope and a thread hop a
+    file); a hint elsewhere still fetches the files after it."""
+    from artifactfs.engine import Lookahead
+
+    engine = setup.engine(concurrency=4)
+    paths = sorted(setup.entries)
+    listed: list[str] = []
+
+    async def lister(node: Any, count: int) -> list[tuple[Any, Entry]]:
+        listed.append(node.path)
+        start = paths.index(node.path) + 1
+        return [(setup.version, setup.entries[p]) for p in paths[start : start + count]]
+
+    lookahead = Lookahead(setup.fetcher, lister, 4, engine=engine)
+    walked = sorted(p for p in paths if p.startswith("b/"))
+
+    def node(path: str) -> Any:
+        return types.SimpleNamespace(version=setup.version, path=path)
+
+    async def body() -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(lookahead.run)
+            for path in walked[:8]:  # a walk of b/: warmed
+                engine.opened(setup.version, setup.entries[path])
+            await settle(engine)
+            assert engine.warming(setup.version, "b/f050") and not engine.warming(setup.version, "c/0/f0")
+            before = engine.scopes_started
+            for path in walked[8:12]:
+                lookahead.after(node(path))
+            lookahead.after(node("c/0/f0"))
+            deadline = time.monotonic() + 60
+            while not listed:
+                assert time.monotonic() < deadline
+                await _pause()
+            await settle(engine)
+            assert listed == ["c/0/f0"]  # the hints inside b/ were dropped before any listing
+            assert engine.scopes_started == before + 1
+            nursery.cancel_scope.cancel()
+
+    drive(engine, body)
+    assert {f"c/0/f{i}" for i in range(1, 5)} <= setup.cached("c/0/")
 
 
 class _SlowUrls(LocalRegistry):
