@@ -35,6 +35,7 @@ Rules (every structure here is touched on the trio loop only):
 from __future__ import annotations
 
 import bisect
+import functools
 import logging
 import math
 import os
@@ -508,24 +509,26 @@ class Engine:
             done += len(chunk)
 
     async def _prepare(
-        self, version: VersionInfo, entries: list[Entry], pages: trio.CapacityLimiter | None = None
+        self,
+        version: VersionInfo,
+        entries: list[Entry],
+        *,
+        limiter: trio.CapacityLimiter | None = None,
+        uncached: bool = False,
     ) -> bool:
-        """Ask the registry ahead for what fetching ``entries`` will need, in a worker thread
-        (under the engine's limiter; with ``pages``, under that one, and only for those of
-        ``entries`` not in the cache), not waited for when the engine stops (a hint: it only
-        fills the registry's caches); False if it failed (the fetches then ask again
-        themselves, and report)."""
+        """Ask the registry ahead for what fetching ``entries`` (``uncached``: those of them not
+        in the cache) will need, in a worker thread under ``limiter`` (default the engine's),
+        not waited for when the engine stops (a hint: it only fills the registry's caches);
+        False if it failed (the fetches then ask again themselves, and report)."""
         store = self.fetcher.store
 
         def prepare() -> None:
-            wanted = entries
-            if pages is not None:
-                wanted = [e for e in entries if e.ref is None and e.cache_key not in store]
+            wanted = [e for e in entries if e.ref is None and e.cache_key not in store] if uncached else entries
             if wanted:
                 self.registry.prepare_sources(version, wanted)
 
-        limiter = pages if pages is not None else self.limiter
         try:
+            limiter = self.limiter if limiter is None else limiter
             await trio.to_thread.run_sync(prepare, limiter=limiter, abandon_on_cancel=True)
         except ArtifactFSError as exc:
             log.debug("engine: %s: asking ahead failed: %s", version.ref, exc)
@@ -672,7 +675,8 @@ class Engine:
         if not self.registry.local and len(entries) <= URLS_WHOLE_VERSION and self._nursery is not None:
             for start in range(0, len(entries), URL_PAGE_AHEAD):
                 chunk = entries[start : start + URL_PAGE_AHEAD]
-                self._nursery.start_soon(self._prepare, walk.version, chunk, self._pages)
+                ask = functools.partial(self._prepare, walk.version, chunk, limiter=self._pages, uncached=True)
+                self._nursery.start_soon(ask)
         if self.mode == "on":
             self._warm(walk, "")
             return
@@ -746,9 +750,10 @@ class Lookahead:
     verification and failure back-off are the engine's and the fetcher's.
 
     Bounded memory: at most ``count`` entries per hint, plus 16 hints; files over ``max_size``
-    are skipped, and a digest is offered once per ``2 * count`` recent ones.  A hint, or a file,
-    inside a scope the walk detector warms (:meth:`Engine.warming`) is dropped: it would repeat
-    that work, a scope and a thread hop a file (1.58-1.74 ms of daemon CPU a file on loopback
+    are skipped, and a digest is offered once per ``2 * count`` recent ones.  A hint inside a
+    scope the walk detector warms (:meth:`Engine.warming`) is dropped (the files after it are in
+    the same directory, so in the scope too): it would repeat that work, a scope and a thread hop
+    a file (1.58-1.74 ms of daemon CPU a file on loopback
     with ``--prefetch 8`` against 0.88-1.02 ms without).
     """
 
@@ -813,7 +818,7 @@ class Lookahead:
                 batch: dict[str, tuple[VersionInfo, list[Entry]]] = {}
                 for version, entry in upcoming:
                     key = entry.cache_key
-                    if entry.size > self.max_size or key in self._recent or self.engine.warming(version, entry.path):
+                    if entry.size > self.max_size or key in self._recent:
                         continue
                     self._recent[key] = None
                     if len(self._recent) > 2 * self.count:

@@ -7,13 +7,14 @@ every file the engine warms is a fetch the stats count.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import random
 import threading
 import time
 import types
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -59,8 +60,8 @@ def registry_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 class Setup:
-    def __init__(self, registry_dir: Path, cache: Path) -> None:
-        self.registry = LocalRegistry(registry_dir)
+    def __init__(self, registry_dir: Path, cache: Path, registry_type: type[LocalRegistry] = LocalRegistry) -> None:
+        self.registry = registry_type(registry_dir)
         self.store = BlobStore(str(cache), 1 << 30)
         # copy mode: a warmed file is a fetch into the cache, as a remote one would be
         self.fetcher = Fetcher(self.registry, self.store, serve_local_in_place=False)
@@ -113,6 +114,27 @@ async def settle(engine: Engine) -> None:
         if not building and not queued and engine.active == 0:
             return
         assert time.monotonic() < deadline, "the engine never settled"
+
+
+async def _until(done: Callable[[], bool], each: Callable[[], None] | None = None) -> None:
+    """Pause until ``done()`` (``each()`` before every look), 60 s at most in real time."""
+    deadline = time.monotonic() + 60
+    while not done():
+        assert time.monotonic() < deadline, "never happened"
+        if each is not None:
+            each()
+        await _pause()
+
+
+@contextlib.asynccontextmanager
+async def _a_reader_fetching(fetcher: Fetcher) -> AsyncIterator[None]:
+    """One of the fetcher's threads held, as a reader's own fetch holds it while it runs."""
+    reader = object()
+    await fetcher.limiter.acquire_on_behalf_of(reader)
+    try:
+        yield
+    finally:
+        fetcher.limiter.release_on_behalf_of(reader)
 
 
 async def _pause() -> None:
@@ -276,10 +298,7 @@ def test_background_work_stops_when_the_version_is_no_longer_read(setup: Setup) 
     async def body() -> None:
         for path in walked[:8]:
             engine.opened(setup.version, setup.entries[path])
-        deadline = time.monotonic() + 60
-        while engine.started < 1:
-            assert time.monotonic() < deadline
-            await _pause()
+        await _until(lambda: engine.started >= 1)
         clock.jump(6)  # nobody opened anything of the version for longer than idle
 
     drive(engine, body, clock)
@@ -380,23 +399,17 @@ def test_background_work_gives_way_while_readers_fetch(setup: Setup) -> None:
     background fetches are in flight; once it is done the engine goes back to full width."""
     engine = setup.engine(concurrency=8, yield_to_reads=2)
     walked = sorted(p for p in setup.entries if p.startswith("b/"))
-    reader = object()
-    peak_while_reading = 0
+    peaks = [0]
 
     async def body() -> None:
-        nonlocal peak_while_reading
-        await setup.fetcher.limiter.acquire_on_behalf_of(reader)  # a reader's fetch, running
-        for path in walked[:8]:
-            engine.opened(setup.version, setup.entries[path])
-        deadline = time.monotonic() + 60
-        while engine.started < 20:  # background work goes on, narrowly
-            assert time.monotonic() < deadline
-            peak_while_reading = max(peak_while_reading, engine.active)
-            await _pause()
-        setup.fetcher.limiter.release_on_behalf_of(reader)
+        async with _a_reader_fetching(setup.fetcher):
+            for path in walked[:8]:
+                engine.opened(setup.version, setup.entries[path])
+            # background work goes on, narrowly
+            await _until(lambda: engine.started >= 20, lambda: peaks.append(engine.active))
 
     drive(engine, body)
-    assert 0 < peak_while_reading <= 2
+    assert 0 < max(peaks) <= 2
     assert setup.cached("b/") >= set(walked[8:])
 
 
@@ -421,31 +434,21 @@ def test_batches_keep_going_while_readers_fetch(
     and the quickest way to a reader's next files): while a reader's fetch runs, two batches
     are in flight at once, as when nobody reads."""
     monkeypatch.setattr(engine_module, "BATCH", 4)
-    s = Setup(registry_dir, tmp_path / "cache")
-    registry = _SlowBatches(registry_dir)
+    s = Setup(registry_dir, tmp_path / "cache", _SlowBatches)
     try:
-        s.fetcher = Fetcher(registry, s.store, serve_local_in_place=False)
-        engine = Engine(s.fetcher, registry, concurrency=8, yield_to_reads=2)
+        engine = s.engine(concurrency=8, yield_to_reads=2)
         walked = sorted(p for p in s.entries if p.startswith("b/"))
-        reader = object()
-        peak = 0
+        peaks = [0]
 
         async def body() -> None:
-            nonlocal peak
-            await s.fetcher.limiter.acquire_on_behalf_of(reader)  # a reader's fetch, running
-            scope = engine.submit(s.version, [s.entries[p] for p in walked], "walk b/")
-            deadline = time.monotonic() + 60
-            while not scope.finished.is_set():
-                assert time.monotonic() < deadline
-                peak = max(peak, engine._batches)
-                await _pause()
-            s.fetcher.limiter.release_on_behalf_of(reader)
+            async with _a_reader_fetching(s.fetcher):
+                scope = engine.submit(s.version, [s.entries[p] for p in walked], "walk b/")
+                await _until(scope.finished.is_set, lambda: peaks.append(engine._batches))
 
         drive(engine, body)
-        assert peak == engine_module.MAX_BATCHES
+        assert max(peaks) == engine_module.MAX_BATCHES
         assert engine.batched == len(walked) and s.cached("b/") == set(walked)
     finally:
-        registry.close()
         s.close()
 
 
@@ -481,10 +484,7 @@ def test_lookahead_hints_inside_a_warmed_scope_are_dropped(setup: Setup) -> None
             for path in walked[8:12]:
                 lookahead.after(node(path))
             lookahead.after(node("c/0/f0"))
-            deadline = time.monotonic() + 60
-            while not listed:
-                assert time.monotonic() < deadline
-                await _pause()
+            await _until(lambda: bool(listed))
             await settle(engine)
             assert listed == ["c/0/f0"]  # the hints inside b/ were dropped before any listing
             assert engine.scopes_started == before + 1
@@ -521,11 +521,11 @@ class _SlowUrls(LocalRegistry):
 def test_whole_version_url_pages_never_hold_the_fetch_threads(registry_dir: Path, tmp_path: Path) -> None:
     """The URL pages of a small remote version run a few at a time in threads of their own:
     while they hang, none of the engine's fetch threads is taken, and a fetch still runs."""
-    s = Setup(registry_dir, tmp_path / "cache")
-    registry = _SlowUrls(registry_dir)
+    s = Setup(registry_dir, tmp_path / "cache", _SlowUrls)
+    registry = s.registry
+    assert isinstance(registry, _SlowUrls)
     try:
-        s.fetcher = Fetcher(registry, s.store, serve_local_in_place=False)
-        engine = Engine(s.fetcher, registry, concurrency=4)
+        engine = s.engine(concurrency=4)
         # 8 opens spread over directories: the version is indexed, no directory is warmed
         spread = ["a/0/f00", "a/1/f00", "a/2/f00", "b/f000", "c/0/f0", "c/1/f0", "c/2/f0", "model.bin"]
         pages = -(-(len(s.entries) - len(spread)) // engine_module.URL_PAGE_AHEAD)
@@ -533,10 +533,7 @@ def test_whole_version_url_pages_never_hold_the_fetch_threads(registry_dir: Path
         async def body() -> None:
             for path in spread:
                 engine.opened(s.version, s.entries[path])
-            deadline = time.monotonic() + 60
-            while registry.peak < engine_module.URL_PAGES_AT_ONCE:
-                assert time.monotonic() < deadline
-                await _pause()
+            await _until(lambda: registry.peak >= engine_module.URL_PAGES_AT_ONCE)
             await _pause()
             assert registry.now == engine_module.URL_PAGES_AT_ONCE < pages
             assert engine.limiter.statistics().borrowed_tokens == 0  # the fetch threads are free
@@ -544,16 +541,13 @@ def test_whole_version_url_pages_never_hold_the_fetch_threads(registry_dir: Path
             with trio.fail_after(30):
                 await scope.finished.wait()
             registry.release.set()
-            while registry.pages < pages or registry.now:
-                assert time.monotonic() < deadline
-                await _pause()
+            await _until(lambda: registry.pages >= pages and not registry.now)
 
         drive(engine, body)
         assert registry.peak == engine_module.URL_PAGES_AT_ONCE and registry.pages == pages
         assert "b/f050" in s.cached("b/")
     finally:
         registry.release.set()
-        registry.close()
         s.close()
 
 
