@@ -56,7 +56,7 @@ from .names import (
     parse_ref,
     resolve_artifact_path,
 )
-from .references import checksum_reference, file_path, reference_name
+from .references import checksum_reference, content_entry, file_path, reference_name
 from .registry import CollectionInfo, Registry, VersionInfo
 from .registry.base import RunInfo, iso_time
 from .table import SUFFIX as TABLE_SUFFIX
@@ -1053,14 +1053,10 @@ class Artifact:
 
 def _matches(path: str, entry: Entry) -> bool:
     """Whether ``path`` (symlinks followed, as the walk of the directory does) holds ``entry``."""
-    check = entry
-    if entry.ref is not None:
-        from .references import content_entry
-
-        try:
-            check = content_entry(entry)
-        except ArtifactFSError:
-            return False
+    try:
+        check = content_entry(entry)
+    except ArtifactFSError:
+        return False
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError:

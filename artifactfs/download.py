@@ -131,7 +131,7 @@ def open_verified_blob(store: BlobStore, registry: Registry, version: VersionInf
     hashed again if its identity moved), else fetched from the registry's source into the cache,
     verified on the way.  Blocks (hashing, network): call it from a worker thread."""
     local = registry.local_path(entry)
-    check = _check_entry(entry)
+    check = content_entry(entry)
 
     def what() -> str:
         return f"{version.ref}/{entry.path}"
@@ -235,11 +235,6 @@ class Job:
     paths: tuple[str, ...]
 
 
-def _check_entry(entry: Entry) -> Entry:
-    """What an entry's bytes are verified against: itself, or a reference's content digest."""
-    return content_entry(entry) if entry.ref is not None else entry
-
-
 class Downloader:
     """Places a version's entries under a root; see the module docstring."""
 
@@ -263,18 +258,11 @@ class Downloader:
         self._lock = threading.Lock()
 
     def run(self, root: str, entries: Iterable[Entry]) -> None:
-        jobs: dict[str, list[Entry]] = {}
+        jobs: dict[str, tuple[Entry, list[Entry]]] = {}
         for entry in entries:
-            check = _check_entry(entry)
-            jobs.setdefault(check.cache_key, []).append(entry)
-        todo = [
-            Job(
-                group[0],
-                content_entry(group[0]) if group[0].ref is not None else group[0],
-                tuple(e.path for e in group),
-            )
-            for group in jobs.values()
-        ]
+            check = content_entry(entry)
+            jobs.setdefault(check.cache_key, (check, []))[1].append(entry)
+        todo = [Job(group[0], check, tuple(e.path for e in group)) for check, group in jobs.values()]
         with SafeRoot(root) as dest:
             for job in todo:  # every path is checked before anything is written
                 for path in job.paths:

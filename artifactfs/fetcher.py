@@ -113,7 +113,7 @@ class Fetcher:
         # I/O), and the digest a reference's bytes are verified against (its own, or the MD5 that
         # a wandb-logged s3 entry's single-part ETag is; FetchError when none proves anything).
         local = self.registry.local_path(entry) if self.serve_local_in_place else None
-        check = content_entry(entry) if entry.ref is not None else entry
+        check = content_entry(entry)
         key = check.cache_key
 
         # Asked by the store only past a quick open: its name in messages (``version.ref`` is
@@ -168,7 +168,7 @@ class Fetcher:
         already cached counts as a cache hit (not for the engine's background checks: no
         reader asked for it)."""
         local = self.registry.local_path(entry) if self.serve_local_in_place else None
-        check = content_entry(entry) if entry.ref is not None else entry
+        check = content_entry(entry)
         key = check.cache_key
         if key in self._inflight or key in self._failures:
             return False

@@ -566,7 +566,7 @@ class ArtifactFileSystem(AbstractFileSystem):  # type: ignore[misc]  # fsspec ha
             if found.entry is None:
                 raise IsADirectoryError(errno.EISDIR, "is a directory", path)
             with _errors(path):
-                check = content_entry(found.entry) if found.entry.ref is not None else found.entry
+                check = content_entry(found.entry)
                 local = self.registry.local_path(check)
             target = _Target(found.entry, check.cache_key, local, check.size > INLINE_VERIFY_MAX)
             with self._lock:

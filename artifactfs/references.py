@@ -69,12 +69,13 @@ def _extra_str(entry: Entry, name: str) -> str | None:
 
 
 def content_entry(entry: Entry) -> Entry:
-    """The entry as the store verifies it: ``entry`` itself when its digest is a content hash;
+    """The entry as the store verifies it: ``entry`` itself when it is not a reference (its
+    digest was checked when its manifest was read) or when its digest is a content hash;
     for an ``s3://`` entry whose digest is a single-part ETag (as the wandb SDK logs them), a copy
     whose digest is that ETag read as an MD5 (``extra.etag`` keeps the ETag, so the download
     still checks it, and ``extra[DIGEST_FROM_ETAG]`` says where the digest came from).
     FetchError for a reference whose digest proves nothing about its bytes."""
-    if _is_content_digest(entry.digest):
+    if entry.ref is None or _is_content_digest(entry.digest):
         return entry
     shown = redact_uri(entry.ref) if entry.ref else entry.path
     scheme = SCHEMES.get(urllib.parse.urlsplit(entry.ref).scheme) if entry.ref else None

@@ -565,6 +565,9 @@ def test_content_entry() -> None:
     digest = digest_bytes(SMALL)
     ours = Entry("a", digest, 1, ref="s3://b/k", extra={"etag": "x-2"})
     assert content_entry(ours) is ours
+    # Not a reference: the entry itself, unchecked (its manifest checked the digest when read).
+    uploaded = Entry("u", digest, 1)
+    assert content_entry(uploaded) is uploaded
     with pytest.raises(FetchError, match="not a content hash"):
         content_entry(Entry("h", '"abc"', 1, ref="https://example.com/h"))
     with pytest.raises(FetchError, match="not a content hash"):
