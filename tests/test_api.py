@@ -384,3 +384,27 @@ def test_remove_from_a_new_artifact(tmp_path: Path) -> None:
         art.remove("a/x.txt")
     art.remove(art.manifest.entries["b.txt"])
     assert art.manifest.entries == {}
+
+
+def test_the_api_is_loaded_when_first_asked_for() -> None:
+    """The CLI and the mount daemon never load the W&B-compatible API; ``import artifactfs as
+    wandb`` still gives every name of it (and ``from artifactfs import ...``)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, artifactfs.cli, artifactfs.mount, artifactfs.ops, artifactfs.registry.wandb\n"
+        "api = {'artifactfs.api', 'artifactfs.artifact', 'artifactfs.run', 'artifactfs.client'}\n"
+        "print(sorted(api & set(sys.modules)))\n"
+        "import artifactfs as wandb\n"
+        "print(all(callable(getattr(wandb, name)) for name in wandb.__all__ if name != '__version__'))\n"
+        "print(set(wandb.__all__) <= set(dir(wandb)), type(wandb.run).__name__)\n"
+        "from artifactfs import Api, Table, current_run\n"
+        "print(Api.__module__, Table.__module__, current_run())\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.splitlines() == ["[]", "True", "True module", "artifactfs.api artifactfs.table None"]
+    with pytest.raises(AttributeError, match="no attribute 'nothing'"):
+        import artifactfs
+
+        artifactfs.nothing  # noqa: B018
