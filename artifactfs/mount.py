@@ -158,7 +158,7 @@ def run_foreground(config: MountConfig) -> None:
     # Everything opened is closed on the way out, also when a later step fails (a cache directory
     # BlobStore refuses must not leave the registry's connections and files open).
     with contextlib.ExitStack() as stack:
-        registry = open_registry(config.registry, cache_dir=config.cache_dir)
+        registry = open_registry(config.registry, cache_dir=config.cache_dir, checked=config.registry_checked)
         stack.callback(registry.close)
         registry.prepare_mount()  # once, before serving: a local registry's entry ids
         # uses flushed by _flush_uses; fills kept by group commit (one sync and one transaction a batch)
@@ -245,7 +245,9 @@ def start_daemon(config: MountConfig) -> int:
     finally:
         registry.close()
     log_file = os.path.abspath(config.log_file) if config.log_file else os.path.join(cache_dir, "mount.log")
-    daemon = dataclasses.replace(config, registry=spec, mountpoint=mountpoint, cache_dir=cache_dir, log_file=log_file)
+    daemon = dataclasses.replace(
+        config, registry=spec, mountpoint=mountpoint, cache_dir=cache_dir, log_file=log_file, registry_checked=True
+    )
     read_fd, write_fd = os.pipe()
     os.makedirs(os.path.dirname(os.path.abspath(log_file)), mode=0o700, exist_ok=True)
     # O_NOFOLLOW: a symlink planted as CACHE_DIR/mount.log must not aim the daemon's output elsewhere.
@@ -329,7 +331,7 @@ def _close_inherited(keep: int | None) -> None:
 def _spawn_daemon(config: MountConfig, log_fd: int, write_fd: int) -> int:
     """The daemon as a new ``artifactfs mount --foreground`` process (when this one has threads)."""
     cmd = [sys.executable, "-m", "artifactfs", "mount", *daemon_argv(config)]
-    cmd += ["--foreground", "--ready-fd", str(write_fd)]
+    cmd += ["--foreground", "--ready-fd", str(write_fd), "--registry-checked"]
     proc = subprocess.Popen(
         cmd,
         stdin=subprocess.DEVNULL,
@@ -354,8 +356,9 @@ def _reap(pid: int) -> int:
 @contextlib.contextmanager
 def _errors_only() -> Iterator[None]:
     """Keep a background mount's terminal to its one line: what a backend logs while it is
-    checked (retries of an unreachable server...) is logged again by the daemon, into its log,
-    when it opens the registry itself.  ``--log-level DEBUG`` shows everything."""
+    checked (retries of an unreachable server...) stays out of it.  The daemon does not check
+    again (``registry_checked``); what fails later is logged into its log.  ``--log-level
+    DEBUG`` shows everything."""
     logger = logging.getLogger("artifactfs")
     if logger.getEffectiveLevel() <= logging.DEBUG:
         yield

@@ -270,6 +270,9 @@ class MountConfig:
     )
     # The daemon's end of the pipe on which it says "ok" once the mount answers.
     ready_fd: int | None = _value("--ready-fd", "", _count, None, forward=False, fstab=False, hidden=True)
+    # Set by a background mount's launcher, which has just opened the registry (credentials, the
+    # server): its daemon does not ask the server again.
+    registry_checked: bool = _switch("--registry-checked", help="", forward=False, fstab=False, hidden=True)
     # For scripts/bench: serve cached reads from a worker thread instead of inline.
     pread_in_thread: bool = _switch("--pread-in-thread", help="", fstab=False, hidden=True)
     # For scripts/bench --profile: run the daemon under cProfile and write its stats here at exit.

@@ -8,9 +8,11 @@ cached and the daemon still serving other files.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import os
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -20,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import SAMPLE_FILES, LiveEnv, Mount, Mounter, clean_wandb_env
+from conftest import SAMPLE_FILES, LiveEnv, Mount, Mounter, clean_wandb_env, force_unmount, is_mounted
 from wandb_server import WandbServer
 
 pytestmark = pytest.mark.fuse
@@ -65,7 +67,11 @@ def ok(*cmd: str | Path) -> str:
 
 
 def project(m: Mount) -> Path:
-    return m.path / "acme" / "vision"
+    return project_path(m.path)
+
+
+def project_path(root: Path) -> Path:
+    return root / "acme" / "vision"
 
 
 def read_uncached(path: Path) -> bytes:
@@ -220,6 +226,31 @@ def test_bad_credentials_fail_at_mount_time_in_one_line(
     assert "WANDB_API_KEY" in lines[0] or "wandb login" in lines[0]
     assert wrong not in proc.stderr and KEY not in proc.stderr
     assert not os.path.ismount(mnt)
+
+
+def test_a_background_mount_signs_in_once(server: WandbServer, wandb_env: Path, require_fuse: None) -> None:
+    """The mount command checks the key (one ``viewer`` call) and its daemon does not check it
+    again: a file read by its whole path asks no ``viewer`` at all; the mount's root (the viewer's
+    entities) asks it when it is listed."""
+    mnt = wandb_env / "bg-mnt"
+    mnt.mkdir()
+    pid = 0
+    try:
+        cmd = [sys.executable, "-m", "artifactfs", "mount", f"wandb:{server.url}", str(mnt)]
+        proc = subprocess.run([*cmd, "--cache-dir", str(wandb_env / "c")], capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, proc.stderr
+        pid = int(proc.stderr.rsplit("(pid ", 1)[1].split(")")[0])
+        assert len(server.operations("Viewer")) == 1
+        assert (project_path(mnt) / "other:v0" / "a.txt").read_bytes() == OTHER["a.txt"]
+        assert len(server.operations("Viewer")) == 1
+        assert sorted(os.listdir(mnt)) == ["acme", "team1"]
+        assert len(server.operations("Viewer")) == 2
+    finally:
+        force_unmount(mnt)
+        if pid:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+    assert not is_mounted(mnt)
 
 
 @pytest.mark.allow_log(r"digest mismatch")

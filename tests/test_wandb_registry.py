@@ -174,6 +174,35 @@ def test_wrong_key(server: WandbServer, monkeypatch: pytest.MonkeyPatch) -> None
     assert time.monotonic() - t0 < 10
 
 
+def test_a_registry_opened_checked_asks_the_viewer_only_when_needed(
+    server: WandbServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``check_credentials=False`` (a background mount's daemon, after its launcher checked):
+    opening sends nothing; the signed-in entity is asked once, when first needed; a wrong key
+    is then an AuthError that names neither key."""
+    server.reset_log()
+    reg = make(server, check_credentials=False)
+    try:
+        assert not server.graphql_requests()
+        v = reg.resolve(parse_ref("acme/vision/ds:best"))
+        assert v.version_index == 0 and not server.operations("Viewer")
+        assert reg.default_entity() == "acme" and reg.default_entity() == "acme"
+        assert len(server.operations("Viewer")) == 1
+    finally:
+        reg.close()
+    wrong = "e" * 40
+    monkeypatch.setenv("WANDB_API_KEY", wrong)
+    reg = make(server, check_credentials=False)
+    try:
+        with pytest.raises(AuthError) as info:
+            reg.resolve(parse_ref("acme/vision/ds:best"))
+        assert wrong not in str(info.value) and KEY not in str(info.value)
+        with pytest.raises(AuthError, match="WANDB_API_KEY"):
+            reg.default_entity()
+    finally:
+        reg.close()
+
+
 def test_key_revoked_later_is_an_auth_error_without_retries(server: WandbServer, registry: WandbRegistry) -> None:
     server.reset_log()
     server.faults.wrong_key = True

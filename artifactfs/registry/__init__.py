@@ -38,8 +38,9 @@ class BackendModule(Protocol):
     """What a backend's module offers; ``rest`` is the spec after ``NAME:`` (None when there is
     none), or the whole spec for the backend without a name (a local directory)."""
 
-    def open_spec(self, rest: str | None, *, create: bool, cache_dir: str | None) -> Registry:
-        """The registry; ``create``: a first log may create it.  May check credentials."""
+    def open_spec(self, rest: str | None, *, create: bool, cache_dir: str | None, checked: bool = False) -> Registry:
+        """The registry; ``create``: a first log may create it.  May check credentials, unless
+        ``checked`` says that this was done a moment ago (by a background mount's launcher)."""
 
     def check_spec(self, rest: str | None) -> None:
         """InvalidArgument for what must be refused before the spec reaches a command line or a
@@ -101,19 +102,22 @@ def registry_help() -> str:
     return f"registry spec: {forms}"
 
 
-def open_registry(spec: str | os.PathLike[str], *, create: bool = False, cache_dir: str | None = None) -> Registry:
+def open_registry(
+    spec: str | os.PathLike[str], *, create: bool = False, cache_dir: str | None = None, checked: bool = False
+) -> Registry:
     """The registry that ``spec`` names.
 
     ``create``: make a local registry that does not exist yet (``log``).  ``cache_dir``: where
     a backend that keeps things in the cache keeps what it may keep for ever (manifests, keyed
     by artifact id and digest); without it nothing is kept between processes.  A remote backend
     checks its credentials and that the server speaks its protocol here, so a mount fails at
-    once, in one line.
+    once, in one line; ``checked``: not again, this was done a moment ago (a background mount's
+    daemon, after its launcher).
     """
     text = os.fspath(spec)
     backend = backend_of(text)
     return backend.load().open_spec(
-        backend.rest(text), create=create, cache_dir=cache_dir if backend.keeps_in_cache else None
+        backend.rest(text), create=create, cache_dir=cache_dir if backend.keeps_in_cache else None, checked=checked
     )
 
 

@@ -1654,8 +1654,9 @@ _ENTRY_COLUMNS = "name, digest, size, ref, birth_artifact_id, extra"
 # -- the backend (registry/__init__.py's table) ---------------------------------------------------
 
 
-def open_spec(rest: str | None, *, create: bool, cache_dir: str | None) -> LocalRegistry:
-    """The local registry in directory ``rest`` (it keeps nothing in a cache directory)."""
+def open_spec(rest: str | None, *, create: bool, cache_dir: str | None, checked: bool = False) -> LocalRegistry:
+    """The local registry in directory ``rest`` (it keeps nothing in a cache directory;
+    ``checked`` changes nothing: opening it asks no server)."""
     return LocalRegistry(rest or ".", create=create)
 
 

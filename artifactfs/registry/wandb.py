@@ -486,7 +486,12 @@ class WandbRegistry(Registry):
         max_urls: int = 20000,
         url_max_age: float = 45 * 60.0,
         url_refreshes: int = 3,
+        check_credentials: bool = True,
     ) -> None:
+        """``check_credentials``: ask the server who the API key signs in (one ``viewer``
+        call, with the short ``connect_policy``), so that a refused key or an unreachable server
+        fails here; False for a process whose parent has just done so (a background mount's
+        daemon): the signed-in entity is then asked when it is first needed."""
         url = (base_url or os.environ.get("WANDB_BASE_URL") or DEFAULT_BASE_URL).strip().rstrip("/")
         split = urllib.parse.urlsplit(url)
         if split.scheme not in ("http", "https") or not split.hostname:
@@ -534,20 +539,31 @@ class WandbRegistry(Registry):
             raise AuthError(f"no W&B API key for {url}: {where}; set WANDB_API_KEY or run `wandb login --host {url}`")
         self.__key = key
         self._auth = requests.auth.HTTPBasicAuth("api", key)
-        try:
-            data = self._gql("Viewer", VIEWER_QUERY, {}, policy=connect_policy)
-        except BaseException:
-            self.close()
-            raise
+        self._key_from = where
+        self._viewer: str | None = None  # the signed-in entity, once asked
+        if check_credentials:
+            try:
+                self._sign_in(connect_policy)
+            except BaseException:
+                self.close()
+                raise
+
+    def _sign_in(self, policy: GraphQLPolicy | None = None) -> str:
+        data = self._gql("Viewer", VIEWER_QUERY, {}, policy=policy)
         viewer = data.get("viewer")
         if not isinstance(viewer, dict):
-            self.close()
             raise AuthError(
-                f"the W&B server at {url} does not accept the API key from {where}: "
+                f"the W&B server at {self.base_url} does not accept the API key from {self._key_from}: "
                 "set WANDB_API_KEY or run `wandb login --relogin`"
             )
-        self.viewer_entity = _str(viewer.get("entity")) or _str(viewer.get("username"))
-        log.debug("W&B server %s: signed in as %s", url, self.viewer_entity)
+        self._viewer = _str(viewer.get("entity")) or _str(viewer.get("username"))
+        log.debug("W&B server %s: signed in as %s", self.base_url, self._viewer)
+        return self._viewer
+
+    @property
+    def viewer_entity(self) -> str:
+        """The entity the API key signs in (asked of the server once)."""
+        return self._viewer if self._viewer is not None else self._sign_in()
 
     def __repr__(self) -> str:
         return f"WandbRegistry({self.spec!r})"
@@ -709,6 +725,8 @@ class WandbRegistry(Registry):
         viewer = data.get("viewer")
         if not isinstance(viewer, dict):
             raise AuthError(f"the W&B server at {self.base_url} no longer accepts the API key")
+        if self._viewer is None:  # the same answer as at sign-in, which a daemon may have skipped
+            self._viewer = _str(viewer.get("entity")) or _str(viewer.get("username"))
         names = {_str(viewer.get("entity"))}
         for edge in _edges(viewer.get("teams")):
             node = edge.get("node")
@@ -1223,7 +1241,7 @@ class WandbRegistry(Registry):
         return [r for r in runs if r is not None]
 
     def default_entity(self) -> str | None:
-        """The signed-in user's entity (asked once, at construction), as W&B defaults to it."""
+        """The signed-in user's entity (asked once), as W&B defaults to it."""
         return self.viewer_entity or None
 
     def run(self, entity: str, project: str, run_id: str) -> RunInfo:
@@ -1594,10 +1612,11 @@ def _opener(path: str) -> Callable[[], IO[bytes]]:
 # -- the backend (registry/__init__.py's table) ---------------------------------------------------
 
 
-def open_spec(rest: str | None, *, create: bool, cache_dir: str | None) -> WandbRegistry:
+def open_spec(rest: str | None, *, create: bool, cache_dir: str | None, checked: bool = False) -> WandbRegistry:
     """The W&B server at ``rest`` (``https://host[:port]``), else ``$WANDB_BASE_URL``'s, else the
-    W&B cloud; ``create`` changes nothing (nothing new is logged to W&B)."""
-    return WandbRegistry(base_url=rest, cache_dir=cache_dir)
+    W&B cloud; ``create`` changes nothing (nothing new is logged to W&B).  ``checked``: the
+    credentials were checked a moment ago (the server is not asked again now)."""
+    return WandbRegistry(base_url=rest, cache_dir=cache_dir, check_credentials=not checked)
 
 
 def check_spec(rest: str | None) -> None:
