@@ -240,7 +240,8 @@ class MountConfig:
     )
     warm: str = _value(
         "--warm",
-        "fetch a version's files in the background, 64 at once, ahead of reads: auto (when readers walk a "
+        "fetch a version's files in the background, ahead of reads (16 at once; small remote files in batches "
+        "of 128, 64 GETs in flight): auto (when readers walk a "
         "directory or the version: 8 files and 2%% of what is under it opened within 30 s), on (the whole "
         "version from its first open), off (only what is read, plus --prefetch); bounded by the cache's free "
         "room, stopped when the version is no longer read (default auto)",
