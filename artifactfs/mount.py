@@ -40,6 +40,7 @@ from .fsutil import claim_cache_dir
 from .ops import Operations
 from .options import MountConfig, daemon_argv
 from .registry import open_registry
+from .status import mounted
 from .store import USE_FLUSH_INTERVAL, BlobStore
 from .tree import Tree
 
@@ -405,7 +406,12 @@ def _run_daemon(config: MountConfig) -> int:
 
 
 def unmount(mountpoint: str) -> None:
+    """Unmount the artifactfs mount at ``mountpoint`` (lazily if it is busy).  Anything else
+    mounted there is refused untouched: ``fusermount3 -u -z`` as root detaches any mount."""
     path = os.path.abspath(mountpoint)
+    ours = {point for point, _ in mounted()}
+    if path not in ours and os.path.realpath(path) not in ours:
+        raise MountError(f"{path} is not an artifactfs mount ('artifactfs status' lists them): nothing unmounted")
     if shutil.which("fusermount3") is None:
         raise MountError("fusermount3 is not installed (apt-get install fuse3)")
     result = subprocess.run(["fusermount3", "-u", path], capture_output=True, text=True)

@@ -787,6 +787,29 @@ def _background_cleanup(mountpoint: Path, tmp_path: Path) -> Iterator[None]:
                 os.kill(pid, signal.SIGKILL)
 
 
+def test_umount_refuses_what_is_not_an_artifactfs_mount(tmp_path: Path, require_fuse: None) -> None:
+    """``artifactfs umount`` of a path where no artifactfs mount stands is refused, and anything
+    else mounted there is left as it was (``fusermount3 -u -z`` as root would detach it)."""
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    proc = run_cli("umount", str(plain), check=False)
+    assert proc.returncode == 1 and "is not an artifactfs mount" in proc.stderr, proc.stderr
+    if os.geteuid() != 0:
+        return
+    other = tmp_path / "other"
+    other.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(other)], check=True)
+    try:
+        (other / "kept").write_text("still here")
+        with open(other / "kept") as busy:  # busy: only a lazy unmount could take it
+            proc = run_cli("umount", str(other), check=False)
+            assert proc.returncode == 1 and "is not an artifactfs mount" in proc.stderr, proc.stderr
+            assert os.path.ismount(other) and busy.read() == "still here"
+    finally:
+        subprocess.run(["umount", str(other)], capture_output=True)
+    assert not os.path.ismount(other)
+
+
 def test_background_mount_and_umount(sample_registry: tuple[Path, Path], tmp_path: Path, require_fuse: None) -> None:
     reg, _ = sample_registry
     mnt = tmp_path / "bg-mnt"
