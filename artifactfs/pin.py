@@ -18,7 +18,7 @@ import json
 import os
 from dataclasses import asdict, dataclass
 
-from .errors import InvalidArgument
+from .errors import EntryNotFound, InvalidArgument
 from .names import parse_ref
 
 
@@ -53,6 +53,8 @@ def pin(path: str | os.PathLike[str]) -> Pin:
 
     text = os.fspath(path)
     mount = find_mount(text)
+    if not os.path.exists(text):  # a typo must not be recorded as a pin
+        raise EntryNotFound(f"{text}: no such file or directory on {mount.mountpoint}")
     real = os.path.realpath(text)
     parts = os.path.relpath(real, mount.mountpoint).split(os.sep)
     if len(parts) < 3 or parts[0] == "." or ":" not in parts[2]:

@@ -89,3 +89,9 @@ def test_pin_refuses_paths_outside_a_version(
     )
     proc = run_cli("pin", str(tmp_path), check=False)
     assert proc.returncode == 1 and "is not on an artifactfs mount" in proc.stderr
+    for missing in ("acme/vision/ds:v1/nosuch.txt", "acme/vision/ds:v1/sub/nosuch", "acme/vision/ds:v9"):
+        proc = run_cli("pin", str(m.path / missing), check=False)
+        assert (proc.returncode, proc.stderr) == (
+            1,
+            f"artifactfs: error: {m.path / missing}: no such file or directory on {m.path}\n",
+        ), missing
