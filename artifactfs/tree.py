@@ -33,7 +33,7 @@ from typing import Any
 import trio
 
 from . import defaults
-from .errors import ArtifactNotFound, EntryNotFound, InvalidReference, NotFound
+from .errors import ArtifactNotFound, EntryNotFound, FetchError, InvalidReference, NotFound
 from .fsutil import redact_uri
 from .index import Child, Contents
 from .index import Listing as Listing  # re-exported: ops.py's readdir replies from it
@@ -183,7 +183,14 @@ class Tree:
         if slot >= len(self._slot_info):
             return None
         found = self._slot_info[slot][0].by_id(inode & INDEX_MASK)
-        if found is None or found[1].id == 0:
+        if found is None:
+            # Handed out from this version's index, which no longer holds it: the version was
+            # purged (``gc``) or its index removed.  Its files cannot be read: EIO, as for a
+            # blob gone from under it, not ENOENT for a name that ``stat`` still shows.
+            version = self._slot_info[slot][1].version
+            shown = version.ref if version is not None else f"slot {slot}"
+            raise FetchError(f"{shown}: its entries are gone from the registry (purged by gc?): inode {inode}")
+        if found[1].id == 0:
             return None
         return self._from_index(slot, found[1], found[0])
 

@@ -1121,7 +1121,7 @@ def _read_error(path: Path) -> int | None:
     return None
 
 
-@pytest.mark.allow_log(r"artifactfs\.ops: read: ", r"fetch failed: ")
+@pytest.mark.allow_log(r"artifactfs\.ops: read: ", r"fetch failed: ", r"its entries are gone from the registry")
 def test_deleted_version_under_a_mount(mounter: Mounter, sample_registry: tuple[Path, Path]) -> None:
     """``artifactfs delete`` is soft: an open file keeps reading, the version leaves the
     listing after --alias-ttl; ``gc`` then removes its content, and new reads of it fail
@@ -1143,6 +1143,8 @@ def test_deleted_version_under_a_mount(mounter: Mounter, sample_registry: tuple[
         # soft-deleted: still readable by whoever holds it, until gc
         assert os.pread(f.fileno(), 50, 1000) == data[1000:1050]
         assert (version / unread).read_bytes() == SAMPLE_FILES[unread]
+        listed = "with space/ünïcødé name.txt"  # listed, never looked up nor opened
+        assert os.listdir(version / "with space") == ["ünïcødé name.txt"]
 
         proc = run_cli("gc", "--grace", "0", "--registry", str(reg))
         assert proc.stdout.startswith("purged 1 deleted versions"), proc.stdout
@@ -1151,9 +1153,11 @@ def test_deleted_version_under_a_mount(mounter: Mounter, sample_registry: tuple[
         os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
         assert os.pread(f.fileno(), 50, 2000) == data[2000:2050]
     # ... but new reads fail with an errno, not a hang or a crash: a file the kernel already
-    # knows has lost its blob (EIO), a name never looked up is gone (ENOENT).
+    # knows has lost its blob (EIO), a file only listed has lost its entry (EIO: its name was
+    # shown), a name never looked up is gone (ENOENT).
     assert _read_error(version / CORRUPT) == errno.EIO
     assert _read_error(version / unread) == errno.EIO
+    assert _read_error(version / listed) == errno.EIO
     assert _read_error(version / "README.md") == errno.ENOENT
     assert m.stats()["fetch_errors"] >= 1
     assert m.proc.poll() is None, m.log()
