@@ -18,7 +18,7 @@ import json
 import os
 from dataclasses import asdict, dataclass
 
-from .errors import EntryNotFound, InvalidArgument
+from .errors import ArtifactNotFound, EntryNotFound, InvalidArgument
 from .names import parse_ref
 
 
@@ -67,6 +67,11 @@ def pin(path: str | os.PathLike[str]) -> Pin:
     if ref.tag is None or not ref.tag.startswith("v") or not ref.tag[1:].isdigit():
         raise InvalidArgument(f"{version_dir} is not a version directory (NAME:vN)")
     registry = mount.record.registry if mount.record is not None else None
+    if _xattr(version_dir, "user.artifact.state") == "DELETED":  # a mount serves it until gc
+        raise ArtifactNotFound(
+            f"{'/'.join(parts[:3])} was deleted from the registry ({version_dir} serves it until gc): "
+            "a pin of it could not be reproduced"
+        )
     digest = _xattr(version_dir, "user.artifact.digest")
     if digest is None:
         digest = _digest_from_registry(registry, "/".join(parts[:3]), mount.mountpoint)

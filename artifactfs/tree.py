@@ -27,7 +27,7 @@ import stat
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import trio
@@ -43,6 +43,8 @@ from .names import Ref, check_name, check_project, parse_version
 from .registry.base import DirEntry, Registry, VersionInfo, iso_time
 
 log = logging.getLogger(__name__)
+#: ``user.artifact.state`` of a version deleted from the registry while a mount serves it.
+DELETED = "DELETED"
 
 ROOT_INODE = 1
 # Content nodes of a version whose registry keeps an on-disk index have the inode
@@ -648,7 +650,10 @@ class Tree:
             try:
                 answer = await self.meta.resolve(ref)
             except ArtifactNotFound:
-                log.info("%s was deleted from the registry; serving what was mounted", ref)
+                if node.version.state != DELETED:
+                    log.info("%s was deleted from the registry; serving what was mounted", ref)
+                    # Its aliases were dropped with it; its state says so (as W&B's does).
+                    node.version = replace(node.version, aliases=(), state=DELETED)
                 node.expires = trio.current_time() + self.alias_ttl
             else:
                 if answer.value.id == node.version.id:

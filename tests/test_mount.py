@@ -1140,6 +1140,11 @@ def test_deleted_version_under_a_mount(mounter: Mounter, sample_registry: tuple[
         names = os.listdir(project(m))
         assert "ds:v1" not in names and "ds:v0" in names, names
         assert os.readlink(project(m) / "ds:latest") == "ds:v0"
+        # a path that was looked up keeps its version, which says it was deleted
+        assert os.getxattr(version, "user.artifact.state") == b"DELETED"
+        assert os.getxattr(version, "user.artifact.aliases") == b""
+        proc = run_cli("pin", str(version), check=False)
+        assert proc.returncode == 1 and "acme/vision/ds:v1 was deleted from the registry" in proc.stderr
         # soft-deleted: still readable by whoever holds it, until gc
         assert os.pread(f.fileno(), 50, 1000) == data[1000:1050]
         assert (version / unread).read_bytes() == SAMPLE_FILES[unread]
