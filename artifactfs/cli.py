@@ -335,10 +335,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     # their signatures there); artifactfs.http logs every request it makes, redacted.
     logging.getLogger("urllib3").setLevel(max(level, logging.WARNING))
     try:
-        return int(args.func(args))
+        code = int(args.func(args))
+        sys.stdout.flush()  # here, so that a reader gone away is met below and not at exit
+        return code
     except ArtifactFSError as exc:
         print(f"artifactfs: error: {exc}", file=sys.stderr)
         return exc.exit_status
+    except BrokenPipeError:
+        # The reader went away (``| head``): stop quietly, as other tools do.  The rest of the
+        # output goes nowhere, so that flushing it at exit raises nothing.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return EXIT_ERROR
     except OSError as exc:
         print(f"artifactfs: error: {exc.strerror or exc}{f': {exc.filename}' if exc.filename else ''}", file=sys.stderr)
         return EXIT_ERROR

@@ -140,6 +140,9 @@ def check_cache_dir(path: str) -> list[Check]:
         existing = os.path.dirname(existing)
     checks: list[Check] = []
     if existing != path:
+        if not os.path.isdir(existing):
+            reason = f"{path} cannot be created: {existing} is not a directory"
+            return [Check(name, FAIL, reason, "choose another --cache-dir")]
         if not os.access(existing, os.W_OK | os.X_OK):
             return [
                 Check(

@@ -57,8 +57,10 @@ def check_mountpoint(path: str) -> str:
         raise MountError(
             f"{path} is the dead mount of a daemon that is gone: run 'artifactfs umount {path}', then mount again"
         )
+    if os.path.lexists(path) and not os.path.isdir(path):
+        raise MountError(f"mount point {path} is not a directory: mount on an empty directory")
     if not os.path.isdir(path):
-        raise MountError(f"mount point {path} does not exist or is not a directory: mkdir -p {path}")
+        raise MountError(f"mount point {path} does not exist: mkdir -p {path}")
     if os.path.ismount(path):
         raise MountError(
             f"{path} is already a mount point (see 'artifactfs status'; 'artifactfs umount {path}' frees it)"

@@ -22,10 +22,13 @@ def _lazy(module: str, name: str) -> Callable[[argparse.Namespace], int]:
     return run
 
 
-def _seconds(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise ValueError(text)
+def _interval(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid number of seconds {text!r}") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"invalid number of seconds {text!r}: must be finite and > 0")
     return value
 
 
@@ -43,7 +46,7 @@ def add_tool_commands(sub: argparse._SubParsersAction[Any], common: argparse.Arg
         "--watch",
         nargs="?",
         const=2.0,
-        type=_seconds,
+        type=_interval,
         metavar="SECONDS",
         help="refresh every SECONDS (default 2) until SIGINT or SIGTERM (exit 0)",
     )

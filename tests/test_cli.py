@@ -812,3 +812,19 @@ def test_wandb_spec_writes_fail_in_one_line(
     assert proc.returncode == 1
     assert_one_line_error(proc, f"{what}: the wandb registry {spec} is read-only here")
     assert WANDB_KEY not in proc.stderr
+
+
+@pytest.mark.parametrize("args", [["info", "acme/vision/ds:v1"], ["ls", "acme/vision"], ["--help"]])
+def test_a_reader_gone_away_ends_the_command_quietly(sample_registry: tuple[Path, Path], args: list[str]) -> None:
+    """``artifactfs ... | head -1``: the reader closes the pipe; the command stops with no
+    message (as other tools do) instead of 'error: Broken pipe' or a traceback at exit."""
+    reg, _ = sample_registry
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        argv = [sys.executable, "-m", "artifactfs", *args, "--registry", str(reg)]
+        proc = subprocess.run(argv, stdout=write_end, stderr=subprocess.PIPE, text=True, env=base_env(), timeout=120)
+    finally:
+        os.close(write_end)
+    assert proc.stderr == ""
+    assert proc.returncode in (0, 1)

@@ -162,3 +162,23 @@ def test_missing_pieces_of_fuse(monkeypatch: pytest.MonkeyPatch) -> None:
     assert doctor.check_fusermount().fix == "install fuse3 (sudo apt-get install fuse3)"
     assert doctor._kernel_version("6.1.0-18-amd64") == (6, 1)
     assert doctor._kernel_version("4.19.0") < doctor.MIN_KERNEL
+
+
+def test_a_file_in_the_way_is_named_as_such(tmp_path: Path) -> None:
+    """A regular file where a directory must be: doctor and mount say so, and suggest nothing
+    (``mkdir -p``) that cannot work."""
+    (tmp_path / "afile").write_text("x")
+    proc = run_cli(
+        "doctor", "--registry", str(tmp_path / "none"), "--cache-dir", str(tmp_path / "afile" / "sub"), "--mountpoint",
+        str(tmp_path / "afile"), check=False,
+    )  # fmt: skip
+    checks = lines(proc.stdout)
+    assert checks["cache dir"] == (
+        "FAIL",
+        f"{tmp_path / 'afile' / 'sub'} cannot be created: {tmp_path / 'afile'} is not a directory",
+        "choose another --cache-dir",
+    )
+    assert checks["mount point"][:2] == (
+        "FAIL",
+        f"mount point {tmp_path / 'afile'} is not a directory: mount on an empty directory",
+    )
