@@ -15,6 +15,15 @@ blocking call there stalls every request of the mount.  This layer sits between 
   root/entity/project directory list, what does ``name:alias`` point to) are kept for
   ``alias_ttl`` seconds, keyed by the question they answer; the kernel is told the same TTL,
   so nothing is served older than an alias may be.
+* While the registry cannot answer (a server unreachable or failing: ``RegistryError``), a
+  question whose answer has outlived its TTL gets that last answer again, so a training job that
+  walks ``entity/project/name:vN/...`` keeps opening files it has cached.  An answer past its TTL
+  is asked again in the background: its asker waits for the call ``STALE_WAIT`` (2 s) at most,
+  then is served the last answer (a server that is down or slow costs it no retries); once a
+  call failed, such askers are answered at once while one call at a time (a *probe*) asks the
+  registry again, until one succeeds.  Such an answer counts for ``STALE_TTL`` (5 s), so that what the probe brings back
+  shows soon.  "No such thing" and refused credentials are answers, not failures: they are
+  raised.  A question never answered before still waits for the registry (and fails).
 
 Concurrency rules: only the trio loop touches ``_cache`` and ``_inflight`` (a worker thread runs
 the registry call and nothing else), and only ``await`` points interleave.  Times come from
@@ -34,7 +43,7 @@ from typing import Any, Generic, TypeVar, cast
 import trio
 
 from . import defaults
-from .errors import ArtifactFSError
+from .errors import ArtifactFSError, RegistryError
 from .fsutil import make_temp
 from .index import Contents
 from .names import Ref
@@ -44,6 +53,13 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 DEFAULT_THREADS = 8
+#: How long past its TTL an answer is kept to be served again while the registry fails.
+STALE_KEPT = 3600.0
+#: How long an asker that holds a last answer waits for the registry before it is served that.
+STALE_WAIT = 2.0
+#: How long such an answer, served again, counts as current (the kernel is told the same): short,
+#: so that what a probe brings back shows soon.
+STALE_TTL = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +94,7 @@ class MetaStats:
     calls: int = 0  # registry calls made (inline or in a thread)
     cache_hits: int = 0  # answers served from the TTL cache
     joined: int = 0  # askers that shared another asker's call in progress
+    stale_answers: int = 0  # answers past their TTL served again while the registry failed
 
     def to_json(self) -> dict[str, int]:
         return dict(self.__dict__)
@@ -118,6 +135,8 @@ class Meta:
         self._inflight: dict[Hashable, _Flight] = {}
         self._cache: dict[Hashable, Answer[Any]] = {}
         self._next_sweep = 0.0
+        self._failing = False  # the registry's last answer to a cached question was a failure
+        self._probing = False  # a background call is asking it again
 
     @property
     def limiter(self) -> trio.CapacityLimiter:
@@ -142,12 +161,84 @@ class Meta:
             self.stats.calls += 1
             return Answer(fn(*args), now + self.alias_ttl)
         hit = self._cache.get(key)
+        if hit is not None and now < hit.expires:
+            self.stats.cache_hits += 1
+            return cast(Answer[T], hit)
         if hit is not None:
-            if now < hit.expires:
-                self.stats.cache_hits += 1
-                return cast(Answer[T], hit)
-            del self._cache[key]
-        return cast(Answer[T], await self._flight(key, fn, args, cache=True))
+            return cast(Answer[T], await self._refresh(key, fn, args, hit))
+        try:
+            answer = await self._flight(key, fn, args, cache=True)
+        except RegistryError as exc:
+            self._failed(exc)
+            raise
+        self._recovered()
+        return cast(Answer[T], answer)
+
+    async def _refresh(
+        self, key: Hashable, fn: Callable[..., Any], args: tuple[Any, ...], last: Answer[Any]
+    ) -> Answer[Any]:
+        """``key`` asked again, its last answer ``last`` past its TTL.  The call runs in the
+        background; the asker waits for it at most STALE_WAIT, then is served ``last`` again
+        (the call's answer is kept when it comes).  While the registry fails, the asker is
+        served ``last`` at once and one probe at a time asks."""
+        if not self._failing:
+            flight = self._inflight.get(key) or self._start(key, fn, args)
+            with trio.move_on_after(STALE_WAIT):
+                await flight.done.wait()
+            if flight.finished:
+                return Answer(flight.value, flight.expires)
+            if flight.error is not None and not isinstance(flight.error, RegistryError):
+                raise flight.error.with_traceback(None)  # an answer: gone, or refused
+        elif key not in self._inflight and not self._probing:
+            self._start(key, fn, args, probe=True)
+        self.stats.stale_answers += 1
+        return self._renewed(key, last)
+
+    def _renewed(self, key: Hashable, last: Answer[Any]) -> Answer[Any]:
+        """``last`` served again for a short while (STALE_TTL; the kernel is told the same)."""
+        answer = Answer(last.value, trio.current_time() + min(self.alias_ttl, STALE_TTL))
+        self._cache[key] = answer
+        return answer
+
+    def _failed(self, exc: RegistryError) -> None:
+        if not self._failing:
+            log.warning("%s: serving the last answers past --alias-ttl until the registry answers again", exc)
+        self._failing = True
+
+    def _recovered(self) -> None:
+        if self._failing:
+            log.warning("the registry answers again")
+        self._failing = False
+
+    def _start(self, key: Hashable, fn: Callable[..., Any], args: tuple[Any, ...], *, probe: bool = False) -> _Flight:
+        """The call ``fn(*args)`` for ``key`` as a flight run in the background (askers may
+        join it or stop waiting); its answer is kept.  "No such thing" or refused credentials
+        drop the last answer; a RegistryError marks the registry failing, a success ends it.
+        ``probe``: the one probe of a failing registry."""
+        flight = _Flight()
+        self._inflight[key] = flight
+        if probe:
+            self._probing = True
+
+        async def run() -> None:
+            try:
+                await self._lead(key, flight, fn, args, cache=True)
+            except RegistryError as exc:
+                self._failed(exc)
+            except ArtifactFSError as exc:
+                log.info("%s: %s", key, exc)
+                self._cache.pop(key, None)
+                self._recovered()
+            except Exception:  # a system task must not raise
+                log.exception("asking the registry %r failed", key)
+            else:
+                self._recovered()
+            finally:
+                if probe:
+                    self._probing = False
+
+        trio.lowlevel.spawn_system_task(run, name=f"artifactfs meta {key!r}")
+        return flight
 
     async def _flight(self, key: Hashable, fn: Callable[..., Any], args: tuple[Any, ...], cache: bool) -> Answer[Any]:
         while True:
@@ -164,6 +255,12 @@ class Meta:
             # The caller that made the call was cancelled before it ended: ask again.
         flight = _Flight()
         self._inflight[key] = flight
+        return await self._lead(key, flight, fn, args, cache)
+
+    async def _lead(
+        self, key: Hashable, flight: _Flight, fn: Callable[..., Any], args: tuple[Any, ...], cache: bool
+    ) -> Answer[Any]:
+        """Make the call of ``flight`` (registered for ``key``), then end it for its askers."""
         try:
             self.stats.calls += 1
             value = await trio.to_thread.run_sync(fn, *args, limiter=self._limiter)
@@ -189,8 +286,9 @@ class Meta:
             self._cache[key] = answer
         now = trio.current_time()
         if now >= self._next_sweep:
-            # Names asked once and never again would otherwise stay for the life of the mount.
-            for k in [k for k, a in self._cache.items() if a.expires <= now]:
+            # Names asked once and never again would otherwise stay for the life of the mount;
+            # an answer is kept STALE_KEPT past its TTL, to be served while the registry fails.
+            for k in [k for k, a in self._cache.items() if a.expires + STALE_KEPT <= now]:
                 del self._cache[k]
             self._next_sweep = now + self.alias_ttl
 

@@ -20,9 +20,17 @@ import trio
 import trio.testing
 from trio.testing import MockClock
 
-from artifactfs.errors import ArtifactNotFound, EntityNotFound, EntryNotFound, FetchError, ProjectNotFound
+from artifactfs.errors import (
+    ArtifactNotFound,
+    AuthError,
+    EntityNotFound,
+    EntryNotFound,
+    FetchError,
+    ProjectNotFound,
+    RegistryError,
+)
 from artifactfs.manifest import Entry
-from artifactfs.meta import Meta
+from artifactfs.meta import STALE_TTL, STALE_WAIT, Meta
 from artifactfs.names import Ref
 from artifactfs.registry.base import CollectionInfo, DirEntry, Registry, RunInfo, VersionInfo
 from artifactfs.sources import BlobSource
@@ -386,6 +394,113 @@ async def test_answers_are_kept_for_alias_ttl(registry: SlowRegistry, clock: Moc
     assert registry.calls == Counter(check_entity=2)
     await tree.lookup(ROOT_INODE, "acme")
     assert registry.calls == Counter(check_entity=2)
+
+
+async def _probe_done(meta: Meta) -> None:
+    """Until the background probe (a worker thread) has ended."""
+    for _ in range(2000):
+        await trio.testing.wait_all_tasks_blocked()
+        if not meta._probing:
+            return
+        await trio.to_thread.run_sync(time.sleep, 0.001)
+    raise AssertionError("the probe never ended")
+
+
+@pytest.mark.allow_log(r"serving the last answers", r"the registry answers again")
+@trio_test
+async def test_last_answers_are_served_while_the_registry_fails(registry: SlowRegistry, clock: MockClock) -> None:
+    """A server that cannot answer (RegistryError: unreachable, 5xx) does not take away what a
+    mount already knew: past the TTL the last answers are served, the first asker paying the
+    failed call and the others none, while one probe at a time asks again in the background.
+    A name never answered still fails; the first success ends it."""
+    tree = make_tree(registry)
+    acme = await tree.lookup(ROOT_INODE, "acme")
+    project = await tree.lookup(acme.inode, "vision")
+    best = await tree.lookup(project.inode, "ds:best")
+    assert registry.calls == Counter(check_entity=1, check_project=1, resolve=1)
+    down = RegistryError("W&B CheckEntity: cannot reach the server (ConnectionError); gave up after 8 tries")
+    for name in ("check_entity", "check_project", "resolve", "project_versions"):
+        registry.failures[name] = down
+    clock.jump(TTL)
+    assert (await tree.lookup(ROOT_INODE, "acme")) is acme  # the failed call, then the last answer
+    assert registry.calls["check_entity"] == 2
+    assert (await tree.lookup(acme.inode, "vision")) is project  # answered at once ...
+    assert await tree.readlink(best.inode) == "ds:v0"
+    await _probe_done(tree.meta)
+    assert registry.calls["check_project"] + registry.calls["resolve"] == 3  # ... while one probe asks again
+    assert tree.meta.stats.stale_answers == 3
+    with pytest.raises(RegistryError):  # never answered before: nothing to serve
+        await tree.lookup(ROOT_INODE, "beta")
+    # the registry answers again: the next probe ends it, and the answers are fresh again
+    registry.failures.clear()
+    registry.move_alias("ds", "best", 1)
+    clock.jump(TTL)
+    assert await tree.readlink(best.inode) == "ds:v0"  # the last answer, and a probe that succeeds
+    await _probe_done(tree.meta)
+    clock.jump(STALE_TTL)  # the last answer was served again for a short while only
+    assert await tree.readlink(best.inode) == "ds:v1"  # what the probe brought
+    clock.jump(TTL)
+    calls = registry.calls["check_entity"]
+    assert (await tree.lookup(ROOT_INODE, "acme")).kind is Kind.ENTITY
+    assert registry.calls["check_entity"] == calls + 1  # asked in the foreground again
+
+
+@trio_test
+async def test_a_slow_registry_keeps_an_asker_with_a_last_answer_waiting_stale_wait_at_most(
+    registry: SlowRegistry, clock: MockClock
+) -> None:
+    """Past the TTL, a registry that does not answer (a blackholed server: each try waits for
+    its timeouts) costs an asker that holds a last answer STALE_WAIT, not the registry's
+    retries; the call goes on and its answer is used once it comes."""
+    tree = make_tree(registry)
+    acme = await tree.lookup(ROOT_INODE, "acme")
+    best = await tree.lookup((await tree.lookup(acme.inode, "vision")).inode, "ds:best")
+    registry.move_alias("ds", "best", 1)
+    clock.jump(TTL)
+    registry.gate = threading.Event()
+    got: list[str] = []
+
+    async def ask() -> None:
+        got.append(await tree.readlink(best.inode))
+
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(ask)
+            await trio.testing.wait_all_tasks_blocked()
+            assert got == []  # waiting for the registry ...
+            clock.jump(STALE_WAIT)
+        assert got == ["ds:v0"]  # ... STALE_WAIT at most: then the last answer
+        assert tree.meta.stats.stale_answers == 1
+    finally:
+        registry.gate.set()
+    for _ in range(2000):  # the call, still running in the background, ends
+        await trio.testing.wait_all_tasks_blocked()
+        if not tree.meta._inflight:
+            break
+        await trio.to_thread.run_sync(time.sleep, 0.001)
+    clock.jump(STALE_TTL)
+    assert await tree.readlink(best.inode) == "ds:v1"  # its answer, kept
+    assert registry.calls["resolve"] == 2
+
+
+@pytest.mark.allow_log(r"serving the last answers")
+@trio_test
+async def test_a_gone_name_is_not_served_from_its_last_answer(registry: SlowRegistry, clock: MockClock) -> None:
+    """ "No such thing" is an answer: it drops the last one, so a later outage cannot bring
+    the name back; refused credentials are raised too."""
+    tree = make_tree(registry)
+    await tree.lookup(ROOT_INODE, "acme")
+    clock.jump(TTL)
+    registry.failures["check_entity"] = EntityNotFound("entity acme not found")
+    with pytest.raises(EntityNotFound):
+        await tree.lookup(ROOT_INODE, "acme")
+    registry.failures["check_entity"] = RegistryError("cannot reach the server")
+    with pytest.raises(RegistryError):
+        await tree.lookup(ROOT_INODE, "acme")
+    registry.failures["check_entity"] = AuthError("the server no longer accepts the API key")
+    with pytest.raises(AuthError):
+        await tree.lookup(ROOT_INODE, "acme")
+    assert tree.meta.stats.stale_answers == 0
 
 
 @trio_test

@@ -194,6 +194,39 @@ def test_endless_5xx_is_eio_within_a_bounded_time(mounted: Mount, server: WandbS
     assert (project(mounted) / "other:v0" / "a.txt").read_bytes() == OTHER["a.txt"]
 
 
+@pytest.mark.allow_log(
+    r"serving the last answers", r"the registry answers again", r"Retry-After", r"lookup: ", r"getattr: ", r"gave up"
+)
+def test_cached_files_stay_readable_while_the_server_fails(mounter: Mounter, server: WandbServer) -> None:
+    """A W&B outage (503 with a long Retry-After, as for maintenance) past --alias-ttl: the
+    entity and project a job walks through are answered from what the mount knew, so files it
+    has cached still open and read, and at once; a name never seen fails; when the server is
+    back, new versions show again."""
+    m = mounter(f"wandb:{server.url}", "--alias-ttl", "1")  # type: ignore[arg-type]
+    path = project(m) / "other:v0" / "a.txt"
+    assert read_uncached(path) == OTHER["a.txt"]
+    listing = sorted(os.listdir(project(m)))
+    server.faults.graphql_status(503, times=None, retry_after=1000)
+    time.sleep(1.3)  # past --alias-ttl: acme/ and vision/ must be asked again
+    start = time.monotonic()
+    for _ in range(3):
+        assert read_uncached(path) == OTHER["a.txt"]  # a fresh path walk each time
+    assert sorted(os.listdir(project(m))) == listing
+    assert time.monotonic() - start < 10
+    with pytest.raises(OSError) as info:
+        os.stat(m.path / "team1" / "shared")  # never looked up: nothing to serve
+    assert info.value.errno == errno.EIO
+    assert "serving the last answers" in m.log()
+    server.faults.clear()
+    server.add_artifact("acme", "vision", "fresh", "dataset", {"f.txt": b"new\n"})
+    deadline = time.monotonic() + 30
+    while "fresh:v0" not in os.listdir(project(m)):
+        assert time.monotonic() < deadline, "the mount never saw the server again"
+        time.sleep(0.2)
+    assert (project(m) / "fresh:v0" / "f.txt").read_bytes() == b"new\n"
+    assert m.proc.poll() is None
+
+
 # -- mount-time failures and secrets --------------------------------------------------------------
 
 
