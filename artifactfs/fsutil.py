@@ -204,3 +204,38 @@ def claim_cache_dir(path: str) -> None:
                 f"{path} is not empty and is not an artifactfs cache: choose a new or empty directory"
             ) from None
     os.chmod(path, 0o700)
+
+
+#: The type of an artifactfs mount in /proc/mounts.
+FSTYPE = "fuse.artifactfs"
+
+
+def _unescape(field: str) -> str:
+    """/proc/mounts escapes space, tab, newline and backslash as octal (``\\040``)."""
+    out = bytearray()
+    raw = field.encode()
+    i = 0
+    while i < len(raw):
+        if raw[i] == 0x5C and i + 3 < len(raw) + 1 and raw[i + 1 : i + 4].isdigit():
+            out.append(int(raw[i + 1 : i + 4], 8))
+            i += 4
+        else:
+            out.append(raw[i])
+            i += 1
+    return os.fsdecode(bytes(out))
+
+
+def mounted() -> list[tuple[str, dict[str, str]]]:
+    """``(mount point, options)`` of every artifactfs mount in /proc/mounts."""
+    out: list[tuple[str, dict[str, str]]] = []
+    try:
+        with open("/proc/mounts", encoding="utf-8", errors="surrogateescape") as f:
+            lines = f.readlines()
+    except OSError:
+        return out
+    for line in lines:
+        parts = line.split()
+        if len(parts) >= 4 and parts[2] == FSTYPE:
+            opts = dict(o.partition("=")[::2] for o in parts[3].split(","))
+            out.append((_unescape(parts[1]), opts))
+    return out

@@ -36,11 +36,10 @@ from .admin import AdminServer
 from .engine import Engine, Lookahead, cache_room
 from .errors import ArtifactFSError, MountError
 from .fetcher import Fetcher
-from .fsutil import claim_cache_dir
+from .fsutil import claim_cache_dir, mounted
 from .ops import Operations
 from .options import MountConfig, daemon_argv
 from .registry import open_registry
-from .status import mounted
 from .store import USE_FLUSH_INTERVAL, BlobStore
 from .tree import Tree
 

@@ -27,10 +27,9 @@ from typing import Any, TypeVar
 from . import metrics
 from .admin import ROOT_RUNTIME, RUNTIME_ENV, MountRecord, runtime_dir
 from .errors import ArtifactFSError, InvalidArgument
+from .fsutil import mounted
 
 T = TypeVar("T")
-
-FSTYPE = "fuse.artifactfs"
 
 
 def _search_dirs() -> list[str]:
@@ -60,37 +59,6 @@ class MountEntry:
         if not self.record.alive():
             return f"daemon {self.record.pid} is gone: run 'artifactfs umount {self.mountpoint}'"
         return "serving"
-
-
-def _unescape(field: str) -> str:
-    """/proc/mounts escapes space, tab, newline and backslash as octal (``\\040``)."""
-    out = bytearray()
-    raw = field.encode()
-    i = 0
-    while i < len(raw):
-        if raw[i] == 0x5C and i + 3 < len(raw) + 1 and raw[i + 1 : i + 4].isdigit():
-            out.append(int(raw[i + 1 : i + 4], 8))
-            i += 4
-        else:
-            out.append(raw[i])
-            i += 1
-    return os.fsdecode(bytes(out))
-
-
-def mounted() -> list[tuple[str, dict[str, str]]]:
-    """``(mount point, options)`` of every artifactfs mount in /proc/mounts."""
-    out: list[tuple[str, dict[str, str]]] = []
-    try:
-        with open("/proc/mounts", encoding="utf-8", errors="surrogateescape") as f:
-            lines = f.readlines()
-    except OSError:
-        return out
-    for line in lines:
-        parts = line.split()
-        if len(parts) >= 4 and parts[2] == FSTYPE:
-            opts = dict(o.partition("=")[::2] for o in parts[3].split(","))
-            out.append((_unescape(parts[1]), opts))
-    return out
 
 
 def _records() -> dict[str, MountRecord]:
