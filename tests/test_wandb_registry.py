@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import errno
 import http.server
 import json
 import logging
@@ -678,8 +679,9 @@ def test_a_url_refused_for_ever_fails_in_bounded_time(
     v = registry.resolve(parse_ref("acme/vision/ds:v0"))
     server.faults.expire(times=None, match="d/b.txt")
     t0 = time.monotonic()
-    with pytest.raises(FetchError, match="refused"):
+    with pytest.raises(AuthError, match="refused") as info:
         fill(store, registry, v, "d/b.txt")
+    assert info.value.errno == errno.EACCES  # refused, as the first refusal was: not EIO (corrupt bytes)
     assert time.monotonic() - t0 < 30
     # the plain GET's URL (refused, so forgotten), then the ordinary path's tries
     assert len(url_calls(server)) == registry.url_refreshes + 2

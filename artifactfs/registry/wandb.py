@@ -1560,7 +1560,7 @@ class WandbRegistry(Registry):
                 os.ftruncate(fd, 0)
                 progress.restart()
                 log.info("%s: file URL refused (expired?); asking for a fresh one", what)
-        raise FetchError(f"{what}: the server refused {self.url_refreshes + 1} URLs for it ({last})")
+        raise AuthError(f"{what}: the server refused {self.url_refreshes + 1} URLs for it ({last})")
 
     def _fetch_urls(self, version: VersionInfo, names: list[str]) -> dict[str, str]:
         variables: dict[str, Any] = {"names": names, "perPage": len(names)}
