@@ -150,6 +150,15 @@ def _write_error(exc: OSError, what: str) -> FetchError:
     return FetchError(f"writing {what} failed: {exc.strerror or exc}")
 
 
+def check_empty(entry: Content, what: str) -> None:
+    """DigestMismatch unless ``entry``, which says it has no bytes, names the digest of no
+    bytes.  Nothing reads such a file (the kernel answers a read past its size itself), so this
+    is its whole verification, asked when it is opened."""
+    actual = b64_digest(new_hasher(entry.alg))
+    if entry.size == 0 and entry.digest != actual:
+        raise DigestMismatch(what, f"{entry.digest} (0 bytes)", f"{actual} (0 bytes)")
+
+
 def _check(entry: Content, actual: str, size: int, what: str) -> None:
     if actual != entry.digest or size != entry.size:
         shown = f">{entry.size}" if size > entry.size else str(size)

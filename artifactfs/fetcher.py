@@ -38,6 +38,7 @@ from typing import Any, TypeVar
 import trio
 
 from . import defaults
+from .digests import check_empty
 from .errors import ArtifactFSError, DigestMismatch
 from .manifest import Entry
 from .metrics import Histogram
@@ -149,6 +150,17 @@ class Fetcher:
         blob, outcome = got
         self._count(outcome, check.size)
         return blob
+
+    def check_empty(self, version: VersionInfo, entry: Entry) -> None:
+        """A file of 0 bytes is never read (the kernel answers a read past its size itself), so
+        it is verified when it is opened: DigestMismatch unless its digest is that of no bytes,
+        FetchError for a reference whose digest proves nothing (its size unknown: 0)."""
+        what = f"{version.ref}/{entry.path}"
+        try:
+            check_empty(content_entry(entry), what)
+        except DigestMismatch:
+            self.stats.digest_mismatches += 1
+            raise
 
     async def warm(
         self,

@@ -286,6 +286,8 @@ class Operations(pyfuse3.Operations):
         if node.kind is not Kind.FILE:
             raise pyfuse3.FUSEError(errno.EISDIR)
         assert node.version is not None and node.entry is not None
+        if node.entry.size == 0:
+            self.fetcher.check_empty(node.version, node.entry)
         fh = self._fh()
         self._files[fh] = _OpenFile(node.version, node.entry, node)
         if self.engine is not None:

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import SAMPLE_FILES, LiveEnv, Mount, Mounter, clean_wandb_env, force_unmount, is_mounted
+from conftest import SAMPLE_FILES, LiveEnv, Mount, Mounter, b64md5, clean_wandb_env, force_unmount, is_mounted
 from wandb_server import WandbServer
 
 pytestmark = pytest.mark.fuse
@@ -180,6 +180,31 @@ def test_wrong_bytes_are_eio_and_never_cached(mounted: Mount, server: WandbServe
     server.faults.clear()
     time.sleep(0.6)  # --failure-backoff 0.5
     assert read_uncached(path) == BIG
+
+
+@pytest.mark.allow_log(r"digest mismatch")
+def test_an_entry_of_no_bytes_with_another_digest_is_eio(mounter: Mounter, server: WandbServer) -> None:
+    """A manifest entry of size 0 whose digest is not that of no bytes: opening it is EIO (the
+    kernel would answer every read of a 0-byte file with nothing, unverified); a true empty
+    file opens and reads empty."""
+    manifest = {
+        "version": 1,
+        "storagePolicy": "wandb-storage-policy-v1",
+        "contents": {
+            "zerobad.bin": {"digest": b64md5(b"abc"), "size": 0},
+            "empty.txt": {"digest": b64md5(b""), "size": 0},
+        },
+    }
+    files = {"zerobad.bin": b"abc", "empty.txt": b""}
+    server.add_artifact("acme", "vision", "zb", "dataset", files, manifest=manifest)
+    m = mounter(f"wandb:{server.url}")  # type: ignore[arg-type]
+    version = project(m) / "zb:v0"
+    assert (version / "empty.txt").read_bytes() == b""
+    assert os.stat(version / "zerobad.bin").st_size == 0
+    with pytest.raises(OSError) as info:
+        open(version / "zerobad.bin", "rb").close()
+    assert info.value.errno == errno.EIO
+    assert "digest mismatch" in m.log()
 
 
 @pytest.mark.allow_log(r"gave up", r"retrying in")
