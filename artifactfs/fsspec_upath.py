@@ -7,6 +7,11 @@ from __future__ import annotations
 
 from upath import UPath
 
+# The filesystem class, imported (and registered with fsspec) before universal-pathlib picks
+# this protocol's path rules: it takes them from a class already imported, and for a protocol it
+# finds none for it falls back, once per process, to generic rules that cut names wrong.
+from . import fsspec_fs  # noqa: F401
+
 
 class ArtifactPath(UPath):
     """A read-only path into an artifact version: reading, listing, globbing and ``stat`` go

@@ -348,21 +348,54 @@ def test_pyproject_entry_points_let_fsspec_and_upath_find_it_with_no_import(
 ) -> None:
     """The entry points pyproject.toml declares, as an installed package's metadata (written
     here into a dist-info directory, so no reinstall is needed), found by fsspec and UPath."""
+    done = _run_with_entry_points(NO_IMPORT, sample_registry[0], tmp_path)
+    assert done.stdout.splitlines() == ["# sample", "ArtifactPath"]
+
+
+def _run_with_entry_points(code: str, registry: Path, tmp_path: Path) -> subprocess.CompletedProcess[str]:
+    """``code`` in a fresh interpreter that sees pyproject.toml's entry points as an installed
+    package's metadata (written into a dist-info directory, so no reinstall is needed)."""
     root = Path(__file__).resolve().parent.parent
     with open(root / "pyproject.toml", "rb") as f:
         points = tomllib.load(f)["project"]["entry-points"]
     dist = tmp_path / "site" / "artifactfs_probe-0.dist-info"
-    dist.mkdir(parents=True)
+    dist.mkdir(parents=True, exist_ok=True)
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: artifactfs-probe\nVersion: 0\n")
     (dist / "entry_points.txt").write_text(
         "".join(f"[{group}]\n" + "".join(f"{k} = {v}\n" for k, v in eps.items()) for group, eps in points.items())
     )
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path / "site"), str(root)])}
-    done = subprocess.run(
-        [sys.executable, "-c", NO_IMPORT, str(sample_registry[0])], capture_output=True, text=True, env=env, timeout=120
-    )
+    argv = [sys.executable, "-c", code, str(registry)]
+    done = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=120)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.splitlines() == ["# sample", "ArtifactPath"]
+    return done
+
+
+UPATH_FIRST = """
+import sys, warnings
+warnings.simplefilter("error")  # universal-pathlib warns when it falls back to generic path rules
+from upath import UPath
+root = UPath("artifactfs://acme/vision/ds:v1", registry=sys.argv[1])
+print(sorted(p.name for p in root.iterdir()))
+deep = root / "train" / "deep" / "er"
+print(root.name, str(root.parent), deep.name, deep.parent.name, (deep / "still" / "x.bin").stat().st_size)
+print(sorted(str(d).rsplit("ds:v1", 1)[1] for d, _, _ in root.walk()))
+"""
+
+
+def test_upath_as_the_first_thing_a_process_does_cuts_names_right(
+    sample_registry: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """universal-pathlib takes a protocol's path rules from its filesystem class if that is
+    imported, else falls back (once per process) to generic rules that cut every name wrong:
+    loading ArtifactPath imports the class first."""
+    done = _run_with_entry_points(UPATH_FIRST, sample_registry[0], tmp_path)
+    top = sorted({name.split("/")[0] for name in SAMPLE_FILES})
+    assert done.stdout.splitlines() == [
+        str(top),
+        "ds:v1 artifactfs://acme/vision er deep 16384",
+        str(sorted(["", "/train", "/train/deep", "/train/deep/er", "/train/deep/er/still", "/with space"])),
+    ]
 
 
 # -- both backends: the shared cache and real clients ------------------------------------------------
