@@ -68,11 +68,15 @@ from .errors import (
 from .manifest import Entry
 from .names import Ref, check_alias, check_name, parse_version
 from .references import content_entry
+from .registry import backend_of
 from .registry.base import DirEntry, Registry, VersionInfo
 from .store import INLINE_VERIFY_MAX, Blob, BlobStore
 
 PROTOCOL = "artifactfs"
 _ENTRY_MEMO_MAX = 200_000  # entries remembered per filesystem instance (cleared past it)
+#: fsspec's own options of every filesystem (AbstractFileSystem, DirCache), accepted and passed on.
+_FSSPEC_OPTIONS = frozenset({"use_listings_cache", "listings_expiry_time", "max_paths", "asynchronous", "loop"})
+_READ_AHEAD = 64 * 1024  # what readline reads ahead at a time (and the blocksize fsspec caches see)
 
 
 def _translate(exc: ArtifactFSError, path: str) -> OSError:
@@ -120,18 +124,45 @@ class _Target:
 
 
 class ArtifactFile(io.RawIOBase):
-    """A read-only, seekable file over a verified blob (its open cache or registry file)."""
+    """A read-only, seekable file over a verified blob (its open cache or registry file).
 
-    def __init__(self, blob: Blob, path: str, version: VersionInfo, again: Callable[[], Blob] | None = None) -> None:
+    ``readline`` (and iterating over lines) reads ahead in chunks, kept in the object: the bytes
+    of a version never change, so what was read ahead stays right wherever the file seeks.  A
+    pickled (or copied) file opens the same version's file again at its position: it never
+    shares this one's descriptor.  ``blocksize`` and ``_fetch_range`` let fsspec's
+    ``blockcache::`` wrap it (reads are local, verified bytes already)."""
+
+    blocksize = _READ_AHEAD
+
+    def __init__(
+        self,
+        blob: Blob,
+        path: str,
+        version: VersionInfo,
+        again: Callable[[], Blob] | None = None,
+        fs: ArtifactFileSystem | None = None,
+    ) -> None:
         super().__init__()
         self._blob = blob
         self._again = again  # the blob verified again, for a read that finds its file changed
+        self._fs = fs  # to open it again when pickled
         self.size = blob.size
         self.path = path
         self.name = path
         self.mode = "rb"
         self.version = version
         self._pos = 0
+        self._ahead = b""  # bytes read ahead by readline, from file offset _ahead_at
+        self._ahead_at = 0
+
+    def __reduce__(self) -> Any:
+        if self.closed:
+            raise ValueError(f"cannot pickle a closed file ({self.path})")
+        if self._fs is None:
+            raise TypeError(f"cannot pickle {self.path}: it was not opened through an ArtifactFileSystem")
+        v = self.version
+        inner = self.path.split("/", 3)[3]
+        return _reopen, (self._fs, f"{v.entity}/{v.project}/{v.name}:{v.version}/{inner}", self._pos)
 
     def readable(self) -> bool:
         return True
@@ -169,18 +200,47 @@ class ArtifactFile(io.RawIOBase):
             size = left
         if size <= 0:
             return b""
+        data = self._pread(size, self._pos)
+        self._pos += len(data)
+        return data
+
+    def _pread(self, size: int, pos: int) -> bytes:
         try:
-            data = self._blob.pread(size, self._pos)
+            return self._blob.pread(size, pos)
         except BlobChanged as exc:
             self._renew(exc)
             try:
-                data = self._blob.pread(size, self._pos)
+                return self._blob.pread(size, pos)
             except ArtifactFSError as err:
                 raise _translate(err, self.path) from err
         except ArtifactFSError as exc:
             raise _translate(exc, self.path) from exc
-        self._pos += len(data)
-        return data
+
+    def _fetch_range(self, start: int, end: int) -> bytes:
+        """Bytes ``start:end`` (fsspec's block caches ask for them so)."""
+        self._checkClosed()
+        start, end = max(0, start), min(end, self.size)
+        return self._pread(end - start, start) if end > start else b""
+
+    def readline(self, size: int | None = -1) -> bytes:
+        self._checkClosed()
+        end = self.size if size is None or size < 0 else min(self.size, self._pos + size)
+        parts: list[bytes] = []
+        pos = self._pos
+        while pos < end:
+            if not self._ahead_at <= pos < self._ahead_at + len(self._ahead):
+                self._ahead, self._ahead_at = self._pread(min(_READ_AHEAD, self.size - pos), pos), pos
+            off = pos - self._ahead_at
+            stop = min(len(self._ahead), end - self._ahead_at)
+            newline = self._ahead.find(b"\n", off, stop)
+            if newline >= 0:
+                parts.append(self._ahead[off : newline + 1])
+                pos = self._ahead_at + newline + 1
+                break
+            parts.append(self._ahead[off:stop])
+            pos = self._ahead_at + stop
+        self._pos = pos
+        return b"".join(parts)
 
     def _renew(self, exc: BlobChanged) -> None:
         """The blob's file is not the one verified any more (a re-open that was not checked at
@@ -228,6 +288,16 @@ class ArtifactFile(io.RawIOBase):
             self._blob.close()
         super().close()
 
+    @property
+    def closed(self) -> bool:
+        return bool(io.RawIOBase.closed.__get__(self))
+
+    @closed.setter
+    def closed(self, value: bool) -> None:
+        """fsspec's block cache marks a file closed so (after closing it)."""
+        if value:
+            self.close()
+
 
 class ArtifactFileSystem(AbstractFileSystem):  # type: ignore[misc]  # fsspec has no type hints
     """fsspec's view of a registry: see the module docstring."""
@@ -243,8 +313,17 @@ class ArtifactFileSystem(AbstractFileSystem):  # type: ignore[misc]  # fsspec ha
         alias_ttl: float = defaults.ALIAS_TTL,
         **kwargs: Any,
     ) -> None:
+        unknown = sorted(set(kwargs) - _FSSPEC_OPTIONS)
+        if unknown:  # a misspelt "registry" must not read the default registry instead
+            raise TypeError(
+                f"{PROTOCOL}:// takes the options registry, cache_dir and alias_ttl (and fsspec's own), "
+                f"not {', '.join(map(repr, unknown))}"
+            )
         super().__init__(registry=registry, cache_dir=cache_dir, alias_ttl=alias_ttl, **kwargs)
-        self.spec = os.fspath(registry) if registry is not None else defaults.default_registry()
+        spec = os.fspath(registry) if registry is not None else defaults.default_registry()
+        # A local registry's directory, absolute: a pickled copy may be opened in another
+        # working directory (a Dask worker's).
+        self.spec = os.path.abspath(spec) if not backend_of(spec).name else spec
         self.cache_dir = os.path.abspath(
             os.fspath(cache_dir) if cache_dir is not None else defaults.default_cache_dir()
         )
@@ -287,7 +366,12 @@ class ArtifactFileSystem(AbstractFileSystem):  # type: ignore[misc]  # fsspec ha
         with self._lock:
             pins = {k: v[0] for k, v in self._versions.items() if parse_version(k[3]) is None}
         origin = (os.getpid(), id(self))
-        return _restore, (type(self), self.storage_args, self.storage_options, pins, origin)
+        args, options = self.storage_args, dict(self.storage_options)
+        given = args[0] if args else options.get("registry")
+        if given is not None and os.fspath(given) != self.spec:  # relative: made absolute here
+            named = dict(zip(("registry", "cache_dir", "alias_ttl"), args, strict=False))
+            args, options = (), {**named, **options, "registry": self.spec}
+        return _restore, (type(self), args, options, pins, origin)
 
     def _adopt(self, pins: dict[tuple[str, str, str, str], VersionInfo]) -> None:
         """Take the alias answers of an unpickled copy: they hold until :meth:`invalidate_cache`
@@ -623,7 +707,7 @@ class ArtifactFileSystem(AbstractFileSystem):  # type: ignore[misc]  # fsspec ha
                 known = self._versions.get(vkey)
                 if known is not None and known[0] is version and time.time() - known[1] < self.alias_ttl:
                     blob = self._blob(version, target, path, lazy=True)
-                    return ArtifactFile(blob, path, version, functools.partial(self._blob, version, target, path))
+                    return ArtifactFile(blob, path, version, functools.partial(self._blob, version, target, path), self)
             return self._open(path)
         return super().open(path, mode, block_size, cache_options, compression, **kwargs)
 
@@ -640,13 +724,15 @@ class ArtifactFileSystem(AbstractFileSystem):  # type: ignore[misc]  # fsspec ha
         path = self._strip_protocol(path)
         if mode != "rb" and any(c in mode for c in "wax+"):
             raise _refuse(path)
+        if mode != "rb" and (set(mode) - set("rbt") or "r" not in mode):
+            raise ValueError(f"invalid mode {mode!r}: artifact files open for reading ('rb', or 'r' for text)")
         hit = self._opened.get(path)
         if hit is not None:  # opened before: valid while its version is still the path's answer
             vkey, version, target = hit
             known = self._versions.get(vkey)
             if known is not None and known[0] is version and time.time() - known[1] < self.alias_ttl:
                 blob = self._blob(version, target, path, lazy=True)
-                return ArtifactFile(blob, path, version, functools.partial(self._blob, version, target, path))
+                return ArtifactFile(blob, path, version, functools.partial(self._blob, version, target, path), self)
         located = self._locate(path)
         if located is None:
             self.info(path)  # FileNotFoundError for a name that does not exist
@@ -662,7 +748,7 @@ class ArtifactFileSystem(AbstractFileSystem):  # type: ignore[misc]  # fsspec ha
             self._opened[path] = ((parts[0], parts[1], name, tag), version, target)
             if given != path:  # as given (with the protocol): the next open of it finds it too
                 self._opened[given] = self._opened[path]
-        return ArtifactFile(blob, path, version, functools.partial(self._blob, version, target, path))
+        return ArtifactFile(blob, path, version, functools.partial(self._blob, version, target, path), self)
 
     def cat_file(self, path: str, start: int | None = None, end: int | None = None, **kwargs: Any) -> bytes:
         with self._open(path) as f:
@@ -708,6 +794,13 @@ class ArtifactFileSystem(AbstractFileSystem):  # type: ignore[misc]  # fsspec ha
 
     def touch(self, path: str, truncate: bool = True, **kwargs: Any) -> None:
         raise _refuse(path)
+
+
+def _reopen(fs: ArtifactFileSystem, path: str, pos: int) -> ArtifactFile:
+    """A pickled :class:`ArtifactFile`: its version's file opened again, at its position."""
+    f = fs._open(path)
+    f.seek(pos)
+    return f
 
 
 def _restore(

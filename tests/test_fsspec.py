@@ -8,12 +8,14 @@ errors as Python's own, writes refused, alias answers, and a run as an unprivile
 from __future__ import annotations
 
 import concurrent.futures
+import copy
 import errno
 import importlib.metadata
 import io
 import json
 import os
 import pickle
+import random
 import shutil
 import subprocess
 import sys
@@ -29,7 +31,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import SAMPLE_FILES, Mounter, build_sample_registry, write_tree
+from conftest import SAMPLE_FILES, Mounter, build_sample_registry, run_cli, write_tree
 from wandb_server import WandbServer
 
 import artifactfs as wandb
@@ -198,6 +200,119 @@ def test_reads_cat_ranges_open_seek_readinto(sample_registry: tuple[Path, Path],
         assert t.read() == data.decode()
     with pytest.raises(IsADirectoryError):
         fs.open("acme/vision/ds:v1/train")
+
+
+def test_lines_are_read_ahead_not_byte_by_byte(tmp_path: Path) -> None:
+    """Iterating over a binary file's lines (``for line in f``, readline, readlines) gives the
+    lines of the local file, reading ahead in chunks: a few preads for a few MB, not one each
+    byte; a line longer than a chunk, a last line without a newline, ``readline(size)`` and
+    seeks in between all hold."""
+    rng = random.Random(7)
+    lines = [b"x" * rng.randrange(0, 300) + b"\n" for _ in range(20_000)]
+    lines[777] = b"y" * 200_000 + b"\n"  # longer than what is read ahead at a time
+    data = b"".join(lines) + b"no newline at the end"
+    src = write_tree(tmp_path / "src", {"data.jsonl": data})
+    reg = tmp_path / "reg"
+    run_cli("log", str(src), "acme/vision/lines", "--type", "dataset", "--registry", str(reg))
+    fs = _fs(tmp_path, reg)
+    with fs.open("acme/vision/lines:v0/data.jsonl") as f:
+        calls = 0
+        pread = f._pread
+
+        def counted(size: int, pos: int) -> bytes:
+            nonlocal calls
+            calls += 1
+            return pread(size, pos)
+
+        f._pread = counted  # type: ignore[method-assign]
+        assert list(f) == data.splitlines(keepends=True)
+        assert calls <= len(data) // (64 * 1024) + 3, calls
+        f.seek(5)
+        assert f.readline(3) == data[5:8] and f.readline() == lines[0][8:]
+        assert f.read(4) == lines[1][:4]  # reads go on from where readline stopped
+        f.seek(len(data) - 3)
+        assert f.readline() == b"end" and f.readline() == b""
+        f.seek(0)
+        assert f.readlines() == data.splitlines(keepends=True)
+
+
+def test_an_open_file_pickled_or_copied_opens_its_version_again(
+    sample_registry: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """A pickled or copied open file (Dask ships them so) opens the same version's file again,
+    at its position, on a descriptor of its own: closing one leaves the other reading."""
+    reg, src = sample_registry
+    fs = _fs(tmp_path, reg)
+    data = (src / "train/000002.txt").read_bytes()
+    f = fs.open("acme/vision/ds:latest/train/000002.txt")
+    assert f.read(10) == data[:10]
+    g = pickle.loads(pickle.dumps(f))
+    assert g.path == "acme/vision/ds:v1/train/000002.txt" and g.tell() == 10
+    assert g._blob.fileno() != f._blob.fileno()
+    assert g.read(5) == data[10:15]
+    g.close()
+    h = copy.copy(f)
+    h.close()
+    assert f.read() == data[10:]  # its own descriptor is still open
+    f.close()
+    with pytest.raises(ValueError, match="cannot pickle a closed file"):
+        pickle.dumps(f)
+
+
+# fsspec's MMapCache (blockcache::) never closes the file it maps (caching.py, _makefile): its leak.
+@pytest.mark.filterwarnings("ignore::ResourceWarning", "ignore::pytest.PytestUnraisableExceptionWarning")
+def test_modes_and_block_caches(sample_registry: tuple[Path, Path], tmp_path: Path) -> None:
+    """Only reading modes open; fsspec's blockcache:: wraps a file like simplecache:: does."""
+    reg, src = sample_registry
+    fs = _fs(tmp_path, reg)
+    path = "acme/vision/ds:v1/train/000002.txt"
+    for mode in ("rbq", "rx", "b"):
+        with pytest.raises((ValueError, PermissionError)):
+            fs.open(path, mode)
+    data = (src / "train/000002.txt").read_bytes()
+    options = {"registry": str(reg), "cache_dir": str(tmp_path / "fscache")}
+    for chain in ("blockcache", "simplecache"):
+        url = f"{chain}::artifactfs://{path}"
+        with fsspec.open(url, artifactfs=options, **{chain: {"cache_storage": str(tmp_path / chain)}}) as f:
+            f.seek(100)
+            assert f.read(50) == data[100:150]
+            f.seek(0)
+            assert f.read() == data
+
+
+WORKER = """
+import os, pickle, sys
+fs = pickle.loads(sys.stdin.buffer.read())
+print(fs.spec, fs.cat_file("acme/vision/ds:v1/README.md").decode(), sep="", end="")
+"""
+
+
+def test_a_relative_registry_reaches_a_worker_in_another_directory(
+    sample_registry: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``registry="registry"`` (relative) names the directory where the filesystem was made,
+    in a worker started elsewhere too (a Dask worker's working directory is its own)."""
+    reg, _ = sample_registry
+    monkeypatch.chdir(reg.parent)
+    for fs in (
+        fsspec.filesystem("artifactfs", registry=reg.name, cache_dir="fscache"),
+        ArtifactFileSystem(reg.name, "fscache"),  # positionally too
+    ):
+        assert fs.spec == str(reg) and fs.cache_dir == str(reg.parent / "fscache")
+        env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+        done = subprocess.run(
+            [sys.executable, "-c", WORKER], input=pickle.dumps(fs), capture_output=True, cwd="/", env=env, timeout=120
+        )
+        assert done.returncode == 0, done.stderr.decode()
+        assert done.stdout.decode() == f"{reg}{SAMPLE_FILES['README.md'].decode()}"
+
+
+def test_a_misspelt_option_is_refused(sample_registry: tuple[Path, Path]) -> None:
+    """Not the default registry read in silence instead of the one meant."""
+    with pytest.raises(TypeError, match="not 'registy'"):
+        fsspec.filesystem("artifactfs", registy=str(sample_registry[0]))
+    fs = fsspec.filesystem("artifactfs", registry=str(sample_registry[0]), use_listings_cache=False)
+    assert fs.spec == str(sample_registry[0])  # fsspec's own options still pass
 
 
 def test_every_write_is_permission_error(sample_registry: tuple[Path, Path], tmp_path: Path) -> None:
