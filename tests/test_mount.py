@@ -754,6 +754,48 @@ def test_signal_unmounts_cleanly(mounter: Mounter, sample_registry: tuple[Path, 
     assert "Traceback" not in m.log()
 
 
+@pytest.mark.parametrize("second", [False, True], ids=["reader-finishes", "second-signal"])
+def test_a_signal_lets_a_busy_reader_finish(mounter: Mounter, sample_registry: tuple[Path, Path], second: bool) -> None:
+    """SIGTERM while a reader is busy: the mount point is detached at once (nothing new
+    opens), the open file reads on to its end with the right bytes, and the daemon exits 0 once
+    it is closed.  A second signal stops at once: the reader gets ENOTCONN, never wrong bytes."""
+    reg, _ = sample_registry
+    m = mounter(reg)
+    deadline = time.monotonic() + 60
+    while "mounted " not in m.log():  # the signal handler is installed by then
+        assert time.monotonic() < deadline, m.log()
+        time.sleep(0.02)
+    data = SAMPLE_FILES[CORRUPT]
+    f = open(v1(m) / CORRUPT, "rb", buffering=0)  # noqa: SIM115  # closed below, ENOTCONN or not
+    try:
+        assert f.read(100) == data[:100]
+        m.proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 30
+        while is_mounted(m.path):  # detached at once ...
+            assert time.monotonic() < deadline, m.log()
+            time.sleep(0.02)
+        assert not (m.path / "acme").exists()  # ... nothing new opens ...
+        assert m.proc.poll() is None  # ... and the daemon serves the open file
+        os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
+        if second:
+            m.proc.send_signal(signal.SIGTERM)
+            assert m.proc.wait(timeout=60) == 0, m.log()
+            with pytest.raises(OSError) as info:
+                os.pread(f.fileno(), 100, 2000)
+            assert info.value.errno == errno.ENOTCONN
+        else:
+            assert os.pread(f.fileno(), 100, 2000) == data[2000:2100]
+            assert f.read() == data[100:]
+            time.sleep(0.2)
+            assert m.proc.poll() is None  # still open: still serving
+    finally:
+        with contextlib.suppress(OSError):  # after the second signal, close is ENOTCONN too
+            f.close()
+    if not second:
+        assert m.proc.wait(timeout=60) == 0, m.log()  # closed: the kernel ends the connection
+    assert "Traceback" not in m.log()
+
+
 def _daemon_pids(mountpoint: Path, tmp_path: Path) -> list[int]:
     """Our daemons for ``mountpoint``: pgrep by the unique path, confirmed by the cmdline."""
     out = subprocess.run(["pgrep", "-f", str(mountpoint)], capture_output=True, text=True).stdout
