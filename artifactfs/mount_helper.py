@@ -107,6 +107,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.getLogger("urllib3").setLevel(max(level, logging.WARNING))
     try:
         config = MountConfig.from_mount_options(registry, mountpoint, options)
+        # The mount's own level (-o log_level, default INFO), as `artifactfs mount` has it: its
+        # daemon (a fork of this process) logs with it.
+        level = min(level, getattr(logging, config.log_level))
+        logging.getLogger().setLevel(level)
+        logging.getLogger("urllib3").setLevel(max(level, logging.WARNING))
         if fake:
             return 0
         from .mount import start_daemon

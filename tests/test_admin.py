@@ -350,6 +350,9 @@ def test_helper_mounts_with_o_options_and_refuses_bad_ones(
         assert isinstance(flags, list) and "--cache-size" in flags and "--alias-ttl" in flags, flags
         assert flags[flags.index("--cache-size") + 1] == str(1 << 30)
         assert flags[flags.index("--alias-ttl") + 1] == "5.0"
+        # The daemon logs at the mount's level (INFO by default), as `artifactfs mount`'s does.
+        log = (cache / "mount.log").read_text()
+        assert f"mounted {reg} on {mnt}" in log and "DEBUG" not in log, log
     finally:
         pid = row_of(mnt)
         force_unmount(mnt)
