@@ -166,6 +166,9 @@ def check_cache_dir(path: str) -> list[Check]:
                     "use a cache dir of your own (each user's mounts keep their own cache), or chown it",
                 )
             ]
+        if os.statvfs(path).f_flag & os.ST_RDONLY:
+            reason = f"{path} is on a read-only filesystem"
+            return [Check(name, FAIL, reason, "choose a --cache-dir on a writable disk")]
         if not os.access(path, os.W_OK | os.X_OK):
             return [Check(name, FAIL, f"{path} is not writable", f"chmod u+rwx {path}")]
         if cache_dir_kind(path) == FOREIGN:  # as claim_cache_dir decides

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -181,4 +182,21 @@ def test_a_file_in_the_way_is_named_as_such(tmp_path: Path) -> None:
     assert checks["mount point"][:2] == (
         "FAIL",
         f"mount point {tmp_path / 'afile'} is not a directory: mount on an empty directory",
+    )
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a read-only tmpfs needs root")
+def test_a_cache_dir_on_a_read_only_filesystem_is_named_as_such(tmp_path: Path) -> None:
+    """Not 'chmod u+rwx': no mode makes a read-only filesystem writable."""
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(ro)], check=True)
+    try:
+        proc = run_cli("doctor", "--registry", str(tmp_path / "none"), "--cache-dir", str(ro), check=False)
+    finally:
+        subprocess.run(["umount", str(ro)], capture_output=True)
+    assert lines(proc.stdout)["cache dir"] == (
+        "FAIL",
+        f"{ro} is on a read-only filesystem",
+        "choose a --cache-dir on a writable disk",
     )
