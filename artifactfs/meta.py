@@ -222,7 +222,7 @@ class Meta:
 
         async def run() -> None:
             try:
-                await self._lead(key, flight, fn, args, cache=True)
+                await self._lead(key, flight, fn, args, cache=True, abandon=True)
             except RegistryError as exc:
                 self._failed(exc)
             except ArtifactFSError as exc:
@@ -258,12 +258,20 @@ class Meta:
         return await self._lead(key, flight, fn, args, cache)
 
     async def _lead(
-        self, key: Hashable, flight: _Flight, fn: Callable[..., Any], args: tuple[Any, ...], cache: bool
+        self,
+        key: Hashable,
+        flight: _Flight,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        cache: bool,
+        abandon: bool = False,
     ) -> Answer[Any]:
-        """Make the call of ``flight`` (registered for ``key``), then end it for its askers."""
+        """Make the call of ``flight`` (registered for ``key``), then end it for its askers.
+        ``abandon``: a background call, left to its thread when the mount stops (a registry
+        that is down could otherwise hold the unmount for its whole retry budget)."""
         try:
             self.stats.calls += 1
-            value = await trio.to_thread.run_sync(fn, *args, limiter=self._limiter)
+            value = await trio.to_thread.run_sync(fn, *args, limiter=self._limiter, abandon_on_cancel=abandon)
         except Exception as exc:
             flight.error = exc
             raise

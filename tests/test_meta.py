@@ -483,6 +483,31 @@ async def test_a_slow_registry_keeps_an_asker_with_a_last_answer_waiting_stale_w
     assert registry.calls["resolve"] == 2
 
 
+def test_a_background_call_does_not_hold_the_end_of_the_mount(registry: SlowRegistry) -> None:
+    """A refresh still waiting for the registry (one that is down: its retry budget can take
+    minutes) is left to its thread when the mount's loop ends, instead of holding the unmount."""
+    clock = MockClock()
+
+    async def main() -> None:
+        tree = make_tree(registry)
+        await tree.lookup(ROOT_INODE, "acme")
+        clock.jump(TTL)
+        registry.gate = threading.Event()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(tree.lookup, ROOT_INODE, "acme")
+            await trio.testing.wait_all_tasks_blocked()
+            clock.jump(STALE_WAIT)  # the asker gets the last answer; the call goes on
+        assert tree.meta._inflight  # still asking when the loop ends
+
+    try:
+        started = time.monotonic()
+        trio.run(main, clock=clock)
+        assert time.monotonic() - started < 30
+    finally:
+        if registry.gate is not None:
+            registry.gate.set()
+
+
 @pytest.mark.allow_log(r"serving the last answers")
 @trio_test
 async def test_a_gone_name_is_not_served_from_its_last_answer(registry: SlowRegistry, clock: MockClock) -> None:
