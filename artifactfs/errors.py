@@ -26,6 +26,7 @@ class ArtifactFSError(Exception):
     errno: int = _errno.EIO
     log_level: int = logging.ERROR
     exit_status: int = 1
+    logged: bool = False  # True once logged where it was met: the errno boundary then says it at DEBUG
 
 
 class InvalidReference(ArtifactFSError):

@@ -341,6 +341,7 @@ class Fetcher:
         else:
             self.stats.fetch_errors += 1
             log.log(level, "fetch failed: %s/%s: %s", version.ref, entry.path, exc)
+        exc.logged = self.log_failures  # one line per failure: not again for each read it fails
         self._failures[key] = _Failure(exc, trio.current_time() + self.failure_backoff)
 
 

@@ -58,7 +58,7 @@ def _errno_boundary(fn: Callable[P, Coroutine[Any, Any, R]]) -> Callable[P, Coro
         except pyfuse3.FUSEError:
             raise
         except ArtifactFSError as exc:
-            log.log(exc.log_level, "%s: %s", fn.__name__, exc)
+            log.log(logging.DEBUG if exc.logged else exc.log_level, "%s: %s", fn.__name__, exc)
             raise pyfuse3.FUSEError(exc.errno) from exc
         except Exception as exc:
             log.exception("%s failed unexpectedly", fn.__name__)

@@ -476,6 +476,9 @@ def test_corrupted_blob_gives_eio_until_repaired(
     log = m.log()
     assert "digest mismatch" in log
     assert md5_b64(good) in log and md5_b64(bytes(bad)) in log
+    # One line for the failure, not one more for each read it failed (two here, and the kernel's).
+    errors = [line for line in log.splitlines() if " ERROR " in line]
+    assert len(errors) == 1 and "digest mismatch" in errors[0], errors
     key = "md5/" + hashlib.md5(good).hexdigest()
     keys = cache_keys(m.cache_dir)
     assert key not in keys and f"trust/{key}" not in keys
