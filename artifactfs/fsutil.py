@@ -184,6 +184,18 @@ def cache_dir_kind(path: str) -> str:
     return OURS if names <= _CACHE_OWN_NAMES else FOREIGN
 
 
+def make_dirs(path: str, mode: int = 0o700) -> None:
+    """``os.makedirs(path, mode)``, but the parents it makes are 0755 at most whatever the
+    umask (``os.makedirs`` makes them 0777 less the umask: world-writable under ``umask 000``,
+    so another user could move the cache or the log away under them).  FileExistsError when
+    ``path`` exists, as ``os.makedirs``."""
+    parent = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(parent):
+        with contextlib.suppress(FileExistsError):  # another process made it meanwhile
+            make_dirs(parent, 0o755)
+    os.mkdir(path, mode)
+
+
 def claim_cache_dir(path: str) -> None:
     """Create the cache directory (0700), or take over an existing one only if it is ours: owned
     by this user and either a diskcache directory already or holding nothing but our files.
@@ -192,7 +204,7 @@ def claim_cache_dir(path: str) -> None:
     Called by the mount before it writes its log or opens a backend that keeps files there, and
     by the blob store when it opens the directory."""
     try:
-        os.makedirs(path, mode=0o700)
+        make_dirs(path)
     except FileExistsError:
         st = os.stat(path)
         if not stat.S_ISDIR(st.st_mode):

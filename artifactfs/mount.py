@@ -36,7 +36,7 @@ from .admin import AdminServer
 from .engine import Engine, Lookahead, cache_room
 from .errors import ArtifactFSError, MountError
 from .fetcher import Fetcher
-from .fsutil import claim_cache_dir, mounted
+from .fsutil import claim_cache_dir, make_dirs, mounted
 from .ops import Operations
 from .options import MountConfig, daemon_argv
 from .registry import open_registry
@@ -273,7 +273,8 @@ def start_daemon(config: MountConfig) -> int:
         config, registry=spec, mountpoint=mountpoint, cache_dir=cache_dir, log_file=log_file, registry_checked=True
     )
     read_fd, write_fd = os.pipe()
-    os.makedirs(os.path.dirname(os.path.abspath(log_file)), mode=0o700, exist_ok=True)
+    with contextlib.suppress(FileExistsError):
+        make_dirs(os.path.dirname(os.path.abspath(log_file)))
     # O_NOFOLLOW: a symlink planted as CACHE_DIR/mount.log must not aim the daemon's output elsewhere.
     log_fd = os.open(log_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     try:

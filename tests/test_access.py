@@ -117,6 +117,22 @@ def test_a_registry_follows_the_umask(tmp_path: Path) -> None:
         assert all(mode & 0o002 == 0 for mode in found.values())
 
 
+def test_directories_made_for_the_cache_and_the_log_are_never_world_writable(tmp_path: Path) -> None:
+    """Under ``umask 000`` the parents made for ``--cache-dir`` and ``--log-file`` are 0755 (not
+    0777: another user could move the cache or the log away under them); the cache is 0700."""
+    code = (
+        "from artifactfs.fsutil import claim_cache_dir, make_dirs\n"
+        f"claim_cache_dir({str(tmp_path / 'c' / 'sub' / 'cache')!r})\n"
+        f"make_dirs({str(tmp_path / 'l' / 'd')!r})\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, preexec_fn=lambda: os.umask(0), timeout=60
+    )
+    assert proc.returncode == 0, proc.stderr
+    mode = {name: stat.S_IMODE((tmp_path / name).stat().st_mode) for name in ("c", "c/sub", "c/sub/cache", "l", "l/d")}
+    assert mode == {"c": 0o755, "c/sub": 0o755, "c/sub/cache": 0o700, "l": 0o755, "l/d": 0o700}
+
+
 @pytest.mark.parametrize("allow_other", [False, True], ids=["private", "--allow-other"])
 def test_another_user_and_a_mount(mounter: Mounter, sample_registry: tuple[Path, Path], allow_other: bool) -> None:
     reg, _ = sample_registry
