@@ -82,13 +82,16 @@ def mount_id(mountpoint: str) -> str:
 
 def process_start(pid: int) -> int | None:
     """The start time of ``pid`` in clock ticks since boot (field 22 of /proc/PID/stat), which
-    tells a live daemon from a new process that reuses a dead daemon's PID."""
+    tells a live daemon from a new process that reuses a dead daemon's PID; None when it is gone,
+    or dead and not yet reaped (a zombie keeps its start time until its parent reaps it)."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             raw = f.read()
     except OSError:
         return None
     fields = raw[raw.rfind(b")") + 2 :].split()
+    if fields[:1] in ([b"Z"], [b"X"]):
+        return None
     try:
         return int(fields[19])
     except (IndexError, ValueError):

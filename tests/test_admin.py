@@ -530,3 +530,25 @@ def test_stats_of_a_mount_without_a_readable_record_come_from_its_xattr(
         assert "retries            -" in table
     finally:
         shutil.rmtree(elsewhere, ignore_errors=True)
+
+
+def test_a_dead_daemon_not_yet_reaped_is_not_alive() -> None:
+    """Right after ``kill -9`` the daemon is a zombie until its parent reaps it: it keeps its PID
+    and start time, and must not be shown as serving meanwhile."""
+    from artifactfs.admin import MountRecord, process_start
+
+    child = subprocess.Popen(["sleep", "60"])
+    try:
+        started = process_start(child.pid)
+        assert started is not None
+        record = MountRecord("/m", "r", "/c", child.pid, started, 0.0, os.getuid(), None, None, "/s")
+        assert record.alive()
+        child.kill()
+        deadline = time.monotonic() + 30
+        while Path(f"/proc/{child.pid}/stat").read_bytes().rsplit(b")", 1)[1].split()[0] != b"Z":
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        assert process_start(child.pid) is None and not record.alive()  # a zombie, not reaped yet
+    finally:
+        child.kill()
+        child.wait()
