@@ -268,7 +268,8 @@ def prometheus(snapshot: Mapping[str, Any]) -> str:
     latency = snapshot.get("latency", {})
     metric = "artifactfs_fetch_seconds"
     lines += [
-        f"# HELP {metric} Seconds from a cache miss to a verified blob, per backend.",
+        f"# HELP {metric} Seconds a read waited from a cache miss to a verified blob, per backend "
+        "(fetches made ahead of reads are not in it).",
         f"# TYPE {metric} histogram",
     ]
     for backend, hist in sorted(latency.items()):
@@ -365,7 +366,7 @@ def table(snapshot: Mapping[str, Any]) -> str:
         rows.append(
             (
                 f"latency {backend}",
-                f"{hist['count']} fetches, mean {mean * 1000:.1f} ms, p50 <= {_bound(p50)}, p99 <= {_bound(p99)}",
+                f"{hist['count']} reads waited, mean {mean * 1000:.1f} ms, p50 <= {_bound(p50)}, p99 <= {_bound(p99)}",
             )
         )
     loop = snapshot.get("loop")

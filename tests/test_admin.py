@@ -149,7 +149,7 @@ def test_stats_json_table_and_watch(mounter: Mounter, sample_registry: tuple[Pat
     lines = dict(line.split(None, 1) if "  " not in line else line.split("  ", 1) for line in table.splitlines())
     assert lines["fetches"].strip() == "2 (296.9 KiB)"
     assert lines["verify failures"].strip() == "0"
-    assert lines["latency local"].strip().startswith("2 fetches, mean ")
+    assert lines["latency local"].strip().startswith("2 reads waited, mean ")
 
     first, second = watch_and_stop(m, signal.SIGINT)
     assert second["uptime_seconds"] > first["uptime_seconds"]
