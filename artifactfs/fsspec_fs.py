@@ -47,7 +47,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from fsspec import AbstractFileSystem, register_implementation
 
@@ -73,6 +73,7 @@ from .registry.base import DirEntry, Registry, VersionInfo
 from .store import INLINE_VERIFY_MAX, Blob, BlobStore
 
 PROTOCOL = "artifactfs"
+T = TypeVar("T")
 _ENTRY_MEMO_MAX = 200_000  # entries remembered per filesystem instance (cleared past it)
 #: fsspec's own options of every filesystem (AbstractFileSystem, DirCache), accepted and passed on.
 _FSSPEC_OPTIONS = frozenset({"use_listings_cache", "listings_expiry_time", "max_paths", "asynchronous", "loop"})
@@ -205,12 +206,17 @@ class ArtifactFile(io.RawIOBase):
         return data
 
     def _pread(self, size: int, pos: int) -> bytes:
+        return self._from_blob(lambda: self._blob.pread(size, pos))
+
+    def _from_blob(self, read: Callable[[], T]) -> T:
+        """``read()`` of the blob (it reads ``self._blob`` when called), again once from the
+        blob verified anew if its file changed; errors as OSError."""
         try:
-            return self._blob.pread(size, pos)
+            return read()
         except BlobChanged as exc:
             self._renew(exc)
             try:
-                return self._blob.pread(size, pos)
+                return read()
             except ArtifactFSError as err:
                 raise _translate(err, self.path) from err
         except ArtifactFSError as exc:
@@ -264,16 +270,7 @@ class ArtifactFile(io.RawIOBase):
         count = max(0, min(len(view), self.size - self._pos))
         if count == 0:
             return 0
-        try:
-            got = self._blob.preadinto(view[:count], self._pos)
-        except BlobChanged as exc:
-            self._renew(exc)
-            try:
-                got = self._blob.preadinto(view[:count], self._pos)
-            except ArtifactFSError as err:
-                raise _translate(err, self.path) from err
-        except ArtifactFSError as exc:
-            raise _translate(exc, self.path) from exc
+        got = self._from_blob(lambda: self._blob.preadinto(view[:count], self._pos))
         self._pos += got
         return got
 

@@ -21,9 +21,10 @@ blocking call there stalls every request of the mount.  This layer sits between 
   is asked again in the background: its asker waits for the call ``STALE_WAIT`` (2 s) at most,
   then is served the last answer (a server that is down or slow costs it no retries); once a
   call failed, such askers are answered at once while one call at a time (a *probe*) asks the
-  registry again, until one succeeds.  Such an answer counts for ``STALE_TTL`` (5 s), so that what the probe brings back
-  shows soon.  "No such thing" and refused credentials are answers, not failures: they are
-  raised.  A question never answered before still waits for the registry (and fails).
+  registry again, until one succeeds.  Such an answer counts for ``STALE_TTL`` (5 s), so that
+  what the probe brings back shows soon.  "No such thing" and refused credentials are answers,
+  not failures: they are raised.  A question never answered before still waits for the registry
+  (and fails).
 
 Concurrency rules: only the trio loop touches ``_cache`` and ``_inflight`` (a worker thread runs
 the registry call and nothing else), and only ``await`` points interleave.  Times come from

@@ -142,10 +142,11 @@ async def _announce(config: MountConfig, admin: AdminServer) -> None:
 
 
 async def _watch_signals(mountpoint: str) -> None:
-    """SIGINT, SIGTERM or SIGHUP: unmount lazily, as ``artifactfs umount`` does: the mount
-    point is detached at once (nothing new opens), files still open are served until they are
-    closed, and then the kernel ends the connection (``pyfuse3.main`` returns).  A reader busy on
-    the mount delays the exit, not fails.  A second signal stops at once."""
+    """SIGINT, SIGTERM or SIGHUP: unmount as ``artifactfs umount`` does (:func:`unmount`,
+    lazily when busy): the mount point is detached at once (nothing new opens), files still open
+    are served until they are closed, and then the kernel ends the connection (``pyfuse3.main``
+    returns).  A reader busy on the mount delays the exit, not fails.  A second signal stops at
+    once."""
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
         detached = False
         async for signum in signals:
@@ -153,7 +154,7 @@ async def _watch_signals(mountpoint: str) -> None:
                 detached = True
                 log.info("signal %d: unmounting %s (files still open are served until closed)", signum, mountpoint)
                 try:
-                    await trio.to_thread.run_sync(_detach, mountpoint)
+                    await trio.to_thread.run_sync(unmount, mountpoint)
                 except MountError as exc:
                     log.warning("%s: stopping at once", exc)
                     pyfuse3.terminate()
@@ -162,13 +163,6 @@ async def _watch_signals(mountpoint: str) -> None:
             log.info("signal %d: stopping at once (open files of %s answer ENOTCONN)", signum, mountpoint)
             pyfuse3.terminate()
             return
-
-
-def _detach(mountpoint: str) -> None:
-    result = subprocess.run(["fusermount3", "-u", "-z", mountpoint], capture_output=True, text=True)
-    if result.returncode != 0:
-        reason = (result.stderr.strip().splitlines() or ["unknown error"])[-1]
-        raise MountError(f"cannot unmount {mountpoint}: {reason}")
 
 
 def run_foreground(config: MountConfig) -> None:

@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass
 
 from .errors import ArtifactNotFound, EntryNotFound, InvalidArgument
 from .names import parse_ref
+from .registry.base import DELETED
 
 
 @dataclass(frozen=True)
@@ -67,7 +68,7 @@ def pin(path: str | os.PathLike[str]) -> Pin:
     if ref.tag is None or not ref.tag.startswith("v") or not ref.tag[1:].isdigit():
         raise InvalidArgument(f"{version_dir} is not a version directory (NAME:vN)")
     registry = mount.record.registry if mount.record is not None else None
-    if _xattr(version_dir, "user.artifact.state") == "DELETED":  # a mount serves it until gc
+    if _xattr(version_dir, "user.artifact.state") == DELETED:  # a mount serves it until gc
         raise ArtifactNotFound(
             f"{'/'.join(parts[:3])} was deleted from the registry ({version_dir} serves it until gc): "
             "a pin of it could not be reproduced"

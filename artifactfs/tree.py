@@ -40,11 +40,9 @@ from .index import Listing as Listing  # re-exported: ops.py's readdir replies f
 from .manifest import Entry
 from .meta import MadeFile, Meta
 from .names import Ref, check_name, check_project, parse_version
-from .registry.base import DirEntry, Registry, VersionInfo, iso_time
+from .registry.base import DELETED, DirEntry, Registry, VersionInfo, iso_time
 
 log = logging.getLogger(__name__)
-#: ``user.artifact.state`` of a version deleted from the registry while a mount serves it.
-DELETED = "DELETED"
 
 ROOT_INODE = 1
 # Content nodes of a version whose registry keeps an on-disk index have the inode

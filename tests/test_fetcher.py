@@ -460,6 +460,25 @@ def test_failure_of_one_key_does_not_block_others(store: BlobStore, src: FaultyS
     run(main)
 
 
+def test_files_of_no_bytes_are_verified_when_opened(store: BlobStore, src: FaultySource) -> None:
+    """Nothing reads a 0-byte file (the kernel answers past its size), so check_empty is its
+    verification: the digest of no bytes passes; another is a counted mismatch; a reference of
+    size 0 (its size unknown) whose digest proves nothing is a FetchError; nothing is fetched."""
+
+    async def main() -> None:
+        fetcher = Fetcher(FakeRemote(src), store)
+        fetcher.check_empty(VERSION, Entry("empty", digest_bytes(b""), 0))
+        fetcher.check_empty(VERSION, Entry("ref-empty", digest_bytes(b""), 0, ref="s3://b/empty"))
+        with pytest.raises(DigestMismatch):
+            fetcher.check_empty(VERSION, Entry("zero", digest_bytes(b"abc"), 0))
+        assert fetcher.stats.digest_mismatches == 1
+        with pytest.raises(FetchError, match="not a content hash"):
+            fetcher.check_empty(VERSION, Entry("ref", "s3://b/k", 0, ref="s3://b/k"))
+
+    run(main)
+    assert src.opens == 0
+
+
 # -- local registry: verify in place -----------------------------------------------------------------------
 
 

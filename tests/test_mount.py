@@ -741,14 +741,19 @@ def test_sigkill_then_umount_and_mount_again(mounter: Mounter, sample_registry: 
     assert (v1(again) / "README.md").read_bytes() == SAMPLE_FILES["README.md"]
 
 
+def _until_serving(m: Mount) -> None:
+    """Until the daemon logged its mount: its signal handler is installed by then."""
+    deadline = time.monotonic() + 60
+    while "mounted " not in m.log():
+        assert time.monotonic() < deadline, m.log()
+        time.sleep(0.02)
+
+
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP], ids=["SIGTERM", "SIGINT", "SIGHUP"])
 def test_signal_unmounts_cleanly(mounter: Mounter, sample_registry: tuple[Path, Path], signum: int) -> None:
     reg, _ = sample_registry
     m = mounter(reg)
-    deadline = time.monotonic() + 60
-    while "mounted " not in m.log():  # the signal handler is installed by then
-        assert time.monotonic() < deadline, m.log()
-        time.sleep(0.02)
+    _until_serving(m)
     assert (v1(m) / "README.md").read_bytes() == SAMPLE_FILES["README.md"]
     m.proc.send_signal(signum)
     assert m.proc.wait(timeout=60) == 0, m.log()
@@ -764,10 +769,7 @@ def test_a_signal_lets_a_busy_reader_finish(mounter: Mounter, sample_registry: t
     it is closed.  A second signal stops at once: the reader gets ENOTCONN, never wrong bytes."""
     reg, _ = sample_registry
     m = mounter(reg)
-    deadline = time.monotonic() + 60
-    while "mounted " not in m.log():  # the signal handler is installed by then
-        assert time.monotonic() < deadline, m.log()
-        time.sleep(0.02)
+    _until_serving(m)
     data = SAMPLE_FILES[CORRUPT]
     f = open(v1(m) / CORRUPT, "rb", buffering=0)  # noqa: SIM115  # closed below, ENOTCONN or not
     try:

@@ -50,6 +50,10 @@ class CollectionInfo:
     version_count: int
 
 
+#: ``VersionInfo.state`` (and ``user.artifact.state``) of a version deleted from its registry.
+DELETED = "DELETED"
+
+
 @dataclass(frozen=True, slots=True)
 class VersionInfo:
     """One immutable artifact version (what W&B calls an Artifact)."""

@@ -97,7 +97,7 @@ from ..names import (
     parse_version,
 )
 from ..sources import BlobSource, Progress
-from .base import CollectionInfo, DirEntry, OrgInfo, Registry, RunInfo, VersionInfo
+from .base import DELETED, CollectionInfo, DirEntry, OrgInfo, Registry, RunInfo, VersionInfo
 from .remote import MAX_MANIFEST_BYTES, ManifestKeeper
 
 log = logging.getLogger(__name__)
@@ -386,6 +386,11 @@ def _str(value: Any) -> str:
     return value if isinstance(value, str) else ""
 
 
+def _viewer_name(viewer: dict[str, Any]) -> str:
+    """The entity a ``viewer`` answer signs in (its username when it names no entity)."""
+    return _str(viewer.get("entity")) or _str(viewer.get("username"))
+
+
 def _metadata(value: Any) -> dict[str, Any]:
     if isinstance(value, dict):
         return value
@@ -556,7 +561,7 @@ class WandbRegistry(Registry):
                 f"the W&B server at {self.base_url} does not accept the API key from {self._key_from}: "
                 "set WANDB_API_KEY or run `wandb login --relogin`"
             )
-        self._viewer = _str(viewer.get("entity")) or _str(viewer.get("username"))
+        self._viewer = _viewer_name(viewer)
         log.debug("W&B server %s: signed in as %s", self.base_url, self._viewer)
         return self._viewer
 
@@ -726,7 +731,7 @@ class WandbRegistry(Registry):
         if not isinstance(viewer, dict):
             raise AuthError(f"the W&B server at {self.base_url} no longer accepts the API key")
         if self._viewer is None:  # the same answer as at sign-in, which a daemon may have skipped
-            self._viewer = _str(viewer.get("entity")) or _str(viewer.get("username"))
+            self._viewer = _viewer_name(viewer)
         names = {_str(viewer.get("entity"))}
         for edge in _edges(viewer.get("teams")):
             node = edge.get("node")
@@ -951,7 +956,7 @@ class WandbRegistry(Registry):
         out = []
         for edge in _edges(conn):
             node = edge.get("node")
-            if isinstance(node, dict) and _str(node.get("state")) != "DELETED":
+            if isinstance(node, dict) and _str(node.get("state")) != DELETED:
                 v = self._version(entity, project, collection, node, edge.get("version"))
                 if v is not None:
                     out.append(v)
@@ -1061,7 +1066,7 @@ class WandbRegistry(Registry):
                 if not isinstance(node, dict):
                     raise ArtifactNotFound(f"artifact {ref} not found on {self.base_url}")
                 v = self._version(ref.entity, ref.project, ref.name, node)
-            if v is None or v.state == "DELETED":
+            if v is None or v.state == DELETED:
                 raise ArtifactNotFound(f"artifact {ref} not found on {self.base_url}")
             return v, coll, node
 
@@ -1297,7 +1302,7 @@ class WandbRegistry(Registry):
             conn = node.get("artifacts")
             for edge in _edges(conn):
                 art = edge.get("node")
-                if isinstance(art, dict) and _str(art.get("state")) != "DELETED":
+                if isinstance(art, dict) and _str(art.get("state")) != DELETED:
                     v = self._version_from_node(art)
                     if v is not None:
                         out.append(v)
